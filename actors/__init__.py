@@ -1,0 +1,1 @@
+"""Actors: conversation actors, orchestrator, agent loop, LLM backends, tools, jobs."""

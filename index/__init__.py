@@ -1,0 +1,1 @@
+"""Retrieval: ingest, embeddings, USearch + Whoosh index versions, hybrid search, rerank, evaluation."""

@@ -1,0 +1,1 @@
+"""Docent server: Starlette app, WebSocket endpoints, REST, fan-out."""

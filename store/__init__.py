@@ -1,0 +1,1 @@
+"""Bottom layer: settings, errors, Redis, the conversation log, ledgers and the document catalog."""

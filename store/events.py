@@ -1,0 +1,218 @@
+"""The conversation log's event schema: versioned msgspec tagged structs, one typed decoder.
+
+A conversation's durable log (a Redis Stream) holds `Event`s; its live stream holds the same events
+mirrored plus `Delta`s (token fragments), which never enter the durable log. Every struct carries
+`v` (schema version), `turn` (1-based turn number) and `at_ms` (wall-clock ms when appended).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+Route = Literal["qa", "agent"]
+Mode = Literal["auto", "qa", "agent"]
+Risk = Literal["low", "high"]
+Decision = Literal["approved", "denied"]
+LimitName = Literal["steps", "tokens", "cost", "wall_clock"]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Base(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, forbid_unknown_fields=False):
+    v: int = SCHEMA_VERSION
+    turn: int = 0
+    at_ms: int = 0
+
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool call exactly as the model proposed it; `arguments` is the raw JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class Citation(msgspec.Struct, frozen=True, kw_only=True):
+    n: int
+    chunk_id: str
+    doc_id: str
+    title: str = ""
+    heading: str = ""
+    snippet: str = ""
+
+
+class UserMessage(_Base, kw_only=True, tag="user_message"):
+    text: str
+    mode: Mode = "auto"
+    user: str = ""
+    tenant: str = ""
+    groups: tuple[str, ...] = ()
+    client_message_id: str = ""  # the client's id for this ask: a retried ask is appended once
+
+
+class TurnStarted(_Base, kw_only=True, tag="turn_started"):
+    route: Route
+    reason: str = ""
+
+
+class RetrievalDone(_Base, kw_only=True, tag="retrieval_done"):
+    step: int = 0
+    query: str
+    chunk_ids: tuple[str, ...]
+    index_version: str
+    latency_ms: float = 0.0
+
+
+class LLMRequested(_Base, kw_only=True, tag="llm_requested"):
+    step: int
+    model: str
+    prompt_hash: str
+    messages: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    tools: tuple[str, ...] = ()
+
+
+class LLMCompleted(_Base, kw_only=True, tag="llm_completed"):
+    step: int
+    model: str
+    prompt_hash: str
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    first_token_ms: float = 0.0
+
+
+class LLMFailed(_Base, kw_only=True, tag="llm_failed"):
+    step: int
+    code: str
+    message: str = ""
+    recoverable: bool = False
+
+
+class ToolIntent(_Base, kw_only=True, tag="tool_intent"):
+    step: int
+    call_id: str
+    tool: str
+    args: dict[str, Any]
+    idempotency_key: str
+    risk: Risk = "low"
+
+
+class ToolResult(_Base, kw_only=True, tag="tool_result"):
+    step: int
+    call_id: str
+    tool: str
+    idempotency_key: str
+    result: str = ""
+    error: str | None = None
+    latency_ms: float = 0.0
+
+
+class ApprovalRequested(_Base, kw_only=True, tag="approval_requested"):
+    approval_id: str
+    step: int
+    call_id: str
+    tool: str
+    args: dict[str, Any]
+    args_hash: str
+    risk: Risk = "high"
+    reason: str = ""  # the agent's stated reason
+    room: str = ""
+    requested_by: str = ""
+    expires_at_ms: int = 0
+
+
+class ApprovalDecided(_Base, kw_only=True, tag="approval_decided"):
+    approval_id: str
+    decision: Decision
+    reviewer: str
+    reason: str = ""
+
+
+class ApprovalExpired(_Base, kw_only=True, tag="approval_expired"):
+    approval_id: str
+
+
+class AnswerCompleted(_Base, kw_only=True, tag="answer_completed"):
+    text: str
+    citations: tuple[Citation, ...] = ()
+    dropped_citations: tuple[int, ...] = ()  # [n] markers that pointed at nothing the model was given
+
+
+class TurnFailed(_Base, kw_only=True, tag="turn_failed"):
+    code: str
+    message: str = ""
+
+
+class TurnCancelled(_Base, kw_only=True, tag="turn_cancelled"):
+    by: str = ""
+
+
+class LimitHit(_Base, kw_only=True, tag="limit_reached"):
+    limit: LimitName
+    value: float
+    cap: float
+    handed_off: bool = True
+
+
+Event = (
+    UserMessage
+    | TurnStarted
+    | RetrievalDone
+    | LLMRequested
+    | LLMCompleted
+    | LLMFailed
+    | ToolIntent
+    | ToolResult
+    | ApprovalRequested
+    | ApprovalDecided
+    | ApprovalExpired
+    | AnswerCompleted
+    | TurnFailed
+    | TurnCancelled
+    | LimitHit
+)
+
+# Events that end a turn: after one of these the conversation waits for the next user message.
+TERMINAL = (AnswerCompleted, TurnFailed, TurnCancelled, LimitHit)
+
+
+class Delta(_Base, kw_only=True, tag="delta"):
+    """A token fragment of the answer being generated; live stream only."""
+
+    step: int = 0
+    text: str
+
+
+LiveItem = Event | Delta
+
+_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(Event)
+_live_decoder = msgspec.json.Decoder(LiveItem)
+
+
+def encode(item: LiveItem) -> bytes:
+    return _encoder.encode(item)
+
+
+def decode_event(data: bytes | str) -> Event:
+    return _event_decoder.decode(data)
+
+
+def decode_live(data: bytes | str) -> LiveItem:
+    return _live_decoder.decode(data)
+
+
+def stamp(item: LiveItem, turn: int) -> LiveItem:
+    """The item with its turn and append time filled in."""
+    return msgspec.structs.replace(item, turn=turn, at_ms=now_ms())

@@ -1,0 +1,175 @@
+"""Docent's one exception hierarchy. Third-party errors are translated at the edge into these.
+
+DocentError
+├── ConfigError                 a setting is missing or malformed (raised once, at start)
+├── InputError                  a caller sent something we refuse; nothing was changed
+│   ├── FrameError              a malformed, oversized or unknown wire message
+│   ├── AuthError               a missing, wrong or expired credential
+│   ├── ForbiddenError          a valid principal asked for something it may not touch
+│   └── RateLimited             too many requests; carries retry_after_ms
+├── IngestError                 one document could not be ingested (the batch continues)
+│   ├── UnsupportedFormat
+│   ├── EmptyDocument
+│   ├── BinaryContent
+│   ├── DocumentTooLarge
+│   ├── UndecodableText
+│   └── PathNotAllowed
+├── IndexError_                 index-side failures
+│   ├── ModelMismatch           the query embedder differs from the index manifest: never search noise
+│   ├── IndexNotFound
+│   └── IndexCorrupt
+├── ModelError                  a model could not be loaded or converted
+├── LogError                    the durable conversation log
+│   ├── StaleEpoch              a fenced writer lost its lease: it must stop at once
+│   ├── LeaseHeld               another worker holds the conversation
+│   └── CorruptLog              an event could not be decoded or violates the log's order
+├── LLMError                    an LLM backend failed
+│   ├── LLMTimeout
+│   ├── LLMUnavailable          429/5xx after retries, or a connection error
+│   └── MalformedToolCall       the model produced a tool call we cannot parse (recoverable)
+├── ToolError                   a tool failed
+│   ├── ToolArgumentsInvalid    the arguments did not match the tool's schema; nothing ran
+│   ├── ToolNotAllowed          the tool is not available to this run (decided by code, not the model)
+│   └── ApprovalRequired        a high-risk tool may not run without a human decision
+└── LimitReached                a run hit a hard cap (steps, tokens, cost, wall-clock)
+"""
+
+from __future__ import annotations
+
+
+class DocentError(Exception):
+    """Root of every error Docent raises on purpose. `code` is stable and goes on the wire."""
+
+    code = "docent_error"
+
+    def __init__(self, message: str = "", **details: object) -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+        self.details = details
+
+    def to_wire(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, **{k: v for k, v in self.details.items()}}
+
+
+class ConfigError(DocentError):
+    code = "config_error"
+
+
+class InputError(DocentError):
+    code = "bad_input"
+
+
+class FrameError(InputError):
+    code = "bad_frame"
+
+
+class AuthError(InputError):
+    code = "unauthorized"
+
+
+class ForbiddenError(InputError):
+    code = "forbidden"
+
+
+class RateLimited(InputError):
+    code = "rate_limited"
+
+
+class IngestError(DocentError):
+    code = "ingest_error"
+
+
+class UnsupportedFormat(IngestError):
+    code = "unsupported_format"
+
+
+class EmptyDocument(IngestError):
+    code = "empty_document"
+
+
+class BinaryContent(IngestError):
+    code = "binary_content"
+
+
+class DocumentTooLarge(IngestError):
+    code = "document_too_large"
+
+
+class UndecodableText(IngestError):
+    code = "undecodable_text"
+
+
+class PathNotAllowed(IngestError):
+    code = "path_not_allowed"
+
+
+class IndexError_(DocentError):  # noqa: N801 - the builtin IndexError means something else
+    code = "index_error"
+
+
+class ModelMismatch(IndexError_):
+    code = "model_mismatch"
+
+
+class IndexNotFound(IndexError_):
+    code = "index_not_found"
+
+
+class IndexCorrupt(IndexError_):
+    code = "index_corrupt"
+
+
+class ModelError(DocentError):
+    code = "model_error"
+
+
+class LogError(DocentError):
+    code = "log_error"
+
+
+class StaleEpoch(LogError):
+    code = "stale_epoch"
+
+
+class LeaseHeld(LogError):
+    code = "lease_held"
+
+
+class CorruptLog(LogError):
+    code = "corrupt_log"
+
+
+class LLMError(DocentError):
+    code = "llm_error"
+
+
+class LLMTimeout(LLMError):
+    code = "llm_timeout"
+
+
+class LLMUnavailable(LLMError):
+    code = "llm_unavailable"
+
+
+class MalformedToolCall(LLMError):
+    code = "malformed_tool_call"
+
+
+class ToolError(DocentError):
+    code = "tool_error"
+
+
+class ToolArgumentsInvalid(ToolError):
+    code = "tool_arguments_invalid"
+
+
+class ToolNotAllowed(ToolError):
+    code = "tool_not_allowed"
+
+
+class ApprovalRequired(ToolError):
+    code = "approval_required"
+
+
+class LimitReached(DocentError):
+    code = "limit_reached"

@@ -1,0 +1,143 @@
+"""One typed settings object, read once from `DOCENT_*` environment variables, failing loudly.
+
+Every field `foo_bar` is read from `DOCENT_FOO_BAR`; `REDIS_URL` is also honoured for `redis_url`.
+An unknown `DOCENT_*` variable or a value of the wrong type or range is a `ConfigError` at start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+from store.exceptions import ConfigError
+
+PREFIX = "DOCENT_"
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Fraction = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # Where state lives.
+    data_dir: str = "var"
+    model_dir: str = ""  # default: {data_dir}/models (converted models, keyed by weights hash)
+    redis_url: str = ""  # empty: start an embedded Redis under {data_dir}/redis
+    host: str = "127.0.0.1"
+    port: Port = 8000
+
+    # Embedding and indexes.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    embed_model: str = "minilm"  # a registered embedder name (index.embedders)
+    embed_threads: NonNegative = 0  # intra-op threads for the online embedder; 0 = all cores
+    bulk_embed_threads: Positive = 1  # threads for offline (ingest/reindex) embedding
+    bulk_batch_size: Positive = 8
+    embed_cache_size: Positive = 4096
+    vector_dtype: Literal["f16", "i8", "f32"] = "f16"
+    chunk_tokens: Positive = 256
+    chunk_overlap: NonNegative = 32
+    max_document_bytes: Positive = 20 * 1024 * 1024
+    allowed_roots: str = ""  # os.pathsep-separated; empty = the data dir and the demo sources
+    rerank_model: str = ""  # directory of a CTranslate2 cross-encoder; empty = no rerank
+    rerank_depth: Positive = 50
+    retrieve_k: Positive = 100
+    top_k: Positive = 8
+    rrf_k: Positive = 60
+    bm25_max_df: Fraction = 0.05  # drop query terms found in more than this share of chunks
+    context_llm: bool = False  # generate contextual prefixes with the configured LLM at ingest
+
+    # LLM backends.
+    llm_backend: Literal["local", "openai", "none"] = "local"
+    llm_url: str = ""
+    llm_model: str = ""
+    llm_api_key: str = ""
+    llm_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    llm_max_retries: NonNegative = 3
+    llm_max_tokens: Positive = 512
+    llm_price_in_per_mtok: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    llm_price_out_per_mtok: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+    # Agent run caps.
+    max_steps: Positive = 12
+    max_run_tokens: Positive = 200_000
+    max_run_cost_usd: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    max_run_seconds: Positive = 600
+    lease_ms: Positive = 30_000
+
+    # Tools.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: Port = 2525
+    smtp_from: str = "docent@localhost"
+    http_allow_hosts: str = ""  # comma-separated host allowlist for http_request
+    http_allow_private: bool = False
+
+    # Approvals.
+    approval_ttl_s: Positive = 3 * 24 * 3600
+    approval_reminder_s: NonNegative = 24 * 3600
+
+    # Server.
+    secret: str = ""  # HMAC secret for tokens; empty = generated once under the data dir
+    admin_api_key: str = ""  # empty = generated once under the data dir
+    allowed_origins: str = ""  # comma-separated; empty = same origin only
+    token_ttl_s: Positive = 24 * 3600
+    user_rate_per_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    user_burst: Positive = 10
+    tenant_rate_per_s: Annotated[float, msgspec.Meta(gt=0)] = 200.0
+    tenant_burst: Positive = 1000
+    max_frame_bytes: Positive = 64 * 1024
+    max_question_chars: Positive = 8000
+    max_upload_bytes: Positive = 20 * 1024 * 1024
+    ws_idle_timeout_s: Positive = 300
+    ws_send_buffer: Positive = 1024
+
+    def __post_init__(self) -> None:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ConfigError("DOCENT_CHUNK_OVERLAP must be smaller than DOCENT_CHUNK_TOKENS")
+        if self.llm_backend == "openai" and not self.llm_url:
+            raise ConfigError("DOCENT_LLM_BACKEND=openai needs DOCENT_LLM_URL")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.model_dir).resolve() if self.model_dir else self.data_path / "models"
+
+    @property
+    def index_root(self) -> Path:
+        return self.data_path / "indexes"
+
+    @property
+    def allowed_root_paths(self) -> tuple[Path, ...]:
+        return tuple(Path(p).resolve() for p in self.allowed_roots.split(os.pathsep) if p)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        fields = set(cls.__struct_fields__)
+        raw: dict[str, str] = {}
+        for key, value in env.items():
+            if not key.startswith(PREFIX):
+                continue
+            name = key[len(PREFIX) :].lower()
+            if name not in fields:
+                raise ConfigError(f"unknown setting {key}", setting=key)
+            raw[name] = value
+        if "redis_url" not in raw and env.get("REDIS_URL"):
+            raw["redis_url"] = env["REDIS_URL"]
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"bad setting: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings.from_env()

@@ -48,7 +48,7 @@ class Citation(msgspec.Struct, frozen=True, kw_only=True):
     snippet: str = ""
 
 
-class UserMessage(_Base, kw_only=True, tag="user_message"):
+class UserMessage(_Base, frozen=True, kw_only=True, tag="user_message"):
     text: str
     mode: Mode = "auto"
     user: str = ""
@@ -57,12 +57,12 @@ class UserMessage(_Base, kw_only=True, tag="user_message"):
     client_message_id: str = ""  # the client's id for this ask: a retried ask is appended once
 
 
-class TurnStarted(_Base, kw_only=True, tag="turn_started"):
+class TurnStarted(_Base, frozen=True, kw_only=True, tag="turn_started"):
     route: Route
     reason: str = ""
 
 
-class RetrievalDone(_Base, kw_only=True, tag="retrieval_done"):
+class RetrievalDone(_Base, frozen=True, kw_only=True, tag="retrieval_done"):
     step: int = 0
     query: str
     chunk_ids: tuple[str, ...]
@@ -70,7 +70,7 @@ class RetrievalDone(_Base, kw_only=True, tag="retrieval_done"):
     latency_ms: float = 0.0
 
 
-class LLMRequested(_Base, kw_only=True, tag="llm_requested"):
+class LLMRequested(_Base, frozen=True, kw_only=True, tag="llm_requested"):
     step: int
     model: str
     prompt_hash: str
@@ -78,7 +78,7 @@ class LLMRequested(_Base, kw_only=True, tag="llm_requested"):
     tools: tuple[str, ...] = ()
 
 
-class LLMCompleted(_Base, kw_only=True, tag="llm_completed"):
+class LLMCompleted(_Base, frozen=True, kw_only=True, tag="llm_completed"):
     step: int
     model: str
     prompt_hash: str
@@ -92,14 +92,14 @@ class LLMCompleted(_Base, kw_only=True, tag="llm_completed"):
     first_token_ms: float = 0.0
 
 
-class LLMFailed(_Base, kw_only=True, tag="llm_failed"):
+class LLMFailed(_Base, frozen=True, kw_only=True, tag="llm_failed"):
     step: int
     code: str
     message: str = ""
     recoverable: bool = False
 
 
-class ToolIntent(_Base, kw_only=True, tag="tool_intent"):
+class ToolIntent(_Base, frozen=True, kw_only=True, tag="tool_intent"):
     step: int
     call_id: str
     tool: str
@@ -108,7 +108,7 @@ class ToolIntent(_Base, kw_only=True, tag="tool_intent"):
     risk: Risk = "low"
 
 
-class ToolResult(_Base, kw_only=True, tag="tool_result"):
+class ToolResult(_Base, frozen=True, kw_only=True, tag="tool_result"):
     step: int
     call_id: str
     tool: str
@@ -118,7 +118,7 @@ class ToolResult(_Base, kw_only=True, tag="tool_result"):
     latency_ms: float = 0.0
 
 
-class ApprovalRequested(_Base, kw_only=True, tag="approval_requested"):
+class ApprovalRequested(_Base, frozen=True, kw_only=True, tag="approval_requested"):
     approval_id: str
     step: int
     call_id: str
@@ -132,33 +132,33 @@ class ApprovalRequested(_Base, kw_only=True, tag="approval_requested"):
     expires_at_ms: int = 0
 
 
-class ApprovalDecided(_Base, kw_only=True, tag="approval_decided"):
+class ApprovalDecided(_Base, frozen=True, kw_only=True, tag="approval_decided"):
     approval_id: str
     decision: Decision
     reviewer: str
     reason: str = ""
 
 
-class ApprovalExpired(_Base, kw_only=True, tag="approval_expired"):
+class ApprovalExpired(_Base, frozen=True, kw_only=True, tag="approval_expired"):
     approval_id: str
 
 
-class AnswerCompleted(_Base, kw_only=True, tag="answer_completed"):
+class AnswerCompleted(_Base, frozen=True, kw_only=True, tag="answer_completed"):
     text: str
     citations: tuple[Citation, ...] = ()
     dropped_citations: tuple[int, ...] = ()  # [n] markers that pointed at nothing the model was given
 
 
-class TurnFailed(_Base, kw_only=True, tag="turn_failed"):
+class TurnFailed(_Base, frozen=True, kw_only=True, tag="turn_failed"):
     code: str
     message: str = ""
 
 
-class TurnCancelled(_Base, kw_only=True, tag="turn_cancelled"):
+class TurnCancelled(_Base, frozen=True, kw_only=True, tag="turn_cancelled"):
     by: str = ""
 
 
-class LimitHit(_Base, kw_only=True, tag="limit_reached"):
+class LimitHit(_Base, frozen=True, kw_only=True, tag="limit_reached"):
     limit: LimitName
     value: float
     cap: float
@@ -187,7 +187,7 @@ Event = (
 TERMINAL = (AnswerCompleted, TurnFailed, TurnCancelled, LimitHit)
 
 
-class Delta(_Base, kw_only=True, tag="delta"):
+class Delta(_Base, frozen=True, kw_only=True, tag="delta"):
     """A token fragment of the answer being generated; live stream only."""
 
     step: int = 0

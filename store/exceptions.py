@@ -103,7 +103,7 @@ class PathNotAllowed(IngestError):
     code = "path_not_allowed"
 
 
-class IndexError_(DocentError):  # noqa: N801 - the builtin IndexError means something else
+class IndexError_(DocentError):  # trailing _: the builtin IndexError means something else
     code = "index_error"
 
 

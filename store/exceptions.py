@@ -6,6 +6,7 @@ DocentError
 │   ├── FrameError              a malformed, oversized or unknown wire message
 │   ├── AuthError               a missing, wrong or expired credential
 │   ├── ForbiddenError          a valid principal asked for something it may not touch
+│   ├── NotFound                no such thing (or not visible to this caller: existence is not revealed)
 │   └── RateLimited             too many requests; carries retry_after_ms
 ├── IngestError                 one document could not be ingested (the batch continues)
 │   ├── UnsupportedFormat
@@ -69,6 +70,10 @@ class AuthError(InputError):
 
 class ForbiddenError(InputError):
     code = "forbidden"
+
+
+class NotFound(InputError):
+    code = "not_found"
 
 
 class RateLimited(InputError):

@@ -1,0 +1,27 @@
+"""LLM backends for the agent loop: OpenAI-compatible HTTP, the embedded SmolLM2, a scripted test server."""
+
+from actors.llm.types import (
+    ChatMessage,
+    Completion,
+    LLMBackend,
+    OnDelta,
+    ToolSpec,
+    load_backend,
+    messages_from_builtins,
+    messages_to_builtins,
+    prompt_hash,
+    tool_specs,
+)
+
+__all__ = [
+    "ChatMessage",
+    "Completion",
+    "LLMBackend",
+    "OnDelta",
+    "ToolSpec",
+    "load_backend",
+    "messages_from_builtins",
+    "messages_to_builtins",
+    "prompt_hash",
+    "tool_specs",
+]

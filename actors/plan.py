@@ -1,0 +1,227 @@
+"""What a conversation does next, decided from its folded state alone (pure, no I/O).
+
+`next_action` is the whole replay rule set: a recorded LLM response is reused (its step is past), a
+recorded tool result is reused, a tool intent without a result is re-issued with the same idempotency
+key, an approval that is pending ends the activation, and a cap that is hit ends the turn.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Literal
+
+import msgspec
+
+from actors.state import ConversationState, TurnState
+from store.events import Citation, LimitName, Risk, Route, ToolCall
+
+MAX_LLM_FAILURES_PER_STEP = 3
+CITATION = re.compile(r"\[(\d{1,3})\]")
+
+AGENT_HINTS = re.compile(
+    r"\b(e-?mail|send|mail|compare|table|delete|remove|post|upload|notify|draft|summari[sz]e (?:these|all)|"
+    r"for each|step by step|then)\b",
+    re.IGNORECASE,
+)
+
+
+class CallCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """What code (never the model) decided about a proposed tool call."""
+
+    ok: bool
+    risk: Risk = "low"
+    needs_approval: bool = False
+    args: dict[str, object] = {}
+    error: str = ""
+
+
+CheckCall = Callable[[ToolCall], CallCheck]
+
+
+class Idle(msgspec.Struct, frozen=True):
+    pass
+
+
+class StartTurn(msgspec.Struct, frozen=True):
+    route: Route
+    reason: str
+
+
+class Retrieve(msgspec.Struct, frozen=True):
+    query: str
+
+
+class CallLLM(msgspec.Struct, frozen=True):
+    step: int
+
+
+class RunTool(msgspec.Struct, frozen=True):
+    step: int
+    call: ToolCall
+    check: CallCheck
+
+
+class RejectTool(msgspec.Struct, frozen=True):
+    """Record a tool call that will not run (invalid, denied or expired) as a result with an error."""
+
+    step: int
+    call: ToolCall
+    error: str
+
+
+class RequestApproval(msgspec.Struct, frozen=True):
+    step: int
+    call: ToolCall
+    check: CallCheck
+
+
+class AwaitApproval(msgspec.Struct, frozen=True):
+    approval_ids: tuple[str, ...]
+
+
+class Finish(msgspec.Struct, frozen=True):
+    text: str
+
+
+class Fail(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+
+
+class Limit(msgspec.Struct, frozen=True):
+    limit: LimitName
+    value: float
+    cap: float
+
+
+Action = (
+    Idle | StartTurn | Retrieve | CallLLM | RunTool | RejectTool | RequestApproval | AwaitApproval | Finish
+    | Fail | Limit
+)  # fmt: skip
+
+
+class Caps(msgspec.Struct, frozen=True, kw_only=True):
+    max_steps: int
+    max_tokens: int
+    max_cost_usd: float
+    max_seconds: float
+
+
+def choose_route(text: str, mode: Literal["auto", "qa", "agent"]) -> tuple[Route, str]:
+    """The client's explicit mode wins; otherwise a cheap, auditable rule: a request to *do* something
+    (send, compare, tabulate, delete, ...) goes to the agent, a question goes to Q&A."""
+    if mode != "auto":
+        return mode, f"client asked for {mode}"
+    match = AGENT_HINTS.search(text)
+    if match:
+        return "agent", f"task verb '{match.group(0).lower()}'"
+    return "qa", "a question: retrieve and answer"
+
+
+def check_caps(turn: TurnState, caps: Caps, now_ms: int) -> Limit | None:
+    if turn.tokens > caps.max_tokens:
+        return Limit(limit="tokens", value=turn.tokens, cap=caps.max_tokens)
+    if turn.cost_usd > caps.max_cost_usd:
+        return Limit(limit="cost", value=round(turn.cost_usd, 6), cap=caps.max_cost_usd)
+    elapsed_s = (now_ms - turn.started_ms) / 1000
+    if elapsed_s > caps.max_seconds and not _waiting_on_human(turn):
+        return Limit(limit="wall_clock", value=round(elapsed_s, 1), cap=caps.max_seconds)
+    return None
+
+
+def _waiting_on_human(turn: TurnState) -> bool:
+    return any(a.status == "pending" for a in turn.approvals.values())
+
+
+def next_action(state: ConversationState, caps: Caps, check: CheckCall, now_ms: int) -> Action:
+    turn = state.current
+    if turn is None or turn.ended:
+        return Idle()
+    if turn.route is None:
+        route, reason = choose_route(turn.question.text, turn.question.mode)
+        return StartTurn(route=route, reason=reason)
+    if (limit := check_caps(turn, caps, now_ms)) is not None:
+        return limit
+    if turn.route == "qa":
+        return _next_qa(turn)
+    return _next_agent(turn, caps, check)
+
+
+def _next_qa(turn: TurnState) -> Action:
+    if turn.retrieval is None:
+        return Retrieve(query=turn.question.text)
+    return _llm_or_fail(turn, 0) or Finish(text=turn.llm_completed[0].text)
+
+
+def _llm_or_fail(turn: TurnState, step: int) -> Action | None:
+    if step in turn.llm_completed:
+        return None
+    if turn.llm_failures.get(step, 0) >= MAX_LLM_FAILURES_PER_STEP:
+        return Fail(code="llm_unavailable", message=f"the model failed {MAX_LLM_FAILURES_PER_STEP} times")
+    return CallLLM(step=step)
+
+
+def _next_agent(turn: TurnState, caps: Caps, check: CheckCall) -> Action:
+    step = turn.last_step
+    if step < 0:
+        return _llm_or_fail(turn, 0) or Fail(code="internal", message="unreachable")
+    completion = turn.llm_completed[step]
+    if not completion.tool_calls:
+        return Finish(text=completion.text)
+    waiting: list[str] = []
+    for call in completion.tool_calls:
+        if call.id in turn.results:
+            continue
+        action = _next_for_call(turn, step, call, check)
+        if isinstance(action, AwaitApproval):
+            waiting.extend(action.approval_ids)
+            continue
+        return action
+    if waiting:
+        return AwaitApproval(approval_ids=tuple(waiting))
+    if step + 1 >= caps.max_steps:
+        return Limit(limit="steps", value=step + 1, cap=caps.max_steps)
+    return _llm_or_fail(turn, step + 1) or Fail(code="internal", message="unreachable")
+
+
+def _next_for_call(turn: TurnState, step: int, call: ToolCall, check: CheckCall) -> Action:
+    verdict = check(call)
+    if not verdict.ok:
+        return RejectTool(step=step, call=call, error=verdict.error)
+    if not verdict.needs_approval:
+        return RunTool(step=step, call=call, check=verdict)
+    approval_id = turn.approval_for_call.get(call.id)
+    if approval_id is None:
+        return RequestApproval(step=step, call=call, check=verdict)
+    approval = turn.approvals[approval_id]
+    match approval.status:
+        case "approved":
+            return RunTool(step=step, call=call, check=verdict)
+        case "pending":
+            return AwaitApproval(approval_ids=(approval_id,))
+        case "denied":
+            why = f": {approval.reason}" if approval.reason else ""
+            return RejectTool(step=step, call=call, error=f"denied by reviewer {approval.reviewer}{why}")
+        case _:
+            return RejectTool(step=step, call=call, error="the approval request expired (counts as denied)")
+
+
+def validate_citations(
+    text: str, sources: list[Citation]
+) -> tuple[str, tuple[Citation, ...], tuple[int, ...]]:
+    """Keep `[n]` markers that point at a source the model was given; strip and report the others."""
+    by_n = {c.n: c for c in sources}
+    used: dict[int, Citation] = {}
+    dropped: list[int] = []
+
+    def keep_or_drop(match: re.Match[str]) -> str:
+        n = int(match.group(1))
+        if n in by_n:
+            used.setdefault(n, by_n[n])
+            return match.group(0)
+        dropped.append(n)
+        return ""
+
+    cleaned = CITATION.sub(keep_or_drop, text)
+    return cleaned, tuple(used[n] for n in sorted(used)), tuple(dict.fromkeys(dropped))

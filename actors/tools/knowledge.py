@@ -1,0 +1,124 @@
+"""Knowledge tools: search the knowledge base and read a document, as the asking principal.
+
+Both go through a `KnowledgeBase` the agent loop supplies; it checks access, so a document the principal
+may not read is simply "not found". What comes back is document text: it is fenced as data for the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Protocol
+
+import msgspec
+
+from actors.tools.registry import Tool, ToolArgs, ToolContext, ToolOutput, fence_data
+from index.types import Principal
+from store.exceptions import ToolError
+
+MAX_SEARCH_K = 10
+MAX_QUERY_CHARS = 1000
+MAX_DOC_ID_CHARS = 200
+MAX_READ_CHARS = 50_000
+DEFAULT_READ_CHARS = 8_000
+HIT_SNIPPET_CHARS = 700
+
+DocId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DOC_ID_CHARS, pattern=r"^[^\x00-\x1f]+$")]
+
+
+class HitLike(Protocol):
+    @property
+    def chunk_id(self) -> str: ...
+    @property
+    def doc_id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def heading(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+
+
+class KnowledgeBase(Protocol):
+    """Access-checked reads of the knowledge base (index.types.Hit satisfies HitLike)."""
+
+    async def search(self, query: str, principal: Principal, k: int) -> Sequence[HitLike]:
+        """The best `k` chunks this principal may read."""
+        ...
+
+    async def read(self, doc_id: str, principal: Principal) -> tuple[str, str] | None:
+        """(title, text) of a document, or None when it does not exist or the principal may not read it."""
+        ...
+
+
+class SearchArgs(ToolArgs, frozen=True):
+    query: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=MAX_QUERY_CHARS, description="what to look for")
+    ]
+    k: Annotated[int, msgspec.Meta(ge=1, le=MAX_SEARCH_K, description="how many passages")] = 5
+
+
+class ReadArgs(ToolArgs, frozen=True):
+    doc_id: Annotated[DocId, msgspec.Meta(description="a doc_id from search results")]
+    max_chars: Annotated[int, msgspec.Meta(ge=100, le=MAX_READ_CHARS)] = DEFAULT_READ_CHARS
+
+
+def knowledge_of(ctx: ToolContext) -> KnowledgeBase:
+    if ctx.knowledge is None:
+        raise ToolError("no knowledge base is available to this run")
+    return ctx.knowledge
+
+
+def _trim(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit].rstrip() + " …"
+
+
+def render_hits(query: str, hits: Sequence[HitLike]) -> str:
+    if not hits:
+        return f"No passages you may read match {query!r}."
+    blocks = []
+    for n, hit in enumerate(hits, 1):
+        where = f"{hit.title} > {hit.heading}" if hit.heading else hit.title
+        head = f"[{n}] chunk_id={hit.chunk_id} doc_id={hit.doc_id} ({where})"
+        blocks.append(f"{head}\n{_trim(hit.text, HIT_SNIPPET_CHARS)}")
+    return fence_data(f"search_knowledge_base results for {query!r}", "\n\n".join(blocks))
+
+
+async def search_knowledge_base(args: SearchArgs, ctx: ToolContext) -> ToolOutput:
+    hits = list(await knowledge_of(ctx).search(args.query, ctx.principal, args.k))[: args.k]
+    data = {
+        "hits": [
+            {"chunk_id": h.chunk_id, "doc_id": h.doc_id, "title": h.title, "heading": h.heading,
+             "score": float(h.score)}
+            for h in hits
+        ]
+    }  # fmt: skip
+    return ToolOutput(text=render_hits(args.query, hits), data=data)
+
+
+async def read_document(args: ReadArgs, ctx: ToolContext) -> ToolOutput:
+    found = await knowledge_of(ctx).read(args.doc_id, ctx.principal)
+    if found is None:
+        raise ToolError(f"document not found: {args.doc_id}", doc_id=args.doc_id)
+    title, text = found
+    shown = text[: args.max_chars]
+    note = f"\n[truncated: {len(shown)} of {len(text)} characters shown]" if len(shown) < len(text) else ""
+    body = fence_data(f"read_document doc_id={args.doc_id} title={title!r}", shown) + note
+    data = {"doc_id": args.doc_id, "title": title, "chars": len(text), "truncated": bool(note)}
+    return ToolOutput(text=body, data=data)
+
+
+SEARCH_TOOL: Tool[SearchArgs] = Tool(
+    name="search_knowledge_base",
+    description="Search the internal knowledge base. Returns passages with chunk and document ids.",
+    args_type=SearchArgs,
+    run=search_knowledge_base,
+)
+
+READ_TOOL: Tool[ReadArgs] = Tool(
+    name="read_document",
+    description="Read the text of one document by its doc_id (from search results).",
+    args_type=ReadArgs,
+    run=read_document,
+)

@@ -1,0 +1,240 @@
+"""The web process: `uvicorn server.app:create_app --factory` (or `python -m server.app`, which also passes
+the WebSocket limits from settings to uvicorn).
+
+It holds sockets and talks to Redis; it loads no model and no index. Inbound chat items go to the
+actors through a `Dispatcher` (inbox + wake-up); uploads are handed to an ingest enqueuer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aredis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+import web
+from actors import api as actors_api
+from actors.api import Dispatcher
+from server.auth import Authenticator
+from server.chat import chat_endpoint
+from server.dispatch import RedisDispatcher, Wake, no_wake
+from server.fanout import Fanout
+from server.limits import AskLimits
+from server.rest import json_response, routes
+from store.conversations import Conversations
+from store.exceptions import (
+    AuthError,
+    ConfigError,
+    DocentError,
+    DocumentTooLarge,
+    ForbiddenError,
+    InputError,
+    RateLimited,
+    UnsupportedFormat,
+)
+from store.ratelimit import AsyncRateLimiter
+from store.settings import Settings, get_settings
+
+WEB_DIR = Path(web.__file__).resolve().parent
+# uvicorn drops frames over this many times settings.max_frame_bytes (close 1009); below it our own
+# check answers with a typed error frame and close 4413.
+HARD_FRAME_LIMIT_FACTOR = 4
+WS_PING_INTERVAL_S = 20.0
+REDIS_POOL_CONNECTIONS = 64
+REDIS_POOL_WAIT_S = 5.0
+FANOUT_MAX_CONNECTIONS = 10_000
+WS_PING_TIMEOUT_S = 20.0
+
+Ingest = Callable[[str, Path], Awaitable[str]]
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: list[tuple[type[DocentError], int]] = [
+    (AuthError, 401),
+    (ForbiddenError, 403),
+    (RateLimited, 429),
+    (DocumentTooLarge, 413),
+    (UnsupportedFormat, 415),
+    (InputError, 400),
+]
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    redis: aredis.Redis
+    auth: Authenticator
+    conversations: Conversations
+    fanout: Fanout
+    dispatcher: Dispatcher
+    limits: AskLimits
+    ingest: Ingest
+    allowed_origins: frozenset[str]
+
+
+async def no_ingest(tenant: str, path: Path) -> str:
+    log.warning("no ingest enqueuer configured: %s stays in %s until ingested", path.name, path.parent)
+    return ""
+
+
+def _default_wake(settings: Settings) -> Wake:
+    make = getattr(actors_api, "make_wake", None)
+    return make(settings) if make is not None else no_wake  # type: ignore[no-any-return]
+
+
+def _default_ingest(settings: Settings) -> Ingest:
+    make = getattr(actors_api, "make_ingest", None)
+    return make(settings) if make is not None else no_ingest  # type: ignore[no-any-return]
+
+
+def parse_origins(value: str) -> frozenset[str]:
+    return frozenset(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+
+
+async def docent_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DocentError)
+    status = next((s for t, s in STATUS_BY_ERROR if isinstance(exc, t)), 503)
+    response = json_response(exc.to_wire(), status_code=status)
+    retry = exc.details.get("retry_after_ms")
+    if isinstance(retry, int):
+        response.headers["Retry-After"] = str(max(1, -(-retry // 1000)))
+    return response
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return json_response({"code": "http_error", "message": exc.detail}, status_code=exc.status_code)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    wake: Wake | None = None,
+    ingest: Ingest | None = None,
+    dispatcher: Dispatcher | None = None,
+) -> Starlette:
+    settings = settings or get_settings()
+    if not settings.redis_url:
+        raise ConfigError("the web process needs DOCENT_REDIS_URL (`docent run` starts one for you)")
+    auth = Authenticator.from_settings(settings)  # fail at start, not at the first request
+    allowed_origins = parse_origins(settings.allowed_origins)
+    templates = Jinja2Templates(directory=str(WEB_DIR / "templates"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Requests wait for a pooled connection rather than failing when many sockets greet at once; the
+        # fan-out's blocking reads get their own pool (one connection per batch of keys).
+        client = aredis.Redis(
+            connection_pool=aredis.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=REDIS_POOL_CONNECTIONS, timeout=REDIS_POOL_WAIT_S
+            )
+        )
+        fanout = Fanout(aredis.Redis.from_url(settings.redis_url, max_connections=FANOUT_MAX_CONNECTIONS))
+        app.state.services = Services(
+            settings=settings,
+            redis=client,
+            auth=auth,
+            conversations=Conversations(client),
+            fanout=fanout,
+            dispatcher=dispatcher or RedisDispatcher(client, wake or _default_wake(settings)),
+            limits=AskLimits(AsyncRateLimiter(client), settings),
+            ingest=ingest or _default_ingest(settings),
+            allowed_origins=allowed_origins,
+        )
+        try:
+            yield
+        finally:
+            await fanout.aclose()
+            await fanout.client.aclose()
+            await client.aclose()
+
+    async def chat_page(request: Request) -> Response:
+        nonce = secrets.token_urlsafe(16)
+        response = templates.TemplateResponse(request, "chat.html", {"nonce": nonce})
+        response.headers["Content-Security-Policy"] = (
+            f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; "
+            "connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; frame-ancestors 'self'"
+        )
+        response.headers["Referrer-Policy"] = "no-referrer"  # the page URL carries the token
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    async def docent_module(request: Request) -> Response:
+        body = (
+            'import "./docent.js";\n'
+            "const Docent = globalThis.Docent;\n"
+            "export const connect = Docent.connect;\n"
+            "export const mount = Docent.mount;\n"
+            "export const renderMarkdown = Docent.renderMarkdown;\n"
+            "export default Docent;\n"
+        )
+        return Response(body, media_type="text/javascript")
+
+    app_routes = [
+        Route("/", chat_page, methods=["GET"]),
+        WebSocketRoute("/ws/chat", chat_endpoint),
+        *routes(),
+        Route("/static/docent.mjs", docent_module, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static"),
+    ]
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=sorted(allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Admin-Key"],
+            max_age=600,
+        )
+    ]
+    return Starlette(
+        routes=app_routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={DocentError: docent_error, HTTPException: http_error},
+    )
+
+
+def uvicorn_args(settings: Settings) -> list[str]:
+    """The uvicorn command-line options that enforce this app's WebSocket limits."""
+    return [
+        "--ws", "websockets",
+        "--ws-max-size", str(settings.max_frame_bytes * HARD_FRAME_LIMIT_FACTOR),
+        "--ws-ping-interval", str(WS_PING_INTERVAL_S),
+        "--ws-ping-timeout", str(WS_PING_TIMEOUT_S),
+        "--ws-per-message-deflate", "false",
+    ]  # fmt: skip
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "server.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets",
+        ws_max_size=settings.max_frame_bytes * HARD_FRAME_LIMIT_FACTOR,
+        ws_ping_interval=WS_PING_INTERVAL_S,
+        ws_ping_timeout=WS_PING_TIMEOUT_S,
+        ws_per_message_deflate=False,
+        log_level="warning",
+    )
+
+
+if __name__ == "__main__":
+    main()

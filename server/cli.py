@@ -1,0 +1,140 @@
+"""The `docent` command: run, serve, ingest, search, eval, demo, token, chaos."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from store.exceptions import DocentError
+from store.settings import Settings, get_settings
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from server.runner import run
+
+    return run(settings)
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from server.runner import procfile_commands
+
+    command = procfile_commands(settings)["web"]
+    os.execv(command[0], command)
+
+
+def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from actors.bootstrap import ingest_paths
+
+    report = ingest_paths(settings, [Path(p) for p in args.paths], tenant=args.tenant, readers=args.readers)
+    print(json.dumps(report, indent=2))
+    return 0 if not report.get("errors") else 2
+
+
+def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from actors.bootstrap import search_once
+
+    result = asyncio.run(
+        search_once(settings, args.query, tenant=args.tenant, user=args.user, groups=args.group, k=args.k,
+                    mode=args.mode)
+    )  # fmt: skip
+    for n, hit in enumerate(result.hits, 1):
+        ranks = f"dense={hit.dense_rank} bm25={hit.bm25_rank}"
+        print(f"[{n}] {hit.score:.4f} {hit.doc_id} :: {hit.heading or hit.title} ({ranks})")
+        print("    " + hit.text[:200].replace("\n", " "))
+    print(json.dumps({"index_version": result.index_version, "timings_ms": result.timings_ms}))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from index.evalrun import evaluate_collection, format_table
+
+    report = evaluate_collection(settings, Path(args.directory), corpus=args.corpus)
+    print(format_table(report))
+    if args.json:
+        print(json.dumps(report, separators=(",", ":")))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from actors.bootstrap import ensure_demo
+
+    print(json.dumps(ensure_demo(settings, force=args.force), indent=2))
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from server.auth import mint_token
+
+    roles = tuple(args.role or ["user"])
+    print(mint_token(settings, tenant=args.tenant, user=args.user, groups=tuple(args.group), roles=roles))
+    return 0
+
+
+def _cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
+    from actors.chaos import main as chaos_main
+
+    return chaos_main(runs=args.runs, as_json=args.json, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="docent", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="embedded Redis, web, workers and the demo knowledge base").set_defaults(fn=_cmd_run)
+    sub.add_parser("serve", help="the web process only").set_defaults(fn=_cmd_serve)
+
+    ingest = sub.add_parser("ingest", help="ingest files or directories into the active index")
+    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument("--tenant", default="default")
+    ingest.add_argument("--readers", nargs="*", default=["*"])
+    ingest.set_defaults(fn=_cmd_ingest)
+
+    search = sub.add_parser("search", help="hybrid search as a principal")
+    search.add_argument("query")
+    search.add_argument("--tenant", default="default")
+    search.add_argument("--user", default="cli")
+    search.add_argument("--group", action="append", default=[])
+    search.add_argument("-k", type=int, default=8)
+    search.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
+    search.set_defaults(fn=_cmd_search)
+
+    ev = sub.add_parser("eval", help="evaluate bm25, dense and hybrid on a BEIR-layout collection")
+    ev.add_argument("directory")
+    ev.add_argument("--corpus", type=Path, default=None, help="corpus.jsonl instead of DIR's")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(fn=_cmd_eval)
+
+    demo = sub.add_parser("demo", help="build and ingest the demo knowledge base")
+    demo.add_argument("--force", action="store_true")
+    demo.set_defaults(fn=_cmd_demo)
+
+    token = sub.add_parser("token", help="mint a signed token")
+    token.add_argument("--tenant", default="default")
+    token.add_argument("--user", default="demo")
+    token.add_argument("--group", action="append", default=[])
+    token.add_argument("--role", action="append", choices=["user", "reviewer", "admin"])
+    token.set_defaults(fn=_cmd_token)
+
+    chaos = sub.add_parser("chaos", help="kill workers at random points and check no effect is duplicated")
+    chaos.add_argument("--runs", type=int, default=20)
+    chaos.add_argument("--seed", type=int, default=0)
+    chaos.add_argument("--json", action="store_true")
+    chaos.set_defaults(fn=_cmd_chaos)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args, get_settings()) or 0)
+    except DocentError as exc:
+        print(f"docent: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The REST API: conversations (list, history), document upload (admin), health and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import secrets
+import unicodedata
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import msgspec
+import redis
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from server.auth import Principal
+from server.fanout import log_key
+from store.blocking import run_blocking
+from store.conversations import can_read, identifier
+from store.exceptions import DocumentTooLarge, ForbiddenError, InputError, UnsupportedFormat
+from store.scripts import stream_id
+
+if TYPE_CHECKING:
+    from server.app import Services
+
+ALLOWED_EXTENSIONS = frozenset({".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf", ".csv", ".json"})
+MAX_FILENAME_STEM_CHARS = 100
+MULTIPART_OVERHEAD_BYTES = 64 * 1024  # boundaries and part headers on top of the file itself
+MAX_EVENTS_PAGE = 1000
+DEFAULT_EVENTS_PAGE = 200
+READY_TIMEOUT_S = 1.0
+UPLOADS_DIR = "uploads"
+
+
+class EventOut(msgspec.Struct, frozen=True):
+    id: str
+    event: msgspec.Raw
+
+
+class EventsPage(msgspec.Struct, frozen=True):
+    conversation_id: str
+    events: list[EventOut]
+    next_after: str
+
+
+class ConversationOut(msgspec.Struct, frozen=True):
+    id: str
+    title: str
+    created_ms: int
+
+
+class Uploaded(msgspec.Struct, frozen=True):
+    tenant: str
+    document: str
+    bytes: int
+    sha256: str
+    job: str
+
+
+_json = msgspec.json.Encoder()
+
+
+def json_response(value: object, status_code: int = 200) -> Response:
+    return Response(_json.encode(value), status_code=status_code, media_type="application/json")
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query_params.get("token")
+
+
+def _principal(request: Request) -> Principal:
+    return _services(request).auth.principal(bearer_token(request))
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InputError(f"{name} must be an integer from {low} to {high}", field=name)
+    return int(raw)
+
+
+async def list_conversations(request: Request) -> Response:
+    me = _principal(request)
+    limit = _int_param(request, "limit", 50, 1, 200)
+    metas = await _services(request).conversations.list_for(me.tenant, me.user, limit)
+    return json_response({"conversations": [ConversationOut(m.id, m.title, m.created_ms) for m in metas]})
+
+
+async def conversation_events(request: Request) -> Response:
+    """Durable events after `after` (exclusive), oldest first; deltas are not history."""
+    me = _principal(request)
+    services = _services(request)
+    conv_id = request.path_params["conversation_id"]
+    meta = await services.conversations.get(conv_id)
+    if meta is None or not can_read(meta, me.tenant, me.user, me.roles):
+        raise ForbiddenError("no such conversation, or not yours")
+    after = stream_id(request.query_params.get("after", "0-0"), "after")
+    limit = _int_param(request, "limit", DEFAULT_EVENTS_PAGE, 1, MAX_EVENTS_PAGE)
+    entries: Any = await services.redis.xrange(log_key(conv_id), f"({after}", "+", count=limit)
+    events = [EventOut(_text(i), msgspec.Raw(fields[b"e"])) for i, fields in entries]
+    return json_response(EventsPage(conv_id, events, events[-1].id if events else after))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def sanitize_filename(name: str) -> str:
+    """A plain file name from whatever the client sent: no directories, no dot files, allowed extensions."""
+    base = unicodedata.normalize("NFKC", name).replace("\\", "/").rsplit("/", 1)[-1]
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base)
+    base = re.sub(r"\.{2,}", ".", base)
+    stem, dot, suffix = base.rpartition(".")
+    ext = f".{suffix.lower()}" if dot else ""
+    if ext not in ALLOWED_EXTENSIONS:
+        allowed = ", ".join(sorted(ALLOWED_EXTENSIONS))
+        raise UnsupportedFormat(
+            f"file type {ext or '(none)'} is not accepted; allowed: {allowed}", field="file"
+        )
+    stem = stem.strip("._-")[:MAX_FILENAME_STEM_CHARS] or "document"
+    return f"{stem}{ext}"
+
+
+def _save(source: IO[bytes], directory: Path, filename: str) -> tuple[Path, int, str]:
+    """Copy `source` to a new file in `directory` (never over an existing one); its path, size, sha256."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem, ext = os.path.splitext(filename)
+    candidate = directory / filename
+    while True:
+        if candidate.resolve().parent != directory.resolve():
+            raise InputError("bad file name", field="file")
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            break
+        except FileExistsError:
+            candidate = directory / f"{stem}-{secrets.token_hex(4)}{ext}"
+    digest, size = hashlib.sha256(), 0
+    source.seek(0)
+    with os.fdopen(fd, "wb") as out:
+        while chunk := source.read(1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    return candidate, size, digest.hexdigest()
+
+
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise DocumentTooLarge(f"upload is over {limit} bytes")
+        yield chunk
+
+
+async def upload_document(request: Request) -> Response:
+    services = _services(request)
+    settings = services.settings
+    admin_key = request.headers.get("x-admin-key")
+    tenant = request.query_params.get("tenant")
+    me = services.auth.admin(bearer_token(request), admin_key, tenant)
+    max_bytes = settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD_BYTES:
+        raise DocumentTooLarge(f"upload is over {max_bytes} bytes", limit=max_bytes)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InputError("send the document as multipart/form-data, field `file`", field="file")
+    stream = _limited(request, max_bytes + MULTIPART_OVERHEAD_BYTES)
+    try:
+        form = await MultiPartParser(request.headers, stream, max_files=1, max_fields=8).parse()
+    except MultiPartException as exc:
+        raise InputError(f"bad multipart body: {exc.message}", field="file") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            raise InputError("no file: send it in the multipart field `file`", field="file")
+        if upload.size is not None and upload.size > max_bytes:
+            raise DocumentTooLarge(f"upload is over {max_bytes} bytes", limit=max_bytes)
+        filename = sanitize_filename(upload.filename)
+        directory = settings.data_path / UPLOADS_DIR / identifier(me.tenant, "tenant")
+        path, size, sha256 = await run_blocking(_save, upload.file, directory, filename)
+    finally:
+        await form.close()
+    job = await services.ingest(me.tenant, path)
+    return json_response(Uploaded(me.tenant, path.name, size, sha256, job), status_code=202)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+async def readyz(request: Request) -> Response:
+    try:
+        await asyncio.wait_for(_services(request).redis.ping(), READY_TIMEOUT_S)
+    except (redis.RedisError, TimeoutError, OSError) as exc:
+        return JSONResponse({"ok": False, "redis": str(exc) or "timeout"}, status_code=503)
+    return JSONResponse({"ok": True, "redis": "ok"})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/conversations", list_conversations, methods=["GET"]),
+        Route("/api/conversations/{conversation_id}/events", conversation_events, methods=["GET"]),
+        Route("/api/documents", upload_document, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]

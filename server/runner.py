@@ -1,0 +1,105 @@
+"""`docent run`: one machine, everything — embedded Redis (when no REDIS_URL), web, workers, demo data.
+
+The processes are the Procfile's (`web`, `worker`, `ingest`), started as children with the same
+environment plus the Redis URL, and stopped together on Ctrl-C or when any of them dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from store.redis import EmbeddedRedis
+from store.settings import Settings
+
+EMBEDDED_REDIS_PORT = 6399
+CHILD_STOP_TIMEOUT_S = 10.0
+POLL_INTERVAL_S = 0.5
+
+
+def procfile_commands(settings: Settings) -> dict[str, list[str]]:
+    bin_dir = Path(sys.executable).parent
+    return {
+        "web": [sys.executable, "-m", "server.app"],
+        "worker": [
+            str(bin_dir / "dramatiq"), "actors.worker", "--queues", "conversation", "approvals",
+            "--processes", "1", "--threads", "4",
+        ],
+        "ingest": [
+            str(bin_dir / "dramatiq"), "actors.worker", "--queues", "ingest", "reindex",
+            "--processes", "1", "--threads", "1",
+        ],
+    }  # fmt: skip
+
+
+class Supervisor:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, command: list[str]) -> None:
+        self.children[name] = subprocess.Popen(command, env=self.env)
+
+    def first_exited(self) -> str | None:
+        return next((n for n, p in self.children.items() if p.poll() is not None), None)
+
+    def stop_all(self) -> None:
+        for process in self.children.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + CHILD_STOP_TIMEOUT_S
+        for process in self.children.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def announce(settings: Settings) -> None:
+    """Print what a person needs to try it: the chat link with a demo token, and the admin key."""
+    from server.auth import ensure_admin_key, mint_token
+
+    base = f"http://{settings.host}:{settings.port}"
+    user = mint_token(settings, tenant="default", user="demo", groups=("legal",), roles=("user",))
+    reviewer = mint_token(settings, tenant="default", user="reviewer", roles=("reviewer",))
+    print(
+        f"\nDocent is up on {base}\n"
+        f"  chat:     {base}/?token={user}\n"
+        f"  reviewer: {base}/review?token={reviewer}\n"
+        f"  admin key (X-Admin-Key): {ensure_admin_key(settings)}\n"
+        "Ctrl-C stops everything.",
+        flush=True,
+    )
+
+
+def run(settings: Settings) -> int:
+    env = dict(os.environ)
+    redis_server: EmbeddedRedis | None = None
+    if not settings.redis_url:
+        redis_server = EmbeddedRedis(settings.data_path / "redis", port=EMBEDDED_REDIS_PORT).start()
+        env["DOCENT_REDIS_URL"] = redis_server.url
+        print(f"embedded redis on {redis_server.url} (data in {redis_server.directory})", flush=True)
+    env["DOCENT_DATA_DIR"] = str(settings.data_path)
+    supervisor = Supervisor(env)
+    try:
+        from actors.bootstrap import prepare
+
+        child_settings = Settings.from_env(env)
+        prepare(child_settings)
+        for name, command in procfile_commands(settings).items():
+            supervisor.start(name, command)
+        announce(child_settings)
+        while (dead := supervisor.first_exited()) is None:
+            time.sleep(POLL_INTERVAL_S)
+        print(f"process {dead} exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        supervisor.stop_all()
+        if redis_server:
+            redis_server.stop()

@@ -1,0 +1,437 @@
+"""The document catalog: one SQLite file (WAL) holding documents and, per index version, their chunks.
+
+The catalog is the source of truth for what search may return. Every chunk row of an index version has a
+`visible` flag; the USearch and Whoosh files of that version may hold more entries than are visible
+(new entries written ahead of a switch, old ones waiting for garbage collection), and search drops every
+key the catalog does not show as visible and readable. Replacing a document is therefore:
+
+1. `add_hidden_chunks`: the new rows, invisible, are recorded before any index file is written, so a crash
+   leaves a trail of what to clean up;
+2. the index files gain the new entries;
+3. `commit_documents`: ONE transaction makes the new rows visible, the old ones invisible and records the
+   document (metadata, per-version ingest hash, plain text);
+4. the index files drop the hidden entries, then `purge_hidden` deletes their rows.
+
+Tables: `documents` (one row per document, version-independent metadata), `document_texts` (the plain
+text `read_document` shows), `version_documents` (what each index version holds of a document: the ingest
+hash that makes re-ingesting unchanged content a no-op), `chunks` (version, key, ...; key is the 63-bit
+USearch key, also the Whoosh unique id).
+
+This module is blocking (sqlite3): async callers go through `store.blocking.run_blocking`. A `Catalog`
+may be shared between threads: each thread gets its own connection. Only stdlib and msgspec are imported.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgspec
+
+from store.exceptions import ForbiddenError, IndexError_, InputError
+
+CATALOG_FILE = "catalog.sqlite"
+BUSY_TIMEOUT_MS = 30_000
+SQL_BATCH = 500  # keys per `IN (...)`: well under SQLite's variable limit
+MAX_LIST_LIMIT = 1000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    source TEXT NOT NULL,
+    format TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    readers TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS documents_by_tenant ON documents(tenant, doc_id);
+CREATE TABLE IF NOT EXISTS document_texts (
+    doc_id TEXT PRIMARY KEY,
+    text TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS version_documents (
+    version TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    ingest_hash TEXT NOT NULL,
+    chunks INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (version, doc_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunks (
+    version TEXT NOT NULL,
+    key INTEGER NOT NULL,
+    doc_id TEXT NOT NULL,
+    chunk_id TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    context TEXT NOT NULL,
+    title TEXT NOT NULL,
+    heading TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    readers TEXT NOT NULL,
+    visible INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (version, key)
+);
+CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(version, doc_id);
+CREATE INDEX IF NOT EXISTS chunks_hidden ON chunks(version) WHERE visible = 0;
+"""
+
+_readers_encoder = msgspec.json.Encoder()
+_readers_decoder = msgspec.json.Decoder(tuple[str, ...])
+
+
+class CatalogDocument(msgspec.Struct, frozen=True, kw_only=True):
+    doc_id: str
+    title: str
+    source: str
+    format: str
+    content_hash: str
+    tenant: str
+    readers: tuple[str, ...]
+    size_bytes: int = 0
+    updated_at_ms: int = 0
+    deleted: bool = False
+
+    def readable_by(self, tenant: str, reader_tokens: Iterable[str]) -> bool:
+        return not self.deleted and tenant == self.tenant and not set(self.readers).isdisjoint(reader_tokens)
+
+
+class ChunkRow(msgspec.Struct, frozen=True, kw_only=True):
+    key: int  # the USearch key and Whoosh unique id of this entry
+    chunk_id: str
+    doc_id: str
+    ordinal: int
+    text: str
+    context: str
+    title: str
+    heading: str
+    tenant: str
+    readers: tuple[str, ...]
+    visible: bool = False
+
+    def readable_by(self, tenant: str, reader_tokens: Iterable[str]) -> bool:
+        return self.visible and tenant == self.tenant and not set(self.readers).isdisjoint(reader_tokens)
+
+
+class DocumentCommit(msgspec.Struct, frozen=True, kw_only=True):
+    """The switch of one document in one index version: exactly `visible` (key, ordinal) rows stay shown."""
+
+    document: CatalogDocument
+    ingest_hash: str
+    visible: tuple[tuple[int, int], ...]
+    text: str | None = None  # plain text for read_document; None keeps what is stored
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _batches(keys: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(keys), SQL_BATCH):
+        yield keys[start : start + SQL_BATCH]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+CHUNK_COLUMNS = "key, chunk_id, doc_id, ordinal, text, context, title, heading, tenant, readers, visible"
+DOCUMENT_COLUMNS = "doc_id, title, source, format, content_hash, tenant, readers, size, updated_at, deleted"
+
+
+def _chunk_row(row: tuple) -> ChunkRow:
+    key, chunk_id, doc_id, ordinal, text, context, title, heading, tenant, readers, visible = row
+    return ChunkRow(
+        key=key, chunk_id=chunk_id, doc_id=doc_id, ordinal=ordinal, text=text, context=context, title=title,
+        heading=heading, tenant=tenant, readers=_readers_decoder.decode(readers), visible=bool(visible),
+    )  # fmt: skip
+
+
+def _document(row: tuple) -> CatalogDocument:
+    doc_id, title, source, fmt, content_hash, tenant, readers, size, updated_at, deleted = row
+    return CatalogDocument(
+        doc_id=doc_id, title=title, source=source, format=fmt, content_hash=content_hash, tenant=tenant,
+        readers=_readers_decoder.decode(readers), size_bytes=size, updated_at_ms=updated_at,
+        deleted=bool(deleted),
+    )  # fmt: skip
+
+
+def _check_version(version: str) -> str:
+    if not isinstance(version, str) or not version:
+        raise InputError("an index version name is required", field="version")
+    return version
+
+
+class Catalog:
+    """The SQLite catalog. Blocking; thread-safe by giving every thread its own connection."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._create_schema()
+
+    @classmethod
+    def for_data_dir(cls, data_path: Path) -> Catalog:
+        return cls(Path(data_path) / CATALOG_FILE)
+
+    # -- connections -------------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise IndexError_("the catalog is closed")
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None:
+            return db
+        try:
+            db = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed switch must survive power loss, because the next step deletes the old
+            # entries from the index files.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        except sqlite3.Error as exc:
+            raise IndexError_(f"cannot open the catalog {self.path}: {exc}") from exc
+        with self._lock:
+            self._connections.append(db)
+        self._local.db = db
+        return db
+
+    def _create_schema(self) -> None:
+        try:
+            self._connection().executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise IndexError_(f"cannot create the catalog schema: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front (BEGIN IMMEDIATE) so it never deadlocks on an upgrade."""
+        db = self._connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise IndexError_(f"catalog unavailable: {exc}") from exc
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise IndexError_(f"catalog commit failed: {exc}") from exc
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise IndexError_(f"catalog read failed: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for db in connections:
+            db.close()
+
+    # -- documents ---------------------------------------------------------------------------------
+
+    def get_document(self, doc_id: str) -> CatalogDocument | None:
+        rows = self._read(f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE doc_id = ?", (doc_id,))
+        return _document(rows[0]) if rows else None
+
+    def list_documents(
+        self, *, tenant: str | None = None, include_deleted: bool = False, limit: int = 100, offset: int = 0
+    ) -> list[CatalogDocument]:
+        if not 1 <= limit <= MAX_LIST_LIMIT or offset < 0:
+            raise InputError(f"limit must be 1..{MAX_LIST_LIMIT} and offset >= 0", field="limit")
+        where, params = [], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        if not include_deleted:
+            where.append("deleted = 0")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT {DOCUMENT_COLUMNS} FROM documents {clause} ORDER BY doc_id LIMIT ? OFFSET ?"
+        return [_document(r) for r in self._read(sql, [*params, limit, offset])]
+
+    def document_text(self, doc_id: str) -> str | None:
+        rows = self._read("SELECT text FROM document_texts WHERE doc_id = ?", (doc_id,))
+        return rows[0][0] if rows else None
+
+    def check_owner(self, doc_id: str, tenant: str) -> None:
+        """A live document id belongs to one tenant: another tenant may not overwrite it."""
+        current = self.get_document(doc_id)
+        if current is not None and not current.deleted and current.tenant != tenant:
+            raise ForbiddenError(f"document {doc_id!r} belongs to another tenant", doc_id=doc_id)
+
+    # -- one index version -------------------------------------------------------------------------
+
+    def ingest_hash(self, version: str, doc_id: str) -> str | None:
+        sql = "SELECT ingest_hash FROM version_documents WHERE version = ? AND doc_id = ?"
+        rows = self._read(sql, (_check_version(version), doc_id))
+        return rows[0][0] if rows else None
+
+    def visible_chunks(self, version: str, doc_id: str) -> list[ChunkRow]:
+        sql = (
+            f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE version = ? AND doc_id = ? AND visible = 1 "
+            "ORDER BY ordinal"
+        )
+        return [_chunk_row(r) for r in self._read(sql, (_check_version(version), doc_id))]
+
+    def hidden_keys(self, version: str) -> list[int]:
+        """Keys of rows that are not visible: new entries of an unfinished switch, or old ones to collect."""
+        sql = "SELECT key FROM chunks WHERE version = ? AND visible = 0"
+        return [r[0] for r in self._read(sql, (_check_version(version),))]
+
+    def add_hidden_chunks(self, version: str, rows: Sequence[ChunkRow]) -> None:
+        """Record entries about to be written to the index files; a row already present is left alone."""
+        _check_version(version)
+        values = [
+            (version, r.key, r.doc_id, r.chunk_id, r.ordinal, r.text, r.context, r.title, r.heading, r.tenant,
+             _readers_encoder.encode(r.readers).decode())
+            for r in rows
+        ]  # fmt: skip
+        with self._write() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO chunks (version, key, doc_id, chunk_id, ordinal, text, context, "
+                "title, heading, tenant, readers, visible) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                values,
+            )
+
+    def commit_documents(self, version: str, commits: Sequence[DocumentCommit]) -> None:
+        """The atomic switch, for every document in `commits` at once, in ONE transaction."""
+        _check_version(version)
+        updated_at = now_ms()
+        with self._write() as db:
+            for commit in commits:
+                doc = commit.document
+                missing = self._missing_keys(db, version, doc.doc_id, [k for k, _ in commit.visible])
+                if missing:
+                    raise IndexError_(
+                        f"cannot show chunks that were never recorded: {sorted(missing)[:3]}",
+                        doc_id=doc.doc_id,
+                    )
+                db.execute(
+                    "UPDATE chunks SET visible = 0 WHERE version = ? AND doc_id = ?", (version, doc.doc_id)
+                )
+                db.executemany(
+                    "UPDATE chunks SET visible = 1, ordinal = ? WHERE version = ? AND key = ?",
+                    [(ordinal, version, key) for key, ordinal in commit.visible],
+                )
+                db.execute(
+                    "INSERT OR REPLACE INTO version_documents "
+                    "(version, doc_id, ingest_hash, chunks, updated_at) VALUES (?, ?, ?, ?, ?)",
+                    (version, doc.doc_id, commit.ingest_hash, len(commit.visible), updated_at),
+                )
+                self._upsert_document(db, doc, updated_at)
+                if commit.text is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO document_texts (doc_id, text) VALUES (?, ?)",
+                        (doc.doc_id, commit.text),
+                    )
+
+    @staticmethod
+    def _missing_keys(db: sqlite3.Connection, version: str, doc_id: str, keys: Sequence[int]) -> set[int]:
+        found: set[int] = set()
+        for batch in _batches(keys):
+            sql = f"SELECT key FROM chunks WHERE version = ? AND doc_id = ? AND key IN ({_marks(len(batch))})"
+            found.update(r[0] for r in db.execute(sql, [version, doc_id, *batch]))
+        return set(keys) - found
+
+    @staticmethod
+    def _upsert_document(db: sqlite3.Connection, doc: CatalogDocument, updated_at: int) -> None:
+        db.execute(
+            f"INSERT OR REPLACE INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            (doc.doc_id, doc.title, doc.source, doc.format, doc.content_hash, doc.tenant,
+             _readers_encoder.encode(doc.readers).decode(), doc.size_bytes, updated_at),
+        )  # fmt: skip
+
+    def hide_document(self, version: str, doc_id: str) -> int:
+        """Delete a document: its rows in `version` become hidden (to be collected), it is marked deleted
+        and its text is dropped. Returns how many rows were hidden."""
+        _check_version(version)
+        with self._write() as db:
+            hidden = db.execute(
+                "UPDATE chunks SET visible = 0 WHERE version = ? AND doc_id = ? AND visible = 1",
+                (version, doc_id),
+            ).rowcount
+            db.execute("DELETE FROM version_documents WHERE version = ? AND doc_id = ?", (version, doc_id))
+            db.execute("DELETE FROM document_texts WHERE doc_id = ?", (doc_id,))
+            db.execute(
+                "UPDATE documents SET deleted = 1, updated_at = ? WHERE doc_id = ?", (now_ms(), doc_id)
+            )
+        return hidden
+
+    def purge_hidden(self, version: str, keys: Sequence[int]) -> int:
+        """Forget hidden rows once the index files no longer hold them. Visible rows are never touched."""
+        _check_version(version)
+        purged = 0
+        with self._write() as db:
+            for batch in _batches(list(keys)):
+                sql = (
+                    f"DELETE FROM chunks WHERE version = ? AND visible = 0 AND key IN ({_marks(len(batch))})"
+                )
+                purged += db.execute(sql, [version, *batch]).rowcount
+        return purged
+
+    # -- search side -------------------------------------------------------------------------------
+
+    def readable_keys(
+        self, version: str, keys: Sequence[int], tenant: str, reader_tokens: Iterable[str]
+    ) -> set[int]:
+        """The subset of `keys` visible in `version` and readable by this tenant and these reader tokens."""
+        tokens = set(reader_tokens)
+        readable: set[int] = set()
+        for batch in _batches(list(keys)):
+            sql = (
+                f"SELECT key, readers FROM chunks WHERE version = ? AND visible = 1 AND tenant = ? "
+                f"AND key IN ({_marks(len(batch))})"
+            )
+            for key, readers in self._read(sql, [version, tenant, *batch]):
+                if not tokens.isdisjoint(_readers_decoder.decode(readers)):
+                    readable.add(key)
+        return readable
+
+    def chunk_rows(self, version: str, keys: Sequence[int]) -> dict[int, ChunkRow]:
+        """Visible rows for `keys` (hidden or unknown keys are absent)."""
+        rows: dict[int, ChunkRow] = {}
+        for batch in _batches(list(keys)):
+            sql = (
+                f"SELECT {CHUNK_COLUMNS} FROM chunks "
+                f"WHERE version = ? AND visible = 1 AND key IN ({_marks(len(batch))})"
+            )
+            rows.update((r[0], _chunk_row(r)) for r in self._read(sql, [version, *batch]))
+        return rows
+
+    def counts(self, version: str) -> tuple[int, int]:
+        """(documents, visible chunks) held by a version."""
+        sql = "SELECT COUNT(*), COALESCE(SUM(chunks), 0) FROM version_documents WHERE version = ?"
+        documents, chunks = self._read(sql, (version,))[0]
+        return int(documents), int(chunks)
+
+    def version_doc_ids(self, version: str) -> list[str]:
+        return [
+            r[0] for r in self._read("SELECT doc_id FROM version_documents WHERE version = ?", (version,))
+        ]
+
+    def drop_version(self, version: str) -> None:
+        """Forget every row of an index version (its files are removed by the caller)."""
+        _check_version(version)
+        with self._write() as db:
+            db.execute("DELETE FROM chunks WHERE version = ?", (version,))
+            db.execute("DELETE FROM version_documents WHERE version = ?", (version,))

@@ -1,0 +1,155 @@
+"""Conversation metadata: who owns a conversation, and each user's list of conversations.
+
+Keys:
+
+    convmeta:{<id>}              hash: tenant, user, created_ms, title
+    convs:{<tenant>}:{<user>}    sorted set: conversation ids scored by created_ms
+
+A conversation is listed (and kept) from its first ask on; one nobody asked in expires after a day.
+A user reads and resumes only conversations whose meta names their tenant and user; reviewers and
+admins read every conversation of their own tenant. Only the owner may ask in a conversation.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+import redis
+import redis.asyncio as aredis
+
+from store.events import now_ms
+from store.exceptions import DocentError, InputError
+
+MAX_IDENTIFIER_CHARS = 64
+MAX_TITLE_CHARS = 120
+MAX_LIST_LIMIT = 200
+UNUSED_CONVERSATION_TTL_S = 24 * 3600
+ELEVATED_ROLES = frozenset({"reviewer", "admin"})
+
+# Tenants, users, groups and conversation ids end up in key names and directory names: keep them plain.
+_IDENTIFIER = re.compile(rf"[A-Za-z0-9_.@-]{{1,{MAX_IDENTIFIER_CHARS}}}")
+
+
+class ConversationMeta(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    tenant: str
+    user: str
+    created_ms: int
+    title: str = ""
+
+
+def identifier(value: object, what: str) -> str:
+    """`value` if it is a plain identifier (letters, digits, `_.@-`, at most 64), else InputError."""
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value) or value.strip(".") == "":
+        raise InputError(f"{what} must be 1-{MAX_IDENTIFIER_CHARS} of letters, digits and _.@-", field=what)
+    return value
+
+
+def is_identifier(value: object) -> bool:
+    return isinstance(value, str) and bool(_IDENTIFIER.fullmatch(value)) and value.strip(".") != ""
+
+
+def new_conversation_id() -> str:
+    return uuid.uuid4().hex
+
+
+def meta_key(conv_id: str) -> str:
+    return f"convmeta:{{{identifier(conv_id, 'conversation_id')}}}"
+
+
+def user_index_key(tenant: str, user: str) -> str:
+    return f"convs:{{{identifier(tenant, 'tenant')}}}:{{{identifier(user, 'user')}}}"
+
+
+def can_read(meta: ConversationMeta, tenant: str, user: str, roles: Iterable[str]) -> bool:
+    if meta.tenant != tenant:
+        return False
+    return meta.user == user or not ELEVATED_ROLES.isdisjoint(roles)
+
+
+def can_write(meta: ConversationMeta, tenant: str, user: str) -> bool:
+    return meta.tenant == tenant and meta.user == user
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _meta(conv_id: str, raw: dict[bytes | str, bytes | str]) -> ConversationMeta | None:
+    if not raw:
+        return None
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    return ConversationMeta(
+        id=conv_id,
+        tenant=fields["tenant"],
+        user=fields["user"],
+        created_ms=int(fields["created_ms"]),
+        title=fields.get("title", ""),
+    )
+
+
+class Conversations:
+    """Async access for the web process. Redis failures surface as DocentError."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self.client = client
+
+    async def create(self, tenant: str, user: str) -> ConversationMeta:
+        """A new conversation. Until its first ask it is listed nowhere and expires after a day."""
+        conv_id = new_conversation_id()
+        created = now_ms()
+        fields: dict[Any, Any] = {
+            "tenant": identifier(tenant, "tenant"),
+            "user": identifier(user, "user"),
+            "created_ms": created,
+        }
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(meta_key(conv_id), mapping=fields)
+                pipe.expire(meta_key(conv_id), UNUSED_CONVERSATION_TTL_S)
+                await pipe.execute()
+        except redis.RedisError as exc:
+            raise DocentError(f"redis: {exc}") from exc
+        return ConversationMeta(id=conv_id, tenant=tenant, user=user, created_ms=created)
+
+    async def record_ask(self, meta: ConversationMeta, text: str) -> None:
+        """The conversation is in use: keep it, list it for its user, title it after its first question."""
+        key = meta_key(meta.id)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(key, "title", " ".join(text.split())[:MAX_TITLE_CHARS])
+                pipe.persist(key)
+                pipe.zadd(user_index_key(meta.tenant, meta.user), {meta.id: meta.created_ms}, nx=True)
+                await pipe.execute()
+        except redis.RedisError as exc:
+            raise DocentError(f"redis: {exc}") from exc
+
+    async def get(self, conv_id: str) -> ConversationMeta | None:
+        """The conversation's meta; None when it does not exist or the id is not a valid one."""
+        if not is_identifier(conv_id):
+            return None
+        try:
+            raw = await self.client.hgetall(meta_key(conv_id))
+        except redis.RedisError as exc:
+            raise DocentError(f"redis: {exc}") from exc
+        return _meta(conv_id, raw)
+
+    async def list_for(self, tenant: str, user: str, limit: int = 50) -> list[ConversationMeta]:
+        """The user's conversations, newest first."""
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InputError(f"limit must be between 1 and {MAX_LIST_LIMIT}", field="limit")
+        try:
+            found: Any = await self.client.zrevrange(user_index_key(tenant, user), 0, limit - 1)
+            ids = [_text(i) for i in found]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for conv_id in ids:
+                    pipe.hgetall(meta_key(conv_id))
+                raws = await pipe.execute()
+        except redis.RedisError as exc:
+            raise DocentError(f"redis: {exc}") from exc
+        metas = (_meta(conv_id, raw) for conv_id, raw in zip(ids, raws, strict=True))
+        return [m for m in metas if m is not None]

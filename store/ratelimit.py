@@ -1,0 +1,94 @@
+"""Token-bucket rate limiting in one Lua script, timed by the Redis server clock.
+
+Key: `rl:{<key>}` (hash: tokens, at_us), expiring once the bucket would be full again. Callers choose
+the key's meaning, e.g. `user:<tenant>:<user>` with Settings.user_rate_per_s / user_burst.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import redis
+import redis.asyncio as aredis
+
+from store.exceptions import DocentError, InputError, RateLimited
+from store.scripts import AsyncRunner, Eval, Plan, SyncRunner, key_part, lua
+
+TOKEN_BUCKET = lua("ratelimit.lua")
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True):
+    allowed: bool
+    retry_after_ms: int  # 0 when allowed; else how long until `cost` tokens are there
+    remaining: int  # whole tokens left after this hit
+
+
+def bucket_key(key: str) -> str:
+    return f"rl:{{{key_part(key, 'key')}}}"
+
+
+def hit_plan(key: str, rate_per_s: float, burst: int, cost: int) -> Plan[Verdict]:
+    if not isinstance(rate_per_s, int | float) or not math.isfinite(rate_per_s) or rate_per_s <= 0:
+        raise InputError("rate_per_s must be a positive number", field="rate_per_s")
+    if not isinstance(burst, int) or burst < 1:
+        raise InputError("burst must be a positive integer", field="burst")
+    if not isinstance(cost, int) or not 1 <= cost <= burst:
+        raise InputError("cost must be between 1 and burst: a bigger cost could never pass", field="cost")
+    reply = yield Eval(TOKEN_BUCKET, [bucket_key(key)], [rate_per_s, burst, cost])
+    allowed, retry_after_ms, remaining = reply
+    return Verdict(allowed=bool(allowed), retry_after_ms=int(retry_after_ms), remaining=int(remaining))
+
+
+def _enforced(verdict: Verdict, key: str) -> Verdict:
+    if not verdict.allowed:
+        raise RateLimited(
+            f"too many requests; retry in {verdict.retry_after_ms} ms",
+            retry_after_ms=verdict.retry_after_ms,
+            key=key,
+        )
+    return verdict
+
+
+class AsyncRateLimiter:
+    """For the web process: one round trip per hit."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self.client = client
+        self._run = AsyncRunner(client, unavailable=DocentError).run
+
+    @classmethod
+    def from_url(cls, url: str) -> AsyncRateLimiter:
+        return cls(aredis.Redis.from_url(url))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def hit(self, key: str, rate_per_s: float, burst: int, cost: int = 1) -> Verdict:
+        """Take `cost` tokens from `key`'s bucket if it has them."""
+        return await self._run(hit_plan(key, rate_per_s, burst, cost))
+
+    async def check(self, key: str, rate_per_s: float, burst: int, cost: int = 1) -> Verdict:
+        """`hit`, raising RateLimited (with retry_after_ms) when refused."""
+        return _enforced(await self.hit(key, rate_per_s, burst, cost), key)
+
+
+class RateLimiter:
+    """The same for blocking callers."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._run = SyncRunner(client, unavailable=DocentError).run
+
+    @classmethod
+    def from_url(cls, url: str) -> RateLimiter:
+        return cls(redis.Redis.from_url(url))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def hit(self, key: str, rate_per_s: float, burst: int, cost: int = 1) -> Verdict:
+        return self._run(hit_plan(key, rate_per_s, burst, cost))
+
+    def check(self, key: str, rate_per_s: float, burst: int, cost: int = 1) -> Verdict:
+        return _enforced(self.hit(key, rate_per_s, burst, cost), key)

@@ -1,0 +1,194 @@
+"""The chat widget and the embeddable client in a real headless Chromium (Debian's package).
+
+Skipped when /usr/bin/chromium is absent. The test plays the worker by writing the conversation streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from aiohttp import web as aioweb
+
+from server.auth import mint_token
+from store.events import AnswerCompleted, Citation, UserMessage, decode_event
+from store.redis import EmbeddedRedis, free_port
+from tests.server_proc import ServerProcess, StreamWriter, server_env
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 15_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (make browser)"),
+]
+
+CITATIONS = (
+    Citation(n=1, chunk_id="c1", doc_id="handbook", title="Employee Handbook", heading="Travel",
+             snippet="Economy class for flights under six hours."),
+)  # fmt: skip
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with playwright_api.async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def wait_for_ask(r: redis.Redis, conv: str) -> UserMessage:
+    """The worker's side: the UserMessage the web process put in the inbox."""
+    for _ in range(200):
+        entries: Any = r.xrange(f"conv:{{{conv}}}:inbox")
+        if entries:
+            item = decode_event(entries[0][1][b"e"])
+            assert isinstance(item, UserMessage)
+            return item
+        await asyncio.sleep(0.05)
+    raise AssertionError("no ask reached the inbox")
+
+
+async def wait_for_answer_text(page: Any, text: str) -> None:
+    script = f"() => (document.querySelector('.docent-answer') || {{}}).textContent === {json.dumps(text)}"
+    await page.wait_for_function(script, timeout=WAIT_MS)
+
+
+async def test_widget_streams_cites_and_survives_a_killed_web_process(
+    browser: Any, redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
+) -> None:
+    r = redis.Redis.from_url(redis_url)
+    with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
+        token = mint_token(web.settings, "acme", "alice", ttl=600)
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(f"{web.http_url}/?token={token}")
+        assert "token=" not in page.url  # the credential left the address bar
+        await page.wait_for_selector('.docent-status[data-state="connected"]', timeout=WAIT_MS)
+        conv = await page.get_attribute(".docent", "data-conversation")
+        assert conv
+
+        await page.fill(".docent-input", "What is the travel policy?")
+        await page.click(".docent-send")
+        asked = await wait_for_ask(r, conv)
+        assert asked.text == "What is the travel policy?" and asked.user == "alice"
+
+        worker = StreamWriter(r, conv)
+        worker.event(UserMessage(turn=1, text=asked.text, user="alice", tenant="acme",
+                                 client_message_id=asked.client_message_id))  # fmt: skip
+        for piece in ["Flights ", "under six hours ", "fly **economy**"]:
+            worker.delta(piece, 1)
+        answer = page.locator(".docent-turn[data-turn='1'] .docent-answer")
+        await wait_for_answer_text(page, "Flights under six hours fly economy")
+
+        web.kill()  # mid-answer: no close frame, the page sees the socket die
+        await page.wait_for_selector('.docent-status[data-state="reconnecting"]', timeout=WAIT_MS)
+        worker.delta(" [1].", 1)
+        worker.delta(" Longer flights may use premium economy.", 1)
+        web.start()  # same port
+
+        streamed = "Flights under six hours fly economy [1]. Longer flights may use premium economy."
+        # Every token once: nothing lost while the server was down, nothing repeated after.
+        await wait_for_answer_text(page, streamed)
+        final = "Flights under six hours fly **economy** [1]. Longer flights may use premium economy."
+        worker.event(AnswerCompleted(turn=1, text=final, citations=CITATIONS))
+        await page.wait_for_selector(".docent-answer[data-done='1']", timeout=WAIT_MS)
+
+        assert await answer.text_content() == streamed
+        assert await page.locator(".docent-turn").count() == 1
+        assert await page.locator(".docent-user").all_text_contents() == ["What is the travel policy?"]
+        assert await page.locator(".docent-answer strong").text_content() == "economy"
+        assert await page.locator(".docent-cursor").count() == 0
+        assert await page.get_attribute(".docent-status", "data-state") == "connected"
+
+        await page.click(".docent-answer .docent-cite[data-n='1']")
+        source = page.locator(".docent-source")
+        await source.wait_for(state="visible", timeout=WAIT_MS)
+        assert await source.locator(".docent-source-title").text_content() == "Employee Handbook"
+        assert await source.locator(".docent-source-heading").text_content() == "Travel"
+        assert "Economy class" in (await source.locator(".docent-source-snippet").text_content() or "")
+
+        # A reload replays the conversation from the log: the same single answer.
+        await page.reload()
+        await page.wait_for_selector(".docent-answer[data-done='1']", timeout=WAIT_MS)
+        assert await page.locator(".docent-turn").count() == 1
+        assert await answer.text_content() == streamed
+        assert errors == []
+
+
+EMBED_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>intranet</title></head><body>
+<script src="{base}/static/docent.js"></script>
+<script>
+  window.result = {{deltas: "", citations: [], done: null, ready: null}};
+  const chat = Docent.connect({{url: "{ws}", token: "{token}"}});
+  chat.on("ready", (f) => {{ window.result.ready = f.conversation_id; }});
+  chat.ask("embedded question", {{
+    mode: "qa",
+    onDelta: (text) => {{ window.result.deltas += text; }},
+    onCitation: (c) => {{ window.result.citations.push(c.title); }},
+    onDone: (event) => {{ window.result.done = event.text; }},
+  }});
+</script>
+<script type="module">
+  import Docent, {{ renderMarkdown }} from "{base}/static/docent.mjs";
+  window.moduleOk = typeof Docent.connect === "function"
+    && renderMarkdown("**<b>**") === "<p><strong>&lt;b&gt;</strong></p>";
+</script>
+</body></html>"""
+
+
+async def test_the_client_embeds_in_a_page_from_another_origin(
+    browser: Any, redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
+) -> None:
+    r = redis.Redis.from_url(redis_url)
+    other_port = free_port()
+    other_origin = f"http://127.0.0.1:{other_port}"
+    with ServerProcess(server_env(redis_server.url, tmp_path, allowed_origins=other_origin)) as web:
+        token = mint_token(web.settings, "acme", "erin", ttl=600)
+        html = EMBED_PAGE.format(base=web.http_url, ws=web.ws_url, token=token)
+
+        async def index(request: aioweb.Request) -> aioweb.Response:
+            return aioweb.Response(text=html, content_type="text/html")
+
+        app = aioweb.Application()
+        app.router.add_get("/", index)
+        runner = aioweb.AppRunner(app)
+        await runner.setup()
+        await aioweb.TCPSite(runner, "127.0.0.1", other_port).start()
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{other_origin}/")
+            await page.wait_for_function("() => window.result && window.result.ready", timeout=WAIT_MS)
+            conv = await page.evaluate("() => window.result.ready")
+            asked = await wait_for_ask(r, conv)
+            worker = StreamWriter(r, conv)
+            worker.event(UserMessage(turn=1, text=asked.text, user="erin", tenant="acme",
+                                     client_message_id=asked.client_message_id))  # fmt: skip
+            worker.delta("Embedded ", 1)
+            worker.delta("answer [1]", 1)
+            worker.event(AnswerCompleted(turn=1, text="Embedded answer [1]", citations=CITATIONS))
+            await page.wait_for_function("() => window.result.done", timeout=WAIT_MS)
+            result = await page.evaluate("() => window.result")
+            assert result["deltas"] == "Embedded answer [1]"
+            assert result["done"] == "Embedded answer [1]"
+            assert result["citations"] == ["Employee Handbook"]
+            await page.wait_for_function("() => window.moduleOk === true", timeout=WAIT_MS)
+        finally:
+            await runner.cleanup()

@@ -1,0 +1,77 @@
+"""The token-bucket rate limiter against a real Redis (its clock, not ours)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from store.exceptions import InputError, RateLimited
+from store.ratelimit import AsyncRateLimiter, RateLimiter
+
+RATE_PER_S = 10.0  # one token every 100 ms
+BURST = 5
+
+
+@pytest.fixture
+async def limiter(redis_url: str) -> AsyncIterator[AsyncRateLimiter]:
+    limiter = AsyncRateLimiter.from_url(redis_url)
+    yield limiter
+    await limiter.aclose()
+
+
+async def test_burst_then_refusal_then_refill(limiter: AsyncRateLimiter) -> None:
+    burst = [await limiter.hit("user:acme:alice", RATE_PER_S, BURST) for _ in range(BURST)]
+    assert all(v.allowed for v in burst)
+    assert [v.remaining for v in burst] == [4, 3, 2, 1, 0]
+
+    refused = await limiter.hit("user:acme:alice", RATE_PER_S, BURST)
+    assert not refused.allowed
+    assert 0 < refused.retry_after_ms <= 100
+
+    await asyncio.sleep(refused.retry_after_ms / 1000 + 0.005)
+    assert (await limiter.hit("user:acme:alice", RATE_PER_S, BURST)).allowed
+    assert not (await limiter.hit("user:acme:alice", RATE_PER_S, BURST)).allowed
+
+    await asyncio.sleep(BURST / RATE_PER_S + 0.05)  # a full refill, capped at the burst
+    allowed = [(await limiter.hit("user:acme:alice", RATE_PER_S, BURST)).allowed for _ in range(BURST + 1)]
+    assert allowed == [True] * BURST + [False]
+
+
+async def test_buckets_are_per_key_and_check_raises(limiter: AsyncRateLimiter) -> None:
+    for _ in range(BURST):
+        await limiter.check("user:acme:alice", RATE_PER_S, BURST)
+
+    with pytest.raises(RateLimited) as limited:
+        await limiter.check("user:acme:alice", RATE_PER_S, BURST)
+
+    assert 0 < limited.value.details["retry_after_ms"] <= 100  # type: ignore[operator]
+    assert (await limiter.check("user:acme:bob", RATE_PER_S, BURST)).allowed
+
+
+async def test_a_cost_takes_several_tokens(limiter: AsyncRateLimiter) -> None:
+    assert (await limiter.hit("tenant:acme", RATE_PER_S, BURST, cost=3)).remaining == 2
+    refused = await limiter.hit("tenant:acme", RATE_PER_S, BURST, cost=3)
+    assert not refused.allowed and 0 < refused.retry_after_ms <= 100
+
+
+async def test_bad_parameters_get_a_typed_error(limiter: AsyncRateLimiter) -> None:
+    for key, rate, burst, cost in [
+        ("user:{acme}", RATE_PER_S, BURST, 1),
+        ("user", 0.0, BURST, 1),
+        ("user", float("inf"), BURST, 1),
+        ("user", RATE_PER_S, 0, 1),
+        ("user", RATE_PER_S, BURST, BURST + 1),  # could never pass
+    ]:
+        with pytest.raises(InputError):
+            await limiter.hit(key, rate, burst, cost)
+    assert (await limiter.hit("user", RATE_PER_S, BURST)).remaining == BURST - 1
+
+
+def test_the_blocking_limiter_shares_the_buckets(redis_url: str) -> None:
+    limiter = RateLimiter.from_url(redis_url)
+    assert [limiter.hit("k", 1.0, 2).allowed for _ in range(3)] == [True, True, False]
+    with pytest.raises(RateLimited):
+        limiter.check("k", 1.0, 2)
+    limiter.close()

@@ -84,7 +84,8 @@ def _cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="docent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="embedded Redis, web, workers and the demo knowledge base").set_defaults(fn=_cmd_run)
+    run = sub.add_parser("run", help="embedded Redis, web, workers and the demo knowledge base")
+    run.set_defaults(fn=_cmd_run)
     sub.add_parser("serve", help="the web process only").set_defaults(fn=_cmd_serve)
 
     ingest = sub.add_parser("ingest", help="ingest files or directories into the active index")

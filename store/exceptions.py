@@ -18,7 +18,8 @@ DocentError
 ├── IndexError_                 index-side failures
 │   ├── ModelMismatch           the query embedder differs from the index manifest: never search noise
 │   ├── IndexNotFound
-│   └── IndexCorrupt
+│   ├── IndexCorrupt
+│   └── ReindexRefused          a cutover, rollback or retire was refused (nothing switched)
 ├── ModelError                  a model could not be loaded or converted
 ├── LogError                    the durable conversation log
 │   ├── StaleEpoch              a fenced writer lost its lease: it must stop at once
@@ -122,6 +123,12 @@ class IndexNotFound(IndexError_):
 
 class IndexCorrupt(IndexError_):
     code = "index_corrupt"
+
+
+class ReindexRefused(IndexError_):
+    """A reindex step (cutover, rollback, retire) was refused; nothing was switched."""
+
+    code = "reindex_refused"
 
 
 class ModelError(DocentError):

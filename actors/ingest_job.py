@@ -1,0 +1,55 @@
+"""The ingest actor: `ingest_file(tenant, path)` on the `ingest` queue (offline embedding, own batch size).
+
+The web process enqueues it with `actors.api.make_ingest` (a raw message: the web process never imports
+this module). The file is ingested into the active index version, readable by the whole tenant; the
+embedder is loaded once per worker process, at the first job.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import msgspec
+
+from actors.broker import INGEST_QUEUE, setup_broker
+from store.settings import get_settings
+
+ACTOR_NAME = "ingest_file"
+TIME_LIMIT_MS = 3_600_000
+MAX_RETRIES = 3
+
+log = logging.getLogger(__name__)
+
+
+def ingest_file(tenant: str, path: str) -> dict[str, Any]:
+    from index.embed import load_embedder
+    from index.ingest import Ingestor
+    from index.types import Access
+
+    settings = get_settings()
+    embedder = load_embedder(settings, settings.embed_model, purpose="offline")
+    with Ingestor(settings, embedder) as ingestor:
+        report = ingestor.ingest_paths([Path(path)], access=Access(tenant=tenant))
+    result: dict[str, Any] = msgspec.to_builtins(report)
+    if report.errors:
+        log.warning("ingest of %s for %s: %d error(s)", path, tenant, len(report.errors))
+    return result
+
+
+def _broker() -> dramatiq.Broker:
+    if dramatiq.broker.global_broker is not None:
+        return dramatiq.get_broker()
+    return setup_broker()
+
+
+ingest_actor: dramatiq.Actor[[str, str], dict[str, Any]] = dramatiq.Actor(
+    ingest_file,
+    broker=_broker(),
+    actor_name=ACTOR_NAME,
+    queue_name=INGEST_QUEUE,
+    priority=0,
+    options={"max_retries": MAX_RETRIES, "time_limit": TIME_LIMIT_MS},
+)

@@ -1,0 +1,71 @@
+"""The agent's `KnowledgeBase` over the retrieval issue's `SearchService`, always as the asking principal.
+
+    kb = ServiceKnowledgeBase(SearchService(settings))
+    result = await kb.retrieve("how long is parental leave", principal, k=8)   # SearchResult (+ version)
+    hits = await kb.search(query, principal, k)                                # the knowledge tools
+    found = await kb.read(doc_id, principal)                                   # (title, text) or None
+    again = await kb.recall(query, principal, chunk_ids)                       # replay: the same chunks
+
+Access control lives in the index layer (search never returns a chunk the principal may not read, `read`
+answers None for a document it may not read); nothing here widens it. `recall` serves replay: the durable
+log records only the chunk ids a step was given (`RetrievalDone`), so after a crash the actor searches again
+with the same query and principal and keeps exactly the recorded chunks, in the recorded order. The search
+is deterministic for one index version; a chunk that vanished (re-ingested, deleted, no longer readable)
+is dropped rather than guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from index.search import SearchService
+from index.types import Hit, Principal, SearchResult
+from store.blocking import run_blocking
+from store.exceptions import IndexNotFound
+
+RECALL_MIN_K = 20
+
+
+class ServiceKnowledgeBase:
+    """Satisfies `actors.tools.knowledge.KnowledgeBase`, plus what the Q&A route needs."""
+
+    def __init__(self, service: SearchService) -> None:
+        self.service = service
+
+    async def retrieve(self, query: str, principal: Principal, k: int) -> SearchResult:
+        """Top `k` chunks this principal may read; an empty result (version "") when nothing is indexed."""
+        try:
+            return await self.service.search(query, principal, k=k)
+        except IndexNotFound:
+            return SearchResult(query=query, index_version="", hits=[])
+
+    async def search(self, query: str, principal: Principal, k: int) -> Sequence[Hit]:
+        return (await self.retrieve(query, principal, k)).hits
+
+    async def read(self, doc_id: str, principal: Principal) -> tuple[str, str] | None:
+        return await self.service.read(doc_id, principal)
+
+    async def recall(self, query: str, principal: Principal, chunk_ids: Sequence[str]) -> list[Hit]:
+        """The recorded chunks again, in the recorded order (those still readable and findable)."""
+        if not chunk_ids:
+            return []
+        result = await self.retrieve(query, principal, max(RECALL_MIN_K, 2 * len(chunk_ids)))
+        by_id = {hit.chunk_id: hit for hit in result.hits}
+        return [by_id[c] for c in chunk_ids if c in by_id]
+
+    async def readable_documents(self, doc_ids: Sequence[str], principal: Principal) -> set[str]:
+        """The subset of `doc_ids` this principal may read now (catalog ACL, deleted documents excluded)."""
+
+        def check() -> set[str]:
+            readable = set()
+            tokens = principal.reader_tokens()
+            for doc_id in set(doc_ids):
+                document = self.service.catalog.get_document(doc_id)
+                if document is not None and document.readable_by(principal.tenant, tokens):
+                    readable.add(doc_id)
+            return readable
+
+        return await run_blocking(check)
+
+    def close(self) -> None:
+        self.service.close()

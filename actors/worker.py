@@ -1,0 +1,46 @@
+"""The dramatiq entry module: `dramatiq actors.worker --queues conversation` (or `ingest reindex`, ...).
+
+The broker is set up FIRST (`actors.broker.setup_broker`, from `DOCENT_*` settings), then the actor
+modules are imported so that they declare their actors on it:
+
+    actors.conversation   advance(conversation_id)          queue conversation
+    actors.ingest_job     ingest_file(tenant, path)         queue ingest
+    actors.approvals      expiry and reminder timers        queue approvals   (when present)
+    actors.reindex        index rebuilds                    queue reindex     (when present)
+
+Modules other helpers provide are imported only if they exist; any other import error is raised, never
+hidden. Nothing here loads a model or an index: that happens at the first message that needs one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+
+import dramatiq
+
+from actors.broker import setup_broker
+
+REQUIRED_MODULES = ("actors.conversation", "actors.ingest_job")
+OPTIONAL_MODULES = ("actors.approvals", "actors.reindex")
+
+log = logging.getLogger(__name__)
+
+broker: dramatiq.Broker = setup_broker()
+
+
+def _import_optional(name: str) -> bool:
+    if importlib.util.find_spec(name) is None:  # not written yet: the worker runs without it
+        log.info("%s is not installed; its queue has no actors in this worker", name)
+        return False
+    module = importlib.import_module(name)
+    declare = getattr(module, "declare", None)
+    if callable(declare):
+        declare(broker)  # idempotent; covers modules that declare only on request
+    return True
+
+
+for _name in REQUIRED_MODULES:
+    importlib.import_module(_name)
+LOADED = REQUIRED_MODULES + tuple(n for n in OPTIONAL_MODULES if _import_optional(n))

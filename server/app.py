@@ -34,6 +34,7 @@ from server.dispatch import RedisDispatcher, Wake, no_wake
 from server.fanout import Fanout
 from server.limits import AskLimits
 from server.rest import json_response, routes
+from server.review import routes as review_routes
 from store.conversations import Conversations
 from store.exceptions import (
     AuthError,
@@ -42,6 +43,7 @@ from store.exceptions import (
     DocumentTooLarge,
     ForbiddenError,
     InputError,
+    NotFound,
     RateLimited,
     UnsupportedFormat,
 )
@@ -65,6 +67,7 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: list[tuple[type[DocentError], int]] = [
     (AuthError, 401),
     (ForbiddenError, 403),
+    (NotFound, 404),
     (RateLimited, 429),
     (DocumentTooLarge, 413),
     (UnsupportedFormat, 415),
@@ -187,6 +190,7 @@ def create_app(
         Route("/", chat_page, methods=["GET"]),
         WebSocketRoute("/ws/chat", chat_endpoint),
         *routes(),
+        *review_routes(),
         Route("/static/docent.mjs", docent_module, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static"),
     ]

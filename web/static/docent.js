@@ -550,6 +550,11 @@
         state.steps.querySelectorAll("li").length + " steps";
     }
     switch (event.type) {
+      case "approval_requested":
+      case "approval_decided":
+      case "approval_expired":
+        this.showApproval(state, event);
+        break;
       case "answer_completed":
         state.done = true;
         state.text = event.text;
@@ -569,6 +574,28 @@
         break;
     }
     this.scroll();
+  };
+
+  // One badge per approval: "waiting" until a reviewer (or the clock) settles it, then the outcome.
+  Widget.prototype.showApproval = function (state, event) {
+    var badge = state.section.querySelector('.docent-approval[data-approval="' + event.approval_id + '"]');
+    if (!badge) {
+      badge = el("div", "docent-approval");
+      badge.setAttribute("data-approval", event.approval_id);
+      state.section.insertBefore(badge, state.answer);
+    }
+    if (event.type === "approval_requested") {
+      if (badge.getAttribute("data-state")) return; // already settled (replayed out of order)
+      badge.setAttribute("data-state", "waiting");
+      badge.textContent = "Waiting for approval: " + event.tool + (event.room ? " (" + event.room + " reviewers)" : "");
+    } else if (event.type === "approval_decided") {
+      badge.setAttribute("data-state", event.decision);
+      badge.textContent = (event.decision === "approved" ? "Approved" : "Denied") + " by " + event.reviewer
+        + (event.reason ? " — " + event.reason : "");
+    } else {
+      badge.setAttribute("data-state", "expired");
+      badge.textContent = "Approval expired: the action was not taken";
+    }
   };
 
   Widget.prototype.onDelta = function (text, turn) {

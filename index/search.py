@@ -13,8 +13,10 @@ One query (`timings_ms` has a key per stage):
   embed   the query vector (QueryEmbedder's cached `aembed_query` when given, else the embedder);
   ann     USearch top `retrieve_k`      } concurrently, each in `run_blocking`; access control is inside
   bm25    Whoosh BM25F top `retrieve_k` } both retrievers (see index.vectors / index.lexical)
-  fuse    weighted RRF (k = settings.rrf_k; `Searcher(weights={"dense": 1.0, "bm25": 0.5})`, also a
-          public attribute, for tuning on a golden set), ranks kept as provenance;
+  fuse    weighted RRF (k = settings.rrf_k), ranks kept as provenance. With `fusion="gated"` (the default)
+          BM25's weight is set per query by index.fusion's lexical gate: the share of the query's analysed
+          terms found in dense's top chunk (one catalog row + one analysis, ~1 ms); `fusion="rrf"` is
+          plain weighted RRF. `weights` (base weights, also a public attribute) scale both;
   catalog the candidates' rows (text, title, heading), visibility and ACL checked once more;
   rerank  the cross-encoder over the top `rerank_depth`, when a reranker is given;
   total.
@@ -43,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aredis
 
-from index.fusion import DEFAULT_WEIGHTS, Fused, rrf
+from index.fusion import DEFAULT_WEIGHTS, Fused, hybrid_weights, rrf, term_coverage
 from index.ingest import chunk_of
 from index.lexical import LexicalIndex
 from index.types import Embedder, Hit, Manifest, ModelIdentity, Principal, SearchResult, Vector
@@ -55,6 +57,7 @@ from store.exceptions import IndexNotFound, InputError, ModelError, ModelMismatc
 from store.settings import Settings
 
 Mode = Literal["hybrid", "dense", "bm25"]
+Fusion = Literal["gated", "rrf"]
 MODES: tuple[Mode, ...] = ("hybrid", "dense", "bm25")
 ALIAS_CHECK_MS = 500
 RETIRE_GRACE_S = 30.0  # a replaced Searcher is closed this long after the switch (in-flight queries end)
@@ -113,8 +116,11 @@ class Searcher:
         reranker: Reranker | None = None,
         catalog: Catalog | None = None,
         weights: Mapping[str, float] | None = None,
+        fusion: Fusion = "gated",
         check_interval_ms: int = GENERATION_CHECK_MS,
     ) -> None:
+        if fusion not in ("gated", "rrf"):
+            raise InputError("fusion must be gated or rrf", field="fusion")
         self.settings = settings
         self.manifest: Manifest = read_manifest(settings, version)
         check_model(self.manifest, embedder.identity)
@@ -124,6 +130,7 @@ class Searcher:
         self.query_embedder = query_embedder
         self.reranker = reranker
         self.weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+        self.fusion: Fusion = fusion
         self._owns_catalog = catalog is None
         self.catalog = catalog or Catalog.for_data_dir(settings.data_path)
         directory = version_path(settings, version)
@@ -140,6 +147,11 @@ class Searcher:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    @property
+    def fusion_name(self) -> str:
+        rrf_k = self.settings.rrf_k
+        return f"lexically gated RRF (k={rrf_k})" if self.fusion == "gated" else f"RRF (k={rrf_k})"
 
     def close(self) -> None:
         self.lexical.close()
@@ -282,7 +294,7 @@ class Searcher:
         timings: dict[str, float],
     ) -> list[Hit]:
         started = time.perf_counter()
-        fused = self._fuse(dense, lexical, mode)
+        fused = self._fuse(query, dense, lexical, mode)
         timings["fuse"] = _ms(started)
         depth = max(k, self.settings.rerank_depth) if self.reranker is not None else k
         started = time.perf_counter()
@@ -306,14 +318,30 @@ class Searcher:
             timings["rerank"] = _ms(started)
         return [_hit(f, row, rerank) for (f, row), rerank in zip(readable, rerank_scores, strict=True)][:k]
 
-    def _fuse(self, dense: list[Scored], lexical: list[Scored], mode: Mode) -> list[Fused]:
+    def _fuse(self, query: str, dense: list[Scored], lexical: list[Scored], mode: Mode) -> list[Fused]:
         if mode == "hybrid":
             ranked = {"dense": [key for key, _ in dense], "bm25": [key for key, _ in lexical]}
-            return rrf(ranked, k=self.settings.rrf_k, weights=self.weights)
+            return rrf(ranked, k=self.settings.rrf_k, weights=self.fusion_weights(query, dense, lexical))
         name, scored = ("dense", dense) if mode == "dense" else ("bm25", lexical)
         return [
             Fused(key=key, score=score, ranks={name: rank}) for rank, (key, score) in enumerate(scored, 1)
         ]
+
+    def lexical_coverage(self, query: str, dense: list[Scored]) -> float:
+        """Share of the query's analysed terms in dense's top chunk (title, heading, context, text)."""
+        if not dense:
+            return 0.0
+        row = self.catalog.chunk_rows(self.version, [dense[0][0]]).get(dense[0][0])
+        if row is None:
+            return 0.0
+        text = f"{row.title}\n{row.heading}\n{chunk_of(row).indexed_text()}"
+        return term_coverage(self.lexical.analyse(query), self.lexical.analyse(text))
+
+    def fusion_weights(self, query: str, dense: list[Scored], lexical: list[Scored]) -> dict[str, float]:
+        """The weights a hybrid query fuses with (see index.fusion: the lexical gate)."""
+        if self.fusion == "rrf" or not dense or not lexical:
+            return dict(self.weights)
+        return hybrid_weights(self.lexical_coverage(query, dense), self.weights)
 
 
 def _hit(fused: Fused, row: ChunkRow, rerank_score: float | None) -> Hit:

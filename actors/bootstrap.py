@@ -102,3 +102,9 @@ async def search_once(
         return await service.search(query, principal, k=k, mode=mode)  # type: ignore[arg-type]
     finally:
         service.close()
+
+
+if __name__ == "__main__":
+    from store.settings import get_settings
+
+    prepare(get_settings())

@@ -45,12 +45,14 @@ class Supervisor:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, command: list[str]) -> None:
-        self.children[name] = subprocess.Popen(command, env=self.env)
+        # Own sessions: Ctrl-C reaches only the supervisor, which stops the children in order (Redis last).
+        self.children[name] = subprocess.Popen(command, env=self.env, start_new_session=True)
 
     def first_exited(self) -> str | None:
         return next((n for n, p in self.children.items() if p.poll() is not None), None)
 
     def stop_all(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the shutdown
         for process in self.children.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -90,10 +92,11 @@ def run(settings: Settings) -> int:
     env.setdefault("dramatiq_worker_timeout", str(WORKER_POLL_TIMEOUT_MS))
     supervisor = Supervisor(env)
     try:
-        from actors.bootstrap import prepare
-
+        # In a child process, so the models it loads to ingest the demo do not stay in the supervisor.
+        if subprocess.run([sys.executable, "-m", "actors.bootstrap"], env=env).returncode != 0:
+            print("preparing the models and the demo knowledge base failed (see above)", file=sys.stderr)
+            return 2
         child_settings = Settings.from_env(env)
-        prepare(child_settings)
         for name, command in procfile_commands(settings).items():
             supervisor.start(name, command)
         announce(child_settings)

@@ -771,24 +771,12 @@ def chaos_point(settings: Settings) -> None:
 
 
 def schedule_expiry(approval_id: str, conv_id: str, expires_at_ms: int, settings: Settings) -> None:
-    """Hand the approval's expiry to `actors.approvals.schedule_expiry` when that module provides it."""
+    """Start the approval's reminder and expiry timers (delayed messages on the approvals queue)."""
+    from actors.approvals import schedule_expiry as schedule
+
     try:
-        from actors import approvals
-    except ImportError:
-        log.warning("actors.approvals is not available: approval %s has no expiry timer", approval_id)
-        return
-    schedule = getattr(approvals, "schedule_expiry", None)
-    if schedule is None:
-        log.warning(
-            "actors.approvals.schedule_expiry is missing: approval %s has no expiry timer", approval_id
-        )
-        return
-    try:
-        try:
-            schedule(approval_id, conv_id, expires_at_ms, settings=settings)
-        except TypeError:  # an implementation without the settings keyword
-            schedule(approval_id, conv_id, expires_at_ms)
-    except Exception:  # the approval stands; the reviewer queue still shows it
+        schedule(approval_id, conv_id, expires_at_ms, settings=settings)
+    except Exception:  # the approval stands and the room shows it; only its timer is missing
         log.exception("could not schedule the expiry of approval %s", approval_id)
 
 

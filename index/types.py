@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
+
+if TYPE_CHECKING:  # the web process imports these contracts and must not load numpy
+    import numpy as np
+    import numpy.typing as npt
 
 EVERYONE = "*"  # a reader token: every principal of the document's tenant
 
-Vector = npt.NDArray[np.float32]
+Vector: TypeAlias = "npt.NDArray[np.float32]"
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):

@@ -39,14 +39,21 @@ def ingest_file(tenant: str, path: str) -> dict[str, Any]:
     return result
 
 
+def run_ingest_file(tenant: str, path: str) -> None:
+    """The actor's body: dramatiq keeps no results, so the report goes to the log."""
+    report = ingest_file(tenant, path)
+    counts = {k: report[k] for k in ("indexed", "unchanged", "failed")}
+    log.info("ingested %s for %s: %s", path, tenant, counts)
+
+
 def _broker() -> dramatiq.Broker:
     if dramatiq.broker.global_broker is not None:
         return dramatiq.get_broker()
     return setup_broker()
 
 
-ingest_actor: dramatiq.Actor[[str, str], dict[str, Any]] = dramatiq.Actor(
-    ingest_file,
+ingest_actor: dramatiq.Actor[[str, str], None] = dramatiq.Actor(
+    run_ingest_file,
     broker=_broker(),
     actor_name=ACTOR_NAME,
     queue_name=INGEST_QUEUE,

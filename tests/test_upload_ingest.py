@@ -52,7 +52,8 @@ def test_an_uploaded_document_becomes_searchable_for_its_tenant(ingest_worker: d
     settings = Settings.from_env(ingest_worker)
     with ServerProcess(ingest_worker, app="server.app:create_app") as web:
         body, content_type = multipart("travel-policy.md", POLICY)
-        request = urllib.request.Request(f"{web.http_url}/api/documents?tenant=acme", data=body, method="POST")
+        url = f"{web.http_url}/api/documents?tenant=acme"
+        request = urllib.request.Request(url, data=body, method="POST")
         request.add_header("Content-Type", content_type)
         request.add_header("X-Admin-Key", TEST_ADMIN_KEY)
         with urllib.request.urlopen(request, timeout=10) as response:

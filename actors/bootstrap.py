@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from actors.contextualize import make_contextualizer
 from index.demo import DemoDoc, build_demo_corpus, demo_source_dir
 from index.embed import load_embedder
 from index.ingest import DocumentOutcome, Ingestor
@@ -57,7 +58,7 @@ def ensure_demo(settings: Settings, *, force: bool = False) -> dict[str, Any]:
     root = demo_source_dir(settings)
     docs = build_demo_corpus(root)
     embedder = load_embedder(settings, settings.embed_model, purpose="offline")
-    with Ingestor(settings, embedder) as ingestor:
+    with Ingestor(settings, embedder, contextualizer=make_contextualizer(settings)) as ingestor:
         if force:
             for doc in docs:
                 ingestor.delete_document(doc.doc_id)
@@ -86,7 +87,7 @@ def ingest_paths(
 ) -> dict[str, Any]:
     embedder = load_embedder(settings, settings.embed_model, purpose="offline")
     access = Access(tenant=tenant, readers=tuple(readers) or ("*",))
-    with Ingestor(settings, embedder) as ingestor:
+    with Ingestor(settings, embedder, contextualizer=make_contextualizer(settings)) as ingestor:
         report = ingestor.ingest_paths(paths, access=access)
     result: dict[str, Any] = msgspec.to_builtins(report)
     result["errors"] = [msgspec.to_builtins(e) for e in report.errors]

@@ -25,13 +25,14 @@ log = logging.getLogger(__name__)
 
 
 def ingest_file(tenant: str, path: str) -> dict[str, Any]:
+    from actors.contextualize import make_contextualizer
     from index.embed import load_embedder
     from index.ingest import Ingestor
     from index.types import Access
 
     settings = get_settings()
     embedder = load_embedder(settings, settings.embed_model, purpose="offline")
-    with Ingestor(settings, embedder) as ingestor:
+    with Ingestor(settings, embedder, contextualizer=make_contextualizer(settings)) as ingestor:
         report = ingestor.ingest_paths([Path(path)], access=Access(tenant=tenant))
     result: dict[str, Any] = msgspec.to_builtins(report)
     if report.errors:

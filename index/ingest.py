@@ -75,6 +75,9 @@ CREATE_LOCK_FILE = "create.lock"
 _T = TypeVar("_T")
 OutcomeStatus = Literal["indexed", "unchanged", "deleted", "missing", "failed"]
 Progress = Callable[[int, int], None]  # (documents done, documents in the call)
+# (document text, chunk text, deterministic context) -> the chunk's contextual prefix. Blocking; the actors
+# layer builds one from the configured LLM (Anthropic's contextual-retrieval prompt, index.context).
+Contextualizer = Callable[[str, str, str], str]
 
 
 class DocumentOutcome(msgspec.Struct, kw_only=True):
@@ -421,8 +424,10 @@ class Ingestor:
         extra_targets: Sequence[IngestTarget] = (),
         catalog: Catalog | None = None,
         docs_per_commit: int = DOCS_PER_COMMIT,
+        contextualizer: Contextualizer | None = None,
     ) -> None:
         self.settings = settings
+        self.contextualizer = contextualizer
         self._owns_catalog = catalog is None
         self.catalog = catalog or Catalog.for_data_dir(settings.data_path)
         if docs_per_commit < 1:
@@ -436,7 +441,7 @@ class Ingestor:
 
     def _create_first(self, embedder: Embedder) -> str:
         from index.chunk import CHUNKER_VERSION
-        from index.context import CONTEXT_VERSION
+        from index.context import context_version
 
         with file_lock(self.settings.index_root / CREATE_LOCK_FILE):
             active = get_active(self.settings)  # another process may have won the race
@@ -446,7 +451,7 @@ class Ingestor:
                 self.settings,
                 embedder.identity,
                 chunker_version=CHUNKER_VERSION,
-                context_version=CONTEXT_VERSION,
+                context_version=context_version(self.contextualizer is not None),
             )
             set_active(self.settings, manifest.version)
             return manifest.version
@@ -594,13 +599,17 @@ class Ingestor:
         prepared, failures = [], []
         for source in batch:
             try:
-                chunks = list(source.chunks) if source.chunks is not None else self._chunk(writer, source)
                 if source.parsed is None:
+                    chunks = list(source.chunks or ())
                     digest = ingest_hash(source.document, chunks)
                 else:
                     settings = self.settings
                     chunking = f"{settings.chunk_tokens}/{settings.chunk_overlap}/{SPECIAL_TOKENS_RESERVE}"
                     digest = ingest_hash(source.document, chunking=chunking)
+                    # An unchanged document is not sent to a contextualizing LLM again (it is re-chunked,
+                    # which is cheap, in case it changes before the commit's check under the lock).
+                    unchanged = self.catalog.ingest_hash(writer.version, source.document.doc_id) == digest
+                    chunks = self._chunk(writer, source, contextualize=not unchanged)
                 prepared.append(
                     _Prepared(document=source.document, ingest_hash=digest, chunks=chunks, text=source.text)
                 )
@@ -608,19 +617,22 @@ class Ingestor:
                 failures.append(_failed(source.document.doc_id, writer.version, exc))
         return prepared, failures
 
-    def _chunk(self, writer: _VersionWriter, source: SourceDocument) -> list[Chunk]:
+    def _chunk(
+        self, writer: _VersionWriter, source: SourceDocument, *, contextualize: bool = True
+    ) -> list[Chunk]:
         from index.chunk import CHUNKER_VERSION, chunk_document
-        from index.context import CONTEXT_VERSION, deterministic_context
+        from index.context import context_version, deterministic_context
 
         manifest = writer.manifest
-        if (manifest.chunker_version, manifest.context_version) != (CHUNKER_VERSION, CONTEXT_VERSION):
+        expected = (CHUNKER_VERSION, context_version(self.contextualizer is not None))
+        if (manifest.chunker_version, manifest.context_version) != expected:
             raise IndexError_(
                 f"version {writer.version} was built with chunker {manifest.chunker_version} and context "
-                f"{manifest.context_version}; this code has {CHUNKER_VERSION} and {CONTEXT_VERSION}",
+                f"{manifest.context_version}; this ingest uses {expected[0]} and {expected[1]}",
                 version=writer.version,
             )
         assert source.parsed is not None
-        return chunk_document(
+        chunks = chunk_document(
             source.parsed,
             doc_id=source.document.doc_id,
             access=source.document.access,
@@ -630,6 +642,27 @@ class Ingestor:
             context_for=deterministic_context,
             reserve_tokens=SPECIAL_TOKENS_RESERVE,
         )
+        if self.contextualizer is None or not contextualize:
+            return chunks
+        return self._llm_contexts(writer, source.parsed, chunks)
+
+    def _llm_contexts(
+        self, writer: _VersionWriter, parsed: ParsedDocument, chunks: list[Chunk]
+    ) -> list[Chunk]:
+        from index.chunk import replace_context
+
+        assert self.contextualizer is not None
+        doc_text = "\n\n".join(section.text for section in parsed.sections)
+        budget = self.settings.chunk_tokens - SPECIAL_TOKENS_RESERVE
+        return [
+            replace_context(
+                chunk,
+                self.contextualizer(doc_text, chunk.text, chunk.context),
+                max_tokens=budget,
+                count_tokens=writer.embedder.count_tokens,
+            )
+            for chunk in chunks
+        ]
 
     # -- loading -------------------------------------------------------------------------------------------
 

@@ -12,15 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from actors.contextualize import make_contextualizer
+from actors.ingestion import DocumentRequest, ingest_documents, ingest_files, summary
 from index.demo import DemoDoc, build_demo_corpus, demo_source_dir
 from index.embed import load_embedder
-from index.ingest import DocumentOutcome, Ingestor
 from index.search import SearchService
 from index.types import Access, Principal, SearchResult
-from store.exceptions import DocentError
+from index.versions import get_active
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,16 +37,9 @@ def prepare_models(settings: Settings) -> dict[str, Any]:
     return report
 
 
-def _ingest_demo_doc(ingestor: Ingestor, doc: DemoDoc, root: Path) -> DocumentOutcome:
+def _demo_request(doc: DemoDoc, root: Path) -> DocumentRequest:
     path = Path(doc.path) if Path(doc.path).is_absolute() else root / doc.path
-    try:
-        return ingestor.ingest_document(
-            doc.doc_id, path=path, title=doc.title, access=doc.access, source=doc.source or None
-        )
-    except DocentError as exc:
-        log.warning("demo document %s failed: %s", doc.doc_id, exc)
-        return DocumentOutcome(doc_id=doc.doc_id, version=ingestor.version, status="failed",
-                               error_code=exc.code, error=exc.message)  # fmt: skip
+    return doc.doc_id, {"path": path, "title": doc.title, "access": doc.access, "source": doc.source or None}
 
 
 def ensure_demo(settings: Settings, *, force: bool = False) -> dict[str, Any]:
@@ -57,20 +47,10 @@ def ensure_demo(settings: Settings, *, force: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     root = demo_source_dir(settings)
     docs = build_demo_corpus(root)
-    embedder = load_embedder(settings, settings.embed_model, purpose="offline")
-    with Ingestor(settings, embedder, contextualizer=make_contextualizer(settings)) as ingestor:
-        if force:
-            for doc in docs:
-                ingestor.delete_document(doc.doc_id)
-        outcomes = [_ingest_demo_doc(ingestor, doc, root) for doc in docs]
-        version = ingestor.version
-    counts = {status: sum(o.status == status for o in outcomes) for status in {o.status for o in outcomes}}
+    outcomes = ingest_documents(settings, [_demo_request(doc, root) for doc in docs], delete_first=force)
     return {
-        "documents": len(docs),
-        "outcomes": counts,
-        "chunks": sum(o.chunks for o in outcomes),
-        "embedded": sum(o.embedded for o in outcomes),
-        "index_version": version,
+        **summary(outcomes),
+        "index_version": get_active(settings),
         "source_dir": str(root),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -85,13 +65,8 @@ def prepare(settings: Settings) -> None:
 def ingest_paths(
     settings: Settings, paths: Sequence[Path], *, tenant: str, readers: Sequence[str]
 ) -> dict[str, Any]:
-    embedder = load_embedder(settings, settings.embed_model, purpose="offline")
     access = Access(tenant=tenant, readers=tuple(readers) or ("*",))
-    with Ingestor(settings, embedder, contextualizer=make_contextualizer(settings)) as ingestor:
-        report = ingestor.ingest_paths(paths, access=access)
-    result: dict[str, Any] = msgspec.to_builtins(report)
-    result["errors"] = [msgspec.to_builtins(e) for e in report.errors]
-    return result
+    return summary(ingest_files(settings, paths, access))
 
 
 async def search_once(

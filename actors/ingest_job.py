@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import dramatiq
-import msgspec
 
 from actors.broker import INGEST_QUEUE, setup_broker
 from store.settings import get_settings
@@ -24,27 +22,13 @@ MAX_RETRIES = 3
 log = logging.getLogger(__name__)
 
 
-def ingest_file(tenant: str, path: str) -> dict[str, Any]:
-    from actors.contextualize import make_contextualizer
-    from index.embed import load_embedder
-    from index.ingest import Ingestor
+def ingest_file(tenant: str, path: str) -> None:
+    """The actor's body (dramatiq keeps no results, so the outcome goes to the log)."""
+    from actors.ingestion import ingest_files, summary
     from index.types import Access
 
-    settings = get_settings()
-    embedder = load_embedder(settings, settings.embed_model, purpose="offline")
-    with Ingestor(settings, embedder, contextualizer=make_contextualizer(settings)) as ingestor:
-        report = ingestor.ingest_paths([Path(path)], access=Access(tenant=tenant))
-    result: dict[str, Any] = msgspec.to_builtins(report)
-    if report.errors:
-        log.warning("ingest of %s for %s: %d error(s)", path, tenant, len(report.errors))
-    return result
-
-
-def run_ingest_file(tenant: str, path: str) -> None:
-    """The actor's body: dramatiq keeps no results, so the report goes to the log."""
-    report = ingest_file(tenant, path)
-    counts = {k: report[k] for k in ("indexed", "unchanged", "failed")}
-    log.info("ingested %s for %s: %s", path, tenant, counts)
+    report = summary(ingest_files(get_settings(), [Path(path)], Access(tenant=tenant)))
+    log.info("ingested %s for %s: %s", path, tenant, {k: report[k] for k in ("outcomes", "errors")})
 
 
 def _broker() -> dramatiq.Broker:
@@ -54,7 +38,7 @@ def _broker() -> dramatiq.Broker:
 
 
 ingest_actor: dramatiq.Actor[[str, str], None] = dramatiq.Actor(
-    run_ingest_file,
+    ingest_file,
     broker=_broker(),
     actor_name=ACTOR_NAME,
     queue_name=INGEST_QUEUE,

@@ -28,6 +28,7 @@ from starlette.templating import Jinja2Templates
 import web
 from actors import api as actors_api
 from actors.api import Dispatcher
+from server.admin import admin_routes
 from server.auth import Authenticator
 from server.chat import chat_endpoint
 from server.dispatch import RedisDispatcher, Wake, no_wake
@@ -190,6 +191,7 @@ def create_app(
         Route("/", chat_page, methods=["GET"]),
         WebSocketRoute("/ws/chat", chat_endpoint),
         *routes(),
+        *admin_routes(),
         *review_routes(),
         Route("/static/docent.mjs", docent_module, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static"),

@@ -1,0 +1,76 @@
+"""The reindex actor (queue "reindex"): runs a rebuild job in time slices until it ends.
+
+`reindex_run(job_id)` works on the job for `settings.reindex_slice_s` (index.reindex.run_slice: every
+document is checkpointed as it is committed), then sends itself again. A worker killed mid-slice loses at
+most the document it was embedding: the broker redelivers the unacknowledged message once the dead
+worker's heartbeat times out (`settings.broker_heartbeat_timeout_ms`), and the next slice takes the job's
+lease (`settings.reindex_lease_ms`) and resumes from the checkpoint. A message that finds the lease still
+held comes back when it expires.
+
+The web process enqueues by actor name (index.reindex.RUN_ACTOR_NAME) without importing this module.
+`python -m actors.reindex` runs a single-process worker on the reindex queue only (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import dramatiq
+import redis
+
+from actors.broker import REINDEX_QUEUE, setup_broker
+from index.reindex import LEASE_KEY, RUN_ACTOR_NAME, lower_priority, run_slice
+from store.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+TIME_LIMIT_MS = 60 * 60 * 1000  # a slice plus the golden-set gate; slices themselves are short
+RETRY_MIN_BACKOFF_MS = 1000
+RETRY_MAX_BACKOFF_MS = 30_000
+MAX_RETRIES = 20
+BUSY_MARGIN_MS = 250
+
+broker = setup_broker()  # idempotent: actors.worker has set it up already with the same settings
+
+
+@dramatiq.actor(
+    actor_name=RUN_ACTOR_NAME,
+    queue_name=REINDEX_QUEUE,
+    time_limit=TIME_LIMIT_MS,
+    max_retries=MAX_RETRIES,
+    min_backoff=RETRY_MIN_BACKOFF_MS,
+    max_backoff=RETRY_MAX_BACKOFF_MS,
+)
+def reindex_run(job_id: str) -> None:
+    settings = get_settings()
+    lower_priority()  # the bulk path: query workers keep the CPU
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        result = run_slice(settings, client, job_id)
+        if result == "busy":  # another worker holds the lease (or a dead one, until it expires)
+            delay_ms = max(0, int(client.pttl(LEASE_KEY.format(job_id)))) + BUSY_MARGIN_MS
+    finally:
+        client.close()
+    if result == "continue":
+        reindex_run.send(job_id)
+    elif result == "busy":
+        reindex_run.send_with_options(args=(job_id,), delay=delay_ms)
+
+
+def main() -> None:
+    """A single-process worker consuming only the reindex queue, until SIGTERM or SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    worker = dramatiq.Worker(broker, queues={REINDEX_QUEUE}, worker_threads=1)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    worker.start()
+    log.info("reindex worker ready")
+    stop.wait()
+    worker.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Admin routes for index versions and reindex jobs (admin API key in `X-Admin-Key`).
+
+    POST /admin/reindex                {model, chunk_tokens?, chunk_overlap?, force?} -> 202 {job}
+    GET  /admin/reindex/{job_id}       the job: status, documents done/total, chunks/s, ETA, errors, gate
+    POST /admin/reindex/{job_id}/cancel
+    POST /admin/rollback               {force?} -> the alias (the previous pair is active again)
+    POST /admin/versions/{version}/retire
+    GET  /admin/versions               the alias, every version's manifest, recent jobs
+    WS   /ws/admin                     {"type": "reindex", "job": {...}} frames as the job progresses
+
+The web process loads no model and no index: it records jobs in Redis, enqueues the reindex actor by name
+(`index.reindex.RUN_ACTOR_NAME`) and reads progress back from Redis; rollback and retire are file and
+catalog operations. The WebSocket takes the key from the `X-Admin-Key` header, or from an `admin_key`
+query parameter for browsers (which cannot set headers on a WebSocket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+import msgspec
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from actors.broker import NAMESPACE, REINDEX_QUEUE
+from index import reindex
+from server.rest import json_response
+from store.blocking import run_blocking
+from store.exceptions import AuthError, DocentError, IndexNotFound, InputError, ReindexRefused
+from store.settings import Settings
+
+if TYPE_CHECKING:
+    from server.app import Services
+
+log = logging.getLogger(__name__)
+
+ADMIN_KEY_HEADER = "x-admin-key"
+ADMIN_KEY_QUERY = "admin_key"
+WS_BLOCK_MS = 1000
+WS_CLOSE_UNAUTHORISED = 4401
+MAX_BODY_BYTES = 16 * 1024
+
+
+class ReindexRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    model: str
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
+    force: bool = False
+
+
+class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    force: bool = False
+
+
+# -- plumbing ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+@lru_cache(maxsize=8)
+def _broker(url: str) -> RedisBroker:
+    return RedisBroker(url=url, namespace=NAMESPACE)  # enqueue only: never the process's global broker
+
+
+def enqueue_reindex(settings: Settings, job_id: str) -> None:
+    """Send `reindex_run(job_id)` to the reindex queue by name (nothing of the actor is imported)."""
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=REINDEX_QUEUE, actor_name=reindex.RUN_ACTOR_NAME, args=(job_id,), kwargs={}, options={}
+    )
+    _broker(settings.redis_url).enqueue(message)
+
+
+def _services(request: Request | WebSocket) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def _check_key(services: Services, key: str | None) -> str:
+    if not key or not services.auth.is_admin_key(key):
+        raise AuthError("admin key required (X-Admin-Key)")
+    return "admin-key"
+
+
+def _admin(request: Request) -> tuple[Settings, redis.Redis, str]:
+    services = _services(request)
+    actor = _check_key(services, request.headers.get(ADMIN_KEY_HEADER))
+    return services.settings, _client(services.settings.redis_url), actor
+
+
+async def _body(request: Request, kind: type[Any]) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise InputError("request body too large")
+    try:
+        return msgspec.json.decode(raw or b"{}", type=kind)
+    except msgspec.DecodeError as exc:
+        raise InputError(f"bad request body: {exc}") from None
+
+
+# -- routes ---------------------------------------------------------------------------------------------
+
+
+async def start_reindex(request: Request) -> Response:
+    settings, client, actor = _admin(request)
+    body: ReindexRequest = await _body(request, ReindexRequest)
+    job = await run_blocking(
+        reindex.start_job, settings, client, model=body.model, chunk_tokens=body.chunk_tokens,
+        chunk_overlap=body.chunk_overlap, force=body.force, requested_by=actor,
+    )  # fmt: skip
+    await run_blocking(enqueue_reindex, settings, job.id)
+    return json_response({"job_id": job.id, "job": job}, status_code=202)
+
+
+async def get_reindex(request: Request) -> Response:
+    _settings, client, _actor = _admin(request)
+    job = await run_blocking(reindex.get_job, client, request.path_params["job_id"])
+    return json_response(job)
+
+
+async def cancel_reindex(request: Request) -> Response:
+    settings, client, actor = _admin(request)
+    job_id = request.path_params["job_id"]
+    await run_blocking(reindex.cancel_job, settings, client, job_id, by=actor)
+    await run_blocking(enqueue_reindex, settings, job_id)  # a queued job with no worker yet ends too
+    return json_response(await run_blocking(reindex.get_job, client, job_id), status_code=202)
+
+
+async def rollback(request: Request) -> Response:
+    settings, client, actor = _admin(request)
+    body: RollbackRequest = await _body(request, RollbackRequest)
+    alias = await run_blocking(reindex.rollback, settings, client, by=actor, force=body.force)
+    return json_response(alias)
+
+
+async def retire_version(request: Request) -> Response:
+    settings, client, actor = _admin(request)
+    manifest = await run_blocking(reindex.retire, settings, client, request.path_params["version"], by=actor)
+    return json_response(manifest)
+
+
+async def list_versions(request: Request) -> Response:
+    settings, client, _actor = _admin(request)
+
+    def collect() -> dict[str, object]:
+        return {
+            "alias": reindex.read_alias(settings),
+            "versions": reindex.versions_info(settings),
+            "jobs": reindex.list_jobs(client),
+        }
+
+    return json_response(await run_blocking(collect))
+
+
+async def admin_socket(websocket: WebSocket) -> None:
+    services = _services(websocket)
+    key = websocket.headers.get(ADMIN_KEY_HEADER) or websocket.query_params.get(ADMIN_KEY_QUERY)
+    await websocket.accept()
+    try:
+        _check_key(services, key)
+    except DocentError as exc:
+        await websocket.send_json(exc.to_wire())
+        await websocket.close(code=WS_CLOSE_UNAUTHORISED)
+        return
+    client: Any = services.redis
+    last_id = "$"
+    current: Any = await client.get(reindex.CURRENT_KEY)
+    if current:
+        raw = await client.get(
+            reindex.JOB_KEY.format(current.decode() if isinstance(current, bytes) else current)
+        )
+        if raw:
+            await websocket.send_text('{"type":"reindex","job":' + raw.decode() + "}")
+    receiver = asyncio.create_task(_drain(websocket))
+    try:
+        while not receiver.done():
+            entries: Any = await client.xread({reindex.EVENTS_STREAM: last_id}, block=WS_BLOCK_MS, count=100)
+            for _stream, items in entries or []:
+                for entry_id, fields in items:
+                    last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    job = fields.get(b"job") or fields.get("job")
+                    if job is not None:
+                        text = job.decode() if isinstance(job, bytes) else job
+                        await websocket.send_text('{"type":"reindex","job":' + text + "}")
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await receiver
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Read (and ignore) client frames until it goes away: that is how a disconnect is noticed."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+STATUS_BY_ERROR: tuple[tuple[type[DocentError], int], ...] = ((IndexNotFound, 404), (ReindexRefused, 409))
+
+
+def _mapped(endpoint: Endpoint) -> Endpoint:
+    """Refusals are conflicts (409) and unknown jobs or versions 404; the app maps the rest."""
+
+    async def call(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except (IndexNotFound, ReindexRefused) as exc:
+            status = next(s for t, s in STATUS_BY_ERROR if isinstance(exc, t))
+            return json_response(exc.to_wire(), status_code=status)
+
+    return call
+
+
+def admin_routes() -> list[BaseRoute]:
+    return [
+        Route("/admin/reindex", _mapped(start_reindex), methods=["POST"]),
+        Route("/admin/reindex/{job_id}", _mapped(get_reindex), methods=["GET"]),
+        Route("/admin/reindex/{job_id}/cancel", _mapped(cancel_reindex), methods=["POST"]),
+        Route("/admin/rollback", _mapped(rollback), methods=["POST"]),
+        Route("/admin/versions/{version}/retire", _mapped(retire_version), methods=["POST"]),
+        Route("/admin/versions", _mapped(list_versions), methods=["GET"]),
+        WebSocketRoute("/ws/admin", admin_socket),
+    ]

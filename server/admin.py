@@ -93,6 +93,13 @@ def _check_key(services: Services, key: str | None) -> str:
     return "admin-key"
 
 
+def require_admin_key(request: Request) -> Services:
+    """The app's services, once the request carries the admin key (else AuthError)."""
+    services = _services(request)
+    _check_key(services, request.headers.get(ADMIN_KEY_HEADER))
+    return services
+
+
 def _admin(request: Request) -> tuple[Settings, redis.Redis, str]:
     services = _services(request)
     actor = _check_key(services, request.headers.get(ADMIN_KEY_HEADER))

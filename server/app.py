@@ -36,6 +36,7 @@ from server.fanout import Fanout
 from server.limits import AskLimits
 from server.rest import json_response, routes
 from server.review import routes as review_routes
+from server.traces import trace_routes
 from store.conversations import Conversations
 from store.exceptions import (
     AuthError,
@@ -193,6 +194,7 @@ def create_app(
         *routes(),
         *admin_routes(),
         *review_routes(),
+        *trace_routes(),
         Route("/static/docent.mjs", docent_module, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static"),
     ]

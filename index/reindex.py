@@ -49,8 +49,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
 import redis
 
 from index.types import Access, Chunk, Document, Manifest, ModelIdentity, Principal
@@ -80,7 +78,10 @@ from store.exceptions import (
 )
 from store.settings import Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the web process imports this module for the admin API and must not load numpy
+    import numpy as np
+    import numpy.typing as npt
+
     from index.ingest import Contextualizer, DocumentOutcome, Ingestor
     from index.types import Embedder
 
@@ -421,9 +422,13 @@ class PrecomputedEmbedder:
         return self.base.count_tokens(text)
 
     def put(self, texts: Sequence[str], matrix: npt.NDArray[np.float32]) -> None:
+        import numpy as np
+
         self.vectors.update(zip(texts, np.asarray(matrix, dtype=np.float32), strict=True))
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        import numpy as np
+
         items = list(texts)
         missing = [t for t in dict.fromkeys(items) if t not in self.vectors]
         if missing:

@@ -141,7 +141,10 @@ class Searcher:
             check_interval_ms=check_interval_ms,
         )
         self.lexical = LexicalIndex.open(
-            directory, max_df=settings.bm25_max_df, check_interval_ms=check_interval_ms
+            directory,
+            max_df=settings.bm25_max_df,
+            postings_budget=settings.bm25_postings_budget,
+            check_interval_ms=check_interval_ms,
         )
 
     @property

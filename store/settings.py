@@ -49,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     top_k: Positive = 8
     rrf_k: Positive = 60
     bm25_max_df: Fraction = 0.05  # drop query terms found in more than this share of chunks
+    bm25_postings_budget: Positive = 200_000  # postings a BM25 query reads at most (rarest terms first)
     context_llm: bool = False  # generate contextual prefixes with the configured LLM at ingest
 
     # LLM backends.

@@ -260,6 +260,58 @@ def test_df_pruning_drops_common_terms_but_never_empties_a_query(tmp_path: Path)
     assert lexical.search("quokka policy", 5, tenant="t", reader_tokens=("*",))[0][0] == 100
 
 
+def test_postings_budget_keeps_the_rare_terms_of_a_query_of_common_terms(tmp_path: Path) -> None:
+    LexicalIndex.create(tmp_path)
+    # No df cap here (max_df 1): only the budget prunes. Each common word is in 30 chunks.
+    lexical = LexicalIndex.open(tmp_path, max_df=1.0, postings_budget=70, check_interval_ms=0)
+    common = "alpha bravo charlie delta echo foxtrot golf hotel"
+    entries = [_entry(n, f"{common} filler{n}") for n in range(1, 31)]
+    entries += [_entry(100, "the wombat burrow"), _entry(101, "a numbat colony"), _entry(102, "numbat alpha")]
+    lexical.apply(add=entries)
+    query = f"{common} wombat numbat"
+    kept = lexical.query_terms(query)
+    assert kept[-2:] == ["wombat", "numbat"] and set(kept) >= {"wombat", "numbat"}
+    assert len(kept) == 4  # 1 + 2 + 30 + 30 postings fit in 70: two of the common terms
+    hits = lexical.search(query, 5, tenant="t", reader_tokens=("*",))
+    assert {key for key, _ in hits[:3]} == {100, 101, 102}  # the rare terms decide
+    unbounded = LexicalIndex.open(tmp_path, max_df=1.0, postings_budget=10**9, check_interval_ms=0)
+    assert len(unbounded.query_terms(query)) == 10
+
+
+def test_vectorised_bm25_scores_like_whoosh(tmp_path: Path) -> None:
+    """The numpy scorer reproduces Whoosh's BM25F over several segments, with deletions and an ACL."""
+    LexicalIndex.create(tmp_path)
+    fast = LexicalIndex.open(tmp_path, check_interval_ms=0)
+    slow = LexicalIndex.open(tmp_path, check_interval_ms=0, vectorised=False)
+    words = ["turbine", "blade", "boundary", "layer", "flow", "pressure", "shock", "wave", "heat", "wing"]
+    rng = np.random.default_rng(3)
+    for batch in range(4):  # one commit (segment) per batch
+        entries = []
+        for n in range(batch * 50, batch * 50 + 50):
+            body = " ".join(rng.choice(words, size=int(rng.integers(3, 40))))
+            entries.append(
+                LexicalEntry(
+                    key=n + 1,
+                    chunk_id=f"c{n}",
+                    doc_id=f"d{n}",
+                    tenant="t",
+                    readers=("*",) if n % 3 else ("group:x",),
+                    title=str(rng.choice(words)),
+                    heading=" ".join(rng.choice(words, size=2)) if n % 2 else "",
+                    body=body,
+                )
+            )
+        lexical_delete = list(range(batch * 50 - 20, batch * 50 - 10)) if batch else []
+        fast.apply(add=entries, delete=[key + 1 for key in lexical_delete])
+    for query in ("boundary layer flow", "shock wave drag on a wing", "heat", "turbine lift pressure wave"):
+        for tokens in (("*",), ("*", "group:x")):
+            a = fast.search(query, 200, tenant="t", reader_tokens=tokens)
+            b = slow.search(query, 200, tenant="t", reader_tokens=tokens)
+            assert len(a) == len(b) > 0
+            assert dict(a) == pytest.approx(dict(b), rel=1e-9)
+            assert [score for _, score in a] == pytest.approx([score for _, score in b], rel=1e-9)
+
+
 def test_lexical_acl_filter_and_visibility_callback(tmp_path: Path) -> None:
     LexicalIndex.create(tmp_path)
     lexical = LexicalIndex.open(tmp_path, check_interval_ms=0)

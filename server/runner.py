@@ -6,6 +6,7 @@ environment plus the Redis URL, and stopped together on Ctrl-C or when any of th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,16 +53,20 @@ class Supervisor:
         return next((n for n, p in self.children.items() if p.poll() is not None), None)
 
     def stop_all(self) -> None:
+        """SIGTERM each child's whole process group (dramatiq forks its workers), SIGKILL what outlives it."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the shutdown
         for process in self.children.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+            _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + CHILD_STOP_TIMEOUT_S
         for process in self.children.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _signal_group(process, signal.SIGKILL)  # forked workers may outlive their leader
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
 
 
 def announce(settings: Settings) -> None:
@@ -81,7 +86,15 @@ def announce(settings: Settings) -> None:
     )
 
 
+def _stop_on(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(settings: Settings) -> int:
+    # Ctrl-C and SIGTERM both stop the children in order; set explicitly, since a shell may have started
+    # this process with SIGINT ignored (background jobs of a non-interactive shell are).
+    signal.signal(signal.SIGINT, _stop_on)
+    signal.signal(signal.SIGTERM, _stop_on)
     env = dict(os.environ)
     redis_server: EmbeddedRedis | None = None
     if not settings.redis_url:

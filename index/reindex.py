@@ -794,7 +794,8 @@ class _Builder:
         self.client = client
         self.job = job
         self.catalog = catalog
-        self.base = load_embedder(settings, job.model, purpose="offline")
+        capped = msgspec.structs.replace(settings, bulk_embed_threads=settings.reindex_embed_threads)
+        self.base = load_embedder(capped, job.model, purpose="offline")
         self.embedder = PrecomputedEmbedder(self.base)
         self.build_settings = msgspec.structs.replace(
             settings, chunk_tokens=job.chunk_tokens, chunk_overlap=job.chunk_overlap

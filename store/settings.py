@@ -35,7 +35,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     device: Literal["auto", "cpu", "cuda"] = "auto"
     embed_model: str = "minilm"  # a registered embedder name (index.embed)
     embed_threads: NonNegative = 1  # intra-op threads per online embedder; 0 = all cores (1 measured fastest)
-    bulk_embed_threads: Positive = 1  # threads for offline (ingest/reindex) embedding
+    bulk_embed_threads: Positive = 2  # ingest embedding threads (bench/embed.py: 57 vs 30 chunks/s for 1)
+    reindex_embed_threads: Positive = 1  # a rebuild shares the machine with queries: capped
     bulk_batch_size: Positive = 4  # bench/embed.py: batch 4 beats 8 and 64 on 256-token chunks
     embed_cache_size: Positive = 4096
     vector_dtype: Literal["f16", "i8", "f32"] = "f16"

@@ -6,7 +6,6 @@ to the version being built (each with its own model), so a cutover never loses a
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,38 +16,27 @@ from actors.contextualize import make_contextualizer
 from index.ingest import DocumentOutcome, expand_paths, path_doc_id
 from index.reindex import DualWriter
 from index.types import Access
-from store.exceptions import DocentError
 from store.settings import Settings
 
-log = logging.getLogger(__name__)
-
 DocumentRequest = tuple[str, dict[str, Any]]  # doc id, Ingestor.ingest_document keyword arguments
-
-
-def _failed(doc_id: str, exc: DocentError) -> DocumentOutcome:
-    return DocumentOutcome(doc_id=doc_id, version="", status="failed", error_code=exc.code, error=exc.message)
 
 
 def ingest_documents(
     settings: Settings, requests: Iterable[DocumentRequest], *, delete_first: bool = False
 ) -> list[DocumentOutcome]:
-    """Ingest each document into every current version; a failing document does not stop the rest."""
+    """Ingest the documents into every current version in batched commits; a failing document is an
+    outcome and does not stop the rest."""
     client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
-    outcomes = []
+    requests = list(requests)
     try:
         with DualWriter(settings, client, contextualizer=make_contextualizer(settings)) as writer:
-            for doc_id, arguments in requests:
-                try:
-                    if delete_first:
-                        writer.delete_document(doc_id)
-                    outcomes.append(writer.ingest_document(doc_id, **arguments)[0])
-                except DocentError as exc:
-                    log.warning("ingest of %s failed: %s", doc_id, exc)
-                    outcomes.append(_failed(doc_id, exc))
+            if delete_first:
+                for doc_id, _ in requests:
+                    writer.delete_document(doc_id)
+            return writer.ingest_documents(requests)
     finally:
         if client is not None:
             client.close()
-    return outcomes
 
 
 def ingest_files(settings: Settings, paths: Sequence[Path], access: Access) -> list[DocumentOutcome]:

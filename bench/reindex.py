@@ -5,7 +5,7 @@
 1. An embedded Redis and a fresh data dir; the demo corpus (index.demo, ~1,600 chunks) ingested with
    settings.embed_model (MiniLM) through actors.bootstrap.ensure_demo.
 2. Idle: closed-loop hybrid queries (golden-set questions made unique so no cache answers them).
-3. Rebuild: a real reindex worker process (`python -m actors.reindex`, settings.bulk_embed_threads threads)
+3. Rebuild: a real reindex worker process (`python -m actors.reindex`, settings.reindex_embed_threads threads)
    builds the `--model` version from the catalog, gates it on tests/golden/demo and cuts over, while the
    same query loop runs through the cutover and a few seconds past it.
 Reported: chunks/s of the build, p50/p95 idle vs during, failed queries, the versions that answered.
@@ -138,7 +138,7 @@ def main() -> int:
                     "chunks_per_s": final.chunks_per_s, "slices": final.slices,
                     "gate_passed": final.gate.passed if final.gate else None,
                     "gate": msgspec.to_builtins(final.gate.deltas) if final.gate else None},
-            "bulk_embed_threads": settings.bulk_embed_threads,
+            "reindex_embed_threads": settings.reindex_embed_threads,
             "embed_threads": settings.embed_threads,
             "idle": summary([ms for ms, _, _ in idle]),
             "during_build": summary([ms for ms, _, _ in during]),

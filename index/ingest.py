@@ -39,10 +39,10 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import numpy as np
@@ -75,6 +75,7 @@ CREATE_LOCK_FILE = "create.lock"
 _T = TypeVar("_T")
 OutcomeStatus = Literal["indexed", "unchanged", "deleted", "missing", "failed"]
 Progress = Callable[[int, int], None]  # (documents done, documents in the call)
+DOCUMENT_ARGUMENTS = frozenset({"data", "path", "fmt", "title", "access", "source"})
 # (document text, chunk text, deterministic context) -> the chunk's contextual prefix. Blocking; the actors
 # layer builds one from the configured LLM (Anthropic's contextual-retrieval prompt, index.context).
 Contextualizer = Callable[[str, str, str], str]
@@ -501,6 +502,22 @@ class Ingestor:
             [(doc_id, lambda: self._load(doc_id, data, path, fmt, title, access, source))], None
         )
         return _single(report)
+
+    def ingest_documents(
+        self, requests: Sequence[tuple[str, Mapping[str, Any]]], progress: Progress | None = None
+    ) -> IngestReport:
+        """Many documents, each `(doc_id, ingest_document's keyword arguments)`, batched into commits."""
+        loaders = [(doc_id, partial(self._load_request, doc_id, arguments)) for doc_id, arguments in requests]
+        return self._run(loaders, progress)
+
+    def _load_request(self, doc_id: str, arguments: Mapping[str, Any]) -> SourceDocument:
+        unknown = set(arguments) - DOCUMENT_ARGUMENTS
+        if unknown:
+            raise InputError(f"unknown document arguments: {sorted(unknown)}")
+        get = arguments.get
+        return self._load(
+            doc_id, get("data"), get("path"), get("fmt"), get("title"), get("access", Access()), get("source")
+        )
 
     def ingest_chunks(
         self, document: Document, chunks: Sequence[Chunk], *, text: str | None = None

@@ -1306,6 +1306,48 @@ class DualWriter:
         """`Ingestor.ingest_document` on every target; the first outcome is the active version's."""
         return self._apply(lambda ingestor: ingestor.ingest_document(doc_id, **kwargs), doc_id)
 
+    def ingest_documents(self, requests: Sequence[tuple[str, dict[str, Any]]]) -> list[DocumentOutcome]:
+        """Many documents in batched commits on every target; returns the active version's outcomes.
+
+        Per-document failures are outcomes (the batch goes on); another side's failures are counted in
+        `failures` and left to the rebuild's pre-cutover re-sync, like `_apply`'s exhausted retries.
+        """
+        from index.embed import load_embedder
+        from index.ingest import Ingestor
+
+        if not requests:
+            return []
+        with dual_write_lock(self.settings):
+            targets = write_targets(self.settings, self.client)
+            if not targets:  # no index yet: the first ingest creates the active version
+                with Ingestor(
+                    self.settings,
+                    load_embedder(self.settings, purpose="offline"),
+                    catalog=self.catalog,
+                    contextualizer=self.contextualizer,
+                ) as ingestor:
+                    return ingestor.ingest_documents(requests).documents
+            primary: list[DocumentOutcome] = []
+            for n, target in enumerate(targets):
+                try:
+                    with self._ingestor(target) as ingestor:
+                        report = ingestor.ingest_documents(requests)
+                except DocentError as exc:
+                    if n == 0:
+                        raise
+                    self.failures += len(requests)
+                    log.warning("dual-write batch to %s failed: %s", target.version, exc)
+                    continue
+                mine = [o for o in report.documents if o.version == target.version]
+                for outcome in mine:
+                    if outcome.status == "failed":
+                        self.failures += 1 if n > 0 else 0
+                    else:
+                        self._record(target.version, outcome.doc_id)
+                if n == 0:
+                    primary = mine
+        return primary
+
     def ingest_chunks(
         self, document: Document, chunks: Sequence[Chunk], *, text: str | None = None
     ) -> list[DocumentOutcome]:

@@ -7,6 +7,7 @@
     POST /admin/versions/{version}/retire
     GET  /admin/versions               the alias, every version's manifest, recent jobs
     WS   /ws/admin                     {"type": "reindex", "job": {...}} frames as the job progresses
+    GET  /admin                        the operator console page (the key is typed in, not in the URL)
 
 The web process loads no model and no index: it records jobs in Redis, enqueues the reindex actor by name
 (`index.reindex.RUN_ACTOR_NAME`) and reads progress back from Redis; rollback and retire are file and
@@ -19,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -30,8 +33,10 @@ from dramatiq.brokers.redis import RedisBroker
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.templating import Jinja2Templates
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+import web
 from actors.broker import NAMESPACE, REINDEX_QUEUE
 from index import reindex
 from server.rest import json_response
@@ -234,8 +239,30 @@ def _mapped(endpoint: Endpoint) -> Endpoint:
     return call
 
 
+# -- the console page ------------------------------------------------------------------------------------
+
+_templates = Jinja2Templates(directory=str(Path(web.__file__).resolve().parent / "templates"))
+
+
+async def admin_page(request: Request) -> Response:
+    """The console (web/templates/admin.html): public like the other pages; every call it makes needs the
+    admin key."""
+    nonce = secrets.token_urlsafe(16)
+    response = _templates.TemplateResponse(request, "admin.html", {"nonce": nonce})
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; "
+        "connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'; "
+        "form-action 'none'"
+    )
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def admin_routes() -> list[BaseRoute]:
     return [
+        Route("/admin", admin_page, methods=["GET"]),
         Route("/admin/reindex", _mapped(start_reindex), methods=["POST"]),
         Route("/admin/reindex/{job_id}", _mapped(get_reindex), methods=["GET"]),
         Route("/admin/reindex/{job_id}/cancel", _mapped(cancel_reindex), methods=["POST"]),

@@ -80,7 +80,7 @@ def announce(settings: Settings) -> None:
         f"\nDocent is up on {base}\n"
         f"  chat:     {base}/?token={user}\n"
         f"  reviewer: {base}/review?token={reviewer}\n"
-        f"  admin key (X-Admin-Key): {ensure_admin_key(settings)}\n"
+        f"  admin:    {base}/admin  (key: {ensure_admin_key(settings)})\n"
         "Ctrl-C stops everything.",
         flush=True,
     )

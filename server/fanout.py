@@ -30,7 +30,7 @@ from server.protocol import DeltaFrame, EventFrame, encode
 from store.conversations import identifier
 from store.events import TERMINAL, Delta, decode_live
 
-FANOUT_BATCH_KEYS = 256
+FANOUT_BATCH_KEYS = 32
 FANOUT_BLOCK_MS = 2_000  # under redis-py's default 5 s socket timeout
 FANOUT_READ_COUNT = 256  # entries per stream per XREAD
 REPLAY_PAGE_ENTRIES = 500

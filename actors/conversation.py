@@ -724,12 +724,14 @@ class Activation:
             ]
         else:
             sources = self.agent_sources()
-        cited = validate_citations(text, sources)[1]
-        if cited:  # the user must (still) be allowed to read every cited document
-            readable = await self.rt.knowledge().readable_documents([c.doc_id for c in cited], self.principal)
+        if sources:  # the user must (still) be allowed to read every document cited or listed
+            readable = await self.rt.knowledge().readable_documents(
+                sorted({c.doc_id for c in sources}), self.principal
+            )
             sources = [c for c in sources if c.doc_id in readable]
         cleaned, citations, dropped = validate_citations(text, sources)
-        self.emit([AnswerCompleted(text=cleaned, citations=citations, dropped_citations=dropped)])
+        answer = AnswerCompleted(text=cleaned, citations=citations, dropped_citations=dropped)
+        self.emit([msgspec.structs.replace(answer, sources=tuple(sources))])
 
     def agent_sources(self) -> list[Citation]:
         """The passages of the turn's latest successful knowledge-base search, numbered as the model saw."""

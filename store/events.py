@@ -147,6 +147,9 @@ class AnswerCompleted(_Base, frozen=True, kw_only=True, tag="answer_completed"):
     text: str
     citations: tuple[Citation, ...] = ()
     dropped_citations: tuple[int, ...] = ()  # [n] markers that pointed at nothing the model was given
+    # The passages the model was given that the user may read, numbered as given: what a client shows as
+    # "sources consulted" when the answer cites nothing (weak models often do not).
+    sources: tuple[Citation, ...] = ()
 
 
 class TurnFailed(_Base, frozen=True, kw_only=True, tag="turn_failed"):

@@ -221,6 +221,10 @@ def test_qa_turn_streams_an_answer_with_checked_citations(world: World) -> None:
         assert f"[{citation.n}]" in answer.text
         assert citation.chunk_id == retrieval.chunk_ids[citation.n - 1]
         assert citation.doc_id != "board-minutes"
+    # Every passage given to the model is listed as consulted, numbered as given, none forbidden.
+    assert [s.chunk_id for s in answer.sources] == list(retrieval.chunk_ids)
+    assert [s.n for s in answer.sources] == list(range(1, len(answer.sources) + 1))
+    assert all(s.doc_id != "board-minutes" for s in answer.sources)
     # Token deltas went to the live stream only, and spell out the answer.
     live = world.log.catch_up("qa1", "0")
     deltas = "".join(item.text for _, item in live if isinstance(item, Delta))

@@ -558,9 +558,12 @@
       case "answer_completed":
         state.done = true;
         state.text = event.text;
-        (event.citations || []).forEach(function (c) { state.citations[c.n] = c; });
+        var cited = event.citations || [];
+        // An answer that cites nothing still lists what it was given, labelled as consulted, not cited.
+        var listed = cited.length ? cited : (event.sources || []);
+        listed.forEach(function (c) { state.citations[c.n] = c; });
         this.renderAnswer(state);
-        this.renderCitations(state, event.citations || []);
+        this.renderCitations(state, listed, !cited.length && listed.length > 0);
         break;
       case "turn_failed":
       case "limit_reached":
@@ -614,8 +617,10 @@
     });
   };
 
-  Widget.prototype.renderCitations = function (state, citations) {
+  Widget.prototype.renderCitations = function (state, citations, consulted) {
     state.citationList.innerHTML = "";
+    state.citationList.classList.toggle("docent-consulted", !!consulted);
+    if (consulted) state.citationList.setAttribute("data-label", "Sources consulted (not cited)");
     citations.forEach(function (c) {
       var item = el("li", "docent-citation");
       item.value = c.n;

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,6 +25,7 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 
+from server.buffer import BoundedBuffer
 from server.protocol import DeltaFrame, EventFrame, encode
 from store.conversations import identifier
 from store.events import TERMINAL, Delta, decode_live
@@ -87,41 +87,16 @@ def to_frame(entry_id: bytes | str, fields: dict[Any, Any]) -> LiveFrame | None:
     return LiveFrame(eid, id_key(eid), item.turn, False, isinstance(item, TERMINAL), data)
 
 
-class Subscription:
+class Subscription(BoundedBuffer[LiveFrame]):
     """One socket's bounded buffer of frames for one conversation, filled by the shared reader."""
 
     def __init__(self, fanout: Fanout, key: str, capacity: int) -> None:
+        super().__init__(capacity)
         self.fanout = fanout
         self.key = key
-        self.capacity = capacity
-        self.overflowed = False
-        self.closed = False
-        self._items: deque[LiveFrame] = deque()
-        self._ready = asyncio.Event()
 
-    def push(self, frame: LiveFrame) -> None:
-        if self.overflowed or self.closed:
-            return
-        if len(self._items) >= self.capacity:
-            self.overflowed = True
-            self._items.clear()  # the socket resumes from what it sent: the backlog is useless now
-        else:
-            self._items.append(frame)
-        self._ready.set()
-
-    async def next_batch(self) -> list[LiveFrame]:
-        """Frames pushed since the last call (waits for at least one); [] once overflowed."""
-        while not self._items and not self.overflowed:
-            self._ready.clear()
-            await self._ready.wait()
-        batch = list(self._items)
-        self._items.clear()
-        return batch
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.fanout.unsubscribe(self)
+    def _on_close(self) -> None:
+        self.fanout.unsubscribe(self)
 
 
 class _Topic:

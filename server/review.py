@@ -22,7 +22,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -40,6 +40,7 @@ import web
 from actors import approvals
 from server import protocol as p
 from server.auth import Principal
+from server.buffer import BoundedBuffer
 from server.chat import origin_allowed
 from server.fanout import log_key
 from server.limits import FrameBudget
@@ -369,40 +370,16 @@ class ContextCache:
 # ---- the shared room reader -------------------------------------------------------------------------
 
 
-class RoomSubscription:
+class RoomSubscription(BoundedBuffer[bytes]):
     """One socket's bounded buffer of encoded `item` frames for one room."""
 
     def __init__(self, hub: RoomHub, key: str, capacity: int) -> None:
+        super().__init__(capacity)
         self.hub = hub
         self.key = key
-        self.capacity = capacity
-        self.overflowed = False
-        self.closed = False
-        self._items: deque[bytes] = deque()
-        self._ready = asyncio.Event()
 
-    def push(self, frame: bytes) -> None:
-        if self.overflowed or self.closed:
-            return
-        if len(self._items) >= self.capacity:
-            self.overflowed = True
-            self._items.clear()
-        else:
-            self._items.append(frame)
-        self._ready.set()
-
-    async def next_batch(self) -> list[bytes]:
-        while not self._items and not self.overflowed:
-            self._ready.clear()
-            await self._ready.wait()
-        batch = list(self._items)
-        self._items.clear()
-        return batch
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.hub.unsubscribe(self)
+    def _on_close(self) -> None:
+        self.hub.unsubscribe(self)
 
 
 class _RoomTopic:

@@ -33,6 +33,7 @@ Models and indexes load lazily on the first message that needs them, never at im
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -116,6 +117,7 @@ from store.events import (
 from store.events import now_ms as wall_clock_ms
 from store.exceptions import (
     DocentError,
+    IndexNotFound,
     LeaseHeld,
     LLMError,
     LLMTimeout,
@@ -263,6 +265,8 @@ class Runtime:
         self.ledger.close()
 
 
+WARM_UP_PROMPT = "Say hello."
+
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 
@@ -273,6 +277,29 @@ def runtime() -> Runtime:
         if _runtime is None:
             _runtime = Runtime.from_settings(get_settings())
         return _runtime
+
+
+async def _one_token(backend: LLMBackend) -> None:
+    try:
+        await backend.complete([ChatMessage(role="user", content=WARM_UP_PROMPT)], max_tokens=1)
+    finally:
+        await backend.aclose()
+
+
+def warm_up() -> None:
+    """Load what the first question would otherwise wait for: the search side (index, query embedder)
+    and a local LLM. Errors are logged: a cold start is slower, not broken."""
+    started = time.monotonic()
+    try:
+        rt = runtime()
+        with contextlib.suppress(IndexNotFound):
+            rt.knowledge().service.current()
+        backend = load_backend(rt.settings)
+        if callable(getattr(backend, "load", None)):  # a local model: load it and run it once (its first
+            asyncio.run(_one_token(backend))  # generation pays one-time kernel set-up, seconds on a CPU)
+        log.info("warm start done in %.1f s", time.monotonic() - started)
+    except Exception:
+        log.exception("warm start failed; models load at the first question instead")
 
 
 def configure(new: Runtime | None) -> Runtime | None:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import threading
 
 import dramatiq
 
 from actors.broker import setup_broker
+from store.settings import get_settings
 
 REQUIRED_MODULES = ("actors.conversation", "actors.ingest_job")
 OPTIONAL_MODULES = ("actors.approvals", "actors.reindex")
@@ -43,4 +45,9 @@ def _import_optional(name: str) -> bool:
 
 for _name in REQUIRED_MODULES:
     importlib.import_module(_name)
+
+if get_settings().warm_start:
+    from actors.conversation import warm_up
+
+    threading.Thread(target=warm_up, name="warm-start", daemon=True).start()
 LOADED = REQUIRED_MODULES + tuple(n for n in OPTIONAL_MODULES if _import_optional(n))

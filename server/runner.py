@@ -21,6 +21,7 @@ EMBEDDED_REDIS_PORT = 6399
 # An idle dramatiq consumer backs off its Redis polling up to 1 s, which alone breaks the 20 ms activation
 # target (bench/actors.py: p95 280 ms by default, 18 ms at 20 ms); the price is ~50 polls/s per idle queue.
 WORKER_POLL_TIMEOUT_MS = 20
+WARM_START_ENV = {"DOCENT_WARM_START": "1"}  # conversation workers load their models at boot
 CHILD_STOP_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.5
 
@@ -45,9 +46,10 @@ class Supervisor:
         self.env = env
         self.children: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, command: list[str]) -> None:
+    def start(self, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> None:
         # Own sessions: Ctrl-C reaches only the supervisor, which stops the children in order (Redis last).
-        self.children[name] = subprocess.Popen(command, env=self.env, start_new_session=True)
+        env = {**self.env, **(extra_env or {})}
+        self.children[name] = subprocess.Popen(command, env=env, start_new_session=True)
 
     def first_exited(self) -> str | None:
         return next((n for n, p in self.children.items() if p.poll() is not None), None)
@@ -111,7 +113,7 @@ def run(settings: Settings) -> int:
             return 2
         child_settings = Settings.from_env(env)
         for name, command in procfile_commands(settings).items():
-            supervisor.start(name, command)
+            supervisor.start(name, command, WARM_START_ENV if name == "worker" else None)
         announce(child_settings)
         while (dead := supervisor.first_exited()) is None:
             time.sleep(POLL_INTERVAL_S)

@@ -71,6 +71,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_run_seconds: Positive = 600
     lease_ms: Positive = 30_000
     snapshot_every_events: Positive = 200
+    warm_start: bool = False  # a conversation worker loads its models at boot, not at the first question
     broker_heartbeat_timeout_ms: Positive = 15_000  # a silent worker's messages are redelivered after this
     broker_maintenance_chance: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10_000  # per million
     # Fault injection for `docent chaos` only: the probability that a worker exits hard right after a tool's

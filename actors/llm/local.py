@@ -107,6 +107,10 @@ class _Generated:
     ended: bool = False
 
 
+_shared: dict[tuple[str, ...], _Loaded] = {}  # CTranslate2 serves concurrent calls on one loaded model
+_shared_lock = threading.Lock()
+
+
 class LocalBackend:
     def __init__(
         self,
@@ -131,13 +135,19 @@ class LocalBackend:
         return price_usd(self.settings, tokens_in, tokens_out)
 
     async def aclose(self) -> None:
-        self._loaded = None  # CTranslate2 frees the model when the generator is collected
+        self._loaded = None  # the process keeps the shared model for the next backend
 
     def load(self) -> _Loaded:
-        """Convert (first time only) and load the model. Blocking, thread-safe, idempotent."""
+        """Convert (first time only) and load the model, once per process however many backends (one per
+        worker thread) ask. Blocking, thread-safe, idempotent."""
         with self._load_lock:
             if self._loaded is None:
-                self._loaded = self._load()
+                key = (str(self.gguf_path), str(self.settings.model_path), self.settings.device,
+                       self.compute_type, str(self.intra_threads))  # fmt: skip
+                with _shared_lock:
+                    if key not in _shared:
+                        _shared[key] = self._load()
+                    self._loaded = _shared[key]
             return self._loaded
 
     async def warmup(self) -> None:

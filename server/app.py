@@ -227,7 +227,7 @@ def create_app(
 def uvicorn_args(settings: Settings) -> list[str]:
     """The uvicorn command-line options that enforce this app's WebSocket limits."""
     return [
-        "--ws", "websockets",
+        "--ws", "websockets-sansio",
         "--ws-max-size", str(settings.max_frame_bytes * HARD_FRAME_LIMIT_FACTOR),
         "--ws-ping-interval", str(WS_PING_INTERVAL_S),
         "--ws-ping-timeout", str(WS_PING_TIMEOUT_S),
@@ -244,7 +244,7 @@ def main() -> None:
         factory=True,
         host=settings.host,
         port=settings.port,
-        ws="websockets",
+        ws="websockets-sansio",
         ws_max_size=settings.max_frame_bytes * HARD_FRAME_LIMIT_FACTOR,
         ws_ping_interval=WS_PING_INTERVAL_S,
         ws_ping_timeout=WS_PING_TIMEOUT_S,

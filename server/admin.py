@@ -20,10 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -33,12 +31,11 @@ from dramatiq.brokers.redis import RedisBroker
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.templating import Jinja2Templates
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-import web
 from actors.broker import NAMESPACE, REINDEX_QUEUE
 from index import reindex
+from server.pages import render_page
 from server.rest import json_response
 from store.blocking import run_blocking
 from store.exceptions import AuthError, DocentError, IndexNotFound, InputError, ReindexRefused
@@ -241,23 +238,10 @@ def _mapped(endpoint: Endpoint) -> Endpoint:
 
 # -- the console page ------------------------------------------------------------------------------------
 
-_templates = Jinja2Templates(directory=str(Path(web.__file__).resolve().parent / "templates"))
-
-
 async def admin_page(request: Request) -> Response:
     """The console (web/templates/admin.html): public like the other pages; every call it makes needs the
     admin key."""
-    nonce = secrets.token_urlsafe(16)
-    response = _templates.TemplateResponse(request, "admin.html", {"nonce": nonce})
-    response.headers["Content-Security-Policy"] = (
-        f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; "
-        "connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'; "
-        "form-action 'none'"
-    )
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return render_page(request, "admin.html", framable=False)
 
 
 def admin_routes() -> list[BaseRoute]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 
-import web
 from actors import api as actors_api
 from actors.api import Dispatcher
 from server.admin import admin_routes
@@ -35,6 +32,7 @@ from server.chat import chat_endpoint
 from server.dispatch import RedisDispatcher, Wake, no_wake
 from server.fanout import Fanout
 from server.limits import AskLimits
+from server.pages import WEB_DIR, render_page
 from server.rest import json_response, routes
 from server.review import routes as review_routes
 from server.traces import trace_routes
@@ -53,7 +51,6 @@ from store.exceptions import (
 from store.ratelimit import AsyncRateLimiter
 from store.settings import Settings, get_settings
 
-WEB_DIR = Path(web.__file__).resolve().parent
 # uvicorn drops frames over this many times settings.max_frame_bytes (close 1009); below it our own
 # check answers with a typed error frame and close 4413.
 HARD_FRAME_LIMIT_FACTOR = 4
@@ -140,7 +137,6 @@ def create_app(
         raise ConfigError("the web process needs DOCENT_REDIS_URL (`docent run` starts one for you)")
     auth = Authenticator.from_settings(settings)  # fail at start, not at the first request
     allowed_origins = parse_origins(settings.allowed_origins)
-    templates = Jinja2Templates(directory=str(WEB_DIR / "templates"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -176,15 +172,7 @@ def create_app(
             await client.aclose()
 
     async def chat_page(request: Request) -> Response:
-        nonce = secrets.token_urlsafe(16)
-        response = templates.TemplateResponse(request, "chat.html", {"nonce": nonce})
-        response.headers["Content-Security-Policy"] = (
-            f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; "
-            "connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; frame-ancestors 'self'"
-        )
-        response.headers["Referrer-Policy"] = "no-referrer"  # the page URL carries the token
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
+        return render_page(request, "chat.html")
 
     async def docent_module(request: Request) -> Response:
         body = (

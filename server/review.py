@@ -20,11 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
@@ -33,10 +31,8 @@ import redis.asyncio as aredis
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.templating import Jinja2Templates
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-import web
 from actors import approvals
 from server import protocol as p
 from server.auth import Principal
@@ -44,6 +40,7 @@ from server.buffer import BoundedBuffer
 from server.chat import origin_allowed
 from server.fanout import log_key
 from server.limits import FrameBudget
+from server.pages import render_page
 from server.rest import bearer_token, json_response
 from store.approvals import (
     MAX_REASON_CHARS,
@@ -92,7 +89,6 @@ Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
 DecisionWord = Literal["approved", "denied", "approve", "deny"]
 
 log = logging.getLogger(__name__)
-WEB_DIR = Path(web.__file__).resolve().parent
 
 
 # ---- wire format ------------------------------------------------------------------------------------
@@ -839,19 +835,8 @@ async def admin_decisions(request: Request) -> Response:
 
 # ---- the console page -------------------------------------------------------------------------------
 
-_templates = Jinja2Templates(directory=str(WEB_DIR / "templates"))
-
-
 async def review_page(request: Request) -> Response:
-    nonce = secrets.token_urlsafe(16)
-    response = _templates.TemplateResponse(request, "review.html", {"nonce": nonce})
-    response.headers["Content-Security-Policy"] = (
-        f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; "
-        "connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; frame-ancestors 'self'"
-    )
-    response.headers["Referrer-Policy"] = "no-referrer"  # the page URL may carry the token
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
+    return render_page(request, "review.html")
 
 
 def routes() -> list[BaseRoute]:

@@ -265,8 +265,6 @@ class Runtime:
         self.ledger.close()
 
 
-WARM_UP_PROMPT = "Say hello."
-
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
 
@@ -279,13 +277,6 @@ def runtime() -> Runtime:
         return _runtime
 
 
-async def _one_token(backend: LLMBackend) -> None:
-    try:
-        await backend.complete([ChatMessage(role="user", content=WARM_UP_PROMPT)], max_tokens=1)
-    finally:
-        await backend.aclose()
-
-
 def warm_up() -> None:
     """Load what the first question would otherwise wait for: the search side (index, query embedder)
     and a local LLM. Errors are logged: a cold start is slower, not broken."""
@@ -294,9 +285,9 @@ def warm_up() -> None:
         rt = runtime()
         with contextlib.suppress(IndexNotFound):
             rt.knowledge().service.current()
-        backend = load_backend(rt.settings)
-        if callable(getattr(backend, "load", None)):  # a local model: load it and run it once (its first
-            asyncio.run(_one_token(backend))  # generation pays one-time kernel set-up, seconds on a CPU)
+        load = getattr(load_backend(rt.settings), "load", None)
+        if callable(load):  # a local model (shared by every worker thread's backend)
+            load()
         log.info("warm start done in %.1f s", time.monotonic() - started)
     except Exception:
         log.exception("warm start failed; models load at the first question instead")

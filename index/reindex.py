@@ -1259,21 +1259,20 @@ class DualWriter:
         with_llm = self.contextualizer if manifest.context_version == LLM_CONTEXT_VERSION else None
         return Ingestor(settings, embedder, target.version, catalog=self.catalog, contextualizer=with_llm)
 
-    def _apply(self, step: Callable[[Ingestor], DocumentOutcome], doc_id: str) -> list[DocumentOutcome]:
+    def _first_ingestor(self) -> Ingestor:
+        """The ingestor that creates the first (active) version with the configured embedder."""
+        from index.embed import load_embedder
         from index.ingest import Ingestor
 
+        embedder = load_embedder(self.settings, purpose="offline")
+        return Ingestor(self.settings, embedder, catalog=self.catalog, contextualizer=self.contextualizer)
+
+    def _apply(self, step: Callable[[Ingestor], DocumentOutcome], doc_id: str) -> list[DocumentOutcome]:
         outcomes: list[DocumentOutcome] = []
         with dual_write_lock(self.settings):
             targets = write_targets(self.settings, self.client)
             if not targets:  # no index yet: the first ingest creates the active version
-                from index.embed import load_embedder
-
-                with Ingestor(
-                    self.settings,
-                    load_embedder(self.settings, purpose="offline"),
-                    catalog=self.catalog,
-                    contextualizer=self.contextualizer,
-                ) as ingestor:
+                with self._first_ingestor() as ingestor:
                     return [step(ingestor)]
             for n, target in enumerate(targets):
                 attempts = 1 if n == 0 else DUAL_WRITE_ATTEMPTS
@@ -1312,20 +1311,12 @@ class DualWriter:
         Per-document failures are outcomes (the batch goes on); another side's failures are counted in
         `failures` and left to the rebuild's pre-cutover re-sync, like `_apply`'s exhausted retries.
         """
-        from index.embed import load_embedder
-        from index.ingest import Ingestor
-
         if not requests:
             return []
         with dual_write_lock(self.settings):
             targets = write_targets(self.settings, self.client)
             if not targets:  # no index yet: the first ingest creates the active version
-                with Ingestor(
-                    self.settings,
-                    load_embedder(self.settings, purpose="offline"),
-                    catalog=self.catalog,
-                    contextualizer=self.contextualizer,
-                ) as ingestor:
+                with self._first_ingestor() as ingestor:
                     return ingestor.ingest_documents(requests).documents
             primary: list[DocumentOutcome] = []
             for n, target in enumerate(targets):

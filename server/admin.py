@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 ADMIN_KEY_HEADER = "x-admin-key"
 ADMIN_KEY_QUERY = "admin_key"
+ADMIN_ACTOR = "admin-key"  # who the audit log names for actions taken with the admin key
 WS_BLOCK_MS = 1000
 WS_CLOSE_UNAUTHORISED = 4401
 MAX_BODY_BYTES = 16 * 1024
@@ -92,7 +93,7 @@ def _services(request: Request | WebSocket) -> Services:
 def _check_key(services: Services, key: str | None) -> str:
     if not key or not services.auth.is_admin_key(key):
         raise AuthError("admin key required (X-Admin-Key)")
-    return "admin-key"
+    return ADMIN_ACTOR
 
 
 def require_admin_key(request: Request) -> Services:
@@ -103,9 +104,8 @@ def require_admin_key(request: Request) -> Services:
 
 
 def _admin(request: Request) -> tuple[Settings, redis.Redis, str]:
-    services = _services(request)
-    actor = _check_key(services, request.headers.get(ADMIN_KEY_HEADER))
-    return services.settings, _client(services.settings.redis_url), actor
+    services = require_admin_key(request)
+    return services.settings, _client(services.settings.redis_url), ADMIN_ACTOR
 
 
 async def _body(request: Request, kind: type[Any]) -> Any:

@@ -10,7 +10,6 @@ from typing import Any
 
 from store.events import LLMCompleted, LLMRequested, ToolIntent, ToolResult, UserMessage
 from store.log import ConversationLog
-from store.redis import EmbeddedRedis
 from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, server_env
 
 PROMPT = {"role": "user", "content": "x"}
@@ -25,8 +24,8 @@ def get(url: str, key: str) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
-def test_trace_groups_steps_by_turn_with_totals(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
-    log = ConversationLog.from_url(redis_server.url)
+def test_trace_groups_steps_by_turn_with_totals(redis_url: str, tmp_path: Path) -> None:
+    log = ConversationLog.from_url(redis_url)  # a flushed Redis: no other test's conversation
     lease = log.acquire("conv-trace", "test")
     log.append(lease, [
         UserMessage(turn=1, text="compare and email"),
@@ -43,7 +42,7 @@ def test_trace_groups_steps_by_turn_with_totals(redis_server: EmbeddedRedis, tmp
     log.release(lease)
     log.close()
 
-    with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
+    with ServerProcess(server_env(redis_url, tmp_path)) as web:
         status, body = get(f"{web.http_url}/admin/conversations/conv-trace/trace", TEST_ADMIN_KEY)
         assert status == 200
         (turn,) = body["turns"]

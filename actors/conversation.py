@@ -748,8 +748,10 @@ class Activation:
             )
             sources = [c for c in sources if c.doc_id in readable]
         cleaned, citations, dropped = validate_citations(text, sources)
-        answer = AnswerCompleted(text=cleaned, citations=citations, dropped_citations=dropped)
-        self.emit([msgspec.structs.replace(answer, sources=tuple(sources))])
+        answer = AnswerCompleted(
+            text=cleaned, citations=citations, dropped_citations=dropped, sources=tuple(sources)
+        )
+        self.emit([answer])
 
     def agent_sources(self) -> list[Citation]:
         """The passages of the turn's latest successful knowledge-base search, numbered as the model saw."""

@@ -17,10 +17,14 @@ a second run with the same corpus and embedder reuses the index without embeddin
 build resumes: the Ingestor skips documents already ingested).
 
 The runs. Queries go through `Searcher.search_many_sync` — the same stages, access checks and fusion
-(the lexically gated RRF of index.fusion) as the live `SearchService` — in modes bm25, dense and hybrid,
-and hybrid+rerank when settings.rerank_model names a reranker. `rrf-equal` is the hybrid with plain
-equal-weight RRF, the baseline the gate is measured against. A document's rank is that of its best chunk
-(`dedupe_docs`), and the metrics of `index.evaluate.score_run` are averaged over the judged queries.
+(settings.fusion, z-score by default: index.fusion) as the live `SearchService` — in modes bm25, dense and
+hybrid, and hybrid+rerank when settings.rerank_model names a reranker. `rrf-equal` is the hybrid with plain
+equal-weight RRF (k = 60), the usual baseline. A document's rank is that of its best chunk (`dedupe_docs`),
+and the metrics of `index.evaluate.score_run` are averaged over the judged queries. Query-time settings
+(bm25_k1, bm25_b, fusion, fusion_dense_weight) change no index, so a cached index serves any of them.
+
+    reports = [evaluate_collection(settings, d) for d in dirs]
+    print(format_summary(reports))          # one table: every collection x run
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from index.context import CONTEXT_VERSION, deterministic_context
 from index.embed import load_embedder
 from index.evaluate import Collection, CorpusDoc, dedupe_docs, load_collection, score_run
 from index.ingest import SPECIAL_TOKENS_RESERVE, Ingestor
+from index.lexical import LEXICAL_VERSION
 from index.search import Mode, Searcher
 from index.types import EVERYONE, Access, Chunk, Document, Embedder, ParsedDocument, Principal, Section
 from index.versions import get_active
@@ -85,8 +90,8 @@ def setup_digest(settings: Settings, embedder: Embedder) -> str:
     identity = embedder.identity
     parts = (
         identity.name, identity.weights_sha256, identity.tokenizer_sha256, str(identity.dimension),
-        CHUNKER_VERSION, CONTEXT_VERSION, str(settings.chunk_tokens), str(settings.chunk_overlap),
-        settings.vector_dtype,
+        CHUNKER_VERSION, CONTEXT_VERSION, LEXICAL_VERSION, str(settings.chunk_tokens),
+        str(settings.chunk_overlap), settings.vector_dtype,
     )  # fmt: skip
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
@@ -228,10 +233,11 @@ def evaluate_collection(
             run, latency[name] = run_queries(searcher, collection, mode)
             runs[name] = score_run(run, collection.qrels)
         fusion_name = searcher.fusion_name
-        searcher.fusion = "rrf"  # the baseline the gate improves on: equal-weight RRF
+        fusion, weights = searcher.fusion, searcher.weights
+        searcher.fusion, searcher.weights = "rrf", {"dense": 1.0, "bm25": 1.0}  # the usual baseline
         run, latency["rrf-equal"] = run_queries(searcher, collection, "hybrid")
         runs["rrf-equal"] = score_run(run, collection.qrels)
-        searcher.fusion = "gated"
+        searcher.fusion, searcher.weights = fusion, weights
         reranker = load_reranker(settings)
         if reranker is not None:
             searcher.reranker = reranker
@@ -273,4 +279,18 @@ def format_table(report: dict) -> str:
         cells = [f"{metrics[m]:.3f}" if m in metrics else "-" for m, _ in TABLE_METRICS]
         ms = latency.get(name)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {'-' if ms is None else f'{ms:.1f}'} |")
+    return "\n".join(lines)
+
+
+def format_summary(reports: Sequence[dict]) -> str:
+    """One Markdown table of several collections' reports: a row per (collection, run)."""
+    header = "| collection | run | " + " | ".join(label for _, label in TABLE_METRICS) + " |"
+    lines = [header, "|" + " --- |" * (len(TABLE_METRICS) + 2)]
+    for report in reports:
+        names = [n for n in RUN_ORDER if n in report["runs"]]
+        names += [n for n in report["runs"] if n not in RUN_ORDER]
+        for n, name in enumerate(names):
+            label = f"{report['collection']} ({report.get('queries', '?')} q)" if n == 0 else ""
+            cells = [f"{report['runs'][name].get(m, float('nan')):.3f}" for m, _ in TABLE_METRICS]
+            lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

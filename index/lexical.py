@@ -1,34 +1,35 @@
-"""The Whoosh (BM25F) index of one version: `<version>/whoosh/`.
+"""The Whoosh (BM25) index of one version: `<version>/whoosh/`.
 
-Schema: key (ID, stored, unique: the entry's 63-bit key, shared with USearch and the catalog), chunk_id
-(ID, stored), doc_id (ID), tenant (ID), readers (KEYWORD, comma-separated reader tokens), title (TEXT,
-stemming, boosted), heading (TEXT, stemming, boosted), body (TEXT, stemming: context prefix + chunk text).
-No positions are stored: queries are bags of terms, never phrases.
+Schema (LEXICAL_VERSION, recorded in the manifest): key (ID, stored, unique: the entry's 63-bit key,
+shared with USearch and the catalog), chunk_id (ID, stored), doc_id (ID), tenant (ID), readers (KEYWORD,
+comma-separated reader tokens), body (TEXT: the chunk's indexed text, i.e. its contextual prefix — title and
+heading path — then the chunk, exactly what the embedder sees). One text field, no boosts: with the title and
+the headings in boosted fields of their own (the first schema), sections whose headings share a question's
+words outvoted the untitled answers, BM25 nDCG@10 .12 on debfaq against .38 for the one field
+(bench/retrieval_quality.py). No positions are stored: queries are bags of terms, never phrases.
 
-Queries. A natural-language question becomes an OR of its analysed terms over title, heading and body,
-minus the terms found in more than max(`max_df` x chunks, `prune_floor_df`) chunks (they carry little
-BM25 weight; the floor keeps small collections from losing most of their query terms to a pure share
-rule), and within a postings budget: rarest first, terms are kept while their postings (summed over the
-fields) fit in `postings_budget`, so the work per query is bounded whatever the collection size. The
-`MIN_KEPT_TERMS` rarest terms are always kept, so a query never becomes empty.
+Analysis: Whoosh's StemmingAnalyzer (regex words, lower case, Porter stemmer) with Whoosh's stop words plus
+QUESTION_WORDS — the function words of questions ("how", "do", "should", "my" …), which are not in a
+classic stop list and in a question collection match every other section. Measured on the four shared
+collections, leave-one-collection-out (README): +.02 to +.05 nDCG@10 on the question collections, ±.005 on
+the keyword ones.
 
-Scoring. Whoosh's own search walks a tree of per-posting matchers in Python (~10 us a posting: p95 1.15 s
-at 100K chunks, DESIGN.md; block-max "quality" skipping made it slower, not faster, on the 100K bench).
-`_Ranking` instead reads the kept terms' posting lists a block at a time from Whoosh's segment files and
-computes the same BM25F (idf, field-boosted weights, byte-quantised lengths, K1 1.2, B 0.75) with numpy:
-scores equal Whoosh's to 1e-13 (tests/test_indexes.py checks it, with segments, deletions and ACLs).
-Measured on the bench's 100K-chunk index (20 segments, 373 eval queries, retrieve_k 100, 2 shared cores):
-p50 10 ms / p95 21 ms, against Whoosh's p50 109 ms / p95 266 ms for the same terms. `vectorised=False`
-(or an index that is not Whoosh 3 segments) falls back to Whoosh's search.
+Scoring: BM25 (Lucene's idf, log(1 + (N - df + .5) / (df + .5)), instead of Whoosh's log(N / (df + 1)) + 1,
+whose +1 floor gives every common question word a full vote), K1 and B from settings (chosen
+leave-one-collection-out, README). Exhaustive: every query term present in the index is scored over all its
+postings, no pruning. Whoosh's own search walks a tree of per-posting matchers in Python (~10 us a posting);
+`_Ranking` instead scores the posting lists as numpy arrays: read a block at a time from Whoosh's segment
+files once, then kept in a process-wide cache (POSTINGS_CACHE_BYTES, LRU, keyed by immutable segment), so a
+query costs a few numpy operations per term. `vectorised=False` (or an index that is not Whoosh 3 segments)
+falls back to Whoosh's search with the same weighting (`LuceneBM25`); tests/test_indexes.py checks both give
+the same scores, with segments, deletions and ACLs. An index of the first schema (title, heading, body with
+field boosts) is scored over its fields as before, the boosts folded into Whoosh's stored weights.
 
 Access control is inside the retriever, two ways:
-- the ACL (tenant AND any of the principal's reader tokens) is Whoosh's `filter=`, so a forbidden chunk
-  never takes one of the top-k slots. The filter is a docnum mask combined with numpy from per-term masks
-  cached with the searcher (rebuilt when a commit refreshes it), so it costs ~nothing per query; building
-  it per query costs a pass over the tenant's postings (12 ms at 20K chunks). Alternatives measured and
-  rejected on Whoosh 2.7.4: `Require(query, acl)` silently loses matches (RequireMatcher.replace keeps a
-  stale matcher), and `And(query, acl)` adds the ACL terms' weights to the scores. An empty mask returns
-  nothing at once: Whoosh would read an empty filter as "no filter";
+- the ACL (tenant AND any of the principal's reader tokens) is a docnum mask combined with numpy from
+  per-term masks cached with the searcher (rebuilt when a commit refreshes it), so a forbidden chunk never
+  takes one of the top-k slots. An empty mask returns nothing at once (Whoosh would read an empty filter as
+  "no filter");
 - visibility comes from the catalog: the `allowed(keys)` callback drops hidden keys (entries written ahead
   of a switch, or waiting for collection) and the limit grows 4x until k keys survive or the matches run
   out. The catalog check repeats the ACL too, so the index and the catalog must both agree.
@@ -52,7 +53,7 @@ import numpy as np
 import numpy.typing as npt
 from whoosh import index as whoosh_index
 from whoosh import query as Q
-from whoosh.analysis import StemmingAnalyzer
+from whoosh.analysis import STOP_WORDS, StemmingAnalyzer
 from whoosh.codec.whoosh3 import LENGTHS_COLUMN, W3LeafMatcher
 from whoosh.fields import ID, KEYWORD, TEXT, Schema
 from whoosh.idsets import DocIdSet
@@ -65,41 +66,53 @@ from whoosh.util.numeric import byte_to_length
 from index.vectors import AllowedFn, Scored, as_keys
 from store.exceptions import IndexCorrupt, IndexError_, IndexNotFound, InputError
 
+LEXICAL_VERSION = "bm25-body-1"
 WHOOSH_DIR = "whoosh"
-TITLE_BOOST = 2.0
-HEADING_BOOST = 1.5
-TEXT_FIELDS = ("title", "heading", "body")
-MIN_KEPT_TERMS = 2
-# Posting lists this short cost little whatever the share of the index, and small collections would lose
-# most of their query terms to a pure share rule.
-PRUNE_FLOOR_DF = 1000
+BODY = "body"
+TEXT_FIELDS = ("title", "heading", "body")  # the first schema's text fields; today's has only "body"
+QUESTION_WORDS = frozenset(
+    """how what why when where which who whom whose do does did doing done can could would should shall
+    will may might must i me my mine we our you your is are was were be been being am get gets got there
+    here it its this that these those a an the of to in on for with at by from as or and not no if then
+    than so any some""".split()  # noqa: SIM905 (a word list reads better as prose)
+)
 OVERSAMPLE_FACTOR = 4
 WRITER_TIMEOUT_S = 60.0
 WRITER_LIMIT_MB = 128
 SEARCHER_CHECK_MS = 200
 MASK_CACHE_TERMS = 32  # per thread; a mask is one byte per document
 TERM_CACHE_SIZE = 4096  # (field, term) -> term info per segment, per thread
-# Postings (summed over title, heading and body) a query may read: terms are kept rarest first until the
-# next one would exceed it (the MIN_KEPT_TERMS rarest always stay). ~25 ms of scoring on 2 cores.
-POSTINGS_BUDGET = 200_000
-BM25_K1 = 1.2  # Whoosh's BM25F defaults, which the vectorised scorer reproduces
+POSTINGS_CACHE_BYTES = 256 << 20  # decoded posting lists kept per index (12 bytes a posting)
+BM25_K1 = 1.2
 BM25_B = 0.75
 # Whoosh stores a field's length per document as one byte; this decodes all 256 values at once.
 LENGTH_OF_BYTE = np.array([byte_to_length(b) for b in range(256)], dtype=np.float64)
 
 
+def analyzer() -> StemmingAnalyzer:
+    return StemmingAnalyzer(stoplist=STOP_WORDS | QUESTION_WORDS)
+
+
 def schema() -> Schema:
-    stemming = StemmingAnalyzer()
     return Schema(
         key=ID(stored=True, unique=True),
         chunk_id=ID(stored=True),
         doc_id=ID,
         tenant=ID,
         readers=KEYWORD(commas=True),
-        title=TEXT(analyzer=stemming, phrase=False, field_boost=TITLE_BOOST),
-        heading=TEXT(analyzer=stemming, phrase=False, field_boost=HEADING_BOOST),
-        body=TEXT(analyzer=stemming, phrase=False),
+        body=TEXT(analyzer=analyzer(), phrase=False),
     )
+
+
+def lucene_idf(doc_count: int, doc_frequency: int) -> float:
+    return math.log(1 + (doc_count - doc_frequency + 0.5) / (doc_frequency + 0.5))
+
+
+class LuceneBM25(BM25F):
+    """Whoosh's BM25F with Lucene's idf: what `_Ranking` computes, for Whoosh's own search path."""
+
+    def idf(self, searcher: WhooshSearcher, fieldname: str, text: str) -> float:
+        return lucene_idf(searcher.doc_count_all(), searcher.doc_frequency(fieldname, text))
 
 
 class LexicalEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,9 +121,9 @@ class LexicalEntry(msgspec.Struct, frozen=True, kw_only=True):
     doc_id: str
     tenant: str
     readers: tuple[str, ...]
-    title: str
-    heading: str
     body: str
+    title: str = ""  # indexed only by an index of the first schema
+    heading: str = ""
 
 
 class DocMask(DocIdSet):
@@ -128,6 +141,82 @@ class DocMask(DocIdSet):
 
     def __iter__(self) -> Iterator[int]:
         return iter(np.flatnonzero(self.mask).tolist())
+
+
+class _SegmentTerm(NamedTuple):
+    leaf: SegmentReader
+    offset: int  # the segment's first docnum in the index
+    info: TermInfo
+
+
+Postings = tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]  # segment docnums, weights (tf x boost)
+
+
+class PostingsCache:
+    """Decoded posting lists by (segment, field, term), least recently used out past `max_bytes`.
+
+    Segments are immutable (a deletion only marks documents), so an entry never goes stale; it is shared
+    by every thread of the process that searches the index.
+    """
+
+    def __init__(self, max_bytes: int = POSTINGS_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[tuple[str, str, str], Postings] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, found: _SegmentTerm, field: str, term: str) -> Postings:
+        key = (found.leaf.segment().segment_id(), field, term)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit
+        postings = _read_postings(found, field)
+        self._put(key, postings)
+        return postings
+
+    def _put(self, key: tuple[str, str, str], postings: Postings) -> None:
+        size = postings[0].nbytes + postings[1].nbytes
+        with self._lock:
+            if key in self._entries or size > self.max_bytes:
+                return
+            self._entries[key] = postings
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (ids, weights) = self._entries.popitem(last=False)
+                self.bytes -= ids.nbytes + weights.nbytes
+
+
+def _read_postings(found: _SegmentTerm, field: str) -> Postings:
+    """One segment's posting list of a term: segment docnums and weights, read a block at a time."""
+    terms = found.leaf._terms
+    matcher = terms._codec.postings_reader(terms._postfile, found.info, found.leaf.schema[field].format)
+    ids: list[npt.NDArray[np.int32]] = []
+    weights: list[npt.NDArray[np.float32]] = []
+    if isinstance(matcher, W3LeafMatcher) and not matcher._byteids:
+        while matcher.is_active():
+            if matcher._data is None:
+                matcher._read_data()
+            block_ids, block_weights = matcher._data[0], matcher._data[1]
+            ids.append(np.cumsum(np.asarray(block_ids, dtype=np.int64)).astype(np.int32))  # delta-coded
+            if block_weights is None:
+                weights.append(np.ones(len(block_ids), dtype=np.float32))
+            elif isinstance(block_weights, float):
+                weights.append(np.full(len(block_ids), block_weights, dtype=np.float32))
+            else:
+                weights.append(np.asarray(block_weights, dtype=np.float32))
+            matcher._next_block()
+    else:  # postings inlined in the term info (a handful): the generic matcher
+        inline: list[tuple[int, float]] = []
+        while matcher.is_active():
+            inline.append((matcher.id(), matcher.weight()))
+            matcher.next()
+        ids.append(np.asarray([i for i, _ in inline], dtype=np.int32))
+        weights.append(np.asarray([w for _, w in inline], dtype=np.float32))
+    if not ids:
+        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+    return np.concatenate(ids), np.concatenate(weights)
 
 
 class _Slot:
@@ -150,6 +239,10 @@ class _Slot:
             self.terms.clear()
             self.readable = self.leaves() is not None
         self.checked_at = time.monotonic()
+
+    def text_fields(self) -> tuple[str, ...]:
+        names = self.searcher.schema.names()
+        return tuple(field for field in TEXT_FIELDS if field in names)
 
     def segment_terms(self, field: str, term: str) -> list[_SegmentTerm]:
         """The segments holding (field, term), with its term info in each (cached: one hash lookup per
@@ -230,25 +323,25 @@ class LexicalIndex:
         self,
         directory: Path,
         *,
-        max_df: float = 0.05,
-        prune_floor_df: int = PRUNE_FLOOR_DF,
-        postings_budget: int = POSTINGS_BUDGET,
+        k1: float = BM25_K1,
+        b: float = BM25_B,
         check_interval_ms: int = SEARCHER_CHECK_MS,
         vectorised: bool = True,
+        postings_cache: PostingsCache | None = None,
     ) -> None:
         self.directory = Path(directory)
-        self.max_df = max_df
-        self.prune_floor_df = prune_floor_df
-        self.postings_budget = postings_budget
+        self.k1, self.b = k1, b
         self.vectorised = vectorised  # False: Whoosh's own (per-posting) search, same scores
         self.check_interval_ms = check_interval_ms
+        self.postings = postings_cache or PostingsCache()
         if not whoosh_index.exists_in(str(self.directory)):
             raise IndexNotFound(f"no Whoosh index in {self.directory}")
         try:
             self.ix: FileIndex = whoosh_index.open_dir(str(self.directory))
         except Exception as exc:  # Whoosh raises bare Exceptions for unreadable tables of contents
             raise IndexCorrupt(f"cannot open the Whoosh index in {self.directory}: {exc}") from exc
-        self.analyzer = self.ix.schema["body"].analyzer
+        self.fields = tuple(field for field in TEXT_FIELDS if field in self.ix.schema.names())
+        self.analyzer = self.ix.schema[BODY].analyzer
         self._local = threading.local()
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()
@@ -285,22 +378,28 @@ class LexicalIndex:
                 for key in dict.fromkeys([*delete, *(entry.key for entry in add)]):
                     writer.delete_by_term("key", str(key), searcher=existing)
             for entry in add:
-                writer.add_document(
-                    key=str(entry.key), chunk_id=entry.chunk_id, doc_id=entry.doc_id,
-                    tenant=entry.tenant, readers=",".join(entry.readers), title=entry.title,
-                    heading=entry.heading, body=entry.body,
-                )  # fmt: skip
+                writer.add_document(**self._fields_of(entry))
         except BaseException:
             writer.cancel()
             raise
         writer.commit()
+
+    def _fields_of(self, entry: LexicalEntry) -> dict[str, str]:
+        fields = {
+            "key": str(entry.key), "chunk_id": entry.chunk_id, "doc_id": entry.doc_id, "tenant": entry.tenant,
+            "readers": ",".join(entry.readers), "body": entry.body,
+        }  # fmt: skip
+        for extra in ("title", "heading"):
+            if extra in self.fields:
+                fields[extra] = getattr(entry, extra)
+        return fields
 
     # -- searching ---------------------------------------------------------------------------------
 
     def _slot(self) -> _Slot:
         slot: _Slot | None = getattr(self._local, "slot", None)
         if slot is None:
-            slot = _Slot(self.ix.searcher(weighting=BM25F()))
+            slot = _Slot(self.ix.searcher(weighting=LuceneBM25(K1=self.k1, B=self.b)))
             self._local.slot = slot
             with self._lock:
                 self._slots.append(slot)
@@ -319,37 +418,9 @@ class LexicalIndex:
         return list(dict.fromkeys(token.text for token in self.analyzer(text)))
 
     def query_terms(self, text: str) -> list[str]:
-        """The terms a query keeps (in query order; empty when no term occurs at all).
-
-        Rarest first (by postings summed over the fields), a term is kept when no field has it in more
-        than max(`max_df` x chunks, `prune_floor_df`) chunks and its postings fit in what is left of
-        `postings_budget`; the first MIN_KEPT_TERMS terms under the cap are kept whatever their cost, and
-        when every term is over the cap the MIN_KEPT_TERMS rarest stay.
-        """
-        return self._select(text, self._slot())
-
-    def _select(self, text: str, slot: _Slot) -> list[str]:
-        frequencies = {
-            term: [slot.doc_frequency(field, term) for field in TEXT_FIELDS] for term in self.analyse(text)
-        }
-        present = sorted(
-            (term for term, dfs in frequencies.items() if max(dfs) > 0),
-            key=lambda term: (sum(frequencies[term]), term),
-        )
-        cap = max(self.max_df * slot.searcher.doc_count_all(), self.prune_floor_df)
-        kept: set[str] = set()
-        used = 0
-        for term in present:
-            if max(frequencies[term]) > cap:
-                continue
-            cost = sum(frequencies[term])
-            if len(kept) >= MIN_KEPT_TERMS and used + cost > self.postings_budget:
-                break  # the rest are at least as costly
-            kept.add(term)
-            used += cost
-        if not kept:
-            kept = set(present[:MIN_KEPT_TERMS])
-        return [term for term in frequencies if term in kept]
+        """The query's analysed terms that occur in the index (in query order): all of them are scored."""
+        slot = self._slot()
+        return [t for t in self.analyse(text) if any(slot.doc_frequency(f, t) for f in self.fields)]
 
     def search(
         self,
@@ -360,16 +431,16 @@ class LexicalIndex:
         reader_tokens: Sequence[str],
         allowed: AllowedFn | None = None,
     ) -> list[Scored]:
-        """The k best BM25F matches this tenant and these reader tokens may see, that `allowed` keeps."""
+        """The k best BM25 matches this tenant and these reader tokens may see, that `allowed` keeps."""
         if k < 1:
             raise InputError("k must be positive", field="k")
         slot = self._slot()
-        terms = self._select(text, slot)
+        terms = self.analyse(text)
         acl = slot.acl(tenant, reader_tokens) if terms else None
         if acl is None:
             return []
-        ranking = _Ranking.score(slot, terms, acl) if self.vectorised and slot.readable else None
-        query = Q.Or([Q.Term(field, term) for term in terms for field in TEXT_FIELDS])
+        ranking = self._rank(slot, terms, acl) if self.vectorised and slot.readable else None
+        query = Q.Or([Q.Term(field, term) for term in terms for field in self.fields])
         limit = k
         while True:
             if ranking is not None:
@@ -385,96 +456,69 @@ class LexicalIndex:
                 return hits[:k]
             limit *= OVERSAMPLE_FACTOR
 
+    def _rank(self, slot: _Slot, terms: Sequence[str], acl: DocMask) -> _Ranking | None:
+        leaves = slot.leaves()
+        if leaves is None:
+            return None
+        scorer = _Ranking(slot.searcher.doc_count_all())
+        for field in self.fields:
+            avg_length = slot.searcher.avg_field_length(field) or 1
+            lengths = slot.field_lengths(field, leaves)
+            for term in terms:
+                segments = slot.segment_terms(field, term)
+                df = sum(found.info.doc_frequency() for found in segments)
+                if df == 0:
+                    continue
+                idf = lucene_idf(len(scorer.scores), df)
+                for found in segments:
+                    ids, weights = self.postings.get(found, field, term)
+                    scorer.add(ids + found.offset, weights, idf, lengths, avg_length, self.k1, self.b)
+        return scorer.within(acl)
+
     def keys(self) -> set[int]:
         """Every key in the index (for tests and consistency checks; a full scan)."""
         reader = self._searcher().reader()
         return {int(fields["key"]) for _, fields in reader.iter_docs()}
 
 
-class _SegmentTerm(NamedTuple):
-    leaf: SegmentReader
-    offset: int  # the segment's first docnum in the index
-    info: TermInfo
-
-
-def _postings(found: _SegmentTerm, field: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """One segment's posting list of a term: segment docnums and weights, read a block at a time."""
-    terms = found.leaf._terms
-    matcher = terms._codec.postings_reader(terms._postfile, found.info, found.leaf.schema[field].format)
-    ids: list[npt.NDArray[np.int64]] = []
-    weights: list[npt.NDArray[np.float64]] = []
-    if isinstance(matcher, W3LeafMatcher) and not matcher._byteids:
-        while matcher.is_active():
-            if matcher._data is None:
-                matcher._read_data()
-            block_ids, block_weights = matcher._data[0], matcher._data[1]
-            ids.append(np.cumsum(np.asarray(block_ids, dtype=np.int64)))  # delta-coded within the block
-            if block_weights is None:
-                weights.append(np.ones(len(block_ids)))
-            elif isinstance(block_weights, float):
-                weights.append(np.full(len(block_ids), block_weights))
-            else:
-                weights.append(np.asarray(block_weights, dtype=np.float64))
-            matcher._next_block()
-    else:  # postings inlined in the term info (a handful): the generic matcher
-        inline_ids: list[int] = []
-        inline_weights: list[float] = []
-        while matcher.is_active():
-            inline_ids.append(matcher.id())
-            inline_weights.append(matcher.weight())
-            matcher.next()
-        ids.append(np.asarray(inline_ids, dtype=np.int64))
-        weights.append(np.asarray(inline_weights, dtype=np.float64))
-    if not ids:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    return np.concatenate(ids), np.concatenate(weights)
-
-
 class _Ranking:
-    """BM25F scores of every document a query's terms match, computed with numpy from the posting lists.
+    """BM25 scores of every document a query's terms match, computed with numpy from the posting lists.
 
-    The same formula and statistics as Whoosh's BM25F over an Or of Terms (idf = log(N / (df + 1)) + 1,
-    the field boost folded into the stored weights, byte-quantised field lengths), without Whoosh's
-    per-posting matcher tree, which costs ~10 us a posting (DESIGN.md: p95 1.15 s at 100K chunks).
+    The same formula and statistics as Whoosh's BM25F with `LuceneBM25`'s idf (the field boost folded
+    into the stored weights, byte-quantised field lengths), without Whoosh's per-posting matcher tree.
     Deleted documents are never in an ACL mask (built from live postings), so they never rank.
     """
 
-    def __init__(self, docnums: npt.NDArray[np.int64], scores: npt.NDArray[np.float64]) -> None:
-        self.docnums = docnums
-        self.scores = scores
+    def __init__(self, doc_count_all: int) -> None:
+        self.scores = np.zeros(doc_count_all)
+        self.matched = np.zeros(doc_count_all, dtype=bool)
+        self.docnums = np.zeros(0, dtype=np.int64)
+        self.found = np.zeros(0)
 
-    @classmethod
-    def score(cls, slot: _Slot, terms: Sequence[str], acl: DocMask) -> _Ranking | None:
-        """The matches of an Or of the terms over TEXT_FIELDS within the ACL; None when the segments
-        are not Whoosh 3 segments (then Whoosh searches)."""
-        leaves = slot.leaves()
-        if leaves is None:
-            return None
-        searcher = slot.searcher
-        scores = np.zeros(searcher.doc_count_all())
-        matched = np.zeros(len(scores), dtype=bool)
-        for term in terms:
-            for field in TEXT_FIELDS:
-                segments = slot.segment_terms(field, term)
-                df = sum(found.info.doc_frequency() for found in segments)
-                if df == 0:
-                    continue
-                idf = math.log(len(scores) / (df + 1)) + 1  # whoosh.scoring.WeightingModel.idf
-                avg_length = searcher.avg_field_length(field) or 1
-                lengths = slot.field_lengths(field, leaves)
-                for found in segments:
-                    ids, tf = _postings(found, field)
-                    ids += found.offset
-                    norm = BM25_K1 * ((1 - BM25_B) + BM25_B * lengths[ids] / avg_length)
-                    scores[ids] += idf * (tf * (BM25_K1 + 1)) / (tf + norm)
-                    matched[ids] = True
-        docnums = np.flatnonzero(matched & acl.mask)
-        return cls(docnums, scores[docnums])
+    def add(
+        self,
+        ids: npt.NDArray[np.int32],
+        tf: npt.NDArray[np.float32],
+        idf: float,
+        lengths: npt.NDArray[np.float64],
+        avg_length: float,
+        k1: float,
+        b: float,
+    ) -> None:
+        norm = k1 * ((1 - b) + b * lengths[ids] / avg_length)
+        weight = tf.astype(np.float64)  # stored as float32; scored in float64, as Whoosh does
+        self.scores[ids] += idf * (weight * (k1 + 1)) / (weight + norm)
+        self.matched[ids] = True
+
+    def within(self, acl: DocMask) -> _Ranking:
+        self.docnums = np.flatnonzero(self.matched & acl.mask)
+        self.found = self.scores[self.docnums]
+        return self
 
     def top(self, searcher: WhooshSearcher, limit: int) -> tuple[list[Scored], bool]:
         """The `limit` best (key, score), best first (ties: lower docnum first, as Whoosh), and whether
         that is every match."""
-        docnums, scores = self.docnums, self.scores
+        docnums, scores = self.docnums, self.found
         if len(scores) > limit:
             threshold = np.partition(scores, len(scores) - limit)[len(scores) - limit]
             chosen = scores >= threshold

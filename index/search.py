@@ -12,11 +12,10 @@
 One query (`timings_ms` has a key per stage):
   embed   the query vector (QueryEmbedder's cached `aembed_query` when given, else the embedder);
   ann     USearch top `retrieve_k`      } concurrently, each in `run_blocking`; access control is inside
-  bm25    Whoosh BM25F top `retrieve_k` } both retrievers (see index.vectors / index.lexical)
-  fuse    weighted RRF (k = settings.rrf_k), ranks kept as provenance. With `fusion="gated"` (the default)
-          BM25's weight is set per query by index.fusion's lexical gate: the share of the query's analysed
-          terms found in dense's top chunk (one catalog row + one analysis, ~1 ms); `fusion="rrf"` is
-          plain weighted RRF. `weights` (base weights, also a public attribute) scale both;
+  bm25    Whoosh BM25 top `retrieve_k`  } both retrievers (see index.vectors / index.lexical)
+  fuse    index.fusion: `fusion="zscore"` (the default) sums the standardised scores of the two lists with
+          `weights` (dense settings.fusion_dense_weight, bm25 the rest); `fusion="rrf"` is weighted RRF
+          (k = settings.rrf_k). Ranks in each list are kept as provenance;
   catalog the candidates' rows (text, title, heading), visibility and ACL checked once more;
   rerank  the cross-encoder over the top `rerank_depth`, when a reranker is given;
   total.
@@ -45,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aredis
 
-from index.fusion import DEFAULT_WEIGHTS, Fused, hybrid_weights, rrf, term_coverage
+from index.fusion import Fused, rrf, zscore
 from index.ingest import chunk_of
 from index.lexical import LexicalIndex
 from index.types import Embedder, Hit, Manifest, ModelIdentity, Principal, SearchResult, Vector
@@ -57,7 +56,8 @@ from store.exceptions import IndexNotFound, InputError, ModelError, ModelMismatc
 from store.settings import Settings
 
 Mode = Literal["hybrid", "dense", "bm25"]
-Fusion = Literal["gated", "rrf"]
+Fusion = Literal["zscore", "rrf"]
+FUSIONS: tuple[Fusion, ...] = ("zscore", "rrf")
 MODES: tuple[Mode, ...] = ("hybrid", "dense", "bm25")
 ALIAS_CHECK_MS = 500
 RETIRE_GRACE_S = 30.0  # a replaced Searcher is closed this long after the switch (in-flight queries end)
@@ -116,11 +116,12 @@ class Searcher:
         reranker: Reranker | None = None,
         catalog: Catalog | None = None,
         weights: Mapping[str, float] | None = None,
-        fusion: Fusion = "gated",
+        fusion: Fusion | None = None,
         check_interval_ms: int = GENERATION_CHECK_MS,
     ) -> None:
-        if fusion not in ("gated", "rrf"):
-            raise InputError("fusion must be gated or rrf", field="fusion")
+        fusion = settings.fusion if fusion is None else fusion
+        if fusion not in FUSIONS:
+            raise InputError(f"fusion must be one of {', '.join(FUSIONS)}", field="fusion")
         self.settings = settings
         self.manifest: Manifest = read_manifest(settings, version)
         check_model(self.manifest, embedder.identity)
@@ -129,7 +130,8 @@ class Searcher:
         self.embedder = embedder
         self.query_embedder = query_embedder
         self.reranker = reranker
-        self.weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+        alpha = settings.fusion_dense_weight
+        self.weights = dict({"dense": alpha, "bm25": 1.0 - alpha} if weights is None else weights)
         self.fusion: Fusion = fusion
         self._owns_catalog = catalog is None
         self.catalog = catalog or Catalog.for_data_dir(settings.data_path)
@@ -142,8 +144,8 @@ class Searcher:
         )
         self.lexical = LexicalIndex.open(
             directory,
-            max_df=settings.bm25_max_df,
-            postings_budget=settings.bm25_postings_budget,
+            k1=settings.bm25_k1,
+            b=settings.bm25_b,
             check_interval_ms=check_interval_ms,
         )
 
@@ -153,8 +155,10 @@ class Searcher:
 
     @property
     def fusion_name(self) -> str:
-        rrf_k = self.settings.rrf_k
-        return f"lexically gated RRF (k={rrf_k})" if self.fusion == "gated" else f"RRF (k={rrf_k})"
+        weights = ", ".join(f"{name} {weight:g}" for name, weight in self.weights.items())
+        if self.fusion == "rrf":
+            return f"RRF (k={self.settings.rrf_k}; {weights})"
+        return f"z-score ({weights})"
 
     def close(self) -> None:
         self.lexical.close()
@@ -323,28 +327,15 @@ class Searcher:
 
     def _fuse(self, query: str, dense: list[Scored], lexical: list[Scored], mode: Mode) -> list[Fused]:
         if mode == "hybrid":
-            ranked = {"dense": [key for key, _ in dense], "bm25": [key for key, _ in lexical]}
-            return rrf(ranked, k=self.settings.rrf_k, weights=self.fusion_weights(query, dense, lexical))
+            lists = {"dense": dense, "bm25": lexical}
+            if self.fusion == "rrf":
+                ranked = {name: [key for key, _ in scored] for name, scored in lists.items()}
+                return rrf(ranked, k=self.settings.rrf_k, weights=self.weights)
+            return zscore(lists, weights=self.weights)
         name, scored = ("dense", dense) if mode == "dense" else ("bm25", lexical)
         return [
             Fused(key=key, score=score, ranks={name: rank}) for rank, (key, score) in enumerate(scored, 1)
         ]
-
-    def lexical_coverage(self, query: str, dense: list[Scored]) -> float:
-        """Share of the query's analysed terms in dense's top chunk (title, heading, context, text)."""
-        if not dense:
-            return 0.0
-        row = self.catalog.chunk_rows(self.version, [dense[0][0]]).get(dense[0][0])
-        if row is None:
-            return 0.0
-        text = f"{row.title}\n{row.heading}\n{chunk_of(row).indexed_text()}"
-        return term_coverage(self.lexical.analyse(query), self.lexical.analyse(text))
-
-    def fusion_weights(self, query: str, dense: list[Scored], lexical: list[Scored]) -> dict[str, float]:
-        """The weights a hybrid query fuses with (see index.fusion: the lexical gate)."""
-        if self.fusion == "rrf" or not dense or not lexical:
-            return dict(self.weights)
-        return hybrid_weights(self.lexical_coverage(query, dense), self.weights)
 
 
 def _hit(fused: Fused, row: ChunkRow, rerank_score: float | None) -> Hit:

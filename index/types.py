@@ -115,6 +115,7 @@ class Manifest(msgspec.Struct, kw_only=True):
     chunker_version: str
     context_version: str
     created_at_ms: int
+    lexical_version: str = "bm25f-fields-1"  # index.lexical.LEXICAL_VERSION; older manifests lack it
     state: IndexState = "building"
     documents: int = 0
     chunks: int = 0

@@ -121,7 +121,7 @@ def create_version(
     vector_dtype: str | None = None,
 ) -> Manifest:
     """Create an empty version directory (manifest in state `building`, empty Whoosh index)."""
-    from index.lexical import LexicalIndex  # the lexical module owns the Whoosh schema
+    from index.lexical import LEXICAL_VERSION, LexicalIndex  # the lexical module owns the Whoosh schema
 
     name = check_version_name(new_version_name() if version is None else version)
     dtype = vector_dtype or settings.vector_dtype
@@ -136,7 +136,7 @@ def create_version(
         raise InputError(f"index version {name} already exists", version=name) from None
     manifest = Manifest(
         version=name, model=model, vector_dtype=dtype, chunker_version=chunker_version,
-        context_version=context_version, created_at_ms=now_ms(),
+        context_version=context_version, lexical_version=LEXICAL_VERSION, created_at_ms=now_ms(),
     )  # fmt: skip
     LexicalIndex.create(directory)
     atomic_write(directory / MANIFEST_FILE, msgspec.json.encode(manifest))

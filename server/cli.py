@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from store.exceptions import DocentError
+from store.exceptions import DocentError, InputError
 from store.settings import Settings, get_settings
 
 
@@ -51,12 +51,18 @@ def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from index.evalrun import evaluate_collection, format_table
+    from index.evalrun import evaluate_collection, format_summary, format_table
 
-    report = evaluate_collection(settings, Path(args.directory), corpus=args.corpus)
-    print(format_table(report))
+    if args.corpus is not None and len(args.directories) > 1:
+        raise InputError("--corpus takes one collection directory")
+    reports = [evaluate_collection(settings, Path(d), corpus=args.corpus) for d in args.directories]
+    for report in reports:
+        print(format_table(report), end="\n\n")
+    if len(reports) > 1:
+        print(format_summary(reports))
     if args.json:
-        print(json.dumps(report, separators=(",", ":")))
+        for report in reports:
+            print(json.dumps(report, separators=(",", ":")))
     return 0
 
 
@@ -103,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--mode", choices=["hybrid", "dense", "bm25"], default="hybrid")
     search.set_defaults(fn=_cmd_search)
 
-    ev = sub.add_parser("eval", help="evaluate bm25, dense and hybrid on a BEIR-layout collection")
-    ev.add_argument("directory")
+    ev = sub.add_parser("eval", help="evaluate bm25, dense and hybrid on BEIR-layout collections")
+    ev.add_argument("directories", nargs="+", metavar="DIR")
     ev.add_argument("--corpus", type=Path, default=None, help="corpus.jsonl instead of DIR's")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(fn=_cmd_eval)

@@ -48,9 +48,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     rerank_depth: Positive = 50
     retrieve_k: Positive = 100
     top_k: Positive = 8
+    fusion: Literal["zscore", "rrf"] = "zscore"  # index.fusion; bench/retrieval_quality.py chose it
+    fusion_dense_weight: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.6  # z-score: bm25 gets 1 - this
     rrf_k: Positive = 60
-    bm25_max_df: Fraction = 0.05  # drop query terms found in more than this share of chunks
-    bm25_postings_budget: Positive = 200_000  # postings a BM25 query reads at most (rarest terms first)
+    bm25_k1: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 1.2  # leave-one-collection-out (README)
+    bm25_b: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.75
     context_llm: bool = False  # generate contextual prefixes with the configured LLM at ingest
 
     # LLM backends.

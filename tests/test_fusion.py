@@ -1,4 +1,4 @@
-"""Fusion: weighted RRF, the lexical gate, and the live Searcher fusing with the gate (same code as eval)."""
+"""Fusion: z-score and weighted RRF, and the live Searcher fusing with them (the same code as `docent eval`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from index.fusion import GATE_HIGH, GATE_LOW, hybrid_weights, lexical_gate, rrf, term_coverage
+from index.fusion import rrf, standardised, zscore
 from index.ingest import Ingestor
-from index.search import Searcher
+from index.search import AccessFilter, Searcher
 from index.types import Access, Principal
 from store.exceptions import InputError
 from store.settings import Settings
@@ -75,68 +75,79 @@ def test_rrf_weights_scale_votes_and_zero_keeps_provenance() -> None:
         rrf({"dense": [1]}, weights={"dense": -1.0})
 
 
-def test_gate_is_closed_below_low_open_above_high_and_linear_between() -> None:
-    assert lexical_gate(0.0) == 0.0
-    assert lexical_gate(GATE_LOW - 1e-9) == 0.0
-    assert lexical_gate(GATE_HIGH) == 1.0 and lexical_gate(1.0) == 1.0
-    middle = (GATE_LOW + GATE_HIGH) / 2
-    assert lexical_gate(middle) == pytest.approx(0.5)
-    assert lexical_gate(0.5, low=0.5, high=0.5) == 1.0
+def test_standardised_scores_have_mean_zero_and_unit_spread() -> None:
+    z = standardised([(1, 0.9), (2, 0.7), (3, 0.5), (1, 0.1)])  # a repeated key keeps its first score
+    assert z == pytest.approx({1: 1.224744871, 2: 0.0, 3: -1.224744871})
+    assert standardised([(7, 3.0)]) == {7: 0.0}  # no spread: everything at the mean
+    assert standardised([]) == {}
+
+
+def test_zscore_sums_weighted_standard_scores_and_a_missing_key_gets_the_lists_floor() -> None:
+    dense = [(1, 0.9), (2, 0.8), (3, 0.1)]  # 1 and 2 close, 3 far behind
+    bm25 = [(3, 30.0), (4, 5.0), (2, 4.0)]  # 3 far ahead
+    fused = zscore({"dense": dense, "bm25": bm25}, weights={"dense": 0.6, "bm25": 0.4})
+    zd, zb = standardised(dense), standardised(bm25)
+    expected = {
+        1: 0.6 * zd[1] + 0.4 * min(zb.values()),
+        2: 0.6 * zd[2] + 0.4 * zb[2],
+        3: 0.6 * zd[3] + 0.4 * zb[3],
+        4: 0.6 * min(zd.values()) + 0.4 * zb[4],
+    }
+    assert {f.key: f.score for f in fused} == pytest.approx(expected)
+    assert [f.key for f in fused] == sorted(expected, key=lambda key: -expected[key])
+    assert next(f for f in fused if f.key == 2).ranks == {"dense": 2, "bm25": 3}
+    only_dense = zscore({"dense": dense, "bm25": []})
+    assert [f.key for f in only_dense] == [1, 2, 3]
+    assert zscore({"dense": dense, "bm25": bm25}, limit=2)[1].key == fused[1].key
     with pytest.raises(InputError):
-        lexical_gate(0.5, low=0.6, high=0.4)
-    assert hybrid_weights(middle, {"dense": 2.0, "bm25": 0.8}) == pytest.approx({"dense": 2.0, "bm25": 0.4})
-    assert hybrid_weights(1.0) == {"dense": 1.0, "bm25": 1.0}
+        zscore({"dense": dense}, weights={"dense": -0.1})
 
 
-def test_term_coverage_counts_distinct_query_terms() -> None:
-    assert term_coverage(["tally", "word", "word", "appear"], ["word", "page"]) == pytest.approx(1 / 3)
-    assert term_coverage([], ["word"]) == 0.0
-    assert term_coverage(["a"], []) == 0.0
+def test_zscore_ties_break_by_best_rank_then_key() -> None:
+    fused = zscore(
+        {"dense": [(5, 1.0), (6, 0.0)], "bm25": [(6, 1.0), (5, 0.0)]}, weights={"dense": 1, "bm25": 1}
+    )
+    assert [f.key for f in fused] == [5, 6]  # equal sums, equal best ranks: the smaller key first
 
 
-def test_vocabulary_mismatch_closes_the_gate_and_keeps_the_dense_answer(searcher: Searcher) -> None:
+def test_vocabulary_mismatch_keeps_the_dense_answer(searcher: Searcher) -> None:
     dense = searcher.search_sync(MISMATCHED_QUESTION, ALICE, k=3, mode="dense").hits
     bm25 = searcher.search_sync(MISMATCHED_QUESTION, ALICE, k=3, mode="bm25").hits
     assert dense[0].doc_id == "counter" and bm25[0].doc_id == "glossary"
     hybrid = searcher.search_sync(MISMATCHED_QUESTION, ALICE, k=3, mode="hybrid").hits
     assert hybrid[0].doc_id == "counter"
-    assert hybrid[0].score == pytest.approx(1 / 61)  # BM25 did not vote...
-    assert any(h.doc_id == "glossary" and h.bm25_rank == 1 for h in hybrid)  # ...but its ranks are kept
-    searcher.fusion = "rrf"  # plain equal-weight RRF lets the incidental lexical match win
-    plain = searcher.search_sync(MISMATCHED_QUESTION, ALICE, k=3, mode="hybrid").hits
-    assert plain[0].doc_id == "glossary"
+    assert any(h.doc_id == "glossary" and h.bm25_rank == 1 for h in hybrid)  # its ranks are kept
 
 
-async def test_lexical_queries_fuse_with_full_weight_on_the_live_path(searcher: Searcher) -> None:
+async def test_lexical_queries_agree_on_the_live_path(searcher: Searcher) -> None:
     query = "parental leave lasts sixteen weeks"
     result = await searcher.search(query, ALICE, k=3, mode="hybrid")
     top = result.hits[0]
     assert top.doc_id == "leave" and (top.dense_rank, top.bm25_rank) == (1, 1)
-    assert top.score == pytest.approx(2 / 61)  # the dense top chunk has every query term: full BM25 vote
     assert {"embed", "ann", "bm25", "fuse", "catalog", "total"} == set(result.timings_ms)
     sync = searcher.search_sync(query, ALICE, k=3, mode="hybrid")
     assert [h.chunk_id for h in sync.hits] == [h.chunk_id for h in result.hits]
-    assert "gated" in searcher.fusion_name
+    assert searcher.fusion_name == "z-score (dense 0.6, bm25 0.4)"
 
 
-def test_scores_follow_the_weights_the_searcher_reports(searcher: Searcher) -> None:
+@pytest.mark.parametrize("fusion", ["zscore", "rrf"])
+def test_scores_follow_the_fusion_the_searcher_reports(searcher: Searcher, fusion: str) -> None:
+    searcher.fusion = fusion  # type: ignore[assignment]
     for query in (MISMATCHED_QUESTION, "hotel costs cap", "economy flights glossary"):
         vector = searcher.embedder.embed([query])[0]
         timings: dict[str, float] = {}
-        from index.search import AccessFilter
-
         allowed = AccessFilter(searcher.catalog, searcher.version, ALICE)
-        dense = searcher._dense(vector, allowed, timings)
-        lexical = searcher._bm25(query, ALICE, allowed, timings)
-        weights = searcher.fusion_weights(query, dense, lexical)
-        assert weights["dense"] == 1.0 and 0.0 <= weights["bm25"] <= 1.0
-        for hit in searcher.search_sync(query, ALICE, k=5, mode="hybrid").hits:
-            expected = sum(
-                weights[name] / (searcher.settings.rrf_k + rank)
-                for name, rank in (("dense", hit.dense_rank), ("bm25", hit.bm25_rank))
-                if rank is not None
-            )
-            assert hit.score == pytest.approx(expected)
+        lists = {
+            "dense": searcher._dense(vector, allowed, timings),
+            "bm25": searcher._bm25(query, ALICE, allowed, timings),
+        }
+        if fusion == "rrf":
+            ranked = {name: [key for key, _ in scored] for name, scored in lists.items()}
+            expected = rrf(ranked, k=searcher.settings.rrf_k, weights=searcher.weights)
+        else:
+            expected = zscore(lists, weights=searcher.weights)
+        hits = searcher.search_sync(query, ALICE, k=5, mode="hybrid").hits
+        assert [h.score for h in hits] == pytest.approx([f.score for f in expected[: len(hits)]])
 
 
 def test_unknown_fusion_is_refused(tmp_path: Path) -> None:

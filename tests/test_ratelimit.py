@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -35,8 +36,11 @@ async def test_burst_then_refusal_then_refill(limiter: AsyncRateLimiter) -> None
     assert not (await limiter.hit("user:acme:alice", RATE_PER_S, BURST)).allowed
 
     await asyncio.sleep(BURST / RATE_PER_S + 0.05)  # a full refill, capped at the burst
+    started = time.monotonic()
     allowed = [(await limiter.hit("user:acme:alice", RATE_PER_S, BURST)).allowed for _ in range(BURST + 1)]
-    assert allowed == [True] * BURST + [False]
+    assert allowed[:BURST] == [True] * BURST
+    if time.monotonic() - started < 1 / RATE_PER_S:  # a loaded machine may refill a token meanwhile
+        assert allowed[BURST] is False
 
 
 async def test_buckets_are_per_key_and_check_raises(limiter: AsyncRateLimiter) -> None:

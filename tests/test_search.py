@@ -67,7 +67,7 @@ async def test_each_mode_finds_the_right_chunk(settings: Settings) -> None:
         assert (top.bm25_rank is not None) == (mode != "dense")
     hybrid = (await searcher.search("phishing emails", ALICE, mode="hybrid")).hits[0]
     assert hybrid.text == CORPUS["security"][1] and (hybrid.dense_rank, hybrid.bm25_rank) == (1, 1)
-    assert hybrid.score == pytest.approx(2 / 61)
+    assert hybrid.score > 1.0  # well above both lists' means (z-score fusion: 0 is average)
     sync = searcher.search_sync("phishing emails", ALICE, mode="hybrid")
     batch = searcher.search_many_sync(["phishing emails", "hotel cap"], ALICE, mode="hybrid")
     assert [h.chunk_id for h in sync.hits] == [h.chunk_id for h in batch[0].hits]

@@ -17,10 +17,10 @@ from actors.broker import use_stub_broker
 if dramatiq.broker.global_broker is None:  # before the actor module declares its actor
     use_stub_broker()
 
-from actors import conversation
-from actors.conversation import AGENT_TOOLS, Activation, Runtime, activate
-from actors.llm.scripted import ScriptedLLMThread
-from actors.sinks import HttpSink, SinkThread, SmtpSink
+from actors import conversation, runtime
+from actors.conversation import AGENT_TOOLS, Activation, activate
+from actors.runtime import Runtime
+from actors.testing import HttpSink, ScriptedLLMThread, SinkThread, SmtpSink
 from actors.tools.registry import DATA_NOTICE
 from index.embed import load_embedder
 from index.ingest import Ingestor
@@ -43,6 +43,7 @@ from store.events import (
     TurnFailed,
     TurnStarted,
     UserMessage,
+    now_ms,
 )
 from store.log import ConversationLog, conv_keys
 from store.settings import Settings
@@ -187,9 +188,9 @@ def world(
     build_index(settings)
     sinks[1].reset()
     w = World(settings, llm, sinks)
-    previous = conversation.configure(w.rt)
+    previous = runtime.configure(w.rt)
     yield w
-    conversation.configure(previous)
+    runtime.configure(previous)
     w.rt.close()
 
 
@@ -407,7 +408,7 @@ def test_wall_clock_cap(world: World) -> None:
     world.ask("cap3", "How long is parental leave?")
     rt = Runtime.from_settings(world.settings)
     rt.clock = lambda: (
-        conversation.wall_clock_ms() + 3_600_000 if started.is_set() else conversation.wall_clock_ms()
+        now_ms() + 3_600_000 if started.is_set() else now_ms()
     )
     import threading
 

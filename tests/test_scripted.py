@@ -13,14 +13,14 @@ import aiohttp
 import msgspec
 import pytest
 
-from actors.llm.scripted import (
+from actors.testing import (
     ScriptedLLM,
     ScriptedLLMThread,
     ScriptFile,
     as_script_file,
     load_scripts,
-    split_deltas,
 )
+from actors.testing.replies import split_deltas
 from store.exceptions import ConfigError
 from store.redis import free_port
 
@@ -200,7 +200,8 @@ def test_standalone_process(tmp_path: Path) -> None:
     scripts = tmp_path / "scripts.json"
     scripts.write_text(json.dumps({"scripts": SCRIPTS}))
     port = free_port()
-    command = [sys.executable, "-m", "actors.llm.scripted", "--port", str(port), "--scripts", str(scripts)]
+    module = "actors.testing.scripted_llm"
+    command = [sys.executable, "-m", module, "--port", str(port), "--scripts", str(scripts)]
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
         try:
             assert process.stdout is not None

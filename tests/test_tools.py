@@ -30,10 +30,17 @@ from actors.tools.compare import ABSENT, extract_field
 from actors.tools.http import PinnedResolver, send_pinned
 from actors.tools.registry import DATA_NOTICE
 from index.types import Access, Hit, Principal
+from store.events import ToolResult, decode_event, encode
 from store.exceptions import ConfigError, ToolArgumentsInvalid, ToolError, ToolNotAllowed
 from store.redis import free_port
 from store.settings import Settings
-from store.tool_payloads import ComparisonTable, DocumentRead, EmailSent, HttpResult, SearchResults
+from store.tool_payloads import (
+    ComparisonTable,
+    DocumentRead,
+    EmailSent,
+    HttpResult,
+    SearchResults,
+)
 
 KEY = "a1b2c3d4" * 8
 ANN = Principal(tenant="acme", user="ann", groups=("legal",))
@@ -515,6 +522,30 @@ async def test_knowledge_tools_respect_access(base_settings: Settings, kb: Memor
     assert "merger" in ok.text
     with pytest.raises(ToolError):
         await call(registry, "search_knowledge_base", '{"query": "x"}', context(base_settings))
+
+
+def test_tools_declare_that_they_need_the_knowledge_base() -> None:
+    needs = {tool.name for tool in default_registry() if tool.needs_knowledge_base}
+    assert needs == {"search_knowledge_base", "read_document", "compare_documents"}
+    assert not Tool(name="t", description="d", args_type=ToolArgs, run=_noop).needs_knowledge_base
+
+
+async def test_a_tool_result_keeps_its_typed_payload_through_the_log(
+    base_settings: Settings, kb: MemoryKnowledgeBase
+) -> None:
+    found = await call(default_registry(), "search_knowledge_base", '{"query": "patent strategy"}',
+                       context(base_settings, kb))  # fmt: skip
+    result = ToolResult(step=0, call_id="c", tool="search_knowledge_base", idempotency_key=KEY,
+                        result=found.text, data=found.data)  # fmt: skip
+    decoded = decode_event(encode(result))
+    assert decoded == result and isinstance(decoded, ToolResult) and isinstance(decoded.data, SearchResults)
+    first = decoded.data.hits[0]
+    assert (first.n, first.doc_id, first.title) == (1, "apache", "Apache License 2.0")
+    # A log written before payloads existed still decodes: no payload, nothing else lost.
+    old = b'{"type":"tool_result","v":1,"turn":1,"at_ms":5,"step":0,"call_id":"c","tool":"t",' \
+          b'"idempotency_key":"k","result":"text","error":null,"latency_ms":1.5}'  # fmt: skip
+    legacy = decode_event(old)
+    assert isinstance(legacy, ToolResult) and legacy.data is None and legacy.result == "text"
 
 
 # --- policy ------------------------------------------------------------------------------------------------

@@ -42,7 +42,15 @@ import dramatiq
 import msgspec
 
 from actors.broker import CONVERSATION_QUEUE, setup_broker
-from actors.llm.types import ToolSpec, messages_to_builtins, prompt_hash, tool_specs
+from actors.llm.types import (
+    ChatMessage,
+    Completion,
+    LLMBackend,
+    ToolSpec,
+    messages_to_builtins,
+    prompt_hash,
+    tool_specs,
+)
 from actors.plan import (
     Action,
     AwaitApproval,
@@ -342,27 +350,16 @@ class Activation:
     # -- the model ----------------------------------------------------------------------------------------
 
     async def call_llm(self, step: int) -> None:
-        turn = self.turn
-        tools: tuple[ToolSpec, ...] = ()
-        if turn.route == "qa":
-            messages = qa_messages(await self.qa_hits(), self.state.history, turn.question.text)
-        else:
-            messages, tools = agent_messages(turn, self.state.history, step), self._agent_specs
+        messages, tools = await self.prompt(step)
         backend = self.rt.llm()
         digest = prompt_hash(messages, tools)
-        attempt = turn.llm_failures.get(step, 0)
-        self.emit(
-            [
-                LLMRequested(
-                    step=step,
-                    model=backend.model_name,
-                    prompt_hash=digest,
-                    messages=messages_to_builtins(messages),
-                    tools=tuple(t.name for t in tools),
-                )
-            ]
-        )
-        request_id = _sha(self.conv_id, turn.number, step, attempt)[:32]
+        requested = LLMRequested(
+            step=step, model=backend.model_name, prompt_hash=digest,
+            messages=messages_to_builtins(messages), tools=tuple(t.name for t in tools),
+        )  # fmt: skip
+        self.emit([requested])
+        attempt = self.turn.llm_failures.get(step, 0)
+        request_id = _sha(self.conv_id, self.turn.number, step, attempt)[:32]
 
         async def on_delta(text: str) -> None:
             await self.delta(step, text)
@@ -373,45 +370,42 @@ class Activation:
             )
         except (_Stop, StaleEpoch):
             raise _Stop() from None
-        except MalformedToolCall as exc:
-            self.emit(
-                [LLMFailed(step=step, code=exc.code, message=exc.message[:REASON_CHARS], recoverable=True)]
-            )
-            return
-        except (LLMTimeout, LLMUnavailable) as exc:
-            self.emit(
-                [LLMFailed(step=step, code=exc.code, message=exc.message[:REASON_CHARS], recoverable=True)]
-            )
-            await asyncio.sleep(LLM_RETRY_BACKOFF_S[min(attempt, len(LLM_RETRY_BACKOFF_S) - 1)])
-            return
         except LLMError as exc:
-            self.emit(
-                [
-                    LLMFailed(
-                        step=step, code=exc.code, message=exc.message[:REASON_CHARS], recoverable=False
-                    ),
-                    TurnFailed(code=exc.code, message=exc.message[:REASON_CHARS]),
-                ]
-            )
+            await self.llm_failed(step, exc, attempt)
             return
         self.rt.crash("llm_response")  # a crash here: the response is lost and the step is requested again
         self._check_lease()
-        self.emit(
-            [
-                LLMCompleted(
-                    step=step,
-                    model=completion.model or backend.model_name,
-                    prompt_hash=digest,
-                    text=completion.text,
-                    tool_calls=completion.tool_calls if turn.route == "agent" else (),
-                    finish_reason=completion.finish_reason,
-                    tokens_in=completion.tokens_in,
-                    tokens_out=completion.tokens_out,
-                    cost_usd=backend.price(completion.tokens_in, completion.tokens_out),
-                    latency_ms=round(completion.latency_ms, 3),
-                    first_token_ms=round(completion.first_token_ms, 3),
-                )
-            ]
+        self.emit([self.completed(step, completion, digest, backend)])
+
+    async def prompt(self, step: int) -> tuple[list[ChatMessage], tuple[ToolSpec, ...]]:
+        turn = self.turn
+        if turn.route == "qa":
+            return qa_messages(await self.qa_hits(), self.state.history, turn.question.text), ()
+        return agent_messages(turn, self.state.history, step), self._agent_specs
+
+    async def llm_failed(self, step: int, exc: LLMError, attempt: int) -> None:
+        """Malformed replies and lost transports are recoverable (a pause after lost ones); others end it."""
+        recoverable = isinstance(exc, MalformedToolCall | LLMTimeout | LLMUnavailable)
+        message = exc.message[:REASON_CHARS]
+        failed = LLMFailed(step=step, code=exc.code, message=message, recoverable=recoverable)
+        ended = [] if recoverable else [TurnFailed(code=exc.code, message=message)]
+        self.emit([failed, *ended])
+        if isinstance(exc, LLMTimeout | LLMUnavailable):
+            await asyncio.sleep(LLM_RETRY_BACKOFF_S[min(attempt, len(LLM_RETRY_BACKOFF_S) - 1)])
+
+    def completed(self, step: int, completion: Completion, digest: str, backend: LLMBackend) -> LLMCompleted:
+        return LLMCompleted(
+            step=step,
+            model=completion.model or backend.model_name,
+            prompt_hash=digest,
+            text=completion.text,
+            tool_calls=completion.tool_calls if self.turn.route == "agent" else (),
+            finish_reason=completion.finish_reason,
+            tokens_in=completion.tokens_in,
+            tokens_out=completion.tokens_out,
+            cost_usd=backend.price(completion.tokens_in, completion.tokens_out),
+            latency_ms=round(completion.latency_ms, 3),
+            first_token_ms=round(completion.first_token_ms, 3),
         )
 
     # -- tools --------------------------------------------------------------------------------------------

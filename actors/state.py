@@ -30,6 +30,7 @@ from store.events import (
     TurnStarted,
     UserMessage,
 )
+from store.exceptions import MalformedToolCall
 
 STATE_VERSION = 1
 
@@ -54,6 +55,7 @@ class TurnState(msgspec.Struct, kw_only=True):
     llm_requested: dict[int, LLMRequested] = {}
     llm_completed: dict[int, LLMCompleted] = {}
     llm_failures: dict[int, int] = {}  # step -> failures so far
+    unusable_replies: dict[int, int] = {}  # step -> replies that arrived but could not be used (malformed)
     intents: dict[str, ToolIntent] = {}  # call_id -> intent
     results: dict[str, ToolResult] = {}  # call_id -> result
     approvals: dict[str, ApprovalState] = {}  # approval_id -> state
@@ -103,6 +105,8 @@ def fold(state: ConversationState, event_id: str, event: Event) -> ConversationS
             turn.cost_usd += event.cost_usd
         case LLMFailed() if turn:
             turn.llm_failures[event.step] = turn.llm_failures.get(event.step, 0) + 1
+            if event.code == MalformedToolCall.code:
+                turn.unusable_replies[event.step] = turn.unusable_replies.get(event.step, 0) + 1
         case ToolIntent() if turn:
             turn.intents[event.call_id] = event
         case ToolResult() if turn:

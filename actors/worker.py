@@ -47,7 +47,7 @@ for _name in REQUIRED_MODULES:
     importlib.import_module(_name)
 
 if get_settings().warm_start:
-    from actors.conversation import warm_up
+    from actors.runtime import warm_up
 
     threading.Thread(target=warm_up, name="warm-start", daemon=True).start()
 LOADED = REQUIRED_MODULES + tuple(n for n in OPTIONAL_MODULES if _import_optional(n))

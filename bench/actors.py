@@ -30,9 +30,8 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 
 from actors.broker import CONVERSATION_QUEUE, setup_broker
-from actors.llm.scripted import ScriptedLLMThread
-from actors.sinks import HttpSink, SinkThread
 from actors.state import ConversationState, dump_state, fold
+from actors.testing import HttpSink, ScriptedLLMThread, SinkThread
 from bench.log import conversation as realistic_events
 from store.events import LLMCompleted, UserMessage
 from store.redis import EmbeddedRedis, free_port
@@ -85,7 +84,7 @@ def bench_activation_latency(broker: dramatiq.Broker, probe: Probe, samples: int
 
 
 def bench_events_per_second(settings: Settings, llm: ScriptedLLMThread, sink_url: str, steps: int) -> None:
-    from actors import conversation
+    from actors import conversation, runtime
 
     llm.add_script(
         "bench",
@@ -97,7 +96,7 @@ def bench_events_per_second(settings: Settings, llm: ScriptedLLMThread, sink_url
             ]
         },
     )  # fmt: skip
-    rt = conversation.Runtime.from_settings(settings)
+    rt = runtime.Runtime.from_settings(settings)
     rt.log.post_inbox(
         "eps", UserMessage(text="[script:bench] check every item", mode="agent", tenant="t", user="u")
     )
@@ -113,9 +112,9 @@ def bench_events_per_second(settings: Settings, llm: ScriptedLLMThread, sink_url
 
 
 def bench_replay(settings: Settings, runs: int) -> None:
-    from actors import conversation
+    from actors import conversation, runtime
 
-    rt = conversation.Runtime.from_settings(settings)
+    rt = runtime.Runtime.from_settings(settings)
     conv = "replay"
     lease = rt.log.acquire(conv, "bench", 600_000)
     items = realistic_events(REPLAY_EVENTS)
@@ -165,9 +164,9 @@ def main() -> None:
             broker = setup_broker(settings)
             probe = Probe()
             broker.add_middleware(probe)
-            from actors import conversation
+            from actors import runtime
 
-            conversation.configure(conversation.Runtime.from_settings(settings))
+            runtime.configure(runtime.Runtime.from_settings(settings))
             for timeout_ms in WORKER_TIMEOUTS_MS:
                 worker = dramatiq.Worker(
                     broker, queues={CONVERSATION_QUEUE}, worker_threads=1, worker_timeout=timeout_ms

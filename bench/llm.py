@@ -6,8 +6,8 @@ Local: converts on first use into DOCENT_MODEL_DIR (default .cache/models), then
 a story that runs to --max-tokens, and a retrieval-sized prompt (~400 tokens of context). First-token
 latency is mostly prefill; decode tokens/s counts the tokens after the first over the time after the first.
 
-OpenAI: the scripted server runs as a separate process (`python -m actors.llm.scripted`) with no delay per
-delta, so the times are the client's and the server's own overhead: request, SSE parsing, delta delivery.
+OpenAI: the scripted server runs as a separate process (`python -m actors.testing.scripted_llm`) with no delay
+per delta, so the times are the client's and the server's own overhead: request, SSE parsing, delta delivery.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ async def bench_local(settings: Settings, runs: int, max_tokens: int) -> None:
 
 
 def start_scripted_server(port: int, scripts: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "actors.llm.scripted", "--port", str(port), "--scripts", str(scripts)]
+    module = "actors.testing.scripted_llm"
+    command = [sys.executable, "-m", module, "--port", str(port), "--scripts", str(scripts)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert process.stdout is not None
     process.stdout.readline()  # the "listening" line: the socket is bound

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from store.tool_payloads import ToolPayload
+
 SCHEMA_VERSION = 1
 
 Route = Literal["qa", "agent"]
@@ -113,7 +115,8 @@ class ToolResult(_Base, frozen=True, kw_only=True, tag="tool_result"):
     call_id: str
     tool: str
     idempotency_key: str
-    result: str = ""
+    result: str = ""  # what the model was shown
+    data: ToolPayload | None = None  # the same result, typed (None in logs written before payloads)
     error: str | None = None
     latency_ms: float = 0.0
 

@@ -76,9 +76,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     warm_start: bool = False  # a conversation worker loads its models at boot, not at the first question
     broker_heartbeat_timeout_ms: Positive = 15_000  # a silent worker's messages are redelivered after this
     broker_maintenance_chance: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10_000  # per million
-    # Fault injection for `docent chaos` only: the probability that a worker exits hard right after a tool's
-    # effect or an LLM response, before the result is recorded (the window replay must cover). 0 = never.
-    chaos_crash_rate: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
 
     # Tools.
     smtp_host: str = "127.0.0.1"

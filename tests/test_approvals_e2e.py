@@ -169,8 +169,7 @@ def build_index(settings: Settings, source: Path) -> None:
 
 @pytest.fixture(scope="module")
 def world(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    from actors.llm.scripted import ScriptedLLMThread
-    from actors.sinks import SinkThread, SmtpSink
+    from actors.testing import ScriptedLLMThread, SinkThread, SmtpSink
 
     data = tmp_path_factory.mktemp("e2e")
     smtp = SmtpSink()

@@ -4,10 +4,17 @@ then the logs and the sinks are checked for duplicated effects, repeated model c
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from actors.chaos import main
+from actors.runtime import Runtime, no_crash
+from actors.testing import RandomExit
+from actors.testing.crash import CRASH_EXIT_CODE
+from store.exceptions import ConfigError
+from store.settings import Settings
 
 
 @pytest.mark.timeout(120)
@@ -22,3 +29,15 @@ def test_chaos_runs_stay_clean_under_sigkill(capsys: pytest.CaptureFixture[str])
     assert detail["kills"] + detail["crash_exits"] >= 1  # something was actually killed
     assert detail["http_effects"] == 6 and detail["emails"] == 3
     assert code == 0
+
+
+def test_the_crash_hook_exits_hard_only_where_it_is_installed() -> None:
+    # No production setting reaches it: the old setting is now an unknown DOCENT_ variable.
+    with pytest.raises(ConfigError):
+        Settings.from_env({"DOCENT_CHAOS_CRASH_RATE": "0.5"})
+    assert Runtime.crash is no_crash and RandomExit(0.0)("tool_effect") is None  # the default does nothing
+    with pytest.raises(ValueError):
+        RandomExit(1.5)
+    code = "from actors.testing import RandomExit; RandomExit(1.0)('tool_effect'); print('survived')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert done.returncode == CRASH_EXIT_CODE and b"survived" not in done.stdout

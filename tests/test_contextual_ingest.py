@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 
 from actors.contextualize import make_contextualizer
-from actors.llm.scripted import ScriptedLLMThread
+from actors.testing import ScriptedLLMThread
 from index.context import LLM_CONTEXT_VERSION
 from index.embed import load_embedder
 from index.ingest import Ingestor

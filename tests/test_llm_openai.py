@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from actors.llm.openai import OpenAIBackend, SSEParser, chat_completions_url, parse_retry_after
-from actors.llm.scripted import ScriptedLLM, ScriptedLLMThread
 from actors.llm.types import (
     ChatMessage,
     ToolSpec,
@@ -22,6 +21,7 @@ from actors.llm.types import (
     prompt_hash,
     tool_specs,
 )
+from actors.testing import ScriptedLLM, ScriptedLLMThread
 from store.events import ToolCall
 from store.exceptions import InputError, LLMError, LLMTimeout, LLMUnavailable, MalformedToolCall
 from store.redis import free_port

@@ -13,14 +13,15 @@ import aiohttp
 import msgspec
 import pytest
 
-from actors.llm.scripted import (
+from actors.testing import (
     ScriptedLLM,
     ScriptedLLMThread,
     ScriptFile,
     as_script_file,
     load_scripts,
-    split_deltas,
 )
+from actors.testing.replies import split_deltas
+from actors.testing.transcript import Message, read, read_logged
 from store.exceptions import ConfigError
 from store.redis import free_port
 
@@ -200,7 +201,8 @@ def test_standalone_process(tmp_path: Path) -> None:
     scripts = tmp_path / "scripts.json"
     scripts.write_text(json.dumps({"scripts": SCRIPTS}))
     port = free_port()
-    command = [sys.executable, "-m", "actors.llm.scripted", "--port", str(port), "--scripts", str(scripts)]
+    module = "actors.testing.scripted_llm"
+    command = [sys.executable, "-m", module, "--port", str(port), "--scripts", str(scripts)]
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
         try:
             assert process.stdout is not None
@@ -210,3 +212,41 @@ def test_standalone_process(tmp_path: Path) -> None:
         finally:
             process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+def message(role: str, content: str | None = "") -> Message:
+    return Message(role=role, content=content)
+
+
+@pytest.mark.parametrize(
+    ("messages", "expected"),
+    [
+        # The first call of a task; a system prompt without a marker changes nothing.
+        ([message("system", "be brief"), message("user", "[script:a@k] go")], ("a", "a@k", 0)),
+        # After one tool round trip.
+        ([message("user", "[script:a] go"), message("assistant"), message("tool", "r")], ("a", "a", 1)),
+        # Earlier turns come first as messages: the latest marked message is the task, replies count after it.
+        (
+            [message("user", "[script:a@k] one"), message("assistant", "done"),
+             message("user", "[script:b@k] two"), message("assistant"), message("tool", "r")],
+            ("b", "b@k", 1),
+        ),
+        # A reply sent back as unusable, with feedback, is one reply given.
+        (
+            [message("user", "[script:a] go"), message("assistant", "(unusable)"), message("user", "again")],
+            ("a", "a", 1),
+        ),
+        # No marker: default mode, counted from the last user message.
+        (
+            [message("user", "hi"), message("assistant", "hello"), message("user", "more?")],
+            (None, "default", 0),
+        ),
+    ],
+)  # fmt: skip
+def test_the_scripted_model_reads_the_conversation_from_its_messages(
+    messages: list[Message], expected: tuple[str | None, str, int]
+) -> None:
+    reading = read(messages)
+    assert (reading.script, reading.key, reading.step) == expected
+    logged = [msgspec.to_builtins(m) for m in messages]
+    assert read_logged(logged) == reading  # a prompt as the log records it reads the same

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from actors.sinks import HttpSink, SinkThread, SmtpSink
+from actors.testing import HttpSink, SinkThread, SmtpSink
 
 REPO = Path(__file__).resolve().parent.parent
 STANDALONE_START_TIMEOUT_S = 20
@@ -145,7 +145,7 @@ def test_threaded_sinks_and_combined_stats_endpoint() -> None:
 
 def test_standalone_sinks_process() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "actors.sinks", "--smtp-port", "0", "--http-port", "0"],
+        [sys.executable, "-m", "actors.testing.sinks", "--smtp-port", "0", "--http-port", "0"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from yarl import URL
 
-from actors.sinks import HttpSink, SmtpSink
+from actors.testing import HttpSink, SmtpSink
 from actors.tools import (
     Registry,
     RiskPolicy,
@@ -30,9 +30,17 @@ from actors.tools.compare import ABSENT, extract_field
 from actors.tools.http import PinnedResolver, send_pinned
 from actors.tools.registry import DATA_NOTICE
 from index.types import Access, Hit, Principal
+from store.events import ToolResult, decode_event, encode
 from store.exceptions import ConfigError, ToolArgumentsInvalid, ToolError, ToolNotAllowed
 from store.redis import free_port
 from store.settings import Settings
+from store.tool_payloads import (
+    ComparisonTable,
+    DocumentRead,
+    EmailSent,
+    HttpResult,
+    SearchResults,
+)
 
 KEY = "a1b2c3d4" * 8
 ANN = Principal(tenant="acme", user="ann", groups=("legal",))
@@ -287,8 +295,8 @@ async def test_send_email_uses_key_as_message_id_and_receiver_can_collapse(base_
         ctx = context(msgspec.structs.replace(base_settings, smtp_port=sink.port))
         first = await call(default_registry(), "send_email", raw, ctx)
         await call(default_registry(), "send_email", raw, ctx)  # a replayed intent: same key
-        assert first.data["message_id"] == f"<{KEY}@docent>"
-        assert first.data["accepted"] == ["ann@example.com", "bob@example.com"]
+        assert isinstance(first.data, EmailSent) and first.data.message_id == f"<{KEY}@docent>"
+        assert first.data.accepted == ("ann@example.com", "bob@example.com")
         assert sink.deliveries_by_id == {f"<{KEY}@docent>": 2}
         assert sink.stats()["unique_ids"] == 1 and sink.duplicates == 1
         message = sink.messages[0]
@@ -333,15 +341,16 @@ async def test_http_request_reaches_sink_with_idempotency_key(base_settings: Set
                           "headers": {"Content-Type": "application/json"}})  # fmt: skip
         first = await call(default_registry(), "http_request", raw, context(settings))
         again = await call(default_registry(), "http_request", raw, context(settings))
-        assert first.data["status"] == again.data["status"] == 201
-        assert first.data["body"] == again.data["body"]
-        assert json.loads(first.data["body"])["key"] == KEY
+        assert isinstance(first.data, HttpResult) and isinstance(again.data, HttpResult)
+        assert first.data.status == again.data.status == 201
+        assert first.data.body == again.data.body
+        assert json.loads(first.data.body)["key"] == KEY
         assert "<<<DATA" in first.text and "HTTP 201" in first.text
         stats = sink.stats()["http"]
         assert stats["requests_by_key"] == {KEY: 2} and stats["effects"] == 1
         get_ctx = context(settings, key="b" * 64)
         get = await call(default_registry(), "http_request", json.dumps({"url": f"{sink.url}/t/1"}), get_ctx)
-        assert get.data["status"] == 200
+        assert isinstance(get.data, HttpResult) and get.data.status == 200
     tool = default_registry().get("http_request")
     for method, risk in [
         ("GET", "low"),
@@ -417,11 +426,13 @@ async def test_redirects_only_same_origin_and_body_is_capped(base_settings: Sett
         assert caught.value.details["reason"] == "redirect_refused"
         same = await call(registry, "http_request", json.dumps({"url": f"{sink.url}/_redirect?to=/here"}),
                           context(settings))  # fmt: skip
-        assert same.data["url"].endswith("/here") and same.data["status"] == 200
+        assert isinstance(same.data, HttpResult)
+        assert same.data.url.endswith("/here") and same.data.status == 200
         big = await call(
             registry, "http_request", json.dumps({"url": f"{sink.url}/_bytes?n=70000"}), context(settings)
         )
-        assert big.data["truncated"] is True and len(big.data["body"]) == 64 * 1024
+        assert isinstance(big.data, HttpResult)
+        assert big.data.truncated is True and len(big.data.body) == 64 * 1024
         assert "[truncated at 65536 bytes]" in big.text
         assert [a.path for a in sink.attempts] == ["/here"]  # helpers are not effects
 
@@ -434,7 +445,8 @@ async def test_compare_three_licenses_markdown_and_escaped_html(
 ) -> None:
     raw = json.dumps({"doc_ids": ["mit", "apache", "bsd"], "fields": ["patent", "warranty", "attribution"]})
     out = await call(default_registry(), "compare_documents", raw, context(base_settings, kb))
-    rows = {r["doc_id"]: r["values"] for r in out.data["rows"]}
+    assert isinstance(out.data, ComparisonTable)
+    rows = {r.doc_id: r.values for r in out.data.rows}
     assert rows["mit"]["patent"] is None  # MIT says nothing about patents: "—", not a guess
     assert "patent license" in rows["apache"]["patent"]
     assert "WITHOUT WARRANTY" in rows["mit"]["warranty"]
@@ -443,7 +455,8 @@ async def test_compare_three_licenses_markdown_and_escaped_html(
     assert "copyright notice" in rows["mit"]["attribution"]
     assert "attribution notices" in rows["apache"]["attribution"]
     assert all(len(v) <= 200 for values in rows.values() for v in values.values() if v)
-    markdown, html = out.data["markdown"], out.data["html"]
+    assert isinstance(out.data, ComparisonTable)
+    markdown, html = out.data.markdown, out.data.html
     lines = markdown.splitlines()
     assert lines[0] == "| Document | patent | warranty | attribution |"
     assert len(lines) == 5 and ABSENT in lines[2]
@@ -490,12 +503,13 @@ async def test_knowledge_tools_respect_access(base_settings: Settings, kb: Memor
     registry = default_registry()
     found = await call(registry, "search_knowledge_base", '{"query": "patent strategy", "k": 10}',
                        context(base_settings, kb))  # fmt: skip
-    assert {h["doc_id"] for h in found.data["hits"]} == {"apache"}  # not "secret", not the other tenant
+    assert isinstance(found.data, SearchResults)
+    assert {h.doc_id for h in found.data.hits} == {"apache"}  # not "secret", not the other tenant
     assert "chunk_id=apache-1" in found.text and "<<<DATA" in found.text
     doc = await call(
         registry, "read_document", '{"doc_id": "mit", "max_chars": 100}', context(base_settings, kb)
     )
-    assert doc.data == {"doc_id": "mit", "title": "MIT License", "chars": len(MIT), "truncated": True}
+    assert doc.data == DocumentRead(doc_id="mit", title="MIT License", chars=len(MIT), truncated=True)
     assert MIT[:100] in doc.text and MIT[:101] not in doc.text
     errors = []
     for doc_id in ["secret", "other-tenant", "does-not-exist"]:
@@ -508,6 +522,30 @@ async def test_knowledge_tools_respect_access(base_settings: Settings, kb: Memor
     assert "merger" in ok.text
     with pytest.raises(ToolError):
         await call(registry, "search_knowledge_base", '{"query": "x"}', context(base_settings))
+
+
+def test_tools_declare_that_they_need_the_knowledge_base() -> None:
+    needs = {tool.name for tool in default_registry() if tool.needs_knowledge_base}
+    assert needs == {"search_knowledge_base", "read_document", "compare_documents"}
+    assert not Tool(name="t", description="d", args_type=ToolArgs, run=_noop).needs_knowledge_base
+
+
+async def test_a_tool_result_keeps_its_typed_payload_through_the_log(
+    base_settings: Settings, kb: MemoryKnowledgeBase
+) -> None:
+    found = await call(default_registry(), "search_knowledge_base", '{"query": "patent strategy"}',
+                       context(base_settings, kb))  # fmt: skip
+    result = ToolResult(step=0, call_id="c", tool="search_knowledge_base", idempotency_key=KEY,
+                        result=found.text, data=found.data)  # fmt: skip
+    decoded = decode_event(encode(result))
+    assert decoded == result and isinstance(decoded, ToolResult) and isinstance(decoded.data, SearchResults)
+    first = decoded.data.hits[0]
+    assert (first.n, first.doc_id, first.title) == (1, "apache", "Apache License 2.0")
+    # A log written before payloads existed still decodes: no payload, nothing else lost.
+    old = b'{"type":"tool_result","v":1,"turn":1,"at_ms":5,"step":0,"call_id":"c","tool":"t",' \
+          b'"idempotency_key":"k","result":"text","error":null,"latency_ms":1.5}'  # fmt: skip
+    legacy = decode_event(old)
+    assert isinstance(legacy, ToolResult) and legacy.data is None and legacy.result == "text"
 
 
 # --- policy ------------------------------------------------------------------------------------------------

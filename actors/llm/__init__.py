@@ -1,4 +1,4 @@
-"""LLM backends for the agent loop: OpenAI-compatible HTTP, the embedded SmolLM2, a scripted test server."""
+"""LLM backends for the agent loop: OpenAI-compatible HTTP and the embedded SmolLM2."""
 
 from actors.llm.types import (
     ChatMessage,

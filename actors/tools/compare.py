@@ -9,13 +9,14 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 
 from actors.tools.knowledge import DocId, knowledge_of
 from actors.tools.registry import Tool, ToolArgs, ToolContext, ToolOutput, fence_data
 from store.exceptions import ToolError
+from store.tool_payloads import ComparisonRow, ComparisonTable
 
 MIN_DOCS, MAX_DOCS = 2, 5
 MAX_FIELDS = 10
@@ -194,32 +195,32 @@ def _md_cell(text: str) -> str:
     return MD_SPECIAL.sub(r"\\\1", " ".join(text.split()))
 
 
-def render_markdown(fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+def render_markdown(fields: Sequence[str], rows: Sequence[ComparisonRow]) -> str:
     header = ["Document", *fields]
     lines = [
         "| " + " | ".join(_md_cell(h) for h in header) + " |",
         "| " + " | ".join("---" for _ in header) + " |",
     ]
     for row in rows:
-        cells = [row["title"], *(row["values"][f] or ABSENT for f in fields)]
+        cells = [row.title, *(row.values[f] or ABSENT for f in fields)]
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
-def render_html(fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+def render_html(fields: Sequence[str], rows: Sequence[ComparisonRow]) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in ["Document", *fields])
     body = []
     for row in rows:
-        cells = "".join(f"<td>{esc(row['values'][f] or ABSENT)}</td>" for f in fields)
-        body.append(f'<tr><th scope="row">{esc(row["title"])}</th>{cells}</tr>')
+        cells = "".join(f"<td>{esc(row.values[f] or ABSENT)}</td>" for f in fields)
+        body.append(f'<tr><th scope="row">{esc(row.title)}</th>{cells}</tr>')
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
 
 
-def compare_texts(docs: Sequence[tuple[str, str, str]], fields: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows for (doc_id, title, text) triples: {"doc_id", "title", "values": {field: text | None}}."""
+def compare_texts(docs: Sequence[tuple[str, str, str]], fields: Sequence[str]) -> list[ComparisonRow]:
+    """One row per (doc_id, title, text) triple: each field's quoted sentence, None when absent."""
     return [
-        {"doc_id": doc_id, "title": title, "values": {f: extract_field(text, f) for f in fields}}
+        ComparisonRow(doc_id=doc_id, title=title, values={f: extract_field(text, f) for f in fields})
         for doc_id, title, text in docs
     ]
 
@@ -235,9 +236,9 @@ async def compare_documents(args: CompareArgs, ctx: ToolContext) -> ToolOutput:
     rows = compare_texts(docs, args.fields)
     markdown = render_markdown(args.fields, rows)
     text = fence_data("compare_documents table (quotes from the documents)", markdown)
-    return ToolOutput(
-        text=text, data={"markdown": markdown, "html": render_html(args.fields, rows), "rows": rows}
-    )
+    table = ComparisonTable(fields=tuple(args.fields), rows=tuple(rows), markdown=markdown,
+                            html=render_html(args.fields, rows))  # fmt: skip
+    return ToolOutput(text=text, data=table)
 
 
 COMPARE_TOOL: Tool[CompareArgs] = Tool(
@@ -248,4 +249,5 @@ COMPARE_TOOL: Tool[CompareArgs] = Tool(
     ),
     args_type=CompareArgs,
     run=compare_documents,
+    needs_knowledge_base=True,
 )

@@ -18,6 +18,7 @@ from actors.tools.registry import Tool, ToolArgs, ToolContext, ToolOutput, alway
 from store.blocking import run_blocking
 from store.exceptions import ToolError
 from store.settings import Settings
+from store.tool_payloads import EmailSent
 
 MAX_RECIPIENTS = 20
 MAX_SUBJECT_CHARS = 200
@@ -102,7 +103,9 @@ async def send_email(args: SendEmailArgs, ctx: ToolContext) -> ToolOutput:
     text = f"Email {msg['Message-ID']} sent to {', '.join(accepted)}."
     if refused:
         text += f" Refused: {', '.join(sorted(refused))}."
-    data = {"message_id": str(msg["Message-ID"]), "accepted": accepted, "refused": sorted(refused)}
+    data = EmailSent(
+        message_id=str(msg["Message-ID"]), accepted=tuple(accepted), refused=tuple(sorted(refused))
+    )
     return ToolOutput(text=text, data=data)
 
 

@@ -13,7 +13,7 @@ import asyncio
 import ipaddress
 import re
 import socket
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import aiohttp
 import msgspec
@@ -24,6 +24,7 @@ from actors.tools.registry import Tool, ToolArgs, ToolContext, ToolOutput, fence
 from store.events import Risk
 from store.exceptions import ToolError
 from store.settings import Settings
+from store.tool_payloads import HttpResult
 
 MAX_URL_CHARS = 2048
 MAX_HEADERS = 16
@@ -284,10 +285,8 @@ def render(method: str, response: HttpResponse, addresses: tuple[str, ...]) -> T
     head = f"HTTP {response.status} {response.reason} for {method} {response.url}"
     if "content-type" in response.headers:
         head += f"\ncontent-type: {response.headers['content-type']}"
-    data: dict[str, Any] = {
-        "status": response.status, "url": response.url, "addresses": list(addresses),
-        "headers": response.headers, "body": text, "truncated": response.truncated,
-    }  # fmt: skip
+    data = HttpResult(status=response.status, url=response.url, addresses=tuple(addresses),
+                      headers=dict(response.headers), body=text, truncated=response.truncated)  # fmt: skip
     return ToolOutput(text=f"{head}\n{fence_data('http_request response body', text)}{note}", data=data)
 
 

@@ -14,6 +14,7 @@ import msgspec
 from actors.tools.registry import Tool, ToolArgs, ToolContext, ToolOutput, fence_data
 from index.types import Principal
 from store.exceptions import ToolError
+from store.tool_payloads import DocumentRead, SearchHit, SearchResults
 
 MAX_SEARCH_K = 10
 MAX_QUERY_CHARS = 1000
@@ -21,6 +22,7 @@ MAX_DOC_ID_CHARS = 200
 MAX_READ_CHARS = 50_000
 DEFAULT_READ_CHARS = 8_000
 HIT_SNIPPET_CHARS = 700
+PAYLOAD_SNIPPET_CHARS = 240  # what a client shows under a citation
 
 DocId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DOC_ID_CHARS, pattern=r"^[^\x00-\x1f]+$")]
 
@@ -87,14 +89,15 @@ def render_hits(query: str, hits: Sequence[HitLike]) -> str:
 
 async def search_knowledge_base(args: SearchArgs, ctx: ToolContext) -> ToolOutput:
     hits = list(await knowledge_of(ctx).search(args.query, ctx.principal, args.k))[: args.k]
-    data = {
-        "hits": [
-            {"chunk_id": h.chunk_id, "doc_id": h.doc_id, "title": h.title, "heading": h.heading,
-             "score": float(h.score)}
-            for h in hits
-        ]
-    }  # fmt: skip
+    data = SearchResults(query=args.query, hits=tuple(search_hit(n, h) for n, h in enumerate(hits, 1)))
     return ToolOutput(text=render_hits(args.query, hits), data=data)
+
+
+def search_hit(n: int, hit: HitLike) -> SearchHit:
+    """Hit `n` as the payload records it: numbered as `render_hits` shows it to the model."""
+    snippet = " ".join(hit.text.split())[:PAYLOAD_SNIPPET_CHARS]
+    return SearchHit(n=n, chunk_id=hit.chunk_id, doc_id=hit.doc_id, title=hit.title, heading=hit.heading,
+                     score=float(hit.score), snippet=snippet)  # fmt: skip
 
 
 async def read_document(args: ReadArgs, ctx: ToolContext) -> ToolOutput:
@@ -105,7 +108,7 @@ async def read_document(args: ReadArgs, ctx: ToolContext) -> ToolOutput:
     shown = text[: args.max_chars]
     note = f"\n[truncated: {len(shown)} of {len(text)} characters shown]" if len(shown) < len(text) else ""
     body = fence_data(f"read_document doc_id={args.doc_id} title={title!r}", shown) + note
-    data = {"doc_id": args.doc_id, "title": title, "chars": len(text), "truncated": bool(note)}
+    data = DocumentRead(doc_id=args.doc_id, title=title, chars=len(text), truncated=bool(note))
     return ToolOutput(text=body, data=data)
 
 
@@ -114,6 +117,7 @@ SEARCH_TOOL: Tool[SearchArgs] = Tool(
     description="Search the internal knowledge base. Returns passages with chunk and document ids.",
     args_type=SearchArgs,
     run=search_knowledge_base,
+    needs_knowledge_base=True,
 )
 
 READ_TOOL: Tool[ReadArgs] = Tool(
@@ -121,4 +125,5 @@ READ_TOOL: Tool[ReadArgs] = Tool(
     description="Read the text of one document by its doc_id (from search results).",
     args_type=ReadArgs,
     run=read_document,
+    needs_knowledge_base=True,
 )

@@ -18,6 +18,7 @@ from index.types import Principal
 from store.events import Risk
 from store.exceptions import ConfigError, ToolArgumentsInvalid, ToolNotAllowed
 from store.settings import Settings
+from store.tool_payloads import ToolPayload
 
 if TYPE_CHECKING:
     from actors.tools.knowledge import KnowledgeBase
@@ -32,10 +33,11 @@ class ToolArgs(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class ToolOutput(msgspec.Struct, frozen=True, kw_only=True):
-    """What a tool returns: `text` is shown to the model, `data` is structured (for the UI, the log)."""
+    """What a tool returns: `text` is shown to the model, `data` is the same result typed (the log keeps
+    both in `ToolResult`; code reads `data`, never `text`)."""
 
     text: str
-    data: dict[str, Any] = {}
+    data: ToolPayload | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +72,7 @@ class Tool(Generic[A]):
     # Checks that need settings but no I/O (e.g. a host allowlist): run at parse time when settings are given,
     # so a call that can never run is refused before anyone is asked to approve it.
     precheck: Callable[[A, Settings], None] = field(default=_no_precheck)
+    needs_knowledge_base: bool = False  # the agent loop gives it the principal's knowledge base
 
     def schema(self) -> dict[str, Any]:
         return {

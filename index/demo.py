@@ -33,8 +33,8 @@ from typing import NamedTuple
 
 import msgspec
 
+from index.parse import parse_document
 from index.types import EVERYONE, Access, Chunk, ParsedDocument
-from store.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,6 @@ class DemoDoc(msgspec.Struct, frozen=True, kw_only=True):
     format: str  # "md" | "txt"
     access: Access = PUBLIC
     source: str = ""  # where the text came from: a module name or a license file
-
-
-def demo_source_dir(settings: Settings) -> Path:
-    return settings.data_path / "demo-src"
 
 
 def build_demo_corpus(
@@ -117,8 +113,6 @@ def _texts(
     docs: Sequence[DemoDoc], content: Mapping[str, ParsedDocument] | Iterable[Chunk] | None
 ) -> dict[str, str]:
     if content is None:
-        from index.parse import parse_document  # parse imports this module for demo_source_dir
-
         return {
             d.doc_id: document_text(parse_document(Path(d.path).read_bytes(), d.format, name=d.doc_id))
             for d in docs

@@ -28,8 +28,9 @@ from pathlib import Path
 import msgspec
 import redis
 
-from index.evaluate import Query, _read_jsonl
-from index.reindex import GOLDEN_DEMO_DIR, get_job, start_job
+from index.evaluate import Query, read_jsonl
+from index.reindex.gate import GOLDEN_DEMO_DIR
+from index.reindex.jobs import get_job, start_job
 from index.search import SearchService
 from index.types import Principal
 from server.admin import enqueue_reindex
@@ -105,7 +106,7 @@ def main() -> int:
         print(f"demo ingested: {demo['documents']} documents, {demo['chunks']} chunks "
               f"in {time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
 
-        questions = [q.text for q in _read_jsonl(GOLDEN_DEMO_DIR / "queries.jsonl", Query)]
+        questions = [q.text for q in read_jsonl(GOLDEN_DEMO_DIR / "queries.jsonl", Query)]
         service = SearchService(settings)
         loop = QueryLoop(service, questions)
         for _ in range(5):  # warm-up: model loads, page cache

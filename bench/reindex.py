@@ -6,7 +6,7 @@
    settings.embed_model (MiniLM) through actors.bootstrap.ensure_demo.
 2. Idle: closed-loop hybrid queries (golden-set questions made unique so no cache answers them).
 3. Rebuild: a real reindex worker process (`python -m actors.reindex`, settings.reindex_embed_threads threads)
-   builds the `--model` version from the catalog, gates it on tests/golden/demo and cuts over, while the
+   builds the `--model` version from the catalog, gates it on index/golden/demo and cuts over, while the
    same query loop runs through the cutover and a few seconds past it.
 Reported: chunks/s of the build, p50/p95 idle vs during, failed queries, the versions that answered.
 Target (2 cores): p95 during <= 2x idle, zero failed queries.

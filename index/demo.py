@@ -16,7 +16,7 @@ Nothing is copied into the repository. `build_demo_corpus(target)` writes:
 
 Access: every document is readable by everyone in tenant "default", except the two RESTRICTED ones
 (license/gpl-3.0 and license/lgpl-3.0: group:legal only), for ACL demos. The golden set in
-tests/golden/demo only judges documents everyone may read.
+index/golden/demo only judges documents everyone may read.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def write_demo_collection(
 
     The text of a document comes from `content`: parsed documents by doc id, or chunks (joined in
     ordinal order); by default each file is parsed again. Evaluate with
-    `load_collection(Path("tests/golden/demo"), corpus=<returned path>)`.
+    `load_collection(Path("index/golden/demo"), corpus=<returned path>)`.
     """
     texts = _texts(docs, content)
     target_dir = Path(target_dir)

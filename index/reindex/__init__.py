@@ -34,7 +34,7 @@ and the worker side (numpy, embedders, indexes), imported from their modules:
 
     lease       the job lease a worker holds while it works (Redis only, but only workers take it)
     embedders   which embedder matches a version; the precomputing wrapper a build embeds through
-    gate        the golden-set gate
+    gate        the golden-set gate (the demo set ships as package data: index/golden/demo)
     builder     one slice's build, gate and cutover work on the new version
     run         run_slice (the actor's unit of work) and run_until_done
     dualwrite   DualWriter, the ingest path while versions coexist

@@ -1,14 +1,15 @@
 """The golden-set gate: old vs new version on every golden set (BEIR layout), dense and hybrid.
 
-Any nDCG@10 or recall@20 drop beyond `settings.gate_tolerance` fails the gate. The demo golden set is
-tests/golden/demo; more sets come from `settings.golden_dirs`. Worker side: searching loads numpy and
-the indexes.
+Any nDCG@10 or recall@20 drop beyond `settings.gate_tolerance` fails the gate. The demo golden set ships
+inside the package (`index/golden/demo`, package data, so an installed wheel has it too); more sets come
+from `settings.golden_dirs`. Worker side: searching loads numpy and the indexes.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import msgspec
@@ -22,7 +23,7 @@ from store.catalog import Catalog
 from store.exceptions import InputError
 from store.settings import Settings
 
-GOLDEN_DEMO_DIR = Path(__file__).resolve().parents[2] / "tests" / "golden" / "demo"
+GOLDEN_DEMO_DIR = Path(str(resources.files("index") / "golden" / "demo"))
 GATE_MODES: tuple[Mode, ...] = ("dense", "hybrid")
 GATE_METRICS = ("ndcg@10", "recall@20")
 GATE_PRINCIPAL = "reindex-gate"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import redis
 
@@ -201,20 +201,20 @@ class _Slice:
         finish_job(self.settings, self.client, self.job, status, message)
 
 
+class SliceOptions(TypedDict, total=False):
+    """run_slice's keyword options, which run_until_done passes on to each slice."""
+
+    slice_s: float | None
+    catalog: Catalog | None
+    on_progress: ProgressFn | None
+
+
 def run_until_done(
-    settings: Settings,
-    client: redis.Redis,
-    job_id: str,
-    *,
-    slice_s: float | None = None,
-    catalog: Catalog | None = None,
-    on_progress: ProgressFn | None = None,
+    settings: Settings, client: redis.Redis, job_id: str, **options: Unpack[SliceOptions]
 ) -> ReindexJob:
     """Slices back to back in this thread (tests, benchmarks, the CLI)."""
     while True:
-        result = run_slice(
-            settings, client, job_id, slice_s=slice_s, catalog=catalog, on_progress=on_progress
-        )
+        result = run_slice(settings, client, job_id, **options)
         if result == "finished":
             return get_job(client, job_id)
         if result == "busy":

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from actors.ingestion import DocumentRequest, ingest_documents, ingest_files, summary
-from index.demo import DemoDoc, build_demo_corpus, demo_source_dir
+from index.demo import DemoDoc, build_demo_corpus
 from index.embed import load_embedder
+from index.parse import demo_source_dir
 from index.search import SearchService
 from index.types import Access, Principal, SearchResult
 from index.versions import get_active

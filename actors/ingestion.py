@@ -14,7 +14,7 @@ import redis
 
 from actors.contextualize import make_contextualizer
 from index.ingest import DocumentOutcome, expand_paths, path_doc_id
-from index.reindex import DualWriter
+from index.reindex.dualwrite import DualWriter
 from index.types import Access
 from store.settings import Settings
 

@@ -21,7 +21,9 @@ import dramatiq
 import redis
 
 from actors.broker import REINDEX_QUEUE, setup_broker
-from index.reindex import LEASE_KEY, RUN_ACTOR_NAME, lower_priority, run_slice
+from index.reindex.jobs import RUN_ACTOR_NAME
+from index.reindex.lease import LEASE_KEY
+from index.reindex.run import lower_priority, run_slice
 from store.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@
    settings.embed_model (MiniLM) through actors.bootstrap.ensure_demo.
 2. Idle: closed-loop hybrid queries (golden-set questions made unique so no cache answers them).
 3. Rebuild: a real reindex worker process (`python -m actors.reindex`, settings.reindex_embed_threads threads)
-   builds the `--model` version from the catalog, gates it on tests/golden/demo and cuts over, while the
+   builds the `--model` version from the catalog, gates it on index/golden/demo and cuts over, while the
    same query loop runs through the cutover and a few seconds past it.
 Reported: chunks/s of the build, p50/p95 idle vs during, failed queries, the versions that answered.
 Target (2 cores): p95 during <= 2x idle, zero failed queries.
@@ -28,8 +28,9 @@ from pathlib import Path
 import msgspec
 import redis
 
-from index.evaluate import Query, _read_jsonl
-from index.reindex import GOLDEN_DEMO_DIR, get_job, start_job
+from index.evaluate import Query, read_jsonl
+from index.reindex.gate import GOLDEN_DEMO_DIR
+from index.reindex.jobs import get_job, start_job
 from index.search import SearchService
 from index.types import Principal
 from server.admin import enqueue_reindex
@@ -105,7 +106,7 @@ def main() -> int:
         print(f"demo ingested: {demo['documents']} documents, {demo['chunks']} chunks "
               f"in {time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
 
-        questions = [q.text for q in _read_jsonl(GOLDEN_DEMO_DIR / "queries.jsonl", Query)]
+        questions = [q.text for q in read_jsonl(GOLDEN_DEMO_DIR / "queries.jsonl", Query)]
         service = SearchService(settings)
         loop = QueryLoop(service, questions)
         for _ in range(5):  # warm-up: model loads, page cache

@@ -112,7 +112,7 @@ def peak_rss_mb() -> float:
 
 
 def collections(settings: Settings) -> list[tuple[Path, Path]]:
-    demo_dir = REPO / "tests" / "golden" / "demo"
+    demo_dir = REPO / "index" / "golden" / "demo"
     out = [(SHARED_EVAL / name, SHARED_EVAL / name / "corpus.jsonl") for name in ("vaswani", "cranfield")]
     return [*out, (demo_dir, demo_corpus(settings))]
 

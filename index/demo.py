@@ -16,7 +16,7 @@ Nothing is copied into the repository. `build_demo_corpus(target)` writes:
 
 Access: every document is readable by everyone in tenant "default", except the two RESTRICTED ones
 (license/gpl-3.0 and license/lgpl-3.0: group:legal only), for ACL demos. The golden set in
-tests/golden/demo only judges documents everyone may read.
+index/golden/demo only judges documents everyone may read.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import NamedTuple
 
 import msgspec
 
+from index.parse import parse_document
 from index.types import EVERYONE, Access, Chunk, ParsedDocument
-from store.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,6 @@ class DemoDoc(msgspec.Struct, frozen=True, kw_only=True):
     source: str = ""  # where the text came from: a module name or a license file
 
 
-def demo_source_dir(settings: Settings) -> Path:
-    return settings.data_path / "demo-src"
-
-
 def build_demo_corpus(
     target: Path, *, modules: Sequence[str] = PYDOC_MODULES, common_licenses: Path = COMMON_LICENSES
 ) -> list[DemoDoc]:
@@ -91,7 +87,7 @@ def write_demo_collection(
 
     The text of a document comes from `content`: parsed documents by doc id, or chunks (joined in
     ordinal order); by default each file is parsed again. Evaluate with
-    `load_collection(Path("tests/golden/demo"), corpus=<returned path>)`.
+    `load_collection(Path("index/golden/demo"), corpus=<returned path>)`.
     """
     texts = _texts(docs, content)
     target_dir = Path(target_dir)
@@ -117,8 +113,6 @@ def _texts(
     docs: Sequence[DemoDoc], content: Mapping[str, ParsedDocument] | Iterable[Chunk] | None
 ) -> dict[str, str]:
     if content is None:
-        from index.parse import parse_document  # parse imports this module for demo_source_dir
-
         return {
             d.doc_id: document_text(parse_document(Path(d.path).read_bytes(), d.format, name=d.doc_id))
             for d in docs

@@ -29,7 +29,7 @@ import redis
 import redis.asyncio as aredis
 
 from index import ct2bert
-from index.types import Embedder, ModelIdentity, Vector
+from index.types import EMBEDDER_NAMES, Embedder, ModelIdentity, Vector
 from store.blocking import run_blocking
 from store.exceptions import ConfigError, InputError, ModelError
 from store.settings import Settings
@@ -48,7 +48,6 @@ HASH_DIMENSION = 64
 HASH_WORD = re.compile(r"\w+")
 
 EMBED_CACHE_TTL_S = 3600
-EMBEDDER_NAMES = ("minilm", "minilm-rot", "hash")
 Purpose = Literal["online", "offline"]
 Matrix = npt.NDArray[np.float32]
 

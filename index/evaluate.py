@@ -36,7 +36,7 @@ class Collection(msgspec.Struct, frozen=True, kw_only=True):
     qrels: dict[str, dict[str, int]]  # query id -> doc id -> graded relevance (> 0)
 
 
-def _read_jsonl(path: Path, kind: type[CorpusDoc] | type[Query]) -> list:
+def read_jsonl(path: Path, kind: type[CorpusDoc] | type[Query]) -> list:
     decoder = msgspec.json.Decoder(kind)
     with path.open("rb") as f:
         return [decoder.decode(line) for line in f if line.strip()]
@@ -64,10 +64,10 @@ def load_collection(directory: Path, *, corpus: Path | None = None) -> Collectio
         if not needed.exists():
             raise InputError(f"not a BEIR collection: {needed} is missing")
     qrels = read_qrels(directory / "qrels" / "test.tsv")
-    queries = [q for q in _read_jsonl(directory / "queries.jsonl", Query) if q._id in qrels]
+    queries = [q for q in read_jsonl(directory / "queries.jsonl", Query) if q._id in qrels]
     return Collection(
         name=directory.name,
-        corpus=tuple(_read_jsonl(corpus_path, CorpusDoc)),
+        corpus=tuple(read_jsonl(corpus_path, CorpusDoc)),
         queries=tuple(queries),
         qrels=qrels,
     )

@@ -27,11 +27,11 @@ from collections.abc import Mapping, Sequence
 import msgspec
 import numpy as np
 
+from index.keys import Scored
 from store.exceptions import InputError
 
 DENSE_WEIGHT = 0.6  # the bm25 weight is 1 - DENSE_WEIGHT (leave-one-collection-out, see above)
 DEFAULT_WEIGHTS: Mapping[str, float] = {"dense": DENSE_WEIGHT, "bm25": 1.0 - DENSE_WEIGHT}
-Scored = tuple[int, float]
 
 
 class Fused(msgspec.Struct, frozen=True, kw_only=True):

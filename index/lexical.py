@@ -63,7 +63,7 @@ from whoosh.scoring import BM25F
 from whoosh.searching import Searcher as WhooshSearcher
 from whoosh.util.numeric import byte_to_length
 
-from index.vectors import AllowedFn, Scored, as_keys
+from index.keys import AllowedFn, Scored, as_keys
 from store.exceptions import IndexCorrupt, IndexError_, IndexNotFound, InputError
 
 LEXICAL_VERSION = "bm25-body-1"

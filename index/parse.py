@@ -29,7 +29,6 @@ from collections.abc import Iterable
 from html.parser import HTMLParser
 from pathlib import Path, PurePath
 
-from index.demo import demo_source_dir
 from index.types import ParsedDocument, Section
 from store.exceptions import (
     BinaryContent,
@@ -62,6 +61,11 @@ _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def demo_source_dir(settings: Settings) -> Path:
+    """Where `docent demo` writes the demo documents (index.demo): an allowed root by default."""
+    return settings.data_path / "demo-src"
 
 
 def allowed_roots(settings: Settings) -> tuple[Path, ...]:

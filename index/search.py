@@ -46,9 +46,10 @@ import redis.asyncio as aredis
 
 from index.fusion import Fused, rrf, zscore
 from index.ingest import chunk_of
+from index.keys import Keys, Scored
 from index.lexical import LexicalIndex
 from index.types import Embedder, Hit, Manifest, ModelIdentity, Principal, SearchResult, Vector
-from index.vectors import GENERATION_CHECK_MS, Keys, Scored, VectorIndex
+from index.vectors import GENERATION_CHECK_MS, VectorIndex
 from index.versions import alias_path, check_model, get_active, read_manifest, version_path
 from store.blocking import run_blocking
 from store.catalog import Catalog, ChunkRow

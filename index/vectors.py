@@ -29,7 +29,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 from usearch.index import Index
 
+from index.keys import AllowedFn, Keys, Scored, as_keys
 from index.versions import atomic_write, fsync_dir
 from store.exceptions import IndexCorrupt, InputError
 
@@ -50,10 +51,6 @@ GENERATION_FILE = "generation"
 OPEN_ATTEMPTS = 3
 FILE_PATTERN = re.compile(r"^vectors-(\d+)\.usearch$")
 
-Keys = npt.NDArray[np.uint64]
-AllowedFn = Callable[[Keys], npt.NDArray[np.bool_]]
-Scored = tuple[int, float]  # (key, score): similarity for vectors, BM25 for Whoosh
-
 
 class Generation(msgspec.Struct, frozen=True, kw_only=True):
     generation: int
@@ -66,10 +63,6 @@ _generation_decoder = msgspec.json.Decoder(Generation)
 
 def vector_file(directory: Path, generation: int) -> Path:
     return directory / f"vectors-{generation}.usearch"
-
-
-def as_keys(keys: Sequence[int] | npt.NDArray[np.integer]) -> Keys:
-    return np.asarray(keys, dtype=np.uint64).reshape(-1)
 
 
 class VectorIndex:

@@ -121,7 +121,9 @@ def create_version(
     vector_dtype: str | None = None,
 ) -> Manifest:
     """Create an empty version directory (manifest in state `building`, empty Whoosh index)."""
-    from index.lexical import LEXICAL_VERSION, LexicalIndex  # the lexical module owns the Whoosh schema
+    # The lexical module owns the Whoosh schema; imported here, not at the top, because it loads whoosh and
+    # numpy and the web process imports this module (index.reindex's admin API) without either.
+    from index.lexical import LEXICAL_VERSION, LexicalIndex
 
     name = check_version_name(new_version_name() if version is None else version)
     dtype = vector_dtype or settings.vector_dtype
@@ -156,7 +158,8 @@ def read_manifest(settings: Settings, version: str) -> Manifest:
         raise IndexCorrupt(f"unreadable manifest for {version}: {exc}", version=version) from None
 
 
-def _update_manifest(settings: Settings, version: str, **changes: object) -> Manifest:
+def update_manifest(settings: Settings, version: str, **changes: object) -> Manifest:
+    """Replace some fields of a version's manifest, under its manifest lock (no state checks)."""
     with file_lock(version_path(settings, version) / MANIFEST_LOCK_FILE):
         manifest = msgspec.structs.replace(read_manifest(settings, version), **changes)
         atomic_write(version_path(settings, version) / MANIFEST_FILE, msgspec.json.encode(manifest))
@@ -168,11 +171,11 @@ def set_state(settings: Settings, version: str, state: IndexState) -> Manifest:
         raise InputError("a version becomes active through set_active", field="state")
     if get_active(settings) == version and state != "active":
         raise InputError(f"{version} is the active version: activate another one first", version=version)
-    return _update_manifest(settings, version, state=state)
+    return update_manifest(settings, version, state=state)
 
 
 def set_counts(settings: Settings, version: str, *, documents: int, chunks: int) -> Manifest:
-    return _update_manifest(settings, version, documents=documents, chunks=chunks)
+    return update_manifest(settings, version, documents=documents, chunks=chunks)
 
 
 def list_versions(settings: Settings) -> list[Manifest]:
@@ -204,25 +207,18 @@ def get_active(settings: Settings) -> str | None:
         raise IndexCorrupt(f"unreadable active alias: {exc}") from None
 
 
-def active_manifest(settings: Settings) -> Manifest:
-    version = get_active(settings)
-    if version is None:
-        raise IndexNotFound("no active index version: ingest documents first")
-    return read_manifest(settings, version)
-
-
 def set_active(settings: Settings, version: str) -> Manifest:
     """The one alias switch: new queries use `version`; the previous active version becomes `retired`."""
     manifest = read_manifest(settings, version)
     if manifest.state not in ACTIVATABLE:
         raise InputError(f"version {version} is {manifest.state} and cannot become active", version=version)
     previous = get_active(settings)
-    manifest = _update_manifest(settings, version, state="active")
+    manifest = update_manifest(settings, version, state="active")
     alias = ActiveAlias(version=version, switched_at_ms=now_ms())
     atomic_write(alias_path(settings), msgspec.json.encode(alias))
     if previous is not None and previous != version:
         with suppress(IndexNotFound):
-            _update_manifest(settings, previous, state="retired")
+            update_manifest(settings, previous, state="retired")
     return manifest
 
 

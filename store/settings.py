@@ -108,7 +108,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     reindex_slice_s: Positive = 20  # a reindex message works this long, then re-enqueues itself
     reindex_lease_ms: Positive = 10_000  # a killed reindex worker's job is taken over after this
     gate_tolerance: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.02  # max drop of nDCG@10 / recall@20
-    golden_demo: bool = True  # gate with tests/golden/demo (documents absent from the catalog are skipped)
+    golden_demo: bool = True  # gate with index/golden/demo (documents absent from the catalog are skipped)
     golden_dirs: str = ""  # os.pathsep-separated extra BEIR-layout golden sets (queries.jsonl, qrels/)
     golden_tenant: str = "default"  # the tenant the golden queries run as (reader token "*")
 

@@ -24,7 +24,8 @@ import redis
 
 from index.embed import load_embedder
 from index.ingest import Ingestor
-from index.reindex import CURRENT_KEY, read_alias
+from index.reindex.alias import read_alias
+from index.reindex.jobs import CURRENT_KEY
 from store.approvals import ApprovalLedger, ApprovalRecord
 from store.events import (
     AnswerCompleted,

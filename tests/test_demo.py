@@ -16,11 +16,10 @@ from index.demo import (
     PYDOC_MODULES,
     DemoDoc,
     build_demo_corpus,
-    demo_source_dir,
     write_demo_collection,
 )
 from index.evaluate import load_collection, read_qrels
-from index.parse import load_source, parse_document
+from index.parse import demo_source_dir, load_source, parse_document
 from index.types import EVERYONE
 from store.settings import Settings
 

@@ -1,4 +1,4 @@
-"""Fusion: z-score and weighted RRF, and the live Searcher fusing with them (the same code as `docent eval`)."""
+"""Fusion: z-score and weighted RRF, and the live Searcher fusing with them (the code `docent eval` runs)."""
 
 from __future__ import annotations
 

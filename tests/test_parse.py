@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from index.demo import demo_source_dir
-from index.parse import allowed_roots, format_for, load_source, parse_document
+from index.parse import allowed_roots, demo_source_dir, format_for, load_source, parse_document
 from index.types import Section
 from store.exceptions import (
     BinaryContent,

@@ -16,21 +16,14 @@ import pytest
 import redis
 
 from index.embed import load_embedder
-from index.reindex import (
-    DualWriter,
-    Ledger,
-    ReindexJob,
-    cancel_job,
-    live_documents,
-    read_alias,
-    read_audit,
-    rollback,
-    run_until_done,
-    start_job,
-    switch_pair,
-    verify,
-    versions_info,
-)
+from index.reindex.admin import rollback, versions_info
+from index.reindex.alias import read_alias, switch_pair
+from index.reindex.audit import read_audit
+from index.reindex.dualwrite import DualWriter
+from index.reindex.jobs import ReindexJob, cancel_job, start_job
+from index.reindex.ledger import Ledger
+from index.reindex.run import run_until_done
+from index.reindex.verify import live_documents, verify
 from index.search import Searcher, SearchService
 from index.types import Principal
 from index.versions import get_active, read_manifest

@@ -13,7 +13,8 @@ import msgspec
 import redis
 from websockets.sync.client import connect
 
-from index.reindex import read_alias, run_until_done
+from index.reindex.alias import read_alias
+from index.reindex.run import run_until_done
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE
 from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, server_env

@@ -16,7 +16,10 @@ import msgspec
 import pytest
 import redis
 
-from index.reindex import Ledger, ReindexJob, get_job, live_documents, read_alias, start_job, verify
+from index.reindex.alias import read_alias
+from index.reindex.jobs import ReindexJob, get_job, start_job
+from index.reindex.ledger import Ledger
+from index.reindex.verify import live_documents, verify
 from index.versions import get_active
 from server.admin import enqueue_reindex
 from store.catalog import Catalog

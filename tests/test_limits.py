@@ -213,6 +213,18 @@ async def test_only_policy_rooms_may_be_joined(server: ServerProcess, r: redis.R
     assert (status, body["code"]) == (403, "unknown_room")
 
 
+async def test_a_review_socket_flood_closes_with_4429_without_hanging(server: ServerProcess) -> None:
+    """The close keeps reading (one session base): a flooding reviewer cannot wedge the closing handshake."""
+    ws = await review_hello(server, token(server, "fay", roles=("reviewer",)), ["email"])
+    started = time.monotonic()
+    with contextlib.suppress(ConnectionClosed):
+        for _ in range(500):
+            await ws.send(json.dumps({"type": "ping"}))
+    frames, code = await expect_close(ws)
+    assert code == 4429 and frames[-1]["code"] == "rate_limited"
+    assert time.monotonic() - started < 5
+
+
 async def test_room_fanout_shares_the_bounded_reader_pool(server: ServerProcess, r: redis.Redis) -> None:
     reviewer = token(server, "rita", roles=("reviewer",))
     rooms = ["general", "email", *POLICY_ROOMS]

@@ -11,18 +11,16 @@
 
 The web process loads no model and no index: it records jobs in Redis, enqueues the reindex actor by name
 (`index.reindex.RUN_ACTOR_NAME`) and reads progress back from Redis; rollback and retire are file and
-catalog operations. The WebSocket takes the key from the `X-Admin-Key` header, or from an `admin_key`
-query parameter for browsers (which cannot set headers on a WebSocket).
+catalog operations. Every route and the socket (server.admin_socket) take the admin key through
+`server.callers.require_admin`; bodies are read after it, up to `max_json_body_bytes`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import dramatiq
 import msgspec
@@ -31,27 +29,21 @@ from dramatiq.brokers.redis import RedisBroker
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from actors.broker import NAMESPACE, REINDEX_QUEUE
 from index import reindex
+from server.admin_socket import admin_endpoint
+from server.bodies import read_json
+from server.callers import require_admin, services
 from server.pages import render_page
 from server.rest import json_response
 from store.blocking import run_blocking
-from store.exceptions import AuthError, DocentError, IndexNotFound, InputError, ReindexRefused
+from store.exceptions import DocentError, IndexNotFound, ReindexRefused
 from store.settings import Settings
-
-if TYPE_CHECKING:
-    from server.app import Services
 
 log = logging.getLogger(__name__)
 
-ADMIN_KEY_HEADER = "x-admin-key"
-ADMIN_KEY_QUERY = "admin_key"
-ADMIN_ACTOR = "admin-key"  # who the audit log names for actions taken with the admin key
-WS_BLOCK_MS = 1000
-WS_CLOSE_UNAUTHORISED = 4401
-MAX_BODY_BYTES = 16 * 1024
+T = TypeVar("T")
 
 
 class ReindexRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -86,36 +78,15 @@ def enqueue_reindex(settings: Settings, job_id: str) -> None:
     _broker(settings.redis_url).enqueue(message)
 
 
-def _services(request: Request | WebSocket) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
-
-
-def _check_key(services: Services, key: str | None) -> str:
-    if not key or not services.auth.is_admin_key(key):
-        raise AuthError("admin key required (X-Admin-Key)")
-    return ADMIN_ACTOR
-
-
-def require_admin_key(request: Request) -> Services:
-    """The app's services, once the request carries the admin key (else AuthError)."""
-    services = _services(request)
-    _check_key(services, request.headers.get(ADMIN_KEY_HEADER))
-    return services
-
-
 def _admin(request: Request) -> tuple[Settings, redis.Redis, str]:
-    services = require_admin_key(request)
-    return services.settings, _client(services.settings.redis_url), ADMIN_ACTOR
+    """The operator's settings, a blocking Redis client and the name the audit log gives the caller."""
+    me = require_admin(request, "operator")
+    settings = services(request).settings
+    return settings, _client(settings.redis_url), me.user
 
 
-async def _body(request: Request, kind: type[Any]) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise InputError("request body too large")
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.DecodeError as exc:
-        raise InputError(f"bad request body: {exc}") from None
+async def _body(request: Request, kind: type[T]) -> T:
+    return await read_json(request, kind, services(request).settings.max_json_body_bytes, empty=b"{}")
 
 
 # -- routes ---------------------------------------------------------------------------------------------
@@ -172,53 +143,6 @@ async def list_versions(request: Request) -> Response:
     return json_response(await run_blocking(collect))
 
 
-async def admin_socket(websocket: WebSocket) -> None:
-    services = _services(websocket)
-    key = websocket.headers.get(ADMIN_KEY_HEADER) or websocket.query_params.get(ADMIN_KEY_QUERY)
-    await websocket.accept()
-    try:
-        _check_key(services, key)
-    except DocentError as exc:
-        await websocket.send_json(exc.to_wire())
-        await websocket.close(code=WS_CLOSE_UNAUTHORISED)
-        return
-    client: Any = services.redis
-    last_id = "$"
-    current: Any = await client.get(reindex.CURRENT_KEY)
-    if current:
-        raw = await client.get(
-            reindex.JOB_KEY.format(current.decode() if isinstance(current, bytes) else current)
-        )
-        if raw:
-            await websocket.send_text('{"type":"reindex","job":' + raw.decode() + "}")
-    receiver = asyncio.create_task(_drain(websocket))
-    try:
-        while not receiver.done():
-            entries: Any = await client.xread({reindex.EVENTS_STREAM: last_id}, block=WS_BLOCK_MS, count=100)
-            for _stream, items in entries or []:
-                for entry_id, fields in items:
-                    last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    job = fields.get(b"job") or fields.get("job")
-                    if job is not None:
-                        text = job.decode() if isinstance(job, bytes) else job
-                        await websocket.send_text('{"type":"reindex","job":' + text + "}")
-    except (WebSocketDisconnect, RuntimeError):
-        pass
-    finally:
-        receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await receiver
-
-
-async def _drain(websocket: WebSocket) -> None:
-    """Read (and ignore) client frames until it goes away: that is how a disconnect is noticed."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-
-
 Endpoint = Callable[[Request], Awaitable[Response]]
 STATUS_BY_ERROR: tuple[tuple[type[DocentError], int], ...] = ((IndexNotFound, 404), (ReindexRefused, 409))
 
@@ -253,5 +177,5 @@ def admin_routes() -> list[BaseRoute]:
         Route("/admin/rollback", _mapped(rollback), methods=["POST"]),
         Route("/admin/versions/{version}/retire", _mapped(retire_version), methods=["POST"]),
         Route("/admin/versions", _mapped(list_versions), methods=["GET"]),
-        WebSocketRoute("/ws/admin", admin_socket),
+        WebSocketRoute("/ws/admin", admin_endpoint),
     ]

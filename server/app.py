@@ -30,15 +30,16 @@ from server.admin import admin_routes
 from server.auth import Authenticator
 from server.chat import chat_endpoint
 from server.dispatch import RedisDispatcher, Wake, no_wake
-from server.fanout import Fanout
-from server.limits import AskLimits
+from server.hub import Hub, hub_client
+from server.limits import ActionLimits, SocketQuota
 from server.pages import WEB_DIR, render_page
 from server.rest import json_response, routes
-from server.review import routes as review_routes
+from server.review.routes import routes as review_routes
 from server.traces import trace_routes
 from store.conversations import Conversations
 from store.exceptions import (
     AuthError,
+    BodyTooLarge,
     ConfigError,
     DocentError,
     DocumentTooLarge,
@@ -60,7 +61,6 @@ GC_GEN0_THRESHOLD = 50_000  # allocations between young collections (CPython's d
 GC_GEN1_THRESHOLD = 50
 GC_GEN2_THRESHOLD = 1_000
 REDIS_POOL_WAIT_S = 5.0
-FANOUT_MAX_CONNECTIONS = 10_000
 WS_PING_TIMEOUT_S = 20.0
 
 Ingest = Callable[[str, Path], Awaitable[str]]
@@ -73,6 +73,7 @@ STATUS_BY_ERROR: list[tuple[type[DocentError], int]] = [
     (NotFound, 404),
     (RateLimited, 429),
     (DocumentTooLarge, 413),
+    (BodyTooLarge, 413),
     (UnsupportedFormat, 415),
     (InputError, 400),
 ]
@@ -84,9 +85,10 @@ class Services:
     redis: aredis.Redis
     auth: Authenticator
     conversations: Conversations
-    fanout: Fanout
+    hub: Hub
     dispatcher: Dispatcher
-    limits: AskLimits
+    limits: ActionLimits
+    sockets: SocketQuota
     ingest: Ingest
     allowed_origins: frozenset[str]
 
@@ -146,29 +148,30 @@ def create_app(
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, GC_GEN1_THRESHOLD, GC_GEN2_THRESHOLD)
         # Requests wait for a pooled connection rather than failing when many sockets greet at once; the
-        # fan-out's blocking reads get their own pool (one connection per batch of keys).
+        # hub's blocking reads get their own bounded pool (one connection per batch of keys).
         client = aredis.Redis(
             connection_pool=aredis.BlockingConnectionPool.from_url(
                 settings.redis_url, max_connections=REDIS_POOL_CONNECTIONS, timeout=REDIS_POOL_WAIT_S
             )
         )
-        fanout = Fanout(aredis.Redis.from_url(settings.redis_url, max_connections=FANOUT_MAX_CONNECTIONS))
+        hub = Hub(hub_client(settings.redis_url))
         app.state.services = Services(
             settings=settings,
             redis=client,
             auth=auth,
             conversations=Conversations(client),
-            fanout=fanout,
+            hub=hub,
             dispatcher=dispatcher or RedisDispatcher(client, wake or _default_wake(settings)),
-            limits=AskLimits(AsyncRateLimiter(client), settings),
+            limits=ActionLimits(AsyncRateLimiter(client), settings),
+            sockets=SocketQuota(settings.ws_max_sockets_per_user, settings.ws_max_sockets_per_tenant),
             ingest=ingest or _default_ingest(settings),
             allowed_origins=allowed_origins,
         )
         try:
             yield
         finally:
-            await fanout.aclose()
-            await fanout.client.aclose()
+            await hub.aclose()
+            await hub.client.aclose()
             await client.aclose()
 
     async def chat_page(request: Request) -> Response:

@@ -1,15 +1,23 @@
-"""The /ws/chat wire protocol: msgspec tagged unions, one JSON object per text frame (docs/protocol.md).
+"""The WebSocket wire types: msgspec tagged unions, one JSON object per text frame (docs/protocol.md).
 
-Client → server: hello, ask, cancel, ping. Server → client: ready, event, delta, accepted, error, pong,
-resume_required. Unknown fields, unknown types and malformed JSON are refused with an `error` frame.
+Three endpoints share the close codes and the common frames (`ping`/`pong`, `error`, `resume_required`):
+
+    /ws/chat     client: hello, ask, cancel, ping        server: ready, event, delta, accepted, error, pong,
+                                                                 resume_required
+    /ws/review   client: hello, decide, ping             server: ready, snapshot, item, decision, error, pong,
+                                                                 resume_required
+    /ws/admin    client: ping                            server: reindex, error, pong, resume_required
+
+Unknown fields, unknown types and malformed JSON are refused with an `error` frame.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
+from store.approvals import MAX_REASON_CHARS, State
 from store.events import Mode
 
 # Application close codes (RFC 6455 leaves 4000-4999 to applications); see docs/protocol.md.
@@ -22,14 +30,49 @@ CLOSE_FRAME_TOO_LARGE = 4413
 CLOSE_RATE_LIMITED = 4429
 CLOSE_UNAVAILABLE = 4503
 
+MAX_ROOMS_PER_SOCKET = 32
+
 StreamId = Annotated[str, msgspec.Meta(pattern=r"^\d{1,20}(-\d{1,20})?$")]
 ClientId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ConversationId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
 Token = Annotated[str, msgspec.Meta(max_length=4096)]
+RoomName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)]
+DecisionWord = Literal["approved", "denied", "approve", "deny"]
 
 
 class _ClientFrame(msgspec.Struct, tag_field="type", frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
+
+
+class _ServerFrame(msgspec.Struct, tag_field="type", frozen=True, kw_only=True, omit_defaults=True):
+    pass
+
+
+# ---- common to every endpoint ----------------------------------------------------------------------
+
+
+class Ping(_ClientFrame, frozen=True, kw_only=True, tag="ping"):
+    pass
+
+
+class Pong(_ServerFrame, frozen=True, kw_only=True, tag="pong"):
+    pass
+
+
+class ErrorFrame(_ServerFrame, frozen=True, kw_only=True, tag="error"):
+    code: str
+    message: str
+    retry_after_ms: int | None = None
+    client_message_id: str | None = None  # the refused ask (/ws/chat)
+    request_id: str | None = None  # the refused decide (/ws/review)
+
+
+class ResumeRequired(_ServerFrame, frozen=True, kw_only=True, tag="resume_required"):
+    last_event_id: str | None = None  # /ws/chat: resume after this id
+
+
+# ---- /ws/chat --------------------------------------------------------------------------------------
 
 
 class Hello(_ClientFrame, frozen=True, kw_only=True, tag="hello"):
@@ -48,15 +91,7 @@ class Cancel(_ClientFrame, frozen=True, kw_only=True, tag="cancel"):
     pass
 
 
-class Ping(_ClientFrame, frozen=True, kw_only=True, tag="ping"):
-    pass
-
-
 ClientFrame = Hello | Ask | Cancel | Ping
-
-
-class _ServerFrame(msgspec.Struct, tag_field="type", frozen=True, kw_only=True, omit_defaults=True):
-    pass
 
 
 class Ready(_ServerFrame, frozen=True, kw_only=True, tag="ready"):
@@ -79,36 +114,99 @@ class Accepted(_ServerFrame, frozen=True, kw_only=True, tag="accepted"):
     client_message_id: str
 
 
-class ErrorFrame(_ServerFrame, frozen=True, kw_only=True, tag="error"):
-    code: str
-    message: str
-    retry_after_ms: int | None = None
-    client_message_id: str | None = None
-
-
-class Pong(_ServerFrame, frozen=True, kw_only=True, tag="pong"):
-    pass
-
-
-class ResumeRequired(_ServerFrame, frozen=True, kw_only=True, tag="resume_required"):
-    last_event_id: str | None = None
-
-
 ServerFrame = Ready | EventFrame | DeltaFrame | Accepted | ErrorFrame | Pong | ResumeRequired
 
-_client_decoder = msgspec.json.Decoder(ClientFrame)
-_server_decoder = msgspec.json.Decoder(ServerFrame)
+
+# ---- /ws/review ------------------------------------------------------------------------------------
+
+
+class ReviewHello(_ClientFrame, frozen=True, kw_only=True, tag="hello"):
+    token: Token | None = None
+    rooms: Annotated[list[RoomName], msgspec.Meta(max_length=MAX_ROOMS_PER_SOCKET)] | None = None
+
+
+class Decide(_ClientFrame, frozen=True, kw_only=True, tag="decide"):
+    approval_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    decision: DecisionWord
+    reason: Reason = ""
+    request_id: ClientId
+
+
+ReviewClientFrame = ReviewHello | Decide | Ping
+
+
+class ApprovalView(msgspec.Struct, frozen=True, kw_only=True):
+    """What a reviewer sees of one approval."""
+
+    approval_id: str
+    conv_id: str
+    room: str
+    tool: str
+    args: msgspec.Raw  # the exact arguments the approval covers (JSON object)
+    args_hash: str
+    risk: str = "high"
+    requested_by: str
+    reason: str  # the agent's stated reason
+    context: str  # the conversation's last user message
+    created_ms: int
+    expires_ms: int
+    state: State
+    reviewer: str = ""
+    decision_reason: str = ""
+    decided_ms: int = 0
+    self_approval_allowed: bool = False
+
+
+class ReviewReady(_ServerFrame, frozen=True, kw_only=True, tag="ready"):
+    tenant: str
+    reviewer: str
+    rooms: list[str]
+
+
+class Snapshot(_ServerFrame, frozen=True, kw_only=True, tag="snapshot"):
+    room: str
+    items: list[ApprovalView]
+
+
+class Item(_ServerFrame, frozen=True, kw_only=True, tag="item"):
+    room: str
+    id: str  # the room stream entry id
+    kind: Literal["requested", "decided", "expired", "reminder"]
+    approval: ApprovalView
+
+
+class DecisionResult(_ServerFrame, frozen=True, kw_only=True, tag="decision"):
+    request_id: str
+    approval_id: str
+    ok: bool  # true: this decision was taken; false: someone (or the clock) decided first
+    state: State  # the approval's state now
+    by: str = ""  # who decided ("" when it expired)
+    at_ms: int = 0
+    reason: str = ""
+
+
+ReviewServerFrame = ReviewReady | Snapshot | Item | DecisionResult | ErrorFrame | Pong | ResumeRequired
+
+
+# ---- /ws/admin -------------------------------------------------------------------------------------
+
+AdminClientFrame = Ping
+
+
+class ReindexFrame(_ServerFrame, frozen=True, kw_only=True, tag="reindex"):
+    job: msgspec.Raw  # the job record exactly as index.reindex saved it
+
+
+AdminServerFrame = ReindexFrame | ErrorFrame | Pong | ResumeRequired
+
+
+# ---- codecs ----------------------------------------------------------------------------------------
+
+chat_decoder = msgspec.json.Decoder(ClientFrame)
+review_decoder = msgspec.json.Decoder(ReviewClientFrame)
+admin_decoder = msgspec.json.Decoder(AdminClientFrame)
 _encoder = msgspec.json.Encoder()
 
 
-def decode_client(data: bytes | str) -> ClientFrame:
-    """A client frame, or msgspec.DecodeError (ValidationError included) with a readable message."""
-    return _client_decoder.decode(data)
-
-
-def decode_server(data: bytes | str) -> ServerFrame:
-    return _server_decoder.decode(data)
-
-
-def encode(frame: ServerFrame | ClientFrame) -> bytes:
+def encode(frame: msgspec.Struct) -> bytes:
     return _encoder.encode(frame)

@@ -20,11 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.auth import Principal
-from server.fanout import log_key
+from server.callers import principal, require_admin
 from store.blocking import run_blocking
 from store.conversations import can_read, identifier
 from store.exceptions import DocumentTooLarge, ForbiddenError, InputError, UnsupportedFormat
+from store.log import conv_keys
 from store.scripts import stream_id
 
 if TYPE_CHECKING:
@@ -75,18 +75,6 @@ def _services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.query_params.get("token")
-
-
-def _principal(request: Request) -> Principal:
-    return _services(request).auth.principal(bearer_token(request))
-
-
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
@@ -97,7 +85,7 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 
 
 async def list_conversations(request: Request) -> Response:
-    me = _principal(request)
+    me = principal(request)
     limit = _int_param(request, "limit", 50, 1, 200)
     metas = await _services(request).conversations.list_for(me.tenant, me.user, limit)
     return json_response({"conversations": [ConversationOut(m.id, m.title, m.created_ms) for m in metas]})
@@ -105,7 +93,7 @@ async def list_conversations(request: Request) -> Response:
 
 async def conversation_events(request: Request) -> Response:
     """Durable events after `after` (exclusive), oldest first; deltas are not history."""
-    me = _principal(request)
+    me = principal(request)
     services = _services(request)
     conv_id = request.path_params["conversation_id"]
     meta = await services.conversations.get(conv_id)
@@ -113,7 +101,7 @@ async def conversation_events(request: Request) -> Response:
         raise ForbiddenError("no such conversation, or not yours")
     after = stream_id(request.query_params.get("after", "0-0"), "after")
     limit = _int_param(request, "limit", DEFAULT_EVENTS_PAGE, 1, MAX_EVENTS_PAGE)
-    entries: Any = await services.redis.xrange(log_key(conv_id), f"({after}", "+", count=limit)
+    entries: Any = await services.redis.xrange(conv_keys(conv_id).log, f"({after}", "+", count=limit)
     events = [EventOut(_text(i), msgspec.Raw(fields[b"e"])) for i, fields in entries]
     return json_response(EventsPage(conv_id, events, events[-1].id if events else after))
 
@@ -173,9 +161,7 @@ async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
 async def upload_document(request: Request) -> Response:
     services = _services(request)
     settings = services.settings
-    admin_key = request.headers.get("x-admin-key")
-    tenant = request.query_params.get("tenant")
-    me = services.auth.admin(bearer_token(request), admin_key, tenant)
+    me = require_admin(request)
     max_bytes = settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD_BYTES:

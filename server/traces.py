@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from server.admin import require_admin_key
+from server.callers import require_admin, services
 from server.rest import json_response
 from store.conversations import identifier
 from store.events import LLMCompleted, ToolResult
@@ -55,10 +55,10 @@ def _turn_filter(request: Request) -> int | None:
 
 
 async def conversation_trace(request: Request) -> Response:
-    services = require_admin_key(request)
+    require_admin(request, "operator")
     conv_id = identifier(request.path_params["conversation_id"], "conversation_id")
     only_turn = _turn_filter(request)
-    entries = await AsyncConversationLog(services.redis).read(conv_id)
+    entries = await AsyncConversationLog(services(request).redis).read(conv_id)
     if not entries:
         raise NotFound(f"no conversation {conv_id}")
     turns: dict[int, dict[str, Any]] = {}

@@ -5,7 +5,7 @@ Keys:
     convmeta:{<id>}              hash: tenant, user, created_ms, title
     convs:{<tenant>}:{<user>}    sorted set: conversation ids scored by created_ms
 
-A conversation is listed (and kept) from its first ask on; one nobody asked in expires after a day.
+A conversation exists from its first ask on (a greeting writes nothing); it is listed for its user from then.
 A user reads and resumes only conversations whose meta names their tenant and user; reviewers and
 admins read every conversation of their own tenant. Only the owner may ask in a conversation.
 """
@@ -13,7 +13,6 @@ admins read every conversation of their own tenant. Only the owner may ask in a 
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -21,13 +20,11 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 
-from store.events import now_ms
 from store.exceptions import DocentError, InputError
 
 MAX_IDENTIFIER_CHARS = 64
 MAX_TITLE_CHARS = 120
 MAX_LIST_LIMIT = 200
-UNUSED_CONVERSATION_TTL_S = 24 * 3600
 ELEVATED_ROLES = frozenset({"reviewer", "admin"})
 
 # Tenants, users, groups and conversation ids end up in key names and directory names: keep them plain.
@@ -51,10 +48,6 @@ def identifier(value: object, what: str) -> str:
 
 def is_identifier(value: object) -> bool:
     return isinstance(value, str) and bool(_IDENTIFIER.fullmatch(value)) and value.strip(".") != ""
-
-
-def new_conversation_id() -> str:
-    return uuid.uuid4().hex
 
 
 def meta_key(conv_id: str) -> str:
@@ -98,31 +91,20 @@ class Conversations:
     def __init__(self, client: aredis.Redis) -> None:
         self.client = client
 
-    async def create(self, tenant: str, user: str) -> ConversationMeta:
-        """A new conversation. Until its first ask it is listed nowhere and expires after a day."""
-        conv_id = new_conversation_id()
-        created = now_ms()
-        fields: dict[Any, Any] = {
-            "tenant": identifier(tenant, "tenant"),
-            "user": identifier(user, "user"),
-            "created_ms": created,
+    async def record_ask(self, meta: ConversationMeta, text: str) -> None:
+        """The conversation's first ask creates it (owner, created_ms, title after the question); every ask
+        keeps it listed for its user. Nothing is written for a conversation nobody asked in."""
+        key = meta_key(meta.id)
+        fields = {
+            "tenant": identifier(meta.tenant, "tenant"),
+            "user": identifier(meta.user, "user"),
+            "created_ms": str(meta.created_ms),
+            "title": " ".join(text.split())[:MAX_TITLE_CHARS],
         }
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(meta_key(conv_id), mapping=fields)
-                pipe.expire(meta_key(conv_id), UNUSED_CONVERSATION_TTL_S)
-                await pipe.execute()
-        except redis.RedisError as exc:
-            raise DocentError(f"redis: {exc}") from exc
-        return ConversationMeta(id=conv_id, tenant=tenant, user=user, created_ms=created)
-
-    async def record_ask(self, meta: ConversationMeta, text: str) -> None:
-        """The conversation is in use: keep it, list it for its user, title it after its first question."""
-        key = meta_key(meta.id)
-        try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hsetnx(key, "title", " ".join(text.split())[:MAX_TITLE_CHARS])
-                pipe.persist(key)
+                for name, value in fields.items():
+                    pipe.hsetnx(key, name, value)
                 pipe.zadd(user_index_key(meta.tenant, meta.user), {meta.id: meta.created_ms}, nx=True)
                 await pipe.execute()
         except redis.RedisError as exc:

@@ -5,9 +5,12 @@ DocentError
 ├── InputError                  a caller sent something we refuse; nothing was changed
 │   ├── FrameError              a malformed, oversized or unknown wire message
 │   ├── AuthError               a missing, wrong or expired credential
+│   ├── BodyTooLarge            a request body over its size limit (refused before it is read whole)
 │   ├── ForbiddenError          a valid principal asked for something it may not touch
+│   │   └── UnknownRoom         a reviewer room the tool policy does not name
 │   ├── NotFound                no such thing (or not visible to this caller: existence is not revealed)
 │   └── RateLimited             too many requests; carries retry_after_ms
+│       └── TooManySockets      a user or tenant already holds its cap of open sockets
 ├── IngestError                 one document could not be ingested (the batch continues)
 │   ├── UnsupportedFormat
 │   ├── EmptyDocument
@@ -69,8 +72,16 @@ class AuthError(InputError):
     code = "unauthorized"
 
 
+class BodyTooLarge(InputError):
+    code = "body_too_large"
+
+
 class ForbiddenError(InputError):
     code = "forbidden"
+
+
+class UnknownRoom(ForbiddenError):
+    code = "unknown_room"
 
 
 class NotFound(InputError):
@@ -79,6 +90,10 @@ class NotFound(InputError):
 
 class RateLimited(InputError):
     code = "rate_limited"
+
+
+class TooManySockets(RateLimited):
+    code = "too_many_sockets"
 
 
 class IngestError(DocentError):

@@ -103,6 +103,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_upload_bytes: Positive = 20 * 1024 * 1024
     ws_idle_timeout_s: Positive = 300
     ws_send_buffer: Positive = 1024
+    ws_max_sockets_per_user: Positive = 32  # open sockets (chat + review) one user may hold per web process
+    ws_max_sockets_per_tenant: Positive = 10_000  # and one tenant
+    max_json_body_bytes: Positive = 64 * 1024  # any JSON request body (refused with 413 before it is read)
 
     # Reindex (index.reindex): rebuilds into a new index version, gated by golden sets.
     reindex_slice_s: Positive = 20  # a reindex message works this long, then re-enqueues itself

@@ -212,7 +212,8 @@ async def test_conversation_list_and_history_are_tenant_isolated(
     assert status == 200
     assert [(c["id"], c["title"]) for c in body["conversations"]] == [(alice, "alice's question")]
     client = redis.Redis.from_url(redis_url)
-    assert client.ttl(f"convmeta:{{{unused}}}") > 0 and client.ttl(f"convmeta:{{{alice}}}") == -1
+    # A greeting writes nothing: only the conversation somebody asked in exists (and does not expire).
+    assert client.exists(f"convmeta:{{{unused}}}") == 0 and client.ttl(f"convmeta:{{{alice}}}") == -1
 
     url = f"{web.http_url}/api/conversations/{alice}/events"
     status, page = await get(http, url, bearer(web, "alice"))

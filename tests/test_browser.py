@@ -16,7 +16,7 @@ import redis
 from aiohttp import web as aioweb
 
 from server.auth import mint_token
-from store.events import AnswerCompleted, Citation, UserMessage, decode_event
+from store.events import AnswerCompleted, Citation, LLMFailed, LLMRequested, UserMessage, decode_event
 from store.redis import EmbeddedRedis, free_port
 from tests.server_proc import ServerProcess, StreamWriter, server_env
 
@@ -130,6 +130,56 @@ async def test_widget_streams_cites_and_survives_a_killed_web_process(
         assert await page.locator(".docent-turn").count() == 1
         assert await answer.text_content() == streamed
         assert errors == []
+
+
+LINKED = "See [the docs](https://docs.example/a[1]b) and [evil](https://evil.example/[2]\"onclick=\"x) [1]."
+LINKED_TEXT = "See the docs and evil [1]."
+ANCHORS = """() => [...document.querySelectorAll('.docent-answer a')].map(a => ({
+  href: a.getAttribute('href'), rel: a.getAttribute('rel'), text: a.textContent,
+  attributes: a.getAttributeNames().sort(), buttons: a.querySelectorAll('button').length}))"""
+
+
+async def test_links_keep_their_targets_and_a_retried_model_call_starts_over(
+    browser: Any, redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
+) -> None:
+    r = redis.Redis.from_url(redis_url)
+    with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
+        page = await browser.new_page()
+        await page.goto(f"{web.http_url}/?token={mint_token(web.settings, 'acme', 'alice', ttl=600)}")
+        await page.wait_for_selector('.docent-status[data-state="connected"]', timeout=WAIT_MS)
+        conv = await page.get_attribute(".docent", "data-conversation")
+        assert conv
+        await page.fill(".docent-input", "Where are the docs?")
+        await page.click(".docent-send")
+        asked = await wait_for_ask(r, conv)
+        worker = StreamWriter(r, conv)
+        worker.event(UserMessage(turn=1, text=asked.text, user="alice", tenant="acme",
+                                 client_message_id=asked.client_message_id))  # fmt: skip
+        worker.event(LLMRequested(turn=1, step=0, model="m", prompt_hash="p"))
+        worker.delta("A partial answer the timeout cut", 1)
+        await wait_for_answer_text(page, "A partial answer the timeout cut")
+        worker.event(LLMFailed(turn=1, step=0, code="llm_timeout", recoverable=True))
+        worker.event(LLMRequested(turn=1, step=0, model="m", prompt_hash="p"))  # the retry
+        worker.delta(LINKED[:20], 1)
+        worker.delta(LINKED[20:], 1)
+        await wait_for_answer_text(page, LINKED_TEXT)  # the failed attempt's text is gone
+
+        anchors = await page.evaluate(ANCHORS)
+        assert anchors == [
+            {"href": "https://docs.example/a[1]b", "rel": "noopener noreferrer", "text": "the docs",
+             "attributes": ["href", "rel", "target"], "buttons": 0},
+            {"href": 'https://evil.example/[2]"onclick="x', "rel": "noopener noreferrer", "text": "evil",
+             "attributes": ["href", "rel", "target"], "buttons": 0},
+        ]  # fmt: skip
+        cites = page.locator(".docent-answer .docent-cite")
+        assert await cites.count() == 1 and await cites.get_attribute("data-n") == "1"
+
+        await page.reload()  # the replay of the running turn resets the same way
+        await wait_for_answer_text(page, LINKED_TEXT)
+        worker.event(AnswerCompleted(turn=1, text=LINKED, citations=CITATIONS))
+        await page.wait_for_selector(".docent-answer[data-done='1']", timeout=WAIT_MS)
+        assert await page.evaluate(ANCHORS) == anchors
+        assert await page.locator(".docent-answer").text_content() == LINKED_TEXT
 
 
 EMBED_PAGE = """<!doctype html>

@@ -62,17 +62,35 @@
     return String(text).replace(/[&<>"']/g, function (c) { return ESCAPES[c]; });
   }
 
+  var LINK = /\[([^\]]+)\]\(((?:https?:\/\/|mailto:)[^\s()]+)\)/g;
+
+  function bold(escaped) {
+    return escaped.replace(/\*\*([^*]+)\*\*/g, "<strong>$1</strong>");
+  }
+
+  // Text outside links: bold, and citation markers as buttons.
+  function decorate(escaped) {
+    return bold(escaped)
+      .replace(/\[(\d{1,3})\]/g, '<button type="button" class="docent-cite" data-n="$1">[$1]</button>');
+  }
+
+  // Links are cut out first, so nothing is ever rewritten inside a link target (a `[1]` in a URL stays
+  // part of the URL) and link text gets no nested buttons.
+  function links(escaped) {
+    var out = "", last = 0, match;
+    LINK.lastIndex = 0;
+    while ((match = LINK.exec(escaped)) !== null) {
+      out += decorate(escaped.slice(last, match.index))
+        + '<a href="' + match[2] + '" target="_blank" rel="noopener noreferrer">' + bold(match[1]) + "</a>";
+      last = LINK.lastIndex;
+    }
+    return out + decorate(escaped.slice(last));
+  }
+
   function inline(escaped) {
     return escaped
       .split(/(`[^`]+`)/)
-      .map(function (part, i) {
-        if (i % 2 === 1) return "<code>" + part.slice(1, -1) + "</code>";
-        return part
-          .replace(/\*\*([^*]+)\*\*/g, "<strong>$1</strong>")
-          .replace(/\[([^\]]+)\]\(((?:https?:\/\/|mailto:)[^\s()]+)\)/g,
-            '<a href="$2" target="_blank" rel="noopener noreferrer">$1</a>')
-          .replace(/\[(\d{1,3})\]/g, '<button type="button" class="docent-cite" data-n="$1">[$1]</button>');
-      })
+      .map(function (part, i) { return i % 2 === 1 ? "<code>" + part.slice(1, -1) + "</code>" : links(part); })
       .join("");
   }
 
@@ -520,7 +538,7 @@
     section.appendChild(answer);
     section.appendChild(citations);
     var state = {section: section, steps: steps, answer: answer, citationList: citations, text: "",
-                 citations: {}, done: false};
+                 citations: {}, done: false, stepStarts: {}};
     this.sections[turn] = state;
     return state;
   };
@@ -550,6 +568,9 @@
         state.steps.querySelectorAll("li").length + " steps";
     }
     switch (event.type) {
+      case "llm_requested":
+        this.startModelCall(state, event.step);
+        break;
       case "approval_requested":
       case "approval_decided":
       case "approval_expired":
@@ -598,6 +619,18 @@
     } else {
       badge.setAttribute("data-state", "expired");
       badge.textContent = "Approval expired: the action was not taken";
+    }
+  };
+
+  // A model call's deltas start where the text stood at the step's first request: a retry of the same
+  // step (a new llm_requested for it) drops what the failed attempt streamed.
+  Widget.prototype.startModelCall = function (state, step) {
+    if (state.done) return;
+    if (state.stepStarts[step] === undefined) {
+      state.stepStarts[step] = state.text.length;
+    } else if (state.text.length > state.stepStarts[step]) {
+      state.text = state.text.slice(0, state.stepStarts[step]);
+      this.renderAnswer(state);
     }
   };
 

@@ -1,0 +1,53 @@
+"""/ws/admin: reindex progress for the operator console (the protocol's state machine is server.session's).
+
+No hello: the admin key comes with the handshake (`X-Admin-Key`, or `?admin_key=` from a browser) and is
+checked before anything is sent. The socket follows `index.reindex.EVENTS_STREAM` on the shared hub, then
+gets the job in progress (if any) and every job update after it as `{"type": "reindex", "job": {...}}`.
+Client frames: `ping` only.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import redis
+from starlette.websockets import WebSocket
+
+from index import reindex
+from server import protocol as p
+from server.callers import require_admin
+from server.hub import Fields
+from server.session import Session
+from store.blocking import run_blocking
+
+
+def job_frame(entry_id: str, fields: Fields) -> bytes | None:
+    job = fields.get(b"job", fields.get("job"))
+    if job is None:
+        return None
+    return p.encode(p.ReindexFrame(job=msgspec.Raw(job if isinstance(job, bytes) else job.encode())))
+
+
+def _current_job(redis_url: str) -> reindex.ReindexJob | None:
+    with redis.Redis.from_url(redis_url) as client:
+        return reindex.current_job(client)
+
+
+class AdminSession(Session):
+    decoder = p.admin_decoder
+
+    async def connected(self) -> None:
+        require_admin(self.ws, "operator")
+        hub = self.services.hub
+        subscription = await hub.subscribe(reindex.EVENTS_STREAM, job_frame, self.settings.ws_send_buffer)
+        self.follow(subscription, self._send_all)
+        current = await run_blocking(_current_job, self.settings.redis_url)
+        if current is not None:
+            await self.reply(p.ReindexFrame(job=msgspec.Raw(msgspec.json.encode(current))))
+
+    async def _send_all(self, frames: list[bytes]) -> None:
+        for data in frames:
+            await self.write(data)
+
+
+async def admin_endpoint(ws: WebSocket) -> None:
+    await AdminSession(ws, ws.app.state.services).run()

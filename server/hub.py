@@ -1,0 +1,258 @@
+"""The web process's one fan-out hub: every Redis stream a socket follows (conversation live streams, reviewer
+room streams, reindex progress) is read by a bounded pool of blocking readers, never one per socket or room.
+
+Each followed key is a topic: the id it has been read up to, a decode function (entry → item, run once per
+entry) and its subscribers. Topics are grouped into shards of at most HUB_BATCH_KEYS keys; each shard is
+one `XREAD BLOCK` loop on its own connection that also reads a per-process wake stream, written when the
+shard's key set changes, so a new key is read at once. At most HUB_MAX_READERS shards exist: past that,
+keys join the least loaded shard. Each decoded item is pushed to every subscriber's bounded buffer; a
+subscriber that falls behind by more than its capacity is marked overflowed (its socket is told to
+resume), so a slow client never stalls the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar
+
+import redis
+import redis.asyncio as aredis
+
+from server.buffer import BoundedBuffer
+from store.scripts import text
+
+HUB_BATCH_KEYS = 32
+HUB_MAX_READERS = 256
+HUB_SPARE_CONNECTIONS = 16  # tail reads and wake writes, beside the blocked readers
+HUB_BLOCK_MS = 2_000  # under redis-py's default 5 s socket timeout
+HUB_READ_COUNT = 256  # entries per stream per XREAD
+WAKE_TTL_MS = 60_000
+RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0)
+CLIENT_NAME_PREFIX = "docent-hub"
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+StreamKey = tuple[int, int]
+Fields = dict[Any, Any]
+Decode = Callable[[str, Fields], T | None]
+
+
+def id_key(entry_id: str) -> StreamKey:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def hub_client(redis_url: str) -> aredis.Redis:
+    """The hub's own connection pool: bounded, named after this process (`CLIENT LIST` shows the readers)."""
+    pool = aredis.BlockingConnectionPool.from_url(
+        redis_url,
+        max_connections=HUB_MAX_READERS + HUB_SPARE_CONNECTIONS,
+        client_name=f"{CLIENT_NAME_PREFIX}-{os.getpid()}",
+    )
+    return aredis.Redis(connection_pool=pool)
+
+
+class Subscription(BoundedBuffer[T]):
+    """One socket's bounded buffer of items from one key, filled by the hub."""
+
+    def __init__(self, hub: Hub, key: str, capacity: int) -> None:
+        super().__init__(capacity)
+        self.hub = hub
+        self.key = key
+
+    def _on_close(self) -> None:
+        self.hub.unsubscribe(self)
+
+
+class _Topic(Generic[T]):
+    """One key: where the reader is in it, how its entries decode, and who listens."""
+
+    def __init__(self, key: str, decode: Decode[T], loop: asyncio.AbstractEventLoop) -> None:
+        self.key = key
+        self.decode = decode
+        self.cursor: str | None = None  # None until the stream's tail at subscription time is known
+        self.subscribers: set[Subscription[T]] = set()
+        self.started: asyncio.Future[None] = loop.create_future()
+        self.shard: _Shard | None = None
+
+    def deliver(self, entries: list[tuple[Any, Fields]]) -> None:
+        floor = id_key(self.cursor or "0-0")
+        for raw_id, fields in entries:
+            entry_id = text(raw_id)
+            if id_key(entry_id) <= floor:
+                continue  # read before this topic was (re)started
+            self.cursor, floor = entry_id, id_key(entry_id)
+            item = self._decoded(entry_id, fields)
+            if item is not None:
+                for subscriber in list(self.subscribers):
+                    subscriber.push(item)
+
+    def _decoded(self, entry_id: str, fields: Fields) -> T | None:
+        try:
+            return self.decode(entry_id, fields)
+        except Exception:  # one bad entry must not silence the key for every subscriber
+            log.exception("skipping entry %s of %s", entry_id, self.key)
+            return None
+
+
+class _Shard:
+    """Topics read by one XREAD BLOCK loop on its own connection."""
+
+    def __init__(self, hub: Hub, number: int) -> None:
+        self.hub = hub
+        self.wake_key = f"fanout:{{{hub.process_id}}}:wake:{number}"
+        self.wake_cursor = "$"
+        self.topics: dict[str, _Topic[Any]] = {}
+        self.changed = asyncio.Event()
+        self.reading = False
+        self.wake_sent = False
+        self.task = asyncio.create_task(self._run(), name=f"hub-shard-{number}")
+
+    def add(self, topic: _Topic[Any]) -> None:
+        self.topics[topic.key] = topic
+        topic.shard = self
+        self.changed.set()
+        if self.reading and not self.wake_sent:
+            self.wake_sent = True
+            self.hub.spawn(self._wake())
+
+    async def _wake(self) -> None:
+        try:
+            async with self.hub.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
+                pipe.pexpire(self.wake_key, WAKE_TTL_MS)
+                await pipe.execute()
+        except redis.RedisError as exc:  # the reader's block timeout still picks the key up
+            log.warning("hub wake failed: %s", exc)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            streams = {k: t.cursor for k, t in self.topics.items() if t.cursor is not None}
+            if not streams:
+                self.changed.clear()
+                await self.changed.wait()
+                continue
+            try:
+                reply = await self._read(streams)
+                failures = 0
+            except redis.RedisError as exc:
+                delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
+                failures += 1
+                log.warning("hub read failed (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            self._dispatch(reply)
+
+    async def _read(self, streams: dict[str, str]) -> Any:
+        self.changed.clear()
+        self.wake_sent = False
+        streams[self.wake_key] = self.wake_cursor
+        self.reading = True
+        try:
+            return await self.hub.client.xread(
+                streams,  # type: ignore[arg-type]
+                count=HUB_READ_COUNT,
+                block=HUB_BLOCK_MS,
+            )
+        finally:
+            self.reading = False
+
+    def _dispatch(self, reply: Any) -> None:
+        for raw_key, entries in reply or ():
+            key = text(raw_key)
+            if key == self.wake_key:
+                self.wake_cursor = text(entries[-1][0])
+            elif (topic := self.topics.get(key)) is not None and topic.cursor is not None:
+                topic.deliver(entries)
+
+
+class Hub:
+    """The process's shared reader. Create inside the running loop; `aclose` at shutdown."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self.client = client
+        self.process_id = uuid.uuid4().hex[:12]
+        self._topics: dict[str, _Topic[Any]] = {}
+        self._shards: list[_Shard] = []
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def topic_count(self) -> int:
+        return len(self._topics)
+
+    @property
+    def reader_count(self) -> int:
+        return len(self._shards)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def subscribe(self, key: str, decode: Decode[T], capacity: int) -> Subscription[T]:
+        """A subscription to `key` that receives every entry appended after this call returns (and possibly
+        some before: callers drop ids they already handled). `decode` runs once per entry for everyone
+        following the key (the first subscriber's function is the key's)."""
+        subscription: Subscription[T] = Subscription(self, key, capacity)
+        topic = self._topics.get(key)
+        if topic is None:
+            topic = self._topics[key] = _Topic(key, decode, asyncio.get_running_loop())
+            self.spawn(self._start(topic))
+        topic.subscribers.add(subscription)
+        try:
+            await asyncio.shield(topic.started)
+        except BaseException:
+            subscription.close()
+            raise
+        return subscription
+
+    async def _start(self, topic: _Topic[Any]) -> None:
+        try:
+            tail: Any = await self.client.xrevrange(topic.key, "+", "-", count=1)
+        except redis.RedisError as exc:
+            if self._topics.get(topic.key) is topic:
+                del self._topics[topic.key]
+            topic.started.set_exception(exc)
+            topic.started.exception()  # retrieved: waiters re-raise their own copy
+            return
+        topic.cursor = text(tail[0][0]) if tail else "0-0"
+        if self._topics.get(topic.key) is topic:
+            self._shard_for_one_more().add(topic)
+        topic.started.set_result(None)
+
+    def _shard_for_one_more(self) -> _Shard:
+        open_shard = next((s for s in self._shards if len(s.topics) < HUB_BATCH_KEYS), None)
+        if open_shard is not None:
+            return open_shard
+        if len(self._shards) >= HUB_MAX_READERS:
+            return min(self._shards, key=lambda s: len(s.topics))
+        shard = _Shard(self, len(self._shards))
+        self._shards.append(shard)
+        return shard
+
+    def unsubscribe(self, subscription: Subscription[Any]) -> None:
+        topic = self._topics.get(subscription.key)
+        if topic is None:
+            return
+        topic.subscribers.discard(subscription)
+        if not topic.subscribers:
+            del self._topics[topic.key]
+            if topic.shard is not None:
+                topic.shard.topics.pop(topic.key, None)  # left out of the shard's next XREAD
+
+    async def aclose(self) -> None:
+        tasks = [s.task for s in self._shards] + list(self._background)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._shards.clear()
+        self._topics.clear()

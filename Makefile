@@ -40,3 +40,10 @@ eval: $(STAMP)
 
 clean:
 	rm -rf var .cache
+
+# Our retrieval against peer libraries side by side (bench/peers.py). The peers are not dependencies of
+# Docent: this target installs them into .venv, then runs the quality mode on the five collections.
+.PHONY: bench-peers
+bench-peers: $(STAMP)
+	$(BIN)/pip install -q bm25s tantivy lancedb
+	$(BIN)/python bench/peers.py

@@ -14,6 +14,7 @@ from typing import Literal
 import msgspec
 
 from actors.state import ConversationState, TurnState
+from index.followup import retrieval_query
 from store.events import Citation, LimitName, Risk, Route, ToolCall
 
 MAX_LLM_FAILURES_PER_STEP = 3
@@ -144,13 +145,17 @@ def next_action(state: ConversationState, caps: Caps, check: CheckCall, now_ms: 
     if (limit := check_caps(turn, caps, now_ms)) is not None:
         return limit
     if turn.route == "qa":
-        return _next_qa(turn)
+        return _next_qa(turn, earlier_questions(state))
     return _next_agent(turn, caps, check)
 
 
-def _next_qa(turn: TurnState) -> Action:
+def earlier_questions(state: ConversationState) -> list[str]:
+    return [m["content"] for m in state.history if m.get("role") == "user"]
+
+
+def _next_qa(turn: TurnState, earlier: list[str]) -> Action:
     if turn.retrieval is None:
-        return Retrieve(query=turn.question.text)
+        return Retrieve(query=retrieval_query(turn.question.text, earlier))
     return _llm_or_fail(turn, 0) or Finish(text=turn.llm_completed[0].text)
 
 

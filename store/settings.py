@@ -48,6 +48,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     rerank_depth: Positive = 50
     retrieve_k: Positive = 100
     top_k: Positive = 8
+    context_window_tokens: NonNegative = 0  # >0: the model reads each hit's section (index.sections)
     fusion: Literal["zscore", "rrf"] = "zscore"  # index.fusion; bench/retrieval_quality.py chose it
     fusion_dense_weight: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.6  # z-score: bm25 gets 1 - this
     rrf_k: Positive = 60

@@ -23,8 +23,10 @@ from starlette.routing import Route
 from server.callers import principal, require_admin
 from store.blocking import run_blocking
 from store.conversations import can_read, identifier
-from store.exceptions import DocumentTooLarge, ForbiddenError, InputError, UnsupportedFormat
+from store.exceptions import DocentError, DocumentTooLarge, ForbiddenError, InputError, UnsupportedFormat
 from store.log import conv_keys
+from store.redis import unavailable
+from store.redis_identity import averify
 from store.scripts import stream_id
 
 if TYPE_CHECKING:
@@ -135,7 +137,7 @@ def _save(source: IO[bytes], directory: Path, filename: str) -> tuple[Path, int,
         if candidate.resolve().parent != directory.resolve():
             raise InputError("bad file name", field="file")
         try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             break
         except FileExistsError:
             candidate = directory / f"{stem}-{secrets.token_hex(4)}{ext}"
@@ -193,11 +195,23 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready: Redis answers, and it is the one this stack started (no internal address is ever shown)."""
+    services = _services(request)
     try:
-        await asyncio.wait_for(_services(request).redis.ping(), READY_TIMEOUT_S)
-    except (redis.RedisError, TimeoutError, OSError) as exc:
-        return JSONResponse({"ok": False, "redis": str(exc) or "timeout"}, status_code=503)
+        await asyncio.wait_for(averify_ping(services), READY_TIMEOUT_S)
+    except DocentError as exc:
+        return JSONResponse({"ok": False, "redis": exc.code}, status_code=503)
+    except TimeoutError:
+        return JSONResponse({"ok": False, "redis": "unavailable"}, status_code=503)
     return JSONResponse({"ok": True, "redis": "ok"})
+
+
+async def averify_ping(services: Services) -> None:
+    try:
+        await services.redis.ping()
+    except redis.RedisError as exc:
+        raise unavailable(exc) from exc
+    await averify(services.redis, services.settings.redis_identity)
 
 
 def routes() -> list[Route]:

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server.callers import principal, require_admin
+from server.redaction import event_view
 from store.blocking import run_blocking
 from store.conversations import can_read, identifier
 from store.exceptions import DocentError, DocumentTooLarge, ForbiddenError, InputError, UnsupportedFormat
@@ -43,7 +44,7 @@ UPLOADS_DIR = "uploads"
 
 class EventOut(msgspec.Struct, frozen=True):
     id: str
-    event: msgspec.Raw
+    event: dict[str, Any]  # as this reader may see it (server.redaction)
 
 
 class EventsPage(msgspec.Struct, frozen=True):
@@ -104,7 +105,9 @@ async def conversation_events(request: Request) -> Response:
     after = stream_id(request.query_params.get("after", "0-0"), "after")
     limit = _int_param(request, "limit", DEFAULT_EVENTS_PAGE, 1, MAX_EVENTS_PAGE)
     entries: Any = await services.redis.xrange(conv_keys(conv_id).log, f"({after}", "+", count=limit)
-    events = [EventOut(_text(i), msgspec.Raw(fields[b"e"])) for i, fields in entries]
+    view = await event_view(services.redis, services.settings.data_path, meta, me)
+    shown = await view.events([msgspec.json.decode(fields[b"e"]) for _, fields in entries])
+    events = [EventOut(_text(i), e) for (i, _), e in zip(entries, shown, strict=True)]
     return json_response(EventsPage(conv_id, events, events[-1].id if events else after))
 
 

@@ -19,6 +19,8 @@ DocentError
 │   ├── EmptyDocument
 │   ├── BinaryContent
 │   ├── DocumentTooLarge
+│   │   ├── ExtractedTextTooLarge   its extracted text is over max_document_chars (a small PDF can expand)
+│   │   └── TooManyChunks           it makes more than max_document_chunks chunks
 │   ├── UndecodableText
 │   └── PathNotAllowed
 ├── IndexError_                 index-side failures
@@ -131,6 +133,14 @@ class BinaryContent(IngestError):
 
 class DocumentTooLarge(IngestError):
     code = "document_too_large"
+
+
+class ExtractedTextTooLarge(DocumentTooLarge):
+    code = "extracted_text_too_large"
+
+
+class TooManyChunks(DocumentTooLarge):
+    code = "too_many_chunks"
 
 
 class UndecodableText(IngestError):

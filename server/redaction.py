@@ -14,7 +14,9 @@ key, which has no groups) gets each event with
 - `"redacted": <count>` on the event when anything was removed.
 
 Token deltas are not sent to other readers (a stream of fragments cannot be checked); the completed
-answer, redacted, is. Chunks and documents are looked up in the catalog (SQLite: no index is loaded).
+answer, redacted, is. Chunks and documents are looked up in the catalog (SQLite: no index is loaded); a
+document the catalog never had, or a chunk id it no longer has, has nothing to protect and is left as it is
+(a deleted document keeps its row and its readers).
 """
 
 from __future__ import annotations
@@ -118,9 +120,8 @@ class Redactor:
             self._judge(doc_id, [r.text for r in rows if r.doc_id == doc_id])
 
     def _judge(self, doc_id: str, chunk_texts: list[str]) -> None:
-        document = self.catalog.get_document(doc_id)
-        ok = document is not None and not document.deleted
-        ok = ok and self.reader.can_read(document.tenant, document.readers)  # type: ignore[union-attr]
+        document = self.catalog.get_document(doc_id)  # None: never in this catalog, nothing to protect
+        ok = document is None or self.reader.can_read(document.tenant, document.readers)
         self.readable[doc_id] = ok
         text = "\n".join([self.catalog.document_text(doc_id) or "", *chunk_texts])
         if ok:
@@ -134,8 +135,8 @@ class Redactor:
         return self.readable.get(doc_id, False)
 
     def _chunk_ok(self, chunk_id: str) -> bool:
-        doc_id = self.chunk_doc.get(chunk_id)
-        return doc_id is not None and self._doc_ok(doc_id)
+        doc_id = self.chunk_doc.get(chunk_id)  # None: an id the catalog no longer has (an opaque hash)
+        return doc_id is None or self._doc_ok(doc_id)
 
     # -- the redacted copy --------------------------------------------------------------------------
 

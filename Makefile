@@ -45,5 +45,5 @@ clean:
 # Docent: this target installs them into .venv, then runs the quality mode on the five collections.
 .PHONY: bench-peers
 bench-peers: $(STAMP)
-	$(BIN)/pip install -q bm25s tantivy lancedb
+	$(BIN)/pip install -q bm25s tantivy lancedb PyStemmer
 	$(BIN)/python bench/peers.py

@@ -7,6 +7,7 @@ imports an actor module: messages are built as raw `dramatiq.Message`s by queue 
 
     wake = make_wake(settings)          # async (conv_id) -> None: enqueue advance(conv_id)
     ingest = make_ingest(settings)      # async (tenant, path) -> job id: enqueue ingest_file(tenant, path)
+    task = make_document_task(settings) # async (actor, doc_id) -> job id: sync_document / reingest_document
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CONVERSATION_QUEUE = "conversation"  # = actors.broker.CONVERSATION_QUEUE (kept 
 INGEST_QUEUE = "ingest"
 ADVANCE_ACTOR = "advance"  # actors.conversation
 INGEST_ACTOR = "ingest_file"  # actors.ingest_job
+DOCUMENT_ACTORS = frozenset({"sync_document", "reingest_document"})  # actors.documents_job
 
 
 class Dispatcher(Protocol):
@@ -75,3 +77,17 @@ def make_ingest(settings: Settings) -> Callable[[str, Path], Awaitable[str]]:
         return sent.message_id
 
     return ingest
+
+
+def make_document_task(settings: Settings) -> Callable[[str, str], Awaitable[str]]:
+    """`async task(actor, doc_id) -> job id`: queue a document job (`actors.documents_job`) for ingest."""
+    enqueue = _enqueuer(settings)
+
+    async def task(actor: str, doc_id: str) -> str:
+        assert actor in DOCUMENT_ACTORS, actor
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=INGEST_QUEUE, actor_name=actor, args=(doc_id,), kwargs={}, options={}
+        )
+        return (await enqueue(message)).message_id
+
+    return task

@@ -16,6 +16,7 @@ from actors.contextualize import make_contextualizer
 from index.ingest import DocumentOutcome, expand_paths, path_doc_id
 from index.reindex.dualwrite import DualWriter
 from index.types import Access
+from store.catalog import IngestOutcome
 from store.settings import Settings
 
 DocumentRequest = tuple[str, dict[str, Any]]  # doc id, Ingestor.ingest_document keyword arguments
@@ -33,10 +34,18 @@ def ingest_documents(
             if delete_first:
                 for doc_id, _ in requests:
                     writer.delete_document(doc_id)
-            return writer.ingest_documents(requests)
+            outcomes = writer.ingest_documents(requests)
+            writer.catalog.record_outcomes(outcome_of(o) for o in outcomes)
+            return outcomes
     finally:
         if client is not None:
             client.close()
+
+
+def outcome_of(outcome: DocumentOutcome) -> IngestOutcome:
+    """What the documents API shows as a document's last ingest."""
+    return IngestOutcome(doc_id=outcome.doc_id, version=outcome.version, status=outcome.status,
+                         error_code=outcome.error_code, error=outcome.error)  # fmt: skip
 
 
 def ingest_files(settings: Settings, paths: Sequence[Path], access: Access) -> list[DocumentOutcome]:

@@ -5,6 +5,7 @@ modules are imported so that they declare their actors on it:
 
     actors.conversation   advance(conversation_id)          queue conversation
     actors.ingest_job     ingest_file(tenant, path)         queue ingest
+    actors.documents_job  sync_document, reingest_document  queue ingest
     actors.approvals      expiry and reminder timers        queue approvals   (when present)
     actors.reindex        index rebuilds                    queue reindex     (when present)
 
@@ -26,7 +27,9 @@ from store.permissions import private_umask
 from store.redis_identity import verify_at_boot
 from store.settings import get_settings
 
-REQUIRED_MODULES = ("actors.conversation", "actors.ingest_job")
+REQUIRED_MODULES = (
+    "actors.conversation", "actors.ingest_job", "actors.documents_job"
+)
 OPTIONAL_MODULES = ("actors.approvals", "actors.reindex")
 
 log = logging.getLogger(__name__)

@@ -70,6 +70,7 @@ from store.exceptions import (
     IngestError,
     InputError,
     TooManyChunks,
+    error_class,
 )  # fmt: skip
 from store.settings import Settings
 
@@ -398,6 +399,24 @@ class _VersionWriter:
         status: OutcomeStatus = "deleted" if hidden else "missing"
         return DocumentOutcome(doc_id=doc_id, version=self.version, status=status, removed=hidden)
 
+    def resync(self, doc_id: str) -> int:
+        """The index files brought in line with the catalog for one document after an in-place catalog
+        change (a delete, new readers): hidden entries collected, visible ones rewritten in Whoosh under
+        the same keys with the catalog's readers (vectors untouched: nothing is embedded).
+
+        Returns how many entries were rewritten."""
+        with write_lock(self.settings, self.version):
+            try:
+                self.vectors.refresh(now=True)
+                self.collect()
+                rows = self.catalog.visible_chunks(self.version, doc_id)
+                self.lexical.apply(add=[lexical_entry(row.key, chunk_of(row)) for row in rows])
+            except BaseException:
+                self.vectors.discard_changes()
+                raise
+            self._update_counts()
+        return len(rows)
+
     def _commit(self, plan: _Plan) -> DocumentCommit:
         prepared = plan.prepared
         return DocumentCommit(
@@ -563,6 +582,11 @@ class Ingestor:
             self.catalog.check_owner(doc_id, tenant)
         outcomes = [self._with_retries(partial(writer.delete, doc_id)) for writer in self.writers]
         return outcomes[0]
+
+    def resync(self, doc_id: str) -> int:
+        """`_VersionWriter.resync` on every target; the entries rewritten in the primary one."""
+        rewritten = [self._with_retries(partial(writer.resync, doc_id)) for writer in self.writers]
+        return rewritten[0]
 
     def recover(self) -> int:
         """Collect what interrupted batches left behind (hidden entries); returns how many per all targets."""
@@ -817,14 +841,9 @@ def _display_id(name: object) -> str:
     return name.as_posix() if isinstance(name, Path) else str(name)
 
 
-def _error_classes() -> dict[str, type[DocentError]]:
-    classes: dict[str, type[DocentError]] = {}
-    todo: list[type[DocentError]] = [DocentError]
-    while todo:
-        cls = todo.pop()
-        classes.setdefault(cls.code, cls)
-        todo.extend(cls.__subclasses__())
-    return classes
+def _raised(code: str) -> type[DocentError]:
+    kind = error_class(code)
+    return IngestError if kind is DocentError else kind
 
 
 def _single(report: IngestReport) -> DocumentOutcome:
@@ -832,5 +851,5 @@ def _single(report: IngestReport) -> DocumentOutcome:
     outcome = report.documents[0]
     for o in report.documents:
         if o.status == "failed":
-            raise _error_classes().get(o.error_code, IngestError)(o.error, doc_id=o.doc_id, version=o.version)
+            raise _raised(o.error_code)(o.error, doc_id=o.doc_id, version=o.version)
     return outcome

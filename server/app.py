@@ -31,6 +31,7 @@ from server.admin import admin_routes
 from server.auth import Authenticator
 from server.chat import chat_endpoint
 from server.dispatch import RedisDispatcher, Wake, no_wake
+from server.documents import routes as document_routes
 from server.hub import Hub, hub_client
 from server.limits import ActionLimits, SocketQuota
 from server.pages import WEB_DIR, render_page
@@ -202,6 +203,7 @@ def create_app(
         Route("/", chat_page, methods=["GET"]),
         WebSocketRoute("/ws/chat", chat_endpoint),
         *routes(),
+        *document_routes(),
         *admin_routes(),
         *review_routes(),
         *trace_routes(),
@@ -212,7 +214,7 @@ def create_app(
         Middleware(
             CORSMiddleware,
             allow_origins=sorted(allowed_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Admin-Key"],
             max_age=600,
         )

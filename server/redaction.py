@@ -1,9 +1,9 @@
 """A reader's view of a conversation's events: what the reader's own document ACL forbids is redacted.
 
 Every read of event content goes through `EventView`: `GET /api/conversations/{id}/events`, `/ws/chat`
-(replay and live frames) and the admin trace. The conversation's owner reads it as recorded (every passage
-in it was retrieved under the owner's ACL). Any other reader (a reviewer or admin of the tenant; the admin
-key, which has no groups) gets each event with
+(replay and live frames), `/v1/chat/completions` and the admin trace. Every reader, the conversation's owner
+too, reads it under its ACL of now: an owner who lost access to a document since (`PUT
+/api/documents/{id}/readers`) no longer reads it in the replay. Each reader gets each event with
 
 - structured references to a document the reader may not read replaced: a `retrieval_done` chunk id by
   REDACTED, a citation, source or tool hit by `{"n": n, "redacted": true}`, tool arguments naming it by
@@ -13,10 +13,11 @@ key, which has no groups) gets each event with
   may read) becomes REDACTED, and so do the document's id and title;
 - `"redacted": <count>` on the event when anything was removed.
 
-Token deltas are not sent to other readers (a stream of fragments cannot be checked); the completed
-answer, redacted, is. Chunks and documents are looked up in the catalog (SQLite: no index is loaded); a
-document the catalog never had, or a chunk id it no longer has, has nothing to protect and is left as it is
-(a deleted document keeps its row and its readers).
+Token deltas are not sent to readers other than the owner (a stream of fragments cannot be checked); the
+completed answer, redacted, is. The owner's deltas are its own turn's, retrieved under its ACL of now.
+Chunks and documents are looked up in the catalog (SQLite: no index is loaded); a document the catalog
+never had, or a chunk id it no longer has, has nothing to protect and is left as it is (a deleted document
+keeps its row: references to it are redacted for every reader).
 """
 
 from __future__ import annotations
@@ -121,7 +122,9 @@ class Redactor:
 
     def _judge(self, doc_id: str, chunk_texts: list[str]) -> None:
         document = self.catalog.get_document(doc_id)  # None: never in this catalog, nothing to protect
-        ok = document is None or self.reader.can_read(document.tenant, document.readers)
+        ok = document is None or (
+            not document.deleted and self.reader.can_read(document.tenant, document.readers)
+        )
         self.readable[doc_id] = ok
         text = "\n".join([self.catalog.document_text(doc_id) or "", *chunk_texts])
         if ok:
@@ -204,10 +207,11 @@ class Redactor:
 
 
 class EventView:
-    """What one reader is shown of one conversation: as recorded for its owner, redacted for anyone else."""
+    """What one reader is shown of one conversation: redacted under its ACL; deltas for the owner only."""
 
-    def __init__(self, redactor: Redactor | None) -> None:
+    def __init__(self, redactor: Redactor | None, *, deltas: bool = False) -> None:
         self.redactor = redactor
+        self.deltas = deltas
 
     async def events(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.redactor is None:
@@ -221,7 +225,7 @@ class EventView:
             return data
         frame = msgspec.json.decode(data)
         if frame.get("type") == "delta":
-            return None
+            return data if self.deltas else None
         if frame.get("type") == "event" and isinstance(frame.get("event"), dict):
             frame["event"] = (await self.events([frame["event"]]))[0]
         return msgspec.json.encode(frame)
@@ -234,12 +238,10 @@ def reader_of(principal: Principal, tenant: str) -> Reader:
 async def event_view(
     client: aredis.Redis, data_path: Path, meta: ConversationMeta, principal: Principal
 ) -> EventView:
-    """What `principal` is shown of `meta`'s conversation (for a non-owner: the log's references read)."""
-    if principal.tenant == meta.tenant and principal.user == meta.user:
-        return EventView(None)
+    """What `principal` is shown of `meta`'s conversation (the log's references read first)."""
     redactor = Redactor(catalog_for(data_path), reader_of(principal, principal.tenant))
     await learn_log(client, meta.id, redactor)
-    return EventView(redactor)
+    return EventView(redactor, deltas=principal.tenant == meta.tenant and principal.user == meta.user)
 
 
 async def learn_log(client: aredis.Redis, conv_id: str, redactor: Redactor) -> None:

@@ -83,6 +83,14 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(version, doc_id);
 CREATE INDEX IF NOT EXISTS chunks_hidden ON chunks(version) WHERE visible = 0;
 CREATE INDEX IF NOT EXISTS chunks_by_chunk_id ON chunks(chunk_id);
+CREATE TABLE IF NOT EXISTS ingest_outcomes (
+    doc_id TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error_code TEXT NOT NULL,
+    error TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
 """
 
 _readers_encoder = msgspec.json.Encoder()
@@ -120,6 +128,27 @@ class ChunkRow(msgspec.Struct, frozen=True, kw_only=True):
 
     def readable_by(self, tenant: str, reader_tokens: Iterable[str]) -> bool:
         return self.visible and tenant == self.tenant and not set(self.readers).isdisjoint(reader_tokens)
+
+
+class DocumentFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """What `find_documents` keeps: every given field must match (a reader token is one of its readers)."""
+
+    tenant: str | None = None
+    source: str | None = None
+    title_prefix: str | None = None
+    reader: str | None = None
+    updated_since_ms: int | None = None
+
+
+class IngestOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """The last ingest of a document id (any version): indexed, unchanged, deleted, missing or failed."""
+
+    doc_id: str
+    version: str
+    status: str
+    error_code: str = ""
+    error: str = ""
+    at_ms: int = 0
 
 
 class DocumentCommit(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,6 +192,25 @@ def _document(row: tuple) -> CatalogDocument:
         readers=_readers_decoder.decode(readers), size_bytes=size, updated_at_ms=updated_at,
         deleted=bool(deleted),
     )  # fmt: skip
+
+
+def _document_clause(where: DocumentFilter) -> tuple[str, list[object]]:
+    parts: list[str] = ["deleted = 0"]
+    params: list[object] = []
+    for column, value in (("tenant", where.tenant), ("source", where.source)):
+        if value is not None:
+            parts.append(f"{column} = ?")
+            params.append(value)
+    if where.title_prefix:
+        parts.append("substr(title, 1, ?) = ?")
+        params += [len(where.title_prefix), where.title_prefix]
+    if where.reader is not None:
+        parts.append("EXISTS (SELECT 1 FROM json_each(documents.readers) WHERE value = ?)")
+        params.append(where.reader)
+    if where.updated_since_ms is not None:
+        parts.append("updated_at >= ?")
+        params.append(where.updated_since_ms)
+    return " AND ".join(parts), params
 
 
 def _check_version(version: str) -> str:
@@ -269,6 +317,59 @@ class Catalog:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         sql = f"SELECT {DOCUMENT_COLUMNS} FROM documents {clause} ORDER BY doc_id LIMIT ? OFFSET ?"
         return [_document(r) for r in self._read(sql, [*params, limit, offset])]
+
+    def find_documents(
+        self, where: DocumentFilter, *, limit: int = 100, offset: int = 0
+    ) -> list[CatalogDocument]:
+        """Live documents matching `where`, by doc id (readers are filtered here: JSON in the row)."""
+        if not 1 <= limit <= MAX_LIST_LIMIT or offset < 0:
+            raise InputError(f"limit must be 1..{MAX_LIST_LIMIT} and offset >= 0", field="limit")
+        clause, params = _document_clause(where)
+        sql = f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE {clause} ORDER BY doc_id LIMIT ? OFFSET ?"
+        return [_document(r) for r in self._read(sql, [*params, limit, offset])]
+
+    def document_versions(self, doc_id: str) -> dict[str, int]:
+        """The index versions holding the document, with its visible chunks in each."""
+        rows = self._read("SELECT version, chunks FROM version_documents WHERE doc_id = ?", (doc_id,))
+        return {version: int(chunks) for version, chunks in rows}
+
+    def set_readers(self, doc_id: str, readers: Sequence[str]) -> int:
+        """ONE transaction: the document's readers and those of its chunk rows in every version (visible or
+        not); the next search checks these. Returns the chunk rows changed."""
+        encoded = _readers_encoder.encode(tuple(readers)).decode()
+        with self._write() as db:
+            db.execute("UPDATE documents SET readers = ?, updated_at = ? WHERE doc_id = ?",
+                       (encoded, now_ms(), doc_id))  # fmt: skip
+            return db.execute("UPDATE chunks SET readers = ? WHERE doc_id = ?", (encoded, doc_id)).rowcount
+
+    def delete_everywhere(self, doc_id: str) -> int:
+        """`hide_document` in every version at once, in ONE transaction. Returns the rows hidden."""
+        with self._write() as db:
+            hidden = db.execute(
+                "UPDATE chunks SET visible = 0 WHERE doc_id = ? AND visible = 1", (doc_id,)
+            ).rowcount
+            db.execute("DELETE FROM version_documents WHERE doc_id = ?", (doc_id,))
+            db.execute("DELETE FROM document_texts WHERE doc_id = ?", (doc_id,))
+            db.execute(
+                "UPDATE documents SET deleted = 1, updated_at = ? WHERE doc_id = ?", (now_ms(), doc_id)
+            )
+        return hidden
+
+    def record_outcomes(self, outcomes: Iterable[IngestOutcome]) -> None:
+        values = [
+            (o.doc_id, o.version, o.status, o.error_code, o.error, o.at_ms or now_ms()) for o in outcomes
+        ]
+        with self._write() as db:
+            db.executemany("INSERT OR REPLACE INTO ingest_outcomes VALUES (?, ?, ?, ?, ?, ?)", values)
+
+    def last_outcome(self, doc_id: str) -> IngestOutcome | None:
+        rows = self._read("SELECT * FROM ingest_outcomes WHERE doc_id = ?", (doc_id,))
+        if not rows:
+            return None
+        doc, version, status, code, error, at = rows[0]
+        return IngestOutcome(
+            doc_id=doc, version=version, status=status, error_code=code, error=error, at_ms=at
+        )
 
     def document_text(self, doc_id: str) -> str | None:
         rows = self._read("SELECT text FROM document_texts WHERE doc_id = ?", (doc_id,))

@@ -227,3 +227,14 @@ class ApprovalRequired(ToolError):
 
 class LimitReached(DocentError):
     code = "limit_reached"
+
+
+def error_class(code: str) -> type[DocentError]:
+    """The DocentError subclass whose `code` this is (DocentError itself for an unknown code)."""
+    todo: list[type[DocentError]] = [DocentError]
+    while todo:
+        kind = todo.pop()
+        if kind.code == code:
+            return kind
+        todo.extend(kind.__subclasses__())
+    return DocentError

@@ -232,3 +232,15 @@ class DualWriter:
 
     def delete_document(self, doc_id: str, *, tenant: str | None = None) -> list[DocumentOutcome]:
         return self._apply(lambda ingestor: ingestor.delete_document(doc_id, tenant=tenant), doc_id)
+
+    def resync(self, doc_id: str) -> int:
+        """`Ingestor.resync` on every current target (after a catalog-only delete or readers change)."""
+        with dual_write_lock(self.settings):
+            rewritten = [self._resync(target, doc_id) for target in write_targets(self.settings, self.client)]
+        return rewritten[0] if rewritten else 0
+
+    def _resync(self, target: Target, doc_id: str) -> int:
+        with self._ingestor(target) as ingestor:
+            rewritten = ingestor.resync(doc_id)
+        self._record(target.version, doc_id)
+        return rewritten

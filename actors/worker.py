@@ -6,6 +6,7 @@ modules are imported so that they declare their actors on it:
     actors.conversation   advance(conversation_id)          queue conversation
     actors.ingest_job     ingest_file(tenant, path)         queue ingest
     actors.documents_job  sync_document, reingest_document  queue ingest
+    actors.search_job     search_request(request_id, call)  queue conversation
     actors.approvals      expiry and reminder timers        queue approvals   (when present)
     actors.reindex        index rebuilds                    queue reindex     (when present)
 
@@ -28,7 +29,7 @@ from store.redis_identity import verify_at_boot
 from store.settings import get_settings
 
 REQUIRED_MODULES = (
-    "actors.conversation", "actors.ingest_job", "actors.documents_job"
+    "actors.conversation", "actors.ingest_job", "actors.documents_job", "actors.search_job"
 )
 OPTIONAL_MODULES = ("actors.approvals", "actors.reindex")
 

@@ -37,6 +37,7 @@ from server.limits import ActionLimits, SocketQuota
 from server.pages import WEB_DIR, render_page
 from server.rest import json_response, routes
 from server.review.routes import routes as review_routes
+from server.search_api import routes as search_routes
 from server.traces import trace_routes
 from store.conversations import Conversations
 from store.exceptions import (
@@ -204,6 +205,7 @@ def create_app(
         WebSocketRoute("/ws/chat", chat_endpoint),
         *routes(),
         *document_routes(),
+        *search_routes(),
         *admin_routes(),
         *review_routes(),
         *trace_routes(),

@@ -91,6 +91,35 @@ def test_callers_and_bad_input_are_refused_and_change_nothing(world: World) -> N
     assert found(world, LEE)["bm25"] == {FALCON_ID}
 
 
+def api_search(world: World, token: str, query: str = "quantum harbor bridge") -> dict[str, set[str]]:
+    out = {}
+    for mode in MODES:
+        status, body = world.http("POST", "/api/search", {"query": query, "mode": mode, "k": 5}, token=token)
+        assert status == 200, body
+        out[mode] = {hit["doc_id"] for hit in body["hits"]}
+    return out
+
+
+def test_search_api_returns_citable_hits_as_the_callers_principal(world: World) -> None:
+    lee, finn = world.token("lee", ("legal",)), world.token("finn", ("finance",))
+    query = {"query": "quantum harbor bridge", "mode": "bm25"}
+    status, body = world.http("POST", "/api/search", query, token=lee)
+    assert status == 200 and body["index_version"] and body["hits"][0]["n"] == 1
+    top = body["hits"][0]
+    assert top["doc_id"] == FALCON_ID and SECRET in top["text"] and top["title"] == "Project Falcon"
+    assert top["provenance"]["bm25_rank"] == 1 and top["chunk_id"]
+    assert all(FALCON_ID in hits for hits in api_search(world, lee).values())
+    assert all(FALCON_ID not in hits for hits in api_search(world, finn).values())
+    assert world.http("POST", "/api/search", {"query": "x"})[0] == 401
+    bad_bodies = [{"query": ""}, {"query": "  "}, {"query": "x", "k": 0}, {"query": "x", "k": 51},
+                  {"query": "x", "mode": "magic"}, {"query": "x", "filters": {}}, {"query": "x" * 9000}, {}]
+    for bad in bad_bodies:
+        status, error = world.http("POST", "/api/search", bad, token=lee)
+        assert status == 400 and error["code"] == "bad_input", bad
+    status, error = world.http("POST", "/api/search", token=lee, raw=b'{"query": "' + b"x" * 70_000 + b'"}')
+    assert status == 413 and error["code"] == "body_too_large"
+
+
 def _texts(events: list[dict[str, Any]]) -> str:
     return json.dumps(events)
 
@@ -106,6 +135,7 @@ def test_a_reader_who_just_lost_access_gets_nothing_of_it_anywhere(world: World)
     assert status == 200 and changed["chunks_changed"] >= 1
     # At once (no wait for the worker's index rewrite): every retriever, every mode.
     assert all(FALCON_ID not in hits for hits in found(world, LEE).values())
+    assert all(FALCON_ID not in hits for hits in api_search(world, lee).values())
 
     # The agent's knowledge tools, in a new run as lee: nothing of it is retrieved or read.
     probe = world.ask(lee, "[script:probe] look for the bridge", mode="agent")

@@ -1,0 +1,79 @@
+"""The web process's search: a request to a query worker and its reply, through Redis (no model here).
+
+    search = make_search(settings, client)                  # in the web process
+    result = await search(SearchCall(query=..., tenant=..., user=..., groups=...))   # SearchResult
+
+The web process enqueues `search_request(request_id, call)` on the `conversation` queue (the workers that
+hold the query embedder and the indexes) and waits on the reply list `search:reply:{request_id}` with
+BLPOP; the worker (`actors.search_job`) pushes `SearchReply` there, with a short expiry. A worker's typed
+error comes back as the same error; no reply within `search_timeout_s` is `unavailable`. Nothing here
+imports an actor module or an index.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import dramatiq
+import msgspec
+import redis.asyncio as aredis
+
+from actors.api import CONVERSATION_QUEUE, _enqueuer
+from index.types import SearchResult
+from store.exceptions import DocentError, Unavailable, error_class
+from store.settings import Settings
+
+SEARCH_ACTOR = "search_request"
+REPLY_PREFIX = "search:reply:"
+REPLY_TTL_S = 60
+SEARCH_TIMEOUT_S = 15.0
+
+SearchMode = Literal["hybrid", "dense", "bm25"]
+
+
+class SearchCall(msgspec.Struct, frozen=True, kw_only=True):
+    query: str
+    k: int
+    mode: SearchMode
+    tenant: str
+    user: str
+    groups: tuple[str, ...] = ()
+
+
+class SearchReply(msgspec.Struct, frozen=True, kw_only=True):
+    result: SearchResult | None = None
+    error: dict[str, Any] | None = None  # DocentError.to_wire()
+
+
+def reply_key(request_id: str) -> str:
+    return f"{REPLY_PREFIX}{request_id}"
+
+
+def raise_wire(error: dict[str, Any]) -> None:
+    """The worker's typed error, raised here as the class of its code."""
+    code = str(error.get("code", DocentError.code))
+    raise error_class(code)(str(error.get("message", code)))
+
+
+def make_search(settings: Settings, client: aredis.Redis) -> Callable[[SearchCall], Awaitable[SearchResult]]:
+    enqueue = _enqueuer(settings)
+
+    async def search(call: SearchCall) -> SearchResult:
+        request_id = uuid.uuid4().hex
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name=CONVERSATION_QUEUE, actor_name=SEARCH_ACTOR,
+            args=(request_id, msgspec.json.encode(call).decode()), kwargs={}, options={},
+        )  # fmt: skip
+        await enqueue(message)
+        popped: Any = await client.blpop([reply_key(request_id)], timeout=SEARCH_TIMEOUT_S)
+        if popped is None:
+            raise Unavailable(f"no search worker answered within {SEARCH_TIMEOUT_S:.0f} s")
+        reply = msgspec.json.decode(popped[1], type=SearchReply)
+        if reply.error is not None or reply.result is None:
+            raise_wire(reply.error or {})
+        assert reply.result is not None
+        return reply.result
+
+    return search

@@ -34,6 +34,7 @@ from server.dispatch import RedisDispatcher, Wake, no_wake
 from server.documents import routes as document_routes
 from server.hub import Hub, hub_client
 from server.limits import ActionLimits, SocketQuota
+from server.openai_api import routes as openai_routes
 from server.pages import WEB_DIR, render_page
 from server.rest import json_response, routes
 from server.review.routes import routes as review_routes
@@ -206,6 +207,7 @@ def create_app(
         *routes(),
         *document_routes(),
         *search_routes(),
+        *openai_routes(),
         *admin_routes(),
         *review_routes(),
         *trace_routes(),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from starlette.websockets import WebSocket
 
 from server import protocol as p
+from server.asks import submit_ask
 from server.conversation_ids import issued_to, new_conversation_id
 from server.feed import LiveFrame, replay, to_frame
 from server.hub import StreamKey, id_key
@@ -22,7 +23,7 @@ from server.redaction import EventView, event_view
 from server.session import Session, error_frame
 from server.turns import turn_running
 from store.conversations import ConversationMeta, can_read, can_write
-from store.events import TurnCancelled, UserMessage, now_ms
+from store.events import TurnCancelled, now_ms
 from store.exceptions import DocentError, ForbiddenError, FrameError
 from store.log import conv_keys
 
@@ -103,25 +104,8 @@ class ChatSession(Session):
 
     async def _ask(self, ask: p.Ask) -> None:
         meta = self._owner("ask in it")
-        text = ask.text.strip()
-        if not text:
-            raise FrameError("text is empty")
-        if len(ask.text) > self.settings.max_question_chars:
-            raise FrameError(f"text is longer than {self.settings.max_question_chars} characters")
-        me = self.principal
-        assert me is not None
-        await self.services.limits.check(me, "ask")
-        item = UserMessage(
-            text=text,
-            mode=ask.mode,
-            user=me.user,
-            tenant=me.tenant,
-            groups=me.groups,
-            client_message_id=ask.client_message_id,
-            at_ms=now_ms(),
-        )
-        await self.services.conversations.record_ask(meta, text)  # the first ask creates the conversation
-        await self.services.dispatcher.submit(meta.id, item, dedup_id=ask.client_message_id)
+        assert self.principal is not None
+        await submit_ask(self.services, meta, self.principal, ask.text, ask.mode, ask.client_message_id)
         await self.reply(p.Accepted(client_message_id=ask.client_message_id))
 
     async def _cancel(self) -> None:

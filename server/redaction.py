@@ -1,9 +1,9 @@
 """A reader's view of a conversation's events: what the reader's own document ACL forbids is redacted.
 
 Every read of event content goes through `EventView`: `GET /api/conversations/{id}/events`, `/ws/chat`
-(replay and live frames), `/v1/chat/completions` and the admin trace. Every reader, the conversation's owner
-too, reads it under its ACL of now: an owner who lost access to a document since (`PUT
-/api/documents/{id}/readers`) no longer reads it in the replay. Each reader gets each event with
+(replay and live frames) and the admin trace. Every reader, the conversation's owner too, reads it under
+its ACL of now: an owner who lost access to a document since (`PUT /api/documents/{id}/readers`) no longer
+reads it in the replay. Each reader gets each event with
 
 - structured references to a document the reader may not read replaced: a `retrieval_done` chunk id by
   REDACTED, a citation, source or tool hit by `{"n": n, "redacted": true}`, tool arguments naming it by

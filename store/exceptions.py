@@ -107,6 +107,10 @@ class NotFound(InputError):
     code = "not_found"
 
 
+class ModelNotFound(NotFound):
+    code = "model_not_found"  # /v1/chat/completions: a model name Docent does not serve
+
+
 class RateLimited(InputError):
     code = "rate_limited"
 

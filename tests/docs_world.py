@@ -17,6 +17,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,11 @@ SCRIPTS = {
             {"tool_calls": [{"name": "read_document", "arguments": {"doc_id": FALCON_ID}}]},
             {"text": "Done looking."},
         ]
-    }
+    },
+    "mail": {"steps": [{"text": "Sending it.", "tool_calls": [{"name": "send_email", "arguments": {
+        "to": ["legal@acme.test"], "subject": "Falcon", "body": "The bridge opens in winter."}}]}]},
+    "short": {"steps": [{"tool_calls": [{"name": "search_knowledge_base",
+                                         "arguments": {"query": "bridge"}}]}]},
 }  # fmt: skip
 WAIT_S = 40.0
 
@@ -156,3 +161,16 @@ def start_world(redis_url: str, data: Path, llm_url: str) -> tuple[World, Worker
     worker = Worker(env)
     web = ServerProcess(env, app="server.app:create_app").start()
     return World(web, redis_url, data / "kb"), worker
+
+
+def running_world(redis_url: str, data: Path) -> Iterator[World]:
+    """A module's world: started with the scripted LLM, stopped after the module's tests."""
+    from actors.testing import ScriptedLLMThread
+
+    with ScriptedLLMThread(SCRIPTS) as llm:
+        world, worker = start_world(redis_url, data, llm.url)
+        try:
+            yield world
+        finally:
+            world.web.stop()
+            worker.stop()

@@ -17,7 +17,7 @@ import pytest
 from index.search import SearchService
 from index.types import Principal
 from store.redis import EmbeddedRedis
-from tests.docs_world import FALCON_ID, PUBLIC_ID, SCRIPTS, SECRET, TENANT, World, start_world
+from tests.docs_world import FALCON_ID, PUBLIC_ID, SECRET, TENANT, World, running_world
 
 LEE = Principal(tenant=TENANT, user="lee", groups=("legal",))
 FINN = Principal(tenant=TENANT, user="finn", groups=("finance",))
@@ -26,15 +26,7 @@ MODES = ("dense", "bm25", "hybrid")
 
 @pytest.fixture(scope="module")
 def world(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    from actors.testing import ScriptedLLMThread
-
-    with ScriptedLLMThread(SCRIPTS) as llm:
-        world, worker = start_world(redis_server.url, tmp_path_factory.mktemp("docs"), llm.url)
-        try:
-            yield world
-        finally:
-            world.web.stop()
-            worker.stop()
+    yield from running_world(redis_server.url, tmp_path_factory.mktemp("docs"))
 
 
 def docs(world: World, query: str = "", **kwargs: Any) -> tuple[int, Any]:

@@ -38,9 +38,15 @@ import dramatiq
 import msgspec
 import redis
 
-from actors import broker as broker_module
 from actors.api import Dispatcher
-from actors.broker import APPROVALS_QUEUE, CONVERSATION_QUEUE, setup_broker
+from actors.broker import (
+    ADVANCE_ACTOR,
+    APPROVALS_QUEUE,
+    CONVERSATION_QUEUE,
+    enqueue_by_name,
+    process_broker,
+    setup_broker,
+)
 from store.approvals import (
     ROOM_EVENTS_MAXLEN,
     AlreadyDecided,
@@ -53,20 +59,21 @@ from store.approvals import (
     approval_key,
     room_events_key,
 )
+from store.clock import now_ms
 from store.conversations import is_identifier
-from store.events import ApprovalDecided, ApprovalExpired, Decision, decode_event, now_ms
+from store.events import ApprovalDecided, ApprovalExpired, Decision, decode_event
 from store.exceptions import DocentError, InputError
 from store.log import ConversationLog, conv_keys
+from store.retry import RetryPolicy
 from store.scripts import payload
 from store.settings import Settings, get_settings
 
 EXPIRE_ACTOR = "expire_approval"
 REMIND_ACTOR = "remind_approval"
-ADVANCE_ACTOR = "advance"
 MAX_TIMER_HOP_MS = 3600 * 1000
 REMINDED_MARK_TTL_S = 30 * 24 * 3600
 OUTCOME_SCAN_ENTRIES = 2_000
-TIMER_MAX_RETRIES = 10
+TIMER_RETRY = RetryPolicy(max_retries=10, first_s=15.0, max_s=7 * 24 * 3600.0)  # dramatiq's default backoff
 TIMER_TIME_LIMIT_MS = 60_000
 
 log = logging.getLogger(__name__)
@@ -165,25 +172,15 @@ def _stores_for(settings: Settings) -> _Stores:
         return stores
 
 
-def _broker(settings: Settings) -> dramatiq.Broker:
-    return broker_module._broker or setup_broker(settings)
-
-
 def _timer(broker: dramatiq.Broker, actor_name: str, args: tuple[Any, ...], due_ms: int, now: int) -> None:
     """Enqueue a timer message due at `due_ms` (clock_ms time), at most MAX_TIMER_HOP_MS ahead."""
     delay = min(max(due_ms - now, 0), MAX_TIMER_HOP_MS)
-    message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=APPROVALS_QUEUE, actor_name=actor_name, args=args, kwargs={}, options={}
-    )
-    broker.enqueue(message, delay=delay or None)
+    enqueue_by_name(broker, APPROVALS_QUEUE, actor_name, args, delay_ms=delay)
 
 
 def wake(broker: dramatiq.Broker, conv_id: str) -> None:
     """Send the conversation actor an `advance(conv_id)` message."""
-    message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=CONVERSATION_QUEUE, actor_name=ADVANCE_ACTOR, args=(conv_id,), kwargs={}, options={}
-    )
-    broker.enqueue(message)
+    enqueue_by_name(broker, CONVERSATION_QUEUE, ADVANCE_ACTOR, (conv_id,))
 
 
 def schedule_expiry(
@@ -197,7 +194,7 @@ def schedule_expiry(
     """Enqueue the approval's reminder (when `approval_reminder_s` before expiry is still ahead) and its
     expiry. Safe to repeat: a duplicate timer finds the approval settled (or reminded) and does nothing."""
     settings = settings or get_settings()
-    broker = broker or _broker(settings)
+    broker = broker or setup_broker(settings)
     now = clock_ms(settings)
     if settings.approval_reminder_s:
         remind_at_ms = expires_at_ms - settings.approval_reminder_s * 1000
@@ -231,14 +228,14 @@ def deliver(
     if item is None:
         return False
     posted = _stores_for(settings).log.post_inbox(record.conv_id, item, inbox_client_id(record.approval_id))
-    wake(broker or _broker(settings), record.conv_id)
+    wake(broker or setup_broker(settings), record.conv_id)
     return not posted.duplicate
 
 
 def expire_approval(approval_id: str, conv_id: str, due_ms: int) -> None:
     """Timer: expire the approval if it is still pending at its expiry, and tell the conversation."""
     settings = get_settings()
-    broker = _broker(settings)
+    broker = setup_broker(settings)
     now = clock_ms(settings)
     if now < due_ms:
         _timer(broker, EXPIRE_ACTOR, (approval_id, conv_id, due_ms), due_ms, now)
@@ -267,7 +264,7 @@ def remind_approval(approval_id: str, conv_id: str, remind_at_ms: int) -> None:
     settings = get_settings()
     now = clock_ms(settings)
     if now < remind_at_ms:
-        _timer(_broker(settings), REMIND_ACTOR, (approval_id, conv_id, remind_at_ms), remind_at_ms, now)
+        _timer(setup_broker(settings), REMIND_ACTOR, (approval_id, conv_id, remind_at_ms), remind_at_ms, now)
         return
     stores = _stores_for(settings)
     record = stores.ledger.get(approval_id)
@@ -294,14 +291,14 @@ def declare(broker: dramatiq.Broker) -> None:
     if id(broker) in _declared:
         return
     _declared.add(id(broker))
-    options: dict[str, Any] = {"max_retries": TIMER_MAX_RETRIES, "time_limit": TIMER_TIME_LIMIT_MS}
+    options: dict[str, Any] = {**TIMER_RETRY.actor_options(), "time_limit": TIMER_TIME_LIMIT_MS}
     for fn, name in ((expire_approval, EXPIRE_ACTOR), (remind_approval, REMIND_ACTOR)):
         dramatiq.Actor(fn, broker=broker, actor_name=name, queue_name=APPROVALS_QUEUE, priority=0,
                        options=options)  # fmt: skip
 
 
-if broker_module._broker is not None:  # a worker set its broker up first: declare on it
-    declare(broker_module._broker)
+if (process := process_broker()) is not None:  # a worker set its broker up first: declare on it
+    declare(process)
 
 
 def main() -> None:

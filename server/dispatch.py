@@ -9,7 +9,6 @@ same `dedup_id` returns the first entry's id and writes nothing:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 import redis
@@ -19,12 +18,11 @@ from actors.api import InboundItem
 from store.conversations import identifier
 from store.events import encode
 from store.redis import unavailable
+from store.scripts import text
 
 DEDUP_TTL_S = 24 * 3600
 
 Wake = Callable[[str], Awaitable[None]]
-
-log = logging.getLogger(__name__)
 
 _SUBMIT_LUA = """
 local previous = redis.call('GET', KEYS[2])
@@ -43,14 +41,10 @@ def dedup_key(conv_id: str, dedup_id: str) -> str:
     return f"conv:{{{identifier(conv_id, 'conversation_id')}}}:dedup:{identifier(dedup_id, 'dedup_id')}"
 
 
-async def no_wake(conv_id: str) -> None:
-    log.debug("no wake configured for conversation %s", conv_id)
-
-
 class RedisDispatcher:
     """Appends to `conv:{id}:inbox` (deduplicated), then awaits `wake(conv_id)`."""
 
-    def __init__(self, client: aredis.Redis, wake: Wake = no_wake) -> None:
+    def __init__(self, client: aredis.Redis, wake: Wake) -> None:
         self.client = client
         self.wake = wake
         self._submit = client.register_script(_SUBMIT_LUA)
@@ -63,4 +57,4 @@ class RedisDispatcher:
             raise unavailable(exc) from exc
         # Wake on duplicates too: the first submit's wake-up may be what got lost.
         await self.wake(conversation_id)
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return text(entry_id)

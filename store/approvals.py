@@ -22,7 +22,8 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 
-from store.events import Decision, now_ms
+from store.clock import now_ms
+from store.events import Decision
 from store.exceptions import DocentError, InputError, Unavailable
 from store.scripts import (
     Arg,

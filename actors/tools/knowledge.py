@@ -7,12 +7,12 @@ may not read is simply "not found". What comes back is document text: it is fenc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Protocol
+from typing import Annotated
 
 import msgspec
 
+from actors.tools.knowledge_base import HitLike, KnowledgeBase
 from actors.tools.registry import Tool, ToolArgs, ToolContext, ToolOutput, fence_data
-from index.types import Principal
 from store.exceptions import ToolError
 from store.tool_payloads import DocumentRead, SearchHit, SearchResults
 
@@ -25,33 +25,6 @@ HIT_SNIPPET_CHARS = 700
 PAYLOAD_SNIPPET_CHARS = 240  # what a client shows under a citation
 
 DocId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DOC_ID_CHARS, pattern=r"^[^\x00-\x1f]+$")]
-
-
-class HitLike(Protocol):
-    @property
-    def chunk_id(self) -> str: ...
-    @property
-    def doc_id(self) -> str: ...
-    @property
-    def title(self) -> str: ...
-    @property
-    def heading(self) -> str: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def score(self) -> float: ...
-
-
-class KnowledgeBase(Protocol):
-    """Access-checked reads of the knowledge base (index.types.Hit satisfies HitLike)."""
-
-    async def search(self, query: str, principal: Principal, k: int) -> Sequence[HitLike]:
-        """The best `k` chunks this principal may read."""
-        ...
-
-    async def read(self, doc_id: str, principal: Principal) -> tuple[str, str] | None:
-        """(title, text) of a document, or None when it does not exist or the principal may not read it."""
-        ...
 
 
 class SearchArgs(ToolArgs, frozen=True):

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import redis
 
-from index.versions import now_ms
+from store.clock import now_ms
 from store.settings import Settings
 
 log = logging.getLogger(__name__)

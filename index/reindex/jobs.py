@@ -21,7 +21,8 @@ import redis
 
 from index.reindex.audit import audit
 from index.types import EMBEDDER_NAMES
-from index.versions import get_active, new_version_name, now_ms, set_state, version_path
+from index.versions import get_active, new_version_name, set_state, version_path
+from store.clock import now_ms
 from store.exceptions import DocentError, IndexNotFound, InputError, ReindexRefused
 from store.scripts import text
 from store.settings import Settings
@@ -111,7 +112,8 @@ def get_job(client: redis.Redis, job_id: str) -> ReindexJob:
 
 
 def list_jobs(client: redis.Redis, limit: int = 20) -> list[ReindexJob]:
-    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in client.zrevrange(JOBS_KEY, 0, limit - 1)]
+    found: list[bytes] = client.zrevrange(JOBS_KEY, 0, limit - 1)  # type: ignore[assignment]
+    ids = [text(i) for i in found]
     return [job for i in ids if (job := _decode_job(client.get(JOB_KEY.format(i)))) is not None]
 
 

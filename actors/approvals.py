@@ -13,13 +13,15 @@ to its log, calls `schedule_expiry` and ends its message: nothing waits. From th
   approval already decided it checks that the decision reached the conversation and re-delivers it when
   a crash lost it, so every approval's outcome reaches its conversation at least by its expiry.
 
-Inbox posts carry the client id `approval:<id>` (store.log dedup) or the dispatcher dedup id
-`approval-<id>`; the actor must still fold at most one outcome per approval id.
+Every inbox post of an approval's outcome carries the dedup id `approval:<id>` (store.log's inbox dedup,
+which the web process's dispatcher uses too), so it enters the inbox once; the actor still folds at most
+one outcome per approval id.
 
-Timers are plain dramatiq messages sent as raw `dramatiq.Message`s, so the web process never needs the
-actor objects. A delay longer than `MAX_TIMER_HOP_MS` is covered in hops (the message re-enqueues itself
-until due), so no message sits for days in a worker's prefetched delay queue. "Now" for the timers is
-the wall clock plus `settings.approval_clock_offset_ms` (a test moves time forward with it).
+Timers are plain dramatiq messages sent by actor name (`actors.broker.enqueue_by_name`), so the web
+process never needs the actor objects. A delay longer than `MAX_TIMER_HOP_MS` is covered in hops (the
+message re-enqueues itself until due), so no message sits for days in a worker's prefetched delay queue.
+"Now" for the timers is the wall clock plus `settings.approval_clock_offset_ms` (a test moves time
+forward with it).
 
 Workers declare the actors by importing this module after `actors.broker.setup_broker()` (the
 `actors.worker` module does), or by calling `declare(broker)`. `python -m actors.approvals` runs a worker
@@ -28,7 +30,6 @@ for the `approvals` queue alone.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import signal
 import threading
@@ -56,11 +57,10 @@ from store.approvals import (
     Decided,
     NotDue,
     RoomEvent,
-    approval_key,
+    reminded_key,
     room_events_key,
 )
 from store.clock import now_ms
-from store.conversations import is_identifier
 from store.events import ApprovalDecided, ApprovalExpired, Decision, decode_event
 from store.exceptions import DocentError, InputError
 from store.log import ConversationLog, conv_keys
@@ -89,16 +89,8 @@ def clock_ms(settings: Settings) -> int:
 
 
 def inbox_client_id(approval_id: str) -> str:
-    """The store.log inbox dedup id of an approval's outcome."""
+    """The inbox dedup id of an approval's outcome, whoever posts it (reviewer, timer, repair)."""
     return f"approval:{approval_id}"
-
-
-def dispatch_dedup_id(approval_id: str) -> str:
-    """The server dispatcher's dedup id (a plain identifier) of an approval's decision."""
-    candidate = f"approval-{approval_id}"
-    if is_identifier(candidate):
-        return candidate
-    return "approval-" + hashlib.sha256(approval_id.encode()).hexdigest()[:40]
 
 
 def outcome_event(record: ApprovalRecord) -> ApprovalDecided | ApprovalExpired | None:
@@ -116,10 +108,6 @@ def outcome_event(record: ApprovalRecord) -> ApprovalDecided | ApprovalExpired |
             return ApprovalExpired(approval_id=record.approval_id, at_ms=record.decided_ms)
         case _:
             return None
-
-
-def reminded_key(approval_id: str) -> str:
-    return f"{approval_key(approval_id)}:reminded"
 
 
 # ---- the web side: deciding -----------------------------------------------------------------------
@@ -144,7 +132,7 @@ async def decide(
     result = await ledger.decide(approval_id, decision, reviewer, reason, now_ms, tenant=tenant)
     item = outcome_event(result.record)
     if isinstance(item, ApprovalDecided):
-        await dispatcher.submit(result.record.conv_id, item, dedup_id=dispatch_dedup_id(approval_id))
+        await dispatcher.submit(result.record.conv_id, item, dedup_id=inbox_client_id(approval_id))
     return result
 
 

@@ -22,8 +22,8 @@ import redis
 
 from actors.broker import REINDEX_QUEUE, setup_broker
 from index.reindex.jobs import RUN_ACTOR_NAME
-from index.reindex.lease import LEASE_KEY
 from index.reindex.run import lower_priority, run_slice
+from store import keys
 from store.retry import RetryPolicy
 from store.settings import get_settings
 
@@ -49,7 +49,7 @@ def reindex_run(job_id: str) -> None:
     try:
         result = run_slice(settings, client, job_id)
         if result == "busy":  # another worker holds the lease (or a dead one, until it expires)
-            delay_ms = max(0, int(client.pttl(LEASE_KEY.format(job_id)))) + BUSY_MARGIN_MS
+            delay_ms = max(0, int(client.pttl(keys.reindex_lease(job_id)))) + BUSY_MARGIN_MS
     finally:
         client.close()
     if result == "continue":

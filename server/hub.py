@@ -24,6 +24,7 @@ import redis
 import redis.asyncio as aredis
 
 from server.buffer import BoundedBuffer
+from store import keys
 from store.retry import RetryPolicy
 from store.scripts import text
 
@@ -107,7 +108,7 @@ class _Shard:
 
     def __init__(self, hub: Hub, number: int) -> None:
         self.hub = hub
-        self.wake_key = f"fanout:{{{hub.process_id}}}:wake:{number}"
+        self.wake_key = keys.hub_wake(hub.process_id, number)
         self.wake_cursor = "$"
         self.topics: dict[str, _Topic[Any]] = {}
         self.changed = asyncio.Event()

@@ -111,6 +111,11 @@ def approval_key(approval_id: str) -> str:
     return f"appr:{{{key_part(approval_id, 'approval_id')}}}"
 
 
+def reminded_key(approval_id: str) -> str:
+    """Set once when the approval's reminder went out (the reminder timer's `SET NX`)."""
+    return f"{approval_key(approval_id)}:reminded"
+
+
 def room_pending_key(tenant: str, room: str) -> str:
     return f"room:{{{key_part(tenant, 'tenant')}}}:{{{key_part(room, 'room')}}}:pending"
 

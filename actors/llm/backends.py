@@ -7,8 +7,9 @@ the backends, and nothing imports back.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from actors.llm.types import ChatMessage, Completion, LLMBackend, OnDelta, ToolSpec
+from actors.llm.types import ChatMessage, Completion, LLMBackend
 from store.exceptions import LLMUnavailable
 from store.settings import Settings
 
@@ -18,16 +19,8 @@ class UnavailableBackend:
 
     model_name = "none"
 
-    async def complete(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        tools: Sequence[ToolSpec] = (),
-        max_tokens: int | None = None,
-        temperature: float = 0.0,
-        on_delta: OnDelta | None = None,
-        request_id: str = "",
-    ) -> Completion:
+    async def complete(self, messages: Sequence[ChatMessage], **options: Any) -> Completion:
+        """`LLMBackend.complete`; refuses whatever the options."""
         raise LLMUnavailable("no LLM backend is configured (DOCENT_LLM_BACKEND=none)", retryable=False)
 
     def price(self, tokens_in: int, tokens_out: int) -> float:

@@ -20,50 +20,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from actors.plan import (
-    Action,
-    AwaitApproval,
-    CallCheck,
-    CallLLM,
-    Caps,
-    Fail,
-    Finish,
-    Idle,
-    Limit,
-    RejectTool,
-    RequestApproval,
-    Retrieve,
-    RunTool,
-    StartTurn,
-    next_action,
-    validate_citations,
-)
+from actors import plan
+from actors.plan import CallCheck, Caps, next_action, validate_citations
 from actors.state import ConversationState, fold
-from store.events import (
-    AnswerCompleted,
-    ApprovalDecided,
-    ApprovalExpired,
-    ApprovalRequested,
-    Citation,
-    Event,
-    LimitHit,
-    LLMCompleted,
-    LLMFailed,
-    LLMRequested,
-    RetrievalDone,
-    ToolCall,
-    ToolIntent,
-    ToolResult,
-    TurnCancelled,
-    TurnFailed,
-    TurnStarted,
-    UserMessage,
-)
+from store import events as ev
 from store.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "event_logs"
 NAMES = sorted(path.stem for path in FIXTURES.glob("*.json"))
-INBOX = (UserMessage, ApprovalDecided, ApprovalExpired, TurnCancelled)  # arrive from outside; not decided
+INBOX = (ev.UserMessage, ev.ApprovalDecided, ev.ApprovalExpired, ev.TurnCancelled)  # not decided: posted
 DEFAULTS = Settings.from_env({})
 CAPS = Caps(
     max_steps=DEFAULTS.max_steps,
@@ -77,7 +42,7 @@ class RecordedLog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     recorded_from: str
     note: str
     verdicts: dict[str, CallCheck]
-    events: list[tuple[str, Event]]
+    events: list[tuple[str, ev.Event]]
 
 
 _decoder = msgspec.json.Decoder(RecordedLog)
@@ -87,7 +52,7 @@ def recorded(name: str) -> RecordedLog:
     return _decoder.decode((FIXTURES / f"{name}.json").read_bytes())
 
 
-def folded(events: Sequence[tuple[str, Event]], conv_id: str = "replay") -> ConversationState:
+def folded(events: Sequence[tuple[str, ev.Event]], conv_id: str = "replay") -> ConversationState:
     state = ConversationState(conversation_id=conv_id)
     for entry_id, event in events:
         fold(state, entry_id, event)
@@ -95,44 +60,48 @@ def folded(events: Sequence[tuple[str, Event]], conv_id: str = "replay") -> Conv
 
 
 def judge(verdicts: dict[str, CallCheck]) -> Any:
-    def check(call: ToolCall) -> CallCheck:
+    def check(call: ev.ToolCall) -> CallCheck:
         return verdicts.get(call.id, CallCheck(ok=False, error=f"no verdict recorded for {call.id}"))
 
     return check
 
 
-def decide(log: RecordedLog, events: Sequence[tuple[str, Event]], now_ms: int, caps: Caps = CAPS) -> Action:
+def decide(
+    log: RecordedLog, events: Sequence[tuple[str, ev.Event]], now_ms: int, caps: Caps = CAPS
+) -> plan.Action:
     return next_action(folded(events), caps, judge(log.verdicts), now_ms)
 
 
-def wrote(action: Action, event: Event) -> bool:
+def wrote(action: plan.Action, event: ev.Event) -> bool:
     """Whether `event` is what the actor writes when it performs `action` (a re-issue included: a call
     requested but not completed is requested again, an intent without a result runs again)."""
     match action, event:
-        case StartTurn(route=route), TurnStarted():
+        case plan.StartTurn(route=route), ev.TurnStarted():
             return route == event.route
-        case Retrieve(query=query), RetrievalDone():
+        case plan.Retrieve(query=query), ev.RetrievalDone():
             return query == event.query
-        case CallLLM(step=step), LLMRequested() | LLMCompleted() | LLMFailed():
+        case plan.CallLLM(step=step), ev.LLMRequested() | ev.LLMCompleted() | ev.LLMFailed():
             return step == event.step
-        case RunTool(call=call), ToolIntent() | ToolResult():
-            return call.id == event.call_id and (isinstance(event, ToolIntent) or event.idempotency_key != "")
-        case RejectTool(call=call, error=error), ToolResult():
+        case plan.RunTool(call=call), ev.ToolIntent() | ev.ToolResult():
+            ran = isinstance(event, ev.ToolIntent) or event.idempotency_key != ""
+            return call.id == event.call_id and ran
+        case plan.RejectTool(call=call, error=error), ev.ToolResult():
             return call.id == event.call_id and error == event.error and event.idempotency_key == ""
-        case RequestApproval(call=call), ApprovalRequested():
+        case plan.RequestApproval(call=call), ev.ApprovalRequested():
             return call.id == event.call_id
-        case Finish(), AnswerCompleted():
+        case plan.Finish(), ev.AnswerCompleted():
             return True
-        case Fail(code=code), TurnFailed():
+        case plan.Fail(code=code), ev.TurnFailed():
             return code == event.code
-        case Limit(limit=limit), LimitHit():
+        case plan.Limit(limit=limit), ev.LimitHit():
             return limit == event.limit
     return False
 
 
-def written_with_the_previous(previous: Event | None, event: Event) -> bool:
+def written_with_the_previous(previous: ev.Event | None, event: ev.Event) -> bool:
     """A turn that ends on a non-recoverable model error is written in the same append as the error."""
-    return isinstance(event, TurnFailed) and isinstance(previous, LLMFailed) and not previous.recoverable
+    fatal = isinstance(previous, ev.LLMFailed) and not previous.recoverable
+    return isinstance(event, ev.TurnFailed) and fatal
 
 
 # ---- every decision in every recorded log ---------------------------------------------------------------
@@ -157,10 +126,10 @@ def test_a_whole_log_leaves_the_conversation_idle_or_waiting_for_a_human(name: s
     log = recorded(name)
     last = log.events[-1][1]
     action = decide(log, log.events, last.at_ms)
-    if isinstance(last, ApprovalRequested):
-        assert action == AwaitApproval(approval_ids=(last.approval_id,))
+    if isinstance(last, ev.ApprovalRequested):
+        assert action == plan.AwaitApproval(approval_ids=(last.approval_id,))
     else:
-        assert action == Idle()
+        assert action == plan.Idle()
 
 
 # ---- the fold -------------------------------------------------------------------------------------------
@@ -210,7 +179,7 @@ def test_fold_reaches_the_recorded_outcome(name: str, expected: dict[str, Any]) 
     assert state.events == len(log.events) and state.last_event_id == log.events[-1][0]
     turn = state.current
     assert turn is not None
-    completed = [e for _, e in log.events if isinstance(e, LLMCompleted) and e.turn == turn.number]
+    completed = [e for _, e in log.events if isinstance(e, ev.LLMCompleted) and e.turn == turn.number]
     assert turn.tokens == sum(e.tokens_in + e.tokens_out for e in completed)
 
 
@@ -230,11 +199,11 @@ def test_fold_is_deterministic_and_snapshots_round_trip(name: str) -> None:
 # ---- every recorded answer's citations ------------------------------------------------------------------
 
 
-def answers(log: RecordedLog) -> list[tuple[str, AnswerCompleted]]:
+def answers(log: RecordedLog) -> list[tuple[str, ev.AnswerCompleted]]:
     """(the raw text the model wrote, the answer the actor recorded) for each answered turn."""
     found = []
     for i, (_, event) in enumerate(log.events):
-        if isinstance(event, AnswerCompleted):
+        if isinstance(event, ev.AnswerCompleted):
             turn = folded(log.events[:i]).current
             assert turn is not None
             found.append((turn.llm_completed[turn.last_step].text, event))
@@ -257,22 +226,22 @@ def test_the_recorded_logs_include_kept_and_dropped_citations() -> None:
 # ---- edited logs: the rules the recordings do not reach -------------------------------------------------
 
 
-def cut_after(name: str, kind: type) -> tuple[RecordedLog, list[tuple[str, Event]]]:
+def cut_after(name: str, kind: type) -> tuple[RecordedLog, list[tuple[str, ev.Event]]]:
     """The log up to and including its first event of `kind`."""
     log = recorded(name)
     end = next(i for i, (_, e) in enumerate(log.events) if isinstance(e, kind))
     return log, list(log.events[: end + 1])
 
 
-def appended(events: list[tuple[str, Event]], *more: Event) -> list[tuple[str, Event]]:
+def appended(events: list[tuple[str, ev.Event]], *more: ev.Event) -> list[tuple[str, ev.Event]]:
     last = events[-1][1]
     stamped = [msgspec.structs.replace(e, turn=last.turn, at_ms=last.at_ms) for e in more]
     return events + [(f"{last.at_ms}-{100 + n}", e) for n, e in enumerate(stamped)]
 
 
-def approval(events: list[tuple[str, Event]]) -> ApprovalRequested:
+def approval(events: list[tuple[str, ev.Event]]) -> ev.ApprovalRequested:
     last = events[-1][1]
-    assert isinstance(last, ApprovalRequested)
+    assert isinstance(last, ev.ApprovalRequested)
     return last
 
 
@@ -280,106 +249,107 @@ MAIL = "agent_approval_approved_then_sent"
 
 
 def test_a_pending_approval_ends_the_activation() -> None:
-    log, events = cut_after(MAIL, ApprovalRequested)
-    waiting = AwaitApproval(approval_ids=(approval(events).approval_id,))
+    log, events = cut_after(MAIL, ev.ApprovalRequested)
+    waiting = plan.AwaitApproval(approval_ids=(approval(events).approval_id,))
     assert decide(log, events, events[-1][1].at_ms) == waiting
 
 
 @pytest.mark.parametrize(
     ("outcome", "error"),
     [
-        (ApprovalDecided(approval_id="", decision="denied", reviewer="rita", reason="not to HR"),
+        (ev.ApprovalDecided(approval_id="", decision="denied", reviewer="rita", reason="not to HR"),
          "denied by reviewer rita: not to HR"),
-        (ApprovalDecided(approval_id="", decision="denied", reviewer="rita"), "denied by reviewer rita"),
-        (ApprovalExpired(approval_id=""), "the approval request expired (counts as denied)"),
+        (ev.ApprovalDecided(approval_id="", decision="denied", reviewer="rita"), "denied by reviewer rita"),
+        (ev.ApprovalExpired(approval_id=""), "the approval request expired (counts as denied)"),
     ],
 )  # fmt: skip
-def test_a_denied_or_expired_approval_rejects_the_call(outcome: Event, error: str) -> None:
-    log, events = cut_after(MAIL, ApprovalRequested)
+def test_a_denied_or_expired_approval_rejects_the_call(outcome: ev.Event, error: str) -> None:
+    log, events = cut_after(MAIL, ev.ApprovalRequested)
     request = approval(events)
     events = appended(events, msgspec.structs.replace(outcome, approval_id=request.approval_id))
     action = decide(log, events, events[-1][1].at_ms)
-    assert isinstance(action, RejectTool) and action.call.id == request.call_id and action.error == error
+    assert isinstance(action, plan.RejectTool) and action.call.id == request.call_id and action.error == error
 
 
 def test_only_the_first_outcome_of_an_approval_counts() -> None:
-    log, events = cut_after(MAIL, ApprovalRequested)
+    log, events = cut_after(MAIL, ev.ApprovalRequested)
     request = approval(events)
     events = appended(
         events,
-        ApprovalDecided(approval_id=request.approval_id, decision="approved", reviewer="rita"),
-        ApprovalExpired(approval_id=request.approval_id),
+        ev.ApprovalDecided(approval_id=request.approval_id, decision="approved", reviewer="rita"),
+        ev.ApprovalExpired(approval_id=request.approval_id),
     )
-    assert isinstance(decide(log, events, events[-1][1].at_ms), RunTool)
+    assert isinstance(decide(log, events, events[-1][1].at_ms), plan.RunTool)
 
 
 def test_a_tool_intent_without_a_result_is_reissued() -> None:
-    log, events = cut_after("agent_two_tools_then_answer", ToolIntent)
+    log, events = cut_after("agent_two_tools_then_answer", ev.ToolIntent)
     intent = events[-1][1]
-    assert isinstance(intent, ToolIntent)
+    assert isinstance(intent, ev.ToolIntent)
     action = decide(log, events, intent.at_ms)
-    assert isinstance(action, RunTool) and action.call.id == intent.call_id and action.step == intent.step
+    assert isinstance(action, plan.RunTool)
+    assert (action.call.id, action.step) == (intent.call_id, intent.step)
 
 
 def test_a_call_code_refuses_is_rejected_not_run() -> None:
-    log, events = cut_after("agent_two_tools_then_answer", LLMCompleted)
+    log, events = cut_after("agent_two_tools_then_answer", ev.LLMCompleted)
     refused = msgspec.structs.replace(log, verdicts={})
     action = decide(refused, events, events[-1][1].at_ms)
-    assert isinstance(action, RejectTool) and action.error.startswith("no verdict recorded")
+    assert isinstance(action, plan.RejectTool) and action.error.startswith("no verdict recorded")
 
 
-RETRIES: list[tuple[int, Action]] = [
-    (1, CallLLM(step=0)),
-    (2, CallLLM(step=0)),
-    (3, Fail(code="llm_unavailable", message="the model failed 3 times")),
+RETRIES: list[tuple[int, plan.Action]] = [
+    (1, plan.CallLLM(step=0)),
+    (2, plan.CallLLM(step=0)),
+    (3, plan.Fail(code="llm_unavailable", message="the model failed 3 times")),
 ]
 
 
 @pytest.mark.parametrize(("failures", "expected"), RETRIES)
-def test_a_step_is_retried_until_three_failures(failures: int, expected: Action) -> None:
-    log, events = cut_after("qa_answered_with_citations", LLMRequested)
-    failed = LLMFailed(step=0, code="llm_unavailable", recoverable=True)
+def test_a_step_is_retried_until_three_failures(failures: int, expected: plan.Action) -> None:
+    log, events = cut_after("qa_answered_with_citations", ev.LLMRequested)
+    failed = ev.LLMFailed(step=0, code="llm_unavailable", recoverable=True)
     events = appended(events, *[failed] * failures)
     assert decide(log, events, events[-1][1].at_ms) == expected
 
 
-CAP_CASES: list[tuple[str, type, dict[str, Any], int, Action]] = [
-    ("agent_two_tools_then_answer", LLMCompleted, {"max_tokens": 10}, 0,
-     Limit(limit="tokens", value=0, cap=10)),
-    ("agent_two_tools_then_answer", LLMCompleted, {"max_cost_usd": 0.0}, 0,
-     Limit(limit="cost", value=0, cap=0.0)),
-    ("agent_two_tools_then_answer", ToolResult, {"max_steps": 1}, 0,
-     Limit(limit="steps", value=1, cap=1)),
-    ("qa_answered_with_citations", RetrievalDone, {}, 601_000,
-     Limit(limit="wall_clock", value=0, cap=600)),
-    (MAIL, ApprovalRequested, {}, 10**9, AwaitApproval(approval_ids=())),  # no wall clock: a human decides
+CAP_CASES: list[tuple[str, type, dict[str, Any], int, plan.Action]] = [
+    ("agent_two_tools_then_answer", ev.LLMCompleted, {"max_tokens": 10}, 0,
+     plan.Limit(limit="tokens", value=0, cap=10)),
+    ("agent_two_tools_then_answer", ev.LLMCompleted, {"max_cost_usd": 0.0}, 0,
+     plan.Limit(limit="cost", value=0, cap=0.0)),
+    ("agent_two_tools_then_answer", ev.ToolResult, {"max_steps": 1}, 0,
+     plan.Limit(limit="steps", value=1, cap=1)),
+    ("qa_answered_with_citations", ev.RetrievalDone, {}, 601_000,
+     plan.Limit(limit="wall_clock", value=0, cap=600)),
+    (MAIL, ev.ApprovalRequested, {}, 10**9, plan.AwaitApproval(approval_ids=())),  # a human decides: no clock
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "kind", "caps", "later_ms", "expected"), CAP_CASES)
 def test_caps_end_the_turn(
-    name: str, kind: type, caps: dict[str, Any], later_ms: int, expected: Action
+    name: str, kind: type, caps: dict[str, Any], later_ms: int, expected: plan.Action
 ) -> None:
     log, events = cut_after(name, kind)
     started = folded(events).current
     assert started is not None
     action = decide(log, events, started.started_ms + later_ms, msgspec.structs.replace(CAPS, **caps))
     assert type(action) is type(expected)
-    if isinstance(expected, Limit):
-        assert isinstance(action, Limit) and (action.limit, action.cap) == (expected.limit, expected.cap)
+    if isinstance(expected, plan.Limit):
+        assert isinstance(action, plan.Limit) and (action.limit, action.cap) == (expected.limit, expected.cap)
 
 
 def test_a_finished_or_empty_conversation_is_idle() -> None:
     log = recorded("qa_answered_with_citations")
-    assert decide(log, [], 0) == Idle()
-    assert decide(log, log.events, log.events[-1][1].at_ms) == Idle()
+    assert decide(log, [], 0) == plan.Idle()
+    assert decide(log, log.events, log.events[-1][1].at_ms) == plan.Idle()
 
 
 # ---- citations table -------------------------------------------------------------------------------------
 
 
-def source(n: int) -> Citation:
-    return Citation(n=n, chunk_id=f"c{n}", doc_id=f"d{n}")
+def source(n: int) -> ev.Citation:
+    return ev.Citation(n=n, chunk_id=f"c{n}", doc_id=f"d{n}")
 
 
 CITATIONS: list[tuple[str, list[int], str, list[int], tuple[int, ...]]] = [

@@ -11,8 +11,9 @@ from typing import Annotated
 
 import msgspec
 
-from actors.tools.knowledge_base import HitLike, KnowledgeBase
+from actors.tools.knowledge_base import KnowledgeBase
 from actors.tools.registry import Tool, ToolArgs, ToolContext, ToolOutput, fence_data
+from index.types import Hit
 from store.exceptions import ToolError
 from store.tool_payloads import DocumentRead, SearchHit, SearchResults
 
@@ -49,7 +50,7 @@ def _trim(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit].rstrip() + " …"
 
 
-def render_hits(query: str, hits: Sequence[HitLike]) -> str:
+def render_hits(query: str, hits: Sequence[Hit]) -> str:
     if not hits:
         return f"No passages you may read match {query!r}."
     blocks = []
@@ -66,7 +67,7 @@ async def search_knowledge_base(args: SearchArgs, ctx: ToolContext) -> ToolOutpu
     return ToolOutput(text=render_hits(args.query, hits), data=data)
 
 
-def search_hit(n: int, hit: HitLike) -> SearchHit:
+def search_hit(n: int, hit: Hit) -> SearchHit:
     """Hit `n` as the payload records it: numbered as `render_hits` shows it to the model."""
     snippet = " ".join(hit.text.split())[:PAYLOAD_SNIPPET_CHARS]
     return SearchHit(n=n, chunk_id=hit.chunk_id, doc_id=hit.doc_id, title=hit.title, heading=hit.heading,

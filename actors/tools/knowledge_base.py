@@ -7,28 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from index.types import Principal
-
-
-class HitLike(Protocol):
-    @property
-    def chunk_id(self) -> str: ...
-    @property
-    def doc_id(self) -> str: ...
-    @property
-    def title(self) -> str: ...
-    @property
-    def heading(self) -> str: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def score(self) -> float: ...
+from index.types import Hit, Principal
 
 
 class KnowledgeBase(Protocol):
-    """Access-checked reads of the knowledge base (index.types.Hit satisfies HitLike)."""
+    """Access-checked reads of the knowledge base."""
 
-    async def search(self, query: str, principal: Principal, k: int) -> Sequence[HitLike]:
+    async def search(self, query: str, principal: Principal, k: int) -> Sequence[Hit]:
         """The best `k` chunks this principal may read."""
         ...
 

@@ -26,7 +26,7 @@ from store.exceptions import InputError, NotFound
 from store.log import AsyncConversationLog
 
 if TYPE_CHECKING:
-    from server.app import Services
+    from server.services import Services
 
 
 class TurnTotals(msgspec.Struct, kw_only=True):

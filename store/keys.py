@@ -4,7 +4,8 @@ the query-embedding cache (index/embed.py) and the web process's hub wake-up str
 
 The families store/ reads and writes itself are named by their own modules: `conv:{id}:*`
 (store/log.py `conv_keys`), `convmeta:` / `convs:` (store/conversations.py), `appr:` / `room:` /
-`appr_audit:` (store/approvals.py), `idem:` (store/idempotency.py), `rl:` (store/ratelimit.py).
+`appr_audit:` (store/approvals.py), `idem:` (store/idempotency.py), `rl:` (store/ratelimit.py),
+`docent:identity` (store/redis_identity.py).
 docs/architecture.md lists them all with their owners.
 
     reindex:job:<id>        the job record (msgspec JSON)           index/reindex/jobs.py

@@ -20,12 +20,13 @@ import redis
 
 from actors.broker import INGEST_QUEUE, setup_broker
 from store.catalog import Catalog
+from store.retry import RetryPolicy
 from store.settings import get_settings
 
 SYNC_ACTOR = "sync_document"
 REINGEST_ACTOR = "reingest_document"
 TIME_LIMIT_MS = 3_600_000
-MAX_RETRIES = 3
+RETRY = RetryPolicy(max_retries=3, first_s=15.0, max_s=3600.0)
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +63,10 @@ def reingest_document(doc_id: str) -> None:
     log.info("reingested %s: %s", doc_id, [o.status for o in outcomes])
 
 
-def _broker() -> dramatiq.Broker:
-    if dramatiq.broker.global_broker is not None:
-        return dramatiq.get_broker()
-    return setup_broker()
-
-
 def _declare(fn: object, name: str) -> dramatiq.Actor[[str], None]:
-    options = {"max_retries": MAX_RETRIES, "time_limit": TIME_LIMIT_MS}
+    options = {**RETRY.actor_options(), "time_limit": TIME_LIMIT_MS}
     return dramatiq.Actor(
-        fn, broker=_broker(), actor_name=name, queue_name=INGEST_QUEUE, priority=0, options=options  # type: ignore[arg-type]
+        fn, broker=setup_broker(), actor_name=name, queue_name=INGEST_QUEUE, priority=0, options=options  # type: ignore[arg-type]
     )
 
 

@@ -12,8 +12,9 @@ import msgspec
 import redis
 
 from actors.broker import CONVERSATION_QUEUE, setup_broker
-from actors.search_rpc import REPLY_TTL_S, SEARCH_ACTOR, SearchCall, SearchReply, reply_key
+from actors.search_rpc import REPLY_TTL_S, SEARCH_ACTOR, SearchCall, SearchReply
 from store.exceptions import DocentError, IndexNotFound
+from store.keys import search_reply
 
 TIME_LIMIT_MS = 30_000
 
@@ -45,20 +46,14 @@ def search_request(request_id: str, call: str) -> None:
 
     reply = answer(msgspec.json.decode(call, type=SearchCall))
     client = _client(runtime().settings.redis_url)
-    key = reply_key(request_id)
+    key = search_reply(request_id)
     with client.pipeline() as pipe:
         pipe.rpush(key, msgspec.json.encode(reply))
         pipe.expire(key, REPLY_TTL_S)
         pipe.execute()
 
 
-def _broker() -> dramatiq.Broker:
-    if dramatiq.broker.global_broker is not None:
-        return dramatiq.get_broker()
-    return setup_broker()
-
-
 search_actor: dramatiq.Actor[[str, str], None] = dramatiq.Actor(
-    search_request, broker=_broker(), actor_name=SEARCH_ACTOR, queue_name=CONVERSATION_QUEUE, priority=0,
+    search_request, broker=setup_broker(), actor_name=SEARCH_ACTOR, queue_name=CONVERSATION_QUEUE, priority=0,
     options={"max_retries": 0, "time_limit": TIME_LIMIT_MS},
 )  # fmt: skip

@@ -4,9 +4,9 @@
     result = await search(SearchCall(query=..., tenant=..., user=..., groups=...))   # SearchResult
 
 The web process enqueues `search_request(request_id, call)` on the `conversation` queue (the workers that
-hold the query embedder and the indexes) and waits on the reply list `search:reply:{request_id}` with
-BLPOP; the worker (`actors.search_job`) pushes `SearchReply` there, with a short expiry. A worker's typed
-error comes back as the same error; no reply within `search_timeout_s` is `unavailable`. Nothing here
+hold the query embedder and the indexes) and waits with BLPOP on the reply list `search:reply:<request_id>`
+(store.keys); the worker (`actors.search_job`) pushes `SearchReply` there, with a short expiry. A worker's
+typed error comes back as the same error; no reply within SEARCH_TIMEOUT_S is `unavailable`. Nothing here
 imports an actor module or an index.
 """
 
@@ -16,17 +16,18 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-import dramatiq
 import msgspec
 import redis.asyncio as aredis
 
-from actors.api import CONVERSATION_QUEUE, _enqueuer
+from actors.api import send
+from actors.broker import CONVERSATION_QUEUE
 from index.types import SearchResult
+from store.blocking import run_blocking
 from store.exceptions import DocentError, Unavailable, error_class
+from store.keys import search_reply
 from store.settings import Settings
 
 SEARCH_ACTOR = "search_request"
-REPLY_PREFIX = "search:reply:"
 REPLY_TTL_S = 60
 SEARCH_TIMEOUT_S = 15.0
 
@@ -47,10 +48,6 @@ class SearchReply(msgspec.Struct, frozen=True, kw_only=True):
     error: dict[str, Any] | None = None  # DocentError.to_wire()
 
 
-def reply_key(request_id: str) -> str:
-    return f"{REPLY_PREFIX}{request_id}"
-
-
 def raise_wire(error: dict[str, Any]) -> None:
     """The worker's typed error, raised here as the class of its code."""
     code = str(error.get("code", DocentError.code))
@@ -58,16 +55,11 @@ def raise_wire(error: dict[str, Any]) -> None:
 
 
 def make_search(settings: Settings, client: aredis.Redis) -> Callable[[SearchCall], Awaitable[SearchResult]]:
-    enqueue = _enqueuer(settings)
-
     async def search(call: SearchCall) -> SearchResult:
         request_id = uuid.uuid4().hex
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=CONVERSATION_QUEUE, actor_name=SEARCH_ACTOR,
-            args=(request_id, msgspec.json.encode(call).decode()), kwargs={}, options={},
-        )  # fmt: skip
-        await enqueue(message)
-        popped: Any = await client.blpop([reply_key(request_id)], timeout=SEARCH_TIMEOUT_S)
+        encoded = msgspec.json.encode(call).decode()
+        await run_blocking(send, settings, CONVERSATION_QUEUE, SEARCH_ACTOR, request_id, encoded)
+        popped: Any = await client.blpop([search_reply(request_id)], timeout=SEARCH_TIMEOUT_S)
         if popped is None:
             raise Unavailable(f"no search worker answered within {SEARCH_TIMEOUT_S:.0f} s")
         reply = msgspec.json.decode(popped[1], type=SearchReply)

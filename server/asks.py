@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from server.auth import Principal
+from store.clock import now_ms
 from store.conversations import ConversationMeta
-from store.events import Mode, UserMessage, now_ms
+from store.events import Mode, UserMessage
 from store.exceptions import FrameError
 
 if TYPE_CHECKING:
-    from server.app import Services
+    from server.services import Services
 
 
 def checked_text(text: str, max_chars: int) -> str:

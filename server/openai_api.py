@@ -46,13 +46,14 @@ from server.openai_wire import (
     error_response,
 )
 from server.turn_watch import TurnWatch
+from store.clock import now_ms
 from store.conversations import ConversationMeta, can_write
-from store.events import Mode, TurnFailed, now_ms
+from store.events import Mode, TurnFailed
 from store.exceptions import DocentError, ForbiddenError, InputError, ModelNotFound
 from store.redis import unavailable
 
 if TYPE_CHECKING:
-    from server.app import Services
+    from server.services import Services
 
 TURN_TIMEOUT_S = 300.0
 CONVERSATION_HEADER = "X-Docent-Conversation-Id"

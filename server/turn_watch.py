@@ -27,7 +27,7 @@ from store.log import conv_keys
 from store.scripts import text
 
 if TYPE_CHECKING:
-    from server.app import Services
+    from server.services import Services
 
 Entry = tuple[str, LiveItem]
 LOG_PAGE = 200

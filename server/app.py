@@ -39,19 +39,12 @@ from server.rest import json_response, routes
 from server.review.routes import routes as review_routes
 from server.search_api import routes as search_routes
 from server.services import Ingest, Services
+from server.statuses import status_for
 from server.traces import trace_routes
 from store.conversations import Conversations
 from store.exceptions import (
-    AuthError,
-    BodyTooLarge,
     ConfigError,
     DocentError,
-    DocumentTooLarge,
-    ForbiddenError,
-    InputError,
-    NotFound,
-    RateLimited,
-    UnsupportedFormat,
 )
 from store.permissions import private_umask
 from store.ratelimit import AsyncRateLimiter
@@ -72,17 +65,6 @@ WS_PING_TIMEOUT_S = 20.0
 
 log = logging.getLogger(__name__)
 
-STATUS_BY_ERROR: list[tuple[type[DocentError], int]] = [
-    (AuthError, 401),
-    (ForbiddenError, 403),
-    (NotFound, 404),
-    (RateLimited, 429),
-    (DocumentTooLarge, 413),
-    (BodyTooLarge, 413),
-    (UnsupportedFormat, 415),
-    (InputError, 400),
-]
-
 
 def parse_origins(value: str) -> frozenset[str]:
     return frozenset(o.strip().rstrip("/") for o in value.split(",") if o.strip())
@@ -90,7 +72,7 @@ def parse_origins(value: str) -> frozenset[str]:
 
 async def docent_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DocentError)
-    status = next((s for t, s in STATUS_BY_ERROR if isinstance(exc, t)), 503)
+    status = status_for(exc)
     response = json_response(exc.to_wire(), status_code=status)
     retry = exc.details.get("retry_after_ms")
     if isinstance(retry, int):

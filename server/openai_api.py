@@ -45,6 +45,7 @@ from server.openai_wire import (
     Usage,
     error_response,
 )
+from server.statuses import status_for
 from server.turn_watch import TurnWatch
 from store.clock import now_ms
 from store.conversations import ConversationMeta, can_write
@@ -60,14 +61,8 @@ CONVERSATION_HEADER = "X-Docent-Conversation-Id"
 _json = msgspec.json.Encoder()
 
 
-def status_of(exc: DocentError) -> int:
-    from server.app import STATUS_BY_ERROR  # the app's one map from error class to HTTP status
-
-    return next((status for kind, status in STATUS_BY_ERROR if isinstance(exc, kind)), 503)
-
-
 def openai_error(exc: DocentError) -> Response:
-    status = status_of(exc)
+    status = status_for(exc)
     param = exc.details.get("field")
     body = error_response(status, exc.code, exc.message, param if isinstance(param, str) else None)
     return Response(_json.encode(body), status_code=status, media_type="application/json")
@@ -191,7 +186,7 @@ async def _stream(stack: contextlib.AsyncExitStack, watch: TurnWatch, head: Head
                 if piece := record.add(item):
                     yield _chunk(head, ChunkDelta(content=piece))
         except DocentError as exc:
-            yield _sse(error_response(status_of(exc), exc.code, exc.message))
+            yield _sse(error_response(status_for(exc), exc.code, exc.message))
             return
         async for data in _ending(record, head):
             yield data

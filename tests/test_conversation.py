@@ -249,6 +249,8 @@ def test_qa_turn_streams_an_answer_with_checked_citations(world: World) -> None:
     assert [s.chunk_id for s in answer.sources] == list(retrieval.chunk_ids)
     assert [s.n for s in answer.sources] == list(range(1, len(answer.sources) + 1))
     assert all(s.doc_id != "board-minutes" for s in answer.sources)
+    # The same passages, typed, as soon as retrieval is done: what the widget shows while the model reads.
+    assert retrieval.sources == answer.sources and all(s.title and s.snippet for s in retrieval.sources)
     # Token deltas went to the live stream only, and spell out the answer.
     live = world.log.catch_up("qa1", "0")
     deltas = "".join(item.text for _, item in live if isinstance(item, Delta))

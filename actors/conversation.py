@@ -507,7 +507,7 @@ class Activation:
             sources = [c for c in sources if c.doc_id in readable]
         passages = {n: h.text for n, h in enumerate(self._hits or [], 1)} if self.turn.route == "qa" else {}
         embed = self.rt.knowledge().embed if attribution.enabled(self.rt.settings) else None
-        self.emit([await attribution.final_answer(text, sources, passages, embed)])
+        self.emit([await attribution.final_answer(text, sources, passages, embed, self.turn.question.text)])
 
 
 def schedule_expiry(approval_id: str, conv_id: str, expires_at_ms: int, settings: Settings) -> None:

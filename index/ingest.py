@@ -63,7 +63,14 @@ from index.versions import (
     write_lock,
 )
 from store.catalog import Catalog, CatalogDocument, ChunkRow, DocumentCommit
-from store.exceptions import DocentError, DocumentTooLarge, IndexError_, IngestError, InputError
+from store.exceptions import (
+    DocentError,
+    DocumentTooLarge,
+    IndexError_,
+    IngestError,
+    InputError,
+    TooManyChunks,
+)  # fmt: skip
 from store.settings import Settings
 
 DOCS_PER_COMMIT = 64  # documents per Whoosh commit and USearch generation
@@ -156,6 +163,23 @@ def lexical_entry(key: int, chunk: Chunk) -> LexicalEntry:
         readers=tuple(sorted(set(chunk.readers))), title=chunk.title, heading=chunk.heading,
         body=chunk.indexed_text(),
     )  # fmt: skip
+
+
+def distinct_chunks(chunks: Sequence[Chunk]) -> list[Chunk]:
+    """The chunks without repeats of an earlier chunk's text (whitespace aside) in the same document.
+
+    A document that repeats a passage thousands of times (a generated PDF, a pasted log) would otherwise
+    fill both indexes with identical entries: they crowd every other result out of BM25 and, all at one
+    point, wreck the HNSW graph's neighbourhoods for every tenant sharing it (issue 11, finding 4).
+    """
+    seen: set[str] = set()
+    kept = []
+    for chunk in chunks:
+        text = " ".join(chunk.text.split())
+        if text not in seen:
+            seen.add(text)
+            kept.append(chunk)
+    return kept
 
 
 def text_digest(text: str) -> str:
@@ -627,6 +651,7 @@ class Ingestor:
                     # which is cheap, in case it changes before the commit's check under the lock).
                     unchanged = self.catalog.ingest_hash(writer.version, source.document.doc_id) == digest
                     chunks = self._chunk(writer, source, contextualize=not unchanged)
+                chunks = distinct_chunks(chunks)
                 prepared.append(
                     _Prepared(document=source.document, ingest_hash=digest, chunks=chunks, text=source.text)
                 )
@@ -659,6 +684,9 @@ class Ingestor:
             context_for=deterministic_context,
             reserve_tokens=SPECIAL_TOKENS_RESERVE,
         )
+        if len(chunks) > self.settings.max_document_chunks:
+            limit = self.settings.max_document_chunks
+            raise TooManyChunks(f"{source.document.doc_id}: over {limit} chunks", limit=limit)
         if self.contextualizer is None or not contextualize:
             return chunks
         return self._llm_contexts(writer, source.parsed, chunks)
@@ -711,7 +739,7 @@ class Ingestor:
             raise DocumentTooLarge(f"{doc_id}: {len(data)} bytes, at most {self.settings.max_document_bytes}")
         if fmt is None:
             fmt = format_for(source or doc_id)
-        parsed = parse_document(data, fmt, name=source or doc_id)
+        parsed = parse_document(data, fmt, name=source or doc_id, max_chars=self.settings.max_document_chars)
         document = Document(
             doc_id=doc_id, title=title or parsed.title, source=source or doc_id, format=parsed.format,
             content_hash=hashlib.sha256(data).hexdigest(), access=access, size_bytes=len(data),

@@ -27,6 +27,7 @@ marker can only name a passage the model was given and the user may read.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -36,7 +37,10 @@ import numpy.typing as npt
 
 from actors.plan import CITATION, validate_citations
 from store.events import AnswerCompleted, Citation, TextSpan
+from store.exceptions import DocentError
 from store.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Matrix = npt.NDArray[np.float32]
 Embed = Callable[[Sequence[str]], Awaitable[Matrix]]
@@ -273,7 +277,11 @@ async def final_answer(
     unsupported: tuple[TextSpan, ...] = ()
     if embed is not None and sources:
         texts = {c.n: passages.get(c.n) or c.snippet for c in sources}
-        attributed = await attribute(cleaned, texts, embed, question)
+        try:
+            attributed = await attribute(cleaned, texts, embed, question)
+        except DocentError as exc:  # an optional step: the answer stands without its markers
+            log.warning("attribution skipped: %s: %s", exc.code, exc.message)
+            attributed = Attribution(text=cleaned)
         cleaned, citations, _ = validate_citations(attributed.text, list(sources))
         unsupported = attributed.unsupported if cleaned == attributed.text else ()
     return AnswerCompleted(

@@ -10,6 +10,7 @@ from actors import attribution
 from actors.attribution import Matrix, attribute, final_answer, split_sentences
 from index.embed import Embedder, load_embedder
 from store.events import Citation
+from store.exceptions import ModelError
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE
 
@@ -78,3 +79,11 @@ def test_auto_is_on_for_the_local_model_only() -> None:
     assert attribution.enabled(
         Settings.from_env({"DOCENT_LLM_BACKEND": "none", "DOCENT_ATTRIBUTION": "on"})
     )
+
+
+async def test_a_failing_embedder_leaves_the_answer_without_markers() -> None:
+    async def broken(texts: Sequence[str]) -> Matrix:
+        raise ModelError("embedding failed: out of memory")
+
+    answer = await final_answer(ANSWER, SOURCES, PASSAGES, broken)
+    assert answer.text == ANSWER and answer.citations == () and answer.unsupported == ()

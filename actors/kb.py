@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from index.embed import Matrix
 from index.search import SearchService
 from index.types import Hit, Principal, SearchResult
 from store.blocking import run_blocking
@@ -67,6 +68,11 @@ class ServiceKnowledgeBase:
             return readable
 
         return await run_blocking(check)
+
+    async def embed(self, texts: Sequence[str]) -> Matrix:
+        """`texts` embedded by the active version's embedder (the query side's model), L2-normalised rows."""
+        embedder = (await run_blocking(self.service.current)).embedder
+        return await run_blocking(embedder.embed, list(texts))
 
     def close(self) -> None:
         self.service.close()

@@ -65,4 +65,17 @@ class HttpResult(_Payload, frozen=True, kw_only=True, tag="http_result"):
     truncated: bool = False
 
 
-ToolPayload = SearchResults | DocumentRead | ComparisonTable | EmailSent | HttpResult
+class TitleMatch(msgspec.Struct, frozen=True, kw_only=True):
+    """One name from a request against the catalog's titles: the document it names, if exactly one."""
+
+    name: str
+    doc_id: str = ""  # empty when missing or ambiguous
+    title: str = ""
+    candidates: tuple[str, ...] = ()  # titles of the close candidates (ambiguous), best first
+
+
+class DocumentMatches(_Payload, frozen=True, kw_only=True, tag="document_matches"):
+    matches: tuple[TitleMatch, ...] = ()
+
+
+ToolPayload = SearchResults | DocumentRead | ComparisonTable | EmailSent | HttpResult | DocumentMatches

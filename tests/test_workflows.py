@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
+import msgspec
 import pytest
 
 from actors.broker import use_stub_broker
@@ -45,6 +46,18 @@ from tests.test_approvals_e2e import build_index
 TENANT = "default"
 LICENSES = ("license/mit", "license/bsd-3-clause", "license/apache-2.0", "license/gpl-2.0", "license/gpl-3.0")
 ALICE = {"tenant": TENANT, "user": "alice", "groups": ("legal",)}
+TENANT_FLOW = """
+[[workflows]]
+name = "contract_review"
+title = "Contract review of {documents}"
+triggers = ['\\breview\\b']
+priority = 30
+steps = [
+  { kind = "find_documents", min_docs = 2 },
+  { kind = "compare", fields = ["warranty", "liability"] },
+  { kind = "http_write", url = "SINK/reviews" },
+]
+"""
 HEADLINE = (
     "Compare the MIT, BSD-3-Clause and Apache-2.0 licenses in a table and email it to legal@example.com"
 )
@@ -164,6 +177,11 @@ def test_a_tenant_file_adds_and_overrides_workflows(tmp_path: Path) -> None:
     assert acme.title.startswith("Contract review") and len(loaded) == 4
     other = next(d for d in loaded if d.name == "compare_table" and d.serves("other"))
     assert other.title.startswith("Comparison")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = readme.split("# /etc/docent/workflows.toml")[1].split("```")[0]
+    (tmp_path / "readme.toml").write_text(example)
+    (review,) = read(tmp_path / "readme.toml").workflows  # the README's example is a valid definition
+    assert review.name == "contract_review" and review.serves("acme") and not review.serves("other")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"workflows": [{"name": "x", "title": "x", "triggers": ["("], "steps": []}]}))
     with pytest.raises(ConfigError):
@@ -171,6 +189,28 @@ def test_a_tenant_file_adds_and_overrides_workflows(tmp_path: Path) -> None:
 
 
 # ---- on the actor ---------------------------------------------------------------------------------------
+
+
+def test_a_tenant_workflow_files_the_table_over_http_after_approval(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from actors.testing import HttpSink
+
+    http = HttpSink()
+    with SinkThread(http):
+        own = tmp_path / "flows.toml"
+        own.write_text(TENANT_FLOW.replace("SINK", http.url))
+        extra = {"workflows_path": str(own), "http_allow_hosts": "127.0.0.1", "http_allow_private": True}
+        rt = Runtime.from_settings(msgspec.structs.replace(settings, **extra))
+        logged = ask(rt, "wf-http", "Please review the MIT and BSD-3-Clause contracts")
+        (started,) = of(logged, TurnStarted)
+        (request,) = of(logged, ApprovalRequested)
+        assert started.workflow == "contract_review" and request.tool == "http_request"
+        assert request.room == "external-writes" and http.stats()["http"]["effects"] == 0
+        done = decide(rt, "wf-http", "approved")
+        assert "Sent to " in of(done, AnswerCompleted)[0].text
+        assert http.stats()["http"]["effects"] == 1 and http.stats()["http"]["without_key"] == 0
+        rt.close()
 
 
 def test_compare_table_then_approved_email_sends_once(rt: Runtime, smtp: SmtpSink) -> None:

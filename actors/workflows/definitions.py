@@ -7,7 +7,7 @@ conversation log with the same events the agent loop writes. Which step runs nex
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -69,7 +69,7 @@ class HttpWrite(_Step, frozen=True, kw_only=True, tag="http_write"):
     risk). The URL comes from the definition, never from the request."""
 
     url: str
-    method: str = "POST"
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
 
 
 Step = FindDocuments | Search | ReadDocument | Compare | Summarise | ListDocuments | SendEmail | HttpWrite

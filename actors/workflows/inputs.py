@@ -58,9 +58,12 @@ def request_text(text: str) -> str:
     return SCRIPT_MARKER.sub("", text).strip()
 
 
-def extract(text: str) -> Inputs:
+def extract(text: str, after: int = 0) -> Inputs:
+    """The request's inputs; `after`: where the workflow's trigger matched in the request text (names
+    follow it when no "compare" / "summarise" phrase introduces them)."""
     text = request_text(text)
-    return Inputs(names=document_names(text), emails=addresses(text), topic=topic(text), fields=fields(text))
+    names = document_names(text, after)
+    return Inputs(names=names, emails=addresses(text), topic=topic(text), fields=fields(text))
 
 
 def addresses(text: str) -> tuple[str, ...]:
@@ -69,12 +72,14 @@ def addresses(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(valid))
 
 
-def document_names(text: str) -> tuple[str, ...]:
-    """The names after "compare" / "summarise" / "summary of", split on commas and "and"."""
-    match = NAMES_AFTER.search(EMAIL.sub(" ", text))
-    if match is None:
+def document_names(text: str, after: int = 0) -> tuple[str, ...]:
+    """The names after "compare" / "summarise" / "summary of" (else after the trigger), split on commas
+    and "and"."""
+    text = EMAIL.sub(" ", text)
+    match = NAMES_AFTER.search(text)
+    if match is None and not after:
         return ()
-    body = match.group("body")
+    body = match.group("body") if match else text[after:]
     end = NAMES_END.search(body)
     body = body[: end.start()] if end else body
     names = [_clean(part) for part in SEPARATOR.split(body)]

@@ -13,9 +13,9 @@ from actors.state import TurnState
 from actors.tools.registry import fence_data
 from actors.workflows import progress
 from actors.workflows.definitions import Definition, Summarise
-from actors.workflows.inputs import Inputs, extract
+from actors.workflows.inputs import Inputs, extract, request_text
 from actors.workflows.library import definitions
-from actors.workflows.matcher import match
+from actors.workflows.matcher import match, trigger
 from actors.workflows.run import Run
 from actors.workflows.sources import workflow_sources
 from actors.workflows.steps import next_step
@@ -53,7 +53,7 @@ class Workflows:
             return default
         matched = match(self.library, question.text, tenant_of(question))
         if matched is not None:
-            reason = f"{matched.reason}; {describe(extract(question.text))}"
+            reason = f"{matched.reason}; {describe(inputs_of(matched.definition, question.text))}"
             return StartTurn(route="workflow", reason=reason, workflow=matched.definition.name)
         if default.route == "agent" and not self.calls_tools:
             why = f"{default.reason}; no workflow matches and the configured model cannot call tools"
@@ -93,11 +93,16 @@ class Workflows:
         definition = self.definition(turn.workflow, tenant_of(turn.question))
         if definition is None:
             return None
-        inputs = extract(turn.question.text)
+        inputs = inputs_of(definition, turn.question.text)
         return Run(turn=turn, definition=definition, inputs=inputs, writer=self.writer, model=self.model)
 
     def definition(self, name: str, tenant: str) -> Definition | None:
         return next((d for d in self.library if d.name == name and d.serves(tenant)), None)
+
+
+def inputs_of(definition: Definition, text: str) -> Inputs:
+    found = trigger(definition, request_text(text))
+    return extract(text, found.end() if found else 0)
 
 
 def tenant_of(question: UserMessage) -> str:

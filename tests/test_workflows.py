@@ -178,7 +178,7 @@ def test_a_tenant_file_adds_and_overrides_workflows(tmp_path: Path) -> None:
     other = next(d for d in loaded if d.name == "compare_table" and d.serves("other"))
     assert other.title.startswith("Comparison")
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    example = readme.split("# /etc/docent/workflows.toml")[1].split("```")[0]
+    example = readme.split("# /etc/docent/workflows.toml")[1].split("\n", 1)[1].split("```")[0]
     (tmp_path / "readme.toml").write_text(example)
     (review,) = read(tmp_path / "readme.toml").workflows  # the README's example is a valid definition
     assert review.name == "contract_review" and review.serves("acme") and not review.serves("other")

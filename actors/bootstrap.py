@@ -59,6 +59,8 @@ def ensure_demo(settings: Settings, *, force: bool = False) -> dict[str, Any]:
 
 def prepare(settings: Settings) -> None:
     print(f"models: {prepare_models(settings)}", flush=True)
+    if not settings.demo:
+        return
     print("demo knowledge base: building and ingesting (first start embeds ~1,600 chunks)...", flush=True)
     print(f"demo knowledge base: {ensure_demo(settings)}", flush=True)
 

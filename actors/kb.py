@@ -36,9 +36,10 @@ class ServiceKnowledgeBase:
     async def retrieve(self, query: str, principal: Principal, k: int) -> SearchResult:
         """Top `k` chunks this principal may read; an empty result (version "") when nothing is indexed."""
         try:
-            return await self.service.search(query, principal, k=k)
+            result = await self.service.search(query, principal, k=k)
         except IndexNotFound:
             return SearchResult(query=query, index_version="", hits=[])
+        return await self.service.sections(result, principal)
 
     async def search(self, query: str, principal: Principal, k: int) -> Sequence[Hit]:
         return (await self.retrieve(query, principal, k)).hits

@@ -22,6 +22,8 @@ import threading
 import dramatiq
 
 from actors.broker import setup_broker
+from store.permissions import private_umask
+from store.redis_identity import verify_at_boot
 from store.settings import get_settings
 
 REQUIRED_MODULES = ("actors.conversation", "actors.ingest_job")
@@ -29,6 +31,9 @@ OPTIONAL_MODULES = ("actors.approvals", "actors.reindex")
 
 log = logging.getLogger(__name__)
 
+private_umask()
+# Refuse, before consuming anything, a Redis that is not the one `docent run` started for this stack.
+verify_at_boot(get_settings())
 broker: dramatiq.Broker = setup_broker()
 
 

@@ -1,10 +1,11 @@
 """Conversation log bench: fenced append rate, and replay time in full vs from a snapshot.
 
-    .venv/bin/python -m bench.log [--appends 5000] [--runs 21]
+    .venv/bin/python -m bench.log [--appends 5000] [--runs 21] [--fsync always|everysec]
 
-Uses REDIS_URL when set, else starts an embedded redis-server (append-only, fsync every second, as
-`docent run` does) in a temporary directory. Events are a realistic mix (an agent turn of ten events,
-about 1 KB each on average, prompts included); the snapshot is an opaque 32 KB state blob.
+Uses REDIS_URL when set, else starts an embedded redis-server (append-only, `appendfsync` from --fsync,
+default DOCENT_REDIS_FSYNC, i.e. everysec as `docent run` does) in a temporary directory. Events are a
+realistic mix (an agent turn of ten events, about 1 KB each on average, prompts included); the snapshot is
+an opaque 32 KB state blob.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from store.events import (
 )
 from store.log import ConversationLog, Lease
 from store.redis import EmbeddedRedis
+from store.settings import Settings
 
 SETUP_BATCH = 200
 SNAPSHOT_STATE_BYTES = 32 * 1024
@@ -126,11 +128,11 @@ def bench_replay(log: ConversationLog, events: int, runs: int) -> None:
 
 
 @contextmanager
-def redis_url() -> Iterator[str]:
+def redis_url(fsync: str) -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp)) as server:
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp), fsync=fsync) as server:
         yield server.url
 
 
@@ -138,12 +140,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--appends", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--fsync", choices=["always", "everysec"], default=Settings.from_env().redis_fsync)
     options = parser.parse_args()
-    with redis_url() as url:
+    with redis_url(options.fsync) as url:
         client = redis.Redis.from_url(url)
         client.flushdb()
         log = ConversationLog(client)
-        print(f"redis {client.info('server')['redis_version']} at {url}")
+        fsync = client.config_get("appendfsync")["appendfsync"]
+        print(f"redis {client.info('server')['redis_version']} at {url}, appendfsync {fsync}")
         lease = log.acquire("appends", "bench", LEASE_MS)
         bench_appends(log, lease, conversation(options.appends))
         bench_appends(log, lease, [Delta(text=" token", step=2) for _ in range(options.appends)])

@@ -63,7 +63,14 @@ from index.versions import (
     write_lock,
 )
 from store.catalog import Catalog, CatalogDocument, ChunkRow, DocumentCommit
-from store.exceptions import DocentError, DocumentTooLarge, IndexError_, IngestError, InputError
+from store.exceptions import (
+    DocentError,
+    DocumentTooLarge,
+    IndexError_,
+    IngestError,
+    InputError,
+    TooManyChunks,
+)  # fmt: skip
 from store.settings import Settings
 
 DOCS_PER_COMMIT = 64  # documents per Whoosh commit and USearch generation
@@ -659,6 +666,9 @@ class Ingestor:
             context_for=deterministic_context,
             reserve_tokens=SPECIAL_TOKENS_RESERVE,
         )
+        if len(chunks) > self.settings.max_document_chunks:
+            limit = self.settings.max_document_chunks
+            raise TooManyChunks(f"{source.document.doc_id}: over {limit} chunks", limit=limit)
         if self.contextualizer is None or not contextualize:
             return chunks
         return self._llm_contexts(writer, source.parsed, chunks)
@@ -711,7 +721,7 @@ class Ingestor:
             raise DocumentTooLarge(f"{doc_id}: {len(data)} bytes, at most {self.settings.max_document_bytes}")
         if fmt is None:
             fmt = format_for(source or doc_id)
-        parsed = parse_document(data, fmt, name=source or doc_id)
+        parsed = parse_document(data, fmt, name=source or doc_id, max_chars=self.settings.max_document_chars)
         document = Document(
             doc_id=doc_id, title=title or parsed.title, source=source or doc_id, format=parsed.format,
             content_hash=hashlib.sha256(data).hexdigest(), access=access, size_bytes=len(data),

@@ -35,6 +35,7 @@ from store.exceptions import (
     DocentError,
     DocumentTooLarge,
     EmptyDocument,
+    ExtractedTextTooLarge,
     IngestError,
     PathNotAllowed,
     UndecodableText,
@@ -175,12 +176,13 @@ def normalize_text(text: str) -> str:
 # --------------------------------------------------------------------------- parsing
 
 
-def parse_document(data: bytes, fmt: str, *, name: str) -> ParsedDocument:
-    """Parse the bytes of one document; `name` appears in every error and is the fallback title."""
+def parse_document(data: bytes, fmt: str, *, name: str, max_chars: int = 0) -> ParsedDocument:
+    """Parse the bytes of one document; `name` appears in every error and is the fallback title. More than
+    `max_chars` characters of text (0: no cap) is ExtractedTextTooLarge, raised as soon as it is seen."""
     if fmt not in FORMATS:
         raise UnsupportedFormat(f"{name}: unsupported format {fmt!r}", document=name)
     if fmt == "pdf":
-        title, sections = _parse_pdf(data, name)
+        title, sections = _parse_pdf(data, name, max_chars)
     else:
         text = decode_text(data, name=name)
         match fmt:
@@ -193,10 +195,18 @@ def parse_document(data: bytes, fmt: str, *, name: str) -> ParsedDocument:
             case _:
                 title, sections = _parse_rst(text)
     kept = _merge_same_headings(sections)
+    check_chars(sum(len(section.text) for section in kept), max_chars, name)
     if not kept:
         raise EmptyDocument(f"{name}: no text after parsing", document=name)
     title = _one_line(title) or fallback_title(name)
     return ParsedDocument(title=title, format=fmt, sections=kept)
+
+
+def check_chars(chars: int, max_chars: int, name: str) -> None:
+    if max_chars and chars > max_chars:
+        raise ExtractedTextTooLarge(
+            f"{name}: over {max_chars} characters of text extracted", document=name, limit=max_chars
+        )
 
 
 def fallback_title(name: str) -> str:
@@ -489,11 +499,11 @@ def _rst_title(lines: list[str], i: int) -> tuple[str, tuple[str, bool], int] | 
 # pdf ------------------------------------------------------------------------
 
 
-def _parse_pdf(data: bytes, name: str) -> Parsed:
+def _parse_pdf(data: bytes, name: str, max_chars: int) -> Parsed:
     if b"%PDF-" not in data[:PDF_MAGIC_SEARCH_BYTES]:
         raise UndecodableText(f"{name}: not a PDF file (no %PDF- header)", document=name)
     try:
-        title, pages = _read_pdf(data, name)
+        title, pages = _read_pdf(data, name, max_chars)
     except DocentError:
         raise
     except Exception as exc:  # pypdf raises its own errors and plain ValueError/KeyError on bad input
@@ -508,7 +518,7 @@ def _parse_pdf(data: bytes, name: str) -> Parsed:
     return title, sections
 
 
-def _read_pdf(data: bytes, name: str) -> tuple[str, list[str]]:
+def _read_pdf(data: bytes, name: str, max_chars: int) -> tuple[str, list[str]]:
     from pypdf import PdfReader
 
     reader = PdfReader(io.BytesIO(data))
@@ -516,4 +526,8 @@ def _read_pdf(data: bytes, name: str) -> tuple[str, list[str]]:
         raise UndecodableText(f"{name}: the PDF is encrypted with a password", document=name)
     metadata = reader.metadata
     title = str(metadata.title or "") if metadata is not None else ""
-    return title, [page.extract_text() or "" for page in reader.pages]
+    pages: list[str] = []
+    for page in reader.pages:  # stop at the cap: a few KB of PDF can hold millions of characters
+        pages.append(page.extract_text() or "")
+        check_chars(sum(map(len, pages)), max_chars, name)
+    return title, pages

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Protocol
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aredis
@@ -48,6 +49,7 @@ from index.fusion import Fused, rrf, zscore
 from index.ingest import chunk_of
 from index.keys import Keys, Scored
 from index.lexical import LexicalIndex
+from index.sections import section_passages
 from index.types import Embedder, Hit, Manifest, ModelIdentity, Principal, SearchResult, Vector
 from index.vectors import GENERATION_CHECK_MS, VectorIndex
 from index.versions import alias_path, check_model, get_active, read_manifest, version_path
@@ -441,6 +443,18 @@ class SearchService:
         self, query: str, principal: Principal, *, k: int | None = None, mode: Mode = "hybrid"
     ) -> SearchResult:
         return self.current().search_sync(query, principal, k=k, mode=mode)
+
+    async def sections(self, result: SearchResult, principal: Principal) -> SearchResult:
+        """The result with each hit widened to its section (settings.context_window_tokens; 0: as it is)."""
+        budget = self.settings.context_window_tokens
+        if budget <= 0 or not result.hits:
+            return result
+        count = (await self.searcher()).embedder.count_tokens
+        hits = await run_blocking(
+            section_passages, self.catalog, result.index_version, result.hits, principal,
+            max_tokens=budget, count_tokens=count,
+        )  # fmt: skip
+        return msgspec.structs.replace(result, hits=hits)
 
     async def read(self, doc_id: str, principal: Principal) -> tuple[str, str] | None:
         """(title, text) of a document the principal may read; None when absent, deleted or forbidden."""

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 import redis.asyncio as aredis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -49,7 +50,10 @@ from store.exceptions import (
     RateLimited,
     UnsupportedFormat,
 )
+from store.permissions import private_umask
 from store.ratelimit import AsyncRateLimiter
+from store.redis import unavailable
+from store.redis_identity import averify
 from store.settings import Settings, get_settings
 
 # uvicorn drops frames over this many times settings.max_frame_bytes (close 1009); below it our own
@@ -122,6 +126,11 @@ async def docent_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def redis_error(request: Request, exc: Exception) -> Response:
+    """A Redis failure no handler translated: `unavailable`, without the address it names."""
+    return await docent_error(request, unavailable(exc))
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return json_response({"code": "http_error", "message": exc.detail}, status_code=exc.status_code)
@@ -154,6 +163,7 @@ def create_app(
                 settings.redis_url, max_connections=REDIS_POOL_CONNECTIONS, timeout=REDIS_POOL_WAIT_S
             )
         )
+        await averify(client, settings.redis_identity)  # never serve from another stack's Redis
         hub = Hub(hub_client(settings.redis_url))
         app.state.services = Services(
             settings=settings,
@@ -211,7 +221,9 @@ def create_app(
         routes=app_routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={DocentError: docent_error, HTTPException: http_error},
+        exception_handlers={
+            DocentError: docent_error, redis.RedisError: redis_error, HTTPException: http_error
+        },
     )
 
 
@@ -229,6 +241,7 @@ def uvicorn_args(settings: Settings) -> list[str]:
 def main() -> None:
     import uvicorn
 
+    private_umask()
     settings = get_settings()
     uvicorn.run(
         "server.app:create_app",

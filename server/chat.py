@@ -18,6 +18,7 @@ from server import protocol as p
 from server.conversation_ids import issued_to, new_conversation_id
 from server.feed import LiveFrame, replay, to_frame
 from server.hub import StreamKey, id_key
+from server.redaction import EventView, event_view
 from server.session import Session, error_frame
 from server.turns import turn_running
 from store.conversations import ConversationMeta, can_read, can_write
@@ -36,6 +37,7 @@ class ChatSession(Session):
     def __init__(self, ws: WebSocket, services: Services) -> None:
         super().__init__(ws, services)
         self.meta: ConversationMeta | None = None
+        self.view = EventView(None)
         self.last_sent: StreamKey = (0, 0)
         self.last_sent_id: str | None = None
 
@@ -46,6 +48,8 @@ class ChatSession(Session):
             raise FrameError("last_event_id needs conversation_id")
         self.sign_in(frame.token)
         self.meta = await self._conversation(frame.conversation_id)
+        assert self.principal is not None  # signed in above
+        self.view = await event_view(self.services.redis, self.settings.data_path, self.meta, self.principal)
         # Subscribe before replaying: whatever lands in between arrives through both, and is sent once.
         key = conv_keys(self.meta.id).live
         subscription = await self.services.hub.subscribe(key, to_frame, self.settings.ws_send_buffer)
@@ -136,7 +140,9 @@ class ChatSession(Session):
     async def _send_frames(self, frames: list[LiveFrame]) -> None:
         for frame in frames:
             if frame.key > self.last_sent:
-                await self.write(frame.data)
+                shown = await self.view.frame(frame.data)  # the reader's own document ACL (server.redaction)
+                if shown is not None:
+                    await self.write(shown)
                 self.last_sent, self.last_sent_id = frame.key, frame.id
 
 

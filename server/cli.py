@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from store.exceptions import DocentError, InputError
+from store.permissions import private_umask
 from store.settings import Settings, get_settings
 
 
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    private_umask()
     try:
         return int(args.fn(args, get_settings()) or 0)
     except DocentError as exc:

@@ -18,7 +18,7 @@ import redis.asyncio as aredis
 from actors.api import InboundItem
 from store.conversations import identifier
 from store.events import encode
-from store.exceptions import DocentError
+from store.redis import unavailable
 
 DEDUP_TTL_S = 24 * 3600
 
@@ -60,7 +60,7 @@ class RedisDispatcher:
         try:
             entry_id, _duplicate = await self._submit(keys=keys, args=[encode(item), DEDUP_TTL_S])
         except redis.RedisError as exc:
-            raise DocentError(f"redis: {exc}") from exc
+            raise unavailable(exc) from exc
         # Wake on duplicates too: the first submit's wake-up may be what got lost.
         await self.wake(conversation_id)
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

@@ -21,10 +21,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server.callers import principal, require_admin
+from server.redaction import event_view
 from store.blocking import run_blocking
 from store.conversations import can_read, identifier
-from store.exceptions import DocumentTooLarge, ForbiddenError, InputError, UnsupportedFormat
+from store.exceptions import DocentError, DocumentTooLarge, ForbiddenError, InputError, UnsupportedFormat
 from store.log import conv_keys
+from store.redis import unavailable
+from store.redis_identity import averify
 from store.scripts import stream_id
 
 if TYPE_CHECKING:
@@ -41,7 +44,7 @@ UPLOADS_DIR = "uploads"
 
 class EventOut(msgspec.Struct, frozen=True):
     id: str
-    event: msgspec.Raw
+    event: dict[str, Any]  # as this reader may see it (server.redaction)
 
 
 class EventsPage(msgspec.Struct, frozen=True):
@@ -102,7 +105,9 @@ async def conversation_events(request: Request) -> Response:
     after = stream_id(request.query_params.get("after", "0-0"), "after")
     limit = _int_param(request, "limit", DEFAULT_EVENTS_PAGE, 1, MAX_EVENTS_PAGE)
     entries: Any = await services.redis.xrange(conv_keys(conv_id).log, f"({after}", "+", count=limit)
-    events = [EventOut(_text(i), msgspec.Raw(fields[b"e"])) for i, fields in entries]
+    view = await event_view(services.redis, services.settings.data_path, meta, me)
+    shown = await view.events([msgspec.json.decode(fields[b"e"]) for _, fields in entries])
+    events = [EventOut(_text(i), e) for (i, _), e in zip(entries, shown, strict=True)]
     return json_response(EventsPage(conv_id, events, events[-1].id if events else after))
 
 
@@ -135,7 +140,7 @@ def _save(source: IO[bytes], directory: Path, filename: str) -> tuple[Path, int,
         if candidate.resolve().parent != directory.resolve():
             raise InputError("bad file name", field="file")
         try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             break
         except FileExistsError:
             candidate = directory / f"{stem}-{secrets.token_hex(4)}{ext}"
@@ -193,11 +198,23 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready: Redis answers, and it is the one this stack started (no internal address is ever shown)."""
+    services = _services(request)
     try:
-        await asyncio.wait_for(_services(request).redis.ping(), READY_TIMEOUT_S)
-    except (redis.RedisError, TimeoutError, OSError) as exc:
-        return JSONResponse({"ok": False, "redis": str(exc) or "timeout"}, status_code=503)
+        await asyncio.wait_for(averify_ping(services), READY_TIMEOUT_S)
+    except DocentError as exc:
+        return JSONResponse({"ok": False, "redis": exc.code}, status_code=503)
+    except TimeoutError:
+        return JSONResponse({"ok": False, "redis": "unavailable"}, status_code=503)
     return JSONResponse({"ok": True, "redis": "ok"})
+
+
+async def averify_ping(services: Services) -> None:
+    try:
+        await services.redis.ping()
+    except redis.RedisError as exc:
+        raise unavailable(exc) from exc
+    await averify(services.redis, services.settings.redis_identity)
 
 
 def routes() -> list[Route]:

@@ -8,19 +8,24 @@ latency are all recorded by the actor; this endpoint groups them by turn and add
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from server.auth import ADMIN_KEY_USER, Principal
 from server.callers import require_admin, services
+from server.redaction import EventView, event_view
 from server.rest import json_response
-from store.conversations import identifier
-from store.events import LLMCompleted, ToolResult
+from store.conversations import ConversationMeta, identifier
+from store.events import LLMCompleted, ToolResult, UserMessage
 from store.exceptions import InputError, NotFound
 from store.log import AsyncConversationLog
+
+if TYPE_CHECKING:
+    from server.app import Services
 
 
 class TurnTotals(msgspec.Struct, kw_only=True):
@@ -61,15 +66,30 @@ async def conversation_trace(request: Request) -> Response:
     entries = await AsyncConversationLog(services(request).redis).read(conv_id)
     if not entries:
         raise NotFound(f"no conversation {conv_id}")
+    entries = [(i, e) for i, e in entries if only_turn is None or int(getattr(e, "turn", 0)) == only_turn]
+    view = await _admin_view(services(request), conv_id, _log_tenant(entries))
+    steps = await view.events([msgspec.to_builtins(event) for _, event in entries])
     turns: dict[int, dict[str, Any]] = {}
-    for entry_id, event in entries:
+    for (entry_id, event), step in zip(entries, steps, strict=True):
         turn = int(getattr(event, "turn", 0))
-        if only_turn is not None and turn != only_turn:
-            continue
         record = turns.setdefault(turn, {"turn": turn, "steps": [], "totals": TurnTotals()})
-        record["steps"].append({"id": entry_id, **msgspec.to_builtins(event)})
+        record["steps"].append({"id": entry_id, **step})
         _add(record["totals"], event)
     return json_response({"conversation_id": conv_id, "turns": list(turns.values())})
+
+
+def _log_tenant(entries: list[tuple[str, Any]]) -> str:
+    return next((e.tenant for _, e in entries if isinstance(e, UserMessage)), "")
+
+
+async def _admin_view(services: Services, conv_id: str, log_tenant: str) -> EventView:
+    """The admin key reads with its own ACL: no groups, on the conversation's tenant (its meta's, else its
+    log's)."""
+    meta = await services.conversations.get(conv_id) or ConversationMeta(
+        id=conv_id, tenant=log_tenant, user="", created_ms=0
+    )
+    reader = Principal(tenant=meta.tenant, user=ADMIN_KEY_USER, roles=("admin",))
+    return await event_view(services.redis, services.settings.data_path, meta, reader)
 
 
 def trace_routes() -> list[BaseRoute]:

@@ -23,7 +23,7 @@ import redis
 import redis.asyncio as aredis
 
 from store.events import Decision, now_ms
-from store.exceptions import DocentError, InputError
+from store.exceptions import DocentError, InputError, Unavailable
 from store.scripts import (
     Arg,
     AsyncRunner,
@@ -323,7 +323,7 @@ class ApprovalLedger:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._run = SyncRunner(client, unavailable=DocentError).run
+        self._run = SyncRunner(client, unavailable=Unavailable).run
 
     @classmethod
     def from_url(cls, url: str) -> ApprovalLedger:
@@ -388,7 +388,7 @@ class AsyncApprovalLedger:
 
     def __init__(self, client: aredis.Redis) -> None:
         self.client = client
-        self._run = AsyncRunner(client, unavailable=DocentError).run
+        self._run = AsyncRunner(client, unavailable=Unavailable).run
 
     @classmethod
     def from_url(cls, url: str) -> AsyncApprovalLedger:

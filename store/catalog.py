@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(version, doc_id);
 CREATE INDEX IF NOT EXISTS chunks_hidden ON chunks(version) WHERE visible = 0;
+CREATE INDEX IF NOT EXISTS chunks_by_chunk_id ON chunks(chunk_id);
 """
 
 _readers_encoder = msgspec.json.Encoder()
@@ -416,6 +417,16 @@ class Catalog:
                 f"WHERE version = ? AND visible = 1 AND key IN ({_marks(len(batch))})"
             )
             rows.update((r[0], _chunk_row(r)) for r in self._read(sql, [version, *batch]))
+        return rows
+
+    def chunks_by_id(self, chunk_ids: Sequence[str]) -> list[ChunkRow]:
+        """Rows of any version, visible or not, whose chunk id is one of `chunk_ids` (what a log names)."""
+        rows: list[ChunkRow] = []
+        ids = list(dict.fromkeys(chunk_ids))
+        for start in range(0, len(ids), SQL_BATCH):
+            batch = ids[start : start + SQL_BATCH]
+            sql = f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE chunk_id IN ({_marks(len(batch))})"
+            rows.extend(_chunk_row(r) for r in self._read(sql, batch))
         return rows
 
     def counts(self, version: str) -> tuple[int, int]:

@@ -20,7 +20,8 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 
-from store.exceptions import DocentError, InputError
+from store.exceptions import InputError
+from store.redis import unavailable
 
 MAX_IDENTIFIER_CHARS = 64
 MAX_TITLE_CHARS = 120
@@ -86,7 +87,7 @@ def _meta(conv_id: str, raw: dict[bytes | str, bytes | str]) -> ConversationMeta
 
 
 class Conversations:
-    """Async access for the web process. Redis failures surface as DocentError."""
+    """Async access for the web process. Redis failures surface as Unavailable."""
 
     def __init__(self, client: aredis.Redis) -> None:
         self.client = client
@@ -108,7 +109,7 @@ class Conversations:
                 pipe.zadd(user_index_key(meta.tenant, meta.user), {meta.id: meta.created_ms}, nx=True)
                 await pipe.execute()
         except redis.RedisError as exc:
-            raise DocentError(f"redis: {exc}") from exc
+            raise unavailable(exc) from exc
 
     async def get(self, conv_id: str) -> ConversationMeta | None:
         """The conversation's meta; None when it does not exist or the id is not a valid one."""
@@ -117,7 +118,7 @@ class Conversations:
         try:
             raw = await self.client.hgetall(meta_key(conv_id))
         except redis.RedisError as exc:
-            raise DocentError(f"redis: {exc}") from exc
+            raise unavailable(exc) from exc
         return _meta(conv_id, raw)
 
     async def list_for(self, tenant: str, user: str, limit: int = 50) -> list[ConversationMeta]:
@@ -132,6 +133,6 @@ class Conversations:
                     pipe.hgetall(meta_key(conv_id))
                 raws = await pipe.execute()
         except redis.RedisError as exc:
-            raise DocentError(f"redis: {exc}") from exc
+            raise unavailable(exc) from exc
         metas = (_meta(conv_id, raw) for conv_id, raw in zip(ids, raws, strict=True))
         return [m for m in metas if m is not None]

@@ -2,6 +2,9 @@
 
 DocentError
 ├── ConfigError                 a setting is missing or malformed (raised once, at start)
+│   ├── PortInUse               a port Docent must listen on is taken by another process (named)
+│   └── RedisNotOwned           the Redis answering is not the one this data dir's `docent run` started
+├── Unavailable                 Redis did not answer: retry with backoff (never names an internal address)
 ├── InputError                  a caller sent something we refuse; nothing was changed
 │   ├── FrameError              a malformed, oversized or unknown wire message
 │   ├── AuthError               a missing, wrong or expired credential
@@ -16,6 +19,8 @@ DocentError
 │   ├── EmptyDocument
 │   ├── BinaryContent
 │   ├── DocumentTooLarge
+│   │   ├── ExtractedTextTooLarge   its extracted text is over max_document_chars (a small PDF can expand)
+│   │   └── TooManyChunks           it makes more than max_document_chunks chunks
 │   ├── UndecodableText
 │   └── PathNotAllowed
 ├── IndexError_                 index-side failures
@@ -58,6 +63,20 @@ class DocentError(Exception):
 
 class ConfigError(DocentError):
     code = "config_error"
+
+
+class PortInUse(ConfigError):
+    code = "port_in_use"
+
+
+class RedisNotOwned(ConfigError):
+    code = "redis_not_owned"
+
+
+class Unavailable(DocentError):
+    """A backing service did not answer. The message is generic: the cause is logged, never sent."""
+
+    code = "unavailable"
 
 
 class InputError(DocentError):
@@ -114,6 +133,14 @@ class BinaryContent(IngestError):
 
 class DocumentTooLarge(IngestError):
     code = "document_too_large"
+
+
+class ExtractedTextTooLarge(DocumentTooLarge):
+    code = "extracted_text_too_large"
+
+
+class TooManyChunks(DocumentTooLarge):
+    code = "too_many_chunks"
 
 
 class UndecodableText(IngestError):

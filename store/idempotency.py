@@ -14,7 +14,7 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 
-from store.exceptions import DocentError, InputError
+from store.exceptions import InputError, Unavailable
 from store.scripts import AsyncRunner, Call, Eval, Plan, SyncRunner, key_part, lua
 
 CLAIM_TTL_MS = 5 * 60 * 1000
@@ -74,7 +74,7 @@ class IdempotencyLedger:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._run = SyncRunner(client, unavailable=DocentError).run
+        self._run = SyncRunner(client, unavailable=Unavailable).run
 
     @classmethod
     def from_url(cls, url: str) -> IdempotencyLedger:
@@ -101,7 +101,7 @@ class IdempotencyLedger:
 class AsyncIdempotencyLedger:
     def __init__(self, client: aredis.Redis) -> None:
         self.client = client
-        self._run = AsyncRunner(client, unavailable=DocentError).run
+        self._run = AsyncRunner(client, unavailable=Unavailable).run
 
     @classmethod
     def from_url(cls, url: str) -> AsyncIdempotencyLedger:

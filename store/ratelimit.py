@@ -12,7 +12,7 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 
-from store.exceptions import DocentError, InputError, RateLimited
+from store.exceptions import InputError, RateLimited, Unavailable
 from store.scripts import AsyncRunner, Eval, Plan, SyncRunner, key_part, lua
 
 TOKEN_BUCKET = lua("ratelimit.lua")
@@ -55,7 +55,7 @@ class AsyncRateLimiter:
 
     def __init__(self, client: aredis.Redis) -> None:
         self.client = client
-        self._run = AsyncRunner(client, unavailable=DocentError).run
+        self._run = AsyncRunner(client, unavailable=Unavailable).run
 
     @classmethod
     def from_url(cls, url: str) -> AsyncRateLimiter:
@@ -78,7 +78,7 @@ class RateLimiter:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._run = SyncRunner(client, unavailable=DocentError).run
+        self._run = SyncRunner(client, unavailable=Unavailable).run
 
     @classmethod
     def from_url(cls, url: str) -> RateLimiter:

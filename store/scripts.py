@@ -8,6 +8,7 @@ scripts (`redis.error_reply("CODE message")`) and Redis failures are translated 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +27,11 @@ from store.exceptions import (
     LogError,
     StaleEpoch,
 )
+from store.redis import UNAVAILABLE_MESSAGE
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 MAX_KEY_PART_CHARS = 200
 # Braces would move a key's Redis Cluster hash tag; whitespace and control characters have no business in ids.
@@ -168,7 +172,8 @@ class _Translate:
             if translated is not None:
                 raise translated from None
         if isinstance(exc, redis.RedisError):
-            raise self.unavailable(f"redis: {exc}") from exc
+            log.warning("redis failed: %s", exc)  # the cause names addresses: logged, never sent
+            raise self.unavailable(UNAVAILABLE_MESSAGE, reason="unavailable") from exc
 
 
 class SyncRunner:

@@ -28,6 +28,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     data_dir: str = "var"
     model_dir: str = ""  # default: {data_dir}/models (converted models, keyed by weights hash)
     redis_url: str = ""  # empty: start an embedded Redis under {data_dir}/redis
+    redis_port: Port = 0  # the embedded Redis's port; 0 = a free one, recorded under {data_dir}/redis
+    redis_fsync: Literal["always", "everysec"] = "everysec"  # the embedded Redis's appendfsync
+    redis_identity: str = ""  # set by `docent run` for its children: the identity their Redis must hold
+    demo: bool = True  # `docent run` builds and ingests the demo knowledge base
     host: str = "127.0.0.1"
     port: Port = 8000
 
@@ -43,11 +47,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     chunk_tokens: Positive = 256
     chunk_overlap: NonNegative = 32
     max_document_bytes: Positive = 20 * 1024 * 1024
+    max_document_chars: Positive = 1_000_000  # extracted text per document (a small PDF can expand 150x)
+    max_document_chunks: Positive = 2_000  # chunks per document
     allowed_roots: str = ""  # os.pathsep-separated; empty = the data dir and the demo sources
     rerank_model: str = ""  # directory of a CTranslate2 cross-encoder; empty = no rerank
     rerank_depth: Positive = 50
     retrieve_k: Positive = 100
     top_k: Positive = 8
+    context_window_tokens: NonNegative = 0  # >0: the model reads each hit's section (index.sections)
     fusion: Literal["zscore", "rrf"] = "zscore"  # index.fusion; bench/retrieval_quality.py chose it
     fusion_dense_weight: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.6  # z-score: bm25 gets 1 - this
     rrf_k: Positive = 60

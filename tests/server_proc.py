@@ -66,15 +66,10 @@ def server_env(redis_url: str, data_dir: Path, **overrides: str) -> dict[str, st
     return env
 
 
-class ServerProcess:
-    def __init__(
-        self, env: dict[str, str], port: int = 0, app: str = "tests.server_proc:recording_app"
-    ) -> None:
-        self.env = env
-        self.port = port or free_port()
-        self.app = app
-        self.settings = Settings.from_env(env)
-        self.process: subprocess.Popen[bytes] | None = None
+class LocalAddress:
+    """The URLs of a web process listening on 127.0.0.1:`port`."""
+
+    port: int
 
     @property
     def http_url(self) -> str:
@@ -83,6 +78,17 @@ class ServerProcess:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/chat"
+
+
+class ServerProcess(LocalAddress):
+    def __init__(
+        self, env: dict[str, str], port: int = 0, app: str = "tests.server_proc:recording_app"
+    ) -> None:
+        self.env = env
+        self.port = port or free_port()
+        self.app = app
+        self.settings = Settings.from_env(env)
+        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
         command = [

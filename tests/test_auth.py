@@ -310,3 +310,28 @@ async def test_cors_allows_listed_origins_only(web: ServerProcess, http: aiohttp
         f"{web.http_url}/api/conversations", headers={**headers, "Origin": "http://x.example"}
     ) as r:
         assert r.status == 400 and "Access-Control-Allow-Origin" not in r.headers
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda s: s[:5] + "!" + s[5:],  # a junk character the stdlib decoder skips
+        lambda s: s + "%%",
+        lambda s: s[:8] + "\n" + s[8:],
+        lambda s: s + "==",  # padding
+        lambda s: s.replace("-", "+").replace("_", "/") if ("-" in s or "_" in s) else s + "+",  # base64
+        lambda s: s[:-1] + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".index(s[-1]) ^ 1
+        ],  # unused low bits of the last character flipped: same bytes, another spelling
+    ],
+)
+def test_a_token_with_junk_or_non_canonical_characters_is_refused(settings: Settings, mangle: Any) -> None:
+    secret = ensure_secret(settings)
+    token = sign_token(secret, TokenPayload(tenant="acme", user="alice", exp=int(time.time()) + 60))
+    payload, _, signature = token.partition(".")
+    forged = f"{payload}.{mangle(signature)}"
+    assert forged != token
+    with pytest.raises(AuthError):
+        verify_token(secret, forged)
+    with pytest.raises(AuthError):
+        verify_token(secret, f"{mangle(payload)}.{signature}")

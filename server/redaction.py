@@ -1,0 +1,255 @@
+"""A reader's view of a conversation's events: what the reader's own document ACL forbids is redacted.
+
+Every read of event content goes through `EventView`: `GET /api/conversations/{id}/events`, `/ws/chat`
+(replay and live frames) and the admin trace. The conversation's owner reads it as recorded (every passage
+in it was retrieved under the owner's ACL). Any other reader (a reviewer or admin of the tenant; the admin
+key, which has no groups) gets each event with
+
+- structured references to a document the reader may not read replaced: a `retrieval_done` chunk id by
+  REDACTED, a citation, source or tool hit by `{"n": n, "redacted": true}`, tool arguments naming it by
+  `{"redacted": true}`;
+- every text (prompts, tool results, answers) cleared of those documents' passages: a run of at least
+  SHINGLE_WORDS words that occurs in such a document (and in no document of the conversation the reader
+  may read) becomes REDACTED, and so do the document's id and title;
+- `"redacted": <count>` on the event when anything was removed.
+
+Token deltas are not sent to other readers (a stream of fragments cannot be checked); the completed
+answer, redacted, is. Chunks and documents are looked up in the catalog (SQLite: no index is loaded); a
+document the catalog never had, or a chunk id it no longer has, has nothing to protect and is left as it is
+(a deleted document keeps its row and its readers).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import redis.asyncio as aredis
+
+from index.types import Principal as Reader
+from server.auth import Principal
+from store.blocking import run_blocking
+from store.catalog import Catalog
+from store.conversations import ConversationMeta
+from store.log import conv_keys
+
+REDACTED = "[redacted]"
+SHINGLE_WORDS = 8
+MIN_NAME_CHARS = 6  # shorter document ids and titles are too common a string to redact as text
+# Fields that name the event's own structure, never document content: left as they are.
+STRUCTURAL_FIELDS = frozenset(
+    {"type", "role", "tool", "name", "model", "prompt_hash", "idempotency_key", "call_id", "approval_id",
+     "index_version", "code", "mode", "route", "user", "tenant", "id", "tool_call_id"}
+)  # fmt: skip
+LOG_PAGE = 500
+_WORD = re.compile(r"\w+")
+_CHUNK_REF = re.compile(r"chunk_id=([0-9a-f]{32})")
+_DOC_REF = re.compile(r"doc_id=([^\s)'\"]+)")
+
+Json = Any
+
+
+@lru_cache(maxsize=8)
+def catalog_for(data_path: Path) -> Catalog:
+    return Catalog.for_data_dir(data_path)
+
+
+def _shingles(text: str) -> set[int]:
+    words = [w.lower() for w in _WORD.findall(text)]
+    return {hash("\x1f".join(words[i : i + SHINGLE_WORDS])) for i in range(len(words) - SHINGLE_WORDS + 1)}
+
+
+def references(value: Json, chunks: set[str], docs: set[str]) -> None:
+    """Collect the chunk and document ids `value` names, structured or in text."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "doc_id" and isinstance(item, str):
+                docs.add(item)
+            elif key == "chunk_id" and isinstance(item, str):
+                chunks.add(item)
+            elif key == "chunk_ids" and isinstance(item, list | tuple):
+                chunks.update(c for c in item if isinstance(c, str))
+            references(item, chunks, docs)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            references(item, chunks, docs)
+    elif isinstance(value, str):
+        chunks.update(_CHUNK_REF.findall(value))
+        docs.update(_DOC_REF.findall(value))
+
+
+class Redactor:
+    """One reader's knowledge of one conversation: which referenced documents it may read, and the
+    fingerprints of those it may not. Blocking (catalog reads)."""
+
+    def __init__(self, catalog: Catalog, reader: Reader) -> None:
+        self.catalog = catalog
+        self.reader = reader
+        self.pending_chunks: set[str] = set()
+        self.pending_docs: set[str] = set()
+        self.chunk_doc: dict[str, str] = {}
+        self.readable: dict[str, bool] = {}
+        self.secret: set[int] = set()
+        self.allowed: set[int] = set()
+        self.exact: set[str] = set()
+
+    def learn(self, event: Json) -> None:
+        references(event, self.pending_chunks, self.pending_docs)
+
+    def redact(self, event: dict[str, Any]) -> dict[str, Any]:
+        self.learn(event)
+        self._resolve()
+        counter = [0]
+        out: dict[str, Any] = self._value(event, counter)
+        if counter[0]:
+            out["redacted"] = counter[0]
+        return out
+
+    # -- what the reader may read ------------------------------------------------------------------
+
+    def _resolve(self) -> None:
+        chunks = self.pending_chunks - self.chunk_doc.keys()
+        rows = self.catalog.chunks_by_id(sorted(chunks)) if chunks else []
+        self.chunk_doc.update((r.chunk_id, r.doc_id) for r in rows)
+        docs = (self.pending_docs | {r.doc_id for r in rows}) - self.readable.keys()
+        self.pending_chunks, self.pending_docs = set(), set()
+        for doc_id in sorted(docs):
+            self._judge(doc_id, [r.text for r in rows if r.doc_id == doc_id])
+
+    def _judge(self, doc_id: str, chunk_texts: list[str]) -> None:
+        document = self.catalog.get_document(doc_id)  # None: never in this catalog, nothing to protect
+        ok = document is None or self.reader.can_read(document.tenant, document.readers)
+        self.readable[doc_id] = ok
+        text = "\n".join([self.catalog.document_text(doc_id) or "", *chunk_texts])
+        if ok:
+            self.allowed |= _shingles(text)
+            return
+        self.secret |= _shingles(text)
+        names = (doc_id, document.title if document is not None else "")
+        self.exact.update(n for n in names if len(n) >= MIN_NAME_CHARS)
+
+    def _doc_ok(self, doc_id: str) -> bool:
+        return self.readable.get(doc_id, False)
+
+    def _chunk_ok(self, chunk_id: str) -> bool:
+        doc_id = self.chunk_doc.get(chunk_id)  # None: an id the catalog no longer has (an opaque hash)
+        return doc_id is None or self._doc_ok(doc_id)
+
+    # -- the redacted copy --------------------------------------------------------------------------
+
+    def _value(self, value: Json, counter: list[int]) -> Json:
+        if isinstance(value, dict):
+            return self._dict(value, counter)
+        if isinstance(value, list | tuple):
+            return [self._value(item, counter) for item in value]
+        if isinstance(value, str):
+            return self._text(value, counter)
+        return value
+
+    def _dict(self, value: dict[str, Any], counter: list[int]) -> dict[str, Any]:
+        doc_id = value.get("doc_id")
+        if isinstance(doc_id, str) and not self._doc_ok(doc_id):
+            counter[0] += 1
+            return {"n": value["n"], "redacted": True} if "n" in value else {"redacted": True}
+        out = {}
+        for key, item in value.items():
+            if key == "chunk_ids":
+                out[key] = self._ids(item, counter)
+            else:
+                out[key] = item if key in STRUCTURAL_FIELDS else self._value(item, counter)
+        return out
+
+    def _ids(self, chunk_ids: Json, counter: list[int]) -> Json:
+        if not isinstance(chunk_ids, list | tuple):
+            return chunk_ids
+        kept = [c if self._chunk_ok(c) else REDACTED for c in chunk_ids]
+        counter[0] += kept.count(REDACTED)
+        return kept
+
+    def _text(self, text: str, counter: list[int]) -> str:
+        text = self._passages(text, counter)
+        for secret in sorted((e for e in self.exact if e in text), key=len, reverse=True):
+            text, found = re.subn(rf"(?<![\w/.-]){re.escape(secret)}(?![\w/-])", REDACTED, text)
+            counter[0] += found
+        return text
+
+    def _passages(self, text: str, counter: list[int]) -> str:
+        spans = self._secret_spans(list(_WORD.finditer(text)))
+        for start, end in reversed(spans):
+            text = text[:start] + REDACTED + text[end:]
+        counter[0] += len(spans)
+        return text
+
+    def _secret_spans(self, words: list[re.Match[str]]) -> list[tuple[int, int]]:
+        """Character spans covered by secret shingles, merged across gaps shorter than a shingle."""
+        if not self.secret or len(words) < SHINGLE_WORDS:
+            return []
+        lowered = [w.group().lower() for w in words]
+        spans: list[tuple[int, int]] = []
+        last = -SHINGLE_WORDS  # index of the last word covered
+        for i in range(len(words) - SHINGLE_WORDS + 1):
+            shingle = hash("\x1f".join(lowered[i : i + SHINGLE_WORDS]))
+            if shingle not in self.secret or shingle in self.allowed:
+                continue
+            end = words[i + SHINGLE_WORDS - 1].end()
+            if spans and i - last <= SHINGLE_WORDS:
+                spans[-1] = (spans[-1][0], end)
+            else:
+                spans.append((words[i].start(), end))
+            last = i + SHINGLE_WORDS - 1
+        return spans
+
+
+class EventView:
+    """What one reader is shown of one conversation: as recorded for its owner, redacted for anyone else."""
+
+    def __init__(self, redactor: Redactor | None) -> None:
+        self.redactor = redactor
+
+    async def events(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.redactor is None:
+            return events
+        redactor = self.redactor
+        return await run_blocking(lambda: [redactor.redact(e) for e in events])
+
+    async def frame(self, data: bytes) -> bytes | None:
+        """A /ws/chat server frame as this reader may see it; None for a delta another reader may not."""
+        if self.redactor is None:
+            return data
+        frame = msgspec.json.decode(data)
+        if frame.get("type") == "delta":
+            return None
+        if frame.get("type") == "event" and isinstance(frame.get("event"), dict):
+            frame["event"] = (await self.events([frame["event"]]))[0]
+        return msgspec.json.encode(frame)
+
+
+def reader_of(principal: Principal, tenant: str) -> Reader:
+    return Reader(tenant=tenant, user=principal.user, groups=principal.groups)
+
+
+async def event_view(
+    client: aredis.Redis, data_path: Path, meta: ConversationMeta, principal: Principal
+) -> EventView:
+    """What `principal` is shown of `meta`'s conversation (for a non-owner: the log's references read)."""
+    if principal.tenant == meta.tenant and principal.user == meta.user:
+        return EventView(None)
+    redactor = Redactor(catalog_for(data_path), reader_of(principal, principal.tenant))
+    await learn_log(client, meta.id, redactor)
+    return EventView(redactor)
+
+
+async def learn_log(client: aredis.Redis, conv_id: str, redactor: Redactor) -> None:
+    """Every reference of the durable log, so that a page or a resumed socket knows its earlier turns."""
+    cursor = "-"
+    while True:
+        entries: Any = await client.xrange(conv_keys(conv_id).log, cursor, "+", count=LOG_PAGE)
+        for _entry_id, fields in entries:
+            redactor.learn(msgspec.json.decode(fields[b"e"]))
+        if len(entries) < LOG_PAGE:
+            return
+        last = entries[-1][0]
+        cursor = "(" + (last.decode() if isinstance(last, bytes) else last)

@@ -1,0 +1,107 @@
+"""The embedded Redis a data dir owns: its port, its password, its lock and the identity of this start.
+
+Under `{data_dir}/redis` (directory 0700, files 0600):
+
+    port        the port, chosen free at the first start and reused while it is free
+    password    `requirepass`, generated once
+    lock        flock'ed by `docent run` and inherited by redis-server: one Redis per data dir, even
+                when a killed supervisor left its Redis running
+
+An explicit `DOCENT_REDIS_PORT` that is taken is a `PortInUse` error naming it. Each start writes a new
+random identity to `docent:identity` (store.redis_identity); `docent run` passes it to its children in
+DOCENT_REDIS_IDENTITY and they verify it at readiness.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+from pathlib import Path
+
+from store.exceptions import ConfigError, PortInUse
+from store.permissions import private_dir
+from store.redis import EmbeddedRedis, free_port, port_is_free, sync_client
+from store.redis_identity import claim
+from store.settings import Settings
+
+PORT_FILE = "port"
+PASSWORD_FILE = "password"
+LOCK_FILE = "lock"
+PASSWORD_BYTES = 32
+
+
+def _read(path: Path) -> str:
+    return path.read_text().strip() if path.exists() else ""
+
+
+def _write_private(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+
+
+def resolve_port(directory: Path, explicit: int) -> int:
+    """The explicit port (PortInUse when taken), else the recorded one while free, else a new free one."""
+    if explicit:
+        if not port_is_free(explicit):
+            raise PortInUse(f"DOCENT_REDIS_PORT {explicit} is taken by another process", port=explicit)
+        return explicit
+    recorded = _read(directory / PORT_FILE)
+    if recorded.isdigit() and port_is_free(int(recorded)):
+        return int(recorded)
+    port = free_port()
+    _write_private(directory / PORT_FILE, str(port))
+    return port
+
+
+def password(directory: Path) -> str:
+    path = directory / PASSWORD_FILE
+    if not _read(path):
+        _write_private(path, secrets.token_urlsafe(PASSWORD_BYTES))
+    return _read(path)
+
+
+def lock(directory: Path) -> int:
+    """An open, exclusively locked file descriptor on the data dir's Redis lock (ConfigError if held)."""
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"the embedded Redis of {directory.parent} is in use (another `docent run`, or a Redis it left "
+            "running): stop it first"
+        ) from None
+    return fd
+
+
+class OwnedRedis:
+    """The data dir's embedded Redis: started (and restarted) on its port, claimed with a fresh identity."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.directory = private_dir(settings.data_path / "redis")
+        self.lock_fd = lock(self.directory)
+        self.identity = secrets.token_hex(16)
+        port = resolve_port(self.directory, settings.redis_port)
+        self.server = EmbeddedRedis(
+            self.directory, port, password=password(self.directory), fsync=settings.redis_fsync,
+            lock_fd=self.lock_fd,
+        )
+
+    def start(self) -> EmbeddedRedis:
+        """Start (or restart, same port and password) and write this start's identity."""
+        self.server.start()
+        client = sync_client(self.server.url)
+        try:
+            claim(client, self.identity)
+        finally:
+            client.close()
+        return self.server
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def close(self) -> None:
+        self.stop()
+        os.close(self.lock_fd)

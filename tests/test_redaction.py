@@ -1,0 +1,208 @@
+"""Issue 11, finding 2: a reviewer or admin reading a `legal` user's conversation gets the reader's own
+document ACL applied, on every path that returns event content (REST history, /ws/chat replay and live,
+admin trace).
+
+The knowledge base is real (two documents ingested with the `hash` embedder, one readable by group `legal`
+only); the conversation's events are the ones the actor writes, built with its own renderers from a real
+search as the legal user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from actors.ingestion import ingest_files
+from actors.tools.knowledge import render_hits
+from actors.tools.registry import fence_data
+from index.search import SearchService
+from index.types import Access, Principal
+from server.auth import mint_token
+from store.events import (
+    AnswerCompleted,
+    Citation,
+    LLMRequested,
+    RetrievalDone,
+    ToolIntent,
+    ToolResult,
+    UserMessage,
+)
+from store.redis import EmbeddedRedis
+from store.settings import Settings
+from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, StreamWriter, server_env
+
+SECRET = (
+    "The settlement with Northwind obliges the company to pay four million crowns within ninety days of "
+    "signature, and the indemnity survives termination of the master agreement for seven years."
+)
+PUBLIC = (
+    "Employees may book economy class travel for trips under six hours and must file expense reports "
+    "within thirty days of returning from the trip."
+)
+TENANT = "default"
+SECRET_DOC = "docs/settlement.txt"
+
+
+@pytest.fixture(scope="module")
+def world(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("redaction")
+    env = server_env(redis_server.url, root / "data", embed_model="hash", allowed_roots=str(root / "docs"))
+    settings = Settings.from_env(env)
+    (root / "docs").mkdir()
+    (root / "docs" / "settlement.txt").write_text(f"Northwind settlement\n\n{SECRET}\n")
+    (root / "docs" / "travel.txt").write_text(f"Travel policy\n\n{PUBLIC}\n")
+    ingest_files(
+        settings, [root / "docs" / "settlement.txt"], Access(tenant=TENANT, readers=("group:legal",))
+    )
+    ingest_files(settings, [root / "docs" / "travel.txt"], Access(tenant=TENANT, readers=("*",)))
+    with ServerProcess(env) as web:
+        yield {"settings": settings, "web": web, "hits": asyncio.run(_legal_search(settings))}
+
+
+async def _legal_search(settings: Settings) -> list[Any]:
+    service = SearchService(settings)
+    try:
+        result = await service.search(
+            "settlement travel", Principal(tenant=TENANT, user="lee", groups=("legal",))
+        )
+        return list(result.hits)
+    finally:
+        service.close()
+
+
+def passage(hit: Any) -> str:
+    """A passage line as actors.conversation.passage renders it (that module needs a broker to import)."""
+    where = " > ".join(part for part in (hit.title, hit.heading) if part)
+    return f"{' '.join(hit.text.split())} (source: {where})"
+
+
+def _conversation(world: dict[str, Any], r: redis.Redis, conv_id: str) -> StreamWriter:
+    hits = world["hits"]
+    assert {h.doc_id for h in hits} == {SECRET_DOC, "docs/travel.txt"}, [h.doc_id for h in hits]
+    r.hset(f"convmeta:{{{conv_id}}}", mapping={"tenant": TENANT, "user": "lee", "created_ms": 1})
+    writer = StreamWriter(r, conv_id)
+    passages = "\n".join(f"[{n}] {passage(h)}" for n, h in enumerate(hits, 1))
+    sources = tuple(
+        Citation(n=n, chunk_id=h.chunk_id, doc_id=h.doc_id, title=h.title, snippet=h.text[:200])
+        for n, h in enumerate(hits, 1)
+    )
+    secret_hit = next(h for h in hits if h.doc_id == SECRET_DOC)
+    for event in (
+        UserMessage(turn=1, text="settlement travel", user="lee", tenant=TENANT, groups=("legal",)),
+        RetrievalDone(turn=1, query="settlement travel", chunk_ids=tuple(h.chunk_id for h in hits),
+                      index_version="v"),
+        LLMRequested(turn=1, step=0, model="m", prompt_hash="p",
+                     messages=[{"role": "system", "content": fence_data("passages", passages)}]),
+        ToolResult(turn=1, step=1, call_id="c1", tool="search_knowledge_base", idempotency_key="k1",
+                   result=render_hits("settlement", hits)),
+        ToolIntent(turn=1, step=2, call_id="c2", tool="read_document", args={"doc_id": SECRET_DOC},
+                   idempotency_key="k2"),
+        ToolResult(turn=1, step=2, call_id="c2", tool="read_document", idempotency_key="k2",
+                   result=fence_data(f"read_document doc_id={SECRET_DOC}", SECRET)),
+        AnswerCompleted(turn=1, text=f"The company must pay: {secret_hit.text[:120]} [1]",
+                        citations=tuple(c for c in sources if c.doc_id == SECRET_DOC),
+                        sources=sources),
+    ):  # fmt: skip
+        writer.event(event)
+    return writer
+
+
+def _leaks(text: str) -> bool:
+    return any(
+        fragment in text for fragment in ("four million crowns", "Northwind", "ninety days of signature")
+    )
+
+
+def _get(url: str, **headers: str) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _token(world: dict[str, Any], user: str, role: str, groups: tuple[str, ...] = ()) -> str:
+    return mint_token(world["settings"], tenant=TENANT, user=user, groups=groups, roles=(role,))
+
+
+def _check_redacted(events: list[dict[str, Any]]) -> None:
+    text = json.dumps(events)
+    assert not _leaks(text), text
+    assert "economy class travel" in text  # what the reader may read stays
+    by_type = {e["type"]: e for e in events}
+    assert "[redacted]" in by_type["retrieval_done"]["chunk_ids"] and by_type["retrieval_done"]["redacted"]
+    assert sum(1 for c in by_type["answer_completed"]["sources"] if c == {"n": c["n"], "redacted": True}) == 1
+    assert by_type["answer_completed"]["citations"][0]["redacted"] is True
+    for kind in ("llm_requested", "tool_intent", "answer_completed"):
+        assert by_type[kind]["redacted"] >= 1, by_type[kind]
+    assert all(e.get("redacted") for e in events if e["type"] == "tool_result")
+
+
+@pytest.mark.parametrize("role", ["reviewer", "admin"])
+def test_rest_history_applies_the_readers_acl(world: dict[str, Any], redis_url: str, role: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    _conversation(world, r, "conv-rest")
+    url = f"{world['web'].http_url}/api/conversations/conv-rest/events"
+    page = _get(url, Authorization=f"Bearer {_token(world, 'rita', role)}")
+    _check_redacted([e["event"] for e in page["events"]])
+    owner = _get(url, Authorization=f"Bearer {_token(world, 'lee', 'user', ('legal',))}")
+    assert _leaks(json.dumps(owner)) and "redacted" not in json.dumps(owner)  # the owner reads it as recorded
+    legal_reviewer = _get(url, Authorization=f"Bearer {_token(world, 'rita', role, ('legal',))}")
+    assert _leaks(json.dumps(legal_reviewer)) and '"[redacted]"' not in json.dumps(legal_reviewer)
+
+
+def test_the_admin_trace_applies_the_admin_keys_acl(world: dict[str, Any], redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    _conversation(world, r, "conv-trace")
+    trace = _get(
+        f"{world['web'].http_url}/admin/conversations/conv-trace/trace", **{"X-Admin-Key": TEST_ADMIN_KEY}
+    )
+    steps = [step for turn in trace["turns"] for step in turn["steps"]]
+    _check_redacted(steps)
+
+
+async def _read_socket(
+    world: dict[str, Any], token: str, conv_id: str, live: Any = None
+) -> list[dict[str, Any]]:
+    frames: list[dict[str, Any]] = []
+    async with connect(f"{world['web'].ws_url}?token={token}", open_timeout=10) as ws:
+        await ws.send(json.dumps({"type": "hello", "conversation_id": conv_id}))
+        if live is not None:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ready"
+            live()
+        try:
+            while True:
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 1.5)))
+        except (TimeoutError, ConnectionClosed):
+            pass
+    return frames
+
+
+def test_chat_socket_replay_applies_the_readers_acl(world: dict[str, Any], redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    writer = _conversation(world, r, "conv-ws")
+    writer.delta("four million crowns", turn=2)  # a turn still streaming
+    frames = asyncio.run(_read_socket(world, _token(world, "rita", "reviewer"), "conv-ws"))
+    assert not any(f["type"] == "delta" for f in frames)  # a token stream cannot be redacted: not sent
+    _check_redacted([f["event"] for f in frames if f["type"] == "event"])
+    owner = asyncio.run(_read_socket(world, _token(world, "lee", "user", ("legal",)), "conv-ws"))
+    assert any(f["type"] == "delta" for f in owner) and _leaks(json.dumps(owner))
+
+
+def test_chat_socket_live_frames_apply_the_readers_acl(world: dict[str, Any], redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    r.hset("convmeta:{conv-live}", mapping={"tenant": TENANT, "user": "lee", "created_ms": 1})
+    frames = asyncio.run(
+        _read_socket(
+            world,
+            _token(world, "rita", "admin"),
+            "conv-live",
+            live=lambda: _conversation(world, r, "conv-live"),
+        )
+    )
+    _check_redacted([f["event"] for f in frames if f["type"] == "event"])

@@ -65,13 +65,18 @@ class HttpResult(_Payload, frozen=True, kw_only=True, tag="http_result"):
     truncated: bool = False
 
 
+class TitleCandidate(msgspec.Struct, frozen=True, kw_only=True):
+    doc_id: str
+    title: str
+
+
 class TitleMatch(msgspec.Struct, frozen=True, kw_only=True):
     """One name from a request against the catalog's titles: the document it names, if exactly one."""
 
     name: str
     doc_id: str = ""  # empty when missing or ambiguous
     title: str = ""
-    candidates: tuple[str, ...] = ()  # titles of the close candidates (ambiguous), best first
+    candidates: tuple[TitleCandidate, ...] = ()  # the close candidates when ambiguous, best first
 
 
 class DocumentMatches(_Payload, frozen=True, kw_only=True, tag="document_matches"):

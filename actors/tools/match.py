@@ -39,7 +39,7 @@ def describe(match: TitleMatch) -> str:
     if match.doc_id:
         return f"{match.name!r} → {match.title} (doc_id={match.doc_id})"
     if match.candidates:
-        return f"{match.name!r} is ambiguous: {'; '.join(match.candidates)}"
+        return f"{match.name!r} is ambiguous: {'; '.join(c.title for c in match.candidates)}"
     return f"{match.name!r} matches no document you may read"
 
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from difflib import SequenceMatcher
 
-from store.tool_payloads import TitleMatch
+from store.tool_payloads import TitleCandidate, TitleMatch
 
 ACCEPT = 0.6
 TIE = 0.05
@@ -55,5 +55,6 @@ def match_name(name: str, documents: Sequence[tuple[str, str]]) -> TitleMatch:
     best = close[0]
     rivals = [r for r in close[1:] if best[0] - r[0] < TIE]
     if rivals:
-        return TitleMatch(name=name, candidates=tuple(r[2] for r in [best, *rivals][:MAX_CANDIDATES]))
+        candidates = tuple(TitleCandidate(doc_id=d, title=t) for _, d, t in [best, *rivals][:MAX_CANDIDATES])
+        return TitleMatch(name=name, candidates=candidates)
     return TitleMatch(name=name, doc_id=best[1], title=best[2])

@@ -31,7 +31,7 @@ def unresolved(matches: Sequence[TitleMatch]) -> str | None:
     lines = []
     for m in matches:
         if m.candidates:
-            lines.append(f"- “{m.name}” could be: {'; '.join(m.candidates)}. Which one?")
+            lines.append(f"- “{m.name}” could be: {'; '.join(c.title for c in m.candidates)}. Which one?")
         elif not m.doc_id:
             lines.append(f"- “{m.name}” matches no document you may read. What is its title?")
     if not lines:

@@ -302,6 +302,26 @@ def test_summarise_is_extractive_and_labelled_without_a_writing_model(rt: Runtim
     assert not of(logged, LLMRequested) and not of(logged, ApprovalRequested)
 
 
+def test_a_model_that_writes_gets_the_summary_to_write_and_no_tools(settings: Settings) -> None:
+    from actors.testing import ScriptedLLMThread
+
+    script = {"steps": [{"text": "Redistribution is allowed if the notice is kept [1]."}]}
+    with ScriptedLLMThread({"sum": script}) as llm:
+        extra = {"llm_backend": "openai", "llm_url": llm.url, "llm_max_retries": 0}
+        rt = Runtime.from_settings(msgspec.structs.replace(settings, **extra))
+        logged = ask(rt, "wf-llm", "[script:sum@wf-llm] Summarise the BSD-3-Clause license")
+        rt.close()
+    (started,) = of(logged, TurnStarted)
+    (requested,) = of(logged, LLMRequested)
+    assert started.workflow == "summarise_document" and requested.tools == ()
+    assert "Redistribution and use in source and binary forms" in requested.messages[-1]["content"]
+    (answer,) = of(logged, AnswerCompleted)
+    assert (
+        "written by" in answer.text and "Redistribution is allowed if the notice is kept [1]." in answer.text
+    )
+    assert "Extractive" not in answer.text and answer.citations[0].doc_id == "license/bsd-3-clause"
+
+
 def test_find_lists_documents_with_citations(rt: Runtime) -> None:
     logged = ask(rt, "wf-find", "Find the documents about patent licenses")
     (answer,) = of(logged, AnswerCompleted)

@@ -82,8 +82,9 @@ class Workflows:
         summarise = run.definition.steps[step] if run else None
         n = summarise.sentences if isinstance(summarise, Summarise) else 5
         document = fence_data(f"document {read[0].title!r}", read[1]) if read else "(no document was read)"
+        request = f"My request: {turn.question.text}\n\n{document}"
         return [ChatMessage(role="system", content=SUMMARY_SYSTEM.format(n=n)),
-                ChatMessage(role="user", content=document)]  # fmt: skip
+                ChatMessage(role="user", content=request)]  # fmt: skip
 
     def sources(self, turn: TurnState) -> list[Citation]:
         run = self.run(turn)

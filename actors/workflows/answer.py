@@ -30,7 +30,7 @@ def cell(text: str) -> str:
 
 def table_markdown(run: Run, table: ComparisonTable) -> str:
     cites = numbered(run)
-    lines = ["| Document | " + " | ".join(cell(f) for f in table.fields) + " |",
+    lines = ["| Document | " + " | ".join(cell(f[:1].upper() + f[1:]) for f in table.fields) + " |",
              "| --- | " + " | ".join("---" for _ in table.fields) + " |"]  # fmt: skip
     for row in table.rows:
         marker = f" [{cites[row.doc_id]}]" if row.doc_id in cites else ""

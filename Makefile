@@ -34,9 +34,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The five collections in one table (the four shared ones live in the workspace's ../shared/eval: README).
+EVAL_DIRS ?= ../shared/eval/vaswani ../shared/eval/cranfield ../shared/eval/perlfaq ../shared/eval/debfaq index/golden/demo
 eval: $(STAMP)
-	$(BIN)/docent eval ../shared/eval/vaswani
-	$(BIN)/docent eval ../shared/eval/cranfield
+	$(BIN)/docent eval $(EVAL_DIRS)
 
 clean:
 	rm -rf var .cache
@@ -45,5 +46,5 @@ clean:
 # Docent: this target installs them into .venv, then runs the quality mode on the five collections.
 .PHONY: bench-peers
 bench-peers: $(STAMP)
-	$(BIN)/pip install -q bm25s tantivy lancedb
+	$(BIN)/pip install -q bm25s tantivy lancedb PyStemmer
 	$(BIN)/python bench/peers.py

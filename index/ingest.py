@@ -165,6 +165,23 @@ def lexical_entry(key: int, chunk: Chunk) -> LexicalEntry:
     )  # fmt: skip
 
 
+def distinct_chunks(chunks: Sequence[Chunk]) -> list[Chunk]:
+    """The chunks without repeats of an earlier chunk's text (whitespace aside) in the same document.
+
+    A document that repeats a passage thousands of times (a generated PDF, a pasted log) would otherwise
+    fill both indexes with identical entries: they crowd every other result out of BM25 and, all at one
+    point, wreck the HNSW graph's neighbourhoods for every tenant sharing it (issue 11, finding 4).
+    """
+    seen: set[str] = set()
+    kept = []
+    for chunk in chunks:
+        text = " ".join(chunk.text.split())
+        if text not in seen:
+            seen.add(text)
+            kept.append(chunk)
+    return kept
+
+
 def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -634,6 +651,7 @@ class Ingestor:
                     # which is cheap, in case it changes before the commit's check under the lock).
                     unchanged = self.catalog.ingest_hash(writer.version, source.document.doc_id) == digest
                     chunks = self._chunk(writer, source, contextualize=not unchanged)
+                chunks = distinct_chunks(chunks)
                 prepared.append(
                     _Prepared(document=source.document, ingest_hash=digest, chunks=chunks, text=source.text)
                 )

@@ -6,24 +6,24 @@ comma-separated reader tokens), body (TEXT: the chunk's indexed text, i.e. its c
 heading path — then the chunk, exactly what the embedder sees). One text field, no boosts: with the title and
 the headings in boosted fields of their own (the first schema), sections whose headings share a question's
 words outvoted the untitled answers, BM25 nDCG@10 .12 on debfaq against .38 for the one field
-(bench/retrieval_quality.py). No positions are stored: queries are bags of terms, never phrases.
+(`docent eval`). No positions are stored: queries are bags of terms, never phrases.
 
 Analysis: Whoosh's StemmingAnalyzer (regex words, lower case, Porter stemmer) with Whoosh's stop words plus
 QUESTION_WORDS — the function words of questions ("how", "do", "should", "my" …), which are not in a
-classic stop list and in a question collection match every other section. Measured on the four shared
-collections, leave-one-collection-out (README): +.02 to +.05 nDCG@10 on the question collections, ±.005 on
-the keyword ones.
+classic stop list and in a question collection match every other section. Measured over the same chunks
+(BM25 k1 1.2, b .75, nDCG@10): debfaq +.032, perlfaq +.013, vaswani, cranfield and the demo set +.007 each.
 
 Scoring: BM25 (Lucene's idf, log(1 + (N - df + .5) / (df + .5)), instead of Whoosh's log(N / (df + 1)) + 1,
-whose +1 floor gives every common question word a full vote), K1 and B from settings (chosen
-leave-one-collection-out, README). Exhaustive: every query term present in the index is scored over all its
-postings, no pruning. Whoosh's own search walks a tree of per-posting matchers in Python (~10 us a posting);
-`_Ranking` instead scores the posting lists as numpy arrays: read a block at a time from Whoosh's segment
-files once, then kept in a process-wide cache (POSTINGS_CACHE_BYTES, LRU, keyed by immutable segment), so a
-query costs a few numpy operations per term. `vectorised=False` (or an index that is not Whoosh 3 segments)
-falls back to Whoosh's search with the same weighting (`LuceneBM25`); tests/test_indexes.py checks both give
-the same scores, with segments, deletions and ACLs. An index of the first schema (title, heading, body with
-field boosts) is scored over its fields as before, the boosts folded into Whoosh's stored weights.
+whose +1 floor gives every common question word a full vote), K1 and B from settings (1.2 and .75, chosen
+leave-one-collection-out by bench/retrieval_quality.py). Exhaustive: every query term present in the index
+is scored over all its postings, no pruning. Whoosh's own search walks a tree of per-posting matchers in
+Python (~10 us a posting); `_Ranking` instead scores the posting lists as numpy arrays: read a block at a
+time from Whoosh's segment files once, then kept in a process-wide cache (POSTINGS_CACHE_BYTES, LRU, keyed
+by immutable segment), so a query costs a few numpy operations per term. `vectorised=False` (or an index
+that is not Whoosh 3 segments) falls back to Whoosh's search with the same weighting (`LuceneBM25`);
+tests/test_indexes.py checks both give the same scores, with segments, deletions and ACLs. An index of the
+first schema (title, heading, body with field boosts) is scored over its fields as before, the boosts folded
+into Whoosh's stored weights.
 
 Access control is inside the retriever, two ways:
 - the ACL (tenant AND any of the principal's reader tokens) is a docnum mask combined with numpy from
@@ -82,6 +82,7 @@ WRITER_LIMIT_MB = 128
 SEARCHER_CHECK_MS = 200
 MASK_CACHE_TERMS = 32  # per thread; a mask is one byte per document
 TERM_CACHE_SIZE = 4096  # (field, term) -> term info per segment, per thread
+KEY_CACHE_SIZE = 200_000  # docnum -> key, per thread (cleared when full or when the index changes)
 POSTINGS_CACHE_BYTES = 256 << 20  # decoded posting lists kept per index (12 bytes a posting)
 BM25_K1 = 1.2
 BM25_B = 0.75
@@ -228,7 +229,16 @@ class _Slot:
         self.masks: OrderedDict[tuple[str, str], npt.NDArray[np.bool_]] = OrderedDict()
         self.lengths: dict[str, npt.NDArray[np.float64]] = {}
         self.terms: OrderedDict[tuple[str, str], list[_SegmentTerm]] = OrderedDict()
+        self.keys: dict[int, int] = {}  # docnum -> key (a stored-field read is ~25 us)
         self.readable = self.leaves() is not None
+
+    def key_of(self, docnum: int) -> int:
+        key = self.keys.get(docnum)
+        if key is None:
+            if len(self.keys) >= KEY_CACHE_SIZE:
+                self.keys.clear()
+            key = self.keys[docnum] = int(self.searcher.stored_fields(docnum)["key"])
+        return key
 
     def refresh(self) -> None:
         fresh = self.searcher.refresh()
@@ -237,6 +247,7 @@ class _Slot:
             self.masks.clear()  # docnums change with the index generation
             self.lengths.clear()
             self.terms.clear()
+            self.keys.clear()
             self.readable = self.leaves() is not None
         self.checked_at = time.monotonic()
 
@@ -444,7 +455,7 @@ class LexicalIndex:
         limit = k
         while True:
             if ranking is not None:
-                hits, exhausted = ranking.top(slot.searcher, limit)
+                hits, exhausted = ranking.top(slot, limit)
             else:
                 results = slot.searcher.search(query, limit=limit, filter=acl)
                 hits = [(int(hit["key"]), float(hit.score)) for hit in results]
@@ -515,7 +526,7 @@ class _Ranking:
         self.found = self.scores[self.docnums]
         return self
 
-    def top(self, searcher: WhooshSearcher, limit: int) -> tuple[list[Scored], bool]:
+    def top(self, slot: _Slot, limit: int) -> tuple[list[Scored], bool]:
         """The `limit` best (key, score), best first (ties: lower docnum first, as Whoosh), and whether
         that is every match."""
         docnums, scores = self.docnums, self.found
@@ -524,5 +535,5 @@ class _Ranking:
             chosen = scores >= threshold
             docnums, scores = docnums[chosen], scores[chosen]
         order = np.lexsort((docnums, -scores))[:limit]
-        hits = [(int(searcher.stored_fields(int(docnums[i]))["key"]), float(scores[i])) for i in order]
+        hits = [(slot.key_of(int(docnums[i])), float(scores[i])) for i in order]
         return hits, len(self.docnums) <= limit

@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aredis
 
-from index.fusion import Fused, rrf, zscore
+from index.fusion import Fused, keep_lexical_top, rrf, zscore
 from index.ingest import chunk_of
 from index.keys import Keys, Scored
 from index.lexical import LexicalIndex
@@ -305,6 +305,8 @@ class Searcher:
     ) -> list[Hit]:
         started = time.perf_counter()
         fused = self._fuse(query, dense, lexical, mode)
+        if mode == "hybrid":
+            fused = keep_lexical_top(fused, lexical, k)
         timings["fuse"] = _ms(started)
         depth = max(k, self.settings.rerank_depth) if self.reranker is not None else k
         started = time.perf_counter()

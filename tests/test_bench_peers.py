@@ -74,3 +74,9 @@ def test_lancedb_peer(tmp_path: Path) -> None:
     index = LanceIndex(lancedb, TEXTS, vectors, tmp_path / "l")
     assert index.fts("debian packages")[0] == 2
     assert index.hybrid("debian packages", vectors[2])[0] == 2
+
+
+def test_bm25s_stemmed_peer() -> None:
+    bm25s = pytest.importorskip("bm25s")
+    stemmer = pytest.importorskip("Stemmer")
+    assert Bm25sIndex(bm25s, TEXTS, stemmer).search("installed packaging")[0] in (2, 3)

@@ -28,11 +28,13 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -x --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # The five collections in one table (the four shared ones live in the workspace's ../shared/eval: README).
 EVAL_DIRS ?= ../shared/eval/vaswani ../shared/eval/cranfield ../shared/eval/perlfaq ../shared/eval/debfaq index/golden/demo

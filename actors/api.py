@@ -3,30 +3,35 @@
 The web process never writes a conversation's durable log (the actor is its single writer). It appends the
 item to the conversation's inbox stream `conv:{<id>}:inbox` (deduplicated by `dedup_id`) and sends the
 actor an `advance(conversation_id)` message. Nothing here loads a model or an index, and nothing here
-imports an actor module: messages are built as raw `dramatiq.Message`s by queue and actor name.
+imports an actor module: messages are sent by queue and actor name (`actors.broker.enqueue_by_name`) on
+an enqueue-only broker.
 
     wake = make_wake(settings)          # async (conv_id) -> None: enqueue advance(conv_id)
     ingest = make_ingest(settings)      # async (tenant, path) -> job id: enqueue ingest_file(tenant, path)
+    enqueue_reindex(settings, job_id)   # reindex_run(job_id), blocking
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import dramatiq
-
+from actors.broker import (
+    ADVANCE_ACTOR,
+    CONVERSATION_QUEUE,
+    INGEST_ACTOR,
+    INGEST_QUEUE,
+    REINDEX_QUEUE,
+    enqueue_by_name,
+    sending_broker,
+)
+from index.reindex.jobs import RUN_ACTOR_NAME
 from store.blocking import run_blocking
 from store.events import ApprovalDecided, TurnCancelled, UserMessage
 from store.settings import Settings
 
 InboundItem = UserMessage | ApprovalDecided | TurnCancelled
-
-CONVERSATION_QUEUE = "conversation"  # = actors.broker.CONVERSATION_QUEUE (kept import-light here)
-INGEST_QUEUE = "ingest"
-ADVANCE_ACTOR = "advance"  # actors.conversation
-INGEST_ACTOR = "ingest_file"  # actors.ingest_job
 
 
 class Dispatcher(Protocol):
@@ -36,42 +41,29 @@ class Dispatcher(Protocol):
         ...
 
 
-def _enqueuer(settings: Settings) -> Callable[[dramatiq.Message[Any]], Awaitable[dramatiq.Message[Any]]]:
-    broker: dramatiq.Broker | None = None
-
-    async def enqueue(message: dramatiq.Message[Any]) -> dramatiq.Message[Any]:
-        nonlocal broker
-        if broker is None:
-            from actors.broker import setup_broker
-
-            broker = setup_broker(settings)
-        return await run_blocking(broker.enqueue, message)
-
-    return enqueue
+def send(settings: Settings, queue: str, actor: str, *args: str) -> str:
+    """Enqueue `actor(*args)` by name on the enqueue-only broker; returns the message id."""
+    return enqueue_by_name(sending_broker(settings.redis_url), queue, actor, args).message_id
 
 
 def make_wake(settings: Settings) -> Callable[[str], Awaitable[None]]:
     """`async wake(conv_id)`: send the conversation actor an `advance(conv_id)` message."""
-    enqueue = _enqueuer(settings)
 
     async def wake(conv_id: str) -> None:
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=CONVERSATION_QUEUE, actor_name=ADVANCE_ACTOR, args=(conv_id,), kwargs={}, options={}
-        )
-        await enqueue(message)
+        await run_blocking(send, settings, CONVERSATION_QUEUE, ADVANCE_ACTOR, conv_id)
 
     return wake
 
 
 def make_ingest(settings: Settings) -> Callable[[str, Path], Awaitable[str]]:
     """`async ingest(tenant, path) -> job id`: queue the file for the ingest workers."""
-    enqueue = _enqueuer(settings)
 
     async def ingest(tenant: str, path: Path) -> str:
-        message: dramatiq.Message[Any] = dramatiq.Message(
-            queue_name=INGEST_QUEUE, actor_name=INGEST_ACTOR, args=(tenant, str(path)), kwargs={}, options={}
-        )
-        sent = await enqueue(message)
-        return sent.message_id
+        return await run_blocking(send, settings, INGEST_QUEUE, INGEST_ACTOR, tenant, str(path))
 
     return ingest
+
+
+def enqueue_reindex(settings: Settings, job_id: str) -> None:
+    """Send `reindex_run(job_id)` to the reindex queue (blocking: call it from a thread in async code)."""
+    send(settings, REINDEX_QUEUE, RUN_ACTOR_NAME, job_id)

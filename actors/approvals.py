@@ -13,13 +13,15 @@ to its log, calls `schedule_expiry` and ends its message: nothing waits. From th
   approval already decided it checks that the decision reached the conversation and re-delivers it when
   a crash lost it, so every approval's outcome reaches its conversation at least by its expiry.
 
-Inbox posts carry the client id `approval:<id>` (store.log dedup) or the dispatcher dedup id
-`approval-<id>`; the actor must still fold at most one outcome per approval id.
+Every inbox post of an approval's outcome carries the dedup id `approval:<id>` (store.log's inbox dedup,
+which the web process's dispatcher uses too), so it enters the inbox once; the actor still folds at most
+one outcome per approval id.
 
-Timers are plain dramatiq messages sent as raw `dramatiq.Message`s, so the web process never needs the
-actor objects. A delay longer than `MAX_TIMER_HOP_MS` is covered in hops (the message re-enqueues itself
-until due), so no message sits for days in a worker's prefetched delay queue. "Now" for the timers is
-the wall clock plus `settings.approval_clock_offset_ms` (a test moves time forward with it).
+Timers are plain dramatiq messages sent by actor name (`actors.broker.enqueue_by_name`), so the web
+process never needs the actor objects. A delay longer than `MAX_TIMER_HOP_MS` is covered in hops (the
+message re-enqueues itself until due), so no message sits for days in a worker's prefetched delay queue.
+"Now" for the timers is the wall clock plus `settings.approval_clock_offset_ms` (a test moves time
+forward with it).
 
 Workers declare the actors by importing this module after `actors.broker.setup_broker()` (the
 `actors.worker` module does), or by calling `declare(broker)`. `python -m actors.approvals` runs a worker
@@ -28,7 +30,6 @@ for the `approvals` queue alone.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import signal
 import threading
@@ -38,9 +39,15 @@ import dramatiq
 import msgspec
 import redis
 
-from actors import broker as broker_module
 from actors.api import Dispatcher
-from actors.broker import APPROVALS_QUEUE, CONVERSATION_QUEUE, setup_broker
+from actors.broker import (
+    ADVANCE_ACTOR,
+    APPROVALS_QUEUE,
+    CONVERSATION_QUEUE,
+    enqueue_by_name,
+    process_broker,
+    setup_broker,
+)
 from store.approvals import (
     ROOM_EVENTS_MAXLEN,
     AlreadyDecided,
@@ -50,23 +57,23 @@ from store.approvals import (
     Decided,
     NotDue,
     RoomEvent,
-    approval_key,
+    reminded_key,
     room_events_key,
 )
-from store.conversations import is_identifier
-from store.events import ApprovalDecided, ApprovalExpired, Decision, decode_event, now_ms
+from store.clock import now_ms
+from store.events import ApprovalDecided, ApprovalExpired, Decision, decode_event
 from store.exceptions import DocentError, InputError
 from store.log import ConversationLog, conv_keys
+from store.retry import RetryPolicy
 from store.scripts import payload
 from store.settings import Settings, get_settings
 
 EXPIRE_ACTOR = "expire_approval"
 REMIND_ACTOR = "remind_approval"
-ADVANCE_ACTOR = "advance"
 MAX_TIMER_HOP_MS = 3600 * 1000
 REMINDED_MARK_TTL_S = 30 * 24 * 3600
 OUTCOME_SCAN_ENTRIES = 2_000
-TIMER_MAX_RETRIES = 10
+TIMER_RETRY = RetryPolicy(max_retries=10, first_s=15.0, max_s=7 * 24 * 3600.0)  # dramatiq's default backoff
 TIMER_TIME_LIMIT_MS = 60_000
 
 log = logging.getLogger(__name__)
@@ -82,16 +89,8 @@ def clock_ms(settings: Settings) -> int:
 
 
 def inbox_client_id(approval_id: str) -> str:
-    """The store.log inbox dedup id of an approval's outcome."""
+    """The inbox dedup id of an approval's outcome, whoever posts it (reviewer, timer, repair)."""
     return f"approval:{approval_id}"
-
-
-def dispatch_dedup_id(approval_id: str) -> str:
-    """The server dispatcher's dedup id (a plain identifier) of an approval's decision."""
-    candidate = f"approval-{approval_id}"
-    if is_identifier(candidate):
-        return candidate
-    return "approval-" + hashlib.sha256(approval_id.encode()).hexdigest()[:40]
 
 
 def outcome_event(record: ApprovalRecord) -> ApprovalDecided | ApprovalExpired | None:
@@ -109,10 +108,6 @@ def outcome_event(record: ApprovalRecord) -> ApprovalDecided | ApprovalExpired |
             return ApprovalExpired(approval_id=record.approval_id, at_ms=record.decided_ms)
         case _:
             return None
-
-
-def reminded_key(approval_id: str) -> str:
-    return f"{approval_key(approval_id)}:reminded"
 
 
 # ---- the web side: deciding -----------------------------------------------------------------------
@@ -137,7 +132,7 @@ async def decide(
     result = await ledger.decide(approval_id, decision, reviewer, reason, now_ms, tenant=tenant)
     item = outcome_event(result.record)
     if isinstance(item, ApprovalDecided):
-        await dispatcher.submit(result.record.conv_id, item, dedup_id=dispatch_dedup_id(approval_id))
+        await dispatcher.submit(result.record.conv_id, item, dedup_id=inbox_client_id(approval_id))
     return result
 
 
@@ -165,25 +160,15 @@ def _stores_for(settings: Settings) -> _Stores:
         return stores
 
 
-def _broker(settings: Settings) -> dramatiq.Broker:
-    return broker_module._broker or setup_broker(settings)
-
-
 def _timer(broker: dramatiq.Broker, actor_name: str, args: tuple[Any, ...], due_ms: int, now: int) -> None:
     """Enqueue a timer message due at `due_ms` (clock_ms time), at most MAX_TIMER_HOP_MS ahead."""
     delay = min(max(due_ms - now, 0), MAX_TIMER_HOP_MS)
-    message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=APPROVALS_QUEUE, actor_name=actor_name, args=args, kwargs={}, options={}
-    )
-    broker.enqueue(message, delay=delay or None)
+    enqueue_by_name(broker, APPROVALS_QUEUE, actor_name, args, delay_ms=delay)
 
 
 def wake(broker: dramatiq.Broker, conv_id: str) -> None:
     """Send the conversation actor an `advance(conv_id)` message."""
-    message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=CONVERSATION_QUEUE, actor_name=ADVANCE_ACTOR, args=(conv_id,), kwargs={}, options={}
-    )
-    broker.enqueue(message)
+    enqueue_by_name(broker, CONVERSATION_QUEUE, ADVANCE_ACTOR, (conv_id,))
 
 
 def schedule_expiry(
@@ -197,7 +182,7 @@ def schedule_expiry(
     """Enqueue the approval's reminder (when `approval_reminder_s` before expiry is still ahead) and its
     expiry. Safe to repeat: a duplicate timer finds the approval settled (or reminded) and does nothing."""
     settings = settings or get_settings()
-    broker = broker or _broker(settings)
+    broker = broker or setup_broker(settings)
     now = clock_ms(settings)
     if settings.approval_reminder_s:
         remind_at_ms = expires_at_ms - settings.approval_reminder_s * 1000
@@ -231,14 +216,14 @@ def deliver(
     if item is None:
         return False
     posted = _stores_for(settings).log.post_inbox(record.conv_id, item, inbox_client_id(record.approval_id))
-    wake(broker or _broker(settings), record.conv_id)
+    wake(broker or setup_broker(settings), record.conv_id)
     return not posted.duplicate
 
 
 def expire_approval(approval_id: str, conv_id: str, due_ms: int) -> None:
     """Timer: expire the approval if it is still pending at its expiry, and tell the conversation."""
     settings = get_settings()
-    broker = _broker(settings)
+    broker = setup_broker(settings)
     now = clock_ms(settings)
     if now < due_ms:
         _timer(broker, EXPIRE_ACTOR, (approval_id, conv_id, due_ms), due_ms, now)
@@ -267,7 +252,7 @@ def remind_approval(approval_id: str, conv_id: str, remind_at_ms: int) -> None:
     settings = get_settings()
     now = clock_ms(settings)
     if now < remind_at_ms:
-        _timer(_broker(settings), REMIND_ACTOR, (approval_id, conv_id, remind_at_ms), remind_at_ms, now)
+        _timer(setup_broker(settings), REMIND_ACTOR, (approval_id, conv_id, remind_at_ms), remind_at_ms, now)
         return
     stores = _stores_for(settings)
     record = stores.ledger.get(approval_id)
@@ -294,14 +279,14 @@ def declare(broker: dramatiq.Broker) -> None:
     if id(broker) in _declared:
         return
     _declared.add(id(broker))
-    options: dict[str, Any] = {"max_retries": TIMER_MAX_RETRIES, "time_limit": TIMER_TIME_LIMIT_MS}
+    options: dict[str, Any] = {**TIMER_RETRY.actor_options(), "time_limit": TIMER_TIME_LIMIT_MS}
     for fn, name in ((expire_approval, EXPIRE_ACTOR), (remind_approval, REMIND_ACTOR)):
         dramatiq.Actor(fn, broker=broker, actor_name=name, queue_name=APPROVALS_QUEUE, priority=0,
                        options=options)  # fmt: skip
 
 
-if broker_module._broker is not None:  # a worker set its broker up first: declare on it
-    declare(broker_module._broker)
+if (process := process_broker()) is not None:  # a worker set its broker up first: declare on it
+    declare(process)
 
 
 def main() -> None:

@@ -8,6 +8,9 @@ Queues: `conversation` (advance a conversation actor), `ingest` (documents), `re
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
@@ -19,6 +22,8 @@ CONVERSATION_QUEUE = "conversation"
 INGEST_QUEUE = "ingest"
 REINDEX_QUEUE = "reindex"
 APPROVALS_QUEUE = "approvals"
+ADVANCE_ACTOR = "advance"  # actors.conversation
+INGEST_ACTOR = "ingest_file"  # actors.ingest_job
 NAMESPACE = "docent-tasks"
 
 _broker: dramatiq.Broker | None = None
@@ -43,6 +48,28 @@ def setup_broker(settings: Settings | None = None) -> dramatiq.Broker:
     return broker
 
 
+def process_broker() -> dramatiq.Broker | None:
+    """The broker this process set up (or stubbed), if any; actor modules declare on it when it exists."""
+    return _broker
+
+
+@lru_cache(maxsize=8)
+def sending_broker(redis_url: str) -> RedisBroker:
+    """An enqueue-only broker for a process that declares no actor (the web process, tests, the chaos
+    runner): never made the process's global broker."""
+    return RedisBroker(url=redis_url, namespace=NAMESPACE)
+
+
+def enqueue_by_name(
+    broker: dramatiq.Broker, queue: str, actor: str, args: tuple[Any, ...], *, delay_ms: int = 0
+) -> dramatiq.Message[Any]:
+    """Send `actor(*args)` on `queue` by name: the one way we enqueue, importing nothing of the actor."""
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=queue, actor_name=actor, args=args, kwargs={}, options={}
+    )
+    return broker.enqueue(message, delay=delay_ms or None)
+
+
 def use_stub_broker() -> dramatiq.Broker:
     """An in-memory broker for unit tests that never deliver messages across processes."""
     global _broker
@@ -50,8 +77,3 @@ def use_stub_broker() -> dramatiq.Broker:
     dramatiq.set_broker(broker)
     _broker = broker
     return broker
-
-
-def reset_broker() -> None:
-    global _broker
-    _broker = None

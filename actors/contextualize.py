@@ -12,7 +12,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from actors.llm.types import ChatMessage, LLMBackend, load_backend
+from actors.llm.backends import load_backend
+from actors.llm.types import ChatMessage, LLMBackend
 from index.context import llm_context
 from index.ingest import Contextualizer
 from store.settings import Settings

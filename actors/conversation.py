@@ -41,6 +41,7 @@ from typing import Any
 import dramatiq
 import msgspec
 
+from actors.approval_request import approval_record, approval_requested, schedule_expiry
 from actors.broker import CONVERSATION_QUEUE, setup_broker
 from actors.llm.types import (
     ChatMessage,
@@ -77,20 +78,16 @@ from actors.tools.registry import (
     Tool,
     ToolContext,
     ToolOutput,
-    args_hash,
     args_to_builtins,
-    canonical_args,
     idempotency_key,
 )
 from actors.workflows import workflows_for
 from actors.workflows.orchestrator import WORKFLOW_TOOLS
 from index.types import Hit, Principal
-from store.approvals import ApprovalRecord
 from store.events import (
     AnswerCompleted,
     ApprovalDecided,
     ApprovalExpired,
-    ApprovalRequested,
     Delta,
     Event,
     LimitHit,
@@ -118,20 +115,17 @@ from store.exceptions import (
     ToolError,
 )
 from store.log import Lease, LeaseKeeper
-from store.settings import Settings
+from store.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = "advance"
-LEASE_RETRY_MIN_MS = 100
-LEASE_RETRY_MAX_MS = 1_000
+LEASE_RETRY = RetryPolicy(max_retries=0, first_s=0.1, max_s=1.0)  # wait for a held lease, within these
 MAX_ACTIONS_PER_ACTIVATION = 1_000  # a safety net: every action appends, so the plan always progresses
-LLM_RETRY_BACKOFF_S = (0.2, 1.0, 3.0)
+LLM_RETRY = RetryPolicy(max_retries=0, first_s=0.2, max_s=3.0, factor=5.0)  # 0.2, 1, 3 s; the plan retries
 REASON_CHARS = 2_000
 ACTOR_TIME_LIMIT_MS = 3_600_000  # the turn is capped by max_run_seconds between steps; this is the backstop
-ACTOR_MAX_RETRIES = 20
-ACTOR_MIN_BACKOFF_MS = 100
-ACTOR_MAX_BACKOFF_MS = 5_000
+ACTOR_RETRY = RetryPolicy(max_retries=20, first_s=0.1, max_s=5.0)
 DEFAULT_TENANT = "default"
 
 # The tools an agent run may use: fixed here, by code. Risk and approvals come from the policy.
@@ -403,7 +397,7 @@ class Activation:
         ended = [] if recoverable else [TurnFailed(code=exc.code, message=message)]
         self.emit([failed, *ended])
         if isinstance(exc, LLMTimeout | LLMUnavailable):
-            await asyncio.sleep(LLM_RETRY_BACKOFF_S[min(attempt, len(LLM_RETRY_BACKOFF_S) - 1)])
+            await asyncio.sleep(LLM_RETRY.delay_s(attempt))
 
     def completed(self, step: int, completion: Completion, digest: str, backend: LLMBackend) -> LLMCompleted:
         return LLMCompleted(
@@ -466,43 +460,15 @@ class Activation:
             return None, f"{exc.code}: {exc.message}"
 
     def request_approval(self, action: RequestApproval) -> None:
-        turn, call = self.turn, action.call
-        principal = self.principal
-        approval_id = _sha(self.conv_id, turn.number, action.step, call.id)[:32]
-        now = self.rt.clock()
-        ttl_s = self.rt.policy.approval_ttl_s(principal.tenant, call.name)
+        turn = self.turn
+        approval_id = _sha(self.conv_id, turn.number, action.step, action.call.id)[:32]
         reason = (action.reason or turn.llm_completed[action.step].text)[:REASON_CHARS]
-        record = ApprovalRecord(
-            approval_id=approval_id,
-            conv_id=self.conv_id,
-            tenant=principal.tenant,
-            room=self.rt.policy.room_for(principal.tenant, call.name),
-            tool=call.name,
-            args=canonical_args(action.check.args).decode(),
-            args_hash=args_hash(call.name, action.check.args),
-            requested_by=principal.user,
-            reason=reason,
-            created_ms=now,
-            expires_ms=now + ttl_s * 1000,
-        )
+        record = approval_record(
+            approval_id, self.conv_id, self.principal, self.rt.policy, action,
+            reason=reason, now_ms=self.rt.clock(),
+        )  # fmt: skip
         stored = self.rt.ledger.create(record)  # idempotent: a replay finds the first record
-        self.emit(
-            [
-                ApprovalRequested(
-                    approval_id=approval_id,
-                    step=action.step,
-                    call_id=call.id,
-                    tool=call.name,
-                    args=dict(action.check.args),
-                    args_hash=stored.args_hash,
-                    risk=action.check.risk,
-                    reason=reason,
-                    room=stored.room,
-                    requested_by=stored.requested_by,
-                    expires_at_ms=stored.expires_ms,
-                )
-            ]
-        )
+        self.emit([approval_requested(action, stored)])
         schedule_expiry(approval_id, self.conv_id, stored.expires_ms, self.rt.settings)
 
     # -- the answer ---------------------------------------------------------------------------------------
@@ -524,16 +490,6 @@ class Activation:
             text=cleaned, citations=citations, dropped_citations=dropped, sources=tuple(sources)
         )
         self.emit([answer])
-
-
-def schedule_expiry(approval_id: str, conv_id: str, expires_at_ms: int, settings: Settings) -> None:
-    """Start the approval's reminder and expiry timers (delayed messages on the approvals queue)."""
-    from actors.approvals import schedule_expiry as schedule
-
-    try:
-        schedule(approval_id, conv_id, expires_at_ms, settings=settings)
-    except Exception:  # the approval stands and the room shows it; only its timer is missing
-        log.exception("could not schedule the expiry of approval %s", approval_id)
 
 
 # ---- activation entry -----------------------------------------------------------------------------------
@@ -565,9 +521,8 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
         lease = rt.log.acquire(conv_id, rt.owner(), rt.settings.lease_ms)
     except LeaseHeld as held:
         expires = held.details.get("expires_at_ms")
-        wait = (expires - rt.clock()) if isinstance(expires, int) else LEASE_RETRY_MIN_MS
-        delay = min(LEASE_RETRY_MAX_MS, max(LEASE_RETRY_MIN_MS, wait))
-        advance.send_with_options(args=(conv_id,), delay=delay)
+        wait_s = (expires - rt.clock()) / 1000 if isinstance(expires, int) else 0.0
+        advance.send_with_options(args=(conv_id,), delay=round(LEASE_RETRY.bounded_s(wait_s) * 1000))
         return "held"
     activation = Activation(rt, conv_id, lease, load(rt, conv_id))
     stale = False
@@ -602,19 +557,11 @@ async def _guarded(activation: Activation) -> None:
             )
 
 
-def _broker() -> dramatiq.Broker:
-    if dramatiq.broker.global_broker is not None:
-        return dramatiq.get_broker()
-    return setup_broker()
-
-
 @dramatiq.actor(
     actor_name=ACTOR_NAME,
     queue_name=CONVERSATION_QUEUE,
-    broker=_broker(),
-    max_retries=ACTOR_MAX_RETRIES,
-    min_backoff=ACTOR_MIN_BACKOFF_MS,
-    max_backoff=ACTOR_MAX_BACKOFF_MS,
+    broker=setup_broker(),
+    **ACTOR_RETRY.actor_options(),
     time_limit=ACTOR_TIME_LIMIT_MS,
 )
 def advance(conversation_id: str) -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import dramatiq
 
-from actors.broker import INGEST_QUEUE, setup_broker
+from actors.broker import INGEST_ACTOR, INGEST_QUEUE, setup_broker
+from store.retry import RetryPolicy
 from store.settings import get_settings
 
-ACTOR_NAME = "ingest_file"
 TIME_LIMIT_MS = 3_600_000
-MAX_RETRIES = 3
+RETRY = RetryPolicy(max_retries=3, first_s=15.0, max_s=7 * 24 * 3600.0)  # dramatiq's default backoff
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +31,11 @@ def ingest_file(tenant: str, path: str) -> None:
     log.info("ingested %s for %s: %s", path, tenant, {k: report[k] for k in ("outcomes", "errors")})
 
 
-def _broker() -> dramatiq.Broker:
-    if dramatiq.broker.global_broker is not None:
-        return dramatiq.get_broker()
-    return setup_broker()
-
-
 ingest_actor: dramatiq.Actor[[str, str], None] = dramatiq.Actor(
     ingest_file,
-    broker=_broker(),
-    actor_name=ACTOR_NAME,
+    broker=setup_broker(),
+    actor_name=INGEST_ACTOR,
     queue_name=INGEST_QUEUE,
     priority=0,
-    options={"max_retries": MAX_RETRIES, "time_limit": TIME_LIMIT_MS},
+    options={**RETRY.actor_options(), "time_limit": TIME_LIMIT_MS},
 )

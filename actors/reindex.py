@@ -22,16 +22,15 @@ import redis
 
 from actors.broker import REINDEX_QUEUE, setup_broker
 from index.reindex.jobs import RUN_ACTOR_NAME
-from index.reindex.lease import LEASE_KEY
 from index.reindex.run import lower_priority, run_slice
+from store import keys
+from store.retry import RetryPolicy
 from store.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 TIME_LIMIT_MS = 60 * 60 * 1000  # a slice plus the golden-set gate; slices themselves are short
-RETRY_MIN_BACKOFF_MS = 1000
-RETRY_MAX_BACKOFF_MS = 30_000
-MAX_RETRIES = 20
+RETRY = RetryPolicy(max_retries=20, first_s=1.0, max_s=30.0)
 BUSY_MARGIN_MS = 250
 
 broker = setup_broker()  # idempotent: actors.worker has set it up already with the same settings
@@ -41,9 +40,7 @@ broker = setup_broker()  # idempotent: actors.worker has set it up already with 
     actor_name=RUN_ACTOR_NAME,
     queue_name=REINDEX_QUEUE,
     time_limit=TIME_LIMIT_MS,
-    max_retries=MAX_RETRIES,
-    min_backoff=RETRY_MIN_BACKOFF_MS,
-    max_backoff=RETRY_MAX_BACKOFF_MS,
+    **RETRY.actor_options(),
 )
 def reindex_run(job_id: str) -> None:
     settings = get_settings()
@@ -52,7 +49,7 @@ def reindex_run(job_id: str) -> None:
     try:
         result = run_slice(settings, client, job_id)
         if result == "busy":  # another worker holds the lease (or a dead one, until it expires)
-            delay_ms = max(0, int(client.pttl(LEASE_KEY.format(job_id)))) + BUSY_MARGIN_MS
+            delay_ms = max(0, int(client.pttl(keys.reindex_lease(job_id)))) + BUSY_MARGIN_MS
     finally:
         client.close()
     if result == "continue":

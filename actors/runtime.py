@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from actors.kb import ServiceKnowledgeBase
-from actors.llm.types import LLMBackend, load_backend
+from actors.llm.backends import load_backend
+from actors.llm.types import LLMBackend
 from actors.plan import Caps
 from actors.tools import default_registry
 from actors.tools.policy import RiskPolicy
 from actors.tools.registry import Registry
 from store.approvals import ApprovalLedger
-from store.events import now_ms as wall_clock_ms
+from store.clock import now_ms as wall_clock_ms
 from store.exceptions import IndexNotFound
 from store.log import ConversationLog
 from store.settings import Settings, get_settings

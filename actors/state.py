@@ -11,7 +11,6 @@ from typing import Literal
 import msgspec
 
 from store.events import (
-    TERMINAL,
     AnswerCompleted,
     ApprovalDecided,
     ApprovalExpired,
@@ -131,10 +130,6 @@ def fold(state: ConversationState, event_id: str, event: Event) -> ConversationS
                 state.history.append({"role": "user", "content": turn.question.text})
                 state.history.append({"role": "assistant", "content": event.text})
     return state
-
-
-def is_terminal(event: Event) -> bool:
-    return isinstance(event, TERMINAL)
 
 
 _state_encoder = msgspec.msgpack.Encoder()

@@ -28,12 +28,12 @@ from pathlib import Path
 import msgspec
 import redis
 
+from actors.api import enqueue_reindex
 from index.evaluate import Query, read_jsonl
 from index.reindex.gate import GOLDEN_DEMO_DIR
 from index.reindex.jobs import get_job, start_job
 from index.search import SearchService
 from index.types import Principal
-from server.admin import enqueue_reindex
 from store.redis import EmbeddedRedis
 from store.settings import Settings
 

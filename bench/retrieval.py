@@ -20,7 +20,7 @@ What it measures, and how the corpora are made:
   bulk loads use DOCS_PER_COMMIT_BULK documents per Whoosh commit / USearch generation.
 - Queries: the 373 judged queries of the three collections (keyword and question style), each once,
   through the async live path (`Searcher.search`: cached QueryEmbedder with nothing cached, so every
-  embedding is cold; USearch || Whoosh in threads; gated RRF; catalog), mode hybrid, k = 8, no rerank.
+  embedding is cold; USearch || Whoosh in threads; z-score fusion; catalog), mode hybrid, k = 8, no rerank.
 - Peak RSS: the process's high-water mark (ru_maxrss) after the build and after the queries.
 """
 

@@ -30,6 +30,7 @@ import redis.asyncio as aredis
 
 from index import ct2bert
 from index.types import EMBEDDER_NAMES, Embedder, ModelIdentity, Vector
+from store import keys
 from store.blocking import run_blocking
 from store.exceptions import ConfigError, InputError, ModelError
 from store.settings import Settings
@@ -374,7 +375,7 @@ class QueryEmbedder:
     def cache_key(self, text: str) -> str:
         identity = self.identity
         digest = hashlib.sha1(normalise_query(text).encode()).hexdigest()
-        return f"emb:{identity.weights_sha256[:16]}:{identity.name}:{digest}"
+        return keys.embedding(identity.weights_sha256, identity.name, digest)
 
     def embed_query(self, text: str) -> Vector:
         query, key = self._prepare(text)

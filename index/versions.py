@@ -29,6 +29,7 @@ from pathlib import Path
 import msgspec
 
 from index.types import IndexState, Manifest, ModelIdentity
+from store.clock import now_ms
 from store.exceptions import IndexCorrupt, IndexNotFound, InputError, ModelMismatch
 from store.settings import Settings
 
@@ -48,10 +49,6 @@ class ActiveAlias(msgspec.Struct, frozen=True, kw_only=True):
 
 _manifest_decoder = msgspec.json.Decoder(Manifest)
 _alias_decoder = msgspec.json.Decoder(ActiveAlias)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def check_version_name(version: str) -> str:

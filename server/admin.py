@@ -20,23 +20,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import dramatiq
 import msgspec
 import redis
-from dramatiq.brokers.redis import RedisBroker
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from actors.broker import NAMESPACE, REINDEX_QUEUE
+from actors.api import enqueue_reindex
 from index import reindex
 from server.admin_socket import admin_endpoint
 from server.bodies import read_json
-from server.callers import require_admin, services
+from server.callers import require_admin
 from server.pages import render_page
 from server.rest import json_response
+from server.services import services
 from store.blocking import run_blocking
 from store.exceptions import DocentError, IndexNotFound, ReindexRefused
 from store.settings import Settings
@@ -63,19 +62,6 @@ class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 @lru_cache(maxsize=8)
 def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
-
-
-@lru_cache(maxsize=8)
-def _broker(url: str) -> RedisBroker:
-    return RedisBroker(url=url, namespace=NAMESPACE)  # enqueue only: never the process's global broker
-
-
-def enqueue_reindex(settings: Settings, job_id: str) -> None:
-    """Send `reindex_run(job_id)` to the reindex queue by name (nothing of the actor is imported)."""
-    message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=REINDEX_QUEUE, actor_name=reindex.RUN_ACTOR_NAME, args=(job_id,), kwargs={}, options={}
-    )
-    _broker(settings.redis_url).enqueue(message)
 
 
 def _admin(request: Request) -> tuple[Settings, redis.Redis, str]:

@@ -1,7 +1,7 @@
 """/ws/admin: reindex progress for the operator console (the protocol's state machine is server.session's).
 
 No hello: the admin key comes with the handshake (`X-Admin-Key`, or `?admin_key=` from a browser) and is
-checked before anything is sent. The socket follows `index.reindex.EVENTS_STREAM` on the shared hub, then
+checked before anything is sent. The socket follows `reindex:events` (store.keys) on the shared hub, then
 gets the job in progress (if any) and every job update after it as `{"type": "reindex", "job": {...}}`.
 Client frames: `ping` only.
 """
@@ -17,14 +17,13 @@ from server import protocol as p
 from server.callers import require_admin
 from server.hub import Fields
 from server.session import Session
+from store import keys
 from store.blocking import run_blocking
 
 
 def job_frame(entry_id: str, fields: Fields) -> bytes | None:
-    job = fields.get(b"job", fields.get("job"))
-    if job is None:
-        return None
-    return p.encode(p.ReindexFrame(job=msgspec.Raw(job if isinstance(job, bytes) else job.encode())))
+    job = keys.reindex_event_job(fields)
+    return None if job is None else p.encode(p.ReindexFrame(job=msgspec.Raw(job)))
 
 
 def _current_job(redis_url: str) -> reindex.ReindexJob | None:
@@ -38,7 +37,7 @@ class AdminSession(Session):
     async def connected(self) -> None:
         require_admin(self.ws, "operator")
         hub = self.services.hub
-        subscription = await hub.subscribe(reindex.EVENTS_STREAM, job_frame, self.settings.ws_send_buffer)
+        subscription = await hub.subscribe(keys.REINDEX_EVENTS, job_frame, self.settings.ws_send_buffer)
         self.follow(subscription, self._send_all)
         current = await run_blocking(_current_job, self.settings.redis_url)
         if current is not None:

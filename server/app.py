@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
@@ -30,12 +29,13 @@ from actors.api import Dispatcher
 from server.admin import admin_routes
 from server.auth import Authenticator
 from server.chat import chat_endpoint
-from server.dispatch import RedisDispatcher, Wake, no_wake
+from server.dispatch import RedisDispatcher, Wake
 from server.hub import Hub, hub_client
 from server.limits import ActionLimits, SocketQuota
 from server.pages import WEB_DIR, render_page
 from server.rest import json_response, routes
 from server.review.routes import routes as review_routes
+from server.services import Ingest, Services
 from server.traces import trace_routes
 from store.conversations import Conversations
 from store.exceptions import (
@@ -67,8 +67,6 @@ GC_GEN2_THRESHOLD = 1_000
 REDIS_POOL_WAIT_S = 5.0
 WS_PING_TIMEOUT_S = 20.0
 
-Ingest = Callable[[str, Path], Awaitable[str]]
-
 log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: list[tuple[type[DocentError], int]] = [
@@ -81,35 +79,6 @@ STATUS_BY_ERROR: list[tuple[type[DocentError], int]] = [
     (UnsupportedFormat, 415),
     (InputError, 400),
 ]
-
-
-@dataclass(frozen=True)
-class Services:
-    settings: Settings
-    redis: aredis.Redis
-    auth: Authenticator
-    conversations: Conversations
-    hub: Hub
-    dispatcher: Dispatcher
-    limits: ActionLimits
-    sockets: SocketQuota
-    ingest: Ingest
-    allowed_origins: frozenset[str]
-
-
-async def no_ingest(tenant: str, path: Path) -> str:
-    log.warning("no ingest enqueuer configured: %s stays in %s until ingested", path.name, path.parent)
-    return ""
-
-
-def _default_wake(settings: Settings) -> Wake:
-    make = getattr(actors_api, "make_wake", None)
-    return make(settings) if make is not None else no_wake  # type: ignore[no-any-return]
-
-
-def _default_ingest(settings: Settings) -> Ingest:
-    make = getattr(actors_api, "make_ingest", None)
-    return make(settings) if make is not None else no_ingest  # type: ignore[no-any-return]
 
 
 def parse_origins(value: str) -> frozenset[str]:
@@ -171,10 +140,10 @@ def create_app(
             auth=auth,
             conversations=Conversations(client),
             hub=hub,
-            dispatcher=dispatcher or RedisDispatcher(client, wake or _default_wake(settings)),
+            dispatcher=dispatcher or RedisDispatcher(client, wake or actors_api.make_wake(settings)),
             limits=ActionLimits(AsyncRateLimiter(client), settings),
             sockets=SocketQuota(settings.ws_max_sockets_per_user, settings.ws_max_sockets_per_tenant),
-            ingest=ingest or _default_ingest(settings),
+            ingest=ingest or actors_api.make_ingest(settings),
             allowed_origins=allowed_origins,
         )
         try:
@@ -227,34 +196,29 @@ def create_app(
     )
 
 
-def uvicorn_args(settings: Settings) -> list[str]:
-    """The uvicorn command-line options that enforce this app's WebSocket limits."""
-    return [
-        "--ws", "websockets-sansio",
-        "--ws-max-size", str(settings.max_frame_bytes * HARD_FRAME_LIMIT_FACTOR),
-        "--ws-ping-interval", str(WS_PING_INTERVAL_S),
-        "--ws-ping-timeout", str(WS_PING_TIMEOUT_S),
-        "--ws-per-message-deflate", "false",
-    ]  # fmt: skip
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options that enforce this app's WebSocket limits."""
+    return {
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.max_frame_bytes * HARD_FRAME_LIMIT_FACTOR,
+        "ws_ping_interval": WS_PING_INTERVAL_S,
+        "ws_ping_timeout": WS_PING_TIMEOUT_S,
+        "ws_per_message_deflate": False,
+    }
 
 
-def main() -> None:
+def serve(app: str = "server.app:create_app", *, host: str = "", port: int = 0) -> None:
+    """Run `app` (an app factory's import path) under uvicorn with `uvicorn_options`; what `main` runs."""
     import uvicorn
 
     private_umask()
     settings = get_settings()
-    uvicorn.run(
-        "server.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        ws="websockets-sansio",
-        ws_max_size=settings.max_frame_bytes * HARD_FRAME_LIMIT_FACTOR,
-        ws_ping_interval=WS_PING_INTERVAL_S,
-        ws_ping_timeout=WS_PING_TIMEOUT_S,
-        ws_per_message_deflate=False,
-        log_level="warning",
-    )
+    host, port = host or settings.host, port or settings.port
+    uvicorn.run(app, factory=True, host=host, port=port, log_level="warning", **uvicorn_options(settings))
+
+
+def main() -> None:
+    serve()
 
 
 if __name__ == "__main__":

@@ -11,26 +11,20 @@ Routes resolve the caller before they read anything of the request's body.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from starlette.requests import HTTPConnection, Request
 from starlette.websockets import WebSocket
 
 from server.auth import Principal
+from server.services import services
 from store.exceptions import AuthError
-
-if TYPE_CHECKING:
-    from server.app import Services
 
 ADMIN_KEY_HEADER = "x-admin-key"
 ADMIN_KEY_QUERY = "admin_key"
 OPERATOR_TENANT = "default"  # what an operator's principal names when no ?tenant= is given
 
 Scope = Literal["tenant", "operator"]
-
-
-def services(conn: HTTPConnection) -> Services:
-    return conn.app.state.services  # type: ignore[no-any-return]
 
 
 def bearer_token(request: Request) -> str | None:

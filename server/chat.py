@@ -21,13 +21,14 @@ from server.hub import StreamKey, id_key
 from server.redaction import EventView, event_view
 from server.session import Session, error_frame
 from server.turns import turn_running
+from store.clock import now_ms
 from store.conversations import ConversationMeta, can_read, can_write
-from store.events import TurnCancelled, UserMessage, now_ms
+from store.events import TurnCancelled, UserMessage
 from store.exceptions import DocentError, ForbiddenError, FrameError
 from store.log import conv_keys
 
 if TYPE_CHECKING:
-    from server.app import Services
+    from server.services import Services
 
 
 class ChatSession(Session):

@@ -24,6 +24,8 @@ import redis
 import redis.asyncio as aredis
 
 from server.buffer import BoundedBuffer
+from store import keys
+from store.retry import RetryPolicy
 from store.scripts import text
 
 HUB_BATCH_KEYS = 32
@@ -32,7 +34,7 @@ HUB_SPARE_CONNECTIONS = 16  # tail reads and wake writes, beside the blocked rea
 HUB_BLOCK_MS = 2_000  # under redis-py's default 5 s socket timeout
 HUB_READ_COUNT = 256  # entries per stream per XREAD
 WAKE_TTL_MS = 60_000
-RETRY_BACKOFF_S = (0.05, 0.2, 1.0, 2.0)
+READ_RETRY = RetryPolicy(max_retries=0, first_s=0.05, max_s=2.0, factor=4.0)  # 0.05, 0.2, 0.8, 2 s, forever
 CLIENT_NAME_PREFIX = "docent-hub"
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,7 @@ class _Shard:
 
     def __init__(self, hub: Hub, number: int) -> None:
         self.hub = hub
-        self.wake_key = f"fanout:{{{hub.process_id}}}:wake:{number}"
+        self.wake_key = keys.hub_wake(hub.process_id, number)
         self.wake_cursor = "$"
         self.topics: dict[str, _Topic[Any]] = {}
         self.changed = asyncio.Event()
@@ -143,7 +145,7 @@ class _Shard:
                 reply = await self._read(streams)
                 failures = 0
             except redis.RedisError as exc:
-                delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
+                delay = READ_RETRY.delay_s(failures)
                 failures += 1
                 log.warning("hub read failed (%s); retrying in %.2fs", exc, delay)
                 await asyncio.sleep(delay)

@@ -28,10 +28,10 @@ from store.exceptions import DocentError, DocumentTooLarge, ForbiddenError, Inpu
 from store.log import conv_keys
 from store.redis import unavailable
 from store.redis_identity import averify
-from store.scripts import stream_id
+from store.scripts import stream_id, text
 
 if TYPE_CHECKING:
-    from server.app import Services
+    from server.services import Services
 
 ALLOWED_EXTENSIONS = frozenset({".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf", ".csv", ".json"})
 MAX_FILENAME_STEM_CHARS = 100
@@ -107,12 +107,8 @@ async def conversation_events(request: Request) -> Response:
     entries: Any = await services.redis.xrange(conv_keys(conv_id).log, f"({after}", "+", count=limit)
     view = await event_view(services.redis, services.settings.data_path, meta, me)
     shown = await view.events([msgspec.json.decode(fields[b"e"]) for _, fields in entries])
-    events = [EventOut(_text(i), e) for (i, _), e in zip(entries, shown, strict=True)]
+    events = [EventOut(text(i), e) for (i, _), e in zip(entries, shown, strict=True)]
     return json_response(EventsPage(conv_id, events, events[-1].id if events else after))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def sanitize_filename(name: str) -> str:

@@ -38,7 +38,7 @@ from server.limits import FrameBudget, SocketSlot
 from store.exceptions import AuthError, DocentError, ForbiddenError, FrameError, RateLimited
 
 if TYPE_CHECKING:
-    from server.app import Services
+    from server.services import Services
 
 HELLO_TIMEOUT_S = 10.0
 CLOSE_SEND_TIMEOUT_S = 5.0

@@ -16,16 +16,17 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from server.auth import ADMIN_KEY_USER, Principal
-from server.callers import require_admin, services
+from server.callers import require_admin
 from server.redaction import EventView, event_view
 from server.rest import json_response
+from server.services import services
 from store.conversations import ConversationMeta, identifier
 from store.events import LLMCompleted, ToolResult, UserMessage
 from store.exceptions import InputError, NotFound
 from store.log import AsyncConversationLog
 
 if TYPE_CHECKING:
-    from server.app import Services
+    from server.services import Services
 
 
 class TurnTotals(msgspec.Struct, kw_only=True):

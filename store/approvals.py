@@ -22,7 +22,8 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 
-from store.events import Decision, now_ms
+from store.clock import now_ms
+from store.events import Decision
 from store.exceptions import DocentError, InputError, Unavailable
 from store.scripts import (
     Arg,
@@ -108,6 +109,11 @@ class NotDue(msgspec.Struct, frozen=True, kw_only=True):
 
 def approval_key(approval_id: str) -> str:
     return f"appr:{{{key_part(approval_id, 'approval_id')}}}"
+
+
+def reminded_key(approval_id: str) -> str:
+    """Set once when the approval's reminder went out (the reminder timer's `SET NX`)."""
+    return f"{approval_key(approval_id)}:reminded"
 
 
 def room_pending_key(tenant: str, room: str) -> str:

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
 
+from store.clock import now_ms
 from store.exceptions import ForbiddenError, IndexError_, InputError
 
 CATALOG_FILE = "catalog.sqlite"
@@ -129,10 +129,6 @@ class DocumentCommit(msgspec.Struct, frozen=True, kw_only=True):
     ingest_hash: str
     visible: tuple[tuple[int, int], ...]
     text: str | None = None  # plain text for read_document; None keeps what is stored
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _batches(keys: Sequence[int]) -> Iterator[Sequence[int]]:

@@ -22,6 +22,7 @@ import redis.asyncio as aredis
 
 from store.exceptions import InputError
 from store.redis import unavailable
+from store.scripts import text
 
 MAX_IDENTIFIER_CHARS = 64
 MAX_TITLE_CHARS = 120
@@ -69,14 +70,10 @@ def can_write(meta: ConversationMeta, tenant: str, user: str) -> bool:
     return meta.tenant == tenant and meta.user == user
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _meta(conv_id: str, raw: dict[bytes | str, bytes | str]) -> ConversationMeta | None:
     if not raw:
         return None
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = {text(k): text(v) for k, v in raw.items()}
     return ConversationMeta(
         id=conv_id,
         tenant=fields["tenant"],
@@ -127,7 +124,7 @@ class Conversations:
             raise InputError(f"limit must be between 1 and {MAX_LIST_LIMIT}", field="limit")
         try:
             found: Any = await self.client.zrevrange(user_index_key(tenant, user), 0, limit - 1)
-            ids = [_text(i) for i in found]
+            ids = [text(i) for i in found]
             async with self.client.pipeline(transaction=False) as pipe:
                 for conv_id in ids:
                     pipe.hgetall(meta_key(conv_id))

@@ -7,11 +7,11 @@ mirrored plus `Delta`s (token fragments), which never enter the durable log. Eve
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 import msgspec
 
+from store.clock import now_ms
 from store.tool_payloads import ToolPayload
 
 SCHEMA_VERSION = 1
@@ -21,10 +21,6 @@ Mode = Literal["auto", "qa", "agent"]
 Risk = Literal["low", "high"]
 Decision = Literal["approved", "denied"]
 LimitName = Literal["steps", "tokens", "cost", "wall_clock"]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class _Base(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, forbid_unknown_fields=False):

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import redis.asyncio as aredis
 
 from store.exceptions import ConfigError, PortInUse, Unavailable
 from store.permissions import PRIVATE_UMASK, private_dir
@@ -171,7 +170,3 @@ def unavailable(exc: Exception) -> Unavailable:
 
 def sync_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
-
-
-def async_client(url: str) -> aredis.Redis:
-    return aredis.Redis.from_url(url)

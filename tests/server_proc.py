@@ -1,9 +1,9 @@
 """Run the real web process (uvicorn + server.app) in a subprocess, and play the worker's part in Redis.
 
-`ServerProcess` starts `uvicorn tests.server_proc:recording_app --factory` on a free (or given) port with
-the WebSocket options the app asks for, waits for /healthz, and can be SIGKILLed and restarted on the
-same port. `recording_app` is `server.app.create_app` with a wake-up and an ingest enqueuer that record
-their calls in Redis lists (`test:wakes`, `test:ingests`) so tests can see them.
+`ServerProcess` starts `tests.server_proc:recording_app` through `server.app.serve` (what the web process
+runs, with its uvicorn options) on a free (or given) port, waits for /healthz, and can be SIGKILLed and
+restarted on the same port. `recording_app` is `server.app.create_app` with a wake-up and an ingest
+enqueuer that record their calls in Redis lists (`test:wakes`, `test:ingests`) so tests can see them.
 
 `StreamWriter` appends to a conversation's streams the way the actor does: durable events to `:log`
 and `:live` under one shared id, deltas to `:live` only, with a (small, exact) live cap when asked.
@@ -25,7 +25,7 @@ import redis
 import redis.asyncio as aredis
 from starlette.applications import Starlette
 
-from server.app import create_app, uvicorn_args
+from server.app import create_app
 from store.events import Delta, Event, encode
 from store.redis import free_port
 from store.settings import Settings
@@ -91,10 +91,9 @@ class ServerProcess(LocalAddress):
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
-        command = [
-            sys.executable, "-m", "uvicorn", self.app, "--factory", *uvicorn_args(self.settings),
-            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-        ]  # fmt: skip
+        # server.app.serve is what `python -m server.app` (the Procfile's web process) runs.
+        launch = f"from server.app import serve; serve({self.app!r}, host='127.0.0.1', port={self.port})"
+        command = [sys.executable, "-c", launch]
         self.process = subprocess.Popen(command, env=self.env, cwd=REPO)
         self._wait_healthy()
         return self

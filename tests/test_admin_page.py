@@ -25,7 +25,6 @@ import redis
 from index.embed import load_embedder
 from index.ingest import Ingestor
 from index.reindex.alias import read_alias
-from index.reindex.jobs import CURRENT_KEY
 from store.approvals import ApprovalLedger, ApprovalRecord
 from store.events import (
     AnswerCompleted,
@@ -36,6 +35,7 @@ from store.events import (
     ToolResult,
     UserMessage,
 )
+from store.keys import REINDEX_CURRENT
 from store.log import ConversationLog
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE, REPO
@@ -249,7 +249,7 @@ async def test_admin_console_signs_in_lists_versions_traces_uploads_and_follows_
         await page.select_option(".admin-rx-model", "hash")
         await page.click(".admin-rx-start")
         await page.wait_for_selector(".admin-job[data-job-id]", state="visible", timeout=WAIT_MS)
-        current: Any = client.get(CURRENT_KEY)
+        current: Any = client.get(REINDEX_CURRENT)
         job_id = current.decode()
         assert await page.get_attribute(".admin-job", "data-job-id") == job_id
         assert await text(page, ".admin-job-id") == job_id

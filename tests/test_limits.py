@@ -86,7 +86,7 @@ async def test_a_cancel_with_no_running_turn_writes_nothing(server: ServerProces
     await ws.send(json.dumps({"type": "ping"}))
     assert await recv(ws) == {"type": "pong"}  # no error: a no-op
     assert r.exists(f"conv:{{{conv}}}:inbox") == 0
-    assert keys(r, f"conv:{{{conv}}}:dedup:*") == []
+    assert keys(r, f"conv:{{{conv}}}:inbox_seen:*") == []
     assert r.llen(WAKES_KEY) == 0  # no worker activation
     await ws.close()
 
@@ -115,7 +115,7 @@ async def test_cancels_are_rate_limited_like_asks(server: ServerProcess, r: redi
     posted = inbox(r, conv)
     assert 1 <= len(posted) <= USER_BURST and refused == 100 - len(posted)
     assert all(type(item).__name__ == "TurnCancelled" for item in posted)
-    assert len(keys(r, f"conv:{{{conv}}}:dedup:*")) == len(posted)
+    assert len(keys(r, f"conv:{{{conv}}}:inbox_seen:*")) == len(posted)
     assert r.llen(WAKES_KEY) == len(posted)
     await close_all(sockets)
 

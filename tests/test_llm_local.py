@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from actors.llm.backends import load_backend
 from actors.llm.gguf_convert import (
     MANIFEST_NAME,
     cache_dir_for,
@@ -25,7 +26,7 @@ from actors.llm.gguf_convert import (
 )
 from actors.llm.local import LocalBackend, render_chatml
 from actors.llm.toolparse import ToolCallFilter, parse_tool_calls, validate_call
-from actors.llm.types import ChatMessage, ToolSpec, load_backend
+from actors.llm.types import ChatMessage, ToolSpec
 from store.events import ToolCall
 from store.exceptions import LLMError, MalformedToolCall, ModelError
 from store.settings import Settings

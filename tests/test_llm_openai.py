@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 
+from actors.llm.backends import UnavailableBackend, load_backend
 from actors.llm.openai import OpenAIBackend, SSEParser, chat_completions_url, parse_retry_after
 from actors.llm.types import (
     ChatMessage,
     ToolSpec,
-    UnavailableBackend,
-    load_backend,
     messages_from_builtins,
     messages_to_builtins,
     prompt_hash,

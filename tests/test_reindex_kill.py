@@ -16,12 +16,12 @@ import msgspec
 import pytest
 import redis
 
+from actors.api import enqueue_reindex
 from index.reindex.alias import read_alias
 from index.reindex.jobs import ReindexJob, get_job, start_job
 from index.reindex.ledger import Ledger
 from index.reindex.verify import live_documents, verify
 from index.versions import get_active
-from server.admin import enqueue_reindex
 from store.catalog import Catalog
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE, REPO

@@ -90,3 +90,10 @@ def test_the_gate_finds_its_golden_set_in_an_installed_layout(tmp_path: Path) ->
     assert Path(found["package"]).is_relative_to(lib)  # the installed copy, not the checkout
     assert [Path(d) for d in found["dirs"]] == [lib / "index" / "golden" / "demo"]
     assert found["queries"] > 0
+
+
+def test_an_installed_layout_holds_every_package(tmp_path: Path) -> None:
+    lib = build_installed_layout(tmp_path / "build")
+    ours = sorted(init.parent.relative_to(REPO) for top in ("store", "index", "actors", "server", "web")
+                  for init in (REPO / top).rglob("__init__.py"))  # fmt: skip
+    assert [package for package in ours if not (lib / package / "__init__.py").is_file()] == []

@@ -32,7 +32,8 @@ from actors.approvals import schedule_expiry
 from actors.broker import NAMESPACE
 from server.auth import mint_token
 from store.approvals import ApprovalLedger, ApprovalRecord
-from store.events import ApprovalDecided, ApprovalExpired, UserMessage, decode_event, now_ms
+from store.clock import now_ms
+from store.events import ApprovalDecided, ApprovalExpired, UserMessage, decode_event
 from store.redis import EmbeddedRedis
 from store.settings import Settings
 from tests.server_proc import REPO, TEST_ADMIN_KEY, WAKES_KEY, ServerProcess, StreamWriter, server_env

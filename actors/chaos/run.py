@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import dramatiq
-
+from actors.broker import ADVANCE_ACTOR, CONVERSATION_QUEUE, enqueue_by_name, sending_broker
 from actors.chaos import corpus
 from actors.chaos.checks import read_events
 from actors.chaos.report import FAILURE_KEYS, SUMMARY_KEYS, build_report, tally_logs
@@ -163,19 +162,13 @@ def _run(
 
 
 def _ask_all(log: ConversationLog, redis_url: str, runs: int) -> None:
-    from dramatiq.brokers.redis import RedisBroker
-
-    broker = RedisBroker(url=redis_url, namespace="docent-tasks")
-    try:
-        for run in range(runs):
-            conv = conversation_id(run)
-            text, mode = request_text(run)
-            ask = UserMessage(text=text, mode=mode, tenant=TENANT, user="chaos")  # type: ignore[arg-type]
-            log.post_inbox(conv, ask, f"ask-{run}")
-            broker.enqueue(dramatiq.Message(queue_name="conversation", actor_name="advance", args=(conv,),
-                                            kwargs={}, options={}))  # fmt: skip
-    finally:
-        broker.close()
+    broker = sending_broker(redis_url)
+    for run in range(runs):
+        conv = conversation_id(run)
+        text, mode = request_text(run)
+        ask = UserMessage(text=text, mode=mode, tenant=TENANT, user="chaos")  # type: ignore[arg-type]
+        log.post_inbox(conv, ask, f"ask-{run}")
+        enqueue_by_name(broker, CONVERSATION_QUEUE, ADVANCE_ACTOR, (conv,))
 
 
 def _kill_while_running(workers: Workers, log: ConversationLog, runs: int, rng: random.Random) -> None:

@@ -42,6 +42,7 @@ from actors.llm.types import (
 )
 from store.events import ToolCall
 from store.exceptions import ConfigError, LLMError, LLMTimeout, LLMUnavailable
+from store.retry import RetryPolicy
 from store.settings import Settings
 
 CHAT_PATH = "/chat/completions"
@@ -314,9 +315,10 @@ class OpenAIBackend:
         self.timeout_s = timeout_s if timeout_s is not None else settings.llm_timeout_s
         self.idle_timeout_s = idle_timeout_s or min(self.timeout_s, IDLE_TIMEOUT_S)
         self.connect_timeout_s = connect_timeout_s or min(self.timeout_s, CONNECT_TIMEOUT_S)
-        self.max_retries = settings.llm_max_retries if max_retries is None else max_retries
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
+        self.retry = RetryPolicy(
+            max_retries=settings.llm_max_retries if max_retries is None else max_retries,
+            first_s=backoff_base_s, max_s=backoff_max_s, jitter=True,
+        )  # fmt: skip
         self.extra_headers = dict(headers or {})
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
@@ -406,7 +408,7 @@ class OpenAIBackend:
                 if call.delivered_chars:
                     error.details.update(partial=True, delivered_chars=call.delivered_chars)
                     raise error from None
-                if call.attempts > self.max_retries:
+                if call.attempts > self.retry.max_retries:
                     raise error from None
                 delay = self._retry_delay(call.attempts, retryable.retry_after_s)
                 if delay > self.timeout_s:
@@ -415,8 +417,7 @@ class OpenAIBackend:
                 await asyncio.sleep(delay)
 
     def _retry_delay(self, attempt: int, retry_after_s: float | None) -> float:
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-        backoff = random.uniform(ceiling / 2, ceiling)
+        backoff = self.retry.delay_s(attempt - 1)
         if retry_after_s is None:
             return backoff
         return max(backoff, retry_after_s * random.uniform(1.0, 1.0 + RETRY_AFTER_JITTER))

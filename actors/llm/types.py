@@ -1,5 +1,7 @@
 """The LLM backend contract: chat messages, tool specs, completions, and the `LLMBackend` protocol.
 
+The backends themselves and `load_backend` live in `actors/llm/backends.py` (they import this module).
+
 Backends stream text deltas through `on_delta` as they arrive and return one `Completion`. Errors are
 `store.exceptions` LLM errors: `LLMTimeout`, `LLMUnavailable` (429/5xx after retries, connection errors),
 `MalformedToolCall` (recoverable: the model proposed a call that does not parse), `LLMError` otherwise.
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import msgspec
 
 from store.events import ToolCall
-from store.exceptions import InputError, LLMUnavailable
+from store.exceptions import InputError
 
 if TYPE_CHECKING:
     from store.settings import Settings
@@ -139,42 +141,3 @@ def messages_from_builtins(raw: Sequence[Mapping[str, Any]]) -> list[ChatMessage
         return msgspec.convert(list(raw), list[ChatMessage])
     except msgspec.ValidationError as exc:
         raise InputError(f"bad chat message: {exc}") from None
-
-
-class UnavailableBackend:
-    """`llm_backend=none`: constructed fine, refuses every request."""
-
-    model_name = "none"
-
-    async def complete(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        tools: Sequence[ToolSpec] = (),
-        max_tokens: int | None = None,
-        temperature: float = 0.0,
-        on_delta: OnDelta | None = None,
-        request_id: str = "",
-    ) -> Completion:
-        raise LLMUnavailable("no LLM backend is configured (DOCENT_LLM_BACKEND=none)", retryable=False)
-
-    def price(self, tokens_in: int, tokens_out: int) -> float:
-        return 0.0
-
-    async def aclose(self) -> None:
-        return None
-
-
-def load_backend(settings: Settings) -> LLMBackend:
-    """The backend `settings.llm_backend` names. Nothing heavy happens here: models load on first use."""
-    match settings.llm_backend:
-        case "openai":
-            from actors.llm.openai import OpenAIBackend
-
-            return OpenAIBackend(settings)
-        case "local":
-            from actors.llm.local import LocalBackend
-
-            return LocalBackend(settings)
-        case "none":
-            return UnavailableBackend()

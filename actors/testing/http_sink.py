@@ -18,8 +18,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from actors.testing.sink_faults import FaultBudget, Faults, now_ms
+from actors.testing.sink_faults import FaultBudget, Faults
 from actors.testing.smtp_sink import DEFAULT_HOST, MAX_MESSAGE_BYTES, SmtpSink
+from store.clock import now_ms
 
 STATS_PATH = "/_stats"
 

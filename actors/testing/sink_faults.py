@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import msgspec
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

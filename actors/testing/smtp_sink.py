@@ -18,7 +18,8 @@ from typing import Any
 
 import msgspec
 
-from actors.testing.sink_faults import FaultBudget, Faults, now_ms
+from actors.testing.sink_faults import FaultBudget, Faults
+from store.clock import now_ms
 
 DEFAULT_HOST = "127.0.0.1"
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024

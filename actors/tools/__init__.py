@@ -5,7 +5,8 @@ from __future__ import annotations
 from actors.tools.compare import COMPARE_TOOL
 from actors.tools.email import SEND_EMAIL_TOOL
 from actors.tools.http import HTTP_REQUEST_TOOL
-from actors.tools.knowledge import READ_TOOL, SEARCH_TOOL, HitLike, KnowledgeBase
+from actors.tools.knowledge import READ_TOOL, SEARCH_TOOL
+from actors.tools.knowledge_base import KnowledgeBase
 from actors.tools.match import MATCH_TOOL
 from actors.tools.policy import RiskPolicy
 from actors.tools.registry import (
@@ -31,7 +32,6 @@ def default_registry() -> Registry:
 
 __all__ = [
     "ALL_TOOLS",
-    "HitLike",
     "KnowledgeBase",
     "Registry",
     "RiskPolicy",

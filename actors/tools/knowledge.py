@@ -7,12 +7,13 @@ may not read is simply "not found". What comes back is document text: it is fenc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Protocol
+from typing import Annotated
 
 import msgspec
 
+from actors.tools.knowledge_base import KnowledgeBase
 from actors.tools.registry import Tool, ToolArgs, ToolContext, ToolOutput, fence_data
-from index.types import Principal
+from index.types import Hit
 from store.exceptions import ToolError
 from store.tool_payloads import DocumentRead, SearchHit, SearchResults
 
@@ -25,33 +26,6 @@ HIT_SNIPPET_CHARS = 700
 PAYLOAD_SNIPPET_CHARS = 240  # what a client shows under a citation
 
 DocId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DOC_ID_CHARS, pattern=r"^[^\x00-\x1f]+$")]
-
-
-class HitLike(Protocol):
-    @property
-    def chunk_id(self) -> str: ...
-    @property
-    def doc_id(self) -> str: ...
-    @property
-    def title(self) -> str: ...
-    @property
-    def heading(self) -> str: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def score(self) -> float: ...
-
-
-class KnowledgeBase(Protocol):
-    """Access-checked reads of the knowledge base (index.types.Hit satisfies HitLike)."""
-
-    async def search(self, query: str, principal: Principal, k: int) -> Sequence[HitLike]:
-        """The best `k` chunks this principal may read."""
-        ...
-
-    async def read(self, doc_id: str, principal: Principal) -> tuple[str, str] | None:
-        """(title, text) of a document, or None when it does not exist or the principal may not read it."""
-        ...
 
 
 class SearchArgs(ToolArgs, frozen=True):
@@ -76,7 +50,7 @@ def _trim(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit].rstrip() + " …"
 
 
-def render_hits(query: str, hits: Sequence[HitLike]) -> str:
+def render_hits(query: str, hits: Sequence[Hit]) -> str:
     if not hits:
         return f"No passages you may read match {query!r}."
     blocks = []
@@ -93,7 +67,7 @@ async def search_knowledge_base(args: SearchArgs, ctx: ToolContext) -> ToolOutpu
     return ToolOutput(text=render_hits(args.query, hits), data=data)
 
 
-def search_hit(n: int, hit: HitLike) -> SearchHit:
+def search_hit(n: int, hit: Hit) -> SearchHit:
     """Hit `n` as the payload records it: numbered as `render_hits` shows it to the model."""
     snippet = " ".join(hit.text.split())[:PAYLOAD_SNIPPET_CHARS]
     return SearchHit(n=n, chunk_id=hit.chunk_id, doc_id=hit.doc_id, title=hit.title, heading=hit.heading,

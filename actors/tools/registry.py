@@ -10,18 +10,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from actors.tools.knowledge_base import KnowledgeBase
 from index.types import Principal
 from store.events import Risk
 from store.exceptions import ConfigError, ToolArgumentsInvalid, ToolNotAllowed
 from store.settings import Settings
 from store.tool_payloads import ToolPayload
-
-if TYPE_CHECKING:
-    from actors.tools.knowledge import KnowledgeBase
 
 A = TypeVar("A", bound=msgspec.Struct)
 

@@ -46,9 +46,6 @@ from index.reindex.admin import VersionInfo, retire, rollback, versions_info
 from index.reindex.alias import PairAlias, read_alias
 from index.reindex.audit import read_audit
 from index.reindex.jobs import (
-    CURRENT_KEY,
-    EVENTS_STREAM,
-    JOB_KEY,
     RUN_ACTOR_NAME,
     GateReport,
     ReindexJob,
@@ -60,9 +57,6 @@ from index.reindex.jobs import (
 )
 
 __all__ = [
-    "CURRENT_KEY",
-    "EVENTS_STREAM",
-    "JOB_KEY",
     "RUN_ACTOR_NAME",
     "GateReport",
     "PairAlias",

@@ -9,12 +9,12 @@ from typing import Any
 import msgspec
 import redis
 
-from index.versions import now_ms
+from store import keys
+from store.clock import now_ms
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
 
-AUDIT_STREAM = "reindex:audit"
 AUDIT_MAXLEN = 2000
 AUDIT_FILE = "audit.jsonl"
 
@@ -29,7 +29,7 @@ def audit(settings: Settings, client: redis.Redis | None, action: str, **details
         f.write(entry + b"\n")
     if client is not None:
         try:
-            client.xadd(AUDIT_STREAM, {"entry": entry}, maxlen=AUDIT_MAXLEN, approximate=True)
+            client.xadd(keys.REINDEX_AUDIT, {"entry": entry}, maxlen=AUDIT_MAXLEN, approximate=True)
         except redis.RedisError as exc:
             log.warning("audit stream write failed: %s", exc)
 

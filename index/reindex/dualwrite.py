@@ -31,12 +31,12 @@ from index.types import Chunk, Document
 from index.versions import read_manifest, version_path
 from store.catalog import Catalog
 from store.exceptions import DocentError, IndexNotFound
+from store.retry import RetryPolicy
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DUAL_WRITE_ATTEMPTS = 5
-DUAL_WRITE_BACKOFF_S = 0.05
+DUAL_WRITE_RETRY = RetryPolicy(max_retries=4, first_s=0.05, max_s=0.4)  # the other side only
 
 Step = Callable[[Ingestor], DocumentOutcome]
 Request = tuple[str, dict[str, Any]]
@@ -100,7 +100,7 @@ def write_targets(settings: Settings, client: redis.Redis | None) -> list[Target
 
 class DualWriter:
     """Ingest and delete through every current target; the active one first (its errors are the caller's),
-    each other side retried `DUAL_WRITE_ATTEMPTS` times. All under the dual-write lock."""
+    each other side retried per `DUAL_WRITE_RETRY`. All under the dual-write lock."""
 
     def __init__(
         self,
@@ -156,7 +156,7 @@ class DualWriter:
 
     def _write(self, target: Target, step: Step, doc_id: str, *, primary: bool) -> DocumentOutcome | None:
         """One target; the primary (first, active) one's error is the caller's, another side is retried."""
-        attempts = 1 if primary else DUAL_WRITE_ATTEMPTS
+        attempts = 1 if primary else DUAL_WRITE_RETRY.max_retries + 1
         for attempt in range(1, attempts + 1):
             try:
                 with self._ingestor(target) as ingestor:
@@ -170,7 +170,7 @@ class DualWriter:
                     self.failures += 1
                     log.warning("dual-write to %s failed for %s: %s", target.version, doc_id, exc)
                 else:
-                    time.sleep(DUAL_WRITE_BACKOFF_S * 2 ** (attempt - 1))
+                    time.sleep(DUAL_WRITE_RETRY.delay_s(attempt - 1))
         return None
 
     def _record(self, version: str, doc_id: str) -> None:

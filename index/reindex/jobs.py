@@ -6,6 +6,8 @@
     reindex:cancel:<id>   set by an admin, read by the worker between documents
     reindex:events        stream: every saved job (what /ws/admin relays)
 
+The key names are store.keys' (the web process reads them through it too).
+
 No model, no index: the web process uses this module for the admin API.
 """
 
@@ -14,24 +16,21 @@ from __future__ import annotations
 import secrets
 import time
 from contextlib import suppress
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import redis
 
 from index.reindex.audit import audit
 from index.types import EMBEDDER_NAMES
-from index.versions import get_active, new_version_name, now_ms, set_state, version_path
+from index.versions import get_active, new_version_name, set_state, version_path
+from store import keys
+from store.clock import now_ms
 from store.exceptions import DocentError, IndexNotFound, InputError, ReindexRefused
 from store.scripts import text
 from store.settings import Settings
 
 RUN_ACTOR_NAME = "reindex_run"  # the dramatiq actor (actors.reindex) the web process enqueues by name
-JOB_KEY = "reindex:job:{}"
-CANCEL_KEY = "reindex:cancel:{}"
-CURRENT_KEY = "reindex:current"
-JOBS_KEY = "reindex:jobs"  # sorted set: job id by creation time
-EVENTS_STREAM = "reindex:events"
 EVENTS_MAXLEN = 2000
 MIN_CHUNK_TOKENS = 32
 
@@ -104,22 +103,23 @@ def _decode_job(raw: object) -> ReindexJob | None:
 
 
 def get_job(client: redis.Redis, job_id: str) -> ReindexJob:
-    job = _decode_job(client.get(JOB_KEY.format(job_id)))
+    job = _decode_job(client.get(keys.reindex_job(job_id)))
     if job is None:
         raise IndexNotFound(f"no reindex job {job_id}", job_id=job_id)
     return job
 
 
 def list_jobs(client: redis.Redis, limit: int = 20) -> list[ReindexJob]:
-    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in client.zrevrange(JOBS_KEY, 0, limit - 1)]
-    return [job for i in ids if (job := _decode_job(client.get(JOB_KEY.format(i)))) is not None]
+    found: list[bytes] = client.zrevrange(keys.REINDEX_JOBS, 0, limit - 1)  # type: ignore[assignment]
+    ids = [text(i) for i in found]
+    return [job for i in ids if (job := _decode_job(client.get(keys.reindex_job(i)))) is not None]
 
 
 def current_job(client: redis.Redis) -> ReindexJob | None:
-    raw = client.get(CURRENT_KEY)
+    raw = client.get(keys.REINDEX_CURRENT)
     if raw is None:
         return None
-    job = _decode_job(client.get(JOB_KEY.format(text(raw))))
+    job = _decode_job(client.get(keys.reindex_job(text(raw))))
     return job if job is not None and not job.terminal else None
 
 
@@ -127,9 +127,10 @@ def save_job(client: redis.Redis, job: ReindexJob, *, publish: bool = True) -> N
     job.updated_at_ms = now_ms()
     data = _encoder.encode(job)
     pipe = client.pipeline()
-    pipe.set(JOB_KEY.format(job.id), data)
+    pipe.set(keys.reindex_job(job.id), data)
     if publish:
-        pipe.xadd(EVENTS_STREAM, {"job": data}, maxlen=EVENTS_MAXLEN, approximate=True)
+        event: dict[Any, Any] = {keys.REINDEX_EVENT_FIELD: data}
+        pipe.xadd(keys.REINDEX_EVENTS, event, maxlen=EVENTS_MAXLEN, approximate=True)
     pipe.execute()
 
 
@@ -146,12 +147,12 @@ def _chunking(settings: Settings, chunk_tokens: int | None, chunk_overlap: int |
 
 def _claim_slot(client: redis.Redis, job_id: str) -> None:
     """`reindex:current` names this job, unless another job still runs (ReindexRefused)."""
-    if client.set(CURRENT_KEY, job_id, nx=True):
+    if client.set(keys.REINDEX_CURRENT, job_id, nx=True):
         return
     running = current_job(client)
     if running is not None:
         raise ReindexRefused(f"reindex job {running.id} is still {running.status}", job_id=running.id)
-    client.set(CURRENT_KEY, job_id)  # the slot named a job that has ended
+    client.set(keys.REINDEX_CURRENT, job_id)  # the slot named a job that has ended
 
 
 def start_job(
@@ -178,7 +179,7 @@ def start_job(
     )  # fmt: skip
     _claim_slot(client, job.id)
     save_job(client, job)
-    client.zadd(JOBS_KEY, {job.id: job.created_at_ms})
+    client.zadd(keys.REINDEX_JOBS, {job.id: job.created_at_ms})
     audit(settings, client, "reindex_started", job=job.id, model=model, force=job.force, by=requested_by,
           chunk_tokens=tokens, chunk_overlap=overlap)  # fmt: skip
     return job
@@ -188,13 +189,13 @@ def cancel_job(settings: Settings, client: redis.Redis, job_id: str, *, by: str 
     job = get_job(client, job_id)
     if job.terminal:
         raise ReindexRefused(f"job {job_id} already ended: {job.status}", job_id=job_id)
-    client.set(CANCEL_KEY.format(job_id), "1")
+    client.set(keys.reindex_cancel(job_id), "1")
     audit(settings, client, "reindex_cancel_requested", job=job_id, by=by)
     return job
 
 
 def cancel_requested(client: redis.Redis, job_id: str) -> bool:
-    return bool(client.get(CANCEL_KEY.format(job_id)))
+    return bool(client.get(keys.reindex_cancel(job_id)))
 
 
 def finish_job(
@@ -210,7 +211,7 @@ def finish_job(
             if get_active(settings) != job.new_version:
                 set_state(settings, job.new_version, "rejected")
     save_job(client, job)
-    client.delete(CANCEL_KEY.format(job.id))
+    client.delete(keys.reindex_cancel(job.id))
     with suppress(redis.RedisError):
-        if client.get(CURRENT_KEY) in (job.id, job.id.encode()):
-            client.delete(CURRENT_KEY)
+        if client.get(keys.REINDEX_CURRENT) in (job.id, job.id.encode()):
+            client.delete(keys.REINDEX_CURRENT)

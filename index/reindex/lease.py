@@ -12,9 +12,10 @@ from contextlib import suppress
 
 import redis
 
+from store import keys
+
 log = logging.getLogger(__name__)
 
-LEASE_KEY = "reindex:lease:{}"
 RENEWALS_PER_LEASE = 3
 RENEW = (
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
@@ -28,7 +29,7 @@ class Lease:
 
     def __init__(self, client: redis.Redis, job_id: str, lease_ms: int) -> None:
         self.client = client
-        self.key = LEASE_KEY.format(job_id)
+        self.key = keys.reindex_lease(job_id)
         self.lease_ms = lease_ms
         self.token = hashlib.sha1(f"{time.time_ns()}:{threading.get_ident()}".encode()).hexdigest()
         self.lost = threading.Event()

@@ -7,7 +7,8 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from index.versions import now_ms, version_path
+from index.versions import version_path
+from store.clock import now_ms
 from store.exceptions import IndexError_
 from store.settings import Settings
 

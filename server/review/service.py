@@ -17,7 +17,7 @@ from store.events import Decision
 from store.exceptions import ForbiddenError, InputError, NotFound
 
 if TYPE_CHECKING:
-    from server.app import Services
+    from server.services import Services
 
 MAX_APPROVAL_ID_CHARS = 200
 

@@ -22,7 +22,7 @@ from store.approvals import AlreadyDecided, Decided
 from store.exceptions import DocentError
 
 if TYPE_CHECKING:
-    from server.app import Services
+    from server.services import Services
 
 SNAPSHOT_LIMIT = 500
 

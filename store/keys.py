@@ -1,0 +1,57 @@
+"""Names of the Redis key families whose records are written above store/, so that every process reads
+them by one name: the reindex jobs (index/reindex writes, the web process and the reindex actor read),
+the query-embedding cache (index/embed.py) and the web process's hub wake-up streams (server/hub.py).
+
+The families store/ reads and writes itself are named by their own modules: `conv:{id}:*`
+(store/log.py `conv_keys`), `convmeta:` / `convs:` (store/conversations.py), `appr:` / `room:` /
+`appr_audit:` (store/approvals.py), `idem:` (store/idempotency.py), `rl:` (store/ratelimit.py),
+`docent:identity` (store/redis_identity.py).
+docs/architecture.md lists them all with their owners.
+
+    reindex:job:<id>        the job record (msgspec JSON)           index/reindex/jobs.py
+    reindex:cancel:<id>     a cancel request                        index/reindex/jobs.py
+    reindex:lease:<id>      the worker lease on a job               index/reindex/lease.py
+    reindex:current         the job that runs (at most one)         index/reindex/jobs.py
+    reindex:jobs            sorted set: job ids by creation time    index/reindex/jobs.py
+    reindex:events          stream: each job update, field `job`    index/reindex/jobs.py -> /ws/admin
+    reindex:audit           stream: the admin audit log             index/reindex/audit.py
+    emb:<weights>:<model>:<sha1>   a cached query vector            index/embed.py
+    fanout:{<process>}:wake:<n>    a hub shard's wake-up stream     server/hub.py
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+REINDEX_CURRENT = "reindex:current"
+REINDEX_JOBS = "reindex:jobs"
+REINDEX_EVENTS = "reindex:events"
+REINDEX_AUDIT = "reindex:audit"
+REINDEX_EVENT_FIELD = "job"
+WEIGHTS_PREFIX_CHARS = 16
+
+
+def reindex_job(job_id: str) -> str:
+    return f"reindex:job:{job_id}"
+
+
+def reindex_cancel(job_id: str) -> str:
+    return f"reindex:cancel:{job_id}"
+
+
+def reindex_lease(job_id: str) -> str:
+    return f"reindex:lease:{job_id}"
+
+
+def reindex_event_job(fields: dict[Any, Any]) -> bytes | None:
+    """The job record a `reindex:events` entry carries (None for an entry without one)."""
+    job = fields.get(REINDEX_EVENT_FIELD.encode(), fields.get(REINDEX_EVENT_FIELD))
+    return job if job is None or isinstance(job, bytes) else str(job).encode()
+
+
+def embedding(weights_sha256: str, model: str, digest: str) -> str:
+    return f"emb:{weights_sha256[:WEIGHTS_PREFIX_CHARS]}:{model}:{digest}"
+
+
+def hub_wake(process_id: str, shard: int) -> str:
+    return f"fanout:{{{process_id}}}:wake:{shard}"

@@ -41,6 +41,7 @@ from typing import Any
 import dramatiq
 import msgspec
 
+from actors import attribution
 from actors.approval_request import approval_record, approval_requested, schedule_expiry
 from actors.broker import CONVERSATION_QUEUE, setup_broker
 from actors.llm.types import (
@@ -67,7 +68,6 @@ from actors.plan import (
     RunTool,
     StartTurn,
     next_action,
-    validate_citations,
 )
 from actors.prompts import agent_messages, qa_messages
 from actors.runtime import Runtime, runtime
@@ -85,7 +85,6 @@ from actors.workflows import workflows_for
 from actors.workflows.orchestrator import WORKFLOW_TOOLS
 from index.types import Hit, Principal
 from store.events import (
-    AnswerCompleted,
     ApprovalDecided,
     ApprovalExpired,
     Delta,
@@ -324,7 +323,7 @@ class Activation:
     async def retrieve(self, query: str) -> None:
         started = time.perf_counter()
         try:
-            result = await self.rt.knowledge().retrieve(query, self.principal, self.rt.settings.top_k)
+            result = await self.rt.knowledge().retrieve(query, self.principal, self.rt.settings.qa_top_k)
         except DocentError as exc:
             self.emit([TurnFailed(code="retrieval_failed", message=f"{exc.code}: {exc.message}")])
             return
@@ -337,6 +336,7 @@ class Activation:
                     chunk_ids=tuple(h.chunk_id for h in result.hits),
                     index_version=result.index_version,
                     latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                    sources=tuple(qa_sources(result.hits)),
                 )
             ]
         )
@@ -485,11 +485,10 @@ class Activation:
                 sorted({c.doc_id for c in sources}), self.principal
             )
             sources = [c for c in sources if c.doc_id in readable]
-        cleaned, citations, dropped = validate_citations(text, sources)
-        answer = AnswerCompleted(
-            text=cleaned, citations=citations, dropped_citations=dropped, sources=tuple(sources)
-        )
-        self.emit([answer])
+        passages = {n: h.text for n, h in enumerate(self._hits or [], 1)} if self.turn.route == "qa" else {}
+        attribute = attribution.enabled(self.rt.settings) and self.turn.route != "workflow"  # cited by code
+        embed = self.rt.knowledge().embed if attribute else None
+        self.emit([await attribution.final_answer(text, sources, passages, embed, self.turn.question.text)])
 
 
 # ---- activation entry -----------------------------------------------------------------------------------

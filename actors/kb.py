@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from index.embed import Matrix
 from index.search import SearchService
 from index.types import Hit, Principal, SearchResult
 from store.blocking import run_blocking
@@ -79,6 +80,11 @@ class ServiceKnowledgeBase:
             return [(d.doc_id, d.title) for d in documents if d.readable_by(principal.tenant, tokens)]
 
         return await run_blocking(listed)
+
+    async def embed(self, texts: Sequence[str]) -> Matrix:
+        """`texts` embedded by the active version's embedder (the query side's model), L2-normalised rows."""
+        embedder = (await run_blocking(self.service.current)).embedder
+        return await run_blocking(embedder.embed, list(texts))
 
     def close(self) -> None:
         self.service.close()

@@ -1,6 +1,7 @@
 """LLM backend bench: the local SmolLM2's first-token latency and tokens/s; the OpenAI backend's overhead.
 
     .venv/bin/python -m bench.llm [--runs 5] [--max-tokens 64] [--requests 200] [--concurrency 8]
+    .venv/bin/python -m bench.llm --ab final [--questions 3]     # local answers before/after (bench.llm_ab)
 
 Local: converts on first use into DOCENT_MODEL_DIR (default .cache/models), then answers a short question,
 a story that runs to --max-tokens, and a retrieval-sized prompt (~400 tokens of context). First-token
@@ -27,6 +28,7 @@ from pathlib import Path
 from actors.llm.local import LocalBackend
 from actors.llm.openai import OpenAIBackend
 from actors.llm.types import ChatMessage, Completion
+from bench import llm_ab
 from store.redis import free_port
 from store.settings import Settings
 
@@ -156,7 +158,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--skip-local", action="store_true")
+    parser.add_argument("--ab", choices=sorted(llm_ab.PRESETS), help="interleaved local A/B")
+    parser.add_argument("--questions", type=int, default=3, help="with --ab: questions per collection")
     args = parser.parse_args()
+    if args.ab:
+        llm_ab.run(args.ab, args.questions)
+        return
     model_dir = os.environ.get("DOCENT_MODEL_DIR", str(REPO / ".cache" / "models"))
     settings = Settings.from_env({"DOCENT_MODEL_DIR": model_dir})
     if not args.skip_local:

@@ -72,6 +72,7 @@ import numpy.typing as npt  # noqa: E402
 
 from bench.retrieval import DOCS_PER_COMMIT_BULK, LookupEmbedder, build_corpus, source_chunks  # noqa: E402
 from index.embed import load_embedder  # noqa: E402
+from index.entries import chunk_of, lexical_entry  # noqa: E402
 from index.evalrun import (  # noqa: E402
     DEMO_COLLECTION,
     EVAL_PRINCIPAL,
@@ -80,7 +81,7 @@ from index.evalrun import (  # noqa: E402
     run_queries,
 )
 from index.evaluate import Collection, dedupe_docs, load_collection, score_run  # noqa: E402
-from index.ingest import Ingestor, chunk_of, lexical_entry  # noqa: E402
+from index.ingest import Ingestor  # noqa: E402
 from index.lexical import LexicalIndex  # noqa: E402
 from index.search import Mode, Searcher  # noqa: E402
 from index.types import Chunk, Embedder  # noqa: E402

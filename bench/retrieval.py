@@ -46,9 +46,10 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
 from index.embed import QueryEmbedder, load_embedder  # noqa: E402
+from index.entries import chunk_of  # noqa: E402
 from index.evalrun import EVAL_ACCESS, EVAL_PRINCIPAL, demo_corpus, ensure_index  # noqa: E402
 from index.evaluate import load_collection  # noqa: E402
-from index.ingest import Ingestor, chunk_of  # noqa: E402
+from index.ingest import Ingestor  # noqa: E402
 from index.search import Searcher  # noqa: E402
 from index.types import Chunk, Document, Embedder, ModelIdentity, make_chunk_id  # noqa: E402
 from index.vectors import VectorIndex  # noqa: E402

@@ -1,4 +1,4 @@
-"""Ingest: documents in, chunks switched atomically into an index version (or several, for a reindex).
+"""Ingest: documents in, chunks switched atomically into an index version.
 
     ingestor = Ingestor(settings, embedder)            # the active version; the first one is created
     report = ingestor.ingest_paths([Path("docs")], access=Access(tenant="acme", readers=("group:eng",)))
@@ -27,8 +27,9 @@ Re-ingesting a document whose ingest hash (content, title, format, access) is un
 
 Errors. A document that cannot be read, parsed, chunked or embedded is reported with its typed error and
 the rest of the batch continues. A failure of the index files or the catalog (disk, lock) propagates after
-the in-memory state is discarded: nothing is half-switched and retrying the call converges. With several
-targets (dual-write during a reindex) each target's step is retried `TARGET_ATTEMPTS` times.
+the in-memory state is discarded: nothing is half-switched and retrying the call converges; each version
+write is retried `TARGET_ATTEMPTS` times. The entries and results live in index.entries, the per-version
+writer in index.version_writer; this module is the Ingestor: loading, chunking, batching, retries.
 
 An Ingestor is used by one thread at a time; processes coordinate through the version write lock.
 Embedding and parsing happen outside the lock; only the writes hold it.
@@ -42,27 +43,34 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
 
-from index.lexical import LexicalEntry, LexicalIndex
-from index.types import Access, Chunk, Document, Embedder, Manifest, ParsedDocument, chunk_key
-from index.vectors import VectorIndex
+from index.entries import (
+    DocumentOutcome,
+    IngestReport,
+    IngestTarget,
+    SourceDocument,
+    check_access,
+    distinct_chunks,
+    ingest_hash,
+    text_digest,
+)
+from index.types import Access, Chunk, Document, Embedder, ParsedDocument
+from index.version_writer import (
+    _failed,
+    _Prepared,
+    _VectorCache,
+    _VersionWriter,
+)
 from index.versions import (
-    check_model,
     create_version,
     file_lock,
     get_active,
-    read_manifest,
     set_active,
-    set_counts,
-    version_path,
-    write_lock,
 )
-from store.catalog import Catalog, CatalogDocument, ChunkRow, DocumentCommit
+from store.catalog import Catalog
 from store.exceptions import (
     DocentError,
     DocumentTooLarge,
@@ -76,11 +84,9 @@ from store.settings import Settings
 DOCS_PER_COMMIT = 64  # documents per Whoosh commit and USearch generation
 TARGET_ATTEMPTS = 3
 SPECIAL_TOKENS_RESERVE = 2  # [CLS] and [SEP]: embedders' count_tokens leaves them out
-MAX_READER_TOKENS = 256
 CREATE_LOCK_FILE = "create.lock"
 
 _T = TypeVar("_T")
-OutcomeStatus = Literal["indexed", "unchanged", "deleted", "missing", "failed"]
 Progress = Callable[[int, int], None]  # (documents done, documents in the call)
 DOCUMENT_ARGUMENTS = frozenset({"data", "path", "fmt", "title", "access", "source"})
 # (document text, chunk text, deterministic context) -> the chunk's contextual prefix. Blocking; the actors
@@ -88,357 +94,12 @@ DOCUMENT_ARGUMENTS = frozenset({"data", "path", "fmt", "title", "access", "sourc
 Contextualizer = Callable[[str, str, str], str]
 
 
-class DocumentOutcome(msgspec.Struct, kw_only=True):
-    doc_id: str
-    version: str
-    status: OutcomeStatus
-    chunks: int = 0  # visible chunks after the call
-    added: int = 0  # entries written
-    removed: int = 0  # entries collected
-    embedded: int = 0  # entries that needed the embedder (the rest reused a stored vector)
-    error_code: str = ""
-    error: str = ""
-
-
-class IngestReport(msgspec.Struct, kw_only=True):
-    versions: list[str]
-    documents: list[DocumentOutcome]  # the primary version's outcomes, then any other target's
-    indexed: int = 0  # counts over the primary version
-    unchanged: int = 0
-    failed: int = 0
-    elapsed_ms: float = 0.0
-
-    @property
-    def errors(self) -> list[DocumentOutcome]:
-        return [d for d in self.documents if d.status == "failed"]
-
-
-class IngestTarget:
-    """One index version and the embedder whose vector space it is."""
-
-    def __init__(self, version: str, embedder: Embedder) -> None:
-        self.version = version
-        self.embedder = embedder
-
-
-class SourceDocument(msgspec.Struct, frozen=True, kw_only=True):
-    """A document ready to chunk: catalog metadata and either parsed sections or the caller's chunks."""
-
-    document: Document
-    parsed: ParsedDocument | None = None
-    chunks: tuple[Chunk, ...] | None = None
-    text: str | None = None  # plain text shown by read_document
-
-
-# -- entries -----------------------------------------------------------------------------------------
-
-
-def entry_key(chunk: Chunk) -> int:
-    """The key of what is indexed for a chunk: its id and everything indexed or enforced with it."""
-    fields = (
-        chunk.chunk_id, chunk.title, chunk.heading, chunk.tenant, ",".join(sorted(set(chunk.readers))),
-        chunk.context, chunk.text,
-    )  # fmt: skip
-    return chunk_key(hashlib.sha256("\x00".join(fields).encode()).hexdigest())
-
-
-def chunk_of(row: ChunkRow) -> Chunk:
-    return Chunk(
-        chunk_id=row.chunk_id, doc_id=row.doc_id, ordinal=row.ordinal, text=row.text, context=row.context,
-        title=row.title, heading=row.heading, tenant=row.tenant, readers=row.readers,
-    )  # fmt: skip
-
-
-def row_of(key: int, chunk: Chunk) -> ChunkRow:
-    return ChunkRow(
-        key=key, chunk_id=chunk.chunk_id, doc_id=chunk.doc_id, ordinal=chunk.ordinal, text=chunk.text,
-        context=chunk.context, title=chunk.title, heading=chunk.heading, tenant=chunk.tenant,
-        readers=tuple(chunk.readers),
-    )  # fmt: skip
-
-
-def lexical_entry(key: int, chunk: Chunk) -> LexicalEntry:
-    return LexicalEntry(
-        key=key, chunk_id=chunk.chunk_id, doc_id=chunk.doc_id, tenant=chunk.tenant,
-        readers=tuple(sorted(set(chunk.readers))), title=chunk.title, heading=chunk.heading,
-        body=chunk.indexed_text(),
-    )  # fmt: skip
-
-
-def distinct_chunks(chunks: Sequence[Chunk]) -> list[Chunk]:
-    """The chunks without repeats of an earlier chunk's text (whitespace aside) in the same document.
-
-    A document that repeats a passage thousands of times (a generated PDF, a pasted log) would otherwise
-    fill both indexes with identical entries: they crowd every other result out of BM25 and, all at one
-    point, wreck the HNSW graph's neighbourhoods for every tenant sharing it (issue 11, finding 4).
-    """
-    seen: set[str] = set()
-    kept = []
-    for chunk in chunks:
-        text = " ".join(chunk.text.split())
-        if text not in seen:
-            seen.add(text)
-            kept.append(chunk)
-    return kept
-
-
-def text_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def check_access(access: Access) -> Access:
-    """Reader tokens become Whoosh keywords and catalog JSON: refuse anything ambiguous in either."""
-    if not access.tenant or access.tenant != access.tenant.strip() or "," in access.tenant:
-        raise InputError("a tenant must be a non-empty name without commas or edge spaces", field="tenant")
-    if not access.readers or len(access.readers) > MAX_READER_TOKENS:
-        raise InputError(f"a document needs 1..{MAX_READER_TOKENS} reader tokens", field="readers")
-    for token in access.readers:
-        if not token or "," in token or token != token.strip():
-            raise InputError(f"bad reader token {token!r}", field="readers")
-    return access
-
-
-def _catalog_document(document: Document) -> CatalogDocument:
-    return CatalogDocument(
-        doc_id=document.doc_id, title=document.title, source=document.source, format=document.format,
-        content_hash=document.content_hash, tenant=document.access.tenant,
-        readers=tuple(document.access.readers), size_bytes=document.size_bytes,
-    )  # fmt: skip
-
-
-def ingest_hash(document: Document, chunks: Sequence[Chunk] | None = None, *, chunking: str = "") -> str:
-    """What decides a document's entries in a version: its content, title, format and access, and either
-    the chunks themselves or the chunking settings (the chunker, context and tokenizer are fixed per
-    version by its manifest)."""
-    digest = hashlib.sha256(
-        msgspec.json.encode(
-            (document.content_hash, document.title, document.format, document.access.tenant,
-             sorted(set(document.access.readers)), chunking)
-        )
-    )  # fmt: skip
-    for chunk in chunks or ():
-        digest.update(f"\x00{entry_key(chunk)}:{chunk.ordinal}".encode())
-    return digest.hexdigest()
-
-
-# -- one version ----------------------------------------------------------------------------------------
-
-
-class _Prepared(msgspec.Struct, kw_only=True):
-    """A document chunked for one target."""
-
-    document: Document
-    ingest_hash: str
-    chunks: list[Chunk]
-    text: str | None
-
-
-class _Plan(msgspec.Struct, kw_only=True):
-    prepared: _Prepared
-    entries: list[tuple[int, Chunk]]  # the document's entries after the switch, in order
-    add: list[tuple[int, Chunk]]  # entries the indexes do not hold yet
-    removed: list[int]  # visible entries the switch hides
-    reuse: dict[int, int]  # new key -> old key with the same indexed text
-
-
-class _VectorCache:
-    """Vectors for the entries of one batch, and which of them were reused rather than embedded."""
-
-    def __init__(self) -> None:
-        self.vectors: dict[int, npt.NDArray[np.float32]] = {}
-        self.reused: set[int] = set()
-
-
-class _VersionWriter:
-    """Applies batches to one version: catalog rows, Whoosh and USearch, under the version's write lock."""
-
-    def __init__(self, settings: Settings, target: IngestTarget, catalog: Catalog) -> None:
-        self.settings = settings
-        self.version = target.version
-        self.embedder = target.embedder
-        self.catalog = catalog
-        self.manifest: Manifest = read_manifest(settings, target.version)
-        check_model(self.manifest, target.embedder.identity)
-        directory = version_path(settings, target.version)
-        self.lexical = LexicalIndex.open(directory)
-        self.vectors = VectorIndex.open_writer(
-            directory, ndim=self.manifest.model.dimension, dtype=self.manifest.vector_dtype
-        )
-
-    def close(self) -> None:
-        self.lexical.close()
-
-    # -- planning (no lock needed: it is checked again under the lock) -----------------------------
-
-    def plan(self, prepared: _Prepared) -> _Plan | None:
-        """None when the version already holds exactly this document."""
-        doc_id = prepared.document.doc_id
-        if self.catalog.ingest_hash(self.version, doc_id) == prepared.ingest_hash:
-            return None
-        old = {row.key: row for row in self.catalog.visible_chunks(self.version, doc_id)}
-        entries = [(entry_key(chunk), chunk) for chunk in prepared.chunks]
-        add = [(key, chunk) for key, chunk in entries if key not in old]
-        new_keys = {key for key, _ in entries}
-        by_text = {text_digest(chunk_of(row).indexed_text()): key for key, row in old.items()}
-        reuse = {
-            key: by_text[digest]
-            for key, chunk in add
-            if (digest := text_digest(chunk.indexed_text())) in by_text
-        }
-        removed = [key for key in old if key not in new_keys]
-        return _Plan(prepared=prepared, entries=entries, add=add, removed=removed, reuse=reuse)
-
-    def embed(self, plans: Sequence[_Plan], cache: _VectorCache) -> list[DocumentOutcome]:
-        """Fill `cache` with a vector for every entry to add; documents whose embedding fails come back."""
-        stored = self.vectors.get([old for plan in plans for old in plan.reuse.values()])
-        for plan in plans:
-            for new, old in plan.reuse.items():
-                if new not in cache.vectors and old in stored:
-                    cache.vectors[new] = stored[old]
-                    cache.reused.add(new)
-        pending = [plan for plan in plans if any(key not in cache.vectors for key, _ in plan.add)]
-        try:
-            self._embed_into(cache, pending)
-            return []
-        except DocentError:
-            pass  # find the culprit(s): one document at a time
-        failures = []
-        for plan in pending:
-            try:
-                self._embed_into(cache, [plan])
-            except DocentError as exc:
-                failures.append(_failed(plan.prepared.document.doc_id, self.version, exc))
-        return failures
-
-    def _embed_into(self, cache: _VectorCache, plans: Sequence[_Plan]) -> None:
-        todo = {key: chunk for plan in plans for key, chunk in plan.add if key not in cache.vectors}
-        if not todo:
-            return
-        matrix = self.embedder.embed([chunk.indexed_text() for chunk in todo.values()])
-        if matrix.shape != (len(todo), self.manifest.model.dimension):
-            raise IndexError_(f"embedder returned {matrix.shape} for {len(todo)} texts")
-        cache.vectors.update(zip(todo, np.asarray(matrix, dtype=np.float32), strict=True))
-
-    # -- the switch (under the lock) -------------------------------------------------------------------
-
-    def apply(self, batch: Sequence[_Prepared], cache: _VectorCache) -> list[DocumentOutcome]:
-        with write_lock(self.settings, self.version):
-            try:
-                return self._apply_locked(batch, cache)
-            except BaseException:
-                self.vectors.discard_changes()
-                raise
-
-    def _apply_locked(self, batch: Sequence[_Prepared], cache: _VectorCache) -> list[DocumentOutcome]:
-        self.vectors.refresh(now=True)  # another process may have saved a generation since
-        outcomes: list[DocumentOutcome] = []
-        plans: list[_Plan] = []
-        for prepared in batch:
-            plan = self.plan(prepared)
-            if plan is None:
-                outcomes.append(self._unchanged(prepared))
-            else:
-                plans.append(plan)
-        failed = {o.doc_id: o for o in self.embed(plans, cache)}  # usually embedded already: a no-op
-        plans = [plan for plan in plans if plan.prepared.document.doc_id not in failed]
-        add = [(key, chunk) for plan in plans for key, chunk in plan.add]
-        new_keys = {key for key, _ in add}
-        orphans = [key for key in self.catalog.hidden_keys(self.version) if key not in new_keys]
-        self.catalog.add_hidden_chunks(self.version, [row_of(key, chunk) for key, chunk in add])  # step 0
-        self._write_indexes(add, cache, orphans)  # step 1
-        if orphans:
-            self.catalog.purge_hidden(self.version, orphans)
-        self.catalog.commit_documents(self.version, [self._commit(plan) for plan in plans])  # step 2
-        self.collect()  # step 3
-        self._update_counts()
-        outcomes.extend(self._indexed(plan, cache) for plan in plans)
-        outcomes.extend(failed.values())
-        return outcomes
-
-    def _write_indexes(
-        self, add: Sequence[tuple[int, Chunk]], cache: _VectorCache, delete: Sequence[int]
-    ) -> None:
-        if not add and not delete:
-            return
-        self.lexical.apply(add=[lexical_entry(key, chunk) for key, chunk in add], delete=delete)
-        self.vectors.remove(delete)
-        if add:
-            self.vectors.add([key for key, _ in add], np.stack([cache.vectors[key] for key, _ in add]))
-        self.vectors.save()
-
-    def collect(self) -> int:
-        """Drop every hidden entry from Whoosh and USearch, then from the catalog (the lock is held)."""
-        hidden = self.catalog.hidden_keys(self.version)
-        if hidden:
-            self._write_indexes((), _VectorCache(), hidden)
-            self.catalog.purge_hidden(self.version, hidden)
-        return len(hidden)
-
-    def recover(self) -> int:
-        with write_lock(self.settings, self.version):
-            try:
-                self.vectors.refresh(now=True)
-                collected = self.collect()
-            except BaseException:
-                self.vectors.discard_changes()
-                raise
-            self._update_counts()
-            return collected
-
-    def delete(self, doc_id: str) -> DocumentOutcome:
-        with write_lock(self.settings, self.version):
-            try:
-                self.vectors.refresh(now=True)
-                hidden = self.catalog.hide_document(self.version, doc_id)
-                self.collect()
-            except BaseException:
-                self.vectors.discard_changes()
-                raise
-            self._update_counts()
-        status: OutcomeStatus = "deleted" if hidden else "missing"
-        return DocumentOutcome(doc_id=doc_id, version=self.version, status=status, removed=hidden)
-
-    def _commit(self, plan: _Plan) -> DocumentCommit:
-        prepared = plan.prepared
-        return DocumentCommit(
-            document=_catalog_document(prepared.document),
-            ingest_hash=prepared.ingest_hash,
-            visible=tuple((key, chunk.ordinal) for key, chunk in plan.entries),
-            text=prepared.text,
-        )
-
-    def _update_counts(self) -> None:
-        documents, chunks = self.catalog.counts(self.version)
-        self.manifest = set_counts(self.settings, self.version, documents=documents, chunks=chunks)
-
-    def _unchanged(self, prepared: _Prepared) -> DocumentOutcome:
-        return DocumentOutcome(
-            doc_id=prepared.document.doc_id,
-            version=self.version,
-            status="unchanged",
-            chunks=len(prepared.chunks),
-        )
-
-    def _indexed(self, plan: _Plan, cache: _VectorCache) -> DocumentOutcome:
-        return DocumentOutcome(
-            doc_id=plan.prepared.document.doc_id, version=self.version, status="indexed",
-            chunks=len(plan.entries), added=len(plan.add), removed=len(plan.removed),
-            embedded=sum(key not in cache.reused for key, _ in plan.add),
-        )  # fmt: skip
-
-
-def _failed(doc_id: str, version: str, exc: DocentError) -> DocumentOutcome:
-    return DocumentOutcome(
-        doc_id=doc_id, version=version, status="failed", error_code=exc.code, error=exc.message
-    )
-
-
 # -- the ingestor ------------------------------------------------------------------------------------------
 
 
 class Ingestor:
-    """Ingests into `version` (default: the active one, created from `embedder` when there is none) and,
-    for a reindex, into `extra_targets` too (each with its own embedder)."""
+    """Ingests into `version` (default: the active one, created from `embedder` when there is none). A
+    reindex writes to two versions with two Ingestors (index.reindex.dualwrite)."""
 
     def __init__(
         self,
@@ -446,7 +107,6 @@ class Ingestor:
         embedder: Embedder,
         version: str | None = None,
         *,
-        extra_targets: Sequence[IngestTarget] = (),
         catalog: Catalog | None = None,
         docs_per_commit: int = DOCS_PER_COMMIT,
         contextualizer: Contextualizer | None = None,
@@ -458,11 +118,8 @@ class Ingestor:
         if docs_per_commit < 1:
             raise InputError("docs_per_commit must be positive")
         self.docs_per_commit = docs_per_commit
-        primary = IngestTarget(version or get_active(settings) or self._create_first(embedder), embedder)
-        targets = [primary, *extra_targets]
-        if len({t.version for t in targets}) != len(targets):
-            raise InputError("each target version may appear once")
-        self.writers = [_VersionWriter(settings, target, self.catalog) for target in targets]
+        target = IngestTarget(version or get_active(settings) or self._create_first(embedder), embedder)
+        self.writer = _VersionWriter(settings, target, self.catalog)
 
     def _create_first(self, embedder: Embedder) -> str:
         from index.chunk import CHUNKER_VERSION
@@ -483,15 +140,10 @@ class Ingestor:
 
     @property
     def version(self) -> str:
-        return self.writers[0].version
-
-    @property
-    def versions(self) -> list[str]:
-        return [w.version for w in self.writers]
+        return self.writer.version
 
     def close(self) -> None:
-        for writer in self.writers:
-            writer.close()
+        self.writer.close()
         if self._owns_catalog:
             self.catalog.close()
 
@@ -558,15 +210,14 @@ class Ingestor:
         return self._run(loaders, progress)
 
     def delete_document(self, doc_id: str, *, tenant: str | None = None) -> DocumentOutcome:
-        """Hide the document's chunks in every target, then collect them. `tenant` guards other tenants'."""
+        """Hide the document's chunks, then collect them. `tenant` guards other tenants' documents."""
         if tenant is not None:
             self.catalog.check_owner(doc_id, tenant)
-        outcomes = [self._with_retries(partial(writer.delete, doc_id)) for writer in self.writers]
-        return outcomes[0]
+        return self._with_retries(partial(self.writer.delete, doc_id))
 
     def recover(self) -> int:
-        """Collect what interrupted batches left behind (hidden entries); returns how many per all targets."""
-        return sum(self._with_retries(writer.recover) for writer in self.writers)
+        """Collect what interrupted batches left behind (hidden entries); returns how many."""
+        return self._with_retries(self.writer.recover)
 
     # -- batching ------------------------------------------------------------------------------------------
 
@@ -600,29 +251,24 @@ class Ingestor:
             done += len(batch)
         if progress:
             progress(done, len(loaders))
-        primary = [o for o in outcomes if o.version == self.version]
-        others = [o for o in outcomes if o.version != self.version]
         return IngestReport(
-            versions=self.versions,
-            documents=primary + others,
-            indexed=sum(o.status == "indexed" for o in primary),
-            unchanged=sum(o.status == "unchanged" for o in primary),
-            failed=sum(o.status == "failed" for o in primary),
+            versions=[self.version],
+            documents=outcomes,
+            indexed=sum(o.status == "indexed" for o in outcomes),
+            unchanged=sum(o.status == "unchanged" for o in outcomes),
+            failed=sum(o.status == "failed" for o in outcomes),
             elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
     def _apply(self, batch: Sequence[SourceDocument]) -> list[DocumentOutcome]:
-        outcomes: list[DocumentOutcome] = []
-        for writer in self.writers:
-            prepared, failures = self._prepare(writer, batch)
-            cache = _VectorCache()
-            plans = [plan for p in prepared if (plan := writer.plan(p)) is not None]
-            failures += writer.embed(plans, cache)  # outside the lock: the slow part
-            failed = {o.doc_id for o in failures}
-            ready = [p for p in prepared if p.document.doc_id not in failed]
-            outcomes += self._with_retries(partial(writer.apply, ready, cache))
-            outcomes += failures
-        return outcomes
+        writer = self.writer
+        prepared, failures = self._prepare(writer, batch)
+        cache = _VectorCache()
+        plans = [plan for p in prepared if (plan := writer.plan(p)) is not None]
+        failures += writer.embed(plans, cache)  # outside the lock: the slow part
+        failed = {o.doc_id for o in failures}
+        ready = [p for p in prepared if p.document.doc_id not in failed]
+        return [*self._with_retries(partial(writer.apply, ready, cache)), *failures]
 
     def _with_retries(self, step: Callable[[], _T]) -> _T:
         """Index-side failures (a lock, the catalog, a file) are retried; each step is idempotent."""

@@ -44,9 +44,9 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
@@ -150,43 +150,87 @@ class _SegmentTerm(NamedTuple):
     info: TermInfo
 
 
-Postings = tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]  # segment docnums, weights (tf x boost)
+Postings = tuple[npt.NDArray[np.int32], npt.NDArray[np.floating]]  # docnums, weights (tf x boost) or impacts
 
 
-class PostingsCache:
-    """Decoded posting lists by (segment, field, term), least recently used out past `max_bytes`.
+K = TypeVar("K", bound=Hashable)
 
-    Segments are immutable (a deletion only marks documents), so an entry never goes stale; it is shared
-    by every thread of the process that searches the index.
-    """
 
-    def __init__(self, max_bytes: int = POSTINGS_CACHE_BYTES) -> None:
+class _Lru(Generic[K]):
+    """Arrays by key, least recently used out past `max_bytes`; shared by every searching thread."""
+
+    def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._entries: OrderedDict[tuple[str, str, str], Postings] = OrderedDict()
+        self._entries: OrderedDict[K, Postings] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, found: _SegmentTerm, field: str, term: str) -> Postings:
-        key = (found.leaf.segment().segment_id(), field, term)
+    def get(self, key: K, compute: Callable[[], Postings]) -> Postings:
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None:
                 self._entries.move_to_end(key)
                 return hit
-        postings = _read_postings(found, field)
-        self._put(key, postings)
-        return postings
-
-    def _put(self, key: tuple[str, str, str], postings: Postings) -> None:
-        size = postings[0].nbytes + postings[1].nbytes
+        value = compute()
+        size = value[0].nbytes + value[1].nbytes
         with self._lock:
-            if key in self._entries or size > self.max_bytes:
-                return
-            self._entries[key] = postings
-            self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, (ids, weights) = self._entries.popitem(last=False)
-                self.bytes -= ids.nbytes + weights.nbytes
+            if key not in self._entries and size <= self.max_bytes:
+                self._entries[key] = value
+                self.bytes += size
+                while self.bytes > self.max_bytes:
+                    _, (ids, weights) = self._entries.popitem(last=False)
+                    self.bytes -= ids.nbytes + weights.nbytes
+        return value
+
+
+class PostingsCache:
+    """Decoded posting lists by (segment, field, term), and their BM25 impacts by the statistics they were
+    weighed with (the field's average length, k1, b, the segment's offset), each LRU past its byte budget.
+
+    Segments are immutable (a deletion only marks documents), so a posting list never goes stale; impacts
+    change only when a commit changes the average length, and then are weighed again from the cached list.
+    A query then costs one gather-add per term and segment.
+    """
+
+    def __init__(self, max_bytes: int = POSTINGS_CACHE_BYTES) -> None:
+        self.lists: _Lru[tuple[str, str, str]] = _Lru(max_bytes // 3)
+        self.impacts: _Lru[tuple[str, str, str, int, float, float, float]] = _Lru(max_bytes - max_bytes // 3)
+
+    @property
+    def bytes(self) -> int:
+        return self.lists.bytes + self.impacts.bytes
+
+    @property
+    def max_bytes(self) -> int:
+        return self.lists.max_bytes + self.impacts.max_bytes
+
+    def get(self, found: _SegmentTerm, field: str, term: str) -> Postings:
+        key = (found.leaf.segment().segment_id(), field, term)
+        return self.lists.get(key, lambda: _read_postings(found, field))
+
+    def weighed(self, found: _SegmentTerm, field: str, term: str, weigh: Weigh) -> Postings:
+        """(index docnums, BM25 impact without idf) of the term in one segment, for `weigh`'s statistics."""
+        key = (found.leaf.segment().segment_id(), field, term, found.offset, *weigh.statistics)
+        return self.impacts.get(key, lambda: weigh(*self.get(found, field, term), found.offset))
+
+
+class Weigh(NamedTuple):
+    """BM25's term-frequency part, tf (k1 + 1) / (tf + k1 (1 - b + b len / avg_len)), over index docnums."""
+
+    lengths: npt.NDArray[np.float64]
+    avg_length: float
+    k1: float
+    b: float
+
+    @property
+    def statistics(self) -> tuple[float, float, float]:
+        return (self.avg_length, self.k1, self.b)
+
+    def __call__(self, ids: npt.NDArray[np.int32], tf: npt.NDArray[np.float32], offset: int) -> Postings:
+        docnums = ids + np.int32(offset)
+        norm = self.k1 * ((1 - self.b) + self.b * self.lengths[docnums] / self.avg_length)
+        weight = tf.astype(np.float64)  # stored as float32; weighed in float64, as Whoosh does
+        return docnums, (weight * (self.k1 + 1)) / (weight + norm)
 
 
 def _read_postings(found: _SegmentTerm, field: str) -> Postings:
@@ -473,8 +517,8 @@ class LexicalIndex:
             return None
         scorer = _Ranking(slot.searcher.doc_count_all())
         for field in self.fields:
-            avg_length = slot.searcher.avg_field_length(field) or 1
-            lengths = slot.field_lengths(field, leaves)
+            lengths, average = slot.field_lengths(field, leaves), slot.searcher.avg_field_length(field) or 1
+            weigh = Weigh(lengths, average, self.k1, self.b)
             for term in terms:
                 segments = slot.segment_terms(field, term)
                 df = sum(found.info.doc_frequency() for found in segments)
@@ -482,8 +526,7 @@ class LexicalIndex:
                     continue
                 idf = lucene_idf(len(scorer.scores), df)
                 for found in segments:
-                    ids, weights = self.postings.get(found, field, term)
-                    scorer.add(ids + found.offset, weights, idf, lengths, avg_length, self.k1, self.b)
+                    scorer.add(idf, *self.postings.weighed(found, field, term, weigh))
         return scorer.within(acl)
 
     def keys(self) -> set[int]:
@@ -502,27 +545,14 @@ class _Ranking:
 
     def __init__(self, doc_count_all: int) -> None:
         self.scores = np.zeros(doc_count_all)
-        self.matched = np.zeros(doc_count_all, dtype=bool)
         self.docnums = np.zeros(0, dtype=np.int64)
         self.found = np.zeros(0)
 
-    def add(
-        self,
-        ids: npt.NDArray[np.int32],
-        tf: npt.NDArray[np.float32],
-        idf: float,
-        lengths: npt.NDArray[np.float64],
-        avg_length: float,
-        k1: float,
-        b: float,
-    ) -> None:
-        norm = k1 * ((1 - b) + b * lengths[ids] / avg_length)
-        weight = tf.astype(np.float64)  # stored as float32; scored in float64, as Whoosh does
-        self.scores[ids] += idf * (weight * (k1 + 1)) / (weight + norm)
-        self.matched[ids] = True
+    def add(self, idf: float, docnums: npt.NDArray[np.int32], impacts: npt.NDArray[np.floating]) -> None:
+        self.scores[docnums] += idf * impacts  # a term occurs once per document: no repeated docnums
 
     def within(self, acl: DocMask) -> _Ranking:
-        self.docnums = np.flatnonzero(self.matched & acl.mask)
+        self.docnums = np.flatnonzero((self.scores > 0) & acl.mask)  # a match always scores above 0
         self.found = self.scores[self.docnums]
         return self
 

@@ -45,8 +45,8 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aredis
 
+from index.entries import chunk_of
 from index.fusion import Fused, keep_lexical_top, rrf, zscore
-from index.ingest import chunk_of
 from index.keys import Keys, Scored
 from index.lexical import LexicalIndex
 from index.sections import section_passages

@@ -46,6 +46,13 @@ class Citation(msgspec.Struct, frozen=True, kw_only=True):
     snippet: str = ""
 
 
+class TextSpan(msgspec.Struct, frozen=True, kw_only=True):
+    """`text[start:end]`, in code points (Python string indices)."""
+
+    start: int
+    end: int
+
+
 class UserMessage(_Base, frozen=True, kw_only=True, tag="user_message"):
     text: str
     mode: Mode = "auto"
@@ -67,6 +74,9 @@ class RetrievalDone(_Base, frozen=True, kw_only=True, tag="retrieval_done"):
     chunk_ids: tuple[str, ...]
     index_version: str
     latency_ms: float = 0.0
+    # The retrieved passages the user may read, numbered as the model is given them: shown as sources while
+    # the model is still reading (empty in logs written before this field).
+    sources: tuple[Citation, ...] = ()
 
 
 class LLMRequested(_Base, frozen=True, kw_only=True, tag="llm_requested"):
@@ -150,6 +160,8 @@ class AnswerCompleted(_Base, frozen=True, kw_only=True, tag="answer_completed"):
     # The passages the model was given that the user may read, numbered as given: what a client shows as
     # "sources consulted" when the answer cites nothing (weak models often do not).
     sources: tuple[Citation, ...] = ()
+    # Sentences no passage supports (post-hoc attribution, `actors.attribution`), as spans of `text`.
+    unsupported: tuple[TextSpan, ...] = ()
 
 
 class TurnFailed(_Base, frozen=True, kw_only=True, tag="turn_failed"):

@@ -70,6 +70,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     llm_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     llm_max_retries: NonNegative = 3
     llm_max_tokens: Positive = 512
+    # The embedded model (bench/llm_ab.py): fewer passages (prefill is most of the first-token time), a
+    # shorter answer cap, int8 compute on CPU.
+    local_top_k: Positive = 4
+    local_max_tokens: Positive = 200
+    local_compute_type: Literal["auto", "int8", "int8_float32", "float32", "float16"] = "auto"
+    # Post-hoc citation attribution (actors/attribution.py): auto = on for the local model.
+    attribution: Literal["auto", "on", "off"] = "auto"
     llm_price_in_per_mtok: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     llm_price_out_per_mtok: Annotated[float, msgspec.Meta(ge=0)] = 0.0
 
@@ -136,6 +143,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
+
+    @property
+    def qa_top_k(self) -> int:
+        """Passages a Q&A answer is given: fewer for the embedded model."""
+        return self.local_top_k if self.llm_backend == "local" else self.top_k
 
     @property
     def model_path(self) -> Path:

@@ -16,7 +16,16 @@ import redis
 from aiohttp import web as aioweb
 
 from server.auth import mint_token
-from store.events import AnswerCompleted, Citation, LLMFailed, LLMRequested, UserMessage, decode_event
+from store.events import (
+    AnswerCompleted,
+    Citation,
+    LLMFailed,
+    LLMRequested,
+    RetrievalDone,
+    TextSpan,
+    UserMessage,
+    decode_event,
+)
 from store.redis import EmbeddedRedis, free_port
 from tests.server_proc import ServerProcess, StreamWriter, server_env
 
@@ -242,3 +251,68 @@ async def test_the_client_embeds_in_a_page_from_another_origin(
             await page.wait_for_function("() => window.moduleOk === true", timeout=WAIT_MS)
         finally:
             await runner.cleanup()
+
+
+SOURCES = (
+    Citation(n=1, chunk_id="c1", doc_id="pydoc/shlex", title="shlex — simple lexical analysis",
+             heading="Functions", snippet="split(s, comments=False, posix=True): split the string s using "
+             "shell-like syntax."),
+    Citation(n=2, chunk_id="c2", doc_id="pydoc/argparse", title="argparse — command-line parsing",
+             heading="Description", snippet="The argparse module makes it easy to write user-friendly "
+             "command-line interfaces."),
+)  # fmt: skip
+SCREENSHOTS = Path(__file__).resolve().parent.parent / ".cache" / "screenshots"
+
+
+async def test_sources_show_before_the_first_token_and_unsupported_sentences_are_marked(
+    browser: Any, redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
+) -> None:
+    r = redis.Redis.from_url(redis_url)
+    with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
+        token = mint_token(web.settings, "acme", "alice", ttl=600)
+        page = await browser.new_page(viewport={"width": 900, "height": 700})
+        await page.goto(f"{web.http_url}/?token={token}")
+        await page.wait_for_selector('.docent-status[data-state="connected"]', timeout=WAIT_MS)
+        conv = await page.get_attribute(".docent", "data-conversation")
+        await page.fill(".docent-input", "How do I split a shell command line?")
+        await page.click(".docent-send")
+        asked = await wait_for_ask(r, str(conv))
+        worker = StreamWriter(r, str(conv))
+        worker.event(UserMessage(turn=1, text=asked.text, user="alice", tenant="acme",
+                                 client_message_id=asked.client_message_id))  # fmt: skip
+        worker.event(RetrievalDone(turn=1, query=asked.text, chunk_ids=("c1", "c2"), index_version="v1",
+                                   sources=SOURCES))  # fmt: skip
+        worker.event(LLMRequested(turn=1, step=0, model="smollm2", prompt_hash="h"))
+
+        panel = page.locator(".docent-turn[data-turn='1'] .docent-sources")
+        await panel.wait_for(state="visible", timeout=WAIT_MS)
+        # The model is still reading: no token yet, the passages are already there.
+        assert await page.locator(".docent-answer").text_content() == ""
+        titles = await panel.locator(".docent-source-open").all_text_contents()
+        assert titles == [SOURCES[0].title, SOURCES[1].title]
+        snippet = await panel.locator(".docent-source-item-snippet").first.text_content()
+        assert "shell-like syntax" in (snippet or "")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SCREENSHOTS / "sources-first.png"))
+
+        await page.click(".docent-sources .docent-source-open[data-n='2']")  # readable while waiting
+        assert await page.locator(".docent-source-title").text_content() == SOURCES[1].title
+
+        worker.delta("Use shlex.split", 1)
+        await wait_for_answer_text(page, "Use shlex.split")
+        box_answer = await page.locator(".docent-answer").bounding_box()
+        box_panel = await panel.bounding_box()
+        assert box_answer and box_panel and box_answer["y"] < box_panel["y"]  # the answer streams above
+
+        final = "Use shlex.split [1]. The moon is made of cheese."
+        start = final.index("The moon")
+        worker.event(AnswerCompleted(turn=1, text=final, citations=SOURCES[:1], sources=SOURCES,
+                                     unsupported=(TextSpan(start=start, end=len(final)),)))  # fmt: skip
+        await page.wait_for_selector(".docent-answer[data-done='1']", timeout=WAIT_MS)
+        unsupported = await page.locator(".docent-unsupported").all_text_contents()
+        assert unsupported == ["The moon is made of cheese."]
+        assert await page.locator(".docent-answer .docent-cite").all_text_contents() == ["[1]"]
+        assert await panel.locator(".docent-source-cited .docent-source-open").all_text_contents() == [
+            SOURCES[0].title
+        ]
+        await page.screenshot(path=str(SCREENSHOTS / "answer-attributed.png"))

@@ -86,6 +86,8 @@ DOCS = {
 
 SCRIPTS: dict[str, Any] = {
     "badcite": {"steps": [{"text": "Parental leave lasts sixteen weeks [1]; see also [7]."}]},
+    "uncited": {"steps": [{"text": "Parental leave lasts sixteen weeks at full pay for every employee. "
+                                   "The cafeteria serves purple dragon soup every Tuesday."}]},
     "agent": {
         "steps": [
             {"tool_calls": [{"name": "search_knowledge_base", "arguments": {"query": "parental leave"}}]},
@@ -249,6 +251,8 @@ def test_qa_turn_streams_an_answer_with_checked_citations(world: World) -> None:
     assert [s.chunk_id for s in answer.sources] == list(retrieval.chunk_ids)
     assert [s.n for s in answer.sources] == list(range(1, len(answer.sources) + 1))
     assert all(s.doc_id != "board-minutes" for s in answer.sources)
+    # The same passages, typed, as soon as retrieval is done: what the widget shows while the model reads.
+    assert retrieval.sources == answer.sources and all(s.title and s.snippet for s in retrieval.sources)
     # Token deltas went to the live stream only, and spell out the answer.
     live = world.log.catch_up("qa1", "0")
     deltas = "".join(item.text for _, item in live if isinstance(item, Delta))
@@ -262,6 +266,26 @@ def test_citations_to_passages_never_given_are_dropped(world: World) -> None:
     answer = of(world.events("qa2"), AnswerCompleted)[0]
     assert [c.n for c in answer.citations] == [1]
     assert answer.dropped_citations == (7,) and "[7]" not in answer.text and "[1]" in answer.text
+
+
+def test_post_hoc_attribution_cites_supported_sentences_and_marks_the_rest(
+    tmp_path: Path, redis_url: str, llm: ScriptedLLMThread, sinks: tuple[SmtpSink, HttpSink]
+) -> None:
+    settings = make_settings(tmp_path, redis_url, llm.url, sinks[0].port, attribution="on")
+    build_index(settings)
+    w = World(settings, llm, sinks)
+    try:
+        w.ask("att1", "[script:uncited] How long is parental leave?", mode="qa")
+        w.run("att1")
+        answer = of(w.events("att1"), AnswerCompleted)[0]
+    finally:
+        w.rt.close()
+    cited = {c.n: c for c in answer.citations}
+    assert [c.doc_id for c in cited.values()] == ["leave-policy"]
+    first = "Parental leave lasts sixteen weeks at full pay for every employee"
+    assert answer.text.startswith(f"{first} [{min(cited)}].")
+    (span,) = answer.unsupported
+    assert answer.text[span.start : span.end] == "The cafeteria serves purple dragon soup every Tuesday."
 
 
 def test_finished_and_unknown_conversations_are_no_ops(world: World) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from whoosh import index as whoosh_index
 
-from index.ingest import Ingestor, IngestTarget
+from index.ingest import Ingestor
 from index.lexical import WHOOSH_DIR, LexicalIndex
 from index.search import Mode, Searcher
 from index.types import Access, Principal
@@ -306,37 +306,32 @@ def test_ingest_paths_reports_each_bad_file_and_indexes_the_rest(tmp_path: Path)
         assert ingestor.ingest_paths([docs / "handbook.md"]).indexed == 1  # other chunk settings: redone
 
 
-def test_dual_write_applies_each_document_to_both_versions_and_retries_a_failing_side(
+def test_a_transient_index_failure_is_retried_and_a_lasting_one_leaves_the_version_consistent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(tmp_path)
-    old_model, new_model = BowEmbedder(), BowEmbedder(salt="v2")
-    new_version(settings, old_model, "old")
-    new_version(settings, new_model, "new")
-    saves = {"new": 0}
+    model = BowEmbedder()
+    new_version(settings, model, "old")
+    saves = {"old": 0}
     original_save = VectorIndex.save
 
     def flaky_save(self: VectorIndex):  # type: ignore[no-untyped-def]
-        if self.directory.name == "new":
-            saves["new"] += 1
-            if saves["new"] == 1:
-                raise IndexError_("disk hiccup")
+        saves["old"] += 1
+        if saves["old"] == 1:
+            raise IndexError_("disk hiccup")
         return original_save(self)
 
-    with Ingestor(settings, old_model, "old", extra_targets=[IngestTarget("new", new_model)]) as ingestor:
+    with Ingestor(settings, model, "old") as ingestor:
         with monkeypatch.context() as patch:
             patch.setattr(VectorIndex, "save", flaky_save)
             outcome = _ingest(ingestor, OLD)
-        assert outcome.version == "old" and outcome.status == "indexed" and saves["new"] >= 2
+        assert outcome.version == "old" and outcome.status == "indexed" and saves["old"] >= 2
 
         with monkeypatch.context() as patch:
             patch.setattr(VectorIndex, "save", lambda self: (_ for _ in ()).throw(IndexError_("disk gone")))
             with pytest.raises(IndexError_):
                 _ingest(ingestor, NEW)
         report = ingestor.ingest_many([make_document("policy", NEW)])  # the caller's retry converges
-        assert [(o.version, o.status) for o in report.documents] == [("old", "indexed"), ("new", "indexed")]
-    for version, model in (("old", old_model), ("new", new_model)):
-        _assert_consistent(settings, version)
-        assert _policy_texts(settings, version, model)["dense"] == set(NEW)
-    with pytest.raises(ModelMismatch):
-        Searcher(settings, "new", old_model)
+        assert [(o.version, o.status) for o in report.documents] == [("old", "indexed")]
+    _assert_consistent(settings, "old")
+    assert _policy_texts(settings, "old", model)["dense"] == set(NEW)

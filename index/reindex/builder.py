@@ -25,7 +25,8 @@ import redis
 from index.chunk import CHUNKER_VERSION, chunk_document
 from index.context import CONTEXT_VERSION, deterministic_context
 from index.embed import load_embedder
-from index.ingest import SPECIAL_TOKENS_RESERVE, Ingestor, chunk_of, ingest_hash
+from index.entries import chunk_of, ingest_hash
+from index.ingest import SPECIAL_TOKENS_RESERVE, Ingestor
 from index.parse import parse_document
 from index.reindex.alias import read_alias, switch_pair
 from index.reindex.embedders import PrecomputedEmbedder, embedder_for

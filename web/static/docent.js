@@ -5,7 +5,7 @@
  *   import Docent from "https://docent.example/static/docent.mjs";       ES module (same code)
  *
  *   const chat = Docent.connect({url: "wss://docent.example/ws/chat", token});
- *   chat.ask("What is our travel policy?", {mode: "auto", onDelta, onCitation, onEvent, onDone});
+ *   chat.ask("What is our travel policy?", {mode: "auto", onSources, onDelta, onCitation, onEvent, onDone});
  *
  * The client reconnects with exponential backoff and resumes from the last event id it saw, so a dropped
  * socket or a restarted server neither loses nor repeats a token. Docent.mount(element, options) renders
@@ -159,6 +159,28 @@
     if (code !== null) html.push("<pre><code>" + code.join("\n") + "</code></pre>");
     flushTable(); flushParagraph(); flushList();
     return html.join("");
+  }
+
+  // Unsupported sentences arrive as code-point spans of the answer text; they are marked with two private-use
+  // characters before the markdown is rendered (escaping leaves them alone), then turned into spans.
+  var MARK_OPEN = "\uE000", MARK_CLOSE = "\uE001";
+  var UNSUPPORTED_OPEN = '<span class="docent-unsupported" title="No passage supports this sentence">';
+
+  function markSpans(text, spans) {
+    if (!spans || !spans.length) return text;
+    var chars = Array.from(String(text || "").replace(/[\uE000\uE001]/g, ""));
+    var ordered = spans.slice().sort(function (a, b) { return b.start - a.start; });
+    ordered.forEach(function (span) {
+      if (span.start < 0 || span.end > chars.length || span.start >= span.end) return;
+      chars.splice(span.end, 0, MARK_CLOSE);
+      chars.splice(span.start, 0, MARK_OPEN);
+    });
+    return chars.join("");
+  }
+
+  function renderAnswerHtml(text, spans) {
+    return renderMarkdown(markSpans(text, spans)).split(MARK_OPEN).join(UNSUPPORTED_OPEN)
+      .split(MARK_CLOSE).join("</span>");
   }
 
   // ---- the connection -----------------------------------------------------------------------------
@@ -334,6 +356,7 @@
     }
     var handlers = this.turns[event.turn] || {};
     if (handlers.onEvent) handlers.onEvent(event, id);
+    if (event.type === "retrieval_done" && handlers.onSources) handlers.onSources(event.sources || [], event);
     if (event.type === "answer_completed" && handlers.onCitation) {
       (event.citations || []).forEach(function (c) { handlers.onCitation(c); });
     }
@@ -555,11 +578,17 @@
     steps.hidden = true;
     var answer = el("div", "docent-answer");
     var citations = el("ol", "docent-citations");
+    var sources = el("details", "docent-sources");
+    sources.open = true;
+    sources.hidden = true;
+    sources.appendChild(el("summary", "", "Sources"));
+    sources.appendChild(el("ol", "docent-source-list"));
     section.appendChild(steps);
     section.appendChild(answer);
     section.appendChild(citations);
-    var state = {section: section, steps: steps, answer: answer, citationList: citations, text: "",
-                 citations: {}, done: false, stepStarts: {}};
+    section.appendChild(sources);
+    var state = {section: section, steps: steps, answer: answer, citationList: citations, sources: sources,
+                 text: "", citations: {}, unsupported: [], done: false, stepStarts: {}};
     this.sections[turn] = state;
     return state;
   };
@@ -589,6 +618,9 @@
         state.steps.querySelectorAll("li").length + " steps";
     }
     switch (event.type) {
+      case "retrieval_done":
+        this.renderSources(state, event.sources || [], {});
+        break;
       case "llm_requested":
         this.startModelCall(state, event.step);
         break;
@@ -600,12 +632,21 @@
       case "answer_completed":
         state.done = true;
         state.text = event.text;
+        state.unsupported = event.unsupported || [];
         var cited = event.citations || [];
         // An answer that cites nothing still lists what it was given, labelled as consulted, not cited.
         var listed = cited.length ? cited : (event.sources || []);
+        var citedByN = {};
+        cited.forEach(function (c) { citedByN[c.n] = c; });
+        state.citations = {};
         listed.forEach(function (c) { state.citations[c.n] = c; });
+        if (state.sources.hidden) {
+          this.renderCitations(state, listed, !cited.length && listed.length > 0);
+        } else { // the sources panel is already there: final (re-checked) sources, cited ones marked
+          this.renderCitations(state, [], false);
+          this.renderSources(state, event.sources || [], citedByN);
+        }
         this.renderAnswer(state);
-        this.renderCitations(state, listed, !cited.length && listed.length > 0);
         break;
       case "turn_failed":
       case "limit_reached":
@@ -664,7 +705,8 @@
   };
 
   Widget.prototype.renderAnswer = function (state) {
-    state.answer.innerHTML = renderMarkdown(state.text) + (state.done ? "" : '<span class="docent-cursor"></span>');
+    state.answer.innerHTML = renderAnswerHtml(state.text, state.done ? state.unsupported : [])
+      + (state.done ? "" : '<span class="docent-cursor"></span>');
     state.answer.setAttribute("data-done", state.done ? "1" : "0");
     state.answer.querySelectorAll(".docent-cite").forEach(function (b) {
       if (!state.citations[b.getAttribute("data-n")]) b.classList.add("docent-cite-unknown");
@@ -676,14 +718,37 @@
     state.citationList.classList.toggle("docent-consulted", !!consulted);
     if (consulted) state.citationList.setAttribute("data-label", "Sources consulted (not cited)");
     citations.forEach(function (c) {
-      var item = el("li", "docent-citation");
-      item.value = c.n;
-      var button = el("button", "docent-cite", c.title || c.doc_id);
-      button.type = "button";
-      button.setAttribute("data-n", String(c.n));
-      item.appendChild(button);
-      if (c.heading) item.appendChild(el("span", "docent-citation-heading", " — " + c.heading));
-      state.citationList.appendChild(item);
+      state.citationList.appendChild(passageItem(c, "docent-citation", "docent-cite", "docent-citation-heading"));
+    });
+  };
+
+  // One numbered passage: a button that opens it, then its heading.
+  function passageItem(c, itemClass, buttonClass, headingClass) {
+    var item = el("li", itemClass);
+    item.value = c.n;
+    var button = el("button", buttonClass, c.title || c.doc_id);
+    button.type = "button";
+    button.setAttribute("data-n", String(c.n));
+    item.appendChild(button);
+    if (c.heading) item.appendChild(el("span", headingClass, " — " + c.heading));
+    return item;
+  }
+
+  // The passages the model was given, shown as soon as retrieval is done (the answer streams above them).
+  Widget.prototype.renderSources = function (state, sources, cited) {
+    var list = state.sources.querySelector(".docent-source-list");
+    list.innerHTML = "";
+    state.sources.hidden = !sources.length;
+    var count = Object.keys(cited).length;
+    var label = sources.length === 1 ? "1 source" : sources.length + " sources";
+    state.sources.querySelector("summary").textContent = label
+      + (state.done ? (count ? " · " + count + " cited" : " · consulted, not cited") : "");
+    sources.forEach(function (c) {
+      state.citations[c.n] = c;
+      var item = passageItem(c, "docent-source-item" + (cited[c.n] ? " docent-source-cited" : ""),
+        "docent-cite docent-source-open", "docent-source-item-heading");
+      if (c.snippet) item.appendChild(el("div", "docent-source-item-snippet", c.snippet));
+      list.appendChild(item);
     });
   };
 

@@ -74,12 +74,15 @@ from actors.runtime import Runtime, runtime
 from actors.sources import agent_sources, qa_sources
 from actors.state import ConversationState, TurnState, dump_state, fold, load_state
 from actors.tools.registry import (
+    Registry,
     Tool,
     ToolContext,
     ToolOutput,
     args_to_builtins,
     idempotency_key,
 )
+from actors.workflows import workflows_for
+from actors.workflows.orchestrator import WORKFLOW_TOOLS
 from index.types import Hit, Principal
 from store.events import (
     ApprovalDecided,
@@ -157,6 +160,8 @@ class Activation:
         self._hits: list[Hit] | None = None  # this activation's retrieval, to skip a re-search
         self.agent_tools = rt.registry.subset(AGENT_TOOLS)
         self._agent_specs: tuple[ToolSpec, ...] = tool_specs(self.agent_tools.spec())
+        self.flows = workflows_for(rt.settings)  # workflows beside the agent loop (actors.workflows)
+        self.workflow_tools = rt.registry.subset(WORKFLOW_TOOLS)
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -251,7 +256,7 @@ class Activation:
         for _ in range(MAX_ACTIONS_PER_ACTIVATION):
             self._check_lease()
             self.pull_inbox()
-            action = next_action(self.state, caps, self.check_call, self.rt.clock())
+            action = next_action(self.state, caps, self.check_call, self.rt.clock(), self.flows)
             if isinstance(action, Idle):
                 if self.pull_inbox():
                     continue
@@ -266,8 +271,8 @@ class Activation:
 
     async def perform(self, action: Action) -> None:
         match action:
-            case StartTurn(route=route, reason=reason):
-                self.emit([TurnStarted(route=route, reason=reason)])
+            case StartTurn(route=route, reason=reason, workflow=workflow):
+                self.emit([TurnStarted(route=route, reason=reason, workflow=workflow)])
             case Retrieve(query=query):
                 await self.retrieve(query)
             case CallLLM(step=step):
@@ -298,11 +303,16 @@ class Activation:
 
     # -- code decides about tool calls --------------------------------------------------------------------
 
+    @property
+    def tools(self) -> Registry:
+        """The tools this turn's route may use: the agent's, or the workflows' (fixed by code)."""
+        return self.workflow_tools if self.turn.route == "workflow" else self.agent_tools
+
     def check_call(self, call: ToolCall) -> CallCheck:
-        if call.name not in self.agent_tools:
+        if call.name not in self.tools:
             return CallCheck(ok=False, error=f"tool {call.name!r} is not available to this run")
         try:
-            tool, args = self.agent_tools.parse(call.name, call.arguments, settings=self.rt.settings)
+            tool, args = self.tools.parse(call.name, call.arguments, settings=self.rt.settings)
         except ToolError as exc:
             return CallCheck(ok=False, error=f"{exc.code}: {exc.message}")
         risk = self.rt.policy.risk(self.principal.tenant, tool, args)
@@ -375,6 +385,8 @@ class Activation:
         turn = self.turn
         if turn.route == "qa":
             return qa_messages(await self.qa_hits(), self.state.history, turn.question.text), ()
+        if turn.route == "workflow":
+            return self.flows.prompt(turn, step), ()  # the model only writes text here
         return agent_messages(turn, self.state.history, step), self._agent_specs
 
     async def llm_failed(self, step: int, exc: LLMError, attempt: int) -> None:
@@ -406,7 +418,7 @@ class Activation:
 
     async def run_tool(self, action: RunTool) -> None:
         call = action.call
-        tool, args = self.agent_tools.parse(call.name, call.arguments, settings=self.rt.settings)
+        tool, args = self.tools.parse(call.name, call.arguments, settings=self.rt.settings)
         key = self.intend(action, tool, args)
         self._check_lease()
         started = time.perf_counter()
@@ -450,7 +462,7 @@ class Activation:
     def request_approval(self, action: RequestApproval) -> None:
         turn = self.turn
         approval_id = _sha(self.conv_id, turn.number, action.step, action.call.id)[:32]
-        reason = turn.llm_completed[action.step].text[:REASON_CHARS]
+        reason = (action.reason or turn.llm_completed[action.step].text)[:REASON_CHARS]
         record = approval_record(
             approval_id, self.conv_id, self.principal, self.rt.policy, action,
             reason=reason, now_ms=self.rt.clock(),
@@ -464,6 +476,8 @@ class Activation:
     async def finish(self, text: str) -> None:
         if self.turn.route == "qa":
             sources = qa_sources(await self.qa_hits())
+        elif self.turn.route == "workflow":
+            sources = self.flows.sources(self.turn)
         else:
             sources = agent_sources(self.turn.results.values())
         if sources:  # the user must (still) be allowed to read every document cited or listed
@@ -472,7 +486,8 @@ class Activation:
             )
             sources = [c for c in sources if c.doc_id in readable]
         passages = {n: h.text for n, h in enumerate(self._hits or [], 1)} if self.turn.route == "qa" else {}
-        embed = self.rt.knowledge().embed if attribution.enabled(self.rt.settings) else None
+        attribute = attribution.enabled(self.rt.settings) and self.turn.route != "workflow"  # cited by code
+        embed = self.rt.knowledge().embed if attribute else None
         self.emit([await attribution.final_answer(text, sources, passages, embed, self.turn.question.text)])
 
 

@@ -25,6 +25,7 @@ from store.blocking import run_blocking
 from store.exceptions import IndexNotFound
 
 RECALL_MIN_K = 20
+TITLES_LIMIT = 1000  # the catalog's page size; a larger tenant needs a title index (not built)
 
 
 class ServiceKnowledgeBase:
@@ -68,6 +69,17 @@ class ServiceKnowledgeBase:
             return readable
 
         return await run_blocking(check)
+
+    async def titles(self, principal: Principal) -> list[tuple[str, str]]:
+        """(doc_id, title) of every document of the principal's tenant it may read (workflows match names
+        from a request against them)."""
+
+        def listed() -> list[tuple[str, str]]:
+            tokens = principal.reader_tokens()
+            documents = self.service.catalog.list_documents(tenant=principal.tenant, limit=TITLES_LIMIT)
+            return [(d.doc_id, d.title) for d in documents if d.readable_by(principal.tenant, tokens)]
+
+        return await run_blocking(listed)
 
     async def embed(self, texts: Sequence[str]) -> Matrix:
         """`texts` embedded by the active version's embedder (the query side's model), L2-normalised rows."""

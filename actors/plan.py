@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 
 from actors.state import ConversationState, TurnState
 from index.followup import retrieval_query
-from store.events import Citation, LimitName, Risk, Route, ToolCall
+from store.events import Citation, LimitName, Risk, Route, ToolCall, UserMessage
 
 MAX_LLM_FAILURES_PER_STEP = 3
 CITATION = re.compile(r"\[(\d{1,3})\]")
@@ -47,6 +47,7 @@ class Idle(msgspec.Struct, frozen=True):
 class StartTurn(msgspec.Struct, frozen=True):
     route: Route
     reason: str
+    workflow: str = ""  # route "workflow": which one (actors.workflows)
 
 
 class Retrieve(msgspec.Struct, frozen=True):
@@ -75,6 +76,7 @@ class RequestApproval(msgspec.Struct, frozen=True):
     step: int
     call: ToolCall
     check: CallCheck
+    reason: str = ""  # what the reviewer is told; empty: the agent's own words at this step
 
 
 class AwaitApproval(msgspec.Struct, frozen=True):
@@ -109,6 +111,16 @@ class Caps(msgspec.Struct, frozen=True, kw_only=True):
     max_seconds: float
 
 
+class Flows(Protocol):
+    """Workflows beside the agent loop (`actors.workflows.Workflows`): pure, like everything here."""
+
+    def route(self, question: UserMessage, default: StartTurn) -> StartTurn: ...
+
+    def next(self, turn: TurnState, caps: Caps, check: CheckCall) -> Action: ...
+
+    def agent_refusal(self) -> Finish | None: ...
+
+
 def choose_route(text: str, mode: Literal["auto", "qa", "agent"]) -> tuple[Route, str]:
     """The client's explicit mode wins; otherwise a cheap, auditable rule: a request to *do* something
     (send, compare, tabulate, delete, ...) goes to the agent, a question goes to Q&A."""
@@ -135,17 +147,30 @@ def _waiting_on_human(turn: TurnState) -> bool:
     return any(a.status == "pending" for a in turn.approvals.values())
 
 
-def next_action(state: ConversationState, caps: Caps, check: CheckCall, now_ms: int) -> Action:
+def next_action(
+    state: ConversationState, caps: Caps, check: CheckCall, now_ms: int, flows: Flows | None = None
+) -> Action:
     turn = state.current
     if turn is None or turn.ended:
         return Idle()
     if turn.route is None:
         route, reason = choose_route(turn.question.text, turn.question.mode)
-        return StartTurn(route=route, reason=reason)
+        default = StartTurn(route=route, reason=reason)
+        return flows.route(turn.question, default) if flows else default
     if (limit := check_caps(turn, caps, now_ms)) is not None:
         return limit
     if turn.route == "qa":
         return _next_qa(turn, earlier_questions(state))
+    if flows is not None:
+        return _with_flows(turn, caps, check, flows)
+    return _next_agent(turn, caps, check)
+
+
+def _with_flows(turn: TurnState, caps: Caps, check: CheckCall, flows: Flows) -> Action:
+    if turn.route == "workflow":
+        return flows.next(turn, caps, check)
+    if turn.last_step < 0 and (refusal := flows.agent_refusal()) is not None:
+        return refusal
     return _next_agent(turn, caps, check)
 
 
@@ -178,7 +203,7 @@ def _next_agent(turn: TurnState, caps: Caps, check: CheckCall) -> Action:
     for call in completion.tool_calls:
         if call.id in turn.results:
             continue
-        action = _next_for_call(turn, step, call, check)
+        action = next_for_call(turn, step, call, check)
         if isinstance(action, AwaitApproval):
             waiting.extend(action.approval_ids)
             continue
@@ -190,7 +215,8 @@ def _next_agent(turn: TurnState, caps: Caps, check: CheckCall) -> Action:
     return _llm_or_fail(turn, step + 1) or Fail(code="internal", message="unreachable")
 
 
-def _next_for_call(turn: TurnState, step: int, call: ToolCall, check: CheckCall) -> Action:
+def next_for_call(turn: TurnState, step: int, call: ToolCall, check: CheckCall) -> Action:
+    """One proposed call: rejected, run, or gated by its approval (agent and workflow steps alike)."""
     verdict = check(call)
     if not verdict.ok:
         return RejectTool(step=step, call=call, error=verdict.error)

@@ -49,6 +49,7 @@ class TurnState(msgspec.Struct, kw_only=True):
     number: int
     question: UserMessage
     route: Route | None = None
+    workflow: str = ""  # route "workflow": the definition's name
     started_ms: int = 0
     retrieval: RetrievalDone | None = None
     llm_requested: dict[int, LLMRequested] = {}
@@ -93,7 +94,7 @@ def fold(state: ConversationState, event_id: str, event: Event) -> ConversationS
             state.turns = event.turn
             state.current = TurnState(number=event.turn, question=event, started_ms=event.at_ms)
         case TurnStarted() if turn:
-            turn.route = event.route
+            turn.route, turn.workflow = event.route, event.workflow
         case RetrievalDone() if turn:
             turn.retrieval = event
         case LLMRequested() if turn:

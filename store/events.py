@@ -16,7 +16,7 @@ from store.tool_payloads import ToolPayload
 
 SCHEMA_VERSION = 1
 
-Route = Literal["qa", "agent"]
+Route = Literal["qa", "agent", "workflow"]
 Mode = Literal["auto", "qa", "agent"]
 Risk = Literal["low", "high"]
 Decision = Literal["approved", "denied"]
@@ -65,6 +65,7 @@ class UserMessage(_Base, frozen=True, kw_only=True, tag="user_message"):
 class TurnStarted(_Base, frozen=True, kw_only=True, tag="turn_started"):
     route: Route
     reason: str = ""
+    workflow: str = ""  # route "workflow": the definition's name (actors.workflows); empty otherwise
 
 
 class RetrievalDone(_Base, frozen=True, kw_only=True, tag="retrieval_done"):

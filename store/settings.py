@@ -131,6 +131,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # Tool risk policy (actors.tools.policy): a .json or .toml file; empty = built-in defaults.
     tool_policy_path: str = ""
+    # Tenant workflows (actors.workflows): a .json or .toml file of definitions; empty = the shipped ones.
+    workflows_path: str = ""
 
     def __post_init__(self) -> None:
         if self.chunk_overlap >= self.chunk_tokens:

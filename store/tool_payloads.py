@@ -65,4 +65,22 @@ class HttpResult(_Payload, frozen=True, kw_only=True, tag="http_result"):
     truncated: bool = False
 
 
-ToolPayload = SearchResults | DocumentRead | ComparisonTable | EmailSent | HttpResult
+class TitleCandidate(msgspec.Struct, frozen=True, kw_only=True):
+    doc_id: str
+    title: str
+
+
+class TitleMatch(msgspec.Struct, frozen=True, kw_only=True):
+    """One name from a request against the catalog's titles: the document it names, if exactly one."""
+
+    name: str
+    doc_id: str = ""  # empty when missing or ambiguous
+    title: str = ""
+    candidates: tuple[TitleCandidate, ...] = ()  # the close candidates when ambiguous, best first
+
+
+class DocumentMatches(_Payload, frozen=True, kw_only=True, tag="document_matches"):
+    matches: tuple[TitleMatch, ...] = ()
+
+
+ToolPayload = SearchResults | DocumentRead | ComparisonTable | EmailSent | HttpResult | DocumentMatches

@@ -153,7 +153,7 @@ class World:
             return exc.code, json.loads(exc.read())
 
 
-def build_index(settings: Settings, source: Path) -> None:
+def build_index(settings: Settings, source: Path, doc_ids: tuple[str, ...] = CONTRACTS) -> None:
     from index.demo import build_demo_corpus
     from index.embed import load_embedder
     from index.ingest import Ingestor
@@ -161,7 +161,7 @@ def build_index(settings: Settings, source: Path) -> None:
     docs = {d.doc_id: d for d in build_demo_corpus(source, modules=())}
     embedder = load_embedder(settings, "hash", purpose="offline")
     with Ingestor(settings, embedder) as ingestor:
-        for doc_id in CONTRACTS:
+        for doc_id in doc_ids:
             doc = docs[doc_id]
             path = Path(doc.path) if Path(doc.path).is_absolute() else source / doc.path
             ingestor.ingest_document(doc_id, path=path, title=doc.title, access=doc.access)

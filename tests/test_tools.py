@@ -174,6 +174,7 @@ def test_spec_is_plain_openai_tool_schemas() -> None:
     spec = default_registry().spec()
     assert [s["function"]["name"] for s in spec] == [
         "search_knowledge_base", "read_document", "compare_documents", "send_email", "http_request",
+        "match_documents",
     ]  # fmt: skip
     for entry in spec:
         params = entry["function"]["parameters"]
@@ -526,7 +527,7 @@ async def test_knowledge_tools_respect_access(base_settings: Settings, kb: Memor
 
 def test_tools_declare_that_they_need_the_knowledge_base() -> None:
     needs = {tool.name for tool in default_registry() if tool.needs_knowledge_base}
-    assert needs == {"search_knowledge_base", "read_document", "compare_documents"}
+    assert needs == {"search_knowledge_base", "read_document", "compare_documents", "match_documents"}
     assert not Tool(name="t", description="d", args_type=ToolArgs, run=_noop).needs_knowledge_base
 
 

@@ -1,7 +1,8 @@
 """`docent chaos`: one run per conversation, workers killed while they work, then the report.
 
-Each run is one conversation whose agent task takes four model steps and three side effects (an HTTP
-POST, an email, an HTTP PUT), played by the scripted model (`actors.testing`) against the counting sinks.
+Even runs are agent tasks: four model steps and three side effects (an HTTP POST, an email, an HTTP PUT),
+played by the scripted model (`actors.testing`) against the counting sinks. Odd runs are workflows: the
+`compare_table` workflow over two contracts (`actors.chaos.corpus`), then its email; no model call at all.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.broker import ADVANCE_ACTOR, CONVERSATION_QUEUE, enqueue_by_name, sending_broker
+from actors.chaos import corpus
 from actors.chaos.checks import read_events
 from actors.chaos.report import FAILURE_KEYS, SUMMARY_KEYS, build_report, tally_logs
 from actors.chaos.workers import Workers
@@ -25,7 +27,7 @@ from store.log import ConversationLog
 from store.redis import EmbeddedRedis, free_port
 
 WORKERS = 2
-TENANT = "chaos"
+TENANT = corpus.TENANT
 LEASE_MS = 2_000
 HEARTBEAT_TIMEOUT_MS = 2_000
 CRASH_RATE = 0.05
@@ -65,11 +67,23 @@ def script_key(run: int) -> str:
     return f"task@{conversation_id(run)}"
 
 
+def is_workflow(run: int) -> bool:
+    return run % 2 == 1
+
+
+def request_text(run: int) -> tuple[str, str]:
+    """(text, mode) of run `run`'s request."""
+    if is_workflow(run):
+        return corpus.WORKFLOW_REQUEST, "auto"
+    return f"[script:{script_key(run)}] file the order, email operations, then confirm it", "agent"
+
+
 def main(runs: int, as_json: bool = False, seed: int = 0) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="docent-chaos-") as tmp:
         report = _in(Path(tmp), runs, random.Random(seed))
     report["detail"]["seconds"] = round(time.monotonic() - started, 1)
+    report["detail"]["workflow_runs"] = sum(1 for run in range(runs) if is_workflow(run))
     summary = {k: report[k] for k in SUMMARY_KEYS}
     clean = summary["completed"] == runs and not any(summary[k] for k in FAILURE_KEYS)
     _print(summary, report["detail"], clean, as_json)
@@ -88,6 +102,7 @@ def _print(summary: dict[str, Any], detail: dict[str, Any], clean: bool, as_json
 
 def _in(root: Path, runs: int, rng: random.Random) -> dict[str, Any]:
     """Start Redis, the sinks and the scripted model in `root`, do the runs, stop them all."""
+    corpus.build(root / "data")
     redis_server = EmbeddedRedis(root / "redis", port=free_port()).start()
     smtp, http = SmtpSink(), HttpSink()
     try:
@@ -150,8 +165,8 @@ def _ask_all(log: ConversationLog, redis_url: str, runs: int) -> None:
     broker = sending_broker(redis_url)
     for run in range(runs):
         conv = conversation_id(run)
-        text = f"[script:{script_key(run)}] file the order, email operations, then confirm it"
-        ask = UserMessage(text=text, mode="agent", tenant=TENANT, user="chaos")
+        text, mode = request_text(run)
+        ask = UserMessage(text=text, mode=mode, tenant=TENANT, user="chaos")  # type: ignore[arg-type]
         log.post_inbox(conv, ask, f"ask-{run}")
         enqueue_by_name(broker, CONVERSATION_QUEUE, ADVANCE_ACTOR, (conv,))
 

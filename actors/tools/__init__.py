@@ -7,6 +7,7 @@ from actors.tools.email import SEND_EMAIL_TOOL
 from actors.tools.http import HTTP_REQUEST_TOOL
 from actors.tools.knowledge import READ_TOOL, SEARCH_TOOL
 from actors.tools.knowledge_base import KnowledgeBase
+from actors.tools.match import MATCH_TOOL
 from actors.tools.policy import RiskPolicy
 from actors.tools.registry import (
     Registry,
@@ -21,7 +22,7 @@ from actors.tools.registry import (
     idempotency_key,
 )
 
-ALL_TOOLS = (SEARCH_TOOL, READ_TOOL, COMPARE_TOOL, SEND_EMAIL_TOOL, HTTP_REQUEST_TOOL)
+ALL_TOOLS = (SEARCH_TOOL, READ_TOOL, COMPARE_TOOL, SEND_EMAIL_TOOL, HTTP_REQUEST_TOOL, MATCH_TOOL)
 
 
 def default_registry() -> Registry:

@@ -18,7 +18,6 @@ A policy file (JSON or TOML) looks like:
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,8 +25,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from actors.tools.registry import Tool
+from store.config_file import load_config_file
 from store.events import Risk
-from store.exceptions import ConfigError
 from store.settings import Settings
 
 DEFAULT_ROOM = "general"
@@ -129,17 +128,4 @@ class RiskPolicy:
 
 
 def load_config(path: Path) -> PolicyConfig:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the tool policy {path}: {exc}") from None
-    try:
-        match path.suffix.lower():
-            case ".json":
-                return msgspec.json.decode(raw, type=PolicyConfig)
-            case ".toml":
-                return msgspec.convert(tomllib.loads(raw.decode("utf-8")), PolicyConfig)
-            case other:
-                raise ConfigError(f"tool policy {path}: expected .json or .toml, not {other or 'no suffix'}")
-    except (msgspec.DecodeError, msgspec.ValidationError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"bad tool policy {path}: {exc}") from None
+    return load_config_file(path, PolicyConfig, "tool policy")

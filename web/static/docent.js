@@ -94,9 +94,28 @@
       .join("");
   }
 
+  // A Markdown table (| a | b |, with a | --- | separator row) as an HTML table; cells are inline text.
+  var TABLE_ROW = /^\s*\|(.*)\|\s*$/;
+  var TABLE_RULE = /^\s*\|(?:\s*:?-{3,}:?\s*\|)+\s*$/;
+
+  function tableHtml(rows) {
+    var cells = function (row, tag) {
+      return "<tr>" + TABLE_ROW.exec(row)[1].split("|").map(function (c) {
+        return "<" + tag + ">" + inline(escapeHtml(c.trim())) + "</" + tag + ">";
+      }).join("") + "</tr>";
+    };
+    var body = rows.slice(TABLE_RULE.test(rows[1] || "") ? 2 : 1);
+    return '<table class="docent-table"><thead>' + cells(rows[0], "th") + "</thead><tbody>"
+      + body.map(function (r) { return cells(r, "td"); }).join("") + "</tbody></table>";
+  }
+
   function renderMarkdown(source) {
     var lines = String(source || "").replace(/\r\n?/g, "\n").split("\n");
-    var html = [], paragraph = [], list = null, code = null;
+    var html = [], paragraph = [], list = null, code = null, table = null;
+    function flushTable() {
+      if (table) html.push(tableHtml(table));
+      table = null;
+    }
     function flushParagraph() {
       if (paragraph.length) html.push("<p>" + paragraph.join("<br>") + "</p>");
       paragraph = [];
@@ -115,6 +134,8 @@
         }
         return;
       }
+      if (TABLE_ROW.test(line)) { flushParagraph(); flushList(); (table = table || []).push(line); return; }
+      flushTable();
       if (/^\s*```/.test(line)) { flushParagraph(); flushList(); code = []; return; }
       var heading = /^(#{1,3})\s+(.*)$/.exec(line);
       var bullet = /^\s*[-*]\s+(.*)$/.exec(line);
@@ -136,7 +157,7 @@
       }
     });
     if (code !== null) html.push("<pre><code>" + code.join("\n") + "</code></pre>");
-    flushParagraph(); flushList();
+    flushTable(); flushParagraph(); flushList();
     return html.join("");
   }
 

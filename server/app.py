@@ -66,6 +66,12 @@ WS_PING_TIMEOUT_S = 20.0
 log = logging.getLogger(__name__)
 
 
+def dispatcher_for(settings: Settings, client: aredis.Redis, wake: Wake | None) -> RedisDispatcher:
+    wake = wake or actors_api.make_wake(settings)
+    replicas, timeout_ms = settings.redis_wait_replicas, settings.redis_wait_timeout_ms
+    return RedisDispatcher(client, wake, replicas=replicas, wait_timeout_ms=timeout_ms)
+
+
 def parse_origins(value: str) -> frozenset[str]:
     return frozenset(o.strip().rstrip("/") for o in value.split(",") if o.strip())
 
@@ -125,7 +131,7 @@ def create_app(
             auth=auth,
             conversations=Conversations(client),
             hub=hub,
-            dispatcher=dispatcher or RedisDispatcher(client, wake or actors_api.make_wake(settings)),
+            dispatcher=dispatcher or dispatcher_for(settings, client, wake),
             limits=ActionLimits(AsyncRateLimiter(client), settings),
             sockets=SocketQuota(settings.ws_max_sockets_per_user, settings.ws_max_sockets_per_tenant),
             ingest=ingest or actors_api.make_ingest(settings),

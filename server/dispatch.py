@@ -1,7 +1,10 @@
 """The web process's `actors.api.Dispatcher`: inbound items go to the conversation's inbox, then a wake-up.
 
 The inbox and its dedup markers are store.log's (`post_inbox_plan`, one Lua script), so a
-retried submit with the same `dedup_id` returns the first entry's id and writes nothing:
+retried submit with the same `dedup_id` returns the first entry's id and writes nothing. With
+`replicas` > 0 (a replicated Redis), a submit returns only once that many replicas have the entry
+(`WAIT`); when they do not within `wait_timeout_ms` it raises `Unavailable`, and the client's retry
+(same dedup id) waits again without posting twice:
 
     conv:{<id>}:inbox                    Stream, field `e` = store.events.encode(item)
     conv:{<id>}:inbox_seen:<dedup_id>    the inbox entry id the dedup id was first posted as (24 h)
@@ -24,13 +27,23 @@ Wake = Callable[[str], Awaitable[None]]
 class RedisDispatcher:
     """Posts to `conv:{id}:inbox` (deduplicated), then awaits `wake(conv_id)`."""
 
-    def __init__(self, client: aredis.Redis, wake: Wake) -> None:
+    def __init__(
+        self, client: aredis.Redis, wake: Wake, *, replicas: int = 0, wait_timeout_ms: int = 500
+    ) -> None:
         self._run = AsyncRunner(client, unavailable=Unavailable).run  # an outage: the generic `unavailable`
+        self.client = client
         self.options = LogOptions()
         self.wake = wake
+        self.replicas = replicas
+        self.wait_timeout_ms = wait_timeout_ms
 
     async def submit(self, conversation_id: str, item: InboundItem, *, dedup_id: str) -> str:
         posted = await self._run(post_inbox_plan(conversation_id, item, dedup_id, self.options))
+        await self._replicated()
         # Wake on duplicates too: the first submit's wake-up may be what got lost.
         await self.wake(conversation_id)
         return posted.inbox_id
+
+    async def _replicated(self) -> None:
+        if self.replicas and await self.client.wait(self.replicas, self.wait_timeout_ms) < self.replicas:
+            raise Unavailable("the ask is not on enough replicas yet; retry it")

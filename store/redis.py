@@ -68,13 +68,14 @@ class EmbeddedRedis:
 
     def __init__(
         self, directory: Path, port: int = 0, *, password: str = "", fsync: str = "everysec",
-        lock_fd: int | None = None,
+        lock_fd: int | None = None, replica_of: int | None = None,
     ) -> None:  # fmt: skip
         self.directory = directory
         self.port = port or free_port()
         self.password = password
         self.fsync = fsync
         self.lock_fd = lock_fd  # inherited by redis-server: the data dir stays locked while it lives
+        self.replica_of = replica_of  # a loopback primary's port: this one replicates it (tests, benches)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,6 +94,8 @@ class EmbeddedRedis:
             "appendonly yes", f"appendfsync {self.fsync}", 'save ""', "daemonize no",
             f'logfile "{self.directory / "redis.log"}"',
         ]  # fmt: skip
+        if self.replica_of is not None:
+            lines.append(f"replicaof 127.0.0.1 {self.replica_of}")
         if self.password:  # a named user: a Redis without it refuses us, even one that takes any password
             lines += ["user default off", f"user {REDIS_USER} on >{self.password} ~* &* +@all"]
         return "\n".join(lines) + "\n"

@@ -30,6 +30,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_url: str = ""  # empty: start an embedded Redis under {data_dir}/redis
     redis_port: Port = 0  # the embedded Redis's port; 0 = a free one, recorded under {data_dir}/redis
     redis_fsync: Literal["always", "everysec"] = "everysec"  # the embedded Redis's appendfsync
+    redis_wait_replicas: NonNegative = 0  # an ask is acknowledged once this many replicas have it (WAIT)
+    redis_wait_timeout_ms: Positive = 500  # longer: the ask is refused `unavailable` (retries are deduped)
     redis_identity: str = ""  # set by `docent run` for its children: the identity their Redis must hold
     demo: bool = True  # `docent run` builds and ingests the demo knowledge base
     host: str = "127.0.0.1"

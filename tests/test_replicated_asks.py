@@ -1,0 +1,55 @@
+"""With a replicated Redis, an ask is acknowledged only once a replica has it (WAIT), and a retry is safe."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from server.dispatch import RedisDispatcher
+from store.events import UserMessage
+from store.exceptions import Unavailable
+from store.redis import EmbeddedRedis
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis]]:
+    primary = EmbeddedRedis(tmp_path / "primary").start()
+    replica = EmbeddedRedis(tmp_path / "replica", replica_of=primary.port).start()
+    client = redis.Redis.from_url(replica.url)
+    deadline = time.monotonic() + 10
+    while client.info("replication").get("master_link_status") != "up" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.close()
+    yield primary, replica
+    replica.stop()
+    primary.stop()
+
+
+async def _no_wake(conversation_id: str) -> None:
+    return None
+
+
+async def test_an_ask_waits_for_its_replica_and_a_retry_after_a_refusal_posts_once(
+    pair: tuple[EmbeddedRedis, EmbeddedRedis],
+) -> None:
+    primary, replica = pair
+    client = aredis.Redis.from_url(primary.url)
+    dispatcher = RedisDispatcher(client, _no_wake, replicas=1, wait_timeout_ms=300)
+    first = await dispatcher.submit("c1", UserMessage(text="hello"), dedup_id="m1")
+    copy = redis.Redis.from_url(replica.url)
+    assert copy.xlen("conv:{c1}:inbox") == 1  # on the replica before the submit returned
+    replica.stop()
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await dispatcher.submit("c1", UserMessage(text="again"), dedup_id="m2")
+    assert time.monotonic() - started < 2  # bounded by the timeout, not hung
+    unreplicated = RedisDispatcher(client, _no_wake)  # the retry once replication is back (or not asked)
+    assert await unreplicated.submit("c1", UserMessage(text="again"), dedup_id="m2") != first
+    assert await client.xlen("conv:{c1}:inbox") == 2  # the refused ask and its retry: one entry
+    copy.close()
+    await client.aclose()

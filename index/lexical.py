@@ -188,13 +188,16 @@ class PostingsCache:
     weighed with (the field's average length, k1, b, the segment's offset), each LRU past its byte budget.
 
     Segments are immutable (a deletion only marks documents), so a posting list never goes stale; impacts
-    change only when a commit changes the average length, and then are weighed again from the cached list.
-    A query then costs one gather-add per term and segment.
+    change only when a commit changes the average length or the segments, and then are weighed again from
+    the cached lists. A term's impacts over all its segments are one array: a query costs one gather-add
+    per term (an index built in batches has tens of segments).
     """
 
     def __init__(self, max_bytes: int = POSTINGS_CACHE_BYTES) -> None:
         self.lists: _Lru[tuple[str, str, str]] = _Lru(max_bytes // 3)
-        self.impacts: _Lru[tuple[str, str, str, int, float, float, float]] = _Lru(max_bytes - max_bytes // 3)
+        self.impacts: _Lru[tuple[tuple[tuple[str, int], ...], str, str, float, float, float]] = _Lru(
+            max_bytes - max_bytes // 3
+        )
 
     @property
     def bytes(self) -> int:
@@ -208,10 +211,16 @@ class PostingsCache:
         key = (found.leaf.segment().segment_id(), field, term)
         return self.lists.get(key, lambda: _read_postings(found, field))
 
-    def weighed(self, found: _SegmentTerm, field: str, term: str, weigh: Weigh) -> Postings:
-        """(index docnums, BM25 impact without idf) of the term in one segment, for `weigh`'s statistics."""
-        key = (found.leaf.segment().segment_id(), field, term, found.offset, *weigh.statistics)
-        return self.impacts.get(key, lambda: weigh(*self.get(found, field, term), found.offset))
+    def weighed(self, segments: Sequence[_SegmentTerm], field: str, term: str, weigh: Weigh) -> Postings:
+        """(index docnums, BM25 impact without idf) of the term over all its segments, for `weigh`'s
+        statistics: one array pair per term, so a query pays per term, not per term and segment."""
+        placed = tuple((found.leaf.segment().segment_id(), found.offset) for found in segments)
+        key = (placed, field, term, *weigh.statistics)
+        return self.impacts.get(key, lambda: self._weigh_all(segments, field, term, weigh))
+
+    def _weigh_all(self, segments: Sequence[_SegmentTerm], field: str, term: str, weigh: Weigh) -> Postings:
+        parts = [weigh(*self.get(found, field, term), found.offset) for found in segments]
+        return np.concatenate([ids for ids, _ in parts]), np.concatenate([impacts for _, impacts in parts])
 
 
 class Weigh(NamedTuple):
@@ -525,8 +534,7 @@ class LexicalIndex:
                 if df == 0:
                     continue
                 idf = lucene_idf(len(scorer.scores), df)
-                for found in segments:
-                    scorer.add(idf, *self.postings.weighed(found, field, term, weigh))
+                scorer.add(idf, *self.postings.weighed(segments, field, term, weigh))
         return scorer.within(acl)
 
     def keys(self) -> set[int]:

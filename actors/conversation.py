@@ -84,6 +84,7 @@ from actors.tools.registry import (
 from actors.workflows import workflows_for
 from actors.workflows.orchestrator import WORKFLOW_TOOLS
 from index.types import Hit, Principal
+from store import metrics
 from store.events import (
     ApprovalDecided,
     ApprovalExpired,
@@ -162,6 +163,8 @@ class Activation:
         self._agent_specs: tuple[ToolSpec, ...] = tool_specs(self.agent_tools.spec())
         self.flows = workflows_for(rt.settings)  # workflows beside the agent loop (actors.workflows)
         self.workflow_tools = rt.registry.subset(WORKFLOW_TOOLS)
+        self._asked_ms: dict[int, int] = {}  # turn -> the web's ask time (the log stamps the move time)
+        self._streamed_turns: set[int] = set()  # turns whose first token was timed
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -183,6 +186,11 @@ class Activation:
             raise _Stop() from None
         for entry_id, event in zip(ids, stamped, strict=True):
             fold(self.state, entry_id, event)
+        current = self.state.current
+        for event in stamped:
+            asked = self._asked_ms.get(event.turn) or (current.started_ms if current else 0)
+            route = (current.route or "") if current else ""
+            metrics.observe_event(event, now_ms=now, asked_at_ms=asked, route=route)
 
     async def delta(self, step: int, text: str) -> None:
         self._check_lease()
@@ -191,6 +199,11 @@ class Activation:
             self.rt.log.append(self.lease, [Delta(step=step, text=text, turn=turn, at_ms=self.rt.clock())])
         except StaleEpoch:
             raise _Stop() from None
+        if turn not in self._streamed_turns and self.state.current is not None:
+            self._streamed_turns.add(turn)
+            asked = self._asked_ms.get(turn) or self.state.current.started_ms
+            route = self.state.current.route or ""
+            metrics.observe_first_token(route, now_ms=self.rt.clock(), asked_at_ms=asked)
 
     def maybe_snapshot(self, force: bool = False) -> None:
         due = self.state.events - self.snapshot_events
@@ -219,6 +232,7 @@ class Activation:
                         break  # waits until the turn in progress ends
                     turns += 1
                     current, busy = turns, True
+                    self._asked_ms[turns] = item.at_ms
                     moved.append(msgspec.structs.replace(item, turn=turns))
                 case TurnCancelled() if busy:
                     moved.append(msgspec.structs.replace(item, turn=current))
@@ -328,6 +342,7 @@ class Activation:
             self.emit([TurnFailed(code="retrieval_failed", message=f"{exc.code}: {exc.message}")])
             return
         self._hits = list(result.hits)
+        metrics.observe_retrieval(result.timings_ms)
         self.emit(
             [
                 RetrievalDone(

@@ -33,6 +33,7 @@ from server.dispatch import RedisDispatcher, Wake
 from server.documents import routes as document_routes
 from server.hub import Hub, hub_client
 from server.limits import ActionLimits, SocketQuota
+from server.metrics_route import MetricsMiddleware, check_allow_setting, metrics_routes
 from server.openai_api import routes as openai_routes
 from server.pages import WEB_DIR, render_page
 from server.rest import json_response, routes
@@ -41,6 +42,7 @@ from server.search_api import routes as search_routes
 from server.services import Ingest, Services
 from server.statuses import status_for
 from server.traces import trace_routes
+from store import metrics
 from store.conversations import Conversations
 from store.exceptions import (
     ConfigError,
@@ -108,6 +110,7 @@ def create_app(
         raise ConfigError("the web process needs DOCENT_REDIS_URL (`docent run` starts one for you)")
     auth = Authenticator.from_settings(settings)  # fail at start, not at the first request
     allowed_origins = parse_origins(settings.allowed_origins)
+    check_allow_setting(settings.metrics_allow)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -124,6 +127,8 @@ def create_app(
             )
         )
         await averify(client, settings.redis_identity)  # never serve from another stack's Redis
+        metrics.forget_dead_processes()  # a previous web process's open-socket gauges
+        metrics.expose_known_labels()
         hub = Hub(hub_client(settings.redis_url))
         app.state.services = Services(
             settings=settings,
@@ -168,10 +173,12 @@ def create_app(
         *admin_routes(),
         *review_routes(),
         *trace_routes(),
+        *metrics_routes(),
         Route("/static/docent.mjs", docent_module, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static"),
     ]
     middleware = [
+        Middleware(MetricsMiddleware),
         Middleware(
             CORSMiddleware,
             allow_origins=sorted(allowed_origins),

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from server.supervisor import CommandChild, CrashLoop, Supervisor
+from store import metrics
 from store.permissions import secure_tree
 from store.redis_owner import OwnedRedis
 from store.settings import Settings
@@ -92,6 +93,8 @@ def stack_env(settings: Settings, owned: OwnedRedis | None) -> dict[str, str]:
         env["DOCENT_REDIS_URL"] = owned.server.url
         env["DOCENT_REDIS_IDENTITY"] = owned.identity
     env["DOCENT_DATA_DIR"] = str(settings.data_path)
+    # This stack's own metrics directory, whatever the caller's environment said: never another stack's.
+    env[metrics.MULTIPROC_ENV] = str(metrics.multiproc_dir(settings.data_path))
     env.setdefault("dramatiq_worker_timeout", str(WORKER_POLL_TIMEOUT_MS))
     return env
 
@@ -117,6 +120,7 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGINT, _stop_on)
     signal.signal(signal.SIGTERM, _stop_on)
     secure_tree(settings.data_path)
+    metrics.reset_multiproc_dir(metrics.multiproc_dir(settings.data_path))  # the last run's samples go
     supervisor = Supervisor()
     try:
         env = stack_env(settings, start_redis(settings, supervisor))

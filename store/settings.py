@@ -109,6 +109,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     secret: str = ""  # HMAC secret for tokens; empty = generated once under the data dir
     admin_api_key: str = ""  # empty = generated once under the data dir
     allowed_origins: str = ""  # comma-separated; empty = same origin only
+    metrics_allow: str = ""  # comma-separated addresses / networks that may scrape /metrics without the key
     token_ttl_s: Positive = 24 * 3600
     user_rate_per_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     user_burst: Positive = 10

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
 from store.redis import EmbeddedRedis
 from store.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.stack_proc import Stack
 
 REPO = Path(__file__).resolve().parent.parent
 # Converted models are cached across test runs (and shared with `make run` only by choice).
@@ -44,3 +48,12 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
             "DOCENT_LLM_BACKEND": "none",
         }
     )
+
+
+@pytest.fixture
+def stacks() -> Iterator[list[Stack]]:
+    """`docent run` stacks a test started (tests.stack_proc.Stack); each is stopped afterwards."""
+    started: list[Stack] = []
+    yield started
+    for stack in started:
+        stack.stop()

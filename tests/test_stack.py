@@ -9,7 +9,6 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,6 @@ from store.settings import Settings
 from tests.stack_proc import Stack
 
 TERMINAL = {"answer_completed", "turn_failed", "turn_cancelled", "limit_reached"}
-
-
-@pytest.fixture
-def stacks() -> Iterator[list[Stack]]:
-    started: list[Stack] = []
-    yield started
-    for stack in started:
-        stack.stop()
 
 
 def _start(stacks: list[Stack], data_dir: Path, **overrides: str) -> Stack:

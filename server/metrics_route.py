@@ -1,0 +1,111 @@
+"""`GET /metrics` (Prometheus text format) and the middleware that counts HTTP requests and open sockets.
+
+The scrape aggregates every process of the stack (`store.metrics`: prometheus-client's multiprocess mode
+over `{data dir}/metrics`). It carries no tenant data (labels are route templates, endpoints, models,
+tools, outcomes) and is still restricted: the admin key (`X-Admin-Key`), or a client address inside
+`DOCENT_METRICS_ALLOW` (comma-separated addresses or networks, e.g. `127.0.0.1,10.0.0.0/8`, for a
+Prometheus server that cannot send headers). Anything else gets 401.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from functools import lru_cache
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.callers import require_admin
+from server.services import services
+from store import metrics
+from store.exceptions import ConfigError
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=8)
+def allowed_networks(value: str) -> tuple[Network, ...]:
+    parts = (part.strip() for part in value.split(","))
+    return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
+
+
+def check_allow_setting(value: str) -> None:
+    """At start: a bad DOCENT_METRICS_ALLOW is a ConfigError, not a 500 at the first scrape."""
+    try:
+        allowed_networks(value)
+    except ValueError as exc:
+        raise ConfigError(f"DOCENT_METRICS_ALLOW: {exc}") from None
+
+
+def _client_allowed(request: Request, allow: str) -> bool:
+    if not allow or request.client is None:
+        return False
+    try:
+        address = ipaddress.ip_address(request.client.host)
+    except ValueError:
+        return False
+    return any(address in network for network in allowed_networks(allow))
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    if not _client_allowed(request, services(request).settings.metrics_allow):
+        require_admin(request, "operator")
+    body = await run_in_threadpool(metrics.exposition)
+    return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+def metrics_routes() -> list[BaseRoute]:
+    return [Route("/metrics", metrics_endpoint, methods=["GET"])]
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (`/api/conversations/{conv_id}`), never the raw path."""
+    app = scope.get("app")
+    for route in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            return f"{route.path}/{{path}}" if isinstance(route, Mount) else str(getattr(route, "path", ""))
+    return UNMATCHED
+
+
+class MetricsMiddleware:
+    """HTTP requests by route template, method and status; open WebSockets by endpoint."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            gauge = metrics.SOCKETS_OPEN.labels(route_template(scope))
+            gauge.inc()
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                gauge.dec()
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the error middleware outside answers when the app raises
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = route_template(scope)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            metrics.HTTP_REQUESTS.labels(route, method, str(status)).inc()
+            metrics.HTTP_DURATION.labels(route).observe(time.perf_counter() - started)

@@ -20,7 +20,6 @@ Target (issue 9): history recall@20 within 0.05 of full; switch equal to full.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import re
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import msgspec
 
-from bench.retrieval_quality import SHARED, MemoEmbedder, prepare
+from bench.retrieval_quality import SHARED, MemoEmbedder, collection_args, prepare
 from index.evalrun import DEPTH, EVAL_PRINCIPAL
 from index.evaluate import Query, dedupe_docs, score_run
 from index.followup import content_words, retrieval_query
@@ -130,10 +129,7 @@ def format_report(reports: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("directories", nargs="*", type=Path, default=list(DEFAULT_DIRS))
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    args = collection_args(__doc__ or "", DEFAULT_DIRS, argv)
     reports = [evaluate(d) for d in args.directories]
     print(format_report(reports))
     for report in reports:

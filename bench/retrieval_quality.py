@@ -184,11 +184,16 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("directories", nargs="*", type=Path, default=list(DEFAULT_DIRS))
+def collection_args(doc: str, defaults: Sequence[Path], argv: Sequence[str] | None) -> argparse.Namespace:
+    """The collection benches' command line: DIR ... (default `defaults`) and --json."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("directories", nargs="*", type=Path, default=list(defaults))
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = collection_args(__doc__ or "", DEFAULT_DIRS, argv)
     report = loco(get_settings(), args.directories)
     print(format_report(report))
     if args.json:

@@ -12,14 +12,12 @@ better setting gives more of the answer at the same or fewer prompt tokens.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from bench.retrieval_quality import ROOT, SHARED, Prepared, prepare
+from bench.retrieval_quality import ROOT, SHARED, Prepared, collection_args, prepare
 from index.evalrun import EVAL_PRINCIPAL
 from index.search import Searcher
 from index.sections import section_passages
@@ -65,10 +63,7 @@ def measure(prepared: Prepared) -> dict[str, dict[str, float]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("directories", nargs="*", type=Path, default=list(DEFAULT_DIRS))
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+    args = collection_args(__doc__ or "", DEFAULT_DIRS, argv)
     settings = get_settings()
     reports = {d.name: measure(prepare(settings, d)) for d in args.directories}
     print("| collection | passages | prompt tokens p50 | answer coverage |\n| --- | --- | --- | --- |")

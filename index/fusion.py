@@ -37,8 +37,15 @@ import numpy as np
 from index.keys import Scored
 from store.exceptions import InputError
 
-DENSE_WEIGHT = 0.6  # the bm25 weight is 1 - DENSE_WEIGHT (leave-one-collection-out, see above)
-DEFAULT_WEIGHTS: Mapping[str, float] = {"dense": DENSE_WEIGHT, "bm25": 1.0 - DENSE_WEIGHT}
+DENSE_WEIGHT = 0.6  # settings.fusion_dense_weight's default (leave-one-collection-out, see above)
+
+
+def dense_weighted(dense: float) -> dict[str, float]:
+    """The two lists' weights for a dense weight in [0, 1]: BM25 gets the rest."""
+    return {"dense": dense, "bm25": 1.0 - dense}
+
+
+DEFAULT_WEIGHTS: Mapping[str, float] = dense_weighted(DENSE_WEIGHT)
 LEXICAL_ANCHOR_Z = 3.0  # standardised BM25 score from which the best lexical hit is kept in the top k
 
 

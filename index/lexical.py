@@ -18,12 +18,12 @@ whose +1 floor gives every common question word a full vote), K1 and B from sett
 leave-one-collection-out by bench/retrieval_quality.py). Exhaustive: every query term present in the index
 is scored over all its postings, no pruning. Whoosh's own search walks a tree of per-posting matchers in
 Python (~10 us a posting); `_Ranking` instead scores the posting lists as numpy arrays: read a block at a
-time from Whoosh's segment files once, then kept in a process-wide cache (POSTINGS_CACHE_BYTES, LRU, keyed
-by immutable segment), so a query costs a few numpy operations per term. `vectorised=False` (or an index
-that is not Whoosh 3 segments) falls back to Whoosh's search with the same weighting (`LuceneBM25`);
-tests/test_indexes.py checks both give the same scores, with segments, deletions and ACLs. An index of the
-first schema (title, heading, body with field boosts) is scored over its fields as before, the boosts folded
-into Whoosh's stored weights.
+time from Whoosh's segment files once, then kept in a cache shared by the index's threads
+(POSTINGS_CACHE_BYTES, LRU, keyed by immutable segment), so a query costs a few numpy operations per term.
+`vectorised=False` (or an index that is not Whoosh 3 segments) falls back to Whoosh's search with the same
+weighting (`LuceneBM25`); tests/test_indexes.py checks both give the same scores, with segments, deletions
+and ACLs. An index of the first schema (title, heading, body with field boosts) is scored over its fields as
+before, the boosts folded into Whoosh's stored weights.
 
 Access control is inside the retriever, two ways:
 - the ACL (tenant AND any of the principal's reader tokens) is a docnum mask combined with numpy from
@@ -303,10 +303,6 @@ class _Slot:
             self.keys.clear()
             self.readable = self.leaves() is not None
         self.checked_at = time.monotonic()
-
-    def text_fields(self) -> tuple[str, ...]:
-        names = self.searcher.schema.names()
-        return tuple(field for field in TEXT_FIELDS if field in names)
 
     def segment_terms(self, field: str, term: str) -> list[_SegmentTerm]:
         """The segments holding (field, term), with its term info in each (cached: one hash lookup per

@@ -46,7 +46,7 @@ import numpy.typing as npt
 import redis.asyncio as aredis
 
 from index.entries import chunk_of
-from index.fusion import Fused, keep_lexical_top, rrf, zscore
+from index.fusion import Fused, dense_weighted, keep_lexical_top, rrf, zscore
 from index.keys import Keys, Scored
 from index.lexical import LexicalIndex
 from index.sections import section_passages
@@ -133,8 +133,7 @@ class Searcher:
         self.embedder = embedder
         self.query_embedder = query_embedder
         self.reranker = reranker
-        alpha = settings.fusion_dense_weight
-        self.weights = dict({"dense": alpha, "bm25": 1.0 - alpha} if weights is None else weights)
+        self.weights = dense_weighted(settings.fusion_dense_weight) if weights is None else dict(weights)
         self.fusion: Fusion = fusion
         self._owns_catalog = catalog is None
         self.catalog = catalog or Catalog.for_data_dir(settings.data_path)

@@ -89,11 +89,14 @@ def section_passages(
     readers = principal.reader_tokens()
     passages: list[Hit] = []
     used: set[str] = set()
+    readable: dict[str, list[ChunkRow]] = {}
     for hit in hits:
         if hit.chunk_id in used:
             continue
-        visible = catalog.visible_chunks(version, hit.doc_id)
-        rows = [row for row in visible if row.readable_by(principal.tenant, readers)]
+        if hit.doc_id not in readable:  # one catalog read per document, however many of its hits
+            visible = catalog.visible_chunks(version, hit.doc_id)
+            readable[hit.doc_id] = [row for row in visible if row.readable_by(principal.tenant, readers)]
+        rows = readable[hit.doc_id]
         section = section_rows(rows, hit)
         run = window(section, hit, max_tokens, count_tokens) if section else []
         used.update(row.chunk_id for row in run)

@@ -39,6 +39,14 @@ def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
 
 
 @pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the flushed test Redis."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def settings(tmp_path: Path, redis_url: str) -> Settings:
     return Settings.from_env(
         {

@@ -51,13 +51,6 @@ def server(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
         yield process
 
 
-@pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 def token(server: ServerProcess, user: str, tenant: str = "acme", roles: tuple[str, ...] = ("user",)) -> str:
     return mint_token(server.settings, tenant=tenant, user=user, roles=roles, ttl=600)
 

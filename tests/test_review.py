@@ -75,13 +75,6 @@ def timer_worker(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def ledger(r: redis.Redis) -> ApprovalLedger:
     return ApprovalLedger(r)
 

@@ -4,8 +4,9 @@ It starts everything it needs, on free ports, in a temporary directory: an embed
 OpenAI-compatible LLM, a counting SMTP sink and HTTP sink (all from `actors.testing`), and `WORKERS`
 dramatiq worker processes (`python -m dramatiq actors.testing.chaos_worker --queues conversation`). Each
 run is one conversation whose agent task takes four model steps and three side effects (an HTTP POST, an
-email, an HTTP PUT). While the runs proceed, the runner SIGKILLs a random worker's whole process group at
-random moments and restarts it; independently, every worker's runtime carries a crash hook
+email, an HTTP PUT). As soon as any run has logged its first step, the runner SIGKILLs every worker (a
+chosen point, so even a fast machine sees a mid-run kill); then it SIGKILLs a random worker's whole process
+group at random moments and restarts it; independently, every worker's runtime carries a crash hook
 (`actors.testing.crash.RandomExit`) that exits hard (`os._exit`, no cleanup) with probability `CRASH_RATE`
 right after a tool's effect or an LLM response and before its record is written —
 the narrowest windows there are. A short broker heartbeat timeout and lease make the broker redeliver a

@@ -22,7 +22,7 @@ from actors.chaos.report import FAILURE_KEYS, SUMMARY_KEYS, build_report, tally_
 from actors.chaos.workers import Workers
 from actors.testing import HttpSink, ScriptedLLMThread, SinkThread, SmtpSink
 from actors.testing.crash import CRASH_RATE_ENV
-from store.events import TERMINAL, UserMessage
+from store.events import TERMINAL, LLMRequested, ToolIntent, UserMessage
 from store.log import ConversationLog
 from store.redis import EmbeddedRedis, free_port
 
@@ -33,6 +33,8 @@ HEARTBEAT_TIMEOUT_MS = 2_000
 CRASH_RATE = 0.05
 KILL_INTERVAL_S = (0.3, 1.5)
 POLL_S = 0.25
+FIRST_STEP_POLL_S = 0.005
+FIRST_STEP_WAIT_S = 30.0
 SETTLE_BASE_S = 60.0  # after the last kill, how long runs may take to finish (plus per-run time)
 SETTLE_PER_RUN_S = 1.0
 CHAOS_WINDOW_PER_RUN_S = 0.6  # how long the killing goes on, per run
@@ -172,6 +174,7 @@ def _ask_all(log: ConversationLog, redis_url: str, runs: int) -> None:
 
 
 def _kill_while_running(workers: Workers, log: ConversationLog, runs: int, rng: random.Random) -> None:
+    _kill_all_at_first_step(workers, log, runs)
     chaos_until = time.monotonic() + max(5.0, runs * CHAOS_WINDOW_PER_RUN_S)
     next_kill = time.monotonic() + rng.uniform(*KILL_INTERVAL_S)
     while time.monotonic() < chaos_until and _unfinished(log, runs):
@@ -180,6 +183,26 @@ def _kill_while_running(workers: Workers, log: ConversationLog, runs: int, rng: 
             next_kill = time.monotonic() + rng.uniform(*KILL_INTERVAL_S)
         workers.revive()
         time.sleep(POLL_S)
+
+
+def _kill_all_at_first_step(workers: Workers, log: ConversationLog, runs: int) -> None:
+    """The chosen point: SIGKILL every worker as soon as any run has logged a step past its ask.
+
+    On a fast machine the runs can finish before the first random kill; this one always lands mid-run.
+    """
+    deadline = time.monotonic() + FIRST_STEP_WAIT_S
+    while time.monotonic() < deadline and not _first_step_logged(log, runs):
+        time.sleep(FIRST_STEP_POLL_S)
+    for index in range(len(workers.procs)):
+        workers.kill(index)
+
+
+def _first_step_logged(log: ConversationLog, runs: int) -> bool:
+    for run in range(runs):
+        entries = read_events(log, conversation_id(run)) or []
+        if any(isinstance(event, (LLMRequested, ToolIntent)) for _, event in entries):
+            return True
+    return False
 
 
 def _settle(workers: Workers, log: ConversationLog, runs: int) -> None:

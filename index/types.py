@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 import msgspec
 
+from store.metadata import EMPTY_METADATA, DocumentMetadata
+
 if TYPE_CHECKING:  # the web process imports these contracts and must not load numpy
     import numpy as np
     import numpy.typing as npt
@@ -65,6 +67,7 @@ class Document(msgspec.Struct, frozen=True, kw_only=True):
     content_hash: str
     access: Access = Access()
     size_bytes: int = 0
+    metadata: DocumentMetadata = EMPTY_METADATA  # given at ingest; filterable (store.metadata)
 
 
 class Chunk(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,6 +1,7 @@
 """The documents API (an admin of the tenant: the admin key with ?tenant=, or an admin token):
 
     GET    /api/documents             ?source= &title_prefix= &reader= &updated_since=<ms> &limit= &offset=
+                                      &filters=<JSON: the search filters of store.metadata>
     GET    /api/documents/{doc_id}    metadata, readers, chunk count, index versions holding it, last ingest
     DELETE /api/documents/{doc_id}        unsearchable at once in every index version, gone from the catalog
     PUT    /api/documents/{doc_id}/readers  {"readers": ["*" | "user:U" | "group:G", ...]}
@@ -33,6 +34,7 @@ from server.rest import json_response
 from store.blocking import run_blocking
 from store.catalog import Catalog, CatalogDocument, DocumentFilter, IngestOutcome
 from store.exceptions import InputError, NotFound
+from store.metadata import DocumentMetadata, parse_filters
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
@@ -56,6 +58,7 @@ class DocumentSummary(msgspec.Struct, frozen=True, kw_only=True):
     readers: tuple[str, ...]
     size_bytes: int
     updated_at_ms: int
+    metadata: DocumentMetadata  # given at ingest (store.metadata)
 
 
 class DocumentDetail(DocumentSummary, frozen=True, kw_only=True):
@@ -81,7 +84,7 @@ class Changed(msgspec.Struct, frozen=True, kw_only=True):
 def summary(doc: CatalogDocument) -> DocumentSummary:
     return DocumentSummary(
         doc_id=doc.doc_id, title=doc.title, source=doc.source, format=doc.format, readers=doc.readers,
-        size_bytes=doc.size_bytes, updated_at_ms=doc.updated_at_ms,
+        size_bytes=doc.size_bytes, updated_at_ms=doc.updated_at_ms, metadata=doc.metadata,
     )  # fmt: skip
 
 
@@ -120,6 +123,7 @@ def document_filter(request: Request, tenant: str) -> DocumentFilter:
     return DocumentFilter(
         tenant=tenant, source=_param(request, "source"), title_prefix=_param(request, "title_prefix"),
         reader=_param(request, "reader"), updated_since_ms=int(since) if since is not None else None,
+        metadata=parse_filters(request.query_params.get("filters")),
     )  # fmt: skip
 
 

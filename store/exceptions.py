@@ -7,6 +7,7 @@ DocentError
 ├── Unavailable                 Redis did not answer: retry with backoff (never names an internal address)
 ├── InputError                  a caller sent something we refuse; nothing was changed
 │   ├── FrameError              a malformed, oversized or unknown wire message
+│   ├── BadFilter               a search filter with an unknown field, a wrong type or too many items
 │   ├── AuthError               a missing, wrong or expired credential
 │   ├── BodyTooLarge            a request body over its size limit (refused before it is read whole)
 │   ├── ForbiddenError          a valid principal asked for something it may not touch
@@ -85,6 +86,10 @@ class InputError(DocentError):
 
 class FrameError(InputError):
     code = "bad_frame"
+
+
+class BadFilter(InputError):
+    code = "bad_filter"
 
 
 class AuthError(InputError):

@@ -15,6 +15,9 @@ if TYPE_CHECKING:  # the web process imports these contracts and must not load n
     import numpy.typing as npt
 
 EVERYONE = "*"  # a reader token: every principal of the document's tenant
+# What a reader token given by a person may be (the documents API, a folder's `.docent-readers` file).
+READER_PATTERN = r"^(\*|(user|group):[^,\s](?:[^,]*[^,\s])?)$"
+MAX_READER_CHARS = 200
 # The registered embedders (index.embed.load_embedder builds them); here so that the web process can
 # validate a reindex request's model without importing index.embed (numpy, CTranslate2).
 EMBEDDER_NAMES = ("minilm", "minilm-rot", "hash")

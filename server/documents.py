@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from actors.api import make_document_task
+from index.types import MAX_READER_CHARS, READER_PATTERN
 from server.bodies import read_json
 from server.callers import require_admin, services
 from server.redaction import catalog_for
@@ -39,8 +40,6 @@ from store.metadata import DocumentMetadata, parse_filters
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
 MAX_READERS = 256
-READER_PATTERN = r"^(\*|(user|group):[^,\s](?:[^,]*[^,\s])?)$"
-MAX_READER_CHARS = 200
 
 Reader = Annotated[str, msgspec.Meta(pattern=READER_PATTERN, max_length=MAX_READER_CHARS)]
 Task = Callable[[str, str], Awaitable[str]]

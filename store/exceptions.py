@@ -13,6 +13,7 @@ DocentError
 │   ├── ForbiddenError          a valid principal asked for something it may not touch
 │   │   └── UnknownRoom         a reviewer room the tool policy does not name
 │   ├── NotFound                no such thing (or not visible to this caller: existence is not revealed)
+│   ├── SyncRefused             a folder sync would delete more than its share of a source (needs --force)
 │   └── RateLimited             too many requests; carries retry_after_ms
 │       └── TooManySockets      a user or tenant already holds its cap of open sockets
 ├── IngestError                 one document could not be ingested (the batch continues)
@@ -114,6 +115,10 @@ class NotFound(InputError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"  # /v1/chat/completions: a model name Docent does not serve
+
+
+class SyncRefused(InputError):
+    code = "sync_refused"
 
 
 class RateLimited(InputError):

@@ -233,6 +233,16 @@ class DualWriter:
     def delete_document(self, doc_id: str, *, tenant: str | None = None) -> list[DocumentOutcome]:
         return self._apply(lambda ingestor: ingestor.delete_document(doc_id, tenant=tenant), doc_id)
 
+    def recover(self) -> int:
+        """`Ingestor.recover` on every current target: what interrupted writes left hidden is collected."""
+        with dual_write_lock(self.settings):
+            targets = write_targets(self.settings, self.client)
+            collected = 0
+            for target in targets:
+                with self._ingestor(target) as ingestor:
+                    collected += ingestor.recover()
+            return collected
+
     def resync(self, doc_id: str) -> int:
         """`Ingestor.resync` on every current target (after a catalog-only delete or readers change)."""
         with dual_write_lock(self.settings):

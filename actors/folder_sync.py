@@ -42,7 +42,7 @@ import redis
 
 from actors.ingestion import ingest_documents
 from index.entries import DocumentOutcome, check_access
-from index.ingest import path_doc_id
+from index.ingest import path_doc_id, resolved_roots
 from index.reindex.dualwrite import DualWriter
 from index.types import EVERYONE, MAX_READER_CHARS, READER_PATTERN, Access
 from index.versions import file_lock
@@ -131,6 +131,7 @@ def scan(settings: Settings, root: Path, readers: Sequence[str]) -> list[LocalFi
     from index.parse import FORMAT_BY_SUFFIX
 
     found: list[LocalFile] = []
+    roots = resolved_roots(settings)
     inherited: dict[str, tuple[str, ...]] = {}
     for directory, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -147,15 +148,16 @@ def scan(settings: Settings, root: Path, readers: Sequence[str]) -> list[LocalFi
                 continue  # symlinks, FIFOs: never followed
             if len(found) >= MAX_SYNC_FILES:
                 raise InputError(f"{root}: more than {MAX_SYNC_FILES} files; sync its subdirectories")
-            found.append(_local_file(settings, root, path, info, inherited[directory]))
+            doc_id = path_doc_id(settings, path, roots=roots)
+            found.append(_local_file(doc_id, root, path, info, inherited[directory]))
     return found
 
 
 def _local_file(
-    settings: Settings, root: Path, path: Path, info: os.stat_result, readers: tuple[str, ...]
+    doc_id: str, root: Path, path: Path, info: os.stat_result, readers: tuple[str, ...]
 ) -> LocalFile:
     return LocalFile(
-        doc_id=path_doc_id(settings, path), path=str(path), relative=path.relative_to(root).as_posix(),
+        doc_id=doc_id, path=str(path), relative=path.relative_to(root).as_posix(),
         sha256=file_digest(path), size=info.st_size, mtime_ms=info.st_mtime_ns // 1_000_000, readers=readers,
     )  # fmt: skip
 
@@ -224,27 +226,19 @@ class _Meter:
                                    eta_s=None if eta is None else round(eta, 1)))  # fmt: skip
 
 
-def _delete(settings: Settings, doc_ids: Sequence[str], meter: _Meter) -> None:
-    """Each document unsearchable at once in every version (one catalog transaction), then its entries
-    collected from the index files of every current version."""
+def _collect(settings: Settings, deleted: Sequence[str] = (), meter: _Meter | None = None) -> None:
+    """Each of `deleted` unsearchable at once in every version (one catalog transaction each), then every
+    hidden entry (theirs, and any an interrupted run left) collected from the index files of every
+    current version, one write per version."""
     client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
     try:
         with DualWriter(settings, client) as writer:
-            for doc_id in doc_ids:
+            for doc_id in deleted:
                 writer.catalog.delete_everywhere(doc_id)
-                writer.resync(doc_id)
                 writer.catalog.record_outcomes([IngestOutcome(doc_id=doc_id, version="", status="deleted")])
-                meter.add(1)
-    finally:
-        if client is not None:
-            client.close()
-
-
-def _recover(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
-    try:
-        with DualWriter(settings, client) as writer:
-            writer.recover()
+                if meter is not None:
+                    meter.add(1)
+            writer.recover(deleted)
     finally:
         if client is not None:
             client.close()
@@ -311,9 +305,7 @@ def _sync_locked(
     check_deletions(plan, max_delete_share, force)
     todo = [*plan.added, *plan.changed, *plan.updated]
     meter = _Meter(len(plan.deleted) + len(todo), progress)
-    _recover(settings)
-    if plan.deleted:
-        _delete(settings, plan.deleted, meter)
+    _collect(settings, plan.deleted, meter)
     outcomes: list[DocumentOutcome] = []
     if todo:
         outcomes = ingest_documents(

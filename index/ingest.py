@@ -461,16 +461,20 @@ def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
                     yield Path(root) / name
 
 
-def path_doc_id(settings: Settings, path: Path) -> str:
-    """`<root name>/<path under it>` for a file under an allowed root, else its resolved path."""
-    from index.parse import allowed_roots
-
+def path_doc_id(settings: Settings, path: Path, *, roots: Sequence[Path] | None = None) -> str:
+    """`<root name>/<path under it>` for a file under an allowed root, else its resolved path. `roots`:
+    the allowed roots already resolved (`resolved_roots`), for callers naming many files."""
     resolved = Path(path).resolve()
-    for root in allowed_roots(settings):
-        root = root.resolve()
+    for root in resolved_roots(settings) if roots is None else roots:
         if resolved.is_relative_to(root):
             return f"{root.name}/{resolved.relative_to(root).as_posix()}"
     return resolved.as_posix()
+
+
+def resolved_roots(settings: Settings) -> list[Path]:
+    from index.parse import allowed_roots
+
+    return [root.resolve() for root in allowed_roots(settings)]
 
 
 def _display_id(name: object) -> str:

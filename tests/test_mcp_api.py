@@ -13,6 +13,7 @@ import httpx2
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from store.redis import EmbeddedRedis
 from tests.docs_world import FALCON_ID, PUBLIC_ID, SECRET, World, running_world
@@ -25,13 +26,16 @@ def world(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
 
 async def _session_calls(world: World, token: str | None, calls: list[tuple[str, dict[str, Any]]]) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
-        async with streamable_http_client(f"{world.web.http_url}/mcp", http_client=http) as (read, write):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                tools = await session.list_tools()
-                results = [await session.call_tool(name, args) for name, args in calls]
-                return tools, results
+    url = f"{world.web.http_url}/mcp"
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        tools = await session.list_tools()
+        results = [await session.call_tool(name, args) for name, args in calls]
+        return tools, results
 
 
 def calls(world: World, token: str | None, *calls: tuple[str, dict[str, Any]]) -> Any:
@@ -89,9 +93,10 @@ def test_a_missing_or_forged_token_is_refused_before_mcp(world: World) -> None:
     for token in (None, "not-a-token", world.token("lee", ("legal",))[:-4] + "AAAA"):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
-        response = httpx2.post(f"{world.web.http_url}/mcp", json=body, timeout=10,
-                               headers={**headers, "Accept": "application/json, text/event-stream"})  # fmt: skip
+        headers["Accept"] = "application/json, text/event-stream"
+        response = httpx2.post(f"{world.web.http_url}/mcp", json=body, timeout=10, headers=headers)
         assert response.status_code == 401 and response.json()["code"] == "unauthorized", token
         assert response.headers["www-authenticate"] == "Bearer"
-    with pytest.raises(BaseException):  # the SDK's client surfaces the 401 as an error
+    with pytest.raises(ExceptionGroup) as refused:  # the SDK's client surfaces the 401 as an MCP error
         calls(world, None, SEARCH)
+    assert refused.group_contains(MCPError, depth=2)

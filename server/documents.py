@@ -6,6 +6,7 @@
     DELETE /api/documents/{doc_id}        unsearchable at once in every index version, gone from the catalog
     PUT    /api/documents/{doc_id}/readers  {"readers": ["*" | "user:U" | "group:G", ...]}
     POST   /api/documents/{doc_id}/reingest read its source file again (202, an ingest job)
+    GET    /api/sync/reports          ?limit=  the tenant's latest folder-sync reports (store.sync_reports)
 
 (`POST /api/documents`, the upload, is in server.rest.) A delete and a readers change are ONE catalog
 transaction over every version: search checks each hit against the catalog's visibility and readers
@@ -36,6 +37,7 @@ from store.blocking import run_blocking
 from store.catalog import Catalog, CatalogDocument, DocumentFilter, IngestOutcome
 from store.exceptions import InputError, NotFound
 from store.metadata import DocumentMetadata, parse_filters
+from store.sync_reports import SyncReport, recent_reports
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
@@ -71,6 +73,10 @@ class DocumentDetail(DocumentSummary, frozen=True, kw_only=True):
 class DocumentsPage(msgspec.Struct, frozen=True):
     documents: list[DocumentSummary]
     next_offset: int | None
+
+
+class SyncReports(msgspec.Struct, frozen=True):
+    reports: list[SyncReport]
 
 
 class Changed(msgspec.Struct, frozen=True, kw_only=True):
@@ -193,8 +199,17 @@ async def reingest(request: Request) -> Response:
     return json_response(Changed(doc_id=doc.doc_id, status="reingest_queued", job=job), status_code=202)
 
 
+async def sync_reports(request: Request) -> Response:
+    me = require_admin(request)
+    limit = max(1, _int(request, "limit", 20, MAX_PAGE))
+    data_path = services(request).settings.data_path
+    reports = await run_blocking(recent_reports, data_path, limit=limit, tenant=me.tenant)
+    return json_response(SyncReports(reports))
+
+
 def routes() -> list[Route]:
     return [
+        Route("/api/sync/reports", sync_reports, methods=["GET"]),
         Route("/api/documents", list_documents, methods=["GET"]),
         Route("/api/documents/{doc_id:path}/readers", put_readers, methods=["PUT"]),
         Route("/api/documents/{doc_id:path}/reingest", reingest, methods=["POST"]),

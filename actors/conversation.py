@@ -54,6 +54,7 @@ from actors.llm.types import (
     tool_specs,
 )
 from actors.plan import (
+    REWRITE_STEP,
     Action,
     AwaitApproval,
     CallCheck,
@@ -69,7 +70,7 @@ from actors.plan import (
     StartTurn,
     next_action,
 )
-from actors.prompts import agent_messages, qa_messages
+from actors.prompts import agent_messages, qa_messages, rewrite_messages
 from actors.runtime import Runtime, runtime
 from actors.sources import agent_sources, qa_sources
 from actors.state import ConversationState, TurnState, dump_state, fold, load_state
@@ -130,6 +131,7 @@ DEFAULT_TENANT = "default"
 
 # The tools an agent run may use: fixed here, by code. Risk and approvals come from the policy.
 AGENT_TOOLS = ("search_knowledge_base", "read_document", "compare_documents", "send_email", "http_request")
+
 
 def _sha(*parts: object) -> str:
     return hashlib.sha256(msgspec.json.encode([str(p) for p in parts])).hexdigest()
@@ -270,7 +272,9 @@ class Activation:
         for _ in range(MAX_ACTIONS_PER_ACTIVATION):
             self._check_lease()
             self.pull_inbox()
-            action = next_action(self.state, caps, self.check_call, self.rt.clock(), self.flows)
+            action = next_action(
+                self.state, caps, self.check_call, self.rt.clock(), self.flows, rewrite=self.rt.rewrites
+            )
             if isinstance(action, Idle):
                 if self.pull_inbox():
                     continue
@@ -383,9 +387,10 @@ class Activation:
         async def on_delta(text: str) -> None:
             await self.delta(step, text)
 
+        streamed = on_delta if step != REWRITE_STEP else None  # a rewritten query is not the answer
         try:
             completion = await backend.complete(
-                messages, tools=tools, on_delta=on_delta, request_id=request_id
+                messages, tools=tools, on_delta=streamed, request_id=request_id
             )
         except (_Stop, StaleEpoch):
             raise _Stop() from None
@@ -398,6 +403,8 @@ class Activation:
 
     async def prompt(self, step: int) -> tuple[list[ChatMessage], tuple[ToolSpec, ...]]:
         turn = self.turn
+        if turn.route == "qa" and step == REWRITE_STEP:
+            return rewrite_messages(self.state.history, turn.question.text), ()
         if turn.route == "qa":
             return qa_messages(await self.qa_hits(), self.state.history, turn.question.text), ()
         if turn.route == "workflow":
@@ -409,7 +416,7 @@ class Activation:
         recoverable = isinstance(exc, MalformedToolCall | LLMTimeout | LLMUnavailable)
         message = exc.message[:REASON_CHARS]
         failed = LLMFailed(step=step, code=exc.code, message=message, recoverable=recoverable)
-        ended = [] if recoverable else [TurnFailed(code=exc.code, message=message)]
+        ended = [] if recoverable or step == REWRITE_STEP else [TurnFailed(code=exc.code, message=message)]
         self.emit([failed, *ended])
         if isinstance(exc, LLMTimeout | LLMUnavailable):
             await asyncio.sleep(LLM_RETRY.delay_s(attempt))

@@ -109,6 +109,12 @@ class Runtime:
     def owner(self) -> str:
         return f"{socket.gethostname()[:100]}:{os.getpid()}:{threading.get_ident()}"
 
+    @property
+    def rewrites(self) -> bool:
+        """Whether follow-ups are rewritten by the model (settings.followup_rewrite)."""
+        mode = self.settings.followup_rewrite
+        return mode == "llm" or (mode == "auto" and self.settings.llm_backend == "openai")
+
     def caps(self) -> Caps:
         s = self.settings
         return Caps(

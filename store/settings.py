@@ -77,6 +77,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     local_top_k: Positive = 4
     local_max_tokens: Positive = 200
     local_compute_type: Literal["auto", "int8", "int8_float32", "float32", "float16"] = "auto"
+    # Follow-up questions rewritten by the model before retrieval (actors.plan.REWRITE_STEP): auto = with an
+    # external (OpenAI-compatible) model only; "rules" = index.followup's deterministic rule alone.
+    followup_rewrite: Literal["auto", "llm", "rules"] = "auto"
     # Post-hoc citation attribution (actors/attribution.py): auto = on for the local model.
     attribution: Literal["auto", "on", "off"] = "auto"
     llm_price_in_per_mtok: Annotated[float, msgspec.Meta(ge=0)] = 0.0

@@ -425,7 +425,9 @@
     switch (event.type) {
       case "turn_started": return "Route: " + event.route + (event.reason ? " — " + event.reason : "");
       case "retrieval_done": return "Searched “" + event.query + "”: " + event.chunk_ids.length + " passages";
-      case "llm_requested": return "Model call " + event.step + " (" + event.model + ")";
+      case "llm_requested":
+        return (event.step < 0 ? "Model rewrites the question for search" : "Model call " + event.step)
+          + " (" + event.model + ")";
       case "llm_completed":
         return "Model answered (" + event.tokens_in + "→" + event.tokens_out + " tokens, "
           + Math.round(event.latency_ms) + " ms)";

@@ -179,6 +179,8 @@ def earlier_questions(state: ConversationState) -> list[str]:
 
 
 def _next_qa(turn: TurnState, earlier: list[str]) -> Action:
+    if turn.cache_hit is not None:
+        return Finish(text=turn.cache_hit.text)
     if turn.retrieval is None:
         return Retrieve(query=retrieval_query(turn.question.text, earlier))
     return _llm_or_fail(turn, 0) or Finish(text=turn.llm_completed[0].text)

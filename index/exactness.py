@@ -8,7 +8,8 @@ Two questions close in embedding space can still ask different things ("refund" 
 "Perl 6", "can I" vs "can I not"). The guard refuses a candidate when the two differ in
   numbers         any token with a digit ("5", "v2", "2024");
   negation        one is negated and the other is not ("not", "no", "never", "without", "n't", ...);
-  names           capitalised or mixed-case words other than the first (named entities, acronyms);
+  names           a capitalised or mixed-case word other than the first (named entities, acronyms) that
+                  the other question lacks in any case ("perl" still matches "Perl");
   content words   a substitution: each question has a content word the other lacks (stems compared;
                   function words and question frames such as "how can I", "what is the way to" are
                   ignored). A word only one of them adds is allowed ("the refund policy for contractors"
@@ -60,6 +61,7 @@ class Terms(msgspec.Struct, frozen=True, kw_only=True):
     names: frozenset[str]
     negated: bool
     content: frozenset[str]
+    words: frozenset[str]  # every token, lower-cased
 
 
 def terms(text: str) -> Terms:
@@ -73,7 +75,9 @@ def terms(text: str) -> Terms:
         for t in lowered
         if t not in FUNCTION_WORDS and t not in FRAME_WORDS and t not in NEGATIONS and not t.endswith("n't")
     )
-    return Terms(numbers=numbers, names=names, negated=negated, content=content - numbers)
+    return Terms(
+        numbers=numbers, names=names, negated=negated, content=content - numbers, words=frozenset(lowered)
+    )
 
 
 def same_question(a: str, b: str) -> Verdict:
@@ -83,8 +87,8 @@ def same_question(a: str, b: str) -> Verdict:
         return Verdict(ok=False, reason=f"different numbers: {_diff(ta.numbers, tb.numbers)}")
     if ta.negated != tb.negated:
         return Verdict(ok=False, reason="one question is negated, the other is not")
-    if ta.names != tb.names:
-        return Verdict(ok=False, reason=f"different names: {_diff(ta.names, tb.names)}")
+    if not ta.names <= tb.words or not tb.names <= ta.words:  # a name the other lacks (in any case)
+        return Verdict(ok=False, reason=f"different names: {_diff(ta.names - tb.words, tb.names - ta.words)}")
     only_a, only_b = ta.content - tb.content, tb.content - ta.content
     if only_a and only_b:
         return Verdict(ok=False, reason=f"different content words: {_diff(ta.content, tb.content)}")

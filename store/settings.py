@@ -135,7 +135,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Semantic answer cache (index.answer_cache, actors.answer_policy): off unless turned on; per-tenant
     # on/off, thresholds and the sensitive-question classifiers come from answer_cache_policy_path.
     answer_cache: bool = False
-    answer_cache_threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.9  # cosine of the questions
+    # The questions' cosine: bench/answer_cache.py quality (README "Answer cache").
+    answer_cache_threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.87
     answer_cache_guard: bool = True  # the lexical exactness guard (index.exactness)
     answer_cache_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 24 * 3600
     answer_cache_max_entries: Positive = 10_000  # per tenant; the least recently used go first

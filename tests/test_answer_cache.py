@@ -7,6 +7,7 @@ an edited, deleted or re-permissioned source, another index version, a bypass, a
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -306,3 +307,57 @@ def test_sensitive_questions_are_never_cached(
         assert entry_id(TENANT, "v", "A b") == entry_id(TENANT, "v", " a  B ")
     finally:
         w.rt.close()
+
+
+def _golden(directory: Path) -> Path:
+    (directory / "qrels").mkdir(parents=True)
+    queries = {"g1": ("parental leave weeks", "leave-policy"), "g2": ("hotel nightly cap", "travel-policy")}
+    lines = [json.dumps({"_id": q, "text": text}) for q, (text, _) in queries.items()]
+    (directory / "queries.jsonl").write_text("\n".join(lines) + "\n")
+    qrels = ["query-id\tcorpus-id\tscore", *(f"{q}\t{doc}\t1" for q, (_, doc) in queries.items())]
+    (directory / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+    return directory
+
+
+def test_a_reindex_cutover_does_not_serve_the_old_versions_entries(
+    cached: World, redis_url: str, tmp_path: Path
+) -> None:
+    from index.reindex.jobs import start_job
+    from index.reindex.run import run_until_done
+    from index.versions import get_active
+
+    _cached_once(cached)
+    old = get_active(cached.settings)
+    golden = str(_golden(tmp_path / "golden"))
+    settings = msgspec.structs.replace(
+        cached.settings, golden_demo=False, golden_dirs=golden, golden_tenant=TENANT
+    )
+    client = redis.Redis.from_url(redis_url)
+    try:
+        job = start_job(settings, client, model="hash", requested_by="test")
+        done = run_until_done(settings, client, job.id, slice_s=5.0)
+    finally:
+        client.close()
+    assert done.status == "done", (done.message, done.error_samples)
+    new = get_active(cached.settings)
+    assert new != old
+    time.sleep(0.6)  # the search service notices the alias switch (ALIAS_CHECK_MS)
+    events = ask_as(cached, "x1", PARAPHRASE[1])
+    assert kinds(events) == FRESH and of(events, RetrievalDone)[0].index_version == new
+    assert kinds(ask_as(cached, "x2", PARAPHRASE[0])) == FROM_CACHE  # the new version's own entry
+
+
+def test_a_logged_hit_replays_to_its_answer_without_retrieval_or_a_model_call() -> None:
+    from actors.plan import CallCheck, Caps, Finish, next_action
+    from actors.state import ConversationState, fold
+    from store.events import TurnStarted
+
+    state = ConversationState(conversation_id="c")
+    question = UserMessage(turn=1, text=PARAPHRASE[1], tenant=TENANT, user="alice")
+    hit = CacheHit(turn=1, entry_id="e", similarity=0.9, cached_question=PARAPHRASE[0], index_version="v",
+                   chunk_ids=("c1",), text="Sixteen weeks [1].")  # fmt: skip
+    for n, event in enumerate([question, TurnStarted(turn=1, route="qa"), hit], 1):
+        fold(state, f"{n}-0", event)
+    caps = Caps(max_steps=3, max_tokens=1000, max_cost_usd=1.0, max_seconds=60)
+    action = next_action(state, caps, lambda call: CallCheck(ok=False), now_ms=0)
+    assert action == Finish(text="Sixteen weeks [1].")  # after a crash here, the next activation finishes

@@ -204,6 +204,28 @@ def quality(eval_root: Path) -> None:
             if mask.any():
                 served = (sims[mask] >= chosen) & (guard[mask] if guarded else True)
                 print(f"    {kind:<8} hit rate {served.mean():.3f} ({int(mask.sum())} pairs)")
+    print("leave one collection out (threshold chosen on the other four, with the guard):")
+    collections = np.array([p.collection for p in pairs])
+    for held in (*COLLECTIONS, "demo"):
+        tune, test = collections != held, collections == held
+        chosen = next(
+            (
+                t
+                for t in THRESHOLDS
+                if _rates(sims[tune], guard[tune], positive[tune], t, True)[1] <= MAX_FALSE_HIT
+            ),
+            1.0,
+        )
+        hit, false = _rates(sims[test], guard[test], positive[test], chosen, True)
+        misses = int((~positive[test]).sum())
+        print(f"  {held:<9} threshold {chosen:.2f}: paraphrase hit rate {hit:.3f}, "
+              f"false-hit rate {false:.3f} ({misses} near misses)")  # fmt: skip
+    shipped = Settings().answer_cache_threshold
+    print(f"each collection at the shipped threshold {shipped:.2f}, with the guard:")
+    for name in (*COLLECTIONS, "demo"):
+        mask = collections == name
+        hit, false = _rates(sims[mask], guard[mask], positive[mask], shipped, True)
+        print(f"  {name:<9} paraphrase hit rate {hit:.3f}, false-hit rate {false:.3f}")
     print("near-miss false-hit rate at fixed thresholds (both halves):")
     for t in (0.80, 0.85, 0.90, 0.95):
         off = _rates(sims, guard, positive, t, False)

@@ -151,6 +151,9 @@ class AnswerCache:
         """Drop the entries of every chunk the catalog journal names since the last call; returns how many."""
         removed = 0
         cursor = self.store.cursor()
+        if cursor > self.service.catalog.last_change_seq():  # a new catalog: its journal starts again
+            self.store.reset_cursor()
+            cursor = 0
         while changes := self.service.catalog.chunk_changes_after(cursor, JOURNAL_BATCH):
             by_tenant: dict[str, list[str]] = {}
             for change in changes:

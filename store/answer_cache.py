@@ -152,6 +152,10 @@ class AnswerStore:
     def advance_cursor(self, seq: int) -> int:
         return int(self.runner.run(_eval(CURSOR, [CURSOR_KEY], [seq])))
 
+    def reset_cursor(self) -> None:
+        """Start over: the cursor is ahead of a catalog's journal (the catalog was recreated)."""
+        self.runner.run(_call(lambda r: r.delete(CURSOR_KEY)))
+
     def close(self) -> None:
         self.client.close()
 

@@ -530,6 +530,11 @@ class Catalog:
 
     # -- the change journal -----------------------------------------------------------------------
 
+    def last_change_seq(self) -> int:
+        """The journal's highest sequence number yet (AUTOINCREMENT: it never goes back, even trimmed)."""
+        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'chunk_changes'")
+        return int(rows[0][0]) if rows else 0
+
     def chunk_changes_after(self, seq: int, limit: int = SQL_BATCH) -> list[ChunkChange]:
         """Journal rows after `seq`, oldest first: chunks hidden (delete, replace) or re-permissioned."""
         sql = "SELECT seq, tenant, chunk_id FROM chunk_changes WHERE seq > ? ORDER BY seq LIMIT ?"

@@ -38,13 +38,15 @@ async def submit_ask(
     text: str,
     mode: Mode,
     client_message_id: str,
+    *,
+    no_cache: bool = False,
     filters: SearchFilters | None = None,
 ) -> None:
     text = checked_text(text, services.settings.max_question_chars)
     await services.limits.check(me, "ask")
     item = UserMessage(
         text=text, mode=mode, user=me.user, tenant=me.tenant, groups=me.groups,
-        client_message_id=client_message_id, at_ms=now_ms(),
+        client_message_id=client_message_id, at_ms=now_ms(), no_cache=no_cache,
         filters=None if filters is None or filters.is_empty() else filters,
     )  # fmt: skip
     await services.conversations.record_ask(meta, text)  # the first ask creates the conversation

@@ -192,3 +192,16 @@ def test_the_filter_clause_binds_every_value() -> None:
     )
     assert "DROP" not in clause and "a'; DROP TABLE documents; --" in params
     assert filter_clause(SearchFilters(), "d") == ("1", [])
+
+
+def test_a_filtered_ask_stays_out_of_the_answer_cache() -> None:
+    from actors.answer_policy import AnswerCachePolicy, CachePolicyConfig
+    from store.events import UserMessage
+
+    config = msgspec.convert({"tenants": {"acme": {"enabled": True}}}, CachePolicyConfig)
+    policy = AnswerCachePolicy(Settings.from_env({}), config)
+    plain = UserMessage(text="How long is parental leave?", tenant="acme", user="u")
+    filtered = msgspec.structs.replace(plain, filters=SearchFilters(tags_any=("hr",)))
+    assert policy.decide(plain, "acme", "qa", plain.text).use
+    decision = policy.decide(filtered, "acme", "qa", filtered.text)
+    assert not decision.use and "filters" in decision.reason

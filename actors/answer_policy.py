@@ -4,6 +4,8 @@ A turn uses the cache (looks it up, and stores its answer) only when all of thes
   - the cache is on (DOCENT_ANSWER_CACHE) and on for the tenant (the policy file may turn it on or off);
   - the route is Q&A: agent and workflow runs act through tools and are never served from the cache;
   - the user did not ask to bypass it (`UserMessage.no_cache`);
+  - the ask has no metadata filters (`UserMessage.filters`): its search is narrowed, so its answer is not
+    the question's answer for anyone else (nor is the question's answer its own);
   - the question stands alone: a follow-up is searched with the turn before it (index.followup), and its
     answer depends on that conversation;
   - no sensitivity classifier matches: a classifier is a name and words or phrases (whole words, case-
@@ -107,6 +109,8 @@ class AnswerCachePolicy:
             return CacheDecision(use=False, reason=f"route {route}: only Q&A answers are cached")
         if question.no_cache:
             return CacheDecision(use=False, reason="the user asked to bypass the cache")
+        if question.filters is not None:
+            return CacheDecision(use=False, reason="metadata filters narrow this turn's search")
         if query != question.text:
             return CacheDecision(use=False, reason="a follow-up: its answer depends on the conversation")
         if label := self.sensitive(tenant, question.text):

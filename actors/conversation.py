@@ -352,7 +352,9 @@ class Activation:
             return
         started = time.perf_counter()
         try:
-            result = await self.rt.knowledge().retrieve(query, self.principal, self.rt.settings.qa_top_k)
+            result = await self.rt.knowledge().retrieve(
+                query, self.principal, self.rt.settings.qa_top_k, self.turn.question.filters
+            )
         except DocentError as exc:
             self.emit([TurnFailed(code="retrieval_failed", message=f"{exc.code}: {exc.message}")])
             return
@@ -401,7 +403,7 @@ class Activation:
             return []
         if self._hits is None or [h.chunk_id for h in self._hits] != list(retrieval.chunk_ids):
             self._hits = await self.rt.knowledge().recall(
-                retrieval.query, self.principal, retrieval.chunk_ids
+                retrieval.query, self.principal, retrieval.chunk_ids, self.turn.question.filters
             )
         return self._hits
 
@@ -510,6 +512,7 @@ class Activation:
             settings=self.rt.settings,
             knowledge=self.rt.knowledge() if tool.needs_knowledge_base else None,
             conversation_id=self.conv_id,
+            filters=self.turn.question.filters,
         )
         try:
             return await tool.run(args, context), None

@@ -7,6 +7,7 @@ modules are imported so that they declare their actors on it:
     actors.ingest_job     ingest_file(tenant, path)         queue ingest
     actors.documents_job  sync_document, reingest_document  queue ingest
     actors.search_job     search_request(request_id, call)  queue conversation
+    actors.sync_job       sync_source(dir)                  queue ingest (scheduled folder syncs)
     actors.approvals      expiry and reminder timers        queue approvals   (when present)
     actors.reindex        index rebuilds                    queue reindex     (when present)
 
@@ -29,7 +30,7 @@ from store.redis_identity import verify_at_boot
 from store.settings import get_settings
 
 REQUIRED_MODULES = (
-    "actors.conversation", "actors.ingest_job", "actors.documents_job", "actors.search_job"
+    "actors.conversation", "actors.ingest_job", "actors.documents_job", "actors.search_job", "actors.sync_job"
 )
 OPTIONAL_MODULES = ("actors.approvals", "actors.reindex")
 
@@ -60,3 +61,8 @@ if get_settings().warm_start:
 
     threading.Thread(target=warm_up, name="warm-start", daemon=True).start()
 LOADED = REQUIRED_MODULES + tuple(n for n in OPTIONAL_MODULES if _import_optional(n))
+
+if get_settings().sync_sources_path:  # a bad sources file stops the worker here (config_error)
+    from actors.sync_job import kick
+
+    kick(get_settings())  # one message per source; a source synced within its interval ignores it

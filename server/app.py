@@ -33,6 +33,8 @@ from server.dispatch import RedisDispatcher, Wake
 from server.documents import routes as document_routes
 from server.hub import Hub, hub_client
 from server.limits import ActionLimits, SocketQuota
+from server.mcp_api import McpEndpoint
+from server.mcp_api import routes as mcp_routes
 from server.metrics_route import MetricsMiddleware, check_allow_setting, metrics_routes
 from server.openai_api import routes as openai_routes
 from server.pages import WEB_DIR, render_page
@@ -111,6 +113,7 @@ def create_app(
     auth = Authenticator.from_settings(settings)  # fail at start, not at the first request
     allowed_origins = parse_origins(settings.allowed_origins)
     check_allow_setting(settings.metrics_allow)
+    mcp = McpEndpoint()  # the MCP tools at /mcp (server.mcp_api)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -143,7 +146,8 @@ def create_app(
             allowed_origins=allowed_origins,
         )
         try:
-            yield
+            async with mcp.running(app.state.services):
+                yield
         finally:
             await hub.aclose()
             await hub.client.aclose()
@@ -174,6 +178,7 @@ def create_app(
         *review_routes(),
         *trace_routes(),
         *metrics_routes(),
+        *mcp_routes(mcp),
         Route("/static/docent.mjs", docent_module, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static"),
     ]

@@ -1,6 +1,6 @@
 """One ask into a conversation, the same for every interface (`/ws/chat`, `/v1/chat/completions`).
 
-    await submit_ask(services, meta, principal, text, mode, client_message_id)
+    await submit_ask(services, meta, principal, text, mode, client_message_id, filters=None)
 
 The caller has already checked that `principal` owns `meta`. The text is checked (not empty, at most
 `max_question_chars`), the ask bucket is taken, the first ask creates the conversation, and the user
@@ -16,6 +16,7 @@ from store.clock import now_ms
 from store.conversations import ConversationMeta
 from store.events import Mode, UserMessage
 from store.exceptions import FrameError
+from store.metadata import SearchFilters
 
 if TYPE_CHECKING:
     from server.services import Services
@@ -31,14 +32,22 @@ def checked_text(text: str, max_chars: int) -> str:
 
 
 async def submit_ask(
-    services: Services, meta: ConversationMeta, me: Principal, text: str, mode: Mode, client_message_id: str,
-    *, no_cache: bool = False,
+    services: Services,
+    meta: ConversationMeta,
+    me: Principal,
+    text: str,
+    mode: Mode,
+    client_message_id: str,
+    *,
+    no_cache: bool = False,
+    filters: SearchFilters | None = None,
 ) -> None:
     text = checked_text(text, services.settings.max_question_chars)
     await services.limits.check(me, "ask")
     item = UserMessage(
         text=text, mode=mode, user=me.user, tenant=me.tenant, groups=me.groups,
         client_message_id=client_message_id, at_ms=now_ms(), no_cache=no_cache,
+        filters=None if filters is None or filters.is_empty() else filters,
     )  # fmt: skip
     await services.conversations.record_ask(meta, text)  # the first ask creates the conversation
     await services.dispatcher.submit(meta.id, item, dedup_id=client_message_id)

@@ -108,7 +108,7 @@ class ChatSession(Session):
         assert self.principal is not None
         await submit_ask(
             self.services, meta, self.principal, ask.text, ask.mode, ask.client_message_id,
-            no_cache=ask.no_cache,
+            no_cache=ask.no_cache, filters=ask.filters,
         )  # fmt: skip
         await self.reply(p.Accepted(client_message_id=ask.client_message_id))
 

@@ -19,6 +19,7 @@ import msgspec
 
 from store.approvals import MAX_REASON_CHARS, State
 from store.events import Mode
+from store.metadata import SearchFilters
 
 # Application close codes (RFC 6455 leaves 4000-4999 to applications); see docs/protocol.md.
 CLOSE_NORMAL = 1000
@@ -86,6 +87,7 @@ class Ask(_ClientFrame, frozen=True, kw_only=True, tag="ask"):
     mode: Mode = "auto"
     client_message_id: ClientId  # a retried ask with the same id is taken once
     no_cache: bool = False  # a fresh answer: the answer cache is not consulted
+    filters: SearchFilters | None = None  # store.metadata: narrows every search of the turn
 
 
 class Cancel(_ClientFrame, frozen=True, kw_only=True, tag="cancel"):

@@ -38,6 +38,15 @@ import msgspec
 
 from store.clock import now_ms
 from store.exceptions import ForbiddenError, IndexError_, InputError
+from store.metadata import (
+    EMPTY_METADATA,
+    DocumentMetadata,
+    Filters,
+    all_of,
+    decode_metadata,
+    encode_metadata,
+    filter_clause,
+)
 
 CATALOG_FILE = "catalog.sqlite"
 BUSY_TIMEOUT_MS = 30_000
@@ -59,7 +68,8 @@ CREATE TABLE IF NOT EXISTS documents (
     readers TEXT NOT NULL,
     size INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS documents_by_tenant ON documents(tenant, doc_id);
 CREATE TABLE IF NOT EXISTS document_texts (
@@ -123,6 +133,7 @@ class CatalogDocument(msgspec.Struct, frozen=True, kw_only=True):
     size_bytes: int = 0
     updated_at_ms: int = 0
     deleted: bool = False
+    metadata: DocumentMetadata = EMPTY_METADATA
 
     def readable_by(self, tenant: str, reader_tokens: Iterable[str]) -> bool:
         return not self.deleted and tenant == self.tenant and not set(self.readers).isdisjoint(reader_tokens)
@@ -153,6 +164,7 @@ class DocumentFilter(msgspec.Struct, frozen=True, kw_only=True):
     title_prefix: str | None = None
     reader: str | None = None
     updated_since_ms: int | None = None
+    metadata: Filters = None  # the search filters (store.metadata), over the same rows
 
 
 class IngestOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -185,7 +197,11 @@ def _marks(n: int) -> str:
 
 
 CHUNK_COLUMNS = "key, chunk_id, doc_id, ordinal, text, context, title, heading, tenant, readers, visible"
-DOCUMENT_COLUMNS = "doc_id, title, source, format, content_hash, tenant, readers, size, updated_at, deleted"
+DOCUMENT_COLUMNS = (
+    "doc_id, title, source, format, content_hash, tenant, readers, size, updated_at, deleted, metadata"
+)
+# Columns added after the first schema: an older catalog gains them when it is opened.
+ADDED_COLUMNS = (("documents", "metadata", "TEXT NOT NULL DEFAULT '{}'"),)
 
 
 def _chunk_row(row: tuple) -> ChunkRow:
@@ -197,11 +213,11 @@ def _chunk_row(row: tuple) -> ChunkRow:
 
 
 def _document(row: tuple) -> CatalogDocument:
-    doc_id, title, source, fmt, content_hash, tenant, readers, size, updated_at, deleted = row
+    doc_id, title, source, fmt, content_hash, tenant, readers, size, updated_at, deleted, metadata = row
     return CatalogDocument(
         doc_id=doc_id, title=title, source=source, format=fmt, content_hash=content_hash, tenant=tenant,
         readers=_readers_decoder.decode(readers), size_bytes=size, updated_at_ms=updated_at,
-        deleted=bool(deleted),
+        deleted=bool(deleted), metadata=decode_metadata(metadata),
     )  # fmt: skip
 
 
@@ -221,6 +237,10 @@ def _document_clause(where: DocumentFilter) -> tuple[str, list[object]]:
     if where.updated_since_ms is not None:
         parts.append("updated_at >= ?")
         params.append(where.updated_since_ms)
+    if all_of(where.metadata):
+        clause, extra = filter_clause(where.metadata, "documents")
+        parts.append(f"({clause})")
+        params += extra
     return " AND ".join(parts), params
 
 
@@ -294,7 +314,11 @@ class Catalog:
 
     def _create_schema(self) -> None:
         try:
-            self._connection().executescript(SCHEMA)
+            db = self._connection()
+            db.executescript(SCHEMA)
+            for table, column, declaration in ADDED_COLUMNS:
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         except sqlite3.Error as exc:
             raise IndexError_(f"cannot create the catalog schema: {exc}") from exc
 
@@ -494,9 +518,10 @@ class Catalog:
     @staticmethod
     def _upsert_document(db: sqlite3.Connection, doc: CatalogDocument, updated_at: int) -> None:
         db.execute(
-            f"INSERT OR REPLACE INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            f"INSERT OR REPLACE INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
             (doc.doc_id, doc.title, doc.source, doc.format, doc.content_hash, doc.tenant,
-             _readers_encoder.encode(doc.readers).decode(), doc.size_bytes, updated_at),
+             _readers_encoder.encode(doc.readers).decode(), doc.size_bytes, updated_at,
+             encode_metadata(doc.metadata)),
         )  # fmt: skip
 
     def hide_document(self, version: str, doc_id: str) -> int:
@@ -543,17 +568,28 @@ class Catalog:
     # -- search side -------------------------------------------------------------------------------
 
     def readable_keys(
-        self, version: str, keys: Sequence[int], tenant: str, reader_tokens: Iterable[str]
+        self,
+        version: str,
+        keys: Sequence[int],
+        tenant: str,
+        reader_tokens: Iterable[str],
+        filters: Filters = None,
     ) -> set[int]:
-        """The subset of `keys` visible in `version` and readable by this tenant and these reader tokens."""
+        """The subset of `keys` visible in `version` and readable by this tenant and these reader tokens,
+        and, with `filters`, whose document matches them (ANDed: a filter only ever narrows)."""
         tokens = set(reader_tokens)
         readable: set[int] = set()
+        join, condition, extra = "", "", list[object]()
+        if all_of(filters):
+            clause, extra = filter_clause(filters, "d")
+            join = "JOIN documents d ON d.doc_id = c.doc_id AND d.deleted = 0 AND d.tenant = c.tenant"
+            condition = f" AND ({clause})"
         for batch in _batches(list(keys)):
             sql = (
-                f"SELECT key, readers FROM chunks WHERE version = ? AND visible = 1 AND tenant = ? "
-                f"AND key IN ({_marks(len(batch))})"
+                f"SELECT c.key, c.readers FROM chunks c {join} WHERE c.version = ? AND c.visible = 1 "
+                f"AND c.tenant = ? AND c.key IN ({_marks(len(batch))}){condition}"
             )
-            for key, readers in self._read(sql, [version, tenant, *batch]):
+            for key, readers in self._read(sql, [version, tenant, *batch, *extra]):
                 if not tokens.isdisjoint(_readers_decoder.decode(readers)):
                     readable.add(key)
         return readable

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import msgspec
 
 from store.clock import now_ms
+from store.metadata import SearchFilters
 from store.tool_payloads import ToolPayload
 
 SCHEMA_VERSION = 1
@@ -61,6 +62,7 @@ class UserMessage(_Base, frozen=True, kw_only=True, tag="user_message"):
     groups: tuple[str, ...] = ()
     client_message_id: str = ""  # the client's id for this ask: a retried ask is appended once
     no_cache: bool = False  # the user asked for a fresh answer: the answer cache is not consulted
+    filters: SearchFilters | None = None  # the ask's metadata filters: every search of the turn is narrowed
 
 
 class TurnStarted(_Base, frozen=True, kw_only=True, tag="turn_started"):

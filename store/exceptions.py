@@ -7,11 +7,13 @@ DocentError
 ├── Unavailable                 Redis did not answer: retry with backoff (never names an internal address)
 ├── InputError                  a caller sent something we refuse; nothing was changed
 │   ├── FrameError              a malformed, oversized or unknown wire message
+│   ├── BadFilter               a search filter with an unknown field, a wrong type or too many items
 │   ├── AuthError               a missing, wrong or expired credential
 │   ├── BodyTooLarge            a request body over its size limit (refused before it is read whole)
 │   ├── ForbiddenError          a valid principal asked for something it may not touch
 │   │   └── UnknownRoom         a reviewer room the tool policy does not name
 │   ├── NotFound                no such thing (or not visible to this caller: existence is not revealed)
+│   ├── SyncRefused             a folder sync would delete more than its share of a source (needs --force)
 │   └── RateLimited             too many requests; carries retry_after_ms
 │       └── TooManySockets      a user or tenant already holds its cap of open sockets
 ├── IngestError                 one document could not be ingested (the batch continues)
@@ -87,6 +89,10 @@ class FrameError(InputError):
     code = "bad_frame"
 
 
+class BadFilter(InputError):
+    code = "bad_filter"
+
+
 class AuthError(InputError):
     code = "unauthorized"
 
@@ -109,6 +115,10 @@ class NotFound(InputError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"  # /v1/chat/completions: a model name Docent does not serve
+
+
+class SyncRefused(InputError):
+    code = "sync_refused"
 
 
 class RateLimited(InputError):

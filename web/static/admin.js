@@ -802,6 +802,8 @@
   };
 
   global.DocentAdmin = {
-    mount: function (root, options) { return new Admin(root, options); }
+    mount: function (root, options) { return new Admin(root, options); },
+    // for the console's other cards (admin-documents.js)
+    helpers: { el: el, clear: clear, when: when, armed: armed }
   };
 })(window);

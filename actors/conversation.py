@@ -81,6 +81,7 @@ from actors.tools.registry import (
     args_to_builtins,
     idempotency_key,
 )
+from actors.turn_trace import TurnTrace
 from actors.workflows import workflows_for
 from actors.workflows.orchestrator import WORKFLOW_TOOLS
 from index.types import Hit, Principal
@@ -131,6 +132,7 @@ DEFAULT_TENANT = "default"
 # The tools an agent run may use: fixed here, by code. Risk and approvals come from the policy.
 AGENT_TOOLS = ("search_knowledge_base", "read_document", "compare_documents", "send_email", "http_request")
 
+
 def _sha(*parts: object) -> str:
     return hashlib.sha256(msgspec.json.encode([str(p) for p in parts])).hexdigest()
 
@@ -165,6 +167,7 @@ class Activation:
         self.workflow_tools = rt.registry.subset(WORKFLOW_TOOLS)
         self._asked_ms: dict[int, int] = {}  # turn -> the web's ask time (the log stamps the move time)
         self._streamed_turns: set[int] = set()  # turns whose first token was timed
+        self.trace = TurnTrace(conv_id)  # OpenTelemetry spans from the appended events (off: inert)
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -191,6 +194,7 @@ class Activation:
             asked = self._asked_ms.get(event.turn) or (current.started_ms if current else 0)
             route = (current.route or "") if current else ""
             metrics.observe_event(event, now_ms=now, asked_at_ms=asked, route=route)
+            self.trace.observe(self.state, event)
 
     async def delta(self, step: int, text: str) -> None:
         self._check_lease()
@@ -343,6 +347,8 @@ class Activation:
             return
         self._hits = list(result.hits)
         metrics.observe_retrieval(result.timings_ms)
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        self.trace.retrieval(self.state, result.timings_ms, latency_ms, len(result.hits))
         self.emit(
             [
                 RetrievalDone(
@@ -350,7 +356,7 @@ class Activation:
                     query=query,
                     chunk_ids=tuple(h.chunk_id for h in result.hits),
                     index_version=result.index_version,
-                    latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                    latency_ms=latency_ms,
                     sources=tuple(qa_sources(result.hits)),
                 )
             ]
@@ -550,6 +556,7 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
             "conversation %s: lease epoch %d lost; stopped without further writes", conv_id, lease.epoch
         )
     finally:
+        activation.trace.close()
         if not stale:
             try:
                 rt.log.release(lease)

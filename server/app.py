@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,7 +43,7 @@ from server.search_api import routes as search_routes
 from server.services import Ingest, Services
 from server.statuses import status_for
 from server.traces import trace_routes
-from store import metrics
+from store import metrics, tracing
 from store.conversations import Conversations
 from store.exceptions import (
     ConfigError,
@@ -111,6 +112,7 @@ def create_app(
     auth = Authenticator.from_settings(settings)  # fail at start, not at the first request
     allowed_origins = parse_origins(settings.allowed_origins)
     check_allow_setting(settings.metrics_allow)
+    tracing.check_protocol(os.environ)  # a bad OTEL_ protocol stops the process at start
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -129,6 +131,7 @@ def create_app(
         await averify(client, settings.redis_identity)  # never serve from another stack's Redis
         metrics.forget_dead_processes()  # a previous web process's open-socket gauges
         metrics.expose_known_labels()
+        tracing.configure("web")  # OTLP traces when OTEL_EXPORTER_OTLP_ENDPOINT is set
         hub = Hub(hub_client(settings.redis_url))
         app.state.services = Services(
             settings=settings,
@@ -148,6 +151,7 @@ def create_app(
             await hub.aclose()
             await hub.client.aclose()
             await client.aclose()
+            tracing.shutdown()  # flush the spans still queued
 
     async def chat_page(request: Request) -> Response:
         return render_page(request, "chat.html")

@@ -9,9 +9,14 @@ message goes to the actor's inbox (deduplicated by `client_message_id`) with a w
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from opentelemetry.trace import SpanKind
+
 from server.auth import Principal
+from store import tracing
 from store.clock import now_ms
 from store.conversations import ConversationMeta
 from store.events import Mode, UserMessage
@@ -35,9 +40,22 @@ async def submit_ask(
 ) -> None:
     text = checked_text(text, services.settings.max_question_chars)
     await services.limits.check(me, "ask")
-    item = UserMessage(
-        text=text, mode=mode, user=me.user, tenant=me.tenant, groups=me.groups,
-        client_message_id=client_message_id, at_ms=now_ms(),
-    )  # fmt: skip
-    await services.conversations.record_ask(meta, text)  # the first ask creates the conversation
-    await services.dispatcher.submit(meta.id, item, dedup_id=client_message_id)
+    with ask_span(meta.id, me, mode) as traceparent:
+        item = UserMessage(
+            text=text, mode=mode, user=me.user, tenant=me.tenant, groups=me.groups,
+            client_message_id=client_message_id, at_ms=now_ms(), traceparent=traceparent,
+        )  # fmt: skip
+        await services.conversations.record_ask(meta, text)  # the first ask creates the conversation
+        await services.dispatcher.submit(meta.id, item, dedup_id=client_message_id)
+
+
+@contextlib.contextmanager
+def ask_span(conversation_id: str, me: Principal, mode: Mode) -> Iterator[str]:
+    """The web's `ask` span (tracing on): yields its `traceparent`, the parent of the worker's turn span."""
+    tracer = tracing.tracer()
+    if tracer is None:
+        yield ""
+        return
+    attributes = {"docent.conversation.id": conversation_id, "docent.tenant": me.tenant, "docent.mode": mode}
+    with tracer.start_as_current_span("ask", kind=SpanKind.PRODUCER, attributes=attributes) as span:
+        yield tracing.traceparent(span)

@@ -60,6 +60,7 @@ class UserMessage(_Base, frozen=True, kw_only=True, tag="user_message"):
     tenant: str = ""
     groups: tuple[str, ...] = ()
     client_message_id: str = ""  # the client's id for this ask: a retried ask is appended once
+    traceparent: str = ""  # W3C trace context of the web's `ask` span (store.tracing); empty when off
 
 
 class TurnStarted(_Base, frozen=True, kw_only=True, tag="turn_started"):

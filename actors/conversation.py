@@ -72,6 +72,7 @@ from actors.plan import (
 from actors.prompts import agent_messages, qa_messages
 from actors.runtime import Runtime, runtime
 from actors.sources import agent_sources, qa_sources
+from actors.spend import Spend
 from actors.state import ConversationState, TurnState, dump_state, fold, load_state
 from actors.tools.registry import (
     Registry,
@@ -168,6 +169,7 @@ class Activation:
         self._asked_ms: dict[int, int] = {}  # turn -> the web's ask time (the log stamps the move time)
         self._streamed_turns: set[int] = set()  # turns whose first token was timed
         self.trace = TurnTrace(conv_id)  # OpenTelemetry spans from the appended events (off: inert)
+        self.spend = Spend(rt.settings)  # usage per tenant / user / day, and the daily budgets
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -195,6 +197,8 @@ class Activation:
             route = (current.route or "") if current else ""
             metrics.observe_event(event, now_ms=now, asked_at_ms=asked, route=route)
             self.trace.observe(self.state, event)
+            if current is not None:
+                self.spend.observe(principal_of(current.question), event)
 
     async def delta(self, step: int, text: str) -> None:
         self._check_lease()
@@ -375,6 +379,10 @@ class Activation:
     # -- the model ----------------------------------------------------------------------------------------
 
     async def call_llm(self, step: int) -> None:
+        over = self.spend.overspent(self.principal, self.rt.clock())
+        if over is not None:  # a daily budget is spent: hand off before the model is called
+            self.emit([LimitHit(limit="budget", value=over.used, cap=over.cap, handed_off=True)])
+            return
         messages, tools = await self.prompt(step)
         backend = self.rt.llm()
         digest = prompt_hash(messages, tools)

@@ -43,6 +43,7 @@ from server.search_api import routes as search_routes
 from server.services import Ingest, Services
 from server.statuses import status_for
 from server.traces import trace_routes
+from server.usage_api import usage_routes
 from store import metrics, tracing
 from store.conversations import Conversations
 from store.exceptions import (
@@ -178,6 +179,7 @@ def create_app(
         *review_routes(),
         *trace_routes(),
         *metrics_routes(),
+        *usage_routes(),
         Route("/static/docent.mjs", docent_module, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static"),
     ]

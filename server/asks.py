@@ -3,8 +3,10 @@
     await submit_ask(services, meta, principal, text, mode, client_message_id)
 
 The caller has already checked that `principal` owns `meta`. The text is checked (not empty, at most
-`max_question_chars`), the ask bucket is taken, the first ask creates the conversation, and the user
-message goes to the actor's inbox (deduplicated by `client_message_id`) with a wake-up.
+`max_question_chars`), the ask bucket is taken, the daily budgets are checked (`store.budgets`: over one,
+`budget_exceeded` and nothing is written), the first ask creates the conversation, and the user message goes
+to the actor's inbox (deduplicated by `client_message_id`) with a wake-up, carrying the `ask` span's
+`traceparent` when tracing is on.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from opentelemetry.trace import SpanKind
 
 from server.auth import Principal
 from store import tracing
+from store.budgets import load_budgets
 from store.clock import now_ms
 from store.conversations import ConversationMeta
 from store.events import Mode, UserMessage
 from store.exceptions import FrameError
+from store.usage import AsyncUsageLedger, day_of
 
 if TYPE_CHECKING:
     from server.services import Services
@@ -40,6 +44,7 @@ async def submit_ask(
 ) -> None:
     text = checked_text(text, services.settings.max_question_chars)
     await services.limits.check(me, "ask")
+    await check_budget(services, me)
     with ask_span(meta.id, me, mode) as traceparent:
         item = UserMessage(
             text=text, mode=mode, user=me.user, tenant=me.tenant, groups=me.groups,
@@ -47,6 +52,18 @@ async def submit_ask(
         )  # fmt: skip
         await services.conversations.record_ask(meta, text)  # the first ask creates the conversation
         await services.dispatcher.submit(meta.id, item, dedup_id=client_message_id)
+
+
+async def check_budget(services: Services, me: Principal) -> None:
+    """BudgetExceeded (with retry_after_ms) when the tenant or the user has spent a daily budget."""
+    budgets = load_budgets(services.settings)
+    if budgets is None:
+        return
+    now = now_ms()
+    tenant_usage, user_usage = await AsyncUsageLedger(services.redis).totals(me.tenant, me.user, day_of(now))
+    over = budgets.overspent(me.tenant, tenant_usage, user_usage, now)
+    if over is not None:
+        raise over.error()
 
 
 @contextlib.contextmanager

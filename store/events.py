@@ -20,7 +20,7 @@ Route = Literal["qa", "agent", "workflow"]
 Mode = Literal["auto", "qa", "agent"]
 Risk = Literal["low", "high"]
 Decision = Literal["approved", "denied"]
-LimitName = Literal["steps", "tokens", "cost", "wall_clock"]
+LimitName = Literal["steps", "tokens", "cost", "wall_clock", "budget"]  # budget: store.budgets
 
 
 class _Base(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, forbid_unknown_fields=False):

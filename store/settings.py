@@ -136,6 +136,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     tool_policy_path: str = ""
     # Tenant workflows (actors.workflows): a .json or .toml file of definitions; empty = the shipped ones.
     workflows_path: str = ""
+    # Daily token / cost budgets per tenant and per user (store.budgets): .json or .toml; empty = none.
+    budgets_path: str = ""
 
     def __post_init__(self) -> None:
         if self.chunk_overlap >= self.chunk_tokens:

@@ -1,0 +1,59 @@
+"""What a turn spends, per tenant, user and day (`store.usage`), and the daily budgets (`store.budgets`).
+
+    spend = Spend(settings)
+    spend.observe(principal, event)   after each appended event: TurnStarted counts a turn, LLMCompleted
+                                      its tokens and cost, for the turn's tenant and user, on the event's day
+    spend.overspent(principal, now)   before a model call: the spent budget (store.budgets.Overspend) when
+                                      the tenant or the user is over one; None (and no read) without budgets
+
+A failed record (Redis unreachable) is logged and the turn goes on: accounting never breaks a turn.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from index.types import Principal
+from store.budgets import Overspend, load_budgets
+from store.events import Event, LLMCompleted, TurnStarted
+from store.exceptions import DocentError
+from store.settings import Settings
+from store.usage import UsageLedger, day_of
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=4)
+def _ledger(redis_url: str) -> UsageLedger:
+    return UsageLedger.from_url(redis_url)
+
+
+class Spend:
+    def __init__(self, settings: Settings) -> None:
+        self.ledger = _ledger(settings.redis_url) if settings.redis_url else None
+        self.budgets = load_budgets(settings)
+
+    def observe(self, principal: Principal, event: Event) -> None:
+        if self.ledger is None:
+            return
+        match event:
+            case TurnStarted():
+                amounts = {"turns": 1}
+            case LLMCompleted():
+                amounts = {"tokens_in": event.tokens_in, "tokens_out": event.tokens_out}
+            case _:
+                return
+        tenant, user = principal.tenant, principal.user
+        cost = event.cost_usd if isinstance(event, LLMCompleted) else 0.0
+        try:
+            self.ledger.record(tenant, user, day_of(event.at_ms), cost_usd=cost, **amounts)
+        except DocentError as exc:
+            log.warning("usage of %s/%s not recorded: %s", tenant, user, exc.code)
+
+    def overspent(self, principal: Principal, now_ms: int) -> Overspend | None:
+        if self.budgets is None or self.ledger is None:
+            return None
+        tenant, user = principal.tenant, principal.user
+        tenant_usage, user_usage = self.ledger.totals(tenant, user, day_of(now_ms))
+        return self.budgets.overspent(tenant, tenant_usage, user_usage, now_ms)

@@ -92,6 +92,7 @@ from store.events import (
     ApprovalExpired,
     Delta,
     Event,
+    Feedback,
     LimitHit,
     LLMCompleted,
     LLMFailed,
@@ -247,6 +248,8 @@ class Activation:
                     busy = False
                 case ApprovalDecided() | ApprovalExpired() if self._first_outcome(item, moved):
                     moved.append(msgspec.structs.replace(item, turn=current))
+                case Feedback() if 1 <= item.turn <= turns:  # its turn is the rated one's
+                    moved.append(item)
                 case _:
                     log.info(
                         "conversation %s: dropping inbox item %s (%s)",

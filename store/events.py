@@ -20,6 +20,7 @@ Route = Literal["qa", "agent", "workflow"]
 Mode = Literal["auto", "qa", "agent"]
 Risk = Literal["low", "high"]
 Decision = Literal["approved", "denied"]
+Rating = Literal["up", "down"]
 LimitName = Literal["steps", "tokens", "cost", "wall_clock", "budget"]  # budget: store.budgets
 
 
@@ -165,6 +166,14 @@ class AnswerCompleted(_Base, frozen=True, kw_only=True, tag="answer_completed"):
     unsupported: tuple[TextSpan, ...] = ()
 
 
+class Feedback(_Base, frozen=True, kw_only=True, tag="feedback"):
+    """A user's rating of the answer of turn `turn` (thumbs up / down, an optional comment)."""
+
+    rating: Rating
+    comment: str = ""
+    user: str = ""
+
+
 class TurnFailed(_Base, frozen=True, kw_only=True, tag="turn_failed"):
     code: str
     message: str = ""
@@ -197,6 +206,7 @@ Event = (
     | TurnFailed
     | TurnCancelled
     | LimitHit
+    | Feedback
 )
 
 # Events that end a turn: after one of these the conversation waits for the next user message.

@@ -42,8 +42,10 @@ from store.events import (
     ApprovalExpired,
     ApprovalRequested,
     Event,
+    Feedback,
     LLMCompleted,
     LLMFailed,
+    RetrievalDone,
     ToolResult,
 )
 
@@ -97,6 +99,30 @@ APPROVALS_DECIDED = Counter(
     "docent_approvals_decided", "Approvals settled by outcome (approved, denied, expired).", ["outcome"]
 )
 APPROVAL_OUTCOMES = ("approved", "denied", "expired")
+
+# -- quality signals (workers) ----------------------------------------------------------------------------
+ANSWERS = Counter(
+    "docent_answers", "Completed answers per route, and whether they cite at least one source (cited).",
+    ["route", "cited"],
+)  # fmt: skip
+ANSWER_UNSUPPORTED = Counter(
+    "docent_answer_unsupported_sentences", "Answer sentences no passage supports (post-hoc attribution).",
+    ["route"],
+)  # fmt: skip
+ANSWER_DROPPED_CITATIONS = Counter(
+    "docent_answer_dropped_citations", "[n] markers dropped: they pointed at nothing the model was given.",
+    ["route"],
+)  # fmt: skip
+RETRIEVALS = Counter(
+    "docent_retrievals", "Q&A retrievals by outcome: passages, or no_passages (nothing the user may read).",
+    ["outcome"],
+)  # fmt: skip
+FEEDBACK = Counter("docent_feedback", "Users' ratings of answers (up, down).", ["rating"])
+RATINGS = ("up", "down")
+# The semantic answer cache's lookups (outcome: hit, miss, ...), counted by the cache itself.
+ANSWER_CACHE_REQUESTS = Counter(
+    "docent_answer_cache_requests", "Semantic answer cache lookups by outcome.", ["outcome"]
+)
 # Importing this module writes nothing (every metric has labels): `docent run`'s own process imports it,
 # and must not touch a PROMETHEUS_MULTIPROC_DIR it inherited from its caller.
 
@@ -105,6 +131,8 @@ def expose_known_labels() -> None:
     """The web process at start: the bounded outcomes are exposed at 0 before the first decision."""
     for outcome in APPROVAL_OUTCOMES:
         APPROVALS_DECIDED.labels(outcome)
+    for rating in RATINGS:
+        FEEDBACK.labels(rating)
 
 
 def multiproc_dir(data_path: Path) -> Path:
@@ -177,10 +205,25 @@ def observe_event(event: Event, *, now_ms: int, asked_at_ms: int = 0, route: str
             APPROVALS_DECIDED.labels(event.decision).inc()
         case ApprovalExpired():
             APPROVALS_DECIDED.labels("expired").inc()
-        case AnswerCompleted() if asked_at_ms and route:
-            ASK_ANSWER.labels(route).observe(max(0, now_ms - asked_at_ms) / 1000)
+        case AnswerCompleted():
+            _observe_answer(event, now_ms=now_ms, asked_at_ms=asked_at_ms, route=route)
+        case RetrievalDone():
+            RETRIEVALS.labels("passages" if event.chunk_ids else "no_passages").inc()
+        case Feedback():
+            FEEDBACK.labels(event.rating).inc()
         case _:
             pass
+
+
+def _observe_answer(event: AnswerCompleted, *, now_ms: int, asked_at_ms: int, route: str) -> None:
+    label = route or "unknown"
+    ANSWERS.labels(label, "true" if event.citations else "false").inc()
+    if event.unsupported:
+        ANSWER_UNSUPPORTED.labels(label).inc(len(event.unsupported))
+    if event.dropped_citations:
+        ANSWER_DROPPED_CITATIONS.labels(label).inc(len(event.dropped_citations))
+    if asked_at_ms and route:
+        ASK_ANSWER.labels(route).observe(max(0, now_ms - asked_at_ms) / 1000)
 
 
 def observe_first_token(route: str, *, now_ms: int, asked_at_ms: int) -> None:

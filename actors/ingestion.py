@@ -16,6 +16,7 @@ from actors.contextualize import make_contextualizer
 from index.ingest import DocumentOutcome, expand_paths, path_doc_id
 from index.reindex.dualwrite import DualWriter
 from index.types import Access
+from store import metrics
 from store.catalog import IngestOutcome
 from store.settings import Settings
 
@@ -36,6 +37,10 @@ def ingest_documents(
                     writer.delete_document(doc_id)
             outcomes = writer.ingest_documents(requests)
             writer.catalog.record_outcomes(outcome_of(o) for o in outcomes)
+            metrics.observe_ingest(
+                (o.status for o in outcomes),
+                embedded=sum(o.embedded for o in outcomes), written=sum(o.added for o in outcomes),
+            )  # fmt: skip
             return outcomes
     finally:
         if client is not None:

@@ -10,20 +10,26 @@ Prometheus server that cannot send headers). Anything else gets 401.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from functools import lru_cache
 
+import redis
+import redis.asyncio as aredis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from actors.broker import APPROVALS_QUEUE, CONVERSATION_QUEUE, INGEST_QUEUE, NAMESPACE, REINDEX_QUEUE
 from server.callers import require_admin
 from server.services import services
 from store import metrics
 from store.exceptions import ConfigError
 
+QUEUES = (CONVERSATION_QUEUE, APPROVALS_QUEUE, INGEST_QUEUE, REINDEX_QUEUE)
+log = logging.getLogger(__name__)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
 
@@ -58,7 +64,23 @@ async def metrics_endpoint(request: Request) -> Response:
     if not _client_allowed(request, services(request).settings.metrics_allow):
         require_admin(request, "operator")
     body = await run_in_threadpool(metrics.exposition)
-    return Response(body, media_type=metrics.CONTENT_TYPE)
+    return Response(body + await queue_depths(services(request).redis), media_type=metrics.CONTENT_TYPE)
+
+
+async def queue_depths(client: aredis.Redis) -> bytes:
+    """`docent_queue_messages`: each dramatiq queue's ready list, delayed list and dead letters, read now."""
+    names = [(queue, state) for queue in QUEUES for state in metrics.QUEUE_STATES]
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for queue in QUEUES:
+                pipe.llen(f"{NAMESPACE}:{queue}")
+                pipe.llen(f"{NAMESPACE}:{queue}.DQ")
+                pipe.zcard(f"{NAMESPACE}:{queue}.XQ")
+            counts = await pipe.execute()
+    except redis.RedisError as exc:  # the rest of the scrape still answers
+        log.warning("queue depths not read: %s", exc)
+        return b""
+    return metrics.queue_exposition(dict(zip(names, (int(c) for c in counts), strict=True)))
 
 
 def metrics_routes() -> list[BaseRoute]:

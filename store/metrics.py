@@ -4,6 +4,9 @@
     observe_event(event, ...)      the conversation actor, once per event it appends
     observe_first_token(...)       the actor, at a turn's first streamed token
     observe_retrieval(timings_ms)  the actor, with the Searcher's per-stage timings
+    observe_fanout(key, ms, now)   the web process's hub, per live entry delivered to sockets
+    observe_ingest(statuses, ...)  the ingest, per batch of documents
+    queue_exposition(depths)       GET /metrics: the dramatiq queues' depths, read at scrape time
     exposition() -> bytes          the web process's GET /metrics (text format 0.0.4)
 
 Every process of a stack (web, the workers' forked processes) writes its samples to files in
@@ -23,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from prometheus_client import (
@@ -35,6 +38,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from store.events import (
     AnswerCompleted,
@@ -99,6 +104,18 @@ APPROVALS_DECIDED = Counter(
     "docent_approvals_decided", "Approvals settled by outcome (approved, denied, expired).", ["outcome"]
 )
 APPROVAL_OUTCOMES = ("approved", "denied", "expired")
+
+FANOUT_LAG = Histogram(
+    "docent_fanout_lag_seconds", "From a live entry's append (its stream id) to its delivery to the sockets.",
+    ["stream"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)  # fmt: skip
+INGEST_DOCUMENTS = Counter(
+    "docent_ingest_documents", "Documents ingested, by outcome (indexed, unchanged, failed, ...).", ["status"]
+)
+INGEST_ENTRIES = Counter(
+    "docent_ingest_entries", "Index entries the ingest embedded (not reused) and wrote.", ["kind"]
+)
+QUEUE_STATES = ("ready", "delayed", "dead")
 
 # -- quality signals (workers) ----------------------------------------------------------------------------
 ANSWERS = Counter(
@@ -229,6 +246,41 @@ def _observe_answer(event: AnswerCompleted, *, now_ms: int, asked_at_ms: int, ro
 def observe_first_token(route: str, *, now_ms: int, asked_at_ms: int) -> None:
     if asked_at_ms and route:
         ASK_FIRST_TOKEN.labels(route).observe(max(0, now_ms - asked_at_ms) / 1000)
+
+
+def observe_fanout(key: str, entry_ms: int, now_ms: int) -> None:
+    stream = "conversation" if key.startswith("conv:") else "room" if key.startswith("room:") else "other"
+    FANOUT_LAG.labels(stream).observe(max(0, now_ms - entry_ms) / 1000)
+
+
+def observe_ingest(statuses: Iterable[str], *, embedded: int, written: int) -> None:
+    for status in statuses:
+        INGEST_DOCUMENTS.labels(status).inc()
+    if embedded:
+        INGEST_ENTRIES.labels("embedded").inc(embedded)
+    if written:
+        INGEST_ENTRIES.labels("written").inc(written)
+
+
+def queue_exposition(depths: Mapping[tuple[str, str], int]) -> bytes:
+    """`docent_queue_messages{queue, state}` read at scrape time (the web process reads the broker's keys)."""
+    family = GaugeMetricFamily(
+        "docent_queue_messages", "Messages in the dramatiq queues: ready, delayed, dead-lettered.",
+        labels=["queue", "state"],
+    )  # fmt: skip
+    for (queue, state), count in sorted(depths.items()):
+        family.add_metric([queue, state], count)
+    registry = CollectorRegistry()
+    registry.register(_Fixed([family]))
+    return generate_latest(registry)
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
 
 
 def observe_retrieval(timings_ms: Mapping[str, float]) -> None:

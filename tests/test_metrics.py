@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from actors.ingestion import ingest_documents
 from actors.testing import ScriptedLLMThread
 from index.embed import load_embedder
 from index.ingest import Ingestor
@@ -32,8 +34,9 @@ from store.events import (
 from store.metrics import MULTIPROC_ENV
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE
-from tests.server_proc import LocalAddress, ServerProcess, server_env
+from tests.server_proc import LocalAddress, ServerProcess, StreamWriter, server_env
 from tests.stack_proc import Stack
+from tests.test_server_ws import ask, open_chat, recv, token
 
 TENANT = "default"
 POLICY = b"# Travel policy\n\nReceipts for flights go to the finance team within thirty days of travel.\n"
@@ -200,3 +203,41 @@ def test_an_allowed_scraper_needs_no_key_and_a_bad_allow_setting_stops_the_web_p
     bad = ServerProcess(server_env(redis_url, tmp_path / "c", metrics_allow="not-a-network"))
     with pytest.raises(RuntimeError, match="server exited"):
         bad.start()
+
+
+async def test_queue_depths_fanout_lag_and_ingest_are_exposed(redis_url: str, tmp_path: Path) -> None:
+    """A real web process: an ask leaves an `advance` on the conversation queue (no worker here), a live
+    delta reaches the socket (fan-out lag), and the queues' depths are read at scrape time."""
+    env = server_env(redis_url, tmp_path / "web", metrics_allow="127.0.0.1")
+    with ServerProcess(env, app="server.app:create_app") as web:
+        ws, ready = await open_chat(web, token(web, "quinn"))
+        await ws.send(ask("how deep is the queue?", "q1"))
+        assert (await recv(ws))["type"] == "accepted"
+        StreamWriter(redis.Redis.from_url(redis_url), ready["conversation_id"]).delta("hi", 1)
+        assert (await recv(ws))["type"] == "delta"
+        await ws.close()
+        status, _, text = await asyncio.to_thread(_scrape, web, None)
+    assert status == 200
+    families = _samples(text)
+    queues = families["docent_queue_messages"]
+    assert {(s.labels["queue"], s.labels["state"]) for s in queues} == {
+        (q, state)
+        for q in ("conversation", "approvals", "ingest", "reindex")
+        for state in ("ready", "delayed", "dead")
+    }
+    assert _value(queues, "docent_queue_messages", queue="conversation", state="ready") >= 1
+    lag = families["docent_fanout_lag_seconds"]
+    assert _value(lag, "docent_fanout_lag_seconds_count", stream="conversation") >= 1
+
+
+def test_ingest_progress_is_counted(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"DOCENT_DATA_DIR": str(tmp_path), "DOCENT_MODEL_DIR": str(MODEL_CACHE), "DOCENT_EMBED_MODEL": "hash"}
+    )
+    before = _sample("docent_ingest_documents_total", status="indexed")
+    embedded = _sample("docent_ingest_entries_total", kind="embedded")
+    outcomes = ingest_documents(settings, [("travel-policy", {"data": POLICY, "fmt": "md"})])
+    assert [o.status for o in outcomes] == ["indexed"]
+    assert _sample("docent_ingest_documents_total", status="indexed") == before + 1
+    assert outcomes[0].embedded > 0
+    assert _sample("docent_ingest_entries_total", kind="embedded") == embedded + outcomes[0].embedded

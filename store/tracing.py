@@ -112,6 +112,11 @@ def context_of(value: str) -> Context | None:
     return context if trace.get_current_span(context).get_span_context().is_valid else None
 
 
+def provider() -> object | None:
+    """The SDK TracerProvider in use (None when tracing is off)."""
+    return _state.get("provider")
+
+
 def shutdown() -> None:
     provider = _state.get("provider")
     if provider is not None:

@@ -1,8 +1,10 @@
-"""What a turn spends, per tenant, user and day (`store.usage`), and the daily budgets (`store.budgets`).
+"""What a turn spends and how it went, per tenant, user and day (`store.usage`); the daily budgets.
 
     spend = Spend(settings)
     spend.observe(principal, event)   after each appended event: TurnStarted counts a turn, LLMCompleted
-                                      its tokens and cost, for the turn's tenant and user, on the event's day
+                                      its tokens and cost, for the turn's tenant and user, on the event's
+                                      day; answers, retrievals and ratings count the tenant's quality
+                                      signals (uncited answers, unsupported sentences, ...)
     spend.overspent(principal, now)   before a model call: the spent budget (store.budgets.Overspend) when
                                       the tenant or the user is over one; None (and no read) without budgets
 
@@ -16,7 +18,7 @@ from functools import lru_cache
 
 from index.types import Principal
 from store.budgets import Overspend, load_budgets
-from store.events import Event, LLMCompleted, TurnStarted
+from store.events import AnswerCompleted, Event, Feedback, LLMCompleted, RetrievalDone, TurnStarted
 from store.exceptions import DocentError
 from store.settings import Settings
 from store.usage import UsageLedger, day_of
@@ -29,6 +31,24 @@ def _ledger(redis_url: str) -> UsageLedger:
     return UsageLedger.from_url(redis_url)
 
 
+def counted(event: Event) -> dict[str, int | float]:
+    """What an appended event adds to its tenant's (and user's) day (store.usage FIELDS)."""
+    match event:
+        case TurnStarted():
+            return {"turns": 1}
+        case LLMCompleted():
+            return {"tokens_in": event.tokens_in, "tokens_out": event.tokens_out, "cost_usd": event.cost_usd}
+        case AnswerCompleted():
+            uncited = 0 if event.citations else 1
+            return {"answers": 1, "uncited_answers": uncited, "unsupported_sentences": len(event.unsupported)}
+        case RetrievalDone() if not event.chunk_ids:
+            return {"no_passage_retrievals": 1}
+        case Feedback():
+            return {f"feedback_{event.rating}": 1}
+        case _:
+            return {}
+
+
 class Spend:
     def __init__(self, settings: Settings) -> None:
         self.ledger = _ledger(settings.redis_url) if settings.redis_url else None
@@ -37,17 +57,12 @@ class Spend:
     def observe(self, principal: Principal, event: Event) -> None:
         if self.ledger is None:
             return
-        match event:
-            case TurnStarted():
-                amounts = {"turns": 1}
-            case LLMCompleted():
-                amounts = {"tokens_in": event.tokens_in, "tokens_out": event.tokens_out}
-            case _:
-                return
+        amounts = counted(event)
+        if not amounts:
+            return
         tenant, user = principal.tenant, principal.user
-        cost = event.cost_usd if isinstance(event, LLMCompleted) else 0.0
         try:
-            self.ledger.record(tenant, user, day_of(event.at_ms), cost_usd=cost, **amounts)
+            self.ledger.record(tenant, user, day_of(event.at_ms), **amounts)
         except DocentError as exc:
             log.warning("usage of %s/%s not recorded: %s", tenant, user, exc.code)
 

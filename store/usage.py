@@ -1,7 +1,8 @@
 """Token, cost and turn accounting per tenant, user and UTC day, in Redis counters.
 
-    usage:{<tenant>}:<day>        hash: tokens_in, tokens_out, cost_usd, turns (the tenant's day)
-    usage:{<tenant>}:<day>:users  hash: `<user>:<field>` for the same four fields, per user
+    usage:{<tenant>}:<day>        hash: tokens_in, tokens_out, cost_usd, turns (the tenant's day), and the
+                                  tenant's quality signals (QUALITY_FIELDS: answers, uncited answers, ...)
+    usage:{<tenant>}:<day>:users  hash: `<user>:<field>` for the four spend fields, per user
     usage:tenants:<day>           set: the tenants with usage that day (what GET /admin/usage lists)
 
 `<day>` is `YYYY-MM-DD` (UTC). A record moves the tenant's and the user's figures in one MULTI (both keys
@@ -10,7 +11,7 @@ key expires `RETENTION_DAYS` after its last write. The conversation actor record
 event that carries the usage (`LLMCompleted`, `TurnStarted`): a worker killed between the two loses that
 record, it never counts one twice.
 
-    record_plan(tenant, user, day, tokens_in=..., tokens_out=..., cost_usd=..., turns=...)
+    record_plan(tenant, user, day, {"tokens_in": ..., "answers": 1, ...})
     totals_plan(tenant, user, day) -> (the tenant's Usage, the user's Usage)
     report_plan(days, tenant=None, user=None, max_rows=...) -> Report
     UsageLedger (blocking: workers) / AsyncUsageLedger (the web process) run them
@@ -19,6 +20,7 @@ record, it never counts one twice.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -29,7 +31,14 @@ import redis.asyncio as aredis
 from store.exceptions import InputError, Unavailable
 from store.scripts import AsyncRunner, Batch, Call, Plan, SyncRunner, key_part, text
 
-FIELDS = ("tokens_in", "tokens_out", "cost_usd", "turns")
+SPEND_FIELDS = ("tokens_in", "tokens_out", "cost_usd", "turns")  # per tenant and per user
+# Quality signals, per tenant only (a user's answers are not graded here): answers, those citing nothing,
+# unsupported sentences (post-hoc attribution), Q&A retrievals with nothing readable, ratings.
+QUALITY_FIELDS = (
+    "answers", "uncited_answers", "unsupported_sentences", "no_passage_retrievals", "feedback_up",
+    "feedback_down",
+)  # fmt: skip
+FIELDS = SPEND_FIELDS + QUALITY_FIELDS
 RETENTION_DAYS = 400
 RETENTION_S = RETENTION_DAYS * 86_400
 MAX_REPORT_DAYS = 31
@@ -43,21 +52,27 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     tokens_out: int = 0
     cost_usd: float = 0.0
     turns: int = 0
+    answers: int = 0
+    uncited_answers: int = 0
+    unsupported_sentences: int = 0
+    no_passage_retrievals: int = 0
+    feedback_up: int = 0
+    feedback_down: int = 0
 
     @property
     def tokens(self) -> int:
         return self.tokens_in + self.tokens_out
 
+    @property
+    def empty(self) -> bool:
+        return not any(getattr(self, name) for name in FIELDS)
 
-class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
+
+class UsageRow(Usage, frozen=True, kw_only=True):
     day: str
     tenant: str
-    user: str  # "" for the tenant's total
-    tokens_in: int
-    tokens_out: int
-    tokens: int
-    cost_usd: float
-    turns: int
+    user: str  # "" for the tenant's total (the quality fields are the tenant's only)
+    tokens: int = 0
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,32 +113,30 @@ def tenants_key(day: str) -> str:
     return f"usage:tenants:{day}"
 
 
-def _usage(values: list[Any]) -> Usage:
-    tokens_in, tokens_out, cost, turns = (text(v) if v is not None else "0" for v in values)
-    return Usage(tokens_in=int(tokens_in), tokens_out=int(tokens_out), cost_usd=float(cost), turns=int(turns))
+def _usage(values: list[Any], fields: tuple[str, ...] = FIELDS) -> Usage:
+    parsed: dict[str, int | float] = {}
+    for name, value in zip(fields, values, strict=True):
+        if value is not None:
+            parsed[name] = float(text(value)) if name == "cost_usd" else int(text(value))
+    return Usage(**parsed)  # type: ignore[arg-type]
 
 
-def _increments(tokens_in: int, tokens_out: int, cost_usd: float, turns: int) -> dict[str, int | float]:
-    values: dict[str, int | float] = {
-        "tokens_in": tokens_in, "tokens_out": tokens_out, "cost_usd": cost_usd, "turns": turns
-    }  # fmt: skip
-    return {name: value for name, value in values.items() if value}
-
-
-def record_plan(
-    tenant: str, user: str, day: str, *, tokens_in: int = 0, tokens_out: int = 0, cost_usd: float = 0.0,
-    turns: int = 0,
-) -> Plan[None]:  # fmt: skip
-    increments = _increments(tokens_in, tokens_out, max(0.0, cost_usd), turns)
+def record_plan(tenant: str, user: str, day: str, amounts: Mapping[str, int | float]) -> Plan[None]:
+    """Add `amounts` (names from FIELDS) to the tenant's day, and the spend ones to the user's day too."""
+    unknown = set(amounts) - set(FIELDS)
+    if unknown:
+        raise InputError(f"unknown usage fields {sorted(unknown)}", field="amounts")
+    increments = {name: value for name, value in amounts.items() if value and value > 0}
     if not increments:
         return
     key, per_user = usage_key(tenant, day), users_key(tenant, day)  # a user is a field name: any text
 
     def queue(pipe: Any) -> None:
         for name, value in increments.items():
-            add = pipe.hincrbyfloat if isinstance(value, float) else pipe.hincrby
+            add = pipe.hincrbyfloat if name == "cost_usd" else pipe.hincrby
             add(key, name, value)
-            add(per_user, f"{user}:{name}", value)
+            if name in SPEND_FIELDS:
+                add(per_user, f"{user}:{name}", value)
         pipe.expire(key, RETENTION_S)
         pipe.expire(per_user, RETENTION_S)
 
@@ -138,17 +151,15 @@ def record_plan(
 def totals_plan(tenant: str, user: str, day: str) -> Plan[tuple[Usage, Usage]]:
     def queue(pipe: Any) -> None:
         pipe.hmget(usage_key(tenant, day), list(FIELDS))
-        pipe.hmget(users_key(tenant, day), [f"{user}:{f}" for f in FIELDS])
+        pipe.hmget(users_key(tenant, day), [f"{user}:{f}" for f in SPEND_FIELDS])
 
     replies = yield Batch(queue, transaction=False)
-    return _usage(replies[0]), _usage(replies[1])
+    return _usage(replies[0]), _usage(replies[1], SPEND_FIELDS)
 
 
 def _row(day: str, tenant: str, user: str, usage: Usage) -> UsageRow:
-    return UsageRow(
-        day=day, tenant=tenant, user=user, tokens_in=usage.tokens_in, tokens_out=usage.tokens_out,
-        tokens=usage.tokens, cost_usd=round(usage.cost_usd, 6), turns=usage.turns,
-    )  # fmt: skip
+    fields = msgspec.structs.asdict(usage) | {"cost_usd": round(usage.cost_usd, 6)}
+    return UsageRow(day=day, tenant=tenant, user=user, tokens=usage.tokens, **fields)
 
 
 def _user_rows(day: str, tenant: str, fields: dict[Any, Any]) -> list[UsageRow]:
@@ -157,7 +168,7 @@ def _user_rows(day: str, tenant: str, fields: dict[Any, Any]) -> list[UsageRow]:
         user, _, field = text(name).rpartition(":")
         by_user.setdefault(user, {})[field] = value
     return [
-        _row(day, tenant, user, _usage([values.get(f) for f in FIELDS]))
+        _row(day, tenant, user, _usage([values.get(f) for f in SPEND_FIELDS], SPEND_FIELDS))
         for user, values in sorted(by_user.items())
     ]
 
@@ -176,14 +187,14 @@ def report_plan(
             tenants = sorted(text(m) for m in members)
         for name in tenants:
             total, mine = yield from totals_plan(name, user or "-", day)
-            if total.turns or total.tokens or total.cost_usd:
+            if not total.empty:
                 rows.append(_row(day, name, "", total))
             if user is not None:
-                if mine.turns or mine.tokens or mine.cost_usd:
+                if not mine.empty:
                     rows.append(_row(day, name, user, mine))
                 continue
             room = max(0, max_rows - len(rows))
-            fields, more = yield from _scan_users(users_key(name, day), room * len(FIELDS))
+            fields, more = yield from _scan_users(users_key(name, day), room * len(SPEND_FIELDS))
             user_rows = _user_rows(day, name, fields)
             truncated = truncated or more or len(user_rows) > room
             rows.extend(user_rows[:room])
@@ -221,8 +232,8 @@ class UsageLedger:
     def from_url(cls, url: str) -> UsageLedger:
         return cls(redis.Redis.from_url(url))
 
-    def record(self, tenant: str, user: str, day: str, **amounts: Any) -> None:
-        self._run(record_plan(tenant, user, day, **amounts))
+    def record(self, tenant: str, user: str, day: str, **amounts: int | float) -> None:
+        self._run(record_plan(tenant, user, day, amounts))
 
     def totals(self, tenant: str, user: str, day: str) -> tuple[Usage, Usage]:
         return self._run(totals_plan(tenant, user, day))

@@ -200,8 +200,13 @@ async def test_an_ask_over_budget_is_refused_and_nothing_is_posted(
     assert status == 200
     assert body["days"] == [day_of(now_ms())]
     (mine,) = [row for row in body["rows"] if row["user"] == user]
-    assert mine == {"day": body["days"][0], "tenant": "acme", "user": user, "tokens_in": 3, "tokens_out": 0,
-                    "tokens": 3, "cost_usd": 0.0, "turns": 1}  # fmt: skip
+    spend = {
+        k: mine[k]
+        for k in ("day", "tenant", "user", "tokens_in", "tokens_out", "tokens", "cost_usd", "turns")
+    }
+    assert spend == {"day": body["days"][0], "tenant": "acme", "user": user, "tokens_in": 3, "tokens_out": 0,
+                     "tokens": 3, "cost_usd": 0.0, "turns": 1}  # fmt: skip
+    assert mine["answers"] == 0  # quality signals are the tenant's only
     status, everyone = _get(web, "/admin/usage")  # the operator: every tenant
     assert status == 200 and any(row["tenant"] == "acme" and row["user"] == "" for row in everyone["rows"])
     assert _get(web, "/admin/usage", key=None)[0] == 401

@@ -25,6 +25,7 @@ from actors.runtime import Runtime
 from actors.testing import ScriptedLLMThread
 from server.auth import mint_token
 from store.events import AnswerCompleted, Citation, Feedback, UserMessage
+from store.usage import UsageLedger, day_of
 from tests.server_proc import ServerProcess, StreamWriter, server_env
 from tests.test_browser import CHROMIUM, SCREENSHOTS, WAIT_MS
 from tests.test_browser import browser as browser  # the headless Chromium fixture
@@ -137,6 +138,8 @@ def test_the_actor_logs_a_rating_on_its_turn_and_counts_it(worker: Runtime) -> N
     answers = sum(_sample("docent_answers_total", route="qa", cited=c) for c in ("true", "false"))
     assert answers == answers_before + 1
     assert _sample("docent_retrievals_total", outcome="passages") >= 1
+    tenant_day, _ = UsageLedger(worker.log.client).totals(TENANT, "alice", day_of(rated.at_ms))
+    assert tenant_day.answers >= 1 and tenant_day.feedback_down >= 1  # the tenant's quality signals
 
 
 # -- the widget ---------------------------------------------------------------------------------------------

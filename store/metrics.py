@@ -6,7 +6,8 @@
     observe_retrieval(timings_ms)  the actor, with the Searcher's per-stage timings
     observe_fanout(key, ms, now)   the web process's hub, per live entry delivered to sockets
     observe_ingest(statuses, ...)  the ingest, per batch of documents
-    queue_exposition(depths)       GET /metrics: the dramatiq queues' depths, read at scrape time
+    observe_redis_error(exc)       store.scripts / store.redis, at every Redis failure they translate
+    scrape_exposition(...)         GET /metrics: queue depths and reindex progress, read at scrape time
     exposition() -> bytes          the web process's GET /metrics (text format 0.0.4)
 
 Every process of a stack (web, the workers' forked processes) writes its samples to files in
@@ -29,6 +30,7 @@ import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import msgspec
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -116,6 +118,10 @@ INGEST_ENTRIES = Counter(
     "docent_ingest_entries", "Index entries the ingest embedded (not reused) and wrote.", ["kind"]
 )
 QUEUE_STATES = ("ready", "delayed", "dead")
+REDIS_ERRORS = Counter(
+    "docent_redis_errors", "Redis calls that failed, by the client's error class (ConnectionError, ...).",
+    ["error"],
+)  # fmt: skip
 
 # -- quality signals (workers) ----------------------------------------------------------------------------
 ANSWERS = Counter(
@@ -248,6 +254,10 @@ def observe_first_token(route: str, *, now_ms: int, asked_at_ms: int) -> None:
         ASK_FIRST_TOKEN.labels(route).observe(max(0, now_ms - asked_at_ms) / 1000)
 
 
+def observe_redis_error(exc: BaseException) -> None:
+    REDIS_ERRORS.labels(type(exc).__name__).inc()
+
+
 def observe_fanout(key: str, entry_ms: int, now_ms: int) -> None:
     stream = "conversation" if key.startswith("conv:") else "room" if key.startswith("room:") else "other"
     FANOUT_LAG.labels(stream).observe(max(0, now_ms - entry_ms) / 1000)
@@ -262,16 +272,36 @@ def observe_ingest(statuses: Iterable[str], *, embedded: int, written: int) -> N
         INGEST_ENTRIES.labels("written").inc(written)
 
 
-def queue_exposition(depths: Mapping[tuple[str, str], int]) -> bytes:
-    """`docent_queue_messages{queue, state}` read at scrape time (the web process reads the broker's keys)."""
-    family = GaugeMetricFamily(
+class ReindexProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """The running reindex job's progress, as the web process reads it from Redis at scrape time."""
+
+    docs_done: int
+    docs_total: int
+    chunks_per_s: float
+
+
+def scrape_exposition(depths: Mapping[tuple[str, str], int], reindex: ReindexProgress | None) -> bytes:
+    """What GET /metrics reads from Redis when it is scraped: the dramatiq queues' depths
+    (`docent_queue_messages{queue, state}`) and the running reindex's progress (`docent_reindex_*`)."""
+    queues = GaugeMetricFamily(
         "docent_queue_messages", "Messages in the dramatiq queues: ready, delayed, dead-lettered.",
         labels=["queue", "state"],
     )  # fmt: skip
     for (queue, state), count in sorted(depths.items()):
-        family.add_metric([queue, state], count)
+        queues.add_metric([queue, state], count)
+    running = GaugeMetricFamily(
+        "docent_reindex_running", "1 while a reindex job runs.", value=int(bool(reindex))
+    )
+    documents = GaugeMetricFamily(
+        "docent_reindex_documents", "The running reindex's documents, done and total.", labels=["state"]
+    )
+    rate = GaugeMetricFamily("docent_reindex_chunks_per_second", "The running reindex's embedding rate.")
+    if reindex is not None:
+        documents.add_metric(["done"], reindex.docs_done)
+        documents.add_metric(["total"], reindex.docs_total)
+        rate.add_metric([], reindex.chunks_per_s)
     registry = CollectorRegistry()
-    registry.register(_Fixed([family]))
+    registry.register(_Fixed([queues, running, documents, rate]))
     return generate_latest(registry)
 
 

@@ -21,8 +21,9 @@ from actors.ingestion import ingest_documents
 from actors.testing import ScriptedLLMThread
 from index.embed import load_embedder
 from index.ingest import Ingestor
+from index.reindex.jobs import ReindexJob, save_job
 from server.auth import ensure_admin_key, mint_token
-from store import metrics
+from store import keys, metrics
 from store.events import (
     AnswerCompleted,
     ApprovalDecided,
@@ -31,7 +32,10 @@ from store.events import (
     LLMFailed,
     ToolResult,
 )
+from store.exceptions import Unavailable
 from store.metrics import MULTIPROC_ENV
+from store.redis import free_port
+from store.scripts import Call, Plan, SyncRunner
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE
 from tests.server_proc import LocalAddress, ServerProcess, StreamWriter, server_env
@@ -209,14 +213,25 @@ async def test_queue_depths_fanout_lag_and_ingest_are_exposed(redis_url: str, tm
     """A real web process: an ask leaves an `advance` on the conversation queue (no worker here), a live
     delta reaches the socket (fan-out lag), and the queues' depths are read at scrape time."""
     env = server_env(redis_url, tmp_path / "web", metrics_allow="127.0.0.1")
+    client = redis.Redis.from_url(redis_url)
+    job = ReindexJob(id="job-metrics", model="hash", new_version="v2", old_version="v1", chunk_tokens=256,
+                     chunk_overlap=32, rechunk=False, status="building", docs_total=60, docs_done=15,
+                     chunks_per_s=27.5)  # fmt: skip
     with ServerProcess(env, app="server.app:create_app") as web:
         ws, ready = await open_chat(web, token(web, "quinn"))
         await ws.send(ask("how deep is the queue?", "q1"))
         assert (await recv(ws))["type"] == "accepted"
-        StreamWriter(redis.Redis.from_url(redis_url), ready["conversation_id"]).delta("hi", 1)
+        StreamWriter(client, ready["conversation_id"]).delta("hi", 1)
         assert (await recv(ws))["type"] == "delta"
         await ws.close()
-        status, _, text = await asyncio.to_thread(_scrape, web, None)
+        idle = _samples((await asyncio.to_thread(_scrape, web, None))[2])
+        assert _value(idle["docent_reindex_running"], "docent_reindex_running") == 0
+        save_job(client, job, publish=False)
+        client.set(keys.REINDEX_CURRENT, job.id)
+        try:
+            status, _, text = await asyncio.to_thread(_scrape, web, None)
+        finally:
+            client.delete(keys.REINDEX_CURRENT, keys.reindex_job(job.id))
     assert status == 200
     families = _samples(text)
     queues = families["docent_queue_messages"]
@@ -226,6 +241,11 @@ async def test_queue_depths_fanout_lag_and_ingest_are_exposed(redis_url: str, tm
         for state in ("ready", "delayed", "dead")
     }
     assert _value(queues, "docent_queue_messages", queue="conversation", state="ready") >= 1
+    assert _value(families["docent_reindex_running"], "docent_reindex_running") == 1
+    reindex = families["docent_reindex_documents"]
+    assert _value(reindex, "docent_reindex_documents", state="done") == 15
+    assert _value(reindex, "docent_reindex_documents", state="total") == 60
+    assert _value(families["docent_reindex_chunks_per_second"], "docent_reindex_chunks_per_second") == 27.5
     lag = families["docent_fanout_lag_seconds"]
     assert _value(lag, "docent_fanout_lag_seconds_count", stream="conversation") >= 1
 
@@ -241,3 +261,15 @@ def test_ingest_progress_is_counted(tmp_path: Path) -> None:
     assert _sample("docent_ingest_documents_total", status="indexed") == before + 1
     assert outcomes[0].embedded > 0
     assert _sample("docent_ingest_entries_total", kind="embedded") == embedded + outcomes[0].embedded
+
+
+def test_redis_failures_are_counted_by_error_class() -> None:
+    before = _sample("docent_redis_errors_total", error="ConnectionError")
+    runner = SyncRunner(redis.Redis(port=free_port(), socket_connect_timeout=0.2), unavailable=Unavailable)
+    with pytest.raises(Unavailable):
+        runner.run(_ping())
+    assert _sample("docent_redis_errors_total", error="ConnectionError") == before + 1
+
+
+def _ping() -> Plan[Any]:
+    return (yield Call(lambda r: r.ping()))

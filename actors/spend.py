@@ -69,6 +69,5 @@ class Spend:
     def overspent(self, principal: Principal, now_ms: int) -> Overspend | None:
         if self.budgets is None or self.ledger is None:
             return None
-        tenant, user = principal.tenant, principal.user
-        tenant_usage, user_usage = self.ledger.totals(tenant, user, day_of(now_ms))
-        return self.budgets.overspent(tenant, tenant_usage, user_usage, now_ms)
+        spending = self.ledger.spending(principal.tenant, principal.user, now_ms)
+        return self.budgets.overspent(principal.tenant, spending, now_ms)

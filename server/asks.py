@@ -3,7 +3,7 @@
     await submit_ask(services, meta, principal, text, mode, client_message_id)
 
 The caller has already checked that `principal` owns `meta`. The text is checked (not empty, at most
-`max_question_chars`), the ask bucket is taken, the daily budgets are checked (`store.budgets`: over one,
+`max_question_chars`), the ask bucket is taken, the budgets are checked (`store.budgets`: over one,
 `budget_exceeded` and nothing is written), the first ask creates the conversation, and the user message goes
 to the actor's inbox (deduplicated by `client_message_id`) with a wake-up, carrying the `ask` span's
 `traceparent` when tracing is on.
@@ -24,7 +24,7 @@ from store.clock import now_ms
 from store.conversations import ConversationMeta
 from store.events import Mode, UserMessage
 from store.exceptions import FrameError
-from store.usage import AsyncUsageLedger, day_of
+from store.usage import AsyncUsageLedger
 
 if TYPE_CHECKING:
     from server.services import Services
@@ -60,8 +60,8 @@ async def check_budget(services: Services, me: Principal) -> None:
     if budgets is None:
         return
     now = now_ms()
-    tenant_usage, user_usage = await AsyncUsageLedger(services.redis).totals(me.tenant, me.user, day_of(now))
-    over = budgets.overspent(me.tenant, tenant_usage, user_usage, now)
+    spending = await AsyncUsageLedger(services.redis).spending(me.tenant, me.user, now)
+    over = budgets.overspent(me.tenant, spending, now)
     if over is not None:
         raise over.error()
 

@@ -1,21 +1,23 @@
-"""Daily budgets per tenant and per user, checked against `store.usage` before any model call.
+"""Daily and monthly budgets per tenant and per user, checked against `store.usage` before any model call.
 
 A budgets file (`DOCENT_BUDGETS_PATH`, JSON or TOML) sets, for every tenant (`[default]`) and for named
 tenants (`[tenants.<name>]`, which override the default field by field), the tenant's whole day
-(`tenant`) and each of its users' day (`user`, the per-user default):
+(`tenant`) and each of its users' day (`user`, the per-user default), and the same per UTC month:
 
     [default.user]
     tokens_per_day = 200000
     cost_usd_per_day = 2.0
     [tenants.acme.tenant]
     cost_usd_per_day = 50.0
+    cost_usd_per_month = 1000.0
 
 A missing field, or 0, is no limit. Over a budget, a new ask is refused (`BudgetExceeded`, code
-`budget_exceeded`, with `retry_after_ms` until the next UTC day) and a run in progress stops before its next
-model call with a `limit_reached` event (`limit: "budget"`) that hands off to a human, as the run caps do.
+`budget_exceeded`, with `retry_after_ms` until the budget renews: the next UTC day or month) and a run in
+progress stops before its next model call with a `limit_reached` event (`limit: "budget"`) that hands off
+to a human, as the run caps do.
 
     budgets = load_budgets(settings)             None when no file is set (nothing is checked)
-    over = budgets.overspent(tenant, tenant_usage, user_usage, now_ms)   -> Overspend | None
+    over = budgets.overspent(tenant, spending, now_ms)   -> Overspend | None (store.usage.Spending)
     raise over.error()                           BudgetExceeded: code budget_exceeded, retry_after_ms
 """
 
@@ -30,15 +32,17 @@ import msgspec
 from store.config_file import load_config_file
 from store.exceptions import BudgetExceeded
 from store.settings import Settings
-from store.usage import Usage, ms_until_next_day
+from store.usage import Spending, Usage, ms_until_next_day, ms_until_next_month
 
 Scope = Literal["tenant", "user"]
-LimitName = Literal["tokens_per_day", "cost_usd_per_day"]
+LimitName = Literal["tokens_per_day", "cost_usd_per_day", "tokens_per_month", "cost_usd_per_month"]
 
 
 class Budget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     tokens_per_day: Annotated[int, msgspec.Meta(ge=0)] | None = None
     cost_usd_per_day: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    tokens_per_month: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    cost_usd_per_month: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 class TenantBudgets(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -52,12 +56,9 @@ class BudgetsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 def _merged(own: Budget, default: Budget) -> Budget:
-    return Budget(
-        tokens_per_day=own.tokens_per_day if own.tokens_per_day is not None else default.tokens_per_day,
-        cost_usd_per_day=own.cost_usd_per_day
-        if own.cost_usd_per_day is not None
-        else default.cost_usd_per_day,
-    )
+    """`own`'s limits, each missing one taken from `default`."""
+    fields = {name: getattr(own, name) for name in Budget.__struct_fields__}
+    return Budget(**{name: getattr(default, name) if v is None else v for name, v in fields.items()})
 
 
 class Overspend(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,21 +71,25 @@ class Overspend(msgspec.Struct, frozen=True, kw_only=True):
     retry_after_ms: int
 
     def error(self) -> BudgetExceeded:
+        renews = "00:00 UTC" if self.limit.endswith("_day") else "the first of next month (UTC)"
         return BudgetExceeded(
-            f"the {self.scope}'s daily budget is spent ({self.limit} {self.cap:g}); it renews at 00:00 UTC",
+            f"the {self.scope}'s budget is spent ({self.limit} {self.cap:g}); it renews at {renews}",
             **msgspec.structs.asdict(self),
         )
 
 
-def _over(scope: Scope, budget: Budget, usage: Usage, now_ms: int) -> Overspend | None:
-    limit: LimitName
-    if budget.tokens_per_day and usage.tokens >= budget.tokens_per_day:
-        limit, used, cap = "tokens_per_day", float(usage.tokens), float(budget.tokens_per_day)
-    elif budget.cost_usd_per_day and usage.cost_usd >= budget.cost_usd_per_day:
-        limit, used, cap = "cost_usd_per_day", round(usage.cost_usd, 6), budget.cost_usd_per_day
-    else:
-        return None
-    return Overspend(scope=scope, limit=limit, used=used, cap=cap, retry_after_ms=ms_until_next_day(now_ms))
+def _over(scope: Scope, budget: Budget, day: Usage, month: Usage, now_ms: int) -> Overspend | None:
+    checks: tuple[tuple[LimitName, float, float | None, int], ...] = (
+        ("tokens_per_day", day.tokens, budget.tokens_per_day, ms_until_next_day(now_ms)),
+        ("cost_usd_per_day", day.cost_usd, budget.cost_usd_per_day, ms_until_next_day(now_ms)),
+        ("tokens_per_month", month.tokens, budget.tokens_per_month, ms_until_next_month(now_ms)),
+        ("cost_usd_per_month", month.cost_usd, budget.cost_usd_per_month, ms_until_next_month(now_ms)),
+    )
+    for limit, used, cap, renews_in_ms in checks:
+        if cap and used >= cap:
+            return Overspend(scope=scope, limit=limit, used=round(float(used), 6), cap=float(cap),
+                             retry_after_ms=renews_in_ms)  # fmt: skip
+    return None
 
 
 class Budgets:
@@ -98,10 +103,10 @@ class Budgets:
             return default
         return TenantBudgets(tenant=_merged(own.tenant, default.tenant), user=_merged(own.user, default.user))
 
-    def overspent(self, tenant: str, tenant_usage: Usage, user_usage: Usage, now_ms: int) -> Overspend | None:
+    def overspent(self, tenant: str, spent: Spending, now_ms: int) -> Overspend | None:
         budgets = self.for_tenant(tenant)
-        return _over("tenant", budgets.tenant, tenant_usage, now_ms) or _over(
-            "user", budgets.user, user_usage, now_ms
+        return _over("tenant", budgets.tenant, spent.tenant_day, spent.tenant_month, now_ms) or _over(
+            "user", budgets.user, spent.user_day, spent.user_month, now_ms
         )
 
 

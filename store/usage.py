@@ -3,6 +3,7 @@
     usage:{<tenant>}:<day>        hash: tokens_in, tokens_out, cost_usd, turns (the tenant's day), and the
                                   tenant's quality signals (QUALITY_FIELDS: answers, uncited answers, ...)
     usage:{<tenant>}:<day>:users  hash: `<user>:<field>` for the four spend fields, per user
+    usage:{<tenant>}:<YYYY-MM>[:users]   the same four spend fields per month (the monthly budgets)
     usage:tenants:<day>           set: the tenants with usage that day (what GET /admin/usage lists)
 
 `<day>` is `YYYY-MM-DD` (UTC). A record moves the tenant's and the user's figures in one MULTI (both keys
@@ -13,6 +14,7 @@ record, it never counts one twice.
 
     record_plan(tenant, user, day, {"tokens_in": ..., "answers": 1, ...})
     totals_plan(tenant, user, day) -> (the tenant's Usage, the user's Usage)
+    spending_plan(tenant, user, now_ms) -> Spending: the day and the month so far (what budgets check)
     report_plan(days, tenant=None, user=None, max_rows=...) -> Report
     UsageLedger (blocking: workers) / AsyncUsageLedger (the web process) run them
 """
@@ -75,6 +77,15 @@ class UsageRow(Usage, frozen=True, kw_only=True):
     tokens: int = 0
 
 
+class Spending(msgspec.Struct, frozen=True, kw_only=True):
+    """What the budgets are checked against: the tenant's and the user's day and month so far."""
+
+    tenant_day: Usage
+    user_day: Usage
+    tenant_month: Usage
+    user_month: Usage
+
+
 class Report(msgspec.Struct, frozen=True, kw_only=True):
     days: list[str]
     rows: list[UsageRow]
@@ -83,6 +94,16 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
 
 def day_of(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date().isoformat()
+
+
+def month_of(day: str) -> str:
+    return day[:7]  # YYYY-MM
+
+
+def ms_until_next_month(ms: int) -> int:
+    today = dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date()
+    first = dt.date(today.year + today.month // 12, today.month % 12 + 1, 1)
+    return int(dt.datetime(first.year, first.month, 1, tzinfo=dt.UTC).timestamp() * 1000) - ms
 
 
 def ms_until_next_day(ms: int) -> int:
@@ -131,14 +152,18 @@ def record_plan(tenant: str, user: str, day: str, amounts: Mapping[str, int | fl
         return
     key, per_user = usage_key(tenant, day), users_key(tenant, day)  # a user is a field name: any text
 
+    month, month_users = usage_key(tenant, month_of(day)), users_key(tenant, month_of(day))
+
     def queue(pipe: Any) -> None:
         for name, value in increments.items():
             add = pipe.hincrbyfloat if name == "cost_usd" else pipe.hincrby
             add(key, name, value)
-            if name in SPEND_FIELDS:
+            if name in SPEND_FIELDS:  # the user's day, and both months (the monthly budgets)
                 add(per_user, f"{user}:{name}", value)
-        pipe.expire(key, RETENTION_S)
-        pipe.expire(per_user, RETENTION_S)
+                add(month, name, value)
+                add(month_users, f"{user}:{name}", value)
+        for written in (key, per_user, month, month_users):
+            pipe.expire(written, RETENTION_S)
 
     def listed(pipe: Any) -> None:
         pipe.sadd(tenants_key(day), tenant)
@@ -155,6 +180,22 @@ def totals_plan(tenant: str, user: str, day: str) -> Plan[tuple[Usage, Usage]]:
 
     replies = yield Batch(queue, transaction=False)
     return _usage(replies[0]), _usage(replies[1], SPEND_FIELDS)
+
+
+def spending_plan(tenant: str, user: str, now_ms: int) -> Plan[Spending]:
+    day = day_of(now_ms)
+    fields = [f"{user}:{f}" for f in SPEND_FIELDS]
+
+    def queue(pipe: Any) -> None:
+        for period in (day, month_of(day)):
+            pipe.hmget(usage_key(tenant, period), list(SPEND_FIELDS))
+            pipe.hmget(users_key(tenant, period), fields)
+
+    replies = yield Batch(queue, transaction=False)
+    tenant_day, user_day, tenant_month, user_month = (_usage(r, SPEND_FIELDS) for r in replies)
+    return Spending(
+        tenant_day=tenant_day, user_day=user_day, tenant_month=tenant_month, user_month=user_month
+    )
 
 
 def _row(day: str, tenant: str, user: str, usage: Usage) -> UsageRow:
@@ -238,6 +279,9 @@ class UsageLedger:
     def totals(self, tenant: str, user: str, day: str) -> tuple[Usage, Usage]:
         return self._run(totals_plan(tenant, user, day))
 
+    def spending(self, tenant: str, user: str, now_ms: int) -> Spending:
+        return self._run(spending_plan(tenant, user, now_ms))
+
     def report(
         self,
         days: list[str],
@@ -256,6 +300,9 @@ class AsyncUsageLedger:
 
     async def totals(self, tenant: str, user: str, day: str) -> tuple[Usage, Usage]:
         return await self._run(totals_plan(tenant, user, day))
+
+    async def spending(self, tenant: str, user: str, now_ms: int) -> Spending:
+        return await self._run(spending_plan(tenant, user, now_ms))
 
     async def report(self, days: list[str], tenant: str | None = None, user: str | None = None) -> Report:
         return await self._run(report_plan(days, tenant, user))

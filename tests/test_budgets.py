@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import urllib.error
@@ -26,7 +27,7 @@ from store.clock import now_ms
 from store.config_file import decode_config
 from store.events import AnswerCompleted, LimitHit, LLMCompleted, LLMRequested, UserMessage
 from store.exceptions import ConfigError, InputError
-from store.usage import DAY_MS, Usage, UsageLedger, day_of, days_between
+from store.usage import DAY_MS, Spending, Usage, UsageLedger, day_of, days_between, ms_until_next_month
 from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, server_env
 from tests.test_server_ws import ask, inbox, open_chat, recv, token
 
@@ -36,6 +37,7 @@ BUDGETS_TOML = b"""
 tokens_per_day = 1
 [tenants.big.tenant]
 cost_usd_per_day = 10.0
+cost_usd_per_month = 100.0
 [tenants.big.user]
 tokens_per_day = 0
 """
@@ -64,6 +66,10 @@ def test_usage_is_counted_per_tenant_user_and_day_atomically(r: redis.Redis) -> 
     assert everyone == Usage(tokens_in=1500, tokens_out=300, cost_usd=pytest.approx(0.15), turns=150)
     assert ann.turns == 100 and ann.tokens == 1200
     assert ledger.totals(tenant, "ann", "2026-03-05") == (Usage(), Usage())  # another day
+    ledger.record(tenant, "ann", "2026-03-20", tokens_in=7, cost_usd=0.5)
+    march = ledger.spending(tenant, "ann", int(dt.datetime(2026, 3, 20, tzinfo=dt.UTC).timestamp() * 1000))
+    assert (march.user_day.tokens, march.user_month.tokens, march.tenant_month.tokens) == (7, 1207, 1807)
+    assert march.tenant_month.cost_usd == pytest.approx(0.65)
     assert 0 < r.ttl(f"usage:{{{tenant}}}:{DAY}") <= 400 * 86_400  # every key expires
     report = ledger.report([DAY], tenant)
     assert [(row.user, row.turns) for row in report.rows] == [("", 150), ("ann", 100), ("bob", 50)]
@@ -85,23 +91,32 @@ def test_report_days_are_checked() -> None:
 # -- the budgets --------------------------------------------------------------------------------------------
 
 
+def _spent(tenant: Usage | None = None, user: Usage | None = None, month: Usage | None = None) -> Spending:
+    """A day's spending (the month holds the day, or `month` for the tenant's month)."""
+    tenant, user = tenant or Usage(), user or Usage()
+    return Spending(tenant_day=tenant, user_day=user, tenant_month=month or tenant, user_month=user)
+
+
 def test_budgets_per_tenant_override_the_default_field_by_field() -> None:
     budgets = Budgets(decode_config(BUDGETS_TOML, ".toml", BudgetsConfig, "budgets"))
     now = DAY_MS * 10 + 3_600_000  # 01:00 UTC
     spent = Usage(tokens_in=5, tokens_out=1)
-    over = budgets.overspent("small", Usage(), spent, now)
-    assert over is not None and (over.scope, over.limit, over.used, over.cap) == (
-        "user",
-        "tokens_per_day",
-        6,
-        1,
-    )
+    over = budgets.overspent("small", _spent(user=spent), now)
+    assert over is not None
+    assert (over.scope, over.limit, over.used, over.cap) == ("user", "tokens_per_day", 6, 1)
     assert over.retry_after_ms == DAY_MS - 3_600_000  # renews at midnight UTC
     error = over.error()
     assert error.code == "budget_exceeded" and error.to_wire()["retry_after_ms"] == over.retry_after_ms
-    assert budgets.overspent("big", Usage(cost_usd=9.99), spent, now) is None  # big's users: no token cap
-    over = budgets.overspent("big", Usage(cost_usd=10.0), Usage(), now)
+    assert budgets.overspent("big", _spent(Usage(cost_usd=9.99), spent), now) is None  # no user token cap
+    over = budgets.overspent("big", _spent(Usage(cost_usd=10.0)), now)
     assert over is not None and (over.scope, over.limit) == ("tenant", "cost_usd_per_day")
+    # the month: big's tenant may spend 100 a month; today is cheap, the month is not
+    over = budgets.overspent("big", _spent(Usage(cost_usd=1.0), month=Usage(cost_usd=100.0)), now)
+    assert over is not None and (over.scope, over.limit) == ("tenant", "cost_usd_per_month")
+    assert over.retry_after_ms == DAY_MS * 21 - 3_600_000  # 1970-01-11 01:00 -> 1970-02-01 00:00
+    assert "first of next month" in over.error().message
+    december = int(dt.datetime(2026, 12, 31, 23, 0, tzinfo=dt.UTC).timestamp() * 1000)
+    assert ms_until_next_month(december) == 3_600_000
     with pytest.raises(ConfigError):
         decode_config(b"[default.user]\ntokens_per_day = -1\n", ".toml", BudgetsConfig, "budgets")
     with pytest.raises(ConfigError):

@@ -118,7 +118,9 @@ def provider() -> object | None:
 
 
 def shutdown() -> None:
+    """Flush and stop the provider; the next `configure` (another app in this process) starts a new one."""
     provider = _state.get("provider")
+    _state.clear()
     if provider is not None:
         provider.shutdown()  # type: ignore[attr-defined]
 

@@ -101,6 +101,28 @@ async def test_a_rating_frame_and_the_rest_endpoint_post_to_the_inbox(
     ]  # fmt: skip
 
 
+async def test_a_rating_after_the_answer_leaves_no_turn_to_cancel(web: ServerProcess, r: redis.Redis) -> None:
+    ws, ready = await open_chat(web, token(web, "fay"))
+    conv = ready["conversation_id"]
+    writer = StreamWriter(r, conv)
+    writer.event(UserMessage(turn=1, text="q", user="fay", tenant="acme"))
+    writer.event(AnswerCompleted(turn=1, text="a"))
+    writer.event(Feedback(turn=1, rating="up", user="fay"))  # the last event: a turn that has ended
+    await ws.send(json.dumps({"type": "cancel"}))
+    await ws.send(json.dumps({"type": "ping"}))
+    while (await recv(ws))["type"] != "pong":
+        pass
+    assert inbox(r, conv) == []  # nothing to cancel: nothing posted
+    writer.event(UserMessage(turn=2, text="q2", user="fay", tenant="acme"))
+    writer.event(Feedback(turn=1, rating="down", user="fay"))  # rating the first answer while turn 2 runs
+    await ws.send(json.dumps({"type": "cancel"}))
+    await ws.send(json.dumps({"type": "ping"}))
+    while (await recv(ws))["type"] != "pong":
+        pass
+    assert [type(i).__name__ for i in inbox(r, conv)] == ["TurnCancelled"]
+    await ws.close()
+
+
 # -- the actor: into the log on the rated turn, counted -----------------------------------------------------
 
 

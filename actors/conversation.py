@@ -41,7 +41,7 @@ from typing import Any
 import dramatiq
 import msgspec
 
-from actors import attribution
+from actors import attribution, golden_feedback
 from actors.approval_request import approval_record, approval_requested, schedule_expiry
 from actors.broker import CONVERSATION_QUEUE, setup_broker
 from actors.llm.types import (
@@ -200,6 +200,9 @@ class Activation:
             self.trace.observe(self.state, event)
             if current is not None:
                 self.spend.observe(principal_of(current.question), event)
+            if isinstance(event, Feedback):  # a down-voted answer: a golden-set candidate
+                tenant = principal_of(current.question).tenant if current else DEFAULT_TENANT
+                golden_feedback.propose(self.rt.log, self.rt.settings.redis_url, self.conv_id, tenant, event)
 
     async def delta(self, step: int, text: str) -> None:
         self._check_lease()

@@ -33,6 +33,7 @@ from server.chat import chat_endpoint
 from server.dispatch import RedisDispatcher, Wake
 from server.documents import routes as document_routes
 from server.feedback import feedback_routes
+from server.golden_api import golden_routes
 from server.hub import Hub, hub_client
 from server.limits import ActionLimits, SocketQuota
 from server.metrics_route import MetricsMiddleware, check_allow_setting, metrics_routes
@@ -182,6 +183,7 @@ def create_app(
         *metrics_routes(),
         *usage_routes(),
         *feedback_routes(),
+        *golden_routes(),
         Route("/static/docent.mjs", docent_module, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static"),
     ]

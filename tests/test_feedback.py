@@ -23,10 +23,13 @@ from actors import runtime
 from actors.conversation import activate
 from actors.runtime import Runtime
 from actors.testing import ScriptedLLMThread
+from index.reindex.gate import golden_dirs, load_golden
 from server.auth import mint_token
 from store.events import AnswerCompleted, Citation, Feedback, UserMessage
+from store.golden_candidates import Candidate, CandidateStore, golden_dir
+from store.settings import Settings
 from store.usage import UsageLedger, day_of
-from tests.server_proc import ServerProcess, StreamWriter, server_env
+from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, StreamWriter, server_env
 from tests.test_browser import CHROMIUM, SCREENSHOTS, WAIT_MS
 from tests.test_browser import browser as browser  # the headless Chromium fixture
 from tests.test_server_ws import ask, inbox, open_chat, recv, token
@@ -224,3 +227,62 @@ async def _wait_inbox(r: redis.Redis, conv: str, kind: type) -> object:
             return found[0]
         await asyncio.sleep(0.05)
     raise AssertionError(f"no {kind.__name__} reached the inbox")
+
+
+# -- a down-voted answer: a golden-set candidate, accepted into the gate's golden set -----------------------
+
+
+def test_a_down_voted_answer_becomes_one_golden_set_candidate(worker: Runtime, r: redis.Redis) -> None:
+    conv = f"golden-{uuid.uuid4().hex[:8]}"
+    alice = {"tenant": TENANT, "user": "alice", "mode": "qa"}
+    worker.log.post_inbox(conv, UserMessage(text="How long is parental leave?", **alice))  # type: ignore[arg-type]
+    assert activate(conv, worker) == "done"
+    worker.log.post_inbox(conv, Feedback(turn=1, rating="up", user="alice"), "g0")  # not a candidate
+    worker.log.post_inbox(conv, Feedback(turn=1, rating="down", comment="wrong doc", user="alice"), "g1")
+    worker.log.post_inbox(conv, Feedback(turn=1, rating="down", user="alice"), "g2")  # the same turn again
+    assert activate(conv, worker) == "done"
+    mine = [c for c in CandidateStore(r).listed(TENANT) if c.conversation_id == conv]
+    assert len(mine) == 1
+    (candidate,) = mine
+    assert (candidate.turn, candidate.question, candidate.comment, candidate.status) == (
+        1, "How long is parental leave?", "wrong doc", "open"
+    )  # fmt: skip
+    assert candidate.answer and candidate.passages  # what the model said, and was given
+
+
+async def test_an_admin_accepts_a_candidate_into_the_gates_golden_set(
+    redis_url: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    tenant = f"gold-{uuid.uuid4().hex[:6]}"
+    store = CandidateStore(r)
+    candidate = Candidate(id=uuid.uuid4().hex[:24], tenant=tenant, conversation_id="c", turn=1,
+                          question="how many weeks of parental leave?", created_ms=1)  # fmt: skip
+    assert store.propose(candidate) and not store.propose(candidate)
+    data_dir = tmp_path / "web"
+    with ServerProcess(server_env(redis_url, data_dir)) as web:
+        base = f"{web.http_url}/admin/golden/candidates"
+        status, listed = await asyncio.to_thread(_admin, f"{base}?tenant={tenant}&status=open")
+        assert status == 200 and [c["id"] for c in listed["candidates"]] == [candidate.id]
+        path = f"{base}/{candidate.id}?tenant={tenant}"
+        assert (await asyncio.to_thread(_admin, path, {"doc_id": "x", "dismiss": True}))[0] == 400
+        assert (await asyncio.to_thread(_admin, f"{base}/nope?tenant={tenant}", {"dismiss": True}))[0] == 404
+        status, decided = await asyncio.to_thread(_admin, path, {"doc_id": "leave-policy"})
+        assert status == 200 and (decided["status"], decided["doc_id"]) == ("accepted", "leave-policy")
+    settings = Settings.from_env({"DOCENT_DATA_DIR": str(data_dir)})
+    directory = golden_dir(settings.data_path)
+    assert directory in golden_dirs(settings)  # the reindex gate checks it now
+    golden = load_golden(directory, {"leave-policy"})
+    assert golden is not None and (candidate.id, candidate.question) in golden.queries
+    assert golden.qrels[candidate.id] == {"leave-policy": 1}
+
+
+def _admin(url: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
+    request.add_header("X-Admin-Key", TEST_ADMIN_KEY)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

@@ -48,7 +48,7 @@ from actors.turn_trace import TurnTrace  # noqa: E402
 from index.embed import load_embedder  # noqa: E402
 from index.ingest import Ingestor  # noqa: E402
 from store import metrics, tracing  # noqa: E402
-from store.events import UserMessage  # noqa: E402
+from store.events import RetrievalDone, UserMessage  # noqa: E402
 from store.redis import EmbeddedRedis, free_port  # noqa: E402
 from store.settings import Settings  # noqa: E402
 
@@ -135,11 +135,12 @@ def seams(rt: runtime.Runtime, conv: str, provider: Any) -> None:
                 state = ConversationState(conversation_id=conv)
                 trace = TurnTrace(conv)
                 for n, event in enumerate(events):
+                    if isinstance(event, RetrievalDone):  # as the actor: the search's spans, then its event
+                        metrics.observe_retrieval(timings)
+                        trace.retrieval(state, timings, 4.0, 3)
                     fold(state, f"1-{n}", event)
                     metrics.observe_event(event, now_ms=event.at_ms, asked_at_ms=events[0].at_ms, route="qa")
                     trace.observe(state, event)
-                metrics.observe_retrieval(timings)
-                trace.retrieval(state, timings, 4.0, 3)
                 trace.close()
             if isinstance(provider, TracerProvider):
                 provider.force_flush()  # the export of the spans made is part of their cost

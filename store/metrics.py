@@ -142,10 +142,10 @@ RETRIEVALS = Counter(
 )  # fmt: skip
 FEEDBACK = Counter("docent_feedback", "Users' ratings of answers (up, down).", ["rating"])
 RATINGS = ("up", "down")
-# The semantic answer cache's lookups (outcome: hit, miss, ...), counted by the cache itself.
-ANSWER_CACHE_REQUESTS = Counter(
-    "docent_answer_cache_requests", "Semantic answer cache lookups by outcome.", ["outcome"]
-)
+ANSWER_CACHE = Counter(
+    "docent_answer_cache_lookups",
+    "Answer cache lookups by outcome (hit, miss, refused_guard, refused_access, stale, error).", ["outcome"],
+)  # fmt: skip
 # Importing this module writes nothing (every metric has labels): `docent run`'s own process imports it,
 # and must not touch a PROMETHEUS_MULTIPROC_DIR it inherited from its caller.
 
@@ -311,6 +311,10 @@ class _Fixed(Collector):
 
     def collect(self) -> Iterable[Metric]:
         return self.families
+
+
+def observe_answer_cache(outcome: str) -> None:
+    ANSWER_CACHE.labels(outcome).inc()
 
 
 def observe_retrieval(timings_ms: Mapping[str, float]) -> None:

@@ -45,6 +45,7 @@ from actors.state import ConversationState, fold  # noqa: E402
 from actors.testing import HttpSink, ScriptedLLMThread, SinkThread  # noqa: E402
 from actors.testing.otlp_receiver import OtlpReceiver  # noqa: E402
 from actors.turn_trace import TurnTrace  # noqa: E402
+from bench.actors import worker_settings  # noqa: E402
 from index.embed import load_embedder  # noqa: E402
 from index.ingest import Ingestor  # noqa: E402
 from store import metrics, tracing  # noqa: E402
@@ -163,12 +164,7 @@ def main() -> None:
         collector = multiprocessing.get_context("fork").Process(target=serve_otlp, args=(port, received))
         collector.start()  # a process of its own: decoding the spans is the collector's work, not ours
         with SinkThread(sink), ScriptedLLMThread() as llm:
-            settings = Settings.from_env({
-                "DOCENT_DATA_DIR": str(Path(tmp) / "data"), "DOCENT_REDIS_URL": redis.url,
-                "DOCENT_EMBED_MODEL": "hash", "DOCENT_LLM_BACKEND": "openai", "DOCENT_LLM_URL": llm.url,
-                "DOCENT_HTTP_ALLOW_HOSTS": "127.0.0.1", "DOCENT_HTTP_ALLOW_PRIVATE": "true",
-                "DOCENT_MAX_STEPS": str(args.steps + 5),
-            })  # fmt: skip
+            settings = worker_settings(Path(tmp) / "data", redis.url, llm.url, args.steps + 5)
             build_index(settings)
             os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
             os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = "65536"  # the seams' burst of spans: none dropped

@@ -41,7 +41,7 @@ from typing import Any
 import dramatiq
 import msgspec
 
-from actors import attribution
+from actors import attribution, golden_feedback
 from actors.answer_policy import CacheDecision
 from actors.approval_request import approval_record, approval_requested, schedule_expiry
 from actors.broker import CONVERSATION_QUEUE, setup_broker
@@ -74,6 +74,7 @@ from actors.plan import (
 from actors.prompts import agent_messages, qa_messages, rewrite_messages
 from actors.runtime import Runtime, runtime
 from actors.sources import agent_sources, qa_sources
+from actors.spend import Spend
 from actors.state import ConversationState, TurnState, dump_state, fold, load_state
 from actors.tools.registry import (
     Registry,
@@ -83,6 +84,7 @@ from actors.tools.registry import (
     args_to_builtins,
     idempotency_key,
 )
+from actors.turn_trace import TurnTrace
 from actors.workflows import workflows_for
 from actors.workflows.orchestrator import WORKFLOW_TOOLS
 from index.types import Hit, Principal
@@ -95,6 +97,7 @@ from store.events import (
     Citation,
     Delta,
     Event,
+    Feedback,
     LimitHit,
     LLMCompleted,
     LLMFailed,
@@ -171,6 +174,8 @@ class Activation:
         self.workflow_tools = rt.registry.subset(WORKFLOW_TOOLS)
         self._asked_ms: dict[int, int] = {}  # turn -> the web's ask time (the log stamps the move time)
         self._streamed_turns: set[int] = set()  # turns whose first token was timed
+        self.trace = TurnTrace(conv_id)  # OpenTelemetry spans from the appended events (off: inert)
+        self.spend = Spend(rt.settings)  # usage per tenant / user / day, and the daily budgets
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -197,6 +202,12 @@ class Activation:
             asked = self._asked_ms.get(event.turn) or (current.started_ms if current else 0)
             route = (current.route or "") if current else ""
             metrics.observe_event(event, now_ms=now, asked_at_ms=asked, route=route)
+            self.trace.observe(self.state, event)
+            if current is not None:
+                self.spend.observe(principal_of(current.question), event)
+            if isinstance(event, Feedback):  # a down-voted answer: a golden-set candidate
+                tenant = principal_of(current.question).tenant if current else DEFAULT_TENANT
+                golden_feedback.propose(self.rt.log, self.rt.settings.redis_url, self.conv_id, tenant, event)
 
     async def delta(self, step: int, text: str) -> None:
         self._check_lease()
@@ -245,6 +256,8 @@ class Activation:
                     busy = False
                 case ApprovalDecided() | ApprovalExpired() if self._first_outcome(item, moved):
                     moved.append(msgspec.structs.replace(item, turn=current))
+                case Feedback() if 1 <= item.turn <= turns:  # its turn is the rated one's
+                    moved.append(item)
                 case _:
                     log.info(
                         "conversation %s: dropping inbox item %s (%s)",
@@ -360,6 +373,8 @@ class Activation:
             return
         self._hits = list(result.hits)
         metrics.observe_retrieval(result.timings_ms)
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        self.trace.retrieval(self.state, result.timings_ms, latency_ms, len(result.hits))
         self.emit(
             [
                 RetrievalDone(
@@ -367,7 +382,7 @@ class Activation:
                     query=query,
                     chunk_ids=tuple(h.chunk_id for h in result.hits),
                     index_version=result.index_version,
-                    latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                    latency_ms=latency_ms,
                     sources=tuple(qa_sources(result.hits)),
                 )
             ]
@@ -410,6 +425,10 @@ class Activation:
     # -- the model ----------------------------------------------------------------------------------------
 
     async def call_llm(self, step: int) -> None:
+        over = self.spend.overspent(self.principal, self.rt.clock())
+        if over is not None:  # a daily budget is spent: hand off before the model is called
+            self.emit([LimitHit(limit="budget", value=over.used, cap=over.cap, handed_off=True)])
+            return
         messages, tools = await self.prompt(step)
         backend = self.rt.llm()
         digest = prompt_hash(messages, tools)
@@ -625,6 +644,7 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
             "conversation %s: lease epoch %d lost; stopped without further writes", conv_id, lease.epoch
         )
     finally:
+        activation.trace.close()
         if not stale:
             try:
                 rt.log.release(lease)

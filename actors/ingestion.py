@@ -16,6 +16,7 @@ from actors.contextualize import make_contextualizer
 from index.ingest import DocumentOutcome, expand_paths, path_doc_id
 from index.reindex.dualwrite import DualWriter
 from index.types import Access
+from store import metrics
 from store.catalog import IngestOutcome
 from store.settings import Settings
 
@@ -46,6 +47,10 @@ def ingest_documents(
             for start in range(0, len(requests), size):
                 done = writer.ingest_documents(requests[start : start + size])
                 writer.catalog.record_outcomes(outcome_of(o) for o in done)
+                metrics.observe_ingest(
+                    (o.status for o in done),
+                    embedded=sum(o.embedded for o in done), written=sum(o.added for o in done),
+                )  # fmt: skip
                 outcomes.extend(done)
                 if progress is not None:
                     progress(done)

@@ -25,6 +25,7 @@ import threading
 import dramatiq
 
 from actors.broker import setup_broker
+from store import tracing
 from store.permissions import private_umask
 from store.redis_identity import verify_at_boot
 from store.settings import get_settings
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 private_umask()
 # Refuse, before consuming anything, a Redis that is not the one `docent run` started for this stack.
 verify_at_boot(get_settings())
+tracing.configure("worker")  # OTLP traces when OTEL_EXPORTER_OTLP_ENDPOINT is set (store.tracing)
 broker: dramatiq.Broker = setup_broker()
 
 

@@ -21,7 +21,8 @@ Route = Literal["qa", "agent", "workflow"]
 Mode = Literal["auto", "qa", "agent"]
 Risk = Literal["low", "high"]
 Decision = Literal["approved", "denied"]
-LimitName = Literal["steps", "tokens", "cost", "wall_clock"]
+Rating = Literal["up", "down"]
+LimitName = Literal["steps", "tokens", "cost", "wall_clock", "budget"]  # budget: store.budgets
 
 
 class _Base(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, forbid_unknown_fields=False):
@@ -61,6 +62,7 @@ class UserMessage(_Base, frozen=True, kw_only=True, tag="user_message"):
     tenant: str = ""
     groups: tuple[str, ...] = ()
     client_message_id: str = ""  # the client's id for this ask: a retried ask is appended once
+    traceparent: str = ""  # W3C trace context of the web's `ask` span (store.tracing); empty when off
     no_cache: bool = False  # the user asked for a fresh answer: the answer cache is not consulted
     filters: SearchFilters | None = None  # the ask's metadata filters: every search of the turn is narrowed
 
@@ -184,6 +186,14 @@ class AnswerCompleted(_Base, frozen=True, kw_only=True, tag="answer_completed"):
     unsupported: tuple[TextSpan, ...] = ()
 
 
+class Feedback(_Base, frozen=True, kw_only=True, tag="feedback"):
+    """A user's rating of the answer of turn `turn` (thumbs up / down, an optional comment)."""
+
+    rating: Rating
+    comment: str = ""
+    user: str = ""
+
+
 class TurnFailed(_Base, frozen=True, kw_only=True, tag="turn_failed"):
     code: str
     message: str = ""
@@ -217,6 +227,7 @@ Event = (
     | TurnFailed
     | TurnCancelled
     | LimitHit
+    | Feedback
 )
 
 # Events that end a turn: after one of these the conversation waits for the next user message.

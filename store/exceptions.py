@@ -15,7 +15,8 @@ DocentError
 │   ├── NotFound                no such thing (or not visible to this caller: existence is not revealed)
 │   ├── SyncRefused             a folder sync would delete more than its share of a source (needs --force)
 │   └── RateLimited             too many requests; carries retry_after_ms
-│       └── TooManySockets      a user or tenant already holds its cap of open sockets
+│       ├── TooManySockets      a user or tenant already holds its cap of open sockets
+│       └── BudgetExceeded      the tenant's or the user's daily token / cost budget is spent (store.budgets)
 ├── IngestError                 one document could not be ingested (the batch continues)
 │   ├── UnsupportedFormat
 │   ├── EmptyDocument
@@ -127,6 +128,10 @@ class RateLimited(InputError):
 
 class TooManySockets(RateLimited):
     code = "too_many_sockets"
+
+
+class BudgetExceeded(RateLimited):
+    code = "budget_exceeded"
 
 
 class IngestError(DocentError):

@@ -151,6 +151,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     workflows_path: str = ""
     # Scheduled folder syncs (actors.sync_job): a .json or .toml file of sources; empty = none.
     sync_sources_path: str = ""
+    # Daily token / cost budgets per tenant and per user (store.budgets): .json or .toml; empty = none.
+    budgets_path: str = ""
 
     def __post_init__(self) -> None:
         if self.chunk_overlap >= self.chunk_tokens:

@@ -6,6 +6,7 @@
  *
  *   const chat = Docent.connect({url: "wss://docent.example/ws/chat", token});
  *   chat.ask("What is our travel policy?", {mode: "auto", onSources, onDelta, onCitation, onEvent, onDone});
+ *   chat.feedback(turn, "up" | "down", "optional comment");   // rate an answer (a `feedback` event follows)
  *   chat.ask(text, {noCache: true})   // a fresh answer, never one from the answer cache
  *
  * The client reconnects with exponential backoff and resumes from the last event id it saw, so a dropped
@@ -392,6 +393,15 @@
     return ask.id;
   };
 
+  // A rating of the answer of `turn`; the server logs it as a `feedback` event on that turn.
+  Chat.prototype.feedback = function (turn, rating, comment) {
+    if (!this.ws || !this.ready) return null;
+    var id = newClientId();
+    this.ws.send(JSON.stringify({type: "feedback", turn: turn, rating: rating, comment: String(comment || ""),
+                                 client_message_id: id}));
+    return id;
+  };
+
   Chat.prototype.cancel = function () {
     if (this.ws && this.ready) this.ws.send(JSON.stringify({type: "cancel"}));
   };
@@ -661,6 +671,10 @@
           this.renderSources(state, event.sources || [], citedByN);
         }
         this.renderAnswer(state);
+        this.showFeedback(state, event.turn, null);
+        break;
+      case "feedback":
+        this.showFeedback(state, event.turn, event.rating);
         break;
       case "turn_failed":
       case "limit_reached":
@@ -674,6 +688,31 @@
         break;
     }
     this.scroll();
+  };
+
+  // Thumbs up / down under a finished answer, with an optional comment; `chosen` marks a logged rating.
+  Widget.prototype.showFeedback = function (state, turn, chosen) {
+    var self = this;
+    var bar = state.section.querySelector(".docent-feedback");
+    if (!bar) {
+      bar = el("div", "docent-feedback");
+      var comment = el("input", "docent-feedback-comment");
+      comment.type = "text";
+      comment.maxLength = 2000;
+      comment.placeholder = "Comment (optional)";
+      [["up", "Helpful"], ["down", "Not helpful"]].forEach(function (b) { // words: no emoji font needed
+        var button = el("button", "docent-feedback-" + b[0], b[1]);
+        button.type = "button";
+        button.setAttribute("data-rating", b[0]);
+        button.addEventListener("click", function () {
+          if (self.chat.feedback(turn, b[0], comment.value)) bar.setAttribute("data-sent", b[0]);
+        });
+        bar.appendChild(button);
+      });
+      bar.appendChild(comment);
+      state.section.insertBefore(bar, state.citationList);
+    }
+    if (chosen) bar.setAttribute("data-chosen", chosen);
   };
 
   // One badge per approval: "waiting" until a reviewer (or the clock) settles it, then the outcome.

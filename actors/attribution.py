@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actors.plan import CITATION, validate_citations
-from store.events import AnswerCompleted, Citation, TextSpan
+from store.events import AnswerCompleted, Citation, SentenceAttributed, TextSpan
 from store.exceptions import DocentError
 from store.settings import Settings
 
@@ -145,17 +145,19 @@ def combined(dense: float, lex: float, weight: float = DENSE_WEIGHT) -> float:
     return weight * dense + (1 - weight) * lex
 
 
-async def dense_scores(claims: Sequence[str], passages: Sequence[str], embed: Embed) -> Matrix:
-    """claims x passages: the best cosine between a claim and any window of the passage."""
+def window_groups(passages: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Every passage's windows in one list, and how many windows each passage has."""
     units = [windows(p) for p in passages]
-    flat = [u for group in units for u in group]
-    vectors = await embed([*claims, *flat])
-    cos = vectors[: len(claims)] @ vectors[len(claims) :].T
-    scores = np.zeros((len(claims), len(passages)), dtype=np.float32)
+    return [u for group in units for u in group], [len(group) for group in units]
+
+
+def best_per_passage(cos: Matrix, sizes: Sequence[int]) -> Matrix:
+    """claims x windows cosines -> claims x passages: each passage's best-matching window."""
+    scores = np.zeros((cos.shape[0], len(sizes)), dtype=np.float32)
     at = 0
-    for j, group in enumerate(units):
-        scores[:, j] = cos[:, at : at + len(group)].max(axis=1)
-        at += len(group)
+    for j, size in enumerate(sizes):
+        scores[:, j] = cos[:, at : at + size].max(axis=1)
+        at += size
     return scores
 
 
@@ -206,31 +208,55 @@ def names_found(claim: str, passage: str) -> bool:
     return all(re.split(r"\.|::", i)[-1] in lowered for i in identifiers(claim))
 
 
-async def features(
-    text: str, spans: Sequence[tuple[int, int]], passages: Mapping[int, str], embed: Embed, question: str = ""
-) -> tuple[Matrix, Matrix]:
-    """claims x passages: the dense and the lexical score (0 for both where the passage lacks a named
-    identifier, or the claim is circular)."""
-    numbers = list(passages)
-    claims = [text[s:e] for s, e in spans]
-    dense = await dense_scores(claims, [passages[n] for n in numbers], embed)
-    words = [content_words(passages[n]) for n in numbers]
-    lex = np.array([[lexical(novel_words(c, question), w) for w in words] for c in claims], dtype=np.float32)
-    lex = lex.reshape(dense.shape)
-    found = np.array([[names_found(c, passages[n]) and not circular(c) for n in numbers] for c in claims],
-                     dtype=bool)  # fmt: skip
-    found = found.reshape(dense.shape)
-    return np.where(found, dense, 0.0).astype(np.float32), np.where(found, lex, 0.0).astype(np.float32)
+def gates(claims: Sequence[str], passages: Sequence[str]) -> npt.NDArray[np.bool_]:
+    """claims x passages: False where the passage lacks an identifier the claim names, or the claim is
+    circular."""
+    return np.array(
+        [[names_found(c, p) and not circular(c) for p in passages] for c in claims], dtype=bool
+    ).reshape(len(claims), len(passages))
 
 
-async def score_claims(
-    text: str, spans: Sequence[tuple[int, int]], passages: Mapping[int, str], embed: Embed, question: str = ""
-) -> list[list[float]]:
-    dense, lex = await features(text, spans, passages, embed, question)
-    return [
-        [combined(float(d), float(x)) for d, x in zip(d_row, x_row, strict=True)]
-        for d_row, x_row in zip(dense, lex, strict=True)
-    ]
+def lexical_scores(claims: Sequence[str], passages: Sequence[str], question: str) -> Matrix:
+    words = [content_words(p) for p in passages]
+    rows = [[lexical(novel_words(c, question), w) for w in words] for c in claims]
+    return np.array(rows, dtype=np.float32).reshape(len(claims), len(passages))
+
+
+class Scorer:
+    """One answer's passages, embedded once: the scores of any of its claims, and each claim's pick cached,
+    so a sentence attributed while the answer streams keeps its markers in the finished answer."""
+
+    def __init__(self, passages: Mapping[int, str], embed: Embed, question: str = "") -> None:
+        self.numbers = list(passages)
+        self.texts = [passages[n] for n in self.numbers]
+        self.embed = embed
+        self.question = question
+        self._windows: tuple[Matrix, list[int]] | None = None
+        self._picks: dict[str, list[int]] = {}
+
+    async def windows(self) -> tuple[Matrix, list[int]]:
+        if self._windows is None:
+            flat, sizes = window_groups(self.texts)
+            self._windows = (await self.embed(flat), sizes)
+        return self._windows
+
+    async def features(self, claims: Sequence[str]) -> tuple[Matrix, Matrix]:
+        """claims x passages: the dense and the lexical score (0 for both where a gate is closed)."""
+        vectors, sizes = await self.windows()
+        dense = best_per_passage(await self.embed(list(claims)) @ vectors.T, sizes)
+        lex = lexical_scores(claims, self.texts, self.question)
+        found = gates(claims, self.texts)
+        return np.where(found, dense, 0.0).astype(np.float32), np.where(found, lex, 0.0).astype(np.float32)
+
+    async def picks(self, claims: Sequence[str]) -> list[list[int]]:
+        """The passage numbers each claim is attributed to (scored once per distinct claim)."""
+        todo = [c for c in dict.fromkeys(claims) if c not in self._picks]
+        if todo:
+            dense, lex = await self.features(todo)
+            for claim, d_row, x_row in zip(todo, dense, lex, strict=True):
+                row = [combined(float(d), float(x)) for d, x in zip(d_row, x_row, strict=True)]
+                self._picks[claim] = chosen(row, self.numbers)
+        return [self._picks[c] for c in claims]
 
 
 def marker_at(text: str, start: int, end: int) -> int:
@@ -258,11 +284,62 @@ def rewrite(text: str, spans: Sequence[tuple[int, int]], picks: Sequence[list[in
 
 
 async def attribute(text: str, passages: Mapping[int, str], embed: Embed, question: str = "") -> Attribution:
+    return await attribute_with(Scorer(passages, embed, question), text)
+
+
+async def attribute_with(scorer: Scorer, text: str) -> Attribution:
     spans = claims_of(text)
-    if not spans or not passages:
+    if not spans or not scorer.numbers:
         return Attribution(text=text)
-    scores = await score_claims(text, spans, passages, embed, question)
-    return rewrite(text, spans, [chosen(row, list(passages)) for row in scores])
+    return rewrite(text, spans, await scorer.picks([text[s:e] for s, e in spans]))
+
+
+# ---- while the answer streams ----------------------------------------------------------------------------
+
+
+def finished(text: str, span: tuple[int, int]) -> bool:
+    """A sentence of a growing text is finished once something follows it: the next sentence, or its line's
+    end."""
+    return bool(text[span[1] :].strip()) or "\n" in text[span[1] :]
+
+
+class Streaming:
+    """Attribution of an answer while it streams: each claim once, as soon as its sentence is finished.
+
+    `stamp` fills in what the caller knows (step, turn, time). A failing embedder stops it quietly: the
+    finished answer is attributed (or not) on its own."""
+
+    def __init__(self, scorer: Scorer, stamp: Callable[[SentenceAttributed], SentenceAttributed]) -> None:
+        self.scorer = scorer
+        self.stamp = stamp
+        self.text = ""
+        self._done_to = 0  # offset past the last claim reported
+        self._failed = False
+
+    async def feed(self, piece: str) -> list[SentenceAttributed]:
+        """The claims `piece` finished, attributed (their spans are of the text streamed so far)."""
+        self.text += piece
+        spans = [sp for sp in claims_of(self.text) if sp[0] >= self._done_to and finished(self.text, sp)]
+        if not spans or self._failed or not self.scorer.numbers:
+            return []
+        self._done_to = spans[-1][1]
+        try:
+            picks = await self.scorer.picks([self.text[s:e] for s, e in spans])
+        except DocentError as exc:
+            log.warning("attribution while streaming stopped: %s: %s", exc.code, exc.message)
+            self._failed = True
+            return []
+        return [self.mark(span, numbers) for span, numbers in zip(spans, picks, strict=True)]
+
+    def mark(self, span: tuple[int, int], numbers: Sequence[int]) -> SentenceAttributed:
+        start, end = span
+        marker = marker_at(self.text, start, end)
+        return self.stamp(SentenceAttributed(start=start, end=end, marker=marker, passages=tuple(numbers)))
+
+
+def passage_texts(sources: Sequence[Citation], passages: Mapping[int, str]) -> dict[int, str]:
+    """What each source a claim may be attributed to says: its passage, else its snippet."""
+    return {c.n: passages.get(c.n) or c.snippet for c in sources}
 
 
 async def final_answer(
@@ -271,14 +348,19 @@ async def final_answer(
     passages: Mapping[int, str],
     embed: Embed | None,
     question: str = "",
+    scorer: Scorer | None = None,
 ) -> AnswerCompleted:
-    """The turn's answer: the model's markers validated, then (with `embed`) attributed and checked again."""
+    """The turn's answer: the model's markers validated, then (with `embed`) attributed and checked again.
+
+    `scorer`, the one that attributed the answer while it streamed, keeps what it decided then."""
     cleaned, citations, dropped = validate_citations(text, list(sources))
     unsupported: tuple[TextSpan, ...] = ()
     if embed is not None and sources:
-        texts = {c.n: passages.get(c.n) or c.snippet for c in sources}
+        texts = passage_texts(sources, passages)
+        if scorer is None or scorer.numbers != list(texts) or scorer.texts != list(texts.values()):
+            scorer = Scorer(texts, embed, question)
         try:
-            attributed = await attribute(cleaned, texts, embed, question)
+            attributed = await attribute_with(scorer, cleaned)
         except DocentError as exc:  # an optional step: the answer stands without its markers
             log.warning("attribution skipped: %s: %s", exc.code, exc.message)
             attributed = Attribution(text=cleaned)

@@ -95,6 +95,7 @@ from store.events import (
     LLMFailed,
     LLMRequested,
     RetrievalDone,
+    SentenceAttributed,
     ToolCall,
     ToolIntent,
     ToolResult,
@@ -131,6 +132,7 @@ DEFAULT_TENANT = "default"
 # The tools an agent run may use: fixed here, by code. Risk and approvals come from the policy.
 AGENT_TOOLS = ("search_knowledge_base", "read_document", "compare_documents", "send_email", "http_request")
 
+
 def _sha(*parts: object) -> str:
     return hashlib.sha256(msgspec.json.encode([str(p) for p in parts])).hexdigest()
 
@@ -165,6 +167,7 @@ class Activation:
         self.workflow_tools = rt.registry.subset(WORKFLOW_TOOLS)
         self._asked_ms: dict[int, int] = {}  # turn -> the web's ask time (the log stamps the move time)
         self._streamed_turns: set[int] = set()  # turns whose first token was timed
+        self._scorer: attribution.Scorer | None = None  # the attribution of the answer streaming now
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -193,17 +196,36 @@ class Activation:
             metrics.observe_event(event, now_ms=now, asked_at_ms=asked, route=route)
 
     async def delta(self, step: int, text: str) -> None:
-        self._check_lease()
         turn = self.state.current.number if self.state.current else 0
-        try:
-            self.rt.log.append(self.lease, [Delta(step=step, text=text, turn=turn, at_ms=self.rt.clock())])
-        except StaleEpoch:
-            raise _Stop() from None
+        self.live([Delta(step=step, text=text, turn=turn, at_ms=self.rt.clock())])
         if turn not in self._streamed_turns and self.state.current is not None:
             self._streamed_turns.add(turn)
             asked = self._asked_ms.get(turn) or self.state.current.started_ms
             route = self.state.current.route or ""
             metrics.observe_first_token(route, now_ms=self.rt.clock(), asked_at_ms=asked)
+
+    def live(self, items: Sequence[Delta | SentenceAttributed]) -> None:
+        """Append to the live stream only (fenced): token fragments, sentences attributed while streaming."""
+        self._check_lease()
+        if not items:
+            return
+        try:
+            self.rt.log.append(self.lease, items)
+        except StaleEpoch:
+            raise _Stop() from None
+
+    def streaming_attribution(self, step: int) -> attribution.Streaming | None:
+        """A Q&A answer's sentences attributed as they finish; its scorer then attributes the whole answer."""
+        self._scorer = None
+        if self.turn.route != "qa" or not self._hits or not attribution.enabled(self.rt.settings):
+            return None
+        passages = attribution.passage_texts(qa_sources(self._hits), _numbered(self._hits))
+        self._scorer = attribution.Scorer(passages, self.rt.knowledge().embed, self.turn.question.text)
+        turn = self.turn.number
+        return attribution.Streaming(
+            self._scorer,
+            lambda mark: msgspec.structs.replace(mark, step=step, turn=turn, at_ms=self.rt.clock()),
+        )
 
     def maybe_snapshot(self, force: bool = False) -> None:
         due = self.state.events - self.snapshot_events
@@ -380,8 +402,12 @@ class Activation:
         attempt = self.turn.llm_failures.get(step, 0)
         request_id = _sha(self.conv_id, self.turn.number, step, attempt)[:32]
 
+        streaming = self.streaming_attribution(step)
+
         async def on_delta(text: str) -> None:
             await self.delta(step, text)
+            if streaming is not None:
+                self.live(await streaming.feed(text))
 
         try:
             completion = await backend.complete(
@@ -500,10 +526,16 @@ class Activation:
                 sorted({c.doc_id for c in sources}), self.principal
             )
             sources = [c for c in sources if c.doc_id in readable]
-        passages = {n: h.text for n, h in enumerate(self._hits or [], 1)} if self.turn.route == "qa" else {}
+        passages = _numbered(self._hits or []) if self.turn.route == "qa" else {}
         attribute = attribution.enabled(self.rt.settings) and self.turn.route != "workflow"  # cited by code
         embed = self.rt.knowledge().embed if attribute else None
-        self.emit([await attribution.final_answer(text, sources, passages, embed, self.turn.question.text)])
+        question = self.turn.question.text
+        self.emit([await attribution.final_answer(text, sources, passages, embed, question, self._scorer)])
+
+
+def _numbered(hits: Sequence[Hit]) -> dict[int, str]:
+    """The passages' texts by their number in the prompt."""
+    return {n: h.text for n, h in enumerate(hits, 1)}
 
 
 # ---- activation entry -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Post-hoc citation attribution, measured: share of answer sentences attributed, precision on judged ones.
 
-    .venv/bin/python -m bench.attribution --generate 12     # answers of the local model -> ANSWERS (slow)
+    .venv/bin/python -m bench.attribution --generate 12     # answers of the local model -> ANSWERS (slow;
+                                                            # adds the questions ANSWERS does not have yet)
     .venv/bin/python -m bench.attribution --show            # claims, scores and markers, for judging
     .venv/bin/python -m bench.attribution                   # the figures
 
@@ -75,10 +76,14 @@ def settings() -> Settings:
 # ---- answers ---------------------------------------------------------------------------------------------
 
 
-async def generate(s: Settings, per_collection: int) -> list[Answer]:
+async def generate(s: Settings, per_collection: int, known: Sequence[Answer] = ()) -> list[Answer]:
+    """Answers to `per_collection` questions of each collection after `known` (its questions skipped)."""
     backend = LocalBackend(s)
-    answers = []
+    answers = list(known)
+    seen = {a.qid for a in known}
     for item in qa_items(s, per_collection, s.local_top_k):
+        if item.qid in seen:
+            continue
         completion = await backend.complete(qa_messages(item.hits, [], item.question))
         passages = tuple(
             Passage(n=n, title=h.title, heading=h.heading, text=h.text) for n, h in enumerate(item.hits, 1)
@@ -86,6 +91,9 @@ async def generate(s: Settings, per_collection: int) -> list[Answer]:
         answers.append(Answer(collection=item.collection, qid=item.qid, question=item.question,
                               passages=passages, text=completion.text))  # fmt: skip
         print(f"{item.qid}: {completion.tokens_out} tokens", flush=True)
+        ANSWERS.write_bytes(
+            msgspec.json.format(msgspec.json.encode(answers))
+        )  # an interrupted run keeps them
     return answers
 
 
@@ -188,8 +196,10 @@ def figures(answers: Sequence[Answer], claims: Sequence[Claim]) -> None:
     print(f"{len(answers)} answers, {len(claims)} claims; {by_collection(answers, claims, w, t)}")
     print(f"share of claims attributed (weight {w}, threshold {t}): {attributed / max(1, len(claims)):.1%}")
     tw, tt, tp, tn = tune(tune_items)
-    print(f"tuning set: {len(tune_items)} judged claims -> weight {tw}, threshold {tt}: "
-          f"precision {tp:.1%} on {tn} attributed")
+    print(
+        f"tuning set: {len(tune_items)} judged claims -> weight {tw}, threshold {tt}: "
+        f"precision {tp:.1%} on {tn} attributed"
+    )
     p, n = precision(test_items, w, t)
     print(f"held-out half: {len(test_items)} judged claims, {n} attributed, precision {p:.1%}")
     every = [*tune_items, *test_items]
@@ -222,8 +232,7 @@ def main() -> None:
     args = parser.parse_args()
     s = settings()
     if args.generate:
-        answers = asyncio.run(generate(s, args.generate))
-        ANSWERS.write_bytes(msgspec.json.format(msgspec.json.encode(answers)))
+        asyncio.run(generate(s, args.generate, load_answers() if ANSWERS.exists() else ()))
         return
     answers = load_answers()
     claims = asyncio.run(all_claims(answers, embedding(s)))

@@ -183,6 +183,9 @@ def _pydoc_pages(target: Path, modules: Sequence[str]) -> Iterator[DemoDoc]:
         except Exception as exc:  # ImportError: a Python built without sqlite3 or ssl still gets a demo
             log.warning("demo: skipping pydoc/%s: %s: %s", module_name, type(exc).__name__, exc)
             continue
+        if "\n## " not in markdown:  # a package page with nothing but its name (`urllib`, `concurrent`)
+            log.info("demo: skipping pydoc/%s: nothing documented", module_name)
+            continue
         path = target / "pydoc" / f"{module_name}.md"
         _write_if_changed(path, markdown.encode())
         yield DemoDoc(

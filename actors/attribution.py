@@ -1,25 +1,32 @@
-"""Post-hoc citation attribution: every claim of a finished answer to the passage(s) that support it.
+"""Post-hoc citation attribution: every claim of an answer to the passage(s) that support it, as it streams.
 
 A weak model (the embedded SmolLM2) rarely writes `[n]`; this adds the markers after the fact, for any
 model. Each sentence of the answer that makes a claim (at least MIN_CLAIM_WORDS content words, not a
 lead-in ending in ':') and carries no citation of its own is scored against every passage the model was
-given:
+given, by a logistic regression over FEATURES of the (claim, passage) pair:
 
-    score = DENSE_WEIGHT * dense + (1 - DENSE_WEIGHT) * lexical
+- `dense`: the cosine, under the query embedder, between the sentence and the passage's best-matching
+  window of sentences; `margin`: how far it is above the best other passage's;
+- `lexical`, `matched`, `missing`: the share, the number present and the number absent of the sentence's
+  novel content words (lower-cased, crudely stemmed, stop words and the question's own words dropped);
+- `bigrams`: the share of its pairs of consecutive content words ("sort function") the passage has.
 
-`dense` is the cosine, under the query embedder, between the sentence and the passage's best-matching
-window of sentences; `lexical` is the share of the sentence's content words (lower-cased, crudely
-stemmed, stop words and the question's own words dropped) that occur in the passage. A passage that lacks
-an identifier the sentence names (`shlex.split`, `token_urlsafe()`) cannot support it, and neither can any
-passage a circular sentence ("a hash assignment is a hash assignment ..."). The sentence gets `[n]` for
-the best passage when its score reaches THRESHOLD (and for a second one within SECOND_MARGIN, 0 now: one
-marker). A claim no passage reaches is *unsupported* (`TextSpan`s of the final text).
+A passage that lacks an identifier or a number the sentence names (`shlex.split`, `token_urlsafe()`,
+`5.004`) cannot support it, nor can any passage a circular sentence ("a hash assignment is a hash
+assignment ..."), nor the answer's cut-off last sentence. The sentence gets `[n]` for its most probable
+passage when the probability reaches THRESHOLD; a claim no passage reaches is *unsupported* (`TextSpan`s
+of the final text).
 
-DENSE_WEIGHT and THRESHOLD are the most attributing setting with at least 90% precision on half of a
-hand-judged set of SmolLM2 answers (`bench/attribution.py`, judgments in `bench/attribution_labels.json`):
-on all 126 judged claims 13 of 16 attributions are right (81%), 12.7% of claims get a marker, and three
-in four claims marked unsupported are indeed supported by no passage. Similarity cannot tell a wrong
-sentence on the passage's topic from a right one; a small model writes many such sentences.
+While the answer streams, `Streaming` attributes each sentence once it is finished (`SentenceAttributed`
+on the live stream); the answer's `Scorer` embeds the passages once and keeps every decision, so the
+finished answer carries the same markers.
+
+WEIGHTS, BIAS and THRESHOLD are fitted on half of a hand-judged set of SmolLM2 answers
+(`python -m bench.attribution --fit`; judgments in `bench/attribution_labels.json`): 454 claims of 139
+answers, of which only 82 (18%) any passage supports. No threshold reaches 90% precision on the tuning
+half, so the one with the best precision there over at least five attributions is kept: 73% of the 15
+claims it attributes are right (83% of 6 held out), and 84% of the claims it marks unsupported are indeed
+supported by no passage. Similarity cannot tell a wrong sentence on the passage's topic from a right one.
 
 The inserted markers go through `actors.plan.validate_citations` exactly like model-written ones, so a
 marker can only name a passage the model was given and the user may read.
@@ -27,6 +34,7 @@ marker can only name a passage the model was given and the user may read.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -36,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actors.plan import CITATION, validate_citations
-from store.events import AnswerCompleted, Citation, TextSpan
+from store.events import AnswerCompleted, Citation, SentenceAttributed, TextSpan
 from store.exceptions import DocentError
 from store.settings import Settings
 
@@ -45,11 +53,16 @@ log = logging.getLogger(__name__)
 Matrix = npt.NDArray[np.float32]
 Embed = Callable[[Sequence[str]], Awaitable[Matrix]]
 
-DENSE_WEIGHT = 0.6
-THRESHOLD = 0.68
-SECOND_MARGIN = 0.0
+# The model: a logistic regression over each (claim, passage) pair's FEATURES, fitted on the tuning half
+# of the judged answers (`python -m bench.attribution --fit` prints these); THRESHOLD is a probability.
+FEATURES = ("dense", "lexical", "matched", "missing", "bigrams", "margin")
+WEIGHTS = (3.241, 1.202, 0.004, -0.222, 0.85, 1.117)
+BIAS = -4.189
+THRESHOLD = 0.44
+WORDS_CAP = 6  # "matched" / "missing": the claim's novel words the passage has / lacks, capped, over it
 MIN_CLAIM_WORDS = 3
 WINDOW_WORDS = 40  # passage sentences are grouped into windows of about this many words
+NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
 QUOTED = re.compile(r"`([^`]{1,80})`")
 IDENTIFIER = re.compile(
     r"\b[A-Za-z_]\w*(?:(?:\.|::)[A-Za-z_]\w*)+(?:\(\))?"  # dotted: os.path.join, File::Spec
@@ -116,8 +129,19 @@ def stem(word: str) -> str:
     return word
 
 
+def word_sequence(text: str) -> list[str]:
+    """The text's content words in order, stemmed."""
+    return [stem(w) for w in WORD.findall(text.lower()) if len(w) > 2 and w not in STOPWORDS]
+
+
 def content_words(text: str) -> set[str]:
-    return {stem(w) for w in WORD.findall(text.lower()) if len(w) > 2 and w not in STOPWORDS}
+    return set(word_sequence(text))
+
+
+def bigrams(text: str) -> set[tuple[str, str]]:
+    """Pairs of consecutive content words: "sort function", "static keyword"."""
+    words = word_sequence(text)
+    return set(itertools.pairwise(words))
 
 
 def windows(passage: str) -> list[str]:
@@ -141,31 +165,41 @@ def lexical(claim: set[str], passage: set[str]) -> float:
     return len(claim & passage) / len(claim) if claim else 0.0
 
 
-def combined(dense: float, lex: float, weight: float = DENSE_WEIGHT) -> float:
-    return weight * dense + (1 - weight) * lex
+def probability(features: Matrix, weights: Sequence[float] = WEIGHTS, bias: float = BIAS) -> Matrix:
+    """(..., FEATURES) -> the model's probability that the passage supports the claim."""
+    z = features @ np.asarray(weights, dtype=np.float32) + np.float32(bias)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
-async def dense_scores(claims: Sequence[str], passages: Sequence[str], embed: Embed) -> Matrix:
-    """claims x passages: the best cosine between a claim and any window of the passage."""
+def margins(dense: Matrix) -> Matrix:
+    """claims x passages: how far each passage's cosine is above the best other passage's."""
+    if dense.shape[1] < 2:
+        return dense.copy()
+    top2 = np.sort(dense, axis=1)[:, -2:]
+    best, second = top2[:, 1:2], top2[:, 0:1]
+    return np.where(dense >= best, dense - second, dense - best).astype(np.float32)
+
+
+def window_groups(passages: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Every passage's windows in one list, and how many windows each passage has."""
     units = [windows(p) for p in passages]
-    flat = [u for group in units for u in group]
-    vectors = await embed([*claims, *flat])
-    cos = vectors[: len(claims)] @ vectors[len(claims) :].T
-    scores = np.zeros((len(claims), len(passages)), dtype=np.float32)
+    return [u for group in units for u in group], [len(group) for group in units]
+
+
+def best_per_passage(cos: Matrix, sizes: Sequence[int]) -> Matrix:
+    """claims x windows cosines -> claims x passages: each passage's best-matching window."""
+    scores = np.zeros((cos.shape[0], len(sizes)), dtype=np.float32)
     at = 0
-    for j, group in enumerate(units):
-        scores[:, j] = cos[:, at : at + len(group)].max(axis=1)
-        at += len(group)
+    for j, size in enumerate(sizes):
+        scores[:, j] = cos[:, at : at + size].max(axis=1)
+        at += size
     return scores
 
 
-def chosen(row: Sequence[float], numbers: Sequence[int]) -> list[int]:
-    """The passage numbers a claim is attributed to (best first), or none below THRESHOLD."""
-    order = sorted(range(len(row)), key=lambda j: -row[j])
-    best = row[order[0]]
-    if best < THRESHOLD:
-        return []
-    return [numbers[j] for j in order[:2] if row[j] >= THRESHOLD and row[j] >= best - SECOND_MARGIN]
+def chosen(row: Sequence[float], numbers: Sequence[int], threshold: float = THRESHOLD) -> list[int]:
+    """The passage a claim is attributed to (its most probable one), or none below `threshold`."""
+    best = max(range(len(row)), key=lambda j: row[j])
+    return [numbers[best]] if row[best] >= threshold else []
 
 
 # ---- the answer ------------------------------------------------------------------------------------------
@@ -201,36 +235,90 @@ def identifiers(text: str) -> set[str]:
 
 
 def names_found(claim: str, passage: str) -> bool:
-    """A passage cannot support a claim that names code it does not contain."""
+    """A passage cannot support a claim that names code, or a number, it does not contain."""
     lowered = passage.lower()
+    if not all(n in passage for n in NUMBER.findall(claim)):
+        return False
     return all(re.split(r"\.|::", i)[-1] in lowered for i in identifiers(claim))
 
 
-async def features(
-    text: str, spans: Sequence[tuple[int, int]], passages: Mapping[int, str], embed: Embed, question: str = ""
-) -> tuple[Matrix, Matrix]:
-    """claims x passages: the dense and the lexical score (0 for both where the passage lacks a named
-    identifier, or the claim is circular)."""
-    numbers = list(passages)
-    claims = [text[s:e] for s, e in spans]
-    dense = await dense_scores(claims, [passages[n] for n in numbers], embed)
-    words = [content_words(passages[n]) for n in numbers]
-    lex = np.array([[lexical(novel_words(c, question), w) for w in words] for c in claims], dtype=np.float32)
-    lex = lex.reshape(dense.shape)
-    found = np.array([[names_found(c, passages[n]) and not circular(c) for n in numbers] for c in claims],
-                     dtype=bool)  # fmt: skip
-    found = found.reshape(dense.shape)
-    return np.where(found, dense, 0.0).astype(np.float32), np.where(found, lex, 0.0).astype(np.float32)
+def cut_off(text: str, span: tuple[int, int]) -> bool:
+    """The answer's last sentence, left without its closing punctuation (the model ran out of tokens): a
+    claim no reader could check, never attributed."""
+    return not text[span[1] :].strip() and text[span[1] - 1] not in ".!?)`*"
 
 
-async def score_claims(
-    text: str, spans: Sequence[tuple[int, int]], passages: Mapping[int, str], embed: Embed, question: str = ""
-) -> list[list[float]]:
-    dense, lex = await features(text, spans, passages, embed, question)
-    return [
-        [combined(float(d), float(x)) for d, x in zip(d_row, x_row, strict=True)]
-        for d_row, x_row in zip(dense, lex, strict=True)
+def gates(claims: Sequence[str], passages: Sequence[str]) -> npt.NDArray[np.bool_]:
+    """claims x passages: False where the passage lacks an identifier the claim names, or the claim is
+    circular."""
+    return np.array(
+        [[names_found(c, p) and not circular(c) for p in passages] for c in claims], dtype=bool
+    ).reshape(len(claims), len(passages))
+
+
+def lexical_scores(claims: Sequence[str], passages: Sequence[str], question: str) -> Matrix:
+    """claims x passages x 4: the share of each claim's novel words the passage has, how many it has and how
+    many it lacks (each count capped at WORDS_CAP, over it), and the share of its bigrams the passage has."""
+    words = [content_words(p) for p in passages]
+    pairs = [bigrams(p) for p in passages]
+    novel = [novel_words(c, question) for c in claims]
+    claim_pairs = [bigrams(c) for c in claims]
+    rows = [
+        [
+            (lexical(n, w), _capped(len(n & w)), _capped(len(n - w)), _share(cp, pp))
+            for w, pp in zip(words, pairs, strict=True)
+        ]
+        for n, cp in zip(novel, claim_pairs, strict=True)
     ]
+    return np.array(rows, dtype=np.float32).reshape(len(claims), len(passages), 4)
+
+
+def _share(claim: set[tuple[str, str]], passage: set[tuple[str, str]]) -> float:
+    return len(claim & passage) / len(claim) if claim else 0.0
+
+
+def _capped(count: int) -> float:
+    return min(count, WORDS_CAP) / WORDS_CAP
+
+
+class Scorer:
+    """One answer's passages, embedded once: the scores of any of its claims, and each claim's pick cached,
+    so a sentence attributed while the answer streams keeps its markers in the finished answer."""
+
+    def __init__(self, passages: Mapping[int, str], embed: Embed, question: str = "") -> None:
+        self.numbers = list(passages)
+        self.texts = [passages[n] for n in self.numbers]
+        self.embed = embed
+        self.question = question
+        self._windows: tuple[Matrix, list[int]] | None = None
+        self._picks: dict[str, list[int]] = {}
+
+    async def windows(self) -> tuple[Matrix, list[int]]:
+        if self._windows is None:
+            flat, sizes = window_groups(self.texts)
+            self._windows = (await self.embed(flat), sizes)
+        return self._windows
+
+    async def features(self, claims: Sequence[str]) -> tuple[Matrix, npt.NDArray[np.bool_]]:
+        """claims x passages x FEATURES, and where the gates are open (a closed one: never attributed)."""
+        vectors, sizes = await self.windows()
+        dense = best_per_passage(await self.embed(list(claims)) @ vectors.T, sizes)
+        lex = lexical_scores(claims, self.texts, self.question)
+        features = np.concatenate([dense[..., None], lex, margins(dense)[..., None]], axis=-1)
+        return features, gates(claims, self.texts)
+
+    async def probabilities(self, claims: Sequence[str]) -> Matrix:
+        """claims x passages: the model's probability that the passage supports the claim."""
+        features, open_ = await self.features(claims)
+        return np.where(open_, probability(features), 0.0).astype(np.float32)
+
+    async def picks(self, claims: Sequence[str]) -> list[list[int]]:
+        """The passage numbers each claim is attributed to (scored once per distinct claim)."""
+        todo = [c for c in dict.fromkeys(claims) if c not in self._picks]
+        if todo:
+            for claim, row in zip(todo, await self.probabilities(todo), strict=True):
+                self._picks[claim] = chosen([float(p) for p in row], self.numbers)
+        return [self._picks[c] for c in claims]
 
 
 def marker_at(text: str, start: int, end: int) -> int:
@@ -258,11 +346,64 @@ def rewrite(text: str, spans: Sequence[tuple[int, int]], picks: Sequence[list[in
 
 
 async def attribute(text: str, passages: Mapping[int, str], embed: Embed, question: str = "") -> Attribution:
+    return await attribute_with(Scorer(passages, embed, question), text)
+
+
+async def attribute_with(scorer: Scorer, text: str) -> Attribution:
     spans = claims_of(text)
-    if not spans or not passages:
+    if not spans or not scorer.numbers:
         return Attribution(text=text)
-    scores = await score_claims(text, spans, passages, embed, question)
-    return rewrite(text, spans, [chosen(row, list(passages)) for row in scores])
+    whole = [sp for sp in spans if not cut_off(text, sp)]
+    picked = dict(zip(whole, await scorer.picks([text[s:e] for s, e in whole]), strict=True))
+    return rewrite(text, spans, [picked.get(sp, []) for sp in spans])
+
+
+# ---- while the answer streams ----------------------------------------------------------------------------
+
+
+def finished(text: str, span: tuple[int, int]) -> bool:
+    """A sentence of a growing text is finished once something follows it: the next sentence, or its line's
+    end."""
+    return bool(text[span[1] :].strip()) or "\n" in text[span[1] :]
+
+
+class Streaming:
+    """Attribution of an answer while it streams: each claim once, as soon as its sentence is finished.
+
+    `stamp` fills in what the caller knows (step, turn, time). A failing embedder stops it quietly: the
+    finished answer is attributed (or not) on its own."""
+
+    def __init__(self, scorer: Scorer, stamp: Callable[[SentenceAttributed], SentenceAttributed]) -> None:
+        self.scorer = scorer
+        self.stamp = stamp
+        self.text = ""
+        self._done_to = 0  # offset past the last claim reported
+        self._failed = False
+
+    async def feed(self, piece: str) -> list[SentenceAttributed]:
+        """The claims `piece` finished, attributed (their spans are of the text streamed so far)."""
+        self.text += piece
+        spans = [sp for sp in claims_of(self.text) if sp[0] >= self._done_to and finished(self.text, sp)]
+        if not spans or self._failed or not self.scorer.numbers:
+            return []
+        self._done_to = spans[-1][1]
+        try:
+            picks = await self.scorer.picks([self.text[s:e] for s, e in spans])
+        except DocentError as exc:
+            log.warning("attribution while streaming stopped: %s: %s", exc.code, exc.message)
+            self._failed = True
+            return []
+        return [self.mark(span, numbers) for span, numbers in zip(spans, picks, strict=True)]
+
+    def mark(self, span: tuple[int, int], numbers: Sequence[int]) -> SentenceAttributed:
+        start, end = span
+        marker = marker_at(self.text, start, end)
+        return self.stamp(SentenceAttributed(start=start, end=end, marker=marker, passages=tuple(numbers)))
+
+
+def passage_texts(sources: Sequence[Citation], passages: Mapping[int, str]) -> dict[int, str]:
+    """What each source a claim may be attributed to says: its passage, else its snippet."""
+    return {c.n: passages.get(c.n) or c.snippet for c in sources}
 
 
 async def final_answer(
@@ -271,14 +412,19 @@ async def final_answer(
     passages: Mapping[int, str],
     embed: Embed | None,
     question: str = "",
+    scorer: Scorer | None = None,
 ) -> AnswerCompleted:
-    """The turn's answer: the model's markers validated, then (with `embed`) attributed and checked again."""
+    """The turn's answer: the model's markers validated, then (with `embed`) attributed and checked again.
+
+    `scorer`, the one that attributed the answer while it streamed, keeps what it decided then."""
     cleaned, citations, dropped = validate_citations(text, list(sources))
     unsupported: tuple[TextSpan, ...] = ()
     if embed is not None and sources:
-        texts = {c.n: passages.get(c.n) or c.snippet for c in sources}
+        texts = passage_texts(sources, passages)
+        if scorer is None or scorer.numbers != list(texts) or scorer.texts != list(texts.values()):
+            scorer = Scorer(texts, embed, question)
         try:
-            attributed = await attribute(cleaned, texts, embed, question)
+            attributed = await attribute_with(scorer, cleaned)
         except DocentError as exc:  # an optional step: the answer stands without its markers
             log.warning("attribution skipped: %s: %s", exc.code, exc.message)
             attributed = Attribution(text=cleaned)

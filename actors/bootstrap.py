@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.ingestion import DocumentRequest, ingest_documents, ingest_files, summary
-from index.demo import DemoDoc, build_demo_corpus
+from index.demo import PYDOC_MODULES, DemoDoc, build_demo_corpus, stdlib_modules
 from index.embed import load_embedder
 from index.parse import demo_source_dir
 from index.search import SearchService
@@ -47,7 +47,8 @@ def ensure_demo(settings: Settings, *, force: bool = False) -> dict[str, Any]:
     """Write the demo corpus (stdlib docs through pydoc, license texts) and ingest what changed."""
     started = time.perf_counter()
     root = demo_source_dir(settings)
-    docs = build_demo_corpus(root)
+    modules = stdlib_modules() if settings.demo_modules == "all" else PYDOC_MODULES
+    docs = build_demo_corpus(root, modules=modules)
     outcomes = ingest_documents(settings, [_demo_request(doc, root) for doc in docs], delete_first=force)
     return {
         **summary(outcomes),
@@ -61,7 +62,8 @@ def prepare(settings: Settings) -> None:
     print(f"models: {prepare_models(settings)}", flush=True)
     if not settings.demo:
         return
-    print("demo knowledge base: building and ingesting (first start embeds ~1,600 chunks)...", flush=True)
+    chunks = "~6,000" if settings.demo_modules == "all" else "~1,600"
+    print(f"demo knowledge base: building and ingesting (first start embeds {chunks} chunks)...", flush=True)
     print(f"demo knowledge base: {ensure_demo(settings)}", flush=True)
 
 

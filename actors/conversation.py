@@ -103,6 +103,7 @@ from store.events import (
     LLMFailed,
     LLMRequested,
     RetrievalDone,
+    SentenceAttributed,
     ToolCall,
     ToolIntent,
     ToolResult,
@@ -176,6 +177,7 @@ class Activation:
         self._streamed_turns: set[int] = set()  # turns whose first token was timed
         self.trace = TurnTrace(conv_id)  # OpenTelemetry spans from the appended events (off: inert)
         self.spend = Spend(rt.settings)  # usage per tenant / user / day, and the daily budgets
+        self._scorer: attribution.Scorer | None = None  # the attribution of the answer streaming now
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -210,17 +212,36 @@ class Activation:
                 golden_feedback.propose(self.rt.log, self.rt.settings.redis_url, self.conv_id, tenant, event)
 
     async def delta(self, step: int, text: str) -> None:
-        self._check_lease()
         turn = self.state.current.number if self.state.current else 0
-        try:
-            self.rt.log.append(self.lease, [Delta(step=step, text=text, turn=turn, at_ms=self.rt.clock())])
-        except StaleEpoch:
-            raise _Stop() from None
+        self.live([Delta(step=step, text=text, turn=turn, at_ms=self.rt.clock())])
         if turn not in self._streamed_turns and self.state.current is not None:
             self._streamed_turns.add(turn)
             asked = self._asked_ms.get(turn) or self.state.current.started_ms
             route = self.state.current.route or ""
             metrics.observe_first_token(route, now_ms=self.rt.clock(), asked_at_ms=asked)
+
+    def live(self, items: Sequence[Delta | SentenceAttributed]) -> None:
+        """Append to the live stream only (fenced): token fragments, sentences attributed while streaming."""
+        self._check_lease()
+        if not items:
+            return
+        try:
+            self.rt.log.append(self.lease, items)
+        except StaleEpoch:
+            raise _Stop() from None
+
+    def streaming_attribution(self, step: int) -> attribution.Streaming | None:
+        """A Q&A answer's sentences attributed as they finish; its scorer then attributes the whole answer."""
+        self._scorer = None
+        if self.turn.route != "qa" or not self._hits or not attribution.enabled(self.rt.settings):
+            return None
+        passages = attribution.passage_texts(qa_sources(self._hits), _numbered(self._hits))
+        self._scorer = attribution.Scorer(passages, self.rt.knowledge().embed, self.turn.question.text)
+        turn = self.turn.number
+        return attribution.Streaming(
+            self._scorer,
+            lambda mark: msgspec.structs.replace(mark, step=step, turn=turn, at_ms=self.rt.clock()),
+        )
 
     def maybe_snapshot(self, force: bool = False) -> None:
         due = self.state.events - self.snapshot_events
@@ -440,8 +461,12 @@ class Activation:
         attempt = self.turn.llm_failures.get(step, 0)
         request_id = _sha(self.conv_id, self.turn.number, step, attempt)[:32]
 
+        streaming = self.streaming_attribution(step)
+
         async def on_delta(text: str) -> None:
             await self.delta(step, text)
+            if streaming is not None:
+                self.live(await streaming.feed(text))
 
         streamed = on_delta if step != REWRITE_STEP else None  # a rewritten query is not the answer
         try:
@@ -564,10 +589,11 @@ class Activation:
         else:
             sources = agent_sources(self.turn.results.values())
         sources = await self.readable(sources)  # the user must (still) be allowed to read every one cited
-        passages = {n: h.text for n, h in enumerate(self._hits or [], 1)} if self.turn.route == "qa" else {}
+        passages = _numbered(self._hits or []) if self.turn.route == "qa" else {}
         attribute = attribution.enabled(self.rt.settings) and self.turn.route != "workflow"  # cited by code
         embed = self.rt.knowledge().embed if attribute else None
-        answer = await attribution.final_answer(text, sources, passages, embed, self.turn.question.text)
+        question = self.turn.question.text
+        answer = await attribution.final_answer(text, sources, passages, embed, question, self._scorer)
         self.emit([answer])
         await self.remember(answer)
 
@@ -598,6 +624,11 @@ class Activation:
             )
         except DocentError as exc:
             log.warning("answer not cached: %s: %s", exc.code, exc.message)
+
+
+def _numbered(hits: Sequence[Hit]) -> dict[int, str]:
+    """The passages' texts by their number in the prompt."""
+    return {n: h.text for n, h in enumerate(hits, 1)}
 
 
 # ---- activation entry -----------------------------------------------------------------------------------

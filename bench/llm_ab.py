@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.llm_ab --preset compute [--questions 8] [--save answers.json]
     .venv/bin/python -m bench.llm_ab --preset prompt
     .venv/bin/python -m bench.llm_ab --preset final        # today's defaults against the new ones
+    .venv/bin/python -m bench.llm_ab --preset defaults     # the defaults alone (on a quiet moment)
 
 Every question is a real one (perlfaq, debfaq, the demo golden set) with the passages the product's hybrid
 search retrieves for it (`bench.qa_sample`), given to SmolLM2 through the product's own Q&A prompt
@@ -69,6 +70,7 @@ PRESETS: dict[str, tuple[Config, ...]] = {
         Config(name="before: float32, 8 passages, max 512", max_tokens=512),
         Config(name="after: int8, 4 passages, max 200", compute_type="int8", passages=4, max_tokens=200),
     ),
+    "defaults": (Config(name="int8, 4 passages, max 200", compute_type="int8", passages=4, max_tokens=200),),
 }
 
 

@@ -21,11 +21,16 @@ index/golden/demo only judges documents everyone may read.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import importlib.util
+import io
 import logging
+import pkgutil
 import pydoc
 import re
+import sys
 import sysconfig
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -54,6 +59,13 @@ PYDOC_MODULES: tuple[str, ...] = (
     "urllib.request", "uuid", "venv", "zipfile",
 )  # fmt: skip
 
+# `DOCENT_DEMO_MODULES=all`: every public standard-library module and submodule pydoc can render, except
+# these (side effects on import, GUI toolkits, tests, platform-only or packaging internals).
+STDLIB_SKIPPED = frozenset({
+    "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "lib2to3", "ensurepip", "test",
+    "pydoc_data", "distutils", "msilib", "winreg", "winsound", "msvcrt", "nt", "pip",
+})  # fmt: skip
+
 LEGAL_ONLY = Access(tenant=DEMO_TENANT, readers=("group:legal",))
 RESTRICTED: Mapping[str, Access] = {"license/gpl-3.0": LEGAL_ONLY, "license/lgpl-3.0": LEGAL_ONLY}
 PUBLIC = Access(tenant=DEMO_TENANT, readers=(EVERYONE,))
@@ -66,6 +78,29 @@ class DemoDoc(msgspec.Struct, frozen=True, kw_only=True):
     format: str  # "md" | "txt"
     access: Access = PUBLIC
     source: str = ""  # where the text came from: a module name or a license file
+
+
+def stdlib_modules() -> list[str]:
+    """Every public standard-library module and submodule this Python has, but STDLIB_SKIPPED: the demo
+    modules first (they are ingested first), then the rest by name."""
+    names: set[str] = set()
+    for name in sorted(sys.stdlib_module_names):
+        if name.startswith("_") or name in STDLIB_SKIPPED:
+            continue
+        names.add(name)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            found = pkgutil.walk_packages(list(spec.submodule_search_locations), name + ".", onerror=_ignore)
+            names.update(info.name for info in found if _public(info.name))
+    return [*PYDOC_MODULES, *sorted(names - set(PYDOC_MODULES))]
+
+
+def _public(module_name: str) -> bool:
+    return not any(part.startswith("_") or part in {"test", "tests"} for part in module_name.split("."))
+
+
+def _ignore(module_name: str) -> None:
+    """A subpackage that fails to import is left out (pkgutil.walk_packages' error hook)."""
 
 
 def build_demo_corpus(
@@ -143,9 +178,13 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 def _pydoc_pages(target: Path, modules: Sequence[str]) -> Iterator[DemoDoc]:
     for module_name in modules:
         try:
-            title, markdown = pydoc_markdown(module_name)
-        except ImportError as exc:  # a Python built without sqlite3 or ssl still gets a demo
-            log.warning("demo: skipping pydoc/%s: %s", module_name, exc)
+            with contextlib.redirect_stdout(io.StringIO()):  # a module that prints when imported
+                title, markdown = pydoc_markdown(module_name)
+        except Exception as exc:  # ImportError: a Python built without sqlite3 or ssl still gets a demo
+            log.warning("demo: skipping pydoc/%s: %s: %s", module_name, type(exc).__name__, exc)
+            continue
+        if "\n## " not in markdown:  # a package page with nothing but its name (`urllib`, `concurrent`)
+            log.info("demo: skipping pydoc/%s: nothing documented", module_name)
             continue
         path = target / "pydoc" / f"{module_name}.md"
         _write_if_changed(path, markdown.encode())

@@ -19,7 +19,7 @@ import redis.asyncio as aredis
 
 from server.hub import Fields, StreamKey, id_key
 from server.protocol import DeltaFrame, EventFrame, encode
-from store.events import TERMINAL, Delta, decode_live
+from store.events import TERMINAL, Delta, SentenceAttributed, decode_live
 from store.log import conv_keys
 from store.scripts import text
 
@@ -53,7 +53,8 @@ def to_frame(entry_id: bytes | str, fields: Fields) -> LiveFrame | None:
         return LiveFrame(eid, id_key(eid), item.turn, True, False, data)
     raw_bytes = raw if isinstance(raw, bytes) else str(raw).encode()
     data = encode(EventFrame(id=eid, event=msgspec.Raw(raw_bytes)))
-    return LiveFrame(eid, id_key(eid), item.turn, False, isinstance(item, TERMINAL), data)
+    streamed = isinstance(item, SentenceAttributed)  # like a delta: a finished turn's replay skips it
+    return LiveFrame(eid, id_key(eid), item.turn, streamed, isinstance(item, TERMINAL), data)
 
 
 async def _last_turn_finished(client: aredis.Redis, conv_id: str) -> int:

@@ -1,8 +1,9 @@
 """The conversation log's event schema: versioned msgspec tagged structs, one typed decoder.
 
 A conversation's durable log (a Redis Stream) holds `Event`s; its live stream holds the same events
-mirrored plus `Delta`s (token fragments), which never enter the durable log. Every struct carries
-`v` (schema version), `turn` (1-based turn number) and `at_ms` (wall-clock ms when appended).
+mirrored plus `Delta`s (token fragments) and `SentenceAttributed` marks, which never enter the durable
+log. Every struct carries `v` (schema version), `turn` (1-based turn number) and `at_ms` (wall-clock ms
+when appended).
 """
 
 from __future__ import annotations
@@ -241,7 +242,19 @@ class Delta(_Base, frozen=True, kw_only=True, tag="delta"):
     text: str
 
 
-LiveItem = Event | Delta
+class SentenceAttributed(_Base, frozen=True, kw_only=True, tag="sentence_attributed"):
+    """A finished sentence of the answer being generated, attributed while the rest streams (live stream only,
+    like `Delta`): `text[start:end]` of the step's streamed text (code points), the passage numbers that
+    support it (`[n]` markers go at `marker`), none = no passage does. `answer_completed` agrees with it."""
+
+    step: int = 0
+    start: int
+    end: int
+    marker: int
+    passages: tuple[int, ...] = ()
+
+
+LiveItem = Event | Delta | SentenceAttributed
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)

@@ -28,7 +28,7 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 
-from store.events import Delta, Event, LiveItem, decode_event, decode_live, encode
+from store.events import Delta, Event, LiveItem, SentenceAttributed, decode_event, decode_live, encode
 from store.exceptions import CorruptLog, InputError, LeaseHeld, LogError, StaleEpoch
 from store.scripts import (
     Arg,
@@ -165,7 +165,7 @@ def release_plan(lease: Lease) -> Plan[bool]:
 
 
 def _flag(item: object) -> str:
-    if isinstance(item, Delta):
+    if isinstance(item, Delta | SentenceAttributed):
         return "l"
     if isinstance(item, EVENT_TYPES):
         return "d"

@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_wait_timeout_ms: Positive = 500  # longer: the ask is refused `unavailable` (retries are deduped)
     redis_identity: str = ""  # set by `docent run` for its children: the identity their Redis must hold
     demo: bool = True  # `docent run` builds and ingests the demo knowledge base
+    # The demo's pydoc pages: `core` = index.demo.PYDOC_MODULES (49), `all` = the whole standard library.
+    demo_modules: Literal["core", "all"] = "core"
     host: str = "127.0.0.1"
     port: Port = 8000
 

@@ -26,7 +26,7 @@ import redis.asyncio as aredis
 from starlette.applications import Starlette
 
 from server.app import create_app
-from store.events import Delta, Event, encode
+from store.events import Delta, Event, SentenceAttributed, encode
 from store.redis import free_port
 from store.settings import Settings
 
@@ -159,7 +159,7 @@ class StreamWriter:
         self.live_maxlen = live_maxlen
         self._script = client.register_script(_APPEND_EVENT)
 
-    def _append(self, item: Event | Delta, durable: bool) -> str:
+    def _append(self, item: Event | Delta | SentenceAttributed, durable: bool) -> str:
         keys = [f"conv:{{{self.conv_id}}}:log", f"conv:{{{self.conv_id}}}:live"]
         maxlen = "" if self.live_maxlen is None else str(self.live_maxlen)
         entry_id: Any = self._script(keys=keys, args=[encode(item), maxlen, "d" if durable else "l"])
@@ -170,3 +170,7 @@ class StreamWriter:
 
     def delta(self, text: str, turn: int) -> str:
         return self._append(Delta(text=text, turn=turn), durable=False)
+
+    def live(self, item: SentenceAttributed) -> str:
+        """A live-only item besides deltas (a sentence attributed while the answer streams)."""
+        return self._append(item, durable=False)

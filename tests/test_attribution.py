@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import pytest
 
 from actors import attribution
-from actors.attribution import Matrix, attribute, final_answer, split_sentences
+from actors.attribution import Matrix, Scorer, Streaming, attribute, final_answer, finished, split_sentences
 from index.embed import Embedder, load_embedder
-from store.events import Citation
+from store.events import Citation, SentenceAttributed
 from store.exceptions import ModelError
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE
@@ -87,3 +88,43 @@ async def test_a_failing_embedder_leaves_the_answer_without_markers() -> None:
 
     answer = await final_answer(ANSWER, SOURCES, PASSAGES, broken)
     assert answer.text == ANSWER and answer.citations == () and answer.unsupported == ()
+
+
+def test_a_sentence_is_finished_once_something_follows_it() -> None:
+    text = "One claim here. Two"
+    one, two = split_sentences(text)
+    assert finished(text, one) and not finished(text, two)
+    assert finished("A line\n", (0, 6)) and not finished("A line ", (0, 6))
+
+
+def with_marks(text: str, marks: Sequence[SentenceAttributed]) -> str:
+    """The streamed text as a client shows it: each attributed sentence's markers at its marker offset."""
+    for mark in sorted(marks, key=lambda m: -m.marker):
+        if mark.passages:
+            text = text[: mark.marker] + " " + "".join(f"[{n}]" for n in mark.passages) + text[mark.marker :]
+    return text
+
+
+async def test_sentences_attributed_while_streaming_agree_with_the_answer(embedder: Embedder) -> None:
+    embed = embed_with(embedder)
+    scorer = Scorer(PASSAGES, embed)
+    streaming = Streaming(scorer, lambda mark: mark)
+    marks: list[SentenceAttributed] = []
+    for piece in re.findall(r"\S+\s*", ANSWER):  # word by word, as tokens arrive
+        marks += await streaming.feed(piece)
+    # Each finished sentence once, as soon as the next one starts; the last one waits for the answer's end.
+    assert [ANSWER[m.start : m.end] for m in marks] == [ANSWER[s:e] for s, e in split_sentences(ANSWER)][:2]
+    assert [m.passages for m in marks] == [(1,), (2,)]
+    answer = await final_answer(ANSWER, SOURCES, PASSAGES, embed, scorer=scorer)
+    last = ANSWER.index("The moon")
+    assert answer.text.startswith(with_marks(ANSWER[:last], marks))
+    assert answer.text == with_marks(ANSWER, marks)  # the last sentence is unsupported: no marker
+
+
+async def test_streaming_stops_quietly_when_the_embedder_fails() -> None:
+    async def broken(texts: Sequence[str]) -> Matrix:
+        raise ModelError("embedding failed: out of memory")
+
+    streaming = Streaming(Scorer(PASSAGES, broken), lambda mark: mark)
+    assert await streaming.feed(ANSWER) == []
+    assert await streaming.feed(" More text. And more.") == []

@@ -22,6 +22,7 @@ from store.events import (
     LLMFailed,
     LLMRequested,
     RetrievalDone,
+    SentenceAttributed,
     TextSpan,
     UserMessage,
     decode_event,
@@ -321,3 +322,58 @@ async def test_sources_show_before_the_first_token_and_unsupported_sentences_are
             SOURCES[0].title
         ]
         await page.screenshot(path=str(SCREENSHOTS / "answer-attributed.png"))
+
+
+STREAMED = "Use shlex.split to split a command line. The moon is made of cheese. And"
+MOON = ["The moon is made of cheese."]
+
+
+def attributed(sentence: str, passages: tuple[int, ...]) -> SentenceAttributed:
+    start = STREAMED.index(sentence)
+    end = start + len(sentence)
+    return SentenceAttributed(turn=1, start=start, end=end, marker=end - 1, passages=passages)
+
+
+async def test_sentences_are_attributed_while_the_answer_streams(
+    browser: Any, redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
+) -> None:
+    r = redis.Redis.from_url(redis_url)
+    with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
+        token = mint_token(web.settings, "acme", "alice", ttl=600)
+        page = await browser.new_page(viewport={"width": 900, "height": 700})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(f"{web.http_url}/?token={token}")
+        await page.wait_for_selector('.docent-status[data-state="connected"]', timeout=WAIT_MS)
+        conv = await page.get_attribute(".docent", "data-conversation")
+        await page.fill(".docent-input", "How do I split a shell command line?")
+        await page.click(".docent-send")
+        asked = await wait_for_ask(r, str(conv))
+        worker = StreamWriter(r, str(conv))
+        worker.event(UserMessage(turn=1, text=asked.text, user="alice", tenant="acme",
+                                 client_message_id=asked.client_message_id))  # fmt: skip
+        worker.event(RetrievalDone(turn=1, query=asked.text, chunk_ids=("c1", "c2"), index_version="v1",
+                                   sources=SOURCES))  # fmt: skip
+        worker.event(LLMRequested(turn=1, step=0, model="smollm2", prompt_hash="h"))
+        answer = page.locator(".docent-turn[data-turn='1'] .docent-answer")
+        worker.delta("Use shlex.split to split a command line. The", 1)
+        worker.live(attributed("Use shlex.split to split a command line.", (1,)))
+        await wait_for_answer_text(page, "Use shlex.split to split a command line [1]. The")
+        assert await answer.get_attribute("data-done") == "0"  # still streaming, the marker is there
+        assert await answer.locator(".docent-cite").all_text_contents() == ["[1]"]
+
+        worker.delta(" moon is made of cheese. And", 1)
+        worker.live(attributed("The moon is made of cheese.", ()))
+        await page.wait_for_selector(".docent-answer[data-done='0'] .docent-unsupported", timeout=WAIT_MS)
+        assert await page.locator(".docent-unsupported").all_text_contents() == MOON
+        streamed_view = await answer.text_content()
+        assert streamed_view == "Use shlex.split to split a command line [1]. The moon is made of cheese. And"
+
+        final = "Use shlex.split to split a command line [1]. The moon is made of cheese. And"
+        start = final.index("The moon")
+        worker.event(AnswerCompleted(turn=1, text=final, citations=SOURCES[:1], sources=SOURCES,
+                                     unsupported=(TextSpan(start=start, end=start + 27),)))  # fmt: skip
+        await page.wait_for_selector(".docent-answer[data-done='1']", timeout=WAIT_MS)
+        assert await answer.text_content() == streamed_view  # the finished answer agrees with the stream
+        assert await page.locator(".docent-unsupported").all_text_contents() == MOON
+        assert errors == []

@@ -16,6 +16,7 @@ from index.demo import (
     PYDOC_MODULES,
     DemoDoc,
     build_demo_corpus,
+    stdlib_modules,
     write_demo_collection,
 )
 from index.evaluate import load_collection, read_qrels
@@ -157,3 +158,13 @@ def test_demo_collection_loads_as_a_beir_collection(
     assert "Classes > shlex" in by_id["pydoc/shlex"].text
     assert len(collection.queries) >= 25
     assert all(doc_id in by_id for rel in collection.qrels.values() for doc_id in rel)
+
+
+def test_the_whole_standard_library_lists_the_demo_modules_first(tmp_path: Path) -> None:
+    modules = stdlib_modules()  # DOCENT_DEMO_MODULES=all
+    assert modules[: len(PYDOC_MODULES)] == list(PYDOC_MODULES) and len(modules) == len(set(modules))
+    assert {"timeit", "copy", "ipaddress", "atexit", "cProfile", "xml.etree.ElementTree"} <= set(modules)
+    assert not {"antigravity", "this", "idlelib", "tkinter"} & set(modules)
+    assert not [m for m in modules if any(part.startswith("_") for part in m.split("."))]
+    docs = build_demo_corpus(tmp_path, modules=("timeit", "xml.etree.ElementTree"), common_licenses=tmp_path)
+    assert {"pydoc/timeit", "pydoc/xml.etree.ElementTree"} <= {d.doc_id for d in docs}

@@ -2,7 +2,8 @@
 
 Everything real: Redis, the web process, a dramatiq worker process with the local SmolLM2 (CTranslate2) and
 the MiniLM query embedder, an index of two standard-library pages built with MiniLM, the chat widget.
-The widget must show the sources before the model's first token, and the finished answer must carry `[n]`
+The widget must show the sources before the model's first token, a finished sentence must be attributed
+(a marker or an unsupported mark) while the answer still streams, and the finished answer must carry `[n]`
 markers (post-hoc attribution, on by default for the local model).
 """
 
@@ -37,6 +38,8 @@ ORDER_PROBE = """() => {
     if (panel && !panel.hidden) mark("sources");
     const answer = document.querySelector(".docent-turn .docent-answer");
     if (answer && answer.textContent.trim()) mark("token");
+    const streaming = answer && answer.getAttribute("data-done") === "0";
+    if (streaming && answer.querySelector(".docent-cite, .docent-unsupported")) mark("attributed");
   }).observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});
 }"""
 
@@ -90,6 +93,7 @@ async def test_the_local_model_answers_with_sources_first_and_attributed_citatio
     await page.wait_for_selector(".docent-answer[data-done='1']", timeout=WAIT_MS)
     seen = await page.evaluate("() => window.__seen")
     assert "sources" in seen and "token" in seen and seen["sources"] < seen["token"], json.dumps(seen)
+    assert "attributed" in seen and seen["token"] <= seen["attributed"], json.dumps(seen)
     titles = await page.locator(".docent-sources .docent-source-open").all_text_contents()
     assert any(t.startswith("secrets") for t in titles)
     markers = await page.locator(".docent-answer .docent-cite").all_text_contents()

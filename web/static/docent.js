@@ -5,9 +5,14 @@
  *   import Docent from "https://docent.example/static/docent.mjs";       ES module (same code)
  *
  *   const chat = Docent.connect({url: "wss://docent.example/ws/chat", token});
- *   chat.ask("What is our travel policy?", {mode: "auto", onSources, onDelta, onCitation, onEvent, onDone});
+ *   chat.ask("What is our travel policy?", {mode: "auto", onSources, onDelta, onAttributed, onCitation, onEvent,
+ *                                           onDone});
  *   chat.feedback(turn, "up" | "down", "optional comment");   // rate an answer (a `feedback` event follows)
  *   chat.ask(text, {noCache: true})   // a fresh answer, never one from the answer cache
+ *
+ * onAttributed(event) gets each `sentence_attributed` event: a finished sentence of the streaming answer, its
+ * code-point span of the step's streamed text and the passages that support it (none: unsupported). The
+ * widget shows them as the answer streams; `answer_completed` then carries the same markers in its text.
  *
  * The client reconnects with exponential backoff and resumes from the last event id it saw, so a dropped
  * socket or a restarted server neither loses nor repeats a token. Docent.mount(element, options) renders
@@ -178,6 +183,32 @@
       chars.splice(span.start, 0, MARK_OPEN);
     });
     return chars.join("");
+  }
+
+  // The streaming text with what `sentence_attributed` events said so far: " [n]" inserted at each sentence's
+  // marker offset, unsupported sentences as spans (all in code points of the step's text, shifted to the
+  // whole text's). Marks that point past the text (a retried step's) are left out.
+  function attributedView(text, marks, stepStarts) {
+    var chars = Array.from(String(text || ""));
+    var inserts = [], spans = [];
+    marks.forEach(function (m) {
+      var base = Array.from(text.slice(0, stepStarts[m.step] || 0)).length;
+      if (base + m.end > chars.length) return;
+      if (m.passages && m.passages.length) {
+        var marker = " " + m.passages.map(function (n) { return "[" + n + "]"; }).join("");
+        inserts.push({at: base + m.marker, text: marker});
+      } else {
+        spans.push({start: base + m.start, end: base + m.end});
+      }
+    });
+    inserts.sort(function (a, b) { return a.at - b.at; });
+    spans = spans.map(function (span) {
+      var shift = 0;
+      inserts.forEach(function (i) { if (i.at <= span.start) shift += Array.from(i.text).length; });
+      return {start: span.start + shift, end: span.end + shift};
+    });
+    for (var i = inserts.length - 1; i >= 0; i--) chars.splice(inserts[i].at, 0, inserts[i].text);
+    return {text: chars.join(""), spans: spans};
   }
 
   function renderAnswerHtml(text, spans) {
@@ -361,6 +392,7 @@
     if ((event.type === "retrieval_done" || event.type === "cache_hit") && handlers.onSources) {
       handlers.onSources(event.sources || [], event);
     }
+    if (event.type === "sentence_attributed" && handlers.onAttributed) handlers.onAttributed(event);
     if (event.type === "answer_completed" && handlers.onCitation) {
       (event.citations || []).forEach(function (c) { handlers.onCitation(c); });
     }
@@ -608,7 +640,7 @@
     section.appendChild(citations);
     section.appendChild(sources);
     var state = {section: section, steps: steps, answer: answer, citationList: citations, sources: sources,
-                 text: "", citations: {}, unsupported: [], done: false, stepStarts: {}};
+                 text: "", citations: {}, unsupported: [], marks: [], done: false, stepStarts: {}};
     this.sections[turn] = state;
     return state;
   };
@@ -647,6 +679,12 @@
         break;
       case "llm_requested":
         this.startModelCall(state, event.step);
+        break;
+      case "sentence_attributed":
+        if (!state.done) {
+          state.marks.push(event);
+          this.renderAnswer(state);
+        }
         break;
       case "approval_requested":
       case "approval_decided":
@@ -745,6 +783,7 @@
       state.stepStarts[step] = state.text.length;
     } else if (state.text.length > state.stepStarts[step]) {
       state.text = state.text.slice(0, state.stepStarts[step]);
+      state.marks = state.marks.filter(function (m) { return m.step !== step; });
       this.renderAnswer(state);
     }
   };
@@ -758,7 +797,9 @@
   };
 
   Widget.prototype.renderAnswer = function (state) {
-    state.answer.innerHTML = renderAnswerHtml(state.text, state.done ? state.unsupported : [])
+    var view = state.done ? {text: state.text, spans: state.unsupported}
+      : attributedView(state.text, state.marks, state.stepStarts);
+    state.answer.innerHTML = renderAnswerHtml(view.text, view.spans)
       + (state.done ? "" : '<span class="docent-cursor"></span>');
     state.answer.setAttribute("data-done", state.done ? "1" : "0");
     state.answer.querySelectorAll(".docent-cite").forEach(function (b) {

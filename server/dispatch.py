@@ -18,8 +18,8 @@ import redis.asyncio as aredis
 
 from actors.api import InboundItem
 from store.exceptions import Unavailable
-from store.log import LogOptions, post_inbox_plan
-from store.scripts import AsyncRunner
+from store.log import LogOptions, Posted, post_inbox_plan
+from store.scripts import AsyncRunner, Plan
 
 Wake = Callable[[str], Awaitable[None]]
 
@@ -38,12 +38,17 @@ class RedisDispatcher:
         self.wait_timeout_ms = wait_timeout_ms
 
     async def submit(self, conversation_id: str, item: InboundItem, *, dedup_id: str) -> str:
-        posted = await self._run(post_inbox_plan(conversation_id, item, dedup_id, self.options))
-        await self._replicated()
+        plan = post_inbox_plan(conversation_id, item, dedup_id, self.options)
+        posted = await (self._replicated(plan) if self.replicas else self._run(plan))
         # Wake on duplicates too: the first submit's wake-up may be what got lost.
         await self.wake(conversation_id)
         return posted.inbox_id
 
-    async def _replicated(self) -> None:
-        if self.replicas and await self.client.wait(self.replicas, self.wait_timeout_ms) < self.replicas:
-            raise Unavailable("the ask is not on enough replicas yet; retry it")
+    async def _replicated(self, plan: Plan[Posted]) -> Posted:
+        """The post, then WAIT on the same connection: WAIT counts the writes of the connection it runs on,
+        so on another pooled connection (one that wrote nothing since) it would acknowledge at once."""
+        async with self.client.client() as pinned:
+            posted = await AsyncRunner(pinned, unavailable=Unavailable).run(plan)
+            if await pinned.wait(self.replicas, self.wait_timeout_ms) < self.replicas:
+                raise Unavailable("the ask is not on enough replicas yet; retry it")
+        return posted

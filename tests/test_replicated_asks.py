@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,3 +56,23 @@ async def test_an_ask_waits_for_its_replica_and_a_retry_after_a_refusal_posts_on
     assert await client.xlen("conv:{c1}:inbox") == 2  # the refused ask and its retry: one entry
     copy.close()
     await client.aclose()
+
+
+async def test_a_stalled_replica_refuses_every_concurrent_ask(
+    pair: tuple[EmbeddedRedis, EmbeddedRedis],
+) -> None:
+    # WAIT counts the writes of the connection it runs on: a WAIT on another pooled connection (which
+    # wrote nothing since) would acknowledge at once. A replica that is connected but stalled must refuse all.
+    primary, replica = pair
+    client = aredis.Redis.from_url(primary.url)
+    dispatcher = RedisDispatcher(client, _no_wake, replicas=1, wait_timeout_ms=300)
+    await asyncio.gather(*(client.ping() for _ in range(8)))  # several idle connections in the pool
+    assert replica.process is not None
+    os.kill(replica.process.pid, signal.SIGSTOP)
+    try:
+        asks = [dispatcher.submit(f"c{n}", UserMessage(text="hi"), dedup_id=f"m{n}") for n in range(8)]
+        outcomes = await asyncio.gather(*asks, return_exceptions=True)
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+        await client.aclose()
+    assert all(isinstance(outcome, Unavailable) for outcome in outcomes), outcomes

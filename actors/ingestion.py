@@ -10,13 +10,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from actors.contextualize import make_contextualizer
 from index.ingest import DocumentOutcome, expand_paths, path_doc_id
 from index.reindex.dualwrite import DualWriter
 from index.types import Access
 from store.catalog import IngestOutcome
+from store.redis import sync_client
 from store.settings import Settings
 
 DocumentRequest = tuple[str, dict[str, Any]]  # doc id, Ingestor.ingest_document keyword arguments
@@ -27,7 +26,7 @@ def ingest_documents(
 ) -> list[DocumentOutcome]:
     """Ingest the documents into every current version in batched commits; a failing document is an
     outcome and does not stop the rest."""
-    client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+    client = sync_client(settings.redis_url) if settings.redis_url else None
     requests = list(requests)
     try:
         with DualWriter(settings, client, contextualizer=make_contextualizer(settings)) as writer:

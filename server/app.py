@@ -50,7 +50,7 @@ from store.exceptions import (
 )
 from store.permissions import private_umask
 from store.ratelimit import AsyncRateLimiter
-from store.redis import unavailable
+from store.redis import async_client, unavailable
 from store.redis_identity import averify
 from store.settings import Settings, get_settings
 
@@ -121,10 +121,8 @@ def create_app(
         gc.set_threshold(GC_GEN0_THRESHOLD, GC_GEN1_THRESHOLD, GC_GEN2_THRESHOLD)
         # Requests wait for a pooled connection rather than failing when many sockets greet at once; the
         # hub's blocking reads get their own bounded pool (one connection per batch of keys).
-        client = aredis.Redis(
-            connection_pool=aredis.BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=REDIS_POOL_CONNECTIONS, timeout=REDIS_POOL_WAIT_S
-            )
+        client = async_client(
+            settings.redis_url, max_connections=REDIS_POOL_CONNECTIONS, pool_wait_s=REDIS_POOL_WAIT_S
         )
         await averify(client, settings.redis_identity)  # never serve from another stack's Redis
         metrics.forget_dead_processes()  # a previous web process's open-socket gauges

@@ -100,7 +100,10 @@ class Conversations:
             "title": " ".join(text.split())[:MAX_TITLE_CHARS],
         }
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
+            # Two slots on a cluster (the conversation's and the user's): the meta first, then the index,
+            # in order on one pipeline; a crash between them leaves an unlisted conversation, never a
+            # listed one without meta, and the next ask's create adds the missing index entry.
+            async with self.client.pipeline(transaction=False) as pipe:
                 for name, value in fields.items():
                     pipe.hsetnx(key, name, value)
                 pipe.zadd(user_index_key(meta.tenant, meta.user), {meta.id: meta.created_ms}, nx=True)

@@ -97,6 +97,14 @@ def xread_entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
     return [entry for _, entries in reply for entry in entries]
 
 
+def range_entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
+    """XRANGE entries as (id, fields). redis-py applies no response callbacks to the replies of a cluster
+    client's MULTI/EXEC pipeline, so there an entry's fields arrive as a flat [name, value, ...] list."""
+    return [
+        (i, f if isinstance(f, dict) else dict(zip(f[::2], f[1::2], strict=True))) for i, f in reply or ()
+    ]
+
+
 def payload(fields: dict[Any, Any]) -> Any:
     """The `e` field of a stream entry, whether the client decodes responses or not."""
     return fields[b"e"] if b"e" in fields else fields["e"]

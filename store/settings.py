@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_wait_replicas: NonNegative = 0  # an ask is acknowledged once this many replicas have it (WAIT)
     redis_wait_timeout_ms: Positive = 500  # longer: the ask is refused `unavailable` (retries are deduped)
     redis_identity: str = ""  # set by `docent run` for its children: the identity their Redis must hold
+    broker_url: str = ""  # dramatiq's queues: empty = the Redis of redis_url; redis:// or amqp:// (RabbitMQ)
     demo: bool = True  # `docent run` builds and ingests the demo knowledge base
     host: str = "127.0.0.1"
     port: Port = 8000

@@ -11,6 +11,8 @@ import pytest
 from store.exceptions import InputError, RateLimited
 from store.ratelimit import AsyncRateLimiter, RateLimiter
 
+pytestmark = pytest.mark.cluster  # every test here runs on one Redis and on a Redis Cluster
+
 RATE_PER_S = 10.0  # one token every 100 ms
 BURST = 5
 

@@ -7,20 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
-import redis.asyncio as aredis
 
 from server.dispatch import RedisDispatcher
 from store.events import UserMessage
 from store.exceptions import Unavailable
-from store.redis import EmbeddedRedis
+from store.redis import EmbeddedRedis, async_client, sync_client
 
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis]]:
     primary = EmbeddedRedis(tmp_path / "primary").start()
     replica = EmbeddedRedis(tmp_path / "replica", replica_of=primary.port).start()
-    client = redis.Redis.from_url(replica.url)
+    client = sync_client(replica.url)
     deadline = time.monotonic() + 10
     while client.info("replication").get("master_link_status") != "up" and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -38,10 +36,10 @@ async def test_an_ask_waits_for_its_replica_and_a_retry_after_a_refusal_posts_on
     pair: tuple[EmbeddedRedis, EmbeddedRedis],
 ) -> None:
     primary, replica = pair
-    client = aredis.Redis.from_url(primary.url)
+    client = async_client(primary.url)
     dispatcher = RedisDispatcher(client, _no_wake, replicas=1, wait_timeout_ms=300)
     first = await dispatcher.submit("c1", UserMessage(text="hello"), dedup_id="m1")
-    copy = redis.Redis.from_url(replica.url)
+    copy = sync_client(replica.url)
     assert copy.xlen("conv:{c1}:inbox") == 1  # on the replica before the submit returned
     replica.stop()
     started = time.monotonic()

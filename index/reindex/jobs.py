@@ -126,7 +126,7 @@ def current_job(client: redis.Redis) -> ReindexJob | None:
 def save_job(client: redis.Redis, job: ReindexJob, *, publish: bool = True) -> None:
     job.updated_at_ms = now_ms()
     data = _encoder.encode(job)
-    pipe = client.pipeline()
+    pipe = client.pipeline(transaction=False)  # two slots on a cluster: the record first, then its event
     pipe.set(keys.reindex_job(job.id), data)
     if publish:
         event: dict[Any, Any] = {keys.REINDEX_EVENT_FIELD: data}

@@ -1,0 +1,112 @@
+"""A real Redis Cluster (3 primaries + 3 replicas, store.cluster): its shape, one slot per conversation,
+the hub's slot-batched reads, and the web process serving chat over it with real sockets.
+
+The store-level suites (log, leases, approvals, idempotency, rate limits) run on the cluster too: their
+modules are marked `pytest.mark.cluster` (tests/conftest.py); DOCENT_TEST_REDIS=cluster runs every
+`redis_url` test on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from server.hub import Hub, hub_client
+from store import keys
+from store.approvals import approval_key, audit_key, room_events_key, room_pending_key
+from store.cluster import SLOTS, EmbeddedCluster
+from store.conversations import meta_key
+from store.log import conv_keys
+from store.redis import key_slot, sync_client
+from tests.server_proc import WAKES_KEY, ServerProcess, StreamWriter, server_env
+from tests.test_server_ws import ANSWER, ask, inbox, open_chat, recv, recv_n, token, user_message
+
+pytestmark = pytest.mark.cluster  # the tests taking `redis_url` run on one Redis and on the cluster
+RECV_TIMEOUT_S = 5.0
+
+
+def roles(cluster: EmbeddedCluster) -> list[str]:
+    with cluster.node_client(cluster.nodes[0]) as client:
+        raw: Any = client.execute_command("CLUSTER", "NODES")
+    lines = (raw.decode() if isinstance(raw, bytes) else str(raw)).splitlines()
+    return sorted("master" if "master" in line.split()[2] else "slave" for line in lines if line)
+
+
+def test_three_primaries_each_with_a_replica_serve_every_slot(redis_cluster: EmbeddedCluster) -> None:
+    assert roles(redis_cluster) == ["master"] * 3 + ["slave"] * 3
+    with redis_cluster.node_client(redis_cluster.nodes[-1]) as client:
+        info: Any = client.cluster("INFO")
+    assert info["cluster_state"] == "ok" and int(info["cluster_slots_ok"]) == SLOTS
+
+
+def test_a_conversations_keys_share_one_slot_and_conversations_spread_over_primaries(
+    redis_cluster: EmbeddedCluster,
+) -> None:
+    ck = conv_keys("c1")
+    family = [*ck, ck.inbox_seen("m1"), meta_key("c1")]
+    assert {key_slot(k) for k in family} == {key_slot("conv:{c1}:log")}
+    tenant = [room_pending_key("acme", "legal"), room_events_key("acme", "legal"), audit_key("acme")]
+    assert len({key_slot(k) for k in tenant}) == 1
+    assert key_slot(approval_key("a1")) == key_slot(f"{approval_key('a1')}:reminded")
+    owners = {redis_cluster.primary_of(conv_keys(f"c{i}").log).port for i in range(30)}
+    assert len(owners) == 3
+
+
+def test_a_hub_wake_key_lands_in_the_slot_of_the_keys_it_wakes() -> None:
+    for key in ("conv:{c9}:live", "room:{acme}:{legal}:events", keys.REINDEX_EVENTS):
+        assert key_slot(keys.hub_wake("p1", 3, key)) == key_slot(key)
+    assert keys.hub_wake("p1", 3) == "fanout:{p1}:wake:3"  # one node: the name is unchanged
+
+
+async def test_the_hub_reads_keys_of_many_slots_batched_by_slot(redis_url: str, redis_kind: str) -> None:
+    client = hub_client(redis_url)
+    writer = sync_client(redis_url)
+    hub = Hub(client)
+    try:
+        streams = [conv_keys(f"h{i}").live for i in range(12)] + [f"t:{{h0}}:{n}" for n in range(3)]
+        subs = [await hub.subscribe(k, lambda entry_id, fields: entry_id, capacity=16) for k in streams]
+        written = {k: writer.xadd(k, {"e": "x"}).decode() for k in streams}  # type: ignore[union-attr]
+        got = {s.key: (await asyncio.wait_for(s.next_batch(), RECV_TIMEOUT_S))[0] for s in subs}
+        assert got == written
+        slots = {key_slot(k) for k in streams}
+        assert hub.reader_count == (len(slots) if redis_kind == "cluster" else 1)
+    finally:
+        await hub.aclose()
+        await client.aclose()
+        writer.close()
+
+
+@pytest.fixture
+def web(redis_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(server_env(redis_url, tmp_path / "web")) as process:
+        yield process
+
+
+async def test_chat_over_the_cluster_streams_resumes_and_dedups(web: ServerProcess, r: redis.Redis) -> None:
+    ws, ready = await open_chat(web, token(web))
+    conv = ready["conversation_id"]
+    await ws.send(ask("What is X?", "m1"))
+    assert await recv(ws) == {"type": "accepted", "client_message_id": "m1"}
+    await ws.send(ask("What is X?", "m1"))  # a retry: accepted again, posted once
+    assert (await recv(ws))["type"] == "accepted"
+    assert len(inbox(r, conv)) == 1 and set(r.lrange(WAKES_KEY, 0, -1)) == {conv.encode()}  # type: ignore[arg-type]
+
+    worker = StreamWriter(r, conv)
+    seen = [worker.event(user_message(1, "What is X?", "m1")), worker.delta("Hello ", 1)]
+    assert [f["id"] for f in await recv_n(ws, 2)] == seen
+    ws.transport.abort()
+    missed = [worker.delta("**world** ", 1), worker.delta("[1]", 1)]  # the turn is still running
+    ws, ready = await open_chat(web, token(web), conversation_id=conv, last_event_id=seen[-1])
+    assert ready["resumed_from"] == seen[-1]
+    assert [f["id"] for f in await recv_n(ws, 2)] == missed
+    answer = worker.event(ANSWER)  # live again, through the hub
+    assert (await recv(ws))["id"] == answer
+    await ws.send(json.dumps({"type": "ping"}))
+    assert await recv(ws) == {"type": "pong"}  # no duplicate was queued
+    await ws.close()

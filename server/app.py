@@ -108,6 +108,7 @@ def create_app(
     settings = settings or get_settings()
     if not settings.redis_url:
         raise ConfigError("the web process needs DOCENT_REDIS_URL (`docent run` starts one for you)")
+    actors_api.queue_url(settings)  # a Redis Cluster without DOCENT_BROKER_URL stops the process here
     auth = Authenticator.from_settings(settings)  # fail at start, not at the first request
     allowed_origins = parse_origins(settings.allowed_origins)
     check_allow_setting(settings.metrics_allow)

@@ -17,15 +17,22 @@ from typing import Any
 import pytest
 import redis
 
+from server.app import create_app
 from server.hub import Hub, hub_client
 from store import keys
 from store.approvals import approval_key, audit_key, room_events_key, room_pending_key
 from store.cluster import SLOTS, EmbeddedCluster
 from store.conversations import meta_key
+from store.exceptions import ConfigError
 from store.log import conv_keys
 from store.redis import key_slot, sync_client
+from store.redis_owner import CLUSTER_DIR, PORTS_FILE
+from store.settings import Settings
 from tests.server_proc import WAKES_KEY, ServerProcess, StreamWriter, server_env
+from tests.stack_proc import Stack
 from tests.test_server_ws import ANSWER, ask, inbox, open_chat, recv, recv_n, token, user_message
+from tests.test_stack import TERMINAL
+from tests.test_stack import _ask_until_terminal as ask_until_terminal
 
 pytestmark = pytest.mark.cluster  # the tests taking `redis_url` run on one Redis and on the cluster
 RECV_TIMEOUT_S = 5.0
@@ -83,9 +90,15 @@ async def test_the_hub_reads_keys_of_many_slots_batched_by_slot(redis_url: str, 
 
 
 @pytest.fixture
-def web(redis_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(server_env(redis_url, tmp_path / "web")) as process:
+def web(redis_url: str, broker_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(server_env(redis_url, tmp_path / "web", broker_url=broker_url)) as process:
         yield process
+
+
+def test_a_cluster_without_a_broker_url_is_refused(redis_cluster: EmbeddedCluster, tmp_path: Path) -> None:
+    settings = Settings.from_env({"DOCENT_REDIS_URL": redis_cluster.url, "DOCENT_DATA_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError, match="DOCENT_BROKER_URL"):
+        create_app(settings)
 
 
 async def test_chat_over_the_cluster_streams_resumes_and_dedups(web: ServerProcess, r: redis.Redis) -> None:
@@ -110,3 +123,31 @@ async def test_chat_over_the_cluster_streams_resumes_and_dedups(web: ServerProce
     await ws.send(json.dumps({"type": "ping"}))
     assert await recv(ws) == {"type": "pong"}  # no duplicate was queued
     await ws.close()
+
+
+def test_docent_run_cluster_answers_over_the_cluster_and_survives_a_killed_node(
+    tmp_path: Path, stacks: list[Stack]
+) -> None:
+    stack = Stack(tmp_path / "s", "--cluster")
+    stacks.append(stack)
+    stack.start()
+    stack.wait_for("embedded redis cluster on redis+cluster://")
+    settings = Settings.from_env({"DOCENT_DATA_DIR": str(stack.data_dir)})
+    assert asyncio.run(ask_until_terminal(stack, settings)) in TERMINAL
+    directory = stack.data_dir / CLUSTER_DIR
+    ports = [int(p) for p in (directory / PORTS_FILE).read_text().split()]
+    written = _all_keys(ports, (directory / "password").read_text().strip())
+    assert any(k.startswith(b"conv:") for k in written), "the conversation was written to the cluster"
+    mark = len(stack.lines)
+    stack.kill_child("cluster")  # the supervisor's handle: the first node (a primary)
+    stack.wait_for("supervisor: restarted cluster (pid", after=mark, timeout=60)
+    stack.wait_ready()
+    assert asyncio.run(ask_until_terminal(stack, settings)) in TERMINAL
+
+
+def _all_keys(ports: list[int], password: str) -> set[bytes]:
+    found: set[bytes] = set()
+    for port in ports:
+        with redis.Redis(port=port, username="docent", password=password) as client:
+            found |= set(client.keys("*"))  # type: ignore[arg-type]
+    return found

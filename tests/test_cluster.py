@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,9 @@ from store import keys
 from store.approvals import approval_key, audit_key, room_events_key, room_pending_key
 from store.cluster import SLOTS, EmbeddedCluster
 from store.conversations import meta_key
-from store.exceptions import ConfigError
-from store.log import conv_keys
+from store.events import UserMessage
+from store.exceptions import ConfigError, LogError
+from store.log import ConversationLog, conv_keys
 from store.redis import key_slot, sync_client
 from store.redis_owner import CLUSTER_DIR, PORTS_FILE
 from store.settings import Settings
@@ -99,6 +103,8 @@ def test_a_cluster_without_a_broker_url_is_refused(redis_cluster: EmbeddedCluste
     settings = Settings.from_env({"DOCENT_REDIS_URL": redis_cluster.url, "DOCENT_DATA_DIR": str(tmp_path)})
     with pytest.raises(ConfigError, match="DOCENT_BROKER_URL"):
         create_app(settings)
+    with pytest.raises(ConfigError, match="WAIT_REPLICAS"):  # WAIT through a cluster client proves nothing
+        Settings.from_env({"DOCENT_REDIS_URL": redis_cluster.url, "DOCENT_REDIS_WAIT_REPLICAS": "1"})
 
 
 async def test_chat_over_the_cluster_streams_resumes_and_dedups(web: ServerProcess, r: redis.Redis) -> None:
@@ -151,3 +157,31 @@ def _all_keys(ports: list[int], password: str) -> set[bytes]:
         with redis.Redis(port=port, username="docent", password=password) as client:
             found |= set(client.keys("*"))  # type: ignore[arg-type]
     return found
+
+
+def test_a_killed_primary_is_failed_over_and_the_log_carries_on(tmp_path: Path) -> None:
+    """SIGKILL the primary of a conversation's slot: its replica is promoted, and the same clients go on
+    (fenced appends, reads) once redis-py has found the new primary; the lease and the log survive
+    (WAIT 1 before the kill: the replica had them)."""
+    with EmbeddedCluster(tmp_path / "cluster") as cluster:
+        log = ConversationLog.from_url(cluster.url)
+        lease = log.acquire("fo", "w1", 60_000)
+        log.append(lease, [UserMessage(text="before", turn=1)])
+        primary = cluster.primary_of(conv_keys("fo").log)
+        with cluster.node_client(primary) as direct:
+            assert direct.wait(1, 2_000) == 1  # the replica acknowledged what came before the kill
+        assert primary.process is not None
+        os.kill(primary.process.pid, signal.SIGKILL)
+        primary.process.wait()
+        cluster.wait_ok()  # the replica was promoted; every slot is served again
+        assert cluster.primary_of(conv_keys("fo").log).port != primary.port
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                log.append(lease, [UserMessage(text="after", turn=2)])
+                break
+            except LogError:  # `unavailable` until redis-py refreshes its slot map
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert [e.text for _, e in log.read("fo") if isinstance(e, UserMessage)] == ["before", "after"]
+        log.close()

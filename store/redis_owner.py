@@ -77,6 +77,15 @@ def lock(directory: Path) -> int:
     return fd
 
 
+def claim_at(url: str, identity: str) -> None:
+    """Write this start's identity into the Redis (or cluster) at `url`."""
+    client = sync_client(url)
+    try:
+        claim(client, identity)
+    finally:
+        client.close()
+
+
 class OwnedRedis:
     """The data dir's embedded Redis: started (and restarted) on its port, claimed with a fresh identity."""
 
@@ -93,11 +102,7 @@ class OwnedRedis:
     def start(self) -> EmbeddedRedis:
         """Start (or restart, same port and password) and write this start's identity."""
         self.server.start()
-        client = sync_client(self.server.url)
-        try:
-            claim(client, self.identity)
-        finally:
-            client.close()
+        claim_at(self.server.url, self.identity)
         return self.server
 
     def stop(self) -> None:
@@ -144,11 +149,7 @@ class OwnedCluster:
                 if node.process is None or node.process.poll() is not None:
                     node.start()
             self.cluster.wait_ok()
-        client = sync_client(self.cluster.url)
-        try:
-            claim(client, self.identity)
-        finally:
-            client.close()
+        claim_at(self.cluster.url, self.identity)
         first = self.cluster.nodes[0].process
         assert first is not None
         return first.pid

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.exceptions import RedisClusterException
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -191,7 +192,8 @@ def create_app(
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
-            DocentError: docent_error, redis.RedisError: redis_error, HTTPException: http_error
+            DocentError: docent_error, redis.RedisError: redis_error, HTTPException: http_error,
+            RedisClusterException: redis_error,
         },
     )
 

@@ -22,12 +22,11 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
-import redis
 import redis.asyncio as aredis
 
 from server.buffer import BoundedBuffer
 from store import keys
-from store.redis import async_client, is_cluster_client, is_cluster_url, key_slot
+from store.redis import REDIS_ERRORS, async_client, is_cluster_client, is_cluster_url, key_slot
 from store.retry import RetryPolicy
 from store.scripts import text
 
@@ -135,7 +134,7 @@ class _Shard:
                 pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
                 pipe.pexpire(self.wake_key, WAKE_TTL_MS)
                 await pipe.execute()
-        except redis.RedisError as exc:  # the reader's block timeout still picks the key up
+        except REDIS_ERRORS as exc:  # the reader's block timeout still picks the key up
             log.warning("hub wake failed: %s", exc)
 
     async def _run(self) -> None:
@@ -149,7 +148,7 @@ class _Shard:
             try:
                 reply = await self._read(streams)
                 failures = 0
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 delay = READ_RETRY.delay_s(failures)
                 failures += 1
                 log.warning("hub read failed (%s); retrying in %.2fs", exc, delay)
@@ -224,7 +223,7 @@ class Hub:
     async def _start(self, topic: _Topic[Any]) -> None:
         try:
             tail: Any = await self.client.xrevrange(topic.key, "+", "-", count=1)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             if self._topics.get(topic.key) is topic:
                 del self._topics[topic.key]
             topic.started.set_exception(exc)

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import msgspec
-import redis
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -51,7 +50,7 @@ from store.clock import now_ms
 from store.conversations import ConversationMeta, can_write
 from store.events import Mode, TurnFailed
 from store.exceptions import DocentError, ForbiddenError, InputError, ModelNotFound
-from store.redis import unavailable
+from store.redis import REDIS_ERRORS, unavailable
 
 if TYPE_CHECKING:
     from server.services import Services
@@ -105,7 +104,7 @@ async def chat_completions(request: Request) -> Response:
         return await _chat(request)
     except DocentError as exc:
         return openai_error(exc)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return openai_error(unavailable(exc))
 
 

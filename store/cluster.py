@@ -83,9 +83,10 @@ class EmbeddedCluster:
         return redis.Redis.from_url(node.url)
 
     def start(self) -> EmbeddedCluster:
-        for node in self.nodes:
-            node.start()
+        """Start every node and form (or rejoin) the cluster; on any failure no node is left running."""
         try:
+            for node in self.nodes:
+                node.start()
             if not self._formed():
                 self._form()
             self.wait_ok()

@@ -245,3 +245,8 @@ def async_client(
         url, max_connections=max_connections, client_name=client_name, timeout=pool_wait_s
     )
     return aredis.Redis(connection_pool=pool)
+
+
+# What a Redis call may raise: redis-py's errors, and its cluster client's that are not RedisError
+# (SlotNotCoveredError while a failover is in progress, "cannot connect to any node", ...).
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, redis.exceptions.RedisClusterException)

@@ -27,7 +27,7 @@ from store.exceptions import (
     LogError,
     StaleEpoch,
 )
-from store.redis import UNAVAILABLE_MESSAGE
+from store.redis import REDIS_ERRORS, UNAVAILABLE_MESSAGE
 
 T = TypeVar("T")
 
@@ -179,7 +179,7 @@ class _Translate:
             translated = translate_script_error(exc)
             if translated is not None:
                 raise translated from None
-        if isinstance(exc, redis.RedisError):
+        if isinstance(exc, REDIS_ERRORS):
             log.warning("redis failed: %s", exc)  # the cause names addresses: logged, never sent
             raise self.unavailable(UNAVAILABLE_MESSAGE, reason="unavailable") from exc
 

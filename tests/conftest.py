@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 import redis
@@ -53,6 +53,22 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
     """A real Redis Cluster: 3 primaries, 3 replicas, free ports, its own data dirs."""
     with EmbeddedCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
         yield cluster
+
+
+class RedisTarget(NamedTuple):
+    url: str  # DOCENT_REDIS_URL
+    broker_url: str  # DOCENT_BROKER_URL ("" = the same Redis)
+
+
+@pytest.fixture(scope="session")
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
+    """The Redis of module-scoped web processes and workers: one node, or with DOCENT_TEST_REDIS=cluster
+    the cluster (queues on the single one), the same one `redis_url` flushes for each test."""
+    server: EmbeddedRedis = request.getfixturevalue("redis_server")
+    if DEFAULT_REDIS_KIND != "cluster":
+        return RedisTarget(server.url, "")
+    cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
+    return RedisTarget(cluster.url, server.url)
 
 
 @pytest.fixture

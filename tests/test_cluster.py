@@ -81,15 +81,16 @@ async def test_the_hub_reads_keys_of_many_slots_batched_by_slot(redis_url: str, 
     hub = Hub(client)
     try:
         streams = [conv_keys(f"h{i}").live for i in range(12)] + [f"t:{{h0}}:{n}" for n in range(3)]
-        subs = [await hub.subscribe(k, lambda entry_id, fields: entry_id, capacity=16) for k in streams]
+        subscribe = (hub.subscribe(k, lambda entry_id, fields: entry_id, capacity=16) for k in streams)
+        subs = [await asyncio.wait_for(s, RECV_TIMEOUT_S) for s in subscribe]
         written = {k: writer.xadd(k, {"e": "x"}).decode() for k in streams}  # type: ignore[union-attr]
         got = {s.key: (await asyncio.wait_for(s.next_batch(), RECV_TIMEOUT_S))[0] for s in subs}
         assert got == written
         slots = {key_slot(k) for k in streams}
         assert hub.reader_count == (len(slots) if redis_kind == "cluster" else 1)
     finally:
-        await hub.aclose()
-        await client.aclose()
+        await asyncio.wait_for(hub.aclose(), RECV_TIMEOUT_S)
+        await asyncio.wait_for(client.aclose(), RECV_TIMEOUT_S)
         writer.close()
 
 

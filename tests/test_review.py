@@ -210,8 +210,9 @@ def inbox(r: redis.Redis, conv: str) -> list[Any]:
     return [decode_event(fields[b"e"]) for _, fields in raw]
 
 
-def advance_messages(r: redis.Redis) -> list[dict[str, Any]]:
-    raw: Any = r.hvals(f"{NAMESPACE}:conversation.msgs")
+def advance_messages(queues: redis.Redis) -> list[dict[str, Any]]:
+    """The `advance` messages waiting on the broker's Redis (beside a cluster, the single one)."""
+    raw: Any = queues.hvals(f"{NAMESPACE}:conversation.msgs")
     return [json.loads(m) for m in raw]
 
 
@@ -359,7 +360,7 @@ async def test_expiry_through_a_delayed_message_with_injected_time(
     expired = await wait_for(lambda: [e for e in inbox(r, record.conv_id) if isinstance(e, ApprovalExpired)])
     assert len(expired) == 1 and expired[0].approval_id == record.approval_id
     await wait_for(lambda: any(m["args"] == [record.conv_id] and m["actor_name"] == "advance"
-                               for m in advance_messages(r)))  # fmt: skip
+                               for m in advance_messages(broker.client)))  # fmt: skip
     assert ledger.get(record.approval_id).state == "expired"  # type: ignore[union-attr]
 
     # A reviewer who clicks after the expiry loses to the clock.

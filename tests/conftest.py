@@ -35,9 +35,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "redis_kind" in metafunc.fixturenames:
-        both = metafunc.definition.get_closest_marker("cluster") is not None
-        metafunc.parametrize("redis_kind", REDIS_KINDS if both else (DEFAULT_REDIS_KIND,))
+    marked = metafunc.definition.get_closest_marker("cluster") is not None
+    if marked and "redis_kind" in metafunc.fixturenames:
+        metafunc.parametrize("redis_kind", REDIS_KINDS, indirect=True)
+
+
+@pytest.fixture
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """`single` or `cluster`: both for a module marked `cluster`, else DOCENT_TEST_REDIS (default single)."""
+    return str(getattr(request, "param", DEFAULT_REDIS_KIND))
 
 
 @pytest.fixture(scope="session")

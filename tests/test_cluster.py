@@ -23,10 +23,10 @@ import redis
 from server.app import create_app
 from server.hub import Hub, hub_client
 from store import keys
-from store.approvals import approval_key, audit_key, room_events_key, room_pending_key
+from store.approvals import ApprovalLedger, approval_key, audit_key, room_events_key, room_pending_key
 from store.cluster import SLOTS, EmbeddedCluster
 from store.conversations import meta_key
-from store.events import UserMessage
+from store.events import ApprovalDecided, UserMessage
 from store.exceptions import ConfigError, LogError
 from store.log import ConversationLog, conv_keys
 from store.redis import key_slot, sync_client
@@ -34,6 +34,9 @@ from store.redis_owner import CLUSTER_DIR, PORTS_FILE
 from store.settings import Settings
 from tests.server_proc import WAKES_KEY, ServerProcess, StreamWriter, server_env
 from tests.stack_proc import Stack
+from tests.test_review import inbox as review_inbox
+from tests.test_review import open_review, recv_until, request_approval
+from tests.test_review import tok as review_token
 from tests.test_server_ws import ANSWER, ask, inbox, open_chat, recv, recv_n, token, user_message
 from tests.test_stack import TERMINAL
 from tests.test_stack import _ask_until_terminal as ask_until_terminal
@@ -186,3 +189,36 @@ def test_a_killed_primary_is_failed_over_and_the_log_carries_on(tmp_path: Path) 
                 time.sleep(0.2)
         assert [e.text for _, e in log.read("fo") if isinstance(e, UserMessage)] == ["before", "after"]
         log.close()
+
+
+@pytest.fixture
+def two_webs(redis_url: str, broker_url: str, tmp_path: Path) -> Iterator[list[ServerProcess]]:
+    webs = [ServerProcess(server_env(redis_url, tmp_path / f"web{n}", broker_url=broker_url)) for n in (1, 2)]
+    try:
+        yield [web.start() for web in webs]
+    finally:
+        for web in webs:
+            web.stop()
+
+
+async def test_a_decision_on_one_web_process_reaches_reviewers_on_the_other(
+    two_webs: list[ServerProcess], r: redis.Redis
+) -> None:
+    one, two = two_webs
+    ledger = ApprovalLedger(r)
+    bob, _, _ = await open_review(one, review_token(one, "bob"), ["email"])
+    carol, _, _ = await open_review(two, review_token(two, "carol"), ["email"])
+    record = request_approval(r, ledger)
+    for ws in (bob, carol):  # the request reaches both processes' rooms
+        item = await recv_until(ws, lambda f: f["type"] == "item" and f["kind"] == "requested")
+        assert item["approval"]["approval_id"] == record.approval_id
+    decide = {"type": "decide", "approval_id": record.approval_id, "decision": "approve", "reason": "ok",
+              "request_id": "r1"}  # fmt: skip
+    await carol.send(json.dumps(decide))
+    assert (await recv_until(carol, lambda f: f["type"] == "decision"))["ok"]
+    item = await recv_until(bob, lambda f: f["type"] == "item" and f["kind"] == "decided")
+    assert item["approval"]["reviewer"] == "carol"  # decided on web 2, seen live on web 1
+    decided = [e for e in review_inbox(r, record.conv_id) if isinstance(e, ApprovalDecided)]
+    assert len(decided) == 1 and decided[0].reviewer == "carol"
+    await bob.close()
+    await carol.close()

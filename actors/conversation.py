@@ -42,6 +42,7 @@ import dramatiq
 import msgspec
 
 from actors import attribution
+from actors.answer_policy import CacheDecision
 from actors.approval_request import approval_record, approval_requested, schedule_expiry
 from actors.broker import CONVERSATION_QUEUE, setup_broker
 from actors.llm.types import (
@@ -54,6 +55,7 @@ from actors.llm.types import (
     tool_specs,
 )
 from actors.plan import (
+    REWRITE_STEP,
     Action,
     AwaitApproval,
     CallCheck,
@@ -69,7 +71,7 @@ from actors.plan import (
     StartTurn,
     next_action,
 )
-from actors.prompts import agent_messages, qa_messages
+from actors.prompts import agent_messages, qa_messages, rewrite_messages
 from actors.runtime import Runtime, runtime
 from actors.sources import agent_sources, qa_sources
 from actors.state import ConversationState, TurnState, dump_state, fold, load_state
@@ -86,8 +88,11 @@ from actors.workflows.orchestrator import WORKFLOW_TOOLS
 from index.types import Hit, Principal
 from store import metrics
 from store.events import (
+    AnswerCompleted,
     ApprovalDecided,
     ApprovalExpired,
+    CacheHit,
+    Citation,
     Delta,
     Event,
     LimitHit,
@@ -130,6 +135,7 @@ DEFAULT_TENANT = "default"
 
 # The tools an agent run may use: fixed here, by code. Risk and approvals come from the policy.
 AGENT_TOOLS = ("search_knowledge_base", "read_document", "compare_documents", "send_email", "http_request")
+
 
 def _sha(*parts: object) -> str:
     return hashlib.sha256(msgspec.json.encode([str(p) for p in parts])).hexdigest()
@@ -270,7 +276,9 @@ class Activation:
         for _ in range(MAX_ACTIONS_PER_ACTIVATION):
             self._check_lease()
             self.pull_inbox()
-            action = next_action(self.state, caps, self.check_call, self.rt.clock(), self.flows)
+            action = next_action(
+                self.state, caps, self.check_call, self.rt.clock(), self.flows, rewrite=self.rt.rewrites
+            )
             if isinstance(action, Idle):
                 if self.pull_inbox():
                     continue
@@ -334,7 +342,14 @@ class Activation:
 
     # -- retrieval ----------------------------------------------------------------------------------------
 
+    def cache_decision(self, query: str) -> CacheDecision:
+        turn = self.turn
+        return self.rt.cache_policy().decide(turn.question, self.principal.tenant, turn.route, query)
+
     async def retrieve(self, query: str) -> None:
+        decision = self.cache_decision(query)
+        if decision.use and await self.answer_from_cache(query, decision):
+            return
         started = time.perf_counter()
         try:
             result = await self.rt.knowledge().retrieve(query, self.principal, self.rt.settings.qa_top_k)
@@ -355,6 +370,30 @@ class Activation:
                 )
             ]
         )
+
+    async def answer_from_cache(self, query: str, decision: CacheDecision) -> bool:
+        """Look the question up in the answer cache; True when a `CacheHit` was recorded (the answer)."""
+        try:
+            found = await self.rt.answers().lookup(query, self.principal, threshold=decision.threshold)
+        except DocentError as exc:  # the cache is an optimisation: without it the turn is answered fresh
+            log.warning("answer cache lookup skipped: %s: %s", exc.code, exc.message)
+            metrics.observe_answer_cache("error")
+            return False
+        metrics.observe_answer_cache(found.outcome)
+        record = found.record
+        if found.outcome != "hit" or record is None:
+            return False
+        self.emit(
+            [
+                CacheHit(
+                    entry_id=record.entry_id, similarity=found.similarity, cached_question=record.question,
+                    index_version=record.index_version, chunk_ids=record.chunk_ids, text=record.text,
+                    sources=record.sources, unsupported=record.unsupported, created_ms=record.created_ms,
+                    latency_ms=found.latency_ms,
+                )
+            ]
+        )  # fmt: skip
+        return True
 
     async def qa_hits(self) -> list[Hit]:
         retrieval = self.turn.retrieval
@@ -383,9 +422,10 @@ class Activation:
         async def on_delta(text: str) -> None:
             await self.delta(step, text)
 
+        streamed = on_delta if step != REWRITE_STEP else None  # a rewritten query is not the answer
         try:
             completion = await backend.complete(
-                messages, tools=tools, on_delta=on_delta, request_id=request_id
+                messages, tools=tools, on_delta=streamed, request_id=request_id
             )
         except (_Stop, StaleEpoch):
             raise _Stop() from None
@@ -398,6 +438,8 @@ class Activation:
 
     async def prompt(self, step: int) -> tuple[list[ChatMessage], tuple[ToolSpec, ...]]:
         turn = self.turn
+        if turn.route == "qa" and step == REWRITE_STEP:
+            return rewrite_messages(self.state.history, turn.question.text), ()
         if turn.route == "qa":
             return qa_messages(await self.qa_hits(), self.state.history, turn.question.text), ()
         if turn.route == "workflow":
@@ -409,7 +451,7 @@ class Activation:
         recoverable = isinstance(exc, MalformedToolCall | LLMTimeout | LLMUnavailable)
         message = exc.message[:REASON_CHARS]
         failed = LLMFailed(step=step, code=exc.code, message=message, recoverable=recoverable)
-        ended = [] if recoverable else [TurnFailed(code=exc.code, message=message)]
+        ended = [] if recoverable or step == REWRITE_STEP else [TurnFailed(code=exc.code, message=message)]
         self.emit([failed, *ended])
         if isinstance(exc, LLMTimeout | LLMUnavailable):
             await asyncio.sleep(LLM_RETRY.delay_s(attempt))
@@ -489,21 +531,51 @@ class Activation:
     # -- the answer ---------------------------------------------------------------------------------------
 
     async def finish(self, text: str) -> None:
+        hit = self.turn.cache_hit
+        if hit is not None:
+            await self.finish_from_cache(hit)
+            return
         if self.turn.route == "qa":
             sources = qa_sources(await self.qa_hits())
         elif self.turn.route == "workflow":
             sources = self.flows.sources(self.turn)
         else:
             sources = agent_sources(self.turn.results.values())
-        if sources:  # the user must (still) be allowed to read every document cited or listed
-            readable = await self.rt.knowledge().readable_documents(
-                sorted({c.doc_id for c in sources}), self.principal
-            )
-            sources = [c for c in sources if c.doc_id in readable]
+        sources = await self.readable(sources)  # the user must (still) be allowed to read every one cited
         passages = {n: h.text for n, h in enumerate(self._hits or [], 1)} if self.turn.route == "qa" else {}
         attribute = attribution.enabled(self.rt.settings) and self.turn.route != "workflow"  # cited by code
         embed = self.rt.knowledge().embed if attribute else None
-        self.emit([await attribution.final_answer(text, sources, passages, embed, self.turn.question.text)])
+        answer = await attribution.final_answer(text, sources, passages, embed, self.turn.question.text)
+        self.emit([answer])
+        await self.remember(answer)
+
+    async def readable(self, sources: Sequence[Citation]) -> list[Citation]:
+        """The sources whose documents the principal may (still) read."""
+        if not sources:
+            return []
+        doc_ids = sorted({c.doc_id for c in sources})
+        docs = await self.rt.knowledge().readable_documents(doc_ids, self.principal)
+        return [c for c in sources if c.doc_id in docs]
+
+    async def finish_from_cache(self, hit: CacheHit) -> None:
+        """The cached answer, streamed and completed like a fresh one; its sources checked once more."""
+        sources = await self.readable(hit.sources)
+        await self.delta(0, hit.text)
+        answer = await attribution.final_answer(hit.text, sources, {}, None)
+        unsupported = hit.unsupported if answer.text == hit.text else ()
+        self.emit([msgspec.structs.replace(answer, unsupported=unsupported)])
+
+    async def remember(self, answer: AnswerCompleted) -> None:
+        """Cache a fresh Q&A answer when the policy allows (a failure only costs the next hit)."""
+        retrieval = self.turn.retrieval
+        if self.turn.route != "qa" or retrieval is None or not self.cache_decision(retrieval.query).use:
+            return
+        try:
+            await self.rt.answers().store_answer(
+                retrieval.query, self.principal, retrieval.index_version, retrieval.chunk_ids, answer
+            )
+        except DocentError as exc:
+            log.warning("answer not cached: %s: %s", exc.code, exc.message)
 
 
 # ---- activation entry -----------------------------------------------------------------------------------

@@ -14,10 +14,13 @@ from typing import Literal, Protocol
 import msgspec
 
 from actors.state import ConversationState, TurnState
-from index.followup import retrieval_query
+from index.followup import is_follow_up, retrieval_query, rewritten_query
 from store.events import Citation, LimitName, Risk, Route, ToolCall, UserMessage
 
 MAX_LLM_FAILURES_PER_STEP = 3
+# A Q&A turn's optional first model call: a follow-up rewritten as a standalone search query (index.followup).
+# It streams nothing to the user; if it fails once, the deterministic rule's query is searched instead.
+REWRITE_STEP = -1
 CITATION = re.compile(r"\[(\d{1,3})\]")
 
 AGENT_HINTS = re.compile(
@@ -148,8 +151,15 @@ def _waiting_on_human(turn: TurnState) -> bool:
 
 
 def next_action(
-    state: ConversationState, caps: Caps, check: CheckCall, now_ms: int, flows: Flows | None = None
+    state: ConversationState,
+    caps: Caps,
+    check: CheckCall,
+    now_ms: int,
+    flows: Flows | None = None,
+    *,
+    rewrite: bool = False,
 ) -> Action:
+    """The next step; `rewrite`: follow-ups are rewritten by the model before retrieval (REWRITE_STEP)."""
     turn = state.current
     if turn is None or turn.ended:
         return Idle()
@@ -160,7 +170,7 @@ def next_action(
     if (limit := check_caps(turn, caps, now_ms)) is not None:
         return limit
     if turn.route == "qa":
-        return _next_qa(turn, earlier_questions(state))
+        return _next_qa(turn, earlier_questions(state), rewrite)
     if flows is not None:
         return _with_flows(turn, caps, check, flows)
     return _next_agent(turn, caps, check)
@@ -178,10 +188,22 @@ def earlier_questions(state: ConversationState) -> list[str]:
     return [m["content"] for m in state.history if m.get("role") == "user"]
 
 
-def _next_qa(turn: TurnState, earlier: list[str]) -> Action:
+def _next_qa(turn: TurnState, earlier: list[str], rewrite: bool) -> Action:
+    if turn.cache_hit is not None:
+        return Finish(text=turn.cache_hit.text)
     if turn.retrieval is None:
-        return Retrieve(query=retrieval_query(turn.question.text, earlier))
+        return _rewrite_or_retrieve(turn, earlier, rewrite)
     return _llm_or_fail(turn, 0) or Finish(text=turn.llm_completed[0].text)
+
+
+def _rewrite_or_retrieve(turn: TurnState, earlier: list[str], rewrite: bool) -> Action:
+    question = turn.question.text
+    if not (rewrite and earlier and is_follow_up(question)):
+        return Retrieve(query=retrieval_query(question, earlier))
+    done = turn.llm_completed.get(REWRITE_STEP)
+    if done is None and not turn.llm_failures.get(REWRITE_STEP):
+        return CallLLM(step=REWRITE_STEP)
+    return Retrieve(query=rewritten_query(done.text if done else "", question, earlier))
 
 
 def _llm_or_fail(turn: TurnState, step: int) -> Action | None:

@@ -11,6 +11,10 @@ pair, so the subject steers the vector and the follow-up's own words pick the as
 of words. A question that names its own subject is searched as it is, so a change of topic never drags the
 old one along. Deterministic and pure (no model): the same log replays to the same query, and the query
 searched is recorded in `retrieval_done`. Measured by bench/followups.py (README).
+
+When a capable model is configured, the conversation asks it to rewrite a follow-up as a standalone query
+(actors.plan's rewrite step, logged like every model call); `rewritten_query` turns its reply into the query,
+and falls back to `retrieval_query` when the reply is unusable (empty, or longer than a query should be).
 """
 
 from __future__ import annotations
@@ -68,3 +72,16 @@ def retrieval_query(question: str, earlier_questions: Sequence[str]) -> str:
         return question
     subject = subject_words(earlier_questions[-1][:CONTEXT_CHARS], question)
     return f"{question.strip()} {' '.join(subject)}" if subject else question
+
+
+REWRITE_MAX_CHARS = 300  # a model's standalone query longer than this is not a query: the rule is used
+REWRITE_PREFIX = re.compile(r"^\s*(?:standalone\s+)?(?:search\s+)?(?:query|question)\s*:\s*", re.IGNORECASE)
+
+
+def rewritten_query(reply: str, question: str, earlier: Sequence[str]) -> str:
+    """The model's standalone query (its first line, without a "Query:" label or quotes), else the rule's."""
+    line = next((part.strip() for part in reply.splitlines() if part.strip()), "")
+    line = REWRITE_PREFIX.sub("", line).strip().strip("\"'`“”").strip()
+    if not line or len(line) > REWRITE_MAX_CHARS or not content_words(line):
+        return retrieval_query(question, earlier)
+    return line

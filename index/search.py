@@ -195,6 +195,10 @@ class Searcher:
         timings["total"] = _ms(started)
         return SearchResult(query=query, index_version=self.version, hits=hits, timings_ms=timings)
 
+    async def embed_query(self, query: str) -> Vector:
+        """The query's vector exactly as `search` embeds it (the query embedder's cache: computed once)."""
+        return await self._aembed(query)
+
     async def _aembed(self, query: str) -> Vector:
         if self.query_embedder is not None:
             return await self.query_embedder.aembed_query(query)

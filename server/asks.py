@@ -31,13 +31,14 @@ def checked_text(text: str, max_chars: int) -> str:
 
 
 async def submit_ask(
-    services: Services, meta: ConversationMeta, me: Principal, text: str, mode: Mode, client_message_id: str
+    services: Services, meta: ConversationMeta, me: Principal, text: str, mode: Mode, client_message_id: str,
+    *, no_cache: bool = False,
 ) -> None:
     text = checked_text(text, services.settings.max_question_chars)
     await services.limits.check(me, "ask")
     item = UserMessage(
         text=text, mode=mode, user=me.user, tenant=me.tenant, groups=me.groups,
-        client_message_id=client_message_id, at_ms=now_ms(),
+        client_message_id=client_message_id, at_ms=now_ms(), no_cache=no_cache,
     )  # fmt: skip
     await services.conversations.record_ask(meta, text)  # the first ask creates the conversation
     await services.dispatcher.submit(meta.id, item, dedup_id=client_message_id)

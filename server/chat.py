@@ -106,7 +106,10 @@ class ChatSession(Session):
     async def _ask(self, ask: p.Ask) -> None:
         meta = self._owner("ask in it")
         assert self.principal is not None
-        await submit_ask(self.services, meta, self.principal, ask.text, ask.mode, ask.client_message_id)
+        await submit_ask(
+            self.services, meta, self.principal, ask.text, ask.mode, ask.client_message_id,
+            no_cache=ask.no_cache,
+        )  # fmt: skip
         await self.reply(p.Accepted(client_message_id=ask.client_message_id))
 
     async def _cancel(self) -> None:

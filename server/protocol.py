@@ -85,6 +85,7 @@ class Ask(_ClientFrame, frozen=True, kw_only=True, tag="ask"):
     text: str
     mode: Mode = "auto"
     client_message_id: ClientId  # a retried ask with the same id is taken once
+    no_cache: bool = False  # a fresh answer: the answer cache is not consulted
 
 
 class Cancel(_ClientFrame, frozen=True, kw_only=True, tag="cancel"):

@@ -12,6 +12,11 @@ key the catalog does not show as visible and readable. Replacing a document is t
    document (metadata, per-version ingest hash, plain text);
 4. the index files drop the hidden entries, then `purge_hidden` deletes their rows.
 
+Every change that hides or re-permissions chunks (`commit_documents` of a replaced document, `hide_document`,
+`delete_everywhere`, `set_readers`) also records their ids in the `chunk_changes` journal, in the same
+transaction: what was derived from them (the answer cache, `index.answer_cache`) reads it and drops its
+entries, whoever made the change (ingest, sync, the documents API, reindex).
+
 Tables: `documents` (one row per document, version-independent metadata), `document_texts` (the plain
 text `read_document` shows), `version_documents` (what each index version holds of a document: the ingest
 hash that makes re-ingesting unchanged content a no-op), `chunks` (version, key, ...; key is the 63-bit
@@ -38,6 +43,10 @@ CATALOG_FILE = "catalog.sqlite"
 BUSY_TIMEOUT_MS = 30_000
 SQL_BATCH = 500  # keys per `IN (...)`: well under SQLite's variable limit
 MAX_LIST_LIMIT = 1000
+# The change journal (`chunk_changes`) keeps a row this long: longer than anything derived from a chunk may
+# live (the answer cache's TTL is capped by it); each change trims at most JOURNAL_TRIM_ROWS old rows.
+JOURNAL_KEEP_MS = 8 * 24 * 3600 * 1000
+JOURNAL_TRIM_ROWS = 100
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -83,6 +92,12 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(version, doc_id);
 CREATE INDEX IF NOT EXISTS chunks_hidden ON chunks(version) WHERE visible = 0;
 CREATE INDEX IF NOT EXISTS chunks_by_chunk_id ON chunks(chunk_id);
+CREATE TABLE IF NOT EXISTS chunk_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    chunk_id TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ingest_outcomes (
     doc_id TEXT PRIMARY KEY,
     version TEXT NOT NULL,
@@ -215,6 +230,28 @@ def _check_version(version: str) -> str:
     return version
 
 
+class ChunkChange(msgspec.Struct, frozen=True, kw_only=True):
+    """One journal row: a chunk that was hidden, replaced or re-permissioned (what derived caches drop)."""
+
+    seq: int
+    tenant: str
+    chunk_id: str
+
+
+def _journal(db: sqlite3.Connection, where: str, params: Sequence[object]) -> None:
+    """Record the chunks a change touches, in the change's own transaction (`chunk_changes`)."""
+    db.execute(
+        f"INSERT INTO chunk_changes (tenant, chunk_id, at) SELECT DISTINCT tenant, chunk_id, ? FROM chunks "
+        f"WHERE {where}",
+        [now_ms(), *params],
+    )
+    db.execute(  # bounded work per change: the oldest rows, once older than what a reader may still need
+        "DELETE FROM chunk_changes WHERE seq IN (SELECT seq FROM chunk_changes ORDER BY seq LIMIT ?) "
+        "AND at < ?",
+        (JOURNAL_TRIM_ROWS, now_ms() - JOURNAL_KEEP_MS),
+    )
+
+
 class Catalog:
     """The SQLite catalog. Blocking; thread-safe by giving every thread its own connection."""
 
@@ -334,6 +371,7 @@ class Catalog:
         not); the next search checks these. Returns the chunk rows changed."""
         encoded = _readers_encoder.encode(tuple(readers)).decode()
         with self._write() as db:
+            _journal(db, "doc_id = ?", [doc_id])
             db.execute("UPDATE documents SET readers = ?, updated_at = ? WHERE doc_id = ?",
                        (encoded, now_ms(), doc_id))  # fmt: skip
             return db.execute("UPDATE chunks SET readers = ? WHERE doc_id = ?", (encoded, doc_id)).rowcount
@@ -341,6 +379,7 @@ class Catalog:
     def delete_everywhere(self, doc_id: str) -> int:
         """`hide_document` in every version at once, in ONE transaction. Returns the rows hidden."""
         with self._write() as db:
+            _journal(db, "doc_id = ? AND visible = 1", [doc_id])
             hidden = db.execute(
                 "UPDATE chunks SET visible = 0 WHERE doc_id = ? AND visible = 1", (doc_id,)
             ).rowcount
@@ -424,6 +463,7 @@ class Catalog:
                         f"cannot show chunks that were never recorded: {sorted(missing)[:3]}",
                         doc_id=doc.doc_id,
                     )
+                _journal(db, "version = ? AND doc_id = ? AND visible = 1", [version, doc.doc_id])
                 db.execute(
                     "UPDATE chunks SET visible = 0 WHERE version = ? AND doc_id = ?", (version, doc.doc_id)
                 )
@@ -464,6 +504,7 @@ class Catalog:
         and its text is dropped. Returns how many rows were hidden."""
         _check_version(version)
         with self._write() as db:
+            _journal(db, "version = ? AND doc_id = ? AND visible = 1", [version, doc_id])
             hidden = db.execute(
                 "UPDATE chunks SET visible = 0 WHERE version = ? AND doc_id = ? AND visible = 1",
                 (version, doc_id),
@@ -486,6 +527,18 @@ class Catalog:
                 )
                 purged += db.execute(sql, [version, *batch]).rowcount
         return purged
+
+    # -- the change journal -----------------------------------------------------------------------
+
+    def last_change_seq(self) -> int:
+        """The journal's highest sequence number yet (AUTOINCREMENT: it never goes back, even trimmed)."""
+        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'chunk_changes'")
+        return int(rows[0][0]) if rows else 0
+
+    def chunk_changes_after(self, seq: int, limit: int = SQL_BATCH) -> list[ChunkChange]:
+        """Journal rows after `seq`, oldest first: chunks hidden (delete, replace) or re-permissioned."""
+        sql = "SELECT seq, tenant, chunk_id FROM chunk_changes WHERE seq > ? ORDER BY seq LIMIT ?"
+        return [ChunkChange(seq=q, tenant=t, chunk_id=c) for q, t, c in self._read(sql, (seq, limit))]
 
     # -- search side -------------------------------------------------------------------------------
 
@@ -524,6 +577,20 @@ class Catalog:
             batch = ids[start : start + SQL_BATCH]
             sql = f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE chunk_id IN ({_marks(len(batch))})"
             rows.extend(_chunk_row(r) for r in self._read(sql, batch))
+        return rows
+
+    def visible_by_chunk_id(self, version: str, chunk_ids: Sequence[str]) -> dict[str, ChunkRow]:
+        """Visible rows of `version` whose chunk id is one of `chunk_ids`, by chunk id."""
+        _check_version(version)
+        rows: dict[str, ChunkRow] = {}
+        ids = list(dict.fromkeys(chunk_ids))
+        for start in range(0, len(ids), SQL_BATCH):
+            batch = ids[start : start + SQL_BATCH]
+            sql = (
+                f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE version = ? AND visible = 1 "
+                f"AND chunk_id IN ({_marks(len(batch))})"
+            )
+            rows.update((row.chunk_id, row) for row in map(_chunk_row, self._read(sql, [version, *batch])))
         return rows
 
     def counts(self, version: str) -> tuple[int, int]:

@@ -60,6 +60,7 @@ class UserMessage(_Base, frozen=True, kw_only=True, tag="user_message"):
     tenant: str = ""
     groups: tuple[str, ...] = ()
     client_message_id: str = ""  # the client's id for this ask: a retried ask is appended once
+    no_cache: bool = False  # the user asked for a fresh answer: the answer cache is not consulted
 
 
 class TurnStarted(_Base, frozen=True, kw_only=True, tag="turn_started"):
@@ -77,6 +78,23 @@ class RetrievalDone(_Base, frozen=True, kw_only=True, tag="retrieval_done"):
     # The retrieved passages the user may read, numbered as the model is given them: shown as sources while
     # the model is still reading (empty in logs written before this field).
     sources: tuple[Citation, ...] = ()
+
+
+class CacheHit(_Base, frozen=True, kw_only=True, tag="cache_hit"):
+    """The turn is answered from the semantic answer cache (index.answer_cache): the entry, the question it
+    was built for, how close the two questions are, and the cached answer with its sources, re-checked
+    against this reader's access at hit time. The turn then ends with an ordinary `answer_completed`."""
+
+    entry_id: str
+    similarity: float
+    cached_question: str
+    index_version: str
+    chunk_ids: tuple[str, ...]
+    text: str
+    sources: tuple[Citation, ...] = ()
+    unsupported: tuple[TextSpan, ...] = ()
+    created_ms: int = 0  # when the cached answer was made
+    latency_ms: float = 0.0  # the lookup
 
 
 class LLMRequested(_Base, frozen=True, kw_only=True, tag="llm_requested"):
@@ -184,6 +202,7 @@ Event = (
     UserMessage
     | TurnStarted
     | RetrievalDone
+    | CacheHit
     | LLMRequested
     | LLMCompleted
     | LLMFailed

@@ -97,6 +97,10 @@ APPROVALS_DECIDED = Counter(
     "docent_approvals_decided", "Approvals settled by outcome (approved, denied, expired).", ["outcome"]
 )
 APPROVAL_OUTCOMES = ("approved", "denied", "expired")
+ANSWER_CACHE = Counter(
+    "docent_answer_cache_lookups",
+    "Answer cache lookups by outcome (hit, miss, refused_guard, refused_access, stale, error).", ["outcome"],
+)  # fmt: skip
 # Importing this module writes nothing (every metric has labels): `docent run`'s own process imports it,
 # and must not touch a PROMETHEUS_MULTIPROC_DIR it inherited from its caller.
 
@@ -186,6 +190,10 @@ def observe_event(event: Event, *, now_ms: int, asked_at_ms: int = 0, route: str
 def observe_first_token(route: str, *, now_ms: int, asked_at_ms: int) -> None:
     if asked_at_ms and route:
         ASK_FIRST_TOKEN.labels(route).observe(max(0, now_ms - asked_at_ms) / 1000)
+
+
+def observe_answer_cache(outcome: str) -> None:
+    ANSWER_CACHE.labels(outcome).inc()
 
 
 def observe_retrieval(timings_ms: Mapping[str, float]) -> None:

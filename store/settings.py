@@ -78,6 +78,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     local_top_k: Positive = 4
     local_max_tokens: Positive = 200
     local_compute_type: Literal["auto", "int8", "int8_float32", "float32", "float16"] = "auto"
+    # Follow-up questions rewritten by the model before retrieval (actors.plan.REWRITE_STEP): auto = with an
+    # external (OpenAI-compatible) model only; "rules" = index.followup's deterministic rule alone.
+    followup_rewrite: Literal["auto", "llm", "rules"] = "auto"
     # Post-hoc citation attribution (actors/attribution.py): auto = on for the local model.
     attribution: Literal["auto", "on", "off"] = "auto"
     llm_price_in_per_mtok: Annotated[float, msgspec.Meta(ge=0)] = 0.0
@@ -132,6 +135,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     golden_demo: bool = True  # gate with index/golden/demo (documents absent from the catalog are skipped)
     golden_dirs: str = ""  # os.pathsep-separated extra BEIR-layout golden sets (queries.jsonl, qrels/)
     golden_tenant: str = "default"  # the tenant the golden queries run as (reader token "*")
+
+    # Semantic answer cache (index.answer_cache, actors.answer_policy): off unless turned on; per-tenant
+    # on/off, thresholds and the sensitive-question classifiers come from answer_cache_policy_path.
+    answer_cache: bool = False
+    # The questions' cosine: bench/answer_cache.py quality (README "Answer cache").
+    answer_cache_threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.87
+    answer_cache_guard: bool = True  # the lexical exactness guard (index.exactness)
+    answer_cache_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 24 * 3600
+    answer_cache_max_entries: Positive = 10_000  # per tenant; the least recently used go first
+    answer_cache_policy_path: str = ""  # a .json or .toml file; empty = the built-in classifiers
 
     # Tool risk policy (actors.tools.policy): a .json or .toml file; empty = built-in defaults.
     tool_policy_path: str = ""

@@ -3,6 +3,7 @@ small real index (hash embedder), real SMTP/HTTP sinks, and the actor's own acti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ if dramatiq.broker.global_broker is None:  # before the actor module declares it
 
 from actors import conversation, runtime
 from actors.conversation import AGENT_TOOLS, Activation, activate
+from actors.plan import REWRITE_STEP
+from actors.prompts import REWRITE_SYSTEM
 from actors.runtime import Runtime
 from actors.testing import HttpSink, ScriptedLLMThread, SinkThread, SmtpSink
 from actors.tools.registry import DATA_NOTICE
@@ -205,18 +208,29 @@ class World:
         return counts
 
 
-@pytest.fixture
-def world(
-    tmp_path: Path, redis_url: str, llm: ScriptedLLMThread, sinks: tuple[SmtpSink, HttpSink]
+@contextlib.contextmanager
+def world_with(
+    tmp_path: Path, redis_url: str, llm: ScriptedLLMThread, sinks: tuple[SmtpSink, HttpSink], **extra: str
 ) -> Iterator[World]:
-    settings = make_settings(tmp_path, redis_url, llm.url, sinks[0].port)
+    """A world on the test's Redis and model, with extra DOCENT_ settings, as the process's runtime."""
+    settings = make_settings(tmp_path, redis_url, llm.url, sinks[0].port, **extra)
     build_index(settings)
     sinks[1].reset()
     w = World(settings, llm, sinks)
     previous = runtime.configure(w.rt)
-    yield w
-    runtime.configure(previous)
-    w.rt.close()
+    try:
+        yield w
+    finally:
+        runtime.configure(previous)
+        w.rt.close()
+
+
+@pytest.fixture
+def world(
+    tmp_path: Path, redis_url: str, llm: ScriptedLLMThread, sinks: tuple[SmtpSink, HttpSink]
+) -> Iterator[World]:
+    with world_with(tmp_path, redis_url, llm, sinks) as w:
+        yield w
 
 
 def of(events: list[Event], kind: type) -> list[Any]:
@@ -271,15 +285,10 @@ def test_citations_to_passages_never_given_are_dropped(world: World) -> None:
 def test_post_hoc_attribution_cites_supported_sentences_and_marks_the_rest(
     tmp_path: Path, redis_url: str, llm: ScriptedLLMThread, sinks: tuple[SmtpSink, HttpSink]
 ) -> None:
-    settings = make_settings(tmp_path, redis_url, llm.url, sinks[0].port, attribution="on")
-    build_index(settings)
-    w = World(settings, llm, sinks)
-    try:
+    with world_with(tmp_path, redis_url, llm, sinks, attribution="on") as w:
         w.ask("att1", "[script:uncited] How long is parental leave?", mode="qa")
         w.run("att1")
         answer = of(w.events("att1"), AnswerCompleted)[0]
-    finally:
-        w.rt.close()
     cited = {c.n: c for c in answer.citations}
     assert [c.doc_id for c in cited.values()] == ["leave-policy"]
     first = "Parental leave lasts sixteen weeks at full pay for every employee"
@@ -463,9 +472,7 @@ def test_step_cap_stops_a_looping_agent(world: World, tmp_path: Path) -> None:
 def test_wall_clock_cap(world: World) -> None:
     world.ask("cap3", "How long is parental leave?")
     rt = Runtime.from_settings(world.settings)
-    rt.clock = lambda: (
-        now_ms() + 3_600_000 if started.is_set() else now_ms()
-    )
+    rt.clock = lambda: now_ms() + 3_600_000 if started.is_set() else now_ms()
     import threading
 
     started = threading.Event()
@@ -590,3 +597,44 @@ def test_a_snapshot_written_before_unusable_replies_were_counted_still_loads(wor
     older = load_state(msgspec.msgpack.encode(raw))
     assert older.current is not None and older.current.unusable_replies == {}
     assert older.current.llm_failures == state.current.llm_failures
+
+
+def test_a_follow_up_is_rewritten_by_the_model_once_and_a_crash_after_it_never_asks_again(
+    world: World,
+) -> None:
+    world.ask("fu", "How long is parental leave?")
+    world.run("fu")
+    world.ask("fu", "and what about sick leave?")
+    world.run("fu")
+    events = world.events("fu")
+    second = events[events.index(of(events, UserMessage)[1]) :]
+    rewrite = next(e for e in of(second, LLMRequested) if e.step == REWRITE_STEP)
+    assert rewrite.messages[0]["content"] == REWRITE_SYSTEM and rewrite.tools == ()
+    assert rewrite.messages[-1] == {"role": "user", "content": "and what about sick leave?"}
+    completed = next(e for e in of(second, LLMCompleted) if e.step == REWRITE_STEP)
+    query = "and what about sick leave? about How long is parental leave?"
+    assert completed.text == query and of(second, RetrievalDone)[0].query == query
+    assert isinstance(second[-1], AnswerCompleted)
+    # The rewritten query is not the answer: nothing of it was streamed to the user.
+    deltas = [item for _, item in world.log.catch_up("fu", "0") if isinstance(item, Delta)]
+    assert all(d.step != REWRITE_STEP for d in deltas)
+    # A crash right after the rewrite was recorded: the next activation searches it without asking again.
+    cut_after(world, "fu", events.index(completed) + 1)
+    world.llm.reset()
+    world.run("fu")
+    replayed = world.events("fu")
+    assert world.requests("rewrite") == {} and world.requests("default") == {"0": 1}
+    assert of(replayed, RetrievalDone)[-1].query == query and isinstance(replayed[-1], AnswerCompleted)
+
+
+def test_with_rules_only_a_follow_up_costs_no_model_call(
+    tmp_path: Path, redis_url: str, llm: ScriptedLLMThread, sinks: tuple[SmtpSink, HttpSink]
+) -> None:
+    with world_with(tmp_path, redis_url, llm, sinks, followup_rewrite="rules") as w:
+        w.ask("fr", "How long is parental leave?")
+        w.run("fr")
+        w.ask("fr", "and what about sick leave?")
+        w.run("fr")
+        events = w.events("fr")
+    assert all(e.step >= 0 for e in of(events, LLMRequested))
+    assert of(events, RetrievalDone)[-1].query == "and what about sick leave? long parental"

@@ -34,7 +34,14 @@ from aiohttp import web
 from actors.testing.loop_thread import LoopThread
 from actors.testing.replies import Chunk, chunks, error_body, whole_response
 from actors.testing.scripts import Fault, Script, ScriptFile, Step, as_script_file, load_scripts
-from actors.testing.transcript import MODEL_NAME, ChatRequest, Reading, default_answer, read
+from actors.testing.transcript import (
+    MODEL_NAME,
+    ChatRequest,
+    Reading,
+    default_answer,
+    default_rewrite,
+    read,
+)
 from store.exceptions import ConfigError
 
 CONVERSATION_HEADER = "X-Docent-Conversation"
@@ -163,6 +170,8 @@ class ScriptedLLM:
 
     def _step(self, parsed: ChatRequest, reading: Reading) -> tuple[Step, int] | web.Response:
         """The step to play and its delta delay, or the 400 that says why there is none."""
+        if reading.rewrite:
+            return Step(text=default_rewrite(parsed.messages)), self.delay_ms
         if reading.script is None:
             return Step(text=default_answer(parsed.messages)), self.delay_ms
         script = self.file.scripts.get(reading.script)

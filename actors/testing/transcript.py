@@ -9,7 +9,9 @@ layout (earlier turns as messages, a system prompt, retries with feedback):
   - the step is the number of replies the assistant has already given since that message (0 for the first
     call, 1 after the first tool round trip, ...): the model is on its next reply;
   - default mode answers from the numbered passages it was given (lines starting with `[1]`, `[2]`, ...):
-    "From the documents: <start of passage 1> [1] <start of passage 2> [2]", or says nothing was found.
+    "From the documents: <start of passage 1> [1] <start of passage 2> [2]", or says nothing was found;
+  - a follow-up rewrite request (the system prompt is `actors.prompts.REWRITE_SYSTEM`) is answered, under
+    the key `rewrite`, with the last question (markers removed) then "about" and the user's previous one.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from typing import Any
 
 import msgspec
 
+from actors.prompts import REWRITE_SYSTEM
+
 SCRIPT_MARKER = re.compile(r"\[script:([A-Za-z0-9_.\-]+)(?:@([A-Za-z0-9_.:\-]+))?\]")
 CONTEXT_PASSAGE = re.compile(r"^\s*\[(\d{1,3})\]\s*(.+)$", re.MULTILINE)
 DEFAULT_KEY = "default"
+REWRITE_KEY = "rewrite"
 MODEL_NAME = "scripted"
 CITED_WORDS = 12
 CITED_PASSAGES = (1, 2)
@@ -45,8 +50,9 @@ class Reading(msgspec.Struct, frozen=True, kw_only=True):
     """What the scripted model made of a request."""
 
     script: str | None  # None: default mode
-    key: str  # the counting key (`NAME`, `NAME@KEY` or `default`)
+    key: str  # the counting key (`NAME`, `NAME@KEY`, `default` or `rewrite`)
     step: int
+    rewrite: bool = False  # a follow-up rewrite request (answered by `default_rewrite`)
 
 
 def text_of(message: Message) -> str:
@@ -76,6 +82,8 @@ def replies_since(messages: Sequence[Message], start: int) -> int:
 
 def read(messages: Sequence[Message], header: str | None = None) -> Reading:
     """The script (a header `NAME[@KEY]` wins over markers), its counting key and the step."""
+    if messages and messages[0].role == "system" and text_of(messages[0]).startswith(REWRITE_SYSTEM):
+        return Reading(script=None, key=REWRITE_KEY, step=0, rewrite=True)
     start, found = _latest_marker(messages)
     if header and (named := SCRIPT_MARKER.fullmatch(f"[script:{header}]")):
         found = named
@@ -89,6 +97,12 @@ def read(messages: Sequence[Message], header: str | None = None) -> Reading:
 def read_logged(messages: Sequence[dict[str, Any]]) -> Reading:
     """The same reading of a prompt as logged (`LLMRequested.messages`)."""
     return read(msgspec.convert(list(messages), list[Message]))
+
+
+def default_rewrite(messages: Sequence[Message]) -> str:
+    """The scripted standalone query: the last question, then "about" and the previous user question."""
+    questions = [SCRIPT_MARKER.sub("", text_of(m)).strip() for m in messages if m.role == "user"]
+    return " about ".join(questions[-1:-3:-1]) if questions else ""
 
 
 def default_answer(messages: Sequence[Message]) -> str:

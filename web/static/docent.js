@@ -6,6 +6,7 @@
  *
  *   const chat = Docent.connect({url: "wss://docent.example/ws/chat", token});
  *   chat.ask("What is our travel policy?", {mode: "auto", onSources, onDelta, onCitation, onEvent, onDone});
+ *   chat.ask(text, {noCache: true})   // a fresh answer, never one from the answer cache
  *
  * The client reconnects with exponential backoff and resumes from the last event id it saw, so a dropped
  * socket or a restarted server neither loses nor repeats a token. Docent.mount(element, options) renders
@@ -356,7 +357,9 @@
     }
     var handlers = this.turns[event.turn] || {};
     if (handlers.onEvent) handlers.onEvent(event, id);
-    if (event.type === "retrieval_done" && handlers.onSources) handlers.onSources(event.sources || [], event);
+    if ((event.type === "retrieval_done" || event.type === "cache_hit") && handlers.onSources) {
+      handlers.onSources(event.sources || [], event);
+    }
     if (event.type === "answer_completed" && handlers.onCitation) {
       (event.citations || []).forEach(function (c) { handlers.onCitation(c); });
     }
@@ -370,13 +373,15 @@
 
   Chat.prototype._sendAsk = function (ask) {
     if (!this.ws || !this.ready) return;
-    this.ws.send(JSON.stringify({type: "ask", text: ask.text, mode: ask.mode, client_message_id: ask.id}));
+    var frame = {type: "ask", text: ask.text, mode: ask.mode, client_message_id: ask.id};
+    if (ask.noCache) frame.no_cache = true;
+    this.ws.send(JSON.stringify(frame));
   };
 
   Chat.prototype.ask = function (text, options) {
     options = options || {};
     var ask = {id: newClientId(), text: String(text), mode: options.mode || "auto", handlers: options,
-               accepted: false};
+               accepted: false, noCache: !!options.noCache};
     this.pending.push(ask);
     this._emit("ask", ask.id, ask.text, ask.mode);
     if (this.ready) this._sendAsk(ask);
@@ -425,7 +430,12 @@
     switch (event.type) {
       case "turn_started": return "Route: " + event.route + (event.reason ? " — " + event.reason : "");
       case "retrieval_done": return "Searched “" + event.query + "”: " + event.chunk_ids.length + " passages";
-      case "llm_requested": return "Model call " + event.step + " (" + event.model + ")";
+      case "cache_hit":
+        return "Answered from a recent identical question (“" + event.cached_question + "”, similarity "
+          + event.similarity.toFixed(2) + ")";
+      case "llm_requested":
+        return (event.step < 0 ? "Model rewrites the question for search" : "Model call " + event.step)
+          + " (" + event.model + ")";
       case "llm_completed":
         return "Model answered (" + event.tokens_in + "→" + event.tokens_out + " tokens, "
           + Math.round(event.latency_ms) + " ms)";
@@ -619,6 +629,10 @@
     }
     switch (event.type) {
       case "retrieval_done":
+        this.renderSources(state, event.sources || [], {});
+        break;
+      case "cache_hit":
+        state.section.appendChild(el("div", "docent-cache-note", "answered from a recent identical question"));
         this.renderSources(state, event.sources || [], {});
         break;
       case "llm_requested":

@@ -37,6 +37,7 @@ HUB_SPARE_CONNECTIONS = 16  # tail reads and wake writes, beside the blocked rea
 HUB_BLOCK_MS = 2_000  # under redis-py's default 5 s socket timeout
 HUB_READ_COUNT = 256  # entries per stream per XREAD
 WAKE_TTL_MS = 60_000
+HUB_CLOSE_TIMEOUT_S = 2.0
 READ_RETRY = RetryPolicy(max_retries=0, first_s=0.05, max_s=2.0, factor=4.0)  # 0.05, 0.2, 0.8, 2 s, forever
 CLIENT_NAME_PREFIX = "docent-hub"
 
@@ -257,11 +258,15 @@ class Hub:
                 topic.shard.topics.pop(topic.key, None)  # left out of the shard's next XREAD
 
     async def aclose(self) -> None:
+        """Cancel every reader; waits at most HUB_CLOSE_TIMEOUT_S for them (a reader cancelled inside the
+        cluster client's connection handling may take long to unwind; shutdown must not hang on it)."""
         tasks = [s.task for s in self._shards] + list(self._background)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            done, _ = await asyncio.wait(tasks, timeout=HUB_CLOSE_TIMEOUT_S)
+            for task in done:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
         self._shards.clear()
         self._topics.clear()

@@ -25,6 +25,7 @@ from actors.broker import (
     INGEST_QUEUE,
     REINDEX_QUEUE,
     enqueue_by_name,
+    queue_url,
     sending_broker,
 )
 from index.reindex.jobs import RUN_ACTOR_NAME
@@ -45,7 +46,7 @@ class Dispatcher(Protocol):
 
 def send(settings: Settings, queue: str, actor: str, *args: str) -> str:
     """Enqueue `actor(*args)` by name on the enqueue-only broker; returns the message id."""
-    return enqueue_by_name(sending_broker(settings.redis_url), queue, actor, args).message_id
+    return enqueue_by_name(sending_broker(queue_url(settings)), queue, actor, args).message_id
 
 
 def make_wake(settings: Settings) -> Callable[[str], Awaitable[None]]:

@@ -37,7 +37,6 @@ from typing import Any
 
 import dramatiq
 import msgspec
-import redis
 
 from actors.api import Dispatcher
 from actors.broker import (
@@ -64,6 +63,7 @@ from store.clock import now_ms
 from store.events import ApprovalDecided, ApprovalExpired, Decision, decode_event
 from store.exceptions import DocentError, InputError
 from store.log import ConversationLog, conv_keys
+from store.redis import sync_client
 from store.retry import RetryPolicy
 from store.scripts import payload
 from store.settings import Settings, get_settings
@@ -143,7 +143,7 @@ class _Stores:
     """Blocking Redis clients for one URL, shared by a worker's threads (redis-py pools are thread-safe)."""
 
     def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url)
+        self.client = sync_client(url)
         self.ledger = ApprovalLedger(self.client)
         self.log = ConversationLog(self.client)
 

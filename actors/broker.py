@@ -1,4 +1,10 @@
-"""The one dramatiq broker every actor module declares on: Redis, from the settings.
+"""The one dramatiq broker every actor module declares on, from the settings: dramatiq's Redis broker,
+or its RabbitMQ broker for an `amqp://` DOCENT_BROKER_URL.
+
+Where the queues live (`queue_url`): DOCENT_BROKER_URL when set, else the Redis of DOCENT_REDIS_URL.
+dramatiq's Redis broker does not speak Redis Cluster (its Lua script touches keys of many slots), so a
+`redis+cluster://` DOCENT_REDIS_URL needs DOCENT_BROKER_URL: a separate single-node Redis (the default
+choice, README "Redis Cluster") or RabbitMQ.
 
 `setup_broker()` is idempotent and must run before any module declares an actor (`actors.worker`
 imports this first). Tests call it with their own Redis URL, or `use_stub_broker()` for pure unit tests.
@@ -16,6 +22,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from store.exceptions import ConfigError
+from store.redis import is_cluster_url
 from store.settings import Settings, get_settings
 
 CONVERSATION_QUEUE = "conversation"
@@ -25,6 +32,7 @@ APPROVALS_QUEUE = "approvals"
 ADVANCE_ACTOR = "advance"  # actors.conversation
 INGEST_ACTOR = "ingest_file"  # actors.ingest_job
 NAMESPACE = "docent-tasks"
+AMQP_SCHEMES = ("amqp://", "amqps://")
 
 _broker: dramatiq.Broker | None = None
 
@@ -35,11 +43,8 @@ def setup_broker(settings: Settings | None = None) -> dramatiq.Broker:
     if _broker is not None:
         return _broker
     settings = settings or get_settings()
-    if not settings.redis_url:
-        raise ConfigError("workers need DOCENT_REDIS_URL (`docent run` starts an embedded Redis for you)")
-    broker = RedisBroker(
-        url=settings.redis_url,
-        namespace=NAMESPACE,
+    broker = make_broker(
+        queue_url(settings),
         heartbeat_timeout=settings.broker_heartbeat_timeout_ms,
         maintenance_chance=settings.broker_maintenance_chance,
     )
@@ -48,16 +53,43 @@ def setup_broker(settings: Settings | None = None) -> dramatiq.Broker:
     return broker
 
 
+def queue_url(settings: Settings) -> str:
+    """The broker's URL: DOCENT_BROKER_URL, else DOCENT_REDIS_URL when it is a single Redis."""
+    url = settings.broker_url or settings.redis_url
+    if not url:
+        raise ConfigError("workers need DOCENT_REDIS_URL (`docent run` starts an embedded Redis for you)")
+    if is_cluster_url(url):
+        raise ConfigError(
+            "dramatiq's queues cannot live on a Redis Cluster: set DOCENT_BROKER_URL to a single Redis "
+            "(redis://) or to RabbitMQ (amqp://)",
+            setting="DOCENT_BROKER_URL",
+        )
+    return url
+
+
+def make_broker(
+    url: str, *, heartbeat_timeout: int | None = None, maintenance_chance: int | None = None
+) -> dramatiq.Broker:
+    """dramatiq's RabbitMQ broker for amqp(s)://, else its Redis broker under our namespace (the
+    heartbeat and maintenance options are the Redis broker's; None = dramatiq's defaults)."""
+    if url.startswith(AMQP_SCHEMES):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=url)
+    options = {"heartbeat_timeout": heartbeat_timeout, "maintenance_chance": maintenance_chance}
+    return RedisBroker(url=url, namespace=NAMESPACE, **{k: v for k, v in options.items() if v is not None})
+
+
 def process_broker() -> dramatiq.Broker | None:
     """The broker this process set up (or stubbed), if any; actor modules declare on it when it exists."""
     return _broker
 
 
 @lru_cache(maxsize=8)
-def sending_broker(redis_url: str) -> RedisBroker:
-    """An enqueue-only broker for a process that declares no actor (the web process, tests, the chaos
-    runner): never made the process's global broker."""
-    return RedisBroker(url=redis_url, namespace=NAMESPACE)
+def sending_broker(url: str) -> dramatiq.Broker:
+    """An enqueue-only broker on `url` (a `queue_url`) for a process that declares no actor (the web
+    process, tests, the chaos runner): never made the process's global broker."""
+    return make_broker(url)
 
 
 def enqueue_by_name(

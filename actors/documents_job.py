@@ -16,10 +16,10 @@ import logging
 from pathlib import Path
 
 import dramatiq
-import redis
 
 from actors.broker import INGEST_QUEUE, setup_broker
 from store.catalog import Catalog
+from store.redis import sync_client
 from store.retry import RetryPolicy
 from store.settings import get_settings
 
@@ -35,7 +35,7 @@ def sync_document(doc_id: str) -> None:
     from index.reindex.dualwrite import DualWriter
 
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_client(settings.redis_url)
     try:
         with DualWriter(settings, client) as writer:
             rewritten = writer.resync(doc_id)

@@ -10,14 +10,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from actors.contextualize import make_contextualizer
 from index.ingest import DocumentOutcome, expand_paths, path_doc_id
 from index.reindex.dualwrite import DualWriter
 from index.types import Access
 from store import metrics
 from store.catalog import IngestOutcome
+from store.redis import sync_client
 from store.settings import Settings
 
 DocumentRequest = tuple[str, dict[str, Any]]  # doc id, Ingestor.ingest_document keyword arguments
@@ -35,7 +34,7 @@ def ingest_documents(
     """Ingest the documents into every current version in batched commits; a failing document is an
     outcome and does not stop the rest. With `progress`, the requests go in slices of PROGRESS_SLICE, each
     committed and its outcomes recorded before `progress` hears of it."""
-    client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+    client = sync_client(settings.redis_url) if settings.redis_url else None
     requests = list(requests)
     size = PROGRESS_SLICE if progress is not None else max(1, len(requests))
     outcomes: list[DocumentOutcome] = []

@@ -18,12 +18,12 @@ import signal
 import threading
 
 import dramatiq
-import redis
 
 from actors.broker import REINDEX_QUEUE, setup_broker
 from index.reindex.jobs import RUN_ACTOR_NAME
 from index.reindex.run import lower_priority, run_slice
 from store import keys
+from store.redis import sync_client
 from store.retry import RetryPolicy
 from store.settings import get_settings
 
@@ -45,7 +45,7 @@ broker = setup_broker()  # idempotent: actors.worker has set it up already with 
 def reindex_run(job_id: str) -> None:
     settings = get_settings()
     lower_priority()  # the bulk path: query workers keep the CPU
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_client(settings.redis_url)
     try:
         result = run_slice(settings, client, job_id)
         if result == "busy":  # another worker holds the lease (or a dead one, until it expires)

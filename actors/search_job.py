@@ -15,6 +15,7 @@ from actors.broker import CONVERSATION_QUEUE, setup_broker
 from actors.search_rpc import REPLY_TTL_S, SEARCH_ACTOR, SearchCall, SearchReply
 from store.exceptions import DocentError, IndexNotFound
 from store.keys import search_reply
+from store.redis import sync_client
 
 TIME_LIMIT_MS = 30_000
 
@@ -23,7 +24,7 @@ _clients: dict[str, redis.Redis] = {}
 
 def _client(url: str) -> redis.Redis:
     if url not in _clients:
-        _clients[url] = redis.Redis.from_url(url)
+        _clients[url] = sync_client(url)
     return _clients[url]
 
 

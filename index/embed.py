@@ -33,6 +33,7 @@ from index.types import EMBEDDER_NAMES, Embedder, ModelIdentity, Vector
 from store import keys
 from store.blocking import run_blocking
 from store.exceptions import ConfigError, InputError, ModelError
+from store.redis import REDIS_ERRORS
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -443,7 +444,7 @@ class QueryEmbedder:
             return None
         try:
             raw = self._redis.get(key)
-        except redis.RedisError as exc:  # the cache is an optimisation: a Redis outage must not fail queries
+        except REDIS_ERRORS as exc:  # the cache is an optimisation: a Redis outage must not fail queries
             log.warning("embedding cache read failed: %s", exc)
             return None
         return self._decode(key, raw)
@@ -453,7 +454,7 @@ class QueryEmbedder:
             return
         try:
             self._redis.set(key, np.asarray(vector, dtype=np.float32).tobytes(), ex=self.ttl_s)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("embedding cache write failed: %s", exc)
 
     async def _aredis_get(self, key: str) -> Vector | None:
@@ -461,7 +462,7 @@ class QueryEmbedder:
             return None
         try:
             raw = await self._aredis.get(key)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("embedding cache read failed: %s", exc)
             return None
         return self._decode(key, raw)
@@ -471,5 +472,5 @@ class QueryEmbedder:
             return
         try:
             await self._aredis.set(key, np.asarray(vector, dtype=np.float32).tobytes(), ex=self.ttl_s)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("embedding cache write failed: %s", exc)

@@ -38,6 +38,7 @@ from server.rest import json_response
 from server.services import services
 from store.blocking import run_blocking
 from store.exceptions import DocentError, IndexNotFound, ReindexRefused
+from store.redis import sync_client
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 @lru_cache(maxsize=8)
 def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+    return sync_client(url)
 
 
 def _admin(request: Request) -> tuple[Settings, redis.Redis, str]:

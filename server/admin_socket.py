@@ -9,7 +9,6 @@ Client frames: `ping` only.
 from __future__ import annotations
 
 import msgspec
-import redis
 from starlette.websockets import WebSocket
 
 from index import reindex
@@ -19,6 +18,7 @@ from server.hub import Fields
 from server.session import Session
 from store import keys
 from store.blocking import run_blocking
+from store.redis import sync_client
 
 
 def job_frame(entry_id: str, fields: Fields) -> bytes | None:
@@ -27,7 +27,7 @@ def job_frame(entry_id: str, fields: Fields) -> bytes | None:
 
 
 def _current_job(redis_url: str) -> reindex.ReindexJob | None:
-    with redis.Redis.from_url(redis_url) as client:
+    with sync_client(redis_url) as client:
         return reindex.current_job(client)
 
 

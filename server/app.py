@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.exceptions import RedisClusterException
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -56,7 +57,7 @@ from store.exceptions import (
 )
 from store.permissions import private_umask
 from store.ratelimit import AsyncRateLimiter
-from store.redis import unavailable
+from store.redis import async_client, unavailable
 from store.redis_identity import averify
 from store.settings import Settings, get_settings
 
@@ -114,6 +115,7 @@ def create_app(
     settings = settings or get_settings()
     if not settings.redis_url:
         raise ConfigError("the web process needs DOCENT_REDIS_URL (`docent run` starts one for you)")
+    actors_api.queue_url(settings)  # a Redis Cluster without DOCENT_BROKER_URL stops the process here
     auth = Authenticator.from_settings(settings)  # fail at start, not at the first request
     allowed_origins = parse_origins(settings.allowed_origins)
     check_allow_setting(settings.metrics_allow)
@@ -129,10 +131,8 @@ def create_app(
         gc.set_threshold(GC_GEN0_THRESHOLD, GC_GEN1_THRESHOLD, GC_GEN2_THRESHOLD)
         # Requests wait for a pooled connection rather than failing when many sockets greet at once; the
         # hub's blocking reads get their own bounded pool (one connection per batch of keys).
-        client = aredis.Redis(
-            connection_pool=aredis.BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=REDIS_POOL_CONNECTIONS, timeout=REDIS_POOL_WAIT_S
-            )
+        client = async_client(
+            settings.redis_url, max_connections=REDIS_POOL_CONNECTIONS, pool_wait_s=REDIS_POOL_WAIT_S
         )
         await averify(client, settings.redis_identity)  # never serve from another stack's Redis
         metrics.forget_dead_processes()  # a previous web process's open-socket gauges
@@ -207,7 +207,8 @@ def create_app(
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
-            DocentError: docent_error, redis.RedisError: redis_error, HTTPException: http_error
+            DocentError: docent_error, redis.RedisError: redis_error, HTTPException: http_error,
+            RedisClusterException: redis_error,
         },
     )
 

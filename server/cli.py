@@ -16,7 +16,7 @@ from store.settings import Settings, get_settings
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from server.runner import run
 
-    return run(settings)
+    return run(settings, cluster=args.cluster)
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="docent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="embedded Redis, web, workers and the demo knowledge base")
+    run.add_argument(
+        "--cluster", action="store_true",
+        help="the data on an embedded 3+3 Redis Cluster, the queues on the embedded single Redis",
+    )  # fmt: skip
     run.set_defaults(fn=_cmd_run)
     sub.add_parser("serve", help="the web process only").set_defaults(fn=_cmd_serve)
 

@@ -21,7 +21,7 @@ from server.hub import Fields, StreamKey, id_key
 from server.protocol import DeltaFrame, EventFrame, encode
 from store.events import TERMINAL, Delta, SentenceAttributed, decode_live
 from store.log import conv_keys
-from store.scripts import text
+from store.scripts import range_entries, text
 
 REPLAY_PAGE_ENTRIES = 500
 
@@ -87,7 +87,8 @@ async def replay(client: aredis.Redis, conv_id: str, after_id: str | None) -> As
         async with client.pipeline(transaction=True) as pipe:
             pipe.xrange(keys.live, f"({cursor}", "+", count=REPLAY_PAGE_ENTRIES)
             pipe.xrange(keys.live, "-", "+", count=1)
-            page, head = await pipe.execute()
+            page_raw, head = await pipe.execute()
+        page = range_entries(page_raw)
         head_id = text(head[0][0]) if head else None
         if head_id is None or id_key(head_id) > id_key(cursor):
             end = f"({head_id}" if head_id else "+"

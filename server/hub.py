@@ -5,9 +5,11 @@ Each followed key is a topic: the id it has been read up to, a decode function (
 entry) and its subscribers. Topics are grouped into shards of at most HUB_BATCH_KEYS keys; each shard is
 one `XREAD BLOCK` loop on its own connection that also reads a per-process wake stream, written when the
 shard's key set changes, so a new key is read at once. At most HUB_MAX_READERS shards exist: past that,
-keys join the least loaded shard. Each decoded item is pushed to every subscriber's bounded buffer; a
-subscriber that falls behind by more than its capacity is marked overflowed (its socket is told to
-resume), so a slow client never stalls the others.
+keys join the least loaded shard. On a Redis Cluster one XREAD may read one hash slot only, so shards
+are batched by slot: a shard holds keys of one slot (its wake stream is tagged into that slot), and the
+readers are bounded by the followed slots (at most 16384), not by HUB_MAX_READERS. Each decoded item is
+pushed to every subscriber's bounded buffer; a subscriber that falls behind by more than its capacity
+is marked overflowed (its socket is told to resume), so a slow client never stalls the others.
 """
 
 from __future__ import annotations
@@ -20,21 +22,23 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
-import redis
 import redis.asyncio as aredis
 
 from server.buffer import BoundedBuffer
 from store import keys, metrics
 from store.clock import now_ms
+from store.redis import REDIS_ERRORS, async_client, is_cluster_client, is_cluster_url, key_slot
 from store.retry import RetryPolicy
 from store.scripts import text
 
 HUB_BATCH_KEYS = 32
 HUB_MAX_READERS = 256
+CLUSTER_SLOTS = 16384  # a cluster hub's readers: one per followed slot at most
 HUB_SPARE_CONNECTIONS = 16  # tail reads and wake writes, beside the blocked readers
 HUB_BLOCK_MS = 2_000  # under redis-py's default 5 s socket timeout
 HUB_READ_COUNT = 256  # entries per stream per XREAD
 WAKE_TTL_MS = 60_000
+HUB_CLOSE_TIMEOUT_S = 2.0
 READ_RETRY = RetryPolicy(max_retries=0, first_s=0.05, max_s=2.0, factor=4.0)  # 0.05, 0.2, 0.8, 2 s, forever
 CLIENT_NAME_PREFIX = "docent-hub"
 
@@ -53,12 +57,12 @@ def id_key(entry_id: str) -> StreamKey:
 
 def hub_client(redis_url: str) -> aredis.Redis:
     """The hub's own connection pool: bounded, named after this process (`CLIENT LIST` shows the readers)."""
-    pool = aredis.BlockingConnectionPool.from_url(
+    readers = CLUSTER_SLOTS if is_cluster_url(redis_url) else HUB_MAX_READERS
+    return async_client(
         redis_url,
-        max_connections=HUB_MAX_READERS + HUB_SPARE_CONNECTIONS,
+        max_connections=readers + HUB_SPARE_CONNECTIONS,
         client_name=f"{CLIENT_NAME_PREFIX}-{os.getpid()}",
     )
-    return aredis.Redis(connection_pool=pool)
 
 
 class Subscription(BoundedBuffer[T]):
@@ -109,9 +113,10 @@ class _Topic(Generic[T]):
 class _Shard:
     """Topics read by one XREAD BLOCK loop on its own connection."""
 
-    def __init__(self, hub: Hub, number: int) -> None:
+    def __init__(self, hub: Hub, number: int, slot: int | None, slot_of: str | None) -> None:
         self.hub = hub
-        self.wake_key = keys.hub_wake(hub.process_id, number)
+        self.slot = slot  # on a cluster: the one slot of every key this shard reads
+        self.wake_key = keys.hub_wake(hub.process_id, number, slot_of)
         self.wake_cursor = "$"
         self.topics: dict[str, _Topic[Any]] = {}
         self.changed = asyncio.Event()
@@ -133,7 +138,7 @@ class _Shard:
                 pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1, approximate=False)
                 pipe.pexpire(self.wake_key, WAKE_TTL_MS)
                 await pipe.execute()
-        except redis.RedisError as exc:  # the reader's block timeout still picks the key up
+        except REDIS_ERRORS as exc:  # the reader's block timeout still picks the key up
             log.warning("hub wake failed: %s", exc)
 
     async def _run(self) -> None:
@@ -147,7 +152,7 @@ class _Shard:
             try:
                 reply = await self._read(streams)
                 failures = 0
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 delay = READ_RETRY.delay_s(failures)
                 failures += 1
                 log.warning("hub read failed (%s); retrying in %.2fs", exc, delay)
@@ -183,6 +188,7 @@ class Hub:
 
     def __init__(self, client: aredis.Redis) -> None:
         self.client = client
+        self.cluster = is_cluster_client(client)
         self.process_id = uuid.uuid4().hex[:12]
         self._topics: dict[str, _Topic[Any]] = {}
         self._shards: list[_Shard] = []
@@ -221,7 +227,7 @@ class Hub:
     async def _start(self, topic: _Topic[Any]) -> None:
         try:
             tail: Any = await self.client.xrevrange(topic.key, "+", "-", count=1)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             if self._topics.get(topic.key) is topic:
                 del self._topics[topic.key]
             topic.started.set_exception(exc)
@@ -229,16 +235,18 @@ class Hub:
             return
         topic.cursor = text(tail[0][0]) if tail else "0-0"
         if self._topics.get(topic.key) is topic:
-            self._shard_for_one_more().add(topic)
+            self._shard_for(topic.key).add(topic)
         topic.started.set_result(None)
 
-    def _shard_for_one_more(self) -> _Shard:
-        open_shard = next((s for s in self._shards if len(s.topics) < HUB_BATCH_KEYS), None)
+    def _shard_for(self, key: str) -> _Shard:
+        slot = key_slot(key) if self.cluster else None
+        fitting = [s for s in self._shards if s.slot == slot]
+        open_shard = next((s for s in fitting if len(s.topics) < HUB_BATCH_KEYS), None)
         if open_shard is not None:
             return open_shard
-        if len(self._shards) >= HUB_MAX_READERS:
-            return min(self._shards, key=lambda s: len(s.topics))
-        shard = _Shard(self, len(self._shards))
+        if fitting and len(self._shards) >= HUB_MAX_READERS:
+            return min(fitting, key=lambda s: len(s.topics))
+        shard = _Shard(self, len(self._shards), slot, key if self.cluster else None)
         self._shards.append(shard)
         return shard
 
@@ -253,11 +261,15 @@ class Hub:
                 topic.shard.topics.pop(topic.key, None)  # left out of the shard's next XREAD
 
     async def aclose(self) -> None:
+        """Cancel every reader; waits at most HUB_CLOSE_TIMEOUT_S for them (a reader cancelled inside the
+        cluster client's connection handling may take long to unwind; shutdown must not hang on it)."""
         tasks = [s.task for s in self._shards] + list(self._background)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            done, _ = await asyncio.wait(tasks, timeout=HUB_CLOSE_TIMEOUT_S)
+            for task in done:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
         self._shards.clear()
         self._topics.clear()

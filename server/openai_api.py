@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import msgspec
-import redis
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -52,7 +51,7 @@ from store.conversations import ConversationMeta, can_write
 from store.events import Mode, TurnFailed
 from store.exceptions import DocentError, ForbiddenError, InputError, ModelNotFound
 from store.metadata import parse_filters
-from store.redis import unavailable
+from store.redis import REDIS_ERRORS, unavailable
 
 if TYPE_CHECKING:
     from server.services import Services
@@ -106,7 +105,7 @@ async def chat_completions(request: Request) -> Response:
         return await _chat(request)
     except DocentError as exc:
         return openai_error(exc)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return openai_error(unavailable(exc))
 
 

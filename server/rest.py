@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
-import redis
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
@@ -26,7 +25,7 @@ from store.blocking import run_blocking
 from store.conversations import can_read, identifier
 from store.exceptions import DocentError, DocumentTooLarge, ForbiddenError, InputError, UnsupportedFormat
 from store.log import conv_keys
-from store.redis import unavailable
+from store.redis import REDIS_ERRORS, unavailable
 from store.redis_identity import averify
 from store.scripts import stream_id, text
 
@@ -208,7 +207,7 @@ async def readyz(request: Request) -> Response:
 async def averify_ping(services: Services) -> None:
     try:
         await services.redis.ping()
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise unavailable(exc) from exc
     await averify(services.redis, services.settings.redis_identity)
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from server.supervisor import CommandChild, CrashLoop, Supervisor
 from store import metrics
+from store.exceptions import ConfigError
 from store.permissions import secure_tree
-from store.redis_owner import OwnedRedis
+from store.redis_owner import OwnedCluster, OwnedRedis
 from store.settings import Settings
 
 # An idle dramatiq consumer backs off its Redis polling up to 1 s, which alone breaks the 20 ms activation
@@ -65,6 +66,28 @@ class RedisChild:
         return None  # redis-server does not fork
 
 
+class ClusterChild:
+    """`docent run --cluster`'s embedded Redis Cluster as one supervised child: a node that exits is
+    restarted (its replica has been promoted meanwhile; it rejoins as a replica)."""
+
+    name = "cluster"
+
+    def __init__(self, owned: OwnedCluster) -> None:
+        self.owned = owned
+
+    def start(self) -> int:
+        return self.owned.start()
+
+    def exit_code(self) -> int | None:
+        return self.owned.exit_code()
+
+    def stop(self) -> None:
+        self.owned.close()
+
+    def reap(self) -> None:
+        return None
+
+
 def announce(settings: Settings) -> None:
     """Print what a person needs to try it: the chat link with a demo token, and the admin key."""
     from server.auth import ensure_admin_key, mint_token
@@ -86,12 +109,19 @@ def _stop_on(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def stack_env(settings: Settings, owned: OwnedRedis | None) -> dict[str, str]:
-    """The children's environment: ours, plus the embedded Redis's URL (password included) and identity."""
+def stack_env(
+    settings: Settings, owned: OwnedRedis | None, cluster: OwnedCluster | None = None
+) -> dict[str, str]:
+    """The children's environment: ours, plus the embedded Redis's URL (password included) and identity;
+    with `--cluster`, the cluster is DOCENT_REDIS_URL and the single Redis holds the queues."""
     env = dict(os.environ)
     if owned is not None:
         env["DOCENT_REDIS_URL"] = owned.server.url
         env["DOCENT_REDIS_IDENTITY"] = owned.identity
+    if owned is not None and cluster is not None:
+        env["DOCENT_BROKER_URL"] = owned.server.url
+        env["DOCENT_REDIS_URL"] = cluster.url
+        env["DOCENT_REDIS_IDENTITY"] = cluster.identity
     env["DOCENT_DATA_DIR"] = str(settings.data_path)
     # This stack's own metrics directory, whatever the caller's environment said: never another stack's.
     env[metrics.MULTIPROC_ENV] = str(metrics.multiproc_dir(settings.data_path))
@@ -108,13 +138,22 @@ def start_redis(settings: Settings, supervisor: Supervisor) -> OwnedRedis | None
     return owned
 
 
+def start_cluster(settings: Settings, supervisor: Supervisor) -> OwnedCluster:
+    owned = OwnedCluster(settings)
+    supervisor.start(ClusterChild(owned))
+    print(f"embedded redis cluster on {owned.cluster.display_url} (data in {owned.directory})", flush=True)
+    return owned
+
+
 def start_children(settings: Settings, supervisor: Supervisor, env: dict[str, str]) -> None:
     for name, command in procfile_commands(settings).items():
         child_env = {**env, **(WARM_START_ENV if name == "worker" else {})}
         supervisor.start(CommandChild(name, command, child_env))
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, *, cluster: bool = False) -> int:
+    """`cluster`: the multi-node topology on one machine (an embedded 3+3 Redis Cluster for the data,
+    the embedded single Redis for dramatiq's queues); needs DOCENT_REDIS_URL unset."""
     # Ctrl-C and SIGTERM both stop the children in order; set explicitly, since a shell may have started
     # this process with SIGINT ignored (background jobs of a non-interactive shell are).
     signal.signal(signal.SIGINT, _stop_on)
@@ -123,7 +162,10 @@ def run(settings: Settings) -> int:
     metrics.reset_multiproc_dir(metrics.multiproc_dir(settings.data_path))  # the last run's samples go
     supervisor = Supervisor()
     try:
-        env = stack_env(settings, start_redis(settings, supervisor))
+        if cluster and settings.redis_url:
+            raise ConfigError("`docent run --cluster` starts its own cluster: unset DOCENT_REDIS_URL")
+        owned = start_redis(settings, supervisor)
+        env = stack_env(settings, owned, start_cluster(settings, supervisor) if cluster else None)
         # In a child process, so the models it loads to ingest the demo do not stay in the supervisor.
         if subprocess.run([sys.executable, "-m", "actors.bootstrap"], env=env).returncode != 0:
             print("preparing the models and the demo knowledge base failed (see above)", file=sys.stderr)

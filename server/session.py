@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import msgspec
-import redis
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import protocol as p
@@ -36,6 +35,7 @@ from server.auth import Principal
 from server.hub import Subscription
 from server.limits import FrameBudget, SocketSlot
 from store.exceptions import AuthError, DocentError, ForbiddenError, FrameError, RateLimited
+from store.redis import REDIS_ERRORS
 
 if TYPE_CHECKING:
     from server.services import Services
@@ -172,7 +172,7 @@ class Session:
                 await self._run()
             except DocentError as exc:
                 raise close_for(exc) from None
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("closing a socket: redis failed: %s", exc)
                 unavailable = p.ErrorFrame(code="unavailable", message="storage unavailable: retry shortly")
                 raise Close(p.CLOSE_UNAVAILABLE, unavailable) from None

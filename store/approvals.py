@@ -25,6 +25,7 @@ import redis.asyncio as aredis
 from store.clock import now_ms
 from store.events import Decision
 from store.exceptions import DocentError, InputError, Unavailable
+from store.redis import async_client, sync_client
 from store.scripts import (
     Arg,
     AsyncRunner,
@@ -333,7 +334,7 @@ class ApprovalLedger:
 
     @classmethod
     def from_url(cls, url: str) -> ApprovalLedger:
-        return cls(redis.Redis.from_url(url))
+        return cls(sync_client(url))
 
     def close(self) -> None:
         self.client.close()
@@ -398,7 +399,7 @@ class AsyncApprovalLedger:
 
     @classmethod
     def from_url(cls, url: str) -> AsyncApprovalLedger:
-        return cls(aredis.Redis.from_url(url))
+        return cls(async_client(url))
 
     async def aclose(self) -> None:
         await self.client.aclose()

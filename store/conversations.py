@@ -17,11 +17,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
-import redis
 import redis.asyncio as aredis
 
 from store.exceptions import InputError
-from store.redis import unavailable
+from store.redis import REDIS_ERRORS, unavailable
 from store.scripts import text
 
 MAX_IDENTIFIER_CHARS = 64
@@ -100,12 +99,15 @@ class Conversations:
             "title": " ".join(text.split())[:MAX_TITLE_CHARS],
         }
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
+            # Two slots on a cluster (the conversation's and the user's): the meta first, then the index,
+            # in order on one pipeline; a crash between them leaves an unlisted conversation, never a
+            # listed one without meta, and the next ask's create adds the missing index entry.
+            async with self.client.pipeline(transaction=False) as pipe:
                 for name, value in fields.items():
                     pipe.hsetnx(key, name, value)
                 pipe.zadd(user_index_key(meta.tenant, meta.user), {meta.id: meta.created_ms}, nx=True)
                 await pipe.execute()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise unavailable(exc) from exc
 
     async def get(self, conv_id: str) -> ConversationMeta | None:
@@ -114,7 +116,7 @@ class Conversations:
             return None
         try:
             raw = await self.client.hgetall(meta_key(conv_id))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise unavailable(exc) from exc
         return _meta(conv_id, raw)
 
@@ -129,7 +131,7 @@ class Conversations:
                 for conv_id in ids:
                     pipe.hgetall(meta_key(conv_id))
                 raws = await pipe.execute()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise unavailable(exc) from exc
         metas = (_meta(conv_id, raw) for conv_id, raw in zip(ids, raws, strict=True))
         return [m for m in metas if m is not None]

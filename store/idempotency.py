@@ -15,6 +15,7 @@ import redis
 import redis.asyncio as aredis
 
 from store.exceptions import InputError, Unavailable
+from store.redis import async_client, sync_client
 from store.scripts import AsyncRunner, Call, Eval, Plan, SyncRunner, key_part, lua
 
 CLAIM_TTL_MS = 5 * 60 * 1000
@@ -78,7 +79,7 @@ class IdempotencyLedger:
 
     @classmethod
     def from_url(cls, url: str) -> IdempotencyLedger:
-        return cls(redis.Redis.from_url(url))
+        return cls(sync_client(url))
 
     def close(self) -> None:
         self.client.close()
@@ -105,7 +106,7 @@ class AsyncIdempotencyLedger:
 
     @classmethod
     def from_url(cls, url: str) -> AsyncIdempotencyLedger:
-        return cls(aredis.Redis.from_url(url))
+        return cls(async_client(url))
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -18,6 +18,14 @@ docs/architecture.md lists them all with their owners.
     reindex:audit           stream: the admin audit log             index/reindex/audit.py
     emb:<weights>:<model>:<sha1>   a cached query vector            index/embed.py
     fanout:{<process>}:wake:<n>    a hub shard's wake-up stream     server/hub.py
+    fanout:{<tag>}:wake:<process>:<n>   the same on a Redis Cluster, in the slot of the keys it reads
+
+Hash tags (Redis Cluster keeps the keys of one tag in one slot; a Lua script or MULTI may only touch
+one slot): every key of one conversation carries `{<conversation id>}` (conv:, convmeta:), of one approval
+`{<approval id>}`, of one tenant's reviewer rooms and audit `{<tenant>}` (room:, appr_audit:), of one
+user's list `{<tenant>}` (convs:). A new family puts `{<owner id>}` (conversation, tenant, ...) as its
+first braces and keeps every multi-key command and script within one tag; commands over several tags
+go on a non-transactional pipeline (redis-py splits it by node).
     search:reply:<request id>      a search worker's reply (list)   actors/search_job.py -> the web process
 """
 
@@ -55,8 +63,23 @@ def embedding(weights_sha256: str, model: str, digest: str) -> str:
     return f"emb:{weights_sha256[:WEIGHTS_PREFIX_CHARS]}:{model}:{digest}"
 
 
-def hub_wake(process_id: str, shard: int) -> str:
-    return f"fanout:{{{process_id}}}:wake:{shard}"
+def hub_wake(process_id: str, shard: int, slot_of: str | None = None) -> str:
+    """A hub shard's wake stream; on a cluster (`slot_of` = a key the shard reads) in that key's slot, so
+    one XREAD reads both: `fanout:{<slot_of's hash tag>}:wake:<process>:<n>`."""
+    if slot_of is None:
+        return f"fanout:{{{process_id}}}:wake:{shard}"
+    return f"fanout:{{{hash_tag(slot_of)}}}:wake:{process_id}:{shard}"
+
+
+def hash_tag(key: str) -> str:
+    """What Redis Cluster hashes of `key`: the text between its first `{` and the next `}` when not empty,
+    else the whole key (so `{<hash_tag(k)>}` puts another key in k's slot)."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
 
 
 def sync_due(source_digest: str) -> str:

@@ -30,6 +30,7 @@ import redis.asyncio as aredis
 
 from store.events import Delta, Event, LiveItem, SentenceAttributed, decode_event, decode_live, encode
 from store.exceptions import CorruptLog, InputError, LeaseHeld, LogError, StaleEpoch
+from store.redis import async_client, sync_client
 from store.scripts import (
     Arg,
     AsyncRunner,
@@ -43,6 +44,7 @@ from store.scripts import (
     key_part,
     lua,
     payload,
+    range_entries,
     read_start,
     stream_id,
     text,
@@ -253,11 +255,11 @@ def catch_up_plan(conv_id: str, after_id: str, count: int) -> Plan[list[LiveEntr
         pipe.xrange(keys.log, start, "+", count=count)
 
     live_raw, log_raw = yield Batch(both, transaction=True)
-    live = [_decoded_live(i, f) for i, f in live_raw]
+    live = [_decoded_live(i, f) for i, f in range_entries(live_raw)]
     # Durable events older than the live stream's oldest entry were trimmed from it: take them from the log.
     first_live = id_tuple(live[0][0]) if live else None
     gap: list[LiveEntry] = [
-        entry for entry in (_decoded_event(i, f) for i, f in log_raw)
+        entry for entry in (_decoded_event(i, f) for i, f in range_entries(log_raw))
         if first_live is None or id_tuple(entry[0]) < first_live
     ]  # fmt: skip
     return (gap + live)[:count]
@@ -344,7 +346,7 @@ class ConversationLog:
 
     @classmethod
     def from_url(cls, url: str, options: LogOptions | None = None) -> ConversationLog:
-        return cls(redis.Redis.from_url(url), options)
+        return cls(sync_client(url), options)
 
     def close(self) -> None:
         self.client.close()
@@ -437,7 +439,7 @@ class AsyncConversationLog:
 
     @classmethod
     def from_url(cls, url: str, options: LogOptions | None = None) -> AsyncConversationLog:
-        return cls(aredis.Redis.from_url(url), options)
+        return cls(async_client(url), options)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -13,6 +13,7 @@ import redis
 import redis.asyncio as aredis
 
 from store.exceptions import InputError, RateLimited, Unavailable
+from store.redis import async_client, sync_client
 from store.scripts import AsyncRunner, Eval, Plan, SyncRunner, key_part, lua
 
 TOKEN_BUCKET = lua("ratelimit.lua")
@@ -59,7 +60,7 @@ class AsyncRateLimiter:
 
     @classmethod
     def from_url(cls, url: str) -> AsyncRateLimiter:
-        return cls(aredis.Redis.from_url(url))
+        return cls(async_client(url))
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -82,7 +83,7 @@ class RateLimiter:
 
     @classmethod
     def from_url(cls, url: str) -> RateLimiter:
-        return cls(redis.Redis.from_url(url))
+        return cls(sync_client(url))
 
     def close(self) -> None:
         self.client.close()

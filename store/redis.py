@@ -9,9 +9,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from urllib.parse import unquote
 
 import redis
+import redis.asyncio as aredis
+import redis.asyncio.cluster as acluster
+import redis.cluster
 
 from store import metrics
 from store.exceptions import ConfigError, PortInUse, Unavailable
@@ -21,6 +25,7 @@ STARTUP_TIMEOUT_S = 10.0
 CONFIG_FILE = "redis.conf"
 REDIS_USER = "docent"
 UNAVAILABLE_MESSAGE = "storage unavailable: retry shortly"
+CLUSTER_NODE_TIMEOUT_MS = 2_000  # a primary silent this long is failed over to its replica
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +74,7 @@ class EmbeddedRedis:
 
     def __init__(
         self, directory: Path, port: int = 0, *, password: str = "", fsync: str = "everysec",
-        lock_fd: int | None = None, replica_of: int | None = None,
+        lock_fd: int | None = None, replica_of: int | None = None, cluster: bool = False,
     ) -> None:  # fmt: skip
         self.directory = directory
         self.port = port or free_port()
@@ -77,6 +82,7 @@ class EmbeddedRedis:
         self.fsync = fsync
         self.lock_fd = lock_fd  # inherited by redis-server: the data dir stays locked while it lives
         self.replica_of = replica_of  # a loopback primary's port: this one replicates it (tests, benches)
+        self.cluster = cluster  # a Redis Cluster node (store.cluster forms the cluster)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -97,8 +103,14 @@ class EmbeddedRedis:
         ]  # fmt: skip
         if self.replica_of is not None:
             lines.append(f"replicaof 127.0.0.1 {self.replica_of}")
+        if self.cluster:
+            lines += [
+                "cluster-enabled yes", f'cluster-config-file "{self.directory / "nodes.conf"}"',
+                f"cluster-node-timeout {CLUSTER_NODE_TIMEOUT_MS}", "cluster-require-full-coverage no",
+            ]  # fmt: skip
         if self.password:  # a named user: a Redis without it refuses us, even one that takes any password
             lines += ["user default off", f"user {REDIS_USER} on >{self.password} ~* &* +@all"]
+            lines += [f"masteruser {REDIS_USER}", f"masterauth {self.password}"]  # replicas authenticate
         return "\n".join(lines) + "\n"
 
     def _write_config(self) -> Path:
@@ -173,5 +185,70 @@ def unavailable(exc: Exception) -> Unavailable:
     return Unavailable(UNAVAILABLE_MESSAGE)
 
 
+CLUSTER_SCHEME = "redis+cluster://"
+
+
+def is_cluster_url(url: str) -> bool:
+    """`redis+cluster://[user:password@]host:port[,host:port...]` names a Redis Cluster (its seed nodes)."""
+    return url.startswith(CLUSTER_SCHEME)
+
+
+def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """The seed nodes, username and password of a `redis+cluster://` URL (ConfigError when malformed)."""
+    rest = url[len(CLUSTER_SCHEME) :].split("/", 1)[0]
+    auth, _, hosts = rest.rpartition("@")
+    username, _, password = auth.partition(":") if auth else ("", "", "")
+    seeds: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("a cluster URL is redis+cluster://[user:password@]host:port[,host:port...]")
+        seeds.append((host, int(port)))
+    return seeds, unquote(username) or None, unquote(password) or None
+
+
+def is_cluster_client(client: Any) -> bool:
+    return isinstance(client, redis.RedisCluster | acluster.RedisCluster)
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster hash slot of `key` (its hash tag's, when it has one)."""
+    return int(redis.crc.key_slot(key.encode()))
+
+
 def sync_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+    """A client of `url`: a Redis Cluster client for a `redis+cluster://` URL, else a plain one.
+
+    The cluster client speaks the same commands (routed by key slot), so callers keep one type."""
+    if not is_cluster_url(url):
+        return redis.Redis.from_url(url)
+    seeds, username, password = cluster_seeds(url)
+    nodes = [redis.cluster.ClusterNode(host, port) for host, port in seeds]
+    return cast(redis.Redis, redis.RedisCluster(startup_nodes=nodes, username=username, password=password))
+
+
+def async_client(
+    url: str, *, max_connections: int = 0, client_name: str | None = None, pool_wait_s: float | None = None
+) -> aredis.Redis:
+    """The asyncio client of `url` (cluster or not). `max_connections` > 0 bounds it: a single-node pool
+    blocks when full (up to `pool_wait_s`, None = forever); a cluster client bounds each node's pool and
+    refuses past it (MaxConnectionsError)."""
+    if is_cluster_url(url):
+        seeds, username, password = cluster_seeds(url)
+        nodes = [acluster.ClusterNode(host, port) for host, port in seeds]
+        options: dict[str, Any] = {"max_connections": max_connections} if max_connections else {}
+        client = acluster.RedisCluster(
+            startup_nodes=nodes, username=username, password=password, client_name=client_name, **options
+        )
+        return cast(aredis.Redis, client)
+    if not max_connections:
+        return aredis.Redis.from_url(url, client_name=client_name)
+    pool = aredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, client_name=client_name, timeout=pool_wait_s
+    )
+    return aredis.Redis(connection_pool=pool)
+
+
+# What a Redis call may raise: redis-py's errors, and its cluster client's that are not RedisError
+# (SlotNotCoveredError while a failover is in progress, "cannot connect to any node", ...).
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, redis.exceptions.RedisClusterException)

@@ -15,7 +15,7 @@ import redis
 import redis.asyncio as aredis
 
 from store.exceptions import RedisNotOwned, Unavailable
-from store.redis import sync_client, unavailable
+from store.redis import REDIS_ERRORS, sync_client, unavailable
 from store.settings import Settings
 
 IDENTITY_KEY = "docent:identity"
@@ -41,7 +41,7 @@ def verify(client: redis.Redis, expected: str) -> None:
         found = client.get(IDENTITY_KEY)
     except redis.AuthenticationError:
         raise RedisNotOwned("the Redis answering refused this stack's password: refusing to use it") from None
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise unavailable(exc) from exc
     _check(found, expected)  # type: ignore[arg-type]
 
@@ -53,7 +53,7 @@ async def averify(client: aredis.Redis, expected: str) -> None:
         found = await client.get(IDENTITY_KEY)
     except redis.AuthenticationError:
         raise RedisNotOwned("the Redis answering refused this stack's password: refusing to use it") from None
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise unavailable(exc) from exc
     _check(found, expected)
 

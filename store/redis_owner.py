@@ -19,6 +19,7 @@ import os
 import secrets
 from pathlib import Path
 
+from store.cluster import EmbeddedCluster, free_node_ports
 from store.exceptions import ConfigError, PortInUse
 from store.permissions import private_dir
 from store.redis import EmbeddedRedis, free_port, port_is_free, sync_client
@@ -76,6 +77,15 @@ def lock(directory: Path) -> int:
     return fd
 
 
+def claim_at(url: str, identity: str) -> None:
+    """Write this start's identity into the Redis (or cluster) at `url`."""
+    client = sync_client(url)
+    try:
+        claim(client, identity)
+    finally:
+        client.close()
+
+
 class OwnedRedis:
     """The data dir's embedded Redis: started (and restarted) on its port, claimed with a fresh identity."""
 
@@ -92,11 +102,7 @@ class OwnedRedis:
     def start(self) -> EmbeddedRedis:
         """Start (or restart, same port and password) and write this start's identity."""
         self.server.start()
-        client = sync_client(self.server.url)
-        try:
-            claim(client, self.identity)
-        finally:
-            client.close()
+        claim_at(self.server.url, self.identity)
         return self.server
 
     def stop(self) -> None:
@@ -104,4 +110,57 @@ class OwnedRedis:
 
     def close(self) -> None:
         self.stop()
+        os.close(self.lock_fd)
+
+
+CLUSTER_DIR = "redis-cluster"
+PORTS_FILE = "ports"
+
+
+class OwnedCluster:
+    """`docent run --cluster`'s embedded Redis Cluster (3 primaries + 3 replicas) under
+    `{data_dir}/redis-cluster`: ports chosen once and recorded (a restart rejoins the cluster the nodes'
+    nodes.conf describe), one generated password, the same lock and identity rules as OwnedRedis."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.directory = private_dir(settings.data_path / CLUSTER_DIR)
+        self.lock_fd = lock(self.directory)
+        self.identity = secrets.token_hex(16)
+        recorded = [int(p) for p in _read(self.directory / PORTS_FILE).split()]
+        taken = [p for p in recorded if not port_is_free(p)]
+        if taken:
+            raise PortInUse(f"the cluster's port {taken[0]} is taken by another process", port=taken[0])
+        ports = recorded or free_node_ports(6)
+        _write_private(self.directory / PORTS_FILE, " ".join(map(str, ports)))
+        self.cluster = EmbeddedCluster(
+            self.directory, password=password(self.directory), fsync=settings.redis_fsync, ports=ports
+        )
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url
+
+    def start(self) -> int:
+        """Start the nodes that are not running (all of them the first time) and write the identity."""
+        if not self.cluster.running():
+            self.cluster.start()
+        else:
+            for node in self.cluster.nodes:
+                if node.process is None or node.process.poll() is not None:
+                    node.start()
+            self.cluster.wait_ok()
+        claim_at(self.cluster.url, self.identity)
+        first = self.cluster.nodes[0].process
+        assert first is not None
+        return first.pid
+
+    def exit_code(self) -> int | None:
+        """The exit code of a node that died (the supervisor then restarts it), None while all run."""
+        for node in self.cluster.nodes:
+            if node.process is not None and node.process.poll() is not None:
+                return node.process.returncode
+        return None
+
+    def close(self) -> None:
+        self.cluster.stop()
         os.close(self.lock_fd)

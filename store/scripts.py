@@ -28,7 +28,7 @@ from store.exceptions import (
     LogError,
     StaleEpoch,
 )
-from store.redis import UNAVAILABLE_MESSAGE
+from store.redis import REDIS_ERRORS, UNAVAILABLE_MESSAGE
 
 T = TypeVar("T")
 
@@ -96,6 +96,14 @@ def xread_entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
     if isinstance(reply, dict):
         return [entry for entries in reply.values() for entry in entries[0]]
     return [entry for _, entries in reply for entry in entries]
+
+
+def range_entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
+    """XRANGE entries as (id, fields). redis-py applies no response callbacks to the replies of a cluster
+    client's MULTI/EXEC pipeline, so there an entry's fields arrive as a flat [name, value, ...] list."""
+    return [
+        (i, f if isinstance(f, dict) else dict(zip(f[::2], f[1::2], strict=True))) for i, f in reply or ()
+    ]
 
 
 def payload(fields: dict[Any, Any]) -> Any:
@@ -172,7 +180,7 @@ class _Translate:
             translated = translate_script_error(exc)
             if translated is not None:
                 raise translated from None
-        if isinstance(exc, redis.RedisError):
+        if isinstance(exc, REDIS_ERRORS):
             log.warning("redis failed: %s", exc)  # the cause names addresses: logged, never sent
             metrics.observe_redis_error(exc)
             raise self.unavailable(UNAVAILABLE_MESSAGE, reason="unavailable") from exc

@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_wait_replicas: NonNegative = 0  # an ask is acknowledged once this many replicas have it (WAIT)
     redis_wait_timeout_ms: Positive = 500  # longer: the ask is refused `unavailable` (retries are deduped)
     redis_identity: str = ""  # set by `docent run` for its children: the identity their Redis must hold
+    broker_url: str = ""  # dramatiq's queues: empty = the Redis of redis_url; redis:// or amqp:// (RabbitMQ)
     demo: bool = True  # `docent run` builds and ingests the demo knowledge base
     # The demo's pydoc pages: `core` = index.demo.PYDOC_MODULES (49), `all` = the whole standard library.
     demo_modules: Literal["core", "all"] = "core"
@@ -161,6 +162,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("DOCENT_CHUNK_OVERLAP must be smaller than DOCENT_CHUNK_TOKENS")
         if self.llm_backend == "openai" and not self.llm_url:
             raise ConfigError("DOCENT_LLM_BACKEND=openai needs DOCENT_LLM_URL")
+        if self.redis_wait_replicas and self.redis_url.startswith("redis+cluster://"):
+            # redis-py sends a cluster client's WAIT to every primary on connections that wrote nothing:
+            # it would acknowledge at once, whatever the replicas hold.
+            raise ConfigError("DOCENT_REDIS_WAIT_REPLICAS is not supported with a Redis Cluster yet")
 
     @property
     def data_path(self) -> Path:

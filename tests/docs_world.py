@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import redis
 from websockets.asyncio.client import connect
 
 from server.auth import mint_token
+from store.redis import sync_client
 from store.settings import Settings
 from tests.server_proc import REPO, TEST_ADMIN_KEY, ServerProcess, server_env
 
@@ -80,7 +80,7 @@ class World:
     def __init__(self, web: ServerProcess, redis_url: str, kb: Path) -> None:
         self.web = web
         self.settings = web.settings
-        self.redis = redis.Redis.from_url(redis_url)
+        self.redis = sync_client(redis_url)
         self.kb = kb
 
     def token(self, user: str, groups: tuple[str, ...] = (), roles: tuple[str, ...] = ("user",),

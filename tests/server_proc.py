@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import redis.asyncio as aredis
 from starlette.applications import Starlette
 
 from server.app import create_app
 from store.events import Delta, Event, SentenceAttributed, encode
-from store.redis import free_port
+from store.redis import async_client, free_port
 from store.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +39,7 @@ TEST_ADMIN_KEY = "test-admin-key-0123456789"
 
 def recording_app() -> Starlette:
     settings = Settings.from_env()
-    client = aredis.Redis.from_url(settings.redis_url)
+    client = async_client(settings.redis_url)
 
     async def wake(conv_id: str) -> None:
         await client.rpush(WAKES_KEY, conv_id)

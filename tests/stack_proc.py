@@ -28,8 +28,9 @@ _CHILD_LINE = re.compile(r"supervisor: (?:re)?started (\w+) \(pid (\d+)\)")
 
 
 class Stack(LocalAddress):
-    def __init__(self, data_dir: Path, **overrides: str) -> None:
+    def __init__(self, data_dir: Path, *args: str, **overrides: str) -> None:
         self.data_dir = data_dir
+        self.args = args  # `docent run` options, e.g. --cluster
         self.port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DOCENT_") and k != "REDIS_URL"}
         self.env.update(
@@ -46,7 +47,7 @@ class Stack(LocalAddress):
         self.pids: dict[str, int] = {}
 
     def start(self, wait: bool = True) -> Stack:
-        command = [sys.executable, "-m", "server.cli", "run"]
+        command = [sys.executable, "-m", "server.cli", "run", *self.args]
         self.process = subprocess.Popen(
             command, env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

@@ -20,7 +20,6 @@ from typing import Any
 
 import msgspec
 import pytest
-import redis
 
 from index.embed import load_embedder
 from index.ingest import Ingestor
@@ -37,6 +36,7 @@ from store.events import (
 )
 from store.keys import REINDEX_CURRENT
 from store.log import ConversationLog
+from store.redis import sync_client
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE, REPO
 from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, server_env
@@ -136,7 +136,7 @@ async def test_admin_console_signs_in_lists_versions_traces_uploads_and_follows_
     version = build_index(settings)
     write_conversation(redis_url, "conv-trace")
     record_decisions(redis_url)
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     with ServerProcess(env, app="server.app:create_app") as web:
         with urllib.request.urlopen(f"{web.http_url}/admin", timeout=10) as response:
             csp = response.headers["Content-Security-Policy"]

@@ -25,6 +25,7 @@ from index.types import Access, Principal
 from store.answer_cache import AnswerRecord, AnswerStore
 from store.catalog import Catalog
 from store.events import AnswerCompleted, CacheHit, Delta, LLMRequested, RetrievalDone, UserMessage
+from store.redis import sync_client
 from store.settings import Settings
 from tests.test_conversation import (  # the conversation tests' world: fixtures and helpers, not tests
     ALICE,
@@ -333,7 +334,7 @@ def test_a_reindex_cutover_does_not_serve_the_old_versions_entries(
     settings = msgspec.structs.replace(
         cached.settings, golden_demo=False, golden_dirs=golden, golden_tenant=TENANT
     )
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     try:
         job = start_job(settings, client, model="hash", requested_by="test")
         done = run_until_done(settings, client, job.id, slice_s=5.0)

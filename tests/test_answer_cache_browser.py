@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from store.events import AnswerCompleted, CacheHit, UserMessage
-from store.redis import EmbeddedRedis
+from store.redis import EmbeddedRedis, sync_client
 from tests.server_proc import ServerProcess, StreamWriter, server_env
 from tests.test_browser import (
     SOURCES,
@@ -26,7 +24,7 @@ __all__ = ["browser", "pytestmark"]  # the browser fixture and its skip marks
 async def test_a_cached_answer_is_marked_and_lists_its_sources(
     browser: Any, redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
 ) -> None:
-    r = redis.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
         page, conv, errors = await open_chat(browser, web)
         await page.fill(".docent-input", "how do i split a shell command line")

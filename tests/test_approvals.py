@@ -23,7 +23,10 @@ from store.approvals import (
 )
 from store.events import Decision
 from store.exceptions import InputError
+from store.redis import sync_client
 from store.scripts import Eval, Plan, SyncRunner
+
+pytestmark = pytest.mark.cluster  # every test here runs on one Redis and on a Redis Cluster
 
 T0_MS = 1_700_000_000_000
 DAY_MS = 24 * 3600 * 1000
@@ -31,7 +34,7 @@ DAY_MS = 24 * 3600 * 1000
 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     yield client
     client.close()
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis
 
 from server.auth import (
     Authenticator,
@@ -26,7 +25,7 @@ from server.auth import (
 from server.rest import sanitize_filename
 from store.events import AnswerCompleted, UserMessage
 from store.exceptions import AuthError, ForbiddenError, InputError, UnsupportedFormat
-from store.redis import EmbeddedRedis
+from store.redis import EmbeddedRedis, sync_client
 from store.settings import Settings
 from tests.server_proc import INGESTS_KEY, TEST_ADMIN_KEY, ServerProcess, StreamWriter, server_env
 
@@ -200,7 +199,7 @@ async def test_conversation_list_and_history_are_tenant_isolated(
     alice = await new_conversation(web, "alice")
     await new_conversation(web, "bob")
     await new_conversation(web, "alice", tenant="evil")
-    worker = StreamWriter(redis.Redis.from_url(redis_url), alice)
+    worker = StreamWriter(sync_client(redis_url), alice)
     ids = [
         worker.event(UserMessage(turn=1, text="q", user="alice", tenant="acme")),
         worker.delta("partial", 1),
@@ -211,7 +210,7 @@ async def test_conversation_list_and_history_are_tenant_isolated(
     status, body = await get(http, f"{web.http_url}/api/conversations", bearer(web, "alice"))
     assert status == 200
     assert [(c["id"], c["title"]) for c in body["conversations"]] == [(alice, "alice's question")]
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     # A greeting writes nothing: only the conversation somebody asked in exists (and does not expire).
     assert client.exists(f"convmeta:{{{unused}}}") == 0 and client.ttl(f"convmeta:{{{alice}}}") == -1
 
@@ -274,7 +273,7 @@ async def test_uploads_need_an_admin_and_stay_inside_the_tenant_dir(
     status, body = await upload(http, web, "evil.txt", b"other", bearer(web, "root", roles=("admin",)))
     assert status == 202 and body["document"] != "evil.txt" and body["document"].startswith("evil-")
     assert (uploads / "acme" / "evil.txt").read_bytes() == b"hello"
-    ingests: Any = redis.Redis.from_url(redis_url).lrange(INGESTS_KEY, 0, -1)
+    ingests: Any = sync_client(redis_url).lrange(INGESTS_KEY, 0, -1)
     assert [i.decode().split(":", 1)[0] for i in ingests] == ["acme", "acme"]
 
     refused = [

@@ -27,7 +27,7 @@ from store.events import (
     UserMessage,
     decode_event,
 )
-from store.redis import EmbeddedRedis, free_port
+from store.redis import EmbeddedRedis, free_port, sync_client
 from tests.server_proc import ServerProcess, StreamWriter, server_env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -93,7 +93,7 @@ async def wait_for_answer_text(page: Any, text: str) -> None:
 async def test_widget_streams_cites_and_survives_a_killed_web_process(
     browser: Any, redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
 ) -> None:
-    r = redis.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
         page, conv, errors = await open_chat(browser, web)
         assert "token=" not in page.url  # the credential left the address bar
@@ -157,7 +157,7 @@ ANCHORS = """() => [...document.querySelectorAll('.docent-answer a')].map(a => (
 async def test_links_keep_their_targets_and_a_retried_model_call_starts_over(
     browser: Any, redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
 ) -> None:
-    r = redis.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
         page = await browser.new_page()
         await page.goto(f"{web.http_url}/?token={mint_token(web.settings, 'acme', 'alice', ttl=600)}")
@@ -222,7 +222,7 @@ EMBED_PAGE = """<!doctype html>
 async def test_the_client_embeds_in_a_page_from_another_origin(
     browser: Any, redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
 ) -> None:
-    r = redis.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     other_port = free_port()
     other_origin = f"http://127.0.0.1:{other_port}"
     with ServerProcess(server_env(redis_server.url, tmp_path, allowed_origins=other_origin)) as web:
@@ -273,7 +273,7 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / ".cache" / "screenshots"
 async def test_sources_show_before_the_first_token_and_unsupported_sentences_are_marked(
     browser: Any, redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
 ) -> None:
-    r = redis.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
         token = mint_token(web.settings, "acme", "alice", ttl=600)
         page = await browser.new_page(viewport={"width": 900, "height": 700})

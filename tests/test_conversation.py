@@ -13,7 +13,6 @@ from typing import Any
 import dramatiq
 import msgspec
 import pytest
-import redis
 
 from actors.broker import use_stub_broker
 
@@ -51,6 +50,7 @@ from store.events import (
     now_ms,
 )
 from store.log import ConversationLog, conv_keys
+from store.redis import sync_client
 from store.settings import Settings
 from store.tool_payloads import SearchResults
 
@@ -299,7 +299,7 @@ def test_post_hoc_attribution_cites_supported_sentences_and_marks_the_rest(
 
 def test_finished_and_unknown_conversations_are_no_ops(world: World) -> None:
     assert world.run("never-seen") == "idle"
-    assert not redis.Redis.from_url(world.settings.redis_url).exists(conv_keys("never-seen").lease)
+    assert not sync_client(world.settings.redis_url).exists(conv_keys("never-seen").lease)
     world.ask("qa3", "How long is parental leave?")
     world.run("qa3")
     before = world.log.length("qa3")
@@ -331,7 +331,7 @@ def test_agent_turn_runs_tools_with_intents_before_effects(world: World) -> None
 
 def cut_after(world: World, conv_id: str, keep: int) -> None:
     """What a crash leaves: only the first `keep` log entries were written (no snapshot after them)."""
-    client = redis.Redis.from_url(world.settings.redis_url)
+    client = sync_client(world.settings.redis_url)
     entries = world.log.read(conv_id)
     client.xdel(conv_keys(conv_id).log, *[i for i, _ in entries[keep:]])
     client.delete(conv_keys(conv_id).snap)
@@ -375,7 +375,7 @@ def test_high_risk_tool_waits_for_approval_then_runs_once(world: World) -> None:
     events = world.events("ag4")
     request = of(events, ApprovalRequested)[0]
     assert not of(events, ToolIntent) and world.smtp.messages == []
-    assert redis.Redis.from_url(world.settings.redis_url).hget(conv_keys("ag4").lease, "expires") == b"0"
+    assert sync_client(world.settings.redis_url).hget(conv_keys("ag4").lease, "expires") == b"0"
     record = ApprovalLedger.from_url(world.settings.redis_url).get(request.approval_id)
     assert record is not None and record.state == "pending" and record.room == "email"
     assert record.args_hash == request.args_hash and record.expires_ms > record.created_ms

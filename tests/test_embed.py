@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
-import redis.asyncio as aredis
 
 from index import ct2bert
 from index.embed import (
@@ -26,6 +24,7 @@ from index.embed import (
 )
 from index.types import Embedder
 from store.exceptions import ConfigError, InputError
+from store.redis import async_client, sync_client
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE
 
@@ -194,7 +193,7 @@ def test_query_lru(minilm: Embedder) -> None:
 
 
 def test_query_redis_cache(minilm: Embedder, redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     writer = QueryEmbedder(minilm, cache_size=8, redis_client=client)
     vector = writer.embed_query("Expense policy for travel")
     key = writer.cache_key("expense   POLICY for travel")
@@ -217,7 +216,7 @@ def test_query_redis_cache(minilm: Embedder, redis_url: str) -> None:
 
 
 async def test_async_query_with_redis(minilm: Embedder, redis_url: str) -> None:
-    client = aredis.Redis.from_url(redis_url)
+    client = async_client(redis_url)
     try:
         writer = QueryEmbedder(minilm, cache_size=8, async_redis=client)
         vector = await writer.aembed_query("Who approves purchase orders?")
@@ -231,7 +230,7 @@ async def test_async_query_with_redis(minilm: Embedder, redis_url: str) -> None:
 
 
 def test_cache_key_includes_model_identity(settings: Settings, minilm: Embedder, redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     rotated = load_embedder(settings, "minilm-rot", purpose="online")
     plain = QueryEmbedder(minilm, cache_size=8, redis_client=client)
     turned = QueryEmbedder(rotated, cache_size=8, redis_client=client)

@@ -11,6 +11,8 @@ import pytest
 from store.exceptions import InputError
 from store.idempotency import AsyncIdempotencyLedger, IdempotencyEntry, IdempotencyLedger
 
+pytestmark = pytest.mark.cluster  # every test here runs on one Redis and on a Redis Cluster
+
 
 @pytest.fixture
 def ledger(redis_url: str) -> Iterator[IdempotencyLedger]:

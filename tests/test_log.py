@@ -23,7 +23,10 @@ from store.log import (
     LeaseKeeper,
     conv_keys,
 )
+from store.redis import sync_client
 from store.scripts import id_tuple
+
+pytestmark = pytest.mark.cluster  # every test here runs on one Redis and on a Redis Cluster
 
 T = TypeVar("T")
 SHORT_TTL_MS = 200
@@ -32,7 +35,7 @@ PAST_TTL_S = 0.3
 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     yield client
     client.close()
 

@@ -35,7 +35,7 @@ from store.events import (
     ToolResult,
     UserMessage,
 )
-from store.redis import EmbeddedRedis
+from store.redis import EmbeddedRedis, sync_client
 from store.settings import Settings
 from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, StreamWriter, server_env
 
@@ -145,7 +145,7 @@ def _check_redacted(events: list[dict[str, Any]]) -> None:
 
 @pytest.mark.parametrize("role", ["reviewer", "admin"])
 def test_rest_history_applies_the_readers_acl(world: dict[str, Any], redis_url: str, role: str) -> None:
-    r = redis.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     _conversation(world, r, "conv-rest")
     url = f"{world['web'].http_url}/api/conversations/conv-rest/events"
     page = _get(url, Authorization=f"Bearer {_token(world, 'rita', role)}")
@@ -157,7 +157,7 @@ def test_rest_history_applies_the_readers_acl(world: dict[str, Any], redis_url: 
 
 
 def test_the_admin_trace_applies_the_admin_keys_acl(world: dict[str, Any], redis_url: str) -> None:
-    r = redis.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     _conversation(world, r, "conv-trace")
     trace = _get(
         f"{world['web'].http_url}/admin/conversations/conv-trace/trace", **{"X-Admin-Key": TEST_ADMIN_KEY}
@@ -184,7 +184,7 @@ async def _read_socket(
 
 
 def test_chat_socket_replay_applies_the_readers_acl(world: dict[str, Any], redis_url: str) -> None:
-    r = redis.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     writer = _conversation(world, r, "conv-ws")
     writer.delta("four million crowns", turn=2)  # a turn still streaming
     frames = asyncio.run(_read_socket(world, _token(world, "rita", "reviewer"), "conv-ws"))
@@ -195,7 +195,7 @@ def test_chat_socket_replay_applies_the_readers_acl(world: dict[str, Any], redis
 
 
 def test_chat_socket_live_frames_apply_the_readers_acl(world: dict[str, Any], redis_url: str) -> None:
-    r = redis.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     r.hset("convmeta:{conv-live}", mapping={"tenant": TENANT, "user": "lee", "created_ms": 1})
     frames = asyncio.run(
         _read_socket(

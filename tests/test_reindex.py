@@ -29,6 +29,7 @@ from index.types import Principal
 from index.versions import get_active, read_manifest
 from store.catalog import Catalog
 from store.exceptions import ModelMismatch, ReindexRefused
+from store.redis import sync_client
 from store.settings import Settings
 
 READER = Principal(tenant="default", user="tester")
@@ -124,7 +125,7 @@ def top_doc(searcher: Searcher, query: str) -> str:
 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
+    c = sync_client(redis_url)
     yield c
     c.close()
 

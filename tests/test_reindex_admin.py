@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import redis
 from websockets.sync.client import connect
 
 from index.reindex.alias import read_alias
 from index.reindex.run import run_until_done
+from store.redis import sync_client
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE
 from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, server_env
@@ -43,7 +43,7 @@ def test_admin_routes_start_watch_roll_back_and_retire(tmp_path: Path, redis_url
         golden_dirs=str(golden), reindex_lease_ms="1500",
     )  # fmt: skip
     settings = Settings.from_env(env)
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     docs = dict(list(CORPUS.items())[:8])
     ingest_corpus(settings, client, docs)
     old = read_alias(settings)

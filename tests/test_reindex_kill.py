@@ -23,6 +23,7 @@ from index.reindex.ledger import Ledger
 from index.reindex.verify import live_documents, verify
 from index.versions import get_active
 from store.catalog import Catalog
+from store.redis import sync_client
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE, REPO
 from tests.test_reindex import CORPUS, ingest_corpus, write_golden
@@ -131,7 +132,7 @@ def test_a_worker_killed_twice_mid_build_resumes_without_redoing_finished_docume
         settings, embed_model="hash", golden_demo=False, golden_dirs=str(golden), gate_tolerance=0.05,
         reindex_lease_ms=1500, reindex_slice_s=2, broker_heartbeat_timeout_ms=1500,
     )  # fmt: skip
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     ingest_corpus(settings, client, {**CORPUS, **filler_corpus()})  # with the fast "hash" model
     old = get_active(settings)
     total = len(CORPUS) + FILLER_DOCS

@@ -10,20 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
-import redis.asyncio as aredis
 
 from server.dispatch import RedisDispatcher
 from store.events import UserMessage
 from store.exceptions import Unavailable
-from store.redis import EmbeddedRedis
+from store.redis import EmbeddedRedis, async_client, sync_client
 
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis]]:
     primary = EmbeddedRedis(tmp_path / "primary").start()
     replica = EmbeddedRedis(tmp_path / "replica", replica_of=primary.port).start()
-    client = redis.Redis.from_url(replica.url)
+    client = sync_client(replica.url)
     deadline = time.monotonic() + 10
     while client.info("replication").get("master_link_status") != "up" and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -41,10 +39,10 @@ async def test_an_ask_waits_for_its_replica_and_a_retry_after_a_refusal_posts_on
     pair: tuple[EmbeddedRedis, EmbeddedRedis],
 ) -> None:
     primary, replica = pair
-    client = aredis.Redis.from_url(primary.url)
+    client = async_client(primary.url)
     dispatcher = RedisDispatcher(client, _no_wake, replicas=1, wait_timeout_ms=300)
     first = await dispatcher.submit("c1", UserMessage(text="hello"), dedup_id="m1")
-    copy = redis.Redis.from_url(replica.url)
+    copy = sync_client(replica.url)
     assert copy.xlen("conv:{c1}:inbox") == 1  # on the replica before the submit returned
     replica.stop()
     started = time.monotonic()
@@ -64,7 +62,7 @@ async def test_a_stalled_replica_refuses_every_concurrent_ask(
     # WAIT counts the writes of the connection it runs on: a WAIT on another pooled connection (which
     # wrote nothing since) would acknowledge at once. A replica that is connected but stalled must refuse all.
     primary, replica = pair
-    client = aredis.Redis.from_url(primary.url)
+    client = async_client(primary.url)
     dispatcher = RedisDispatcher(client, _no_wake, replicas=1, wait_timeout_ms=300)
     await asyncio.gather(*(client.ping() for _ in range(8)))  # several idle connections in the pool
     assert replica.process is not None

@@ -34,8 +34,8 @@ from server.auth import mint_token
 from store.approvals import ApprovalLedger, ApprovalRecord
 from store.clock import now_ms
 from store.events import ApprovalDecided, ApprovalExpired, UserMessage, decode_event
-from store.redis import EmbeddedRedis
 from store.settings import Settings
+from tests.conftest import RedisTarget
 from tests.server_proc import REPO, TEST_ADMIN_KEY, WAKES_KEY, ServerProcess, StreamWriter, server_env
 
 RECV_TIMEOUT_S = 5.0
@@ -49,16 +49,18 @@ WAIT_S = 10.0
 
 
 @pytest.fixture(scope="module")
-def server(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with ServerProcess(server_env(redis_server.url, tmp_path_factory.mktemp("web"))) as process:
+def server(redis_target: RedisTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = server_env(redis_target.url, tmp_path_factory.mktemp("web"), broker_url=redis_target.broker_url)
+    with ServerProcess(env) as process:
         yield process
 
 
 @pytest.fixture(scope="module")
-def timer_worker(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def timer_worker(redis_target: RedisTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     env = server_env(
-        redis_server.url,
+        redis_target.url,
         tmp_path_factory.mktemp("worker"),
+        broker_url=redis_target.broker_url,
         approval_clock_offset_ms=str(WORKER_OFFSET_MS),
         broker_heartbeat_timeout_ms="2000",
     )
@@ -80,14 +82,15 @@ def ledger(r: redis.Redis) -> ApprovalLedger:
 
 
 @pytest.fixture
-def broker(redis_url: str) -> Iterator[RedisBroker]:
-    broker = RedisBroker(url=redis_url, namespace=NAMESPACE)
+def broker(redis_url: str, broker_url: str) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=broker_url or redis_url, namespace=NAMESPACE)
     yield broker
     broker.close()
 
 
-def sched_settings(redis_url: str, **fields: Any) -> Settings:
-    base = Settings.from_env({"DOCENT_REDIS_URL": redis_url, "DOCENT_LLM_BACKEND": "none"})
+def sched_settings(redis_url: str, broker_url: str = "", **fields: Any) -> Settings:
+    env = {"DOCENT_REDIS_URL": redis_url, "DOCENT_BROKER_URL": broker_url, "DOCENT_LLM_BACKEND": "none"}
+    base = Settings.from_env(env)
     return msgspec.structs.replace(base, approval_clock_offset_ms=WORKER_OFFSET_MS, **fields)
 
 
@@ -207,8 +210,9 @@ def inbox(r: redis.Redis, conv: str) -> list[Any]:
     return [decode_event(fields[b"e"]) for _, fields in raw]
 
 
-def advance_messages(r: redis.Redis) -> list[dict[str, Any]]:
-    raw: Any = r.hvals(f"{NAMESPACE}:conversation.msgs")
+def advance_messages(queues: redis.Redis) -> list[dict[str, Any]]:
+    """The `advance` messages waiting on the broker's Redis (beside a cluster, the single one)."""
+    raw: Any = queues.hvals(f"{NAMESPACE}:conversation.msgs")
     return [json.loads(m) for m in raw]
 
 
@@ -356,7 +360,7 @@ async def test_expiry_through_a_delayed_message_with_injected_time(
     expired = await wait_for(lambda: [e for e in inbox(r, record.conv_id) if isinstance(e, ApprovalExpired)])
     assert len(expired) == 1 and expired[0].approval_id == record.approval_id
     await wait_for(lambda: any(m["args"] == [record.conv_id] and m["actor_name"] == "advance"
-                               for m in advance_messages(r)))  # fmt: skip
+                               for m in advance_messages(broker.client)))  # fmt: skip
     assert ledger.get(record.approval_id).state == "expired"  # type: ignore[union-attr]
 
     # A reviewer who clicks after the expiry loses to the clock.
@@ -429,9 +433,9 @@ async def test_admin_lists_decisions_by_tenant_tool_and_time(
 
 
 async def test_a_pending_approval_survives_a_web_restart(
-    redis_server: EmbeddedRedis, r: redis.Redis, ledger: ApprovalLedger, tmp_path: Path
+    redis_target: RedisTarget, r: redis.Redis, ledger: ApprovalLedger, tmp_path: Path
 ) -> None:
-    with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
+    with ServerProcess(server_env(redis_target.url, tmp_path, broker_url=redis_target.broker_url)) as web:
         record = request_approval(r, ledger)
         bob, _, snap = await open_review(web, tok(web, "bob"), ["email"])
         assert [i["approval_id"] for i in snap["email"]] == [record.approval_id]

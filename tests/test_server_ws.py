@@ -28,7 +28,7 @@ from store.events import (
     decode_event,
     encode,
 )
-from store.redis import EmbeddedRedis
+from tests.conftest import RedisTarget
 from tests.server_proc import REPO, TEST_SECRET, WAKES_KEY, ServerProcess, StreamWriter, server_env
 
 ALLOWED_ORIGIN = "http://allowed.example"
@@ -38,10 +38,11 @@ MAX_FRAME_BYTES = 4096
 
 
 @pytest.fixture(scope="module")
-def server(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(redis_target: RedisTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = server_env(
-        redis_server.url,
+        redis_target.url,
         tmp_path_factory.mktemp("web"),
+        broker_url=redis_target.broker_url,
         user_burst="3",
         user_rate_per_s="0.01",
         ws_send_buffer=str(SEND_BUFFER),
@@ -266,9 +267,9 @@ async def test_resume_falls_back_to_the_log_when_the_id_fell_off_the_live_cap(
 
 
 async def test_resume_after_the_web_process_is_killed_mid_answer(
-    redis_server: EmbeddedRedis, r: redis.Redis, tmp_path: Path
+    redis_target: RedisTarget, r: redis.Redis, tmp_path: Path
 ) -> None:
-    with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
+    with ServerProcess(server_env(redis_target.url, tmp_path, broker_url=redis_target.broker_url)) as web:
         tok = token(web)
         ws, ready = await open_chat(web, tok)
         conv = ready["conversation_id"]
@@ -462,9 +463,10 @@ async def test_a_frame_over_uvicorns_limit_closes_with_1009(server: ServerProces
 
 
 async def test_idle_sockets_and_silent_greeters_are_closed_with_4408(
-    redis_server: EmbeddedRedis, r: redis.Redis, tmp_path: Path
+    redis_target: RedisTarget, r: redis.Redis, tmp_path: Path
 ) -> None:
-    with ServerProcess(server_env(redis_server.url, tmp_path, ws_idle_timeout_s="1")) as web:
+    env = server_env(redis_target.url, tmp_path, ws_idle_timeout_s="1", broker_url=redis_target.broker_url)
+    with ServerProcess(env) as web:
         started = time.monotonic()
         ws = await connect(f"{web.ws_url}?token={token(web)}")  # never says hello
         frames, code = await expect_close(ws)

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 
 from server.auth import mint_token
 from store.exceptions import PortInUse
-from store.redis import EmbeddedRedis
+from store.redis import EmbeddedRedis, sync_client
 from store.redis_owner import OwnedRedis
 from store.settings import Settings
 from tests.stack_proc import Stack
@@ -33,7 +33,7 @@ def _start(stacks: list[Stack], data_dir: Path, **overrides: str) -> Stack:
 
 
 def _keys(url: str) -> set[bytes]:
-    client = redis.Redis.from_url(url)
+    client = sync_client(url)
     try:
         return set(client.keys("*"))  # type: ignore[arg-type]
     finally:
@@ -79,7 +79,7 @@ def test_two_stacks_on_one_machine_never_share_a_redis(tmp_path: Path, stacks: l
     url_a, url_b = a.redis_url(), b.redis_url()
     port_a, port_b = (int((s.data_dir / "redis" / "port").read_text()) for s in (a, b))
     assert port_a != port_b
-    client_a, client_b = redis.Redis.from_url(url_a), redis.Redis.from_url(url_b)
+    client_a, client_b = sync_client(url_a), sync_client(url_b)
     assert client_a.get("docent:identity") != client_b.get("docent:identity")
     password_b = (b.data_dir / "redis" / "password").read_text().strip()
     with pytest.raises(redis.AuthenticationError):  # B's credentials do not open A's Redis

@@ -11,6 +11,7 @@ import redis
 
 from store import keys
 from store.clock import now_ms
+from store.redis import REDIS_ERRORS
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def audit(settings: Settings, client: redis.Redis | None, action: str, **details
     if client is not None:
         try:
             client.xadd(keys.REINDEX_AUDIT, {"entry": entry}, maxlen=AUDIT_MAXLEN, approximate=True)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("audit stream write failed: %s", exc)
 
 

@@ -27,6 +27,7 @@ from index.versions import get_active, new_version_name, set_state, version_path
 from store import keys
 from store.clock import now_ms
 from store.exceptions import DocentError, IndexNotFound, InputError, ReindexRefused
+from store.redis import REDIS_ERRORS
 from store.scripts import text
 from store.settings import Settings
 
@@ -127,7 +128,7 @@ def current_job(client: redis.Redis) -> ReindexJob | None:
 def save_job(client: redis.Redis, job: ReindexJob, *, publish: bool = True) -> None:
     job.updated_at_ms = now_ms()
     data = _encoder.encode(job)
-    pipe = client.pipeline()
+    pipe = client.pipeline(transaction=False)  # two slots on a cluster: the record first, then its event
     pipe.set(keys.reindex_job(job.id), data)
     if publish:
         event: dict[Any, Any] = {keys.REINDEX_EVENT_FIELD: data}
@@ -213,6 +214,6 @@ def finish_job(
                 set_state(settings, job.new_version, "rejected")
     save_job(client, job)
     client.delete(keys.reindex_cancel(job.id))
-    with suppress(redis.RedisError):
+    with suppress(*REDIS_ERRORS):
         if client.get(keys.REINDEX_CURRENT) in (job.id, job.id.encode()):
             client.delete(keys.REINDEX_CURRENT)

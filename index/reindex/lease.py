@@ -13,6 +13,7 @@ from contextlib import suppress
 import redis
 
 from store import keys
+from store.redis import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,12 @@ class Lease:
                 if not self.client.eval(RENEW, 1, self.key, self.token, self.lease_ms):
                     self.lost.set()
                     return
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("reindex lease renewal failed: %s", exc)
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        with suppress(redis.RedisError):
+        with suppress(*REDIS_ERRORS):
             self.client.eval(RELEASE, 1, self.key, self.token)

@@ -7,12 +7,12 @@ from collections import OrderedDict
 from typing import Any
 
 import msgspec
-import redis
 import redis.asyncio as aredis
 
 from store.events import UserMessage, decode_event
 from store.exceptions import InputError
 from store.log import conv_keys
+from store.redis import REDIS_ERRORS
 from store.scripts import payload
 
 CONTEXT_SCAN_ENTRIES = 200
@@ -37,7 +37,7 @@ class ContextCache:
         try:
             key = conv_keys(conv_id).log
             entries: Any = await self.client.xrevrange(key, "+", "-", count=CONTEXT_SCAN_ENTRIES)
-        except (redis.RedisError, InputError) as exc:
+        except (*REDIS_ERRORS, InputError) as exc:  # type: ignore[misc]
             log.warning("no context for approval %s: %s", approval_id, exc)
             return ""
         text = _last_user_text(entries)

@@ -15,13 +15,14 @@ import redis
 from store.events import AnswerCompleted, Event, Feedback, RetrievalDone, UserMessage
 from store.golden_candidates import ANSWER_CHARS, Candidate, CandidateStore
 from store.log import ConversationLog
+from store.redis import sync_client
 
 log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4)
 def _store(redis_url: str) -> CandidateStore:
-    return CandidateStore(redis.Redis.from_url(redis_url))
+    return CandidateStore(sync_client(redis_url))
 
 
 def candidate_id(conversation_id: str, turn: int) -> str:

@@ -16,7 +16,6 @@ from functools import lru_cache
 from typing import Annotated
 
 import msgspec
-import redis
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -28,6 +27,7 @@ from server.services import services
 from store.blocking import run_blocking
 from store.exceptions import InputError
 from store.golden_candidates import Candidate, CandidateStore, export_golden, golden_dir
+from store.redis import sync_client
 
 DocId = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 STATUSES: frozenset[str] = frozenset({"open", "accepted", "dismissed"})
@@ -44,7 +44,7 @@ class CandidateList(msgspec.Struct, frozen=True, kw_only=True):
 
 @lru_cache(maxsize=4)
 def _store(url: str) -> CandidateStore:
-    return CandidateStore(redis.Redis.from_url(url))
+    return CandidateStore(sync_client(url))
 
 
 async def list_candidates(request: Request) -> Response:

@@ -14,7 +14,6 @@ import logging
 import time
 from functools import lru_cache
 
-import redis
 import redis.asyncio as aredis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,13 +21,22 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from actors.broker import APPROVALS_QUEUE, CONVERSATION_QUEUE, INGEST_QUEUE, NAMESPACE, REINDEX_QUEUE
+from actors.broker import (
+    AMQP_SCHEMES,
+    APPROVALS_QUEUE,
+    CONVERSATION_QUEUE,
+    INGEST_QUEUE,
+    NAMESPACE,
+    REINDEX_QUEUE,
+)
 from index.reindex.jobs import decode_job
 from server.callers import require_admin
 from server.services import services
 from store import keys, metrics
 from store.exceptions import ConfigError
+from store.redis import REDIS_ERRORS, async_client
 from store.scripts import text
+from store.settings import Settings
 
 QUEUES = (CONVERSATION_QUEUE, APPROVALS_QUEUE, INGEST_QUEUE, REINDEX_QUEUE)
 log = logging.getLogger(__name__)
@@ -66,24 +74,44 @@ async def metrics_endpoint(request: Request) -> Response:
     if not _client_allowed(request, services(request).settings.metrics_allow):
         require_admin(request, "operator")
     body = await run_in_threadpool(metrics.exposition)
-    return Response(body + await read_at_scrape(services(request).redis), media_type=metrics.CONTENT_TYPE)
+    data = services(request).redis
+    return Response(body + await read_at_scrape(data, queue_client(services(request).settings, data)),
+                    media_type=metrics.CONTENT_TYPE)  # fmt: skip
 
 
-async def read_at_scrape(client: aredis.Redis) -> bytes:
+@lru_cache(maxsize=4)
+def _broker_client(url: str) -> aredis.Redis:
+    return async_client(url, max_connections=2)
+
+
+def queue_client(settings: Settings, data: aredis.Redis) -> aredis.Redis | None:
+    """Where dramatiq's queues are: DOCENT_BROKER_URL's Redis, else the data Redis; None for RabbitMQ
+    (whose own management metrics tell its queue depths)."""
+    if not settings.broker_url:
+        return data
+    return None if settings.broker_url.startswith(AMQP_SCHEMES) else _broker_client(settings.broker_url)
+
+
+async def read_at_scrape(client: aredis.Redis, queues: aredis.Redis | None) -> bytes:
     """Each dramatiq queue's ready list, delayed list and dead letters, and the running reindex job."""
-    names = [(queue, state) for queue in QUEUES for state in metrics.QUEUE_STATES]
     try:
-        async with client.pipeline(transaction=False) as pipe:
-            for queue in QUEUES:
-                pipe.llen(f"{NAMESPACE}:{queue}")
-                pipe.llen(f"{NAMESPACE}:{queue}.DQ")
-                pipe.zcard(f"{NAMESPACE}:{queue}.XQ")
-            counts = await pipe.execute()
+        depths = await queue_depths(queues) if queues is not None else {}
         job = await current_reindex(client)
-    except redis.RedisError as exc:  # the rest of the scrape still answers
+    except REDIS_ERRORS as exc:  # the rest of the scrape still answers
         log.warning("queue depths and reindex progress not read: %s", exc)
         return b""
-    return metrics.scrape_exposition(dict(zip(names, (int(c) for c in counts), strict=True)), job)
+    return metrics.scrape_exposition(depths, job)
+
+
+async def queue_depths(client: aredis.Redis) -> dict[tuple[str, str], int]:
+    names = [(queue, state) for queue in QUEUES for state in metrics.QUEUE_STATES]
+    async with client.pipeline(transaction=False) as pipe:
+        for queue in QUEUES:
+            pipe.llen(f"{NAMESPACE}:{queue}")
+            pipe.llen(f"{NAMESPACE}:{queue}.DQ")
+            pipe.zcard(f"{NAMESPACE}:{queue}.XQ")
+        counts = await pipe.execute()
+    return dict(zip(names, (int(c) for c in counts), strict=True))
 
 
 async def current_reindex(client: aredis.Redis) -> metrics.ReindexProgress | None:

@@ -31,6 +31,7 @@ import redis
 import redis.asyncio as aredis
 
 from store.exceptions import InputError, Unavailable
+from store.redis import sync_client
 from store.scripts import AsyncRunner, Batch, Call, Plan, SyncRunner, key_part, text
 
 SPEND_FIELDS = ("tokens_in", "tokens_out", "cost_usd", "turns")  # per tenant and per user
@@ -271,7 +272,7 @@ class UsageLedger:
 
     @classmethod
     def from_url(cls, url: str) -> UsageLedger:
-        return cls(redis.Redis.from_url(url))
+        return cls(sync_client(url))
 
     def record(self, tenant: str, user: str, day: str, **amounts: int | float) -> None:
         self._run(record_plan(tenant, user, day, amounts))

@@ -13,16 +13,19 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aredis
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from actors.broker import NAMESPACE
 from actors.ingestion import ingest_documents
 from actors.testing import ScriptedLLMThread
 from index.embed import load_embedder
 from index.ingest import Ingestor
 from index.reindex.jobs import ReindexJob, save_job
 from server.auth import ensure_admin_key, mint_token
+from server.metrics_route import queue_client, read_at_scrape
 from store import keys, metrics
 from store.events import (
     AnswerCompleted,
@@ -34,7 +37,7 @@ from store.events import (
 )
 from store.exceptions import Unavailable
 from store.metrics import MULTIPROC_ENV
-from store.redis import free_port
+from store.redis import EmbeddedRedis, free_port
 from store.scripts import Call, Plan, SyncRunner
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE
@@ -273,3 +276,25 @@ def test_redis_failures_are_counted_by_error_class() -> None:
 
 def _ping() -> Plan[Any]:
     return (yield Call(lambda r: r.ping()))
+
+
+async def test_queue_depths_come_from_the_broker_redis_when_it_is_separate(
+    redis_url: str, tmp_path: Path
+) -> None:
+    broker = EmbeddedRedis(tmp_path / "broker", port=free_port()).start()
+    data = aredis.Redis.from_url(redis_url)
+    try:
+        redis.Redis.from_url(broker.url).rpush(f"{NAMESPACE}:conversation", "m1", "m2")
+        separate = Settings.from_env({"DOCENT_REDIS_URL": redis_url, "DOCENT_BROKER_URL": broker.url})
+        depths = _samples((await read_at_scrape(data, queue_client(separate, data))).decode())
+        ready = {
+            s.labels["queue"]: s.value
+            for s in depths["docent_queue_messages"]
+            if s.labels["state"] == "ready"
+        }
+        assert ready["conversation"] == 2
+        rabbit = Settings.from_env({"DOCENT_REDIS_URL": redis_url, "DOCENT_BROKER_URL": "amqp://guest@x/"})
+        assert queue_client(rabbit, data) is None  # RabbitMQ's own metrics tell its depths
+    finally:
+        await data.aclose()
+        broker.stop()

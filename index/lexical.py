@@ -45,6 +45,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Generic, NamedTuple, TypeVar
 
@@ -54,7 +55,7 @@ import numpy.typing as npt
 from whoosh import index as whoosh_index
 from whoosh import query as Q
 from whoosh.analysis import STOP_WORDS, StemmingAnalyzer
-from whoosh.codec.whoosh3 import LENGTHS_COLUMN, W3LeafMatcher
+from whoosh.codec.whoosh3 import LENGTHS_COLUMN, W3LeafMatcher, W3Segment
 from whoosh.fields import ID, KEYWORD, TEXT, Schema
 from whoosh.idsets import DocIdSet
 from whoosh.index import FileIndex, LockError
@@ -62,14 +63,24 @@ from whoosh.reading import IndexReader, SegmentReader, TermInfo, TermNotFound
 from whoosh.scoring import BM25F
 from whoosh.searching import Searcher as WhooshSearcher
 from whoosh.util.numeric import byte_to_length
+from whoosh.writing import MERGE_SMALL, SegmentWriter
 
 from index.keys import AllowedFn, Scored, as_keys
+from index.lexical_segment import Batch, BulkWriter, bulk_supported, read_keys
 from store.exceptions import IndexCorrupt, IndexError_, IndexNotFound, InputError
 
 LEXICAL_VERSION = "bm25-body-1"
 WHOOSH_DIR = "whoosh"
 BODY = "body"
-TEXT_FIELDS = ("title", "heading", "body")  # the first schema's text fields; today's has only "body"
+TEXT_FIELDS = ("title", "heading", "body")
+BULK_FIELDS = {
+    "key",
+    "chunk_id",
+    "doc_id",
+    "tenant",
+    "readers",
+    BODY,
+}  # today's schema: `_batch` fills them  # the first schema's text fields; today's has only "body"
 QUESTION_WORDS = frozenset(
     """how what why when where which who whom whose do does did doing done can could would should shall
     will may might must i me my mine we our you your is are was were be been being am get gets got there
@@ -273,17 +284,31 @@ def _read_postings(found: _SegmentTerm, field: str) -> Postings:
     return np.concatenate(ids), np.concatenate(weights)
 
 
+SegmentKeys = Callable[[W3Segment], "npt.NDArray[np.int64] | None"]
+
+
 class _Slot:
     """One thread's searcher, when it was last checked for a newer generation, and its term masks."""
 
-    def __init__(self, searcher: WhooshSearcher) -> None:
+    def __init__(self, searcher: WhooshSearcher, segment_keys: SegmentKeys) -> None:
         self.searcher = searcher
+        self.segment_keys = segment_keys
         self.checked_at = time.monotonic()
         self.masks: OrderedDict[tuple[str, str], npt.NDArray[np.bool_]] = OrderedDict()
         self.lengths: dict[str, npt.NDArray[np.float64]] = {}
         self.terms: OrderedDict[tuple[str, str], list[_SegmentTerm]] = OrderedDict()
         self.keys: dict[int, int] = {}  # docnum -> key (a stored-field read is ~25 us)
+        self.key_array: npt.NDArray[np.int64] | None = None  # every docnum's key, from the sidecars
         self.readable = self.leaves() is not None
+        self._load_keys()
+
+    def _load_keys(self) -> None:
+        """Every docnum's key when every segment has its keys sidecar (bulk-written), else None."""
+        parts = [self.segment_keys(leaf.segment()) for leaf, _ in self.searcher.reader().leaf_readers()]
+        found = [part for part in parts if part is not None]
+        self.key_array = None
+        if len(found) == len(parts):
+            self.key_array = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
     def key_of(self, docnum: int) -> int:
         key = self.keys.get(docnum)
@@ -292,6 +317,11 @@ class _Slot:
                 self.keys.clear()
             key = self.keys[docnum] = int(self.searcher.stored_fields(docnum)["key"])
         return key
+
+    def keys_of(self, docnums: npt.NDArray[np.int64]) -> list[int]:
+        if self.key_array is not None:
+            return self.key_array[docnums].tolist()  # type: ignore[no-any-return]
+        return [self.key_of(int(docnum)) for docnum in docnums]
 
     def refresh(self) -> None:
         fresh = self.searcher.refresh()
@@ -302,6 +332,7 @@ class _Slot:
             self.terms.clear()
             self.keys.clear()
             self.readable = self.leaves() is not None
+            self._load_keys()
         self.checked_at = time.monotonic()
 
     def segment_terms(self, field: str, term: str) -> list[_SegmentTerm]:
@@ -378,6 +409,30 @@ class _Slot:
         return DocMask(readable) if readable.any() else None
 
 
+MergePolicy = Callable[[SegmentWriter, list[W3Segment]], list[W3Segment]]
+
+
+def _append_segment(segment: W3Segment, _writer: SegmentWriter, segments: list[W3Segment]) -> list[W3Segment]:
+    """The merge policy of a bulk commit: the existing segments as they are, then the new one."""
+    return [*segments, segment]
+
+
+def _batch(entries: Sequence[LexicalEntry]) -> Batch:
+    """Entries as the bulk writer takes them: the current schema's fields, valued as `_fields_of`."""
+    keys = [entry.key for entry in entries]
+    return Batch(
+        keys=keys,
+        values={
+            "key": [str(key) for key in keys],
+            "chunk_id": [entry.chunk_id for entry in entries],
+            "doc_id": [entry.doc_id for entry in entries],
+            "tenant": [entry.tenant for entry in entries],
+            "readers": [",".join(entry.readers) for entry in entries],
+            BODY: [entry.body for entry in entries],
+        },
+    )
+
+
 class LexicalIndex:
     def __init__(
         self,
@@ -387,11 +442,13 @@ class LexicalIndex:
         b: float = BM25_B,
         check_interval_ms: int = SEARCHER_CHECK_MS,
         vectorised: bool = True,
+        bulk: bool = True,
         postings_cache: PostingsCache | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.k1, self.b = k1, b
         self.vectorised = vectorised  # False: Whoosh's own (per-posting) search, same scores
+        # bulk=False: Whoosh's writer (a document at a time) instead of index.lexical_segment, same index
         self.check_interval_ms = check_interval_ms
         self.postings = postings_cache or PostingsCache()
         if not whoosh_index.exists_in(str(self.directory)):
@@ -402,6 +459,9 @@ class LexicalIndex:
             raise IndexCorrupt(f"cannot open the Whoosh index in {self.directory}: {exc}") from exc
         self.fields = tuple(field for field in TEXT_FIELDS if field in self.ix.schema.names())
         self.analyzer = self.ix.schema[BODY].analyzer
+        bulk = bulk and set(self.ix.schema.names()) == BULK_FIELDS and bulk_supported(self.ix.schema)
+        self._bulk = BulkWriter(self.ix.schema) if bulk else None  # None: Whoosh's writer adds
+        self._keys_by_segment: dict[str, npt.NDArray[np.int64] | None] = {}
         self._local = threading.local()
         self._slots: list[_Slot] = []
         self._lock = threading.Lock()
@@ -425,7 +485,10 @@ class LexicalIndex:
     # -- writing -----------------------------------------------------------------------------------
 
     def apply(self, *, add: Sequence[LexicalEntry] = (), delete: Sequence[int] = ()) -> None:
-        """Delete then add (replacing an entry with the same key) in one writer and ONE commit."""
+        """Delete then add (replacing an entry with the same key) in one writer and ONE commit.
+
+        With the current schema the added entries become one new segment written in bulk
+        (index.lexical_segment), committed without merging; otherwise Whoosh's writer adds them."""
         if not add and not delete:
             return
         try:
@@ -433,16 +496,46 @@ class LexicalIndex:
         except LockError as exc:
             raise IndexError_(f"the Whoosh index in {self.directory} is locked by another writer") from exc
         try:
-            # One searcher for all the deletions: update_document would open one per document.
-            with writer.searcher() as existing:
-                for key in dict.fromkeys([*delete, *(entry.key for entry in add)]):
-                    writer.delete_by_term("key", str(key), searcher=existing)
-            for entry in add:
-                writer.add_document(**self._fields_of(entry))
+            self._delete(writer, list(dict.fromkeys([*delete, *(entry.key for entry in add)])))
+            if self._bulk is not None and add:
+                segment = self._bulk.write(self.ix.storage, self.ix.indexname, _batch(add))
+                policy: MergePolicy = partial(_append_segment, segment)
+            else:
+                for entry in add:
+                    writer.add_document(**self._fields_of(entry))
+                policy = MERGE_SMALL
         except BaseException:
             writer.cancel()
             raise
-        writer.commit()
+        writer.commit(mergetype=policy)
+
+    def _delete(self, writer: SegmentWriter, keys: Sequence[int]) -> None:
+        """Mark the documents with these keys deleted: an array test per segment when every segment has
+        its keys sidecar (bulk-written), else a term lookup per key."""
+        if not keys:
+            return
+        found = [self._segment_keys(segment) for segment in writer.segments]
+        if any(segment_keys is None for segment_keys in found):
+            with writer.searcher() as existing:  # one searcher: update_document would open one per key
+                for key in keys:
+                    writer.delete_by_term("key", str(key), searcher=existing)
+            return
+        wanted = np.asarray(keys, dtype=np.int64)
+        for segment, segment_keys in zip(writer.segments, found, strict=True):
+            assert segment_keys is not None
+            for docnum in np.flatnonzero(np.isin(segment_keys, wanted)).tolist():
+                segment.delete_document(docnum)
+
+    def _segment_keys(self, segment: W3Segment) -> npt.NDArray[np.int64] | None:
+        """A segment's keys by docnum from its sidecar (cached: segments never change), None without."""
+        segment_id = segment.segment_id()
+        with self._lock:
+            if segment_id in self._keys_by_segment:
+                return self._keys_by_segment[segment_id]
+        keys = read_keys(self.ix.storage, segment)
+        with self._lock:
+            self._keys_by_segment[segment_id] = keys
+        return keys
 
     def _fields_of(self, entry: LexicalEntry) -> dict[str, str]:
         fields = {
@@ -459,7 +552,7 @@ class LexicalIndex:
     def _slot(self) -> _Slot:
         slot: _Slot | None = getattr(self._local, "slot", None)
         if slot is None:
-            slot = _Slot(self.ix.searcher(weighting=LuceneBM25(K1=self.k1, B=self.b)))
+            slot = _Slot(self.ix.searcher(weighting=LuceneBM25(K1=self.k1, B=self.b)), self._segment_keys)
             self._local.slot = slot
             with self._lock:
                 self._slots.append(slot)
@@ -569,5 +662,5 @@ class _Ranking:
             chosen = scores >= threshold
             docnums, scores = docnums[chosen], scores[chosen]
         order = np.lexsort((docnums, -scores))[:limit]
-        hits = [(slot.key_of(int(docnums[i])), float(scores[i])) for i in order]
+        hits = list(zip(slot.keys_of(docnums[order]), scores[order].tolist(), strict=True))
         return hits, len(self.docnums) <= limit

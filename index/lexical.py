@@ -65,6 +65,7 @@ from whoosh.searching import Searcher as WhooshSearcher
 from whoosh.util.numeric import byte_to_length
 from whoosh.writing import MERGE_SMALL, SegmentWriter
 
+from index import lexical_merge
 from index.keys import AllowedFn, Scored, as_keys
 from index.lexical_segment import Batch, BulkWriter, bulk_supported, read_keys
 from store.exceptions import IndexCorrupt, IndexError_, IndexNotFound, InputError
@@ -412,9 +413,11 @@ class _Slot:
 MergePolicy = Callable[[SegmentWriter, list[W3Segment]], list[W3Segment]]
 
 
-def _append_segment(segment: W3Segment, _writer: SegmentWriter, segments: list[W3Segment]) -> list[W3Segment]:
-    """The merge policy of a bulk commit: the existing segments as they are, then the new one."""
-    return [*segments, segment]
+def _replace_segments(
+    segments: list[W3Segment], _writer: SegmentWriter, _existing: list[W3Segment]
+) -> list[W3Segment]:
+    """The merge policy of a bulk commit: the segments `LexicalIndex._merged` chose (merged already)."""
+    return segments
 
 
 def _batch(entries: Sequence[LexicalEntry]) -> Batch:
@@ -499,7 +502,7 @@ class LexicalIndex:
             self._delete(writer, list(dict.fromkeys([*delete, *(entry.key for entry in add)])))
             if self._bulk is not None and add:
                 segment = self._bulk.write(self.ix.storage, self.ix.indexname, _batch(add))
-                policy: MergePolicy = partial(_append_segment, segment)
+                policy: MergePolicy = partial(_replace_segments, self._merged([*writer.segments, segment]))
             else:
                 for entry in add:
                     writer.add_document(**self._fields_of(entry))
@@ -525,6 +528,17 @@ class LexicalIndex:
             assert segment_keys is not None
             for docnum in np.flatnonzero(np.isin(segment_keys, wanted)).tolist():
                 segment.delete_document(docnum)
+
+    def _merged(self, segments: list[W3Segment]) -> list[W3Segment]:
+        """The segments after index.lexical_merge's tiered merges (each merge writes a new segment)."""
+        while groups := lexical_merge.plan(segments, self._mergeable):
+            for group in groups:
+                merged = lexical_merge.merge(self.ix.storage, self.ix.indexname, self.ix.schema, group)
+                segments = [segment for segment in segments if segment not in group] + [merged]
+        return segments
+
+    def _mergeable(self, segment: W3Segment) -> bool:
+        return segment.is_compound() and self._segment_keys(segment) is not None
 
     def _segment_keys(self, segment: W3Segment) -> npt.NDArray[np.int64] | None:
         """A segment's keys by docnum from its sidecar (cached: segments never change), None without."""

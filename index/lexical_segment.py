@@ -54,7 +54,6 @@ from whoosh.analysis import (
     StopFilter,
 )
 from whoosh.codec.whoosh3 import W3Codec, W3Segment
-from whoosh.columns import VarBytesColumn
 from whoosh.fields import Schema
 from whoosh.filedb.filestore import Storage
 from whoosh.filedb.structfile import StructFile
@@ -67,11 +66,15 @@ HASH_TYPE = 1  # crc32 in whoosh.filedb.filetables._hash_functions
 HASH_MAGIC = b"HSH3"
 BLOCK_MAGIC = b"W3Bl"
 KEYS_EXT = ".keys.npy"
+LENGTHS_EXT = ".lengths.npy"  # after the field's name
 LENGTH_LIMIT = 106374  # whoosh.util.numeric.length_to_byte: this length and above is byte 255
 SURFACE_CACHE_SIZE = 1 << 20  # surface tokens remembered with their term
 SENTINEL = "docentendoftext"  # + a number, so that no text contains it
 ANALYSIS_CHUNK_DOCS = 2048  # texts tokenised at once (bounds the token strings held)
-SCATTER_CHUNK_BYTES = 16 << 20  # bytes of destination indices built at once when placing records
+SCATTER_CHUNK_BYTES = 16 << 20
+VAR_BYTES_OFFSETS_ROWS = (
+    2**15
+)  # VarBytesColumn's write_offsets_cutoff  # bytes of destination indices built at once when placing records
 # Whoosh's default word pattern has a capturing group (findall would return it). The same words: its group's
 # optional dot can only be empty after a maximal run of word characters, so each repeat is a dot and a run.
 WHOOSH_WORDS = r"\w+(\.?\w+)*"
@@ -249,8 +252,7 @@ def text_postings(
     used, term_ids = np.unique(numbers[kept], return_inverse=True)
     docs = docs[kept]
     lengths = np.bincount(docs, minlength=len(texts)).astype(np.int64)
-    codes = length_bytes(lengths)
-    codes[lengths == 0] = 0
+    codes = length_codes(lengths)
     vocabulary = [analysis.terms[n] for n in used.tolist()]
     postings = _postings(name, vocabulary, term_ids, docs, len(texts), frequencies=True, length_codes=codes)
     return postings, lengths
@@ -258,10 +260,8 @@ def text_postings(
 
 def id_postings(name: str, values: Sequence[str]) -> FieldPostings:
     """An ID field (the whole value is the one term, Existence format)."""
-    vocabulary: dict[str, int] = {}
-    ids = np.fromiter(
-        (vocabulary.setdefault(v, len(vocabulary)) for v in values), dtype=np.int64, count=len(values)
-    )
+    vocabulary = {value: n for n, value in enumerate(dict.fromkeys(values))}
+    ids = np.fromiter(map(vocabulary.__getitem__, values), dtype=np.int64, count=len(values))
     docs = np.arange(len(values), dtype=np.int64)
     return _postings(name, list(vocabulary), ids, docs, len(values), frequencies=False)
 
@@ -510,7 +510,7 @@ def write_term_index(keys: Sequence[bytes], values: npt.NDArray[Any], fieldmap: 
     blob = np.frombuffer(b"".join(keys), dtype=np.uint8)
     key_starts = np.concatenate([[0], np.cumsum(keylens)[:-1]]).astype(np.int64)
     data[np.repeat(local + 8 - key_starts, keylens) + np.arange(len(blob))] = blob
-    hashes = np.fromiter((zlib.crc32(k) for k in keys), dtype=np.int64, count=count)
+    hashes = np.fromiter(map(zlib.crc32, keys), dtype=np.int64, count=count)
     tables, directory = _hash_tables(hashes, positions, _HASH_HEADER_BYTES + len(data))
     header = HASH_MAGIC + bytes([HASH_TYPE]) + bytes(8)
     index_type = _index_type(int(positions.max()) if count else 0)
@@ -533,40 +533,53 @@ def _hash_tables(
     hashes: npt.NDArray[np.int64], positions: npt.NDArray[np.int64], start: int
 ) -> tuple[bytes, bytes]:
     """HashWriter._write_hashes and _write_directory: 256 open-addressing tables of twice their entries,
-    each entry in the first free slot from (hash >> 8) % slots on. Placed with numpy: entries sorted by
-    home slot go to max(home, previous + 1); a table whose run would wrap past its end is placed the way
-    HashWriter does, one entry at a time."""
+    an entry found by probing forward (wrapping around) from slot (hash >> 8) % slots to it with no empty
+    slot between. Placed with numpy: each table is rotated to start just after the slot where the running
+    sum of (entries homed at a slot - 1) is lowest, past which no run of occupied slots can carry (a table
+    is half full); in that order entries sorted by home go to max(home, previous place + 1)."""
     bucket = hashes & 255
     sizes = np.bincount(bucket, minlength=256).astype(np.int64)
     slots = 2 * sizes
     table_starts = np.concatenate([[0], np.cumsum(slots)[:-1]]).astype(np.int64)
-    home = np.where(slots[bucket] > 0, (hashes >> 8) % np.maximum(slots[bucket], 1), 0)
-    order = np.lexsort((home, bucket))
-    b_sorted, h_sorted = bucket[order], home[order]
+    n = slots[bucket]
+    home = np.where(n > 0, (hashes >> 8) % np.maximum(n, 1), 0)
+    rotation = _rotations(table_starts[bucket] + home, slots, table_starts)
+    turned = (home - rotation[bucket]) % np.maximum(n, 1)
+    order = np.lexsort((turned, bucket))
+    b_sorted, t_sorted = bucket[order], turned[order]
     first_of_bucket = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     rank = np.arange(len(order), dtype=np.int64) - first_of_bucket[b_sorted]
-    # position in table = rank + running max of (home - rank) within the bucket
-    shifted = h_sorted - rank + b_sorted * (4 * len(order) + 4)  # offsets keep each bucket's max apart
-    place = np.maximum.accumulate(shifted) - b_sorted * (4 * len(order) + 4) + rank
+    apart = b_sorted * (4 * len(order) + 4)  # keeps each bucket's running maximum to itself
+    place = np.maximum.accumulate(t_sorted - rank + apart) - apart + rank  # max(home, previous + 1)
+    assert not np.any(place >= slots[b_sorted])
+    at = table_starts[b_sorted] + (place + rotation[b_sorted]) % slots[b_sorted]
     table = np.zeros(int(slots.sum()), dtype=_POINTER)
-    wrapped = set(np.unique(b_sorted[place >= slots[b_sorted]]).tolist())
-    keep = ~np.isin(b_sorted, list(wrapped))
-    at = table_starts[b_sorted[keep]] + place[keep]
-    table["hash"][at] = hashes[order[keep]]
-    table["pos"][at] = positions[order[keep]]
-    for b in wrapped:  # rare: linear probing with wrap-around, as HashWriter does
-        n = int(slots[b])
-        base = int(table_starts[b])
-        for i in np.flatnonzero(bucket == b):
-            slot = int(home[i])
-            while table["pos"][base + slot] != 0:
-                slot = (slot + 1) % n
-            table["hash"][base + slot] = hashes[i]
-            table["pos"][base + slot] = positions[i]
+    table["hash"][at] = hashes[order]
+    table["pos"][at] = positions[order]
     directory = np.zeros(256, dtype=_DIRECTORY)
     directory["pos"] = start + table_starts * _POINTER.itemsize
     directory["slots"] = slots
     return table.tobytes(), directory.tobytes()
+
+
+def _rotations(
+    homes: npt.NDArray[np.int64], slots: npt.NDArray[np.int64], table_starts: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """Per table, the slot after the lowest running sum of (entries homed there - 1): no probe run
+    crosses from that slot to the next."""
+    total = int(slots.sum())
+    rotation = np.zeros(256, dtype=np.int64)
+    if total == 0:
+        return rotation
+    excess = np.bincount(homes, minlength=total).astype(np.int64) - 1
+    table_of = np.repeat(np.arange(256), slots)
+    running = np.cumsum(excess)
+    first = np.minimum(table_starts, total - 1)  # (an empty table's start may be the end)
+    running -= np.repeat(running[first] - excess[first], slots)  # restart per table
+    lowest = np.lexsort((np.arange(total), running, table_of))  # per table: lowest sum, first slot
+    used = np.flatnonzero(slots > 0)
+    rotation[used] = (lowest[table_starts[used]] - table_starts[used] + 1) % slots[used]
+    return rotation
 
 
 # -- the segment ------------------------------------------------------------------------------------------
@@ -616,30 +629,60 @@ class BulkWriter:
 
     def write(self, storage: Storage, indexname: str, batch: Batch) -> W3Segment:
         """A new (not yet committed) segment of these documents, docnums in their order."""
-        segment = W3Segment(W3Codec(), indexname, doccount=len(batch))
+        return write_analysed(storage, indexname, self.schema, self.analyse(batch))
+
+    def analyse(self, batch: Batch) -> Analysed:
         fields: list[FieldPostings] = []
-        field_lengths: dict[str, int] = defaultdict(int)
-        length_columns: dict[str, npt.NDArray[np.uint8]] = {}
+        lengths: dict[str, npt.NDArray[np.int64]] = {}
         for name in sorted(self.schema.names()):
             field, values = self.schema[name], batch.values[name]
             if type(field.format) is Existence:
                 fields.append(id_postings(name, values))
             elif name in self.analysis:
-                postings, lengths = text_postings(name, values, self.analysis[name])
+                postings, lengths[name] = text_postings(name, values, self.analysis[name])
                 fields.append(postings)
-                field_lengths[name] = int(lengths.sum())
-                assert postings.length_codes is not None
-                length_columns[name] = postings.length_codes
             else:
                 fields.append(analysed_postings(name, values, _term_texts(field.analyzer)))
-        files = _terms_files(segment, [f for f in fields if f.terms])
-        stored = [name for name in sorted(self.schema.names()) if self.schema[name].stored]
-        files.update(_column_files(segment, batch, stored, length_columns))
-        _write_compound(storage, segment, files)
+        names = sorted(name for name in self.schema.names() if self.schema[name].stored)  # as add_document
+        rows = zip(*(batch.values[name] for name in names), strict=True)
+        stored = [zlib_stored(pickle.dumps(dict(zip(names, row, strict=True)), 2)) for row in rows]
         keys = np.asarray(batch.keys, dtype=np.int64)
-        _write_file(storage, segment.make_filename(KEYS_EXT), _npy(keys))
-        segment._fieldlengths = field_lengths
-        return segment
+        return Analysed(keys=keys, fields=fields, stored=stored, lengths=lengths)
+
+
+@dataclass
+class Analysed:
+    """A segment's content before it is written: what the bulk writer analysed, or a merge read back."""
+
+    keys: npt.NDArray[np.int64]  # by docnum
+    fields: list[FieldPostings]  # by field name (a field without terms is left out when written)
+    stored: Sequence[bytes]  # each document's value in the stored column (STORED_COLUMN's encoding)
+    lengths: dict[str, npt.NDArray[np.int64]]  # each scorable field's exact length (tokens) by docnum
+
+
+def write_analysed(storage: Storage, indexname: str, schema: Schema, analysed: Analysed) -> W3Segment:
+    """Write the segment's compound file and its sidecars (keys; each scorable field's exact lengths)."""
+    segment = W3Segment(W3Codec(), indexname, doccount=len(analysed.keys))
+    codes = {name: length_codes(lengths) for name, lengths in analysed.lengths.items()}
+    for field in analysed.fields:
+        field.length_codes = codes.get(field.name)
+    files = _terms_files(segment, [f for f in analysed.fields if f.terms])
+    files.update(_column_files(segment, analysed.stored, codes))
+    _write_compound(storage, segment, files)
+    _write_file(storage, segment.make_filename(KEYS_EXT), _npy(analysed.keys))
+    for name, lengths in analysed.lengths.items():
+        _write_file(storage, segment.make_filename(f".{name}{LENGTHS_EXT}"), _npy(lengths.astype(np.int64)))
+    segment._fieldlengths = defaultdict(
+        int, {n: int(lengths.sum()) for n, lengths in analysed.lengths.items()}
+    )
+    return segment
+
+
+def length_codes(lengths: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """The length byte Whoosh stores for each document (0: no tokens, no length stored)."""
+    codes = length_bytes(lengths)
+    codes[lengths == 0] = 0
+    return codes
 
 
 def _term_texts(analyzer: Callable[[str], Iterable[Any]]) -> Callable[[str], list[str]]:
@@ -652,7 +695,9 @@ def _terms_files(segment: W3Segment, fields: Sequence[FieldPostings]) -> dict[st
     postings = _concatenate(fields)
     data, offsets, lengths, extra = write_postings(postings)
     infos = term_infos(postings, offsets, lengths, extra)
-    keys = [fieldmap[f.name].to_bytes(2, "big") + term for f in fields for term in f.terms]
+    keys = [
+        prefix + term for f in fields for prefix in (fieldmap[f.name].to_bytes(2, "big"),) for term in f.terms
+    ]
     return {
         segment.make_filename(W3Codec.POSTS_EXT): data,
         segment.make_filename(W3Codec.TERMS_EXT): write_term_index(keys, infos, fieldmap),
@@ -660,26 +705,43 @@ def _terms_files(segment: W3Segment, fields: Sequence[FieldPostings]) -> dict[st
 
 
 def _column_files(
-    segment: W3Segment,
-    batch: Batch,
-    stored_fields: Sequence[str],
-    lengths: dict[str, npt.NDArray[np.uint8]],
+    segment: W3Segment, stored: Sequence[bytes], lengths: dict[str, npt.NDArray[np.uint8]]
 ) -> dict[str, bytes]:
     """The stored fields (STORED_COLUMN: a pickled dict a document, each a zlib stream, in a VarBytes
     column) and each scorable field's length bytes (LENGTHS_COLUMN, trailing zeros left out as
     NumericColumn does)."""
-    buffer = io.BytesIO()
-    writer = VarBytesColumn().writer(StructFile(buffer))
-    columns = [batch.values[name] for name in stored_fields]
-    for docnum, row in enumerate(zip(*columns, strict=True)):
-        writer.add(docnum, zlib_stored(pickle.dumps(dict(zip(stored_fields, row, strict=True)), 2)))
-    writer.finish(len(batch))
-    files = {W3Codec.column_filename(segment, "_stored"): buffer.getvalue()}
+    files = {W3Codec.column_filename(segment, "_stored"): var_bytes_column(stored)}
     for name, codes in lengths.items():
         nonzero = np.flatnonzero(codes)
         used = int(nonzero[-1]) + 1 if len(nonzero) else 0
         files[W3Codec.column_filename(segment, f"_{name}_len")] = codes[:used].tobytes()
     return files
+
+
+def var_bytes_column(values: Sequence[bytes]) -> bytes:
+    """VarBytesColumn.Writer's bytes: the values, their lengths array, past VAR_BYTES_OFFSETS_ROWS rows
+    their offsets array too (big-endian, each of GrowableArray's type for its largest number), then the
+    type codes (and "X" when offsets were written)."""
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    parts = [b"".join(values)]
+    codes = [_growable_type(lengths)]
+    parts.append(lengths.astype(np.dtype(codes[0]).newbyteorder(">")).tobytes())
+    if len(values) > VAR_BYTES_OFFSETS_ROWS:
+        codes.append(_growable_type(offsets))
+        parts.append(offsets.astype(np.dtype(codes[1]).newbyteorder(">")).tobytes())
+        codes.append("X")
+    return b"".join(parts) + "".join(codes).encode("ascii")
+
+
+def _growable_type(numbers: npt.NDArray[np.int64]) -> str:
+    """The type code of a GrowableArray("B", allow_longs=False) after these numbers were appended."""
+    largest = int(numbers.max()) if len(numbers) else 0
+    if largest < 2**8:
+        return "B"
+    if largest < 2**16:
+        return "H"
+    return "i" if largest < 2**31 else "I"
 
 
 def _write_compound(storage: Storage, segment: W3Segment, files: Mapping[str, bytes]) -> None:
@@ -720,7 +782,16 @@ def _write_file(storage: Storage, name: str, data: bytes) -> None:
 
 def read_keys(storage: Storage, segment: W3Segment) -> npt.NDArray[np.int64] | None:
     """The keys sidecar of a segment this module wrote (None for a segment Whoosh's writer wrote)."""
-    name = segment.make_filename(KEYS_EXT)
+    return read_sidecar(storage, segment, KEYS_EXT)
+
+
+def read_lengths(storage: Storage, segment: W3Segment, field: str) -> npt.NDArray[np.int64] | None:
+    """A scorable field's exact length by docnum (None for a segment Whoosh's writer wrote)."""
+    return read_sidecar(storage, segment, f".{field}{LENGTHS_EXT}")
+
+
+def read_sidecar(storage: Storage, segment: W3Segment, ext: str) -> npt.NDArray[np.int64] | None:
+    name = segment.make_filename(ext)
     if not storage.file_exists(name):
         return None
     f = storage.open_file(name)
@@ -728,5 +799,5 @@ def read_keys(storage: Storage, segment: W3Segment) -> npt.NDArray[np.int64] | N
         raw = f.read()
     finally:
         f.close()
-    keys = np.load(io.BytesIO(raw), allow_pickle=False)
-    return keys if len(keys) == segment.doc_count_all() else None
+    found = np.load(io.BytesIO(raw), allow_pickle=False)
+    return found if len(found) == segment.doc_count_all() else None

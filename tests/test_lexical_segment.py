@@ -17,6 +17,7 @@ from whoosh.filedb.filetables import HashReader, OrderedHashReader
 from whoosh.reading import SegmentReader
 
 from index.lexical import LexicalEntry, LexicalIndex, analyzer, schema
+from index.lexical_merge import MERGE_BASE_DOCS, TIER_FACTOR, plan, tier
 from index.lexical_segment import (
     BLOCK_LIMIT,
     Batch,
@@ -277,3 +278,66 @@ def test_encodings_match_whooshs() -> None:
     assert length_bytes(lengths).tolist() == [length_to_byte(int(n)) for n in lengths]
     data = pickle.dumps({"key": "1"}, 2)
     assert zlib.decompress(zlib_stored(data)) == data
+
+
+def _inner_files(lexical: LexicalIndex, segment: object) -> dict[str, bytes]:
+    files = segment.open_compound_file(lexical.ix.storage)  # type: ignore[attr-defined]
+    prefix = segment.segment_id()  # type: ignore[attr-defined]
+    found = {}
+    for name in files.list():
+        f = files.open_file(name)
+        found[name.removeprefix(prefix)] = bytes(f.read())
+        f.close()
+    return found
+
+
+def test_a_tier_of_segments_merges_into_what_one_batch_writes(tmp_path: Path) -> None:
+    """Eight commits of one tier are merged into one segment: the same files, byte for byte, as the bulk
+    writer makes of their live documents in one batch (deleted and replaced documents left out)."""
+    LexicalIndex.create(tmp_path / "merged")
+    lexical = LexicalIndex.open(tmp_path / "merged", check_interval_ms=0)
+    rng = np.random.default_rng(5)
+    live: dict[int, LexicalEntry] = {}
+    for batch in range(TIER_FACTOR):
+        entries = _corpus(rng, batch * 40, 40)
+        if batch == 3:  # a replacement (the key moves to this segment) and plain deletions
+            entries.append(msgspec_replace(live[5]))
+            lexical.apply(add=entries, delete=[7, 8, 41])
+            for key in (5, 7, 8, 41):
+                live.pop(key)
+        else:
+            lexical.apply(add=entries)
+        live.update((e.key, e) for e in entries)
+        assert len(_leaves(lexical)) == (batch + 1 if batch < TIER_FACTOR - 1 else 1)
+    merged = _leaves(lexical)[0]
+    assert merged.doc_count_all() == len(live) and not merged.has_deletions()
+    LexicalIndex.create(tmp_path / "one")
+    one = LexicalIndex.open(tmp_path / "one", check_interval_ms=0)
+    one.apply(add=list(live.values()))  # in the merged segment's order: segment by segment, docnum order
+    reference = _leaves(one)[0]
+    assert _inner_files(lexical, merged.segment()) == _inner_files(one, reference.segment())
+    assert read_keys(lexical.ix.storage, merged.segment()).tolist() == list(live)  # type: ignore[union-attr]
+    slow = LexicalIndex(lexical.directory, check_interval_ms=0, vectorised=False)
+    for query in QUERIES:
+        fast_hits = lexical.search(query, 100, tenant="t", reader_tokens=("*", "group:x"))
+        slow_hits = slow.search(query, 100, tenant="t", reader_tokens=("*", "group:x"))
+        assert [k for k, _ in fast_hits] == [k for k, _ in slow_hits]
+        assert [s for _, s in fast_hits] == pytest.approx([s for _, s in slow_hits], rel=1e-9)
+    for index in (lexical, one, slow):
+        index.close()
+
+
+def test_the_merge_plan_keeps_tiers() -> None:
+    class Seg:
+        def __init__(self, docs: int) -> None:
+            self.docs = docs
+
+        def doc_count(self) -> int:
+            return self.docs
+
+    small = [Seg(MERGE_BASE_DOCS) for _ in range(TIER_FACTOR)]
+    big = [Seg(MERGE_BASE_DOCS * TIER_FACTOR) for _ in range(TIER_FACTOR - 1)]
+    assert plan([*big, *small], lambda _s: True) == [small]  # type: ignore[list-item]
+    assert plan([*big, *small[1:]], lambda _s: True) == []  # type: ignore[list-item]
+    assert plan([*big, *small], lambda s: s not in small[:1]) == []  # type: ignore[list-item,operator]
+    assert [tier(n) for n in (0, 1, MERGE_BASE_DOCS - 1, MERGE_BASE_DOCS * TIER_FACTOR)] == [0, 0, 0, 1]

@@ -67,7 +67,7 @@ from whoosh.writing import MERGE_SMALL, SegmentWriter
 
 from index import lexical_merge
 from index.keys import AllowedFn, Scored, as_keys
-from index.lexical_segment import Batch, BulkWriter, bulk_supported, read_keys
+from index.lexical_segment import Batch, BulkWriter, bulk_supported, decode_postings, read_keys
 from store.exceptions import IndexCorrupt, IndexError_, IndexNotFound, InputError
 
 LEXICAL_VERSION = "bm25-body-1"
@@ -160,6 +160,7 @@ class _SegmentTerm(NamedTuple):
     leaf: SegmentReader
     offset: int  # the segment's first docnum in the index
     info: TermInfo
+    bulk: bool  # written by index.lexical_segment: its posting blocks decode with numpy
 
 
 Postings = tuple[npt.NDArray[np.int32], npt.NDArray[np.floating]]  # docnums, weights (tf x boost) or impacts
@@ -255,8 +256,15 @@ class Weigh(NamedTuple):
 
 
 def _read_postings(found: _SegmentTerm, field: str) -> Postings:
-    """One segment's posting list of a term: segment docnums and weights, read a block at a time."""
+    """One segment's posting list of a term: segment docnums and weights (tf; a bulk segment's fields have
+    no boost), decoded all at once from a bulk segment, else read a block at a time."""
     terms = found.leaf._terms
+    if found.bulk and not found.info.is_inlined():
+        offset, length = found.info.extent()
+        length = length[0] if isinstance(length, tuple) else length  # W3TermInfo.from_bytes leaves a tuple
+        raw = np.frombuffer(terms._postfile.get(offset, length), dtype=np.uint8)
+        docs, freqs, _ = decode_postings(raw, np.zeros(1, np.int64), np.array([found.info.doc_frequency()]))
+        return docs.astype(np.int32), freqs.astype(np.float32)
     matcher = terms._codec.postings_reader(terms._postfile, found.info, found.leaf.schema[field].format)
     ids: list[npt.NDArray[np.int32]] = []
     weights: list[npt.NDArray[np.float32]] = []
@@ -348,7 +356,7 @@ class _Slot:
                     info = leaf._terms.term_info(field, leaf._text_to_bytes(field, term))
                 except TermNotFound:
                     continue
-                found.append(_SegmentTerm(leaf, offset, info))
+                found.append(_SegmentTerm(leaf, offset, info, self.segment_keys(leaf.segment()) is not None))
             self.terms[key] = found
             while len(self.terms) > TERM_CACHE_SIZE:
                 self.terms.popitem(last=False)

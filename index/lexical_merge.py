@@ -37,13 +37,12 @@ from whoosh.filedb.structfile import BufferFile
 from whoosh.formats import Existence
 
 from index.lexical_segment import (
-    _DATA_OFFSET,
-    _INFO,
     _RECORD_HEAD,
     _TERM_INFO,
-    BLOCK_MAGIC,
     Analysed,
     FieldPostings,
+    decode_postings,
+    gather,
     read_keys,
     read_lengths,
     write_analysed,
@@ -166,20 +165,12 @@ def _term_records(
         stream.read(), dtype=np.dtype(extras["indextype"]).newbyteorder(">"), count=count
     )
     positions = positions.astype(np.int64)
-    heads = _gather(buffer, positions, _RECORD_HEAD)
+    heads = gather(buffer, positions, _RECORD_HEAD)
     keylens = heads["keylen"].astype(np.int64)
     keys = [trm[p + 8 : p + 8 + n] for p, n in zip(positions.tolist(), keylens.tolist(), strict=True)]
-    infos = _gather(buffer, positions + 8 + keylens, _TERM_INFO)
-    field_of = _gather(buffer, positions + 8, np.dtype(">u2")).astype(np.int64)
+    infos = gather(buffer, positions + 8 + keylens, _TERM_INFO)
+    field_of = gather(buffer, positions + 8, np.dtype(">u2")).astype(np.int64)
     return extras["fieldmap"], keys, infos, field_of
-
-
-def _gather(
-    buffer: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64], dtype: np.dtype[Any]
-) -> npt.NDArray[Any]:
-    """Fixed-size records at byte offsets."""
-    size = dtype.itemsize
-    return buffer[(offsets[:, None] + np.arange(size)).ravel()].reshape(-1, size).copy().view(dtype).ravel()
 
 
 def _read_fields(
@@ -187,7 +178,7 @@ def _read_fields(
 ) -> list[FieldPostings]:
     fieldmap, keys, infos, field_of = _term_records(trm)
     names = {number: name for name, number in fieldmap.items()}
-    docs, freqs, term_of = _read_postings(np.frombuffer(pst, dtype=np.uint8), infos)
+    docs, freqs, term_of = decode_postings(np.frombuffer(pst, dtype=np.uint8), infos["offset"], infos["df"])
     keep = live[docs]
     docs, freqs, term_of = renumber[docs[keep]], freqs[keep], term_of[keep]
     fields = []
@@ -207,47 +198,3 @@ def _read_fields(
             )
         )  # fmt: skip
     return fields
-
-
-def _read_postings(
-    pst: npt.NDArray[np.uint8], infos: npt.NDArray[Any]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """(docnum, frequency, term number) of every posting, in term then docnum order.
-
-    A term's blocks follow each other from its offset (the first after the W3Bl magic), each `length`
-    bytes long after its int32 length: located for all terms at once, one block per term a round."""
-    offsets = infos["offset"].astype(np.int64) + len(BLOCK_MAGIC)
-    remaining = infos["df"].astype(np.int64)
-    starts, terms = [], []
-    active = np.arange(len(infos), dtype=np.int64)
-    at = offsets.copy()
-    while len(active):
-        starts.append(at[active])
-        terms.append(active)
-        lengths = np.abs(_gather(pst, at[active], np.dtype(">i4")).astype(np.int64))
-        at[active] += 4 + lengths
-        remaining[active] -= np.minimum(remaining[active], 128)
-        active = active[remaining[active] > 0]
-    block_at = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
-    block_term = np.concatenate(terms) if terms else np.zeros(0, dtype=np.int64)
-    order = np.lexsort((block_at, block_term))  # blocks of a term in file order
-    block_at, block_term = block_at[order], block_term[order]
-    info = _gather(pst, block_at + 4, _INFO)
-    n = info["n"]["v"].astype(np.int64)
-    data = block_at + _DATA_OFFSET
-    within = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
-    ids = _gather(pst, np.repeat(data + 4 + 1, n) + 5 * within, np.dtype("<i4")).astype(np.int64)
-    block_first = np.cumsum(n) - n
-    totals = np.cumsum(ids)
-    docs = totals - np.repeat(totals[block_first] - ids[block_first], n)  # delta-decoded per block
-    weights_at = data + 4 + 5 * n + 1
-    weighted = pst[weights_at] == ord("(")
-    values_at = weights_at + np.where(weighted, 2 + 9 * n, 1)
-    op = pst[values_at]
-    valued = op != ord("N")
-    freq_start = values_at + np.where(op == ord("C"), 2, 5)
-    posting_valued = np.repeat(valued, n)
-    freqs = np.ones(len(docs), dtype=np.int64)
-    freq_at = (np.repeat(freq_start, n) + 4 * within)[posting_valued]
-    freqs[posting_valued] = _gather(pst, freq_at, np.dtype(">u4")).astype(np.int64)
-    return docs, freqs, np.repeat(block_term, n)

@@ -71,10 +71,9 @@ LENGTH_LIMIT = 106374  # whoosh.util.numeric.length_to_byte: this length and abo
 SURFACE_CACHE_SIZE = 1 << 20  # surface tokens remembered with their term
 SENTINEL = "docentendoftext"  # + a number, so that no text contains it
 ANALYSIS_CHUNK_DOCS = 2048  # texts tokenised at once (bounds the token strings held)
-SCATTER_CHUNK_BYTES = 16 << 20
-VAR_BYTES_OFFSETS_ROWS = (
-    2**15
-)  # VarBytesColumn's write_offsets_cutoff  # bytes of destination indices built at once when placing records
+SCATTER_CHUNK_BYTES = 16 << 20  # bytes of destination indices built at once when placing records
+VAR_BYTES_OFFSETS_ROWS = 2**15  # VarBytesColumn's write_offsets_cutoff
+POINTER_CHASE_TERMS = 64  # fewer terms than this with blocks left: their blocks are found one by one
 # Whoosh's default word pattern has a capturing group (findall would return it). The same words: its group's
 # optional dot can only be empty after a maximal run of word characters, so each repeat is a dot and a run.
 WHOOSH_WORDS = r"\w+(\.?\w+)*"
@@ -580,6 +579,95 @@ def _rotations(
     used = np.flatnonzero(slots > 0)
     rotation[used] = (lowest[table_starts[used]] - table_starts[used] + 1) % slots[used]
     return rotation
+
+
+# -- reading posting blocks back ----------------------------------------------------------------------------
+
+
+def gather(
+    buffer: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64], dtype: np.dtype[Any]
+) -> npt.NDArray[Any]:
+    """Fixed-size records at byte offsets."""
+    size = dtype.itemsize
+    return buffer[(offsets[:, None] + np.arange(size)).ravel()].reshape(-1, size).copy().view(dtype).ravel()
+
+
+def decode_postings(
+    pst: npt.NDArray[np.uint8], offsets: npt.NDArray[np.integer], dfs: npt.NDArray[np.integer]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(docnum, frequency, term number) of every posting of the terms whose blocks start at `offsets` (with
+    `dfs` postings each) in posting blocks this module wrote, in term then docnum order (frequency 1 for
+    an Existence field's postings, which carry no values)."""
+    if len(offsets) == 1 and dfs[0] <= BLOCK_LIMIT:
+        return _decode_block(pst, int(offsets[0]) + len(BLOCK_MAGIC), int(dfs[0]))
+    block_at, block_term = _block_starts(
+        pst, np.asarray(offsets, dtype=np.int64), np.asarray(dfs, dtype=np.int64)
+    )
+    info = gather(pst, block_at + _INFO_OFFSET, _INFO)
+    n = info["n"]["v"].astype(np.int64)
+    data = block_at + _DATA_OFFSET
+    block_first = np.cumsum(n) - n
+    within = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(block_first, n)
+    ids = gather(pst, np.repeat(data + len(_DATA_HEAD) + 1, n) + 5 * within, np.dtype("<i4")).astype(np.int64)
+    totals = np.cumsum(ids)
+    docs = totals - np.repeat(totals[block_first] - ids[block_first], n)  # delta-decoded per block
+    weights_at = data + len(_DATA_HEAD) + 5 * n + 1
+    weighted = pst[weights_at] == ord("(")
+    values_at = weights_at + np.where(weighted, 2 + 9 * n, 1)
+    op = pst[values_at]
+    freq_start = values_at + np.where(op == ord("C"), 2, 5)
+    valued = np.repeat(op != ord("N"), n)
+    freqs = np.ones(len(docs), dtype=np.int64)
+    freq_at = (np.repeat(freq_start, n) + 4 * within)[valued]
+    freqs[valued] = gather(pst, freq_at, np.dtype(">u4")).astype(np.int64)
+    return docs, freqs, np.repeat(block_term, n)
+
+
+def _decode_block(
+    pst: npt.NDArray[np.uint8], at: int, n: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """decode_postings of one term of one block (most terms): its records read in place."""
+    data = at + _DATA_OFFSET + len(_DATA_HEAD)
+    docs = np.cumsum(np.frombuffer(pst, dtype=_JINT, count=n, offset=data)["v"], dtype=np.int64)
+    weights_at = data + 5 * n + 1
+    values_at = weights_at + (2 + 9 * n if pst[weights_at] == ord("(") else 1)
+    op = pst[values_at]
+    freqs = np.ones(n, dtype=np.int64)
+    if op != ord("N"):
+        freqs = np.frombuffer(pst, dtype=">u4", count=n, offset=values_at + (2 if op == ord("C") else 5))
+    return docs, freqs.astype(np.int64), np.zeros(n, dtype=np.int64)
+
+
+def _block_starts(
+    pst: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64], dfs: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Where each block's length field is, and its term: a term's blocks follow each other from its
+    offset (the first after the W3Bl magic), each as long as its int32 length says. Located one block of
+    every term a round while many terms have more; the last few long lists block by block."""
+    at = offsets + len(BLOCK_MAGIC)
+    remaining = dfs.copy()
+    starts: list[npt.NDArray[np.int64]] = []
+    terms: list[npt.NDArray[np.int64]] = []
+    active = np.arange(len(offsets), dtype=np.int64)
+    while len(active) > POINTER_CHASE_TERMS:
+        starts.append(at[active])
+        terms.append(active)
+        at[active] += 4 + np.abs(gather(pst, at[active], np.dtype(">i4")).astype(np.int64))
+        remaining[active] -= np.minimum(remaining[active], BLOCK_LIMIT)
+        active = active[remaining[active] > 0]
+    raw = pst.data
+    for term in active.tolist():
+        position, left, found = int(at[term]), int(remaining[term]), []
+        while left > 0:
+            found.append(position)
+            position += 4 + abs(int.from_bytes(raw[position : position + 4], "big", signed=True))
+            left -= BLOCK_LIMIT
+        starts.append(np.asarray(found, dtype=np.int64))
+        terms.append(np.full(len(found), term, dtype=np.int64))
+    block_at = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+    block_term = np.concatenate(terms) if terms else np.zeros(0, dtype=np.int64)
+    order = np.lexsort((block_at, block_term))  # a term's blocks in file order
+    return block_at[order], block_term[order]
 
 
 # -- the segment ------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Install the peers first (they are NOT dependencies of Docent; `make bench-peers`
     .venv/bin/python bench/peers.py --json                  # and one JSON line
     .venv/bin/python bench/peers.py ../shared/eval/debfaq   # any BEIR-layout collections
     .venv/bin/python bench/peers.py --speed --size 100000   # build times and query latency at 100K chunks
+    .venv/bin/python bench/peers.py --lexical-build --size 1000000  # our lexical build alone (no peers)
 
 A peer that cannot be imported is skipped with the reason printed. Every system sees the same chunks (the
 visible rows of the collection's `docent eval` index, index.evalrun.ensure_index, cached under
@@ -526,6 +527,37 @@ def speed(settings: Settings, size: int, peers: Mapping[str, ModuleType]) -> dic
     }  # fmt: skip
 
 
+def lexical_build(settings: Settings, size: int) -> dict[str, Any]:
+    """Our lexical index alone at `size` chunks (the speed corpus's perturbed copies, made batch by batch
+    without vectors, so 1M fits in memory), LEXICAL_BATCH chunks a commit: wall and CPU seconds."""
+    from bench.retrieval import perturb
+
+    source, _ = source_chunks(settings, load_embedder(settings, "minilm", purpose="offline"))
+    workdir = settings.data_path / "bench" / f"lexical-{size}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    LexicalIndex.create(workdir)
+    lexical = LexicalIndex.open(workdir)
+    wall = cpu = 0.0
+    try:
+        for start in range(0, size, LEXICAL_BATCH):
+            batch = []
+            for i in range(start, min(size, start + LEXICAL_BATCH)):
+                src, copy = source[i % len(source)].chunk, i // len(source)
+                chunk = msgspec.structs.replace(
+                    src, text=perturb(src.text, copy), doc_id=f"{src.doc_id}~{copy}"
+                )
+                batch.append(lexical_entry(i + 1, chunk))
+            started, cpu_started = time.perf_counter(), time.process_time()
+            lexical.apply(add=batch)
+            wall += time.perf_counter() - started
+            cpu += time.process_time() - cpu_started
+        segments = len(lexical.ix._segments())
+    finally:
+        lexical.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"size": size, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "segments": segments}
+
+
 LEXICAL_ONLY = ("bm25s", "tantivy")
 
 
@@ -566,8 +598,20 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print the report as one JSON line")
     parser.add_argument("--speed", action="store_true", help="build times and query latency instead")
     parser.add_argument("--size", type=int, default=100_000, help="speed mode: chunks in the corpus")
+    parser.add_argument(
+        "--lexical-build", action="store_true", help="only our lexical index's build at --size"
+    )
     args = parser.parse_args()
     settings = Settings.from_env()
+    if args.lexical_build:
+        report = lexical_build(settings, args.size)
+        wall, cpu = report["wall_s"], report["cpu_s"]
+        print(
+            f"lexical index (LexicalIndex.apply, {LEXICAL_BATCH:,} chunks a commit) at {args.size:,} chunks: "
+            f"{wall} s wall ({args.size / wall:,.0f} chunks/s), {cpu} s CPU "
+            f"({args.size / cpu:,.0f} chunks per CPU-second), {report['segments']} segments"
+        )
+        return
     peers = load_peers()
     if args.speed:
         report = speed(settings, args.size, peers)

@@ -9,6 +9,7 @@ Install the peers first (they are NOT dependencies of Docent; `make bench-peers`
     .venv/bin/python bench/peers.py --json                  # and one JSON line
     .venv/bin/python bench/peers.py ../shared/eval/debfaq   # any BEIR-layout collections
     .venv/bin/python bench/peers.py --speed --size 100000   # build times and query latency at 100K chunks
+    .venv/bin/python bench/peers.py --lexical-build --size 1000000  # our lexical build alone (no peers)
 
 A peer that cannot be imported is skipped with the reason printed. Every system sees the same chunks (the
 visible rows of the collection's `docent eval` index, index.evalrun.ensure_index, cached under
@@ -372,10 +373,20 @@ def speed_corpus(settings: Settings, size: int) -> SpeedCorpus:
     )  # fmt: skip
 
 
-def timed(build: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.perf_counter()
-    built = build()
-    return built, round(time.perf_counter() - started, 2)
+class Builds(dict[str, float]):
+    """Wall seconds of each build by name, and in `cpu` this process's CPU seconds over it (all threads):
+    on a shared machine the CPU time is the steadier figure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu: dict[str, float] = {}
+
+    def run(self, name: str, build: Callable[[], Any]) -> Any:
+        started, cpu = time.perf_counter(), time.process_time()
+        built = build()
+        self[name] = round(time.perf_counter() - started, 2)
+        self.cpu[name] = round(time.process_time() - cpu, 2)
+        return built
 
 
 def build_whoosh(corpus: SpeedCorpus, directory: Path) -> None:
@@ -415,13 +426,11 @@ Query = Callable[[int], object]  # query number -> (discarded) result
 
 def speed_systems(
     settings: Settings, corpus: SpeedCorpus, peers: Mapping[str, ModuleType], workdir: Path
-) -> tuple[dict[str, Query], dict[str, float], Searcher, dict[str, list[float]]]:
+) -> tuple[dict[str, Query], Builds, Searcher, dict[str, list[float]]]:
     """The timed query functions, the build seconds, our Searcher and its per-stage samples."""
-    builds: dict[str, float] = {}
-    _, builds["whoosh (LexicalIndex)"] = timed(lambda: build_whoosh(corpus, workdir / "whoosh-alone"))
-    version, builds["ours Ingestor (catalog + USearch + Whoosh)"] = timed(
-        lambda: build_ours(settings, corpus)
-    )
+    builds = Builds()
+    builds.run("whoosh (LexicalIndex)", lambda: build_whoosh(corpus, workdir / "whoosh-alone"))
+    version = builds.run("ours Ingestor (catalog + USearch + Whoosh)", lambda: build_ours(settings, corpus))
     searcher = Searcher(settings, version, corpus.embedder)
     stages: dict[str, list[float]] = {"ours bm25 stage": [], "ours ann stage": [], "ours embed stage": []}
 
@@ -441,14 +450,14 @@ def peer_speed_systems(
     corpus: SpeedCorpus,
     peers: Mapping[str, ModuleType],
     workdir: Path,
-    builds: dict[str, float],
+    builds: Builds,
 ) -> dict[str, Query]:
     systems: dict[str, Query] = {}
     q, v = corpus.queries, corpus.query_vectors
     if "bm25s" in peers:
-        lexical, builds["bm25s"] = timed(lambda: Bm25sIndex(peers["bm25s"], corpus.texts))
-        ann, builds["usearch (HNSW, for bm25s+usearch)"] = timed(
-            lambda: build_usearch(corpus.vectors, settings.vector_dtype)
+        lexical = builds.run("bm25s", lambda: Bm25sIndex(peers["bm25s"], corpus.texts))
+        ann = builds.run(
+            "usearch (HNSW, for bm25s+usearch)", lambda: build_usearch(corpus.vectors, settings.vector_dtype)
         )
 
         def bm25s_usearch(n: int) -> object:
@@ -458,8 +467,8 @@ def peer_speed_systems(
         systems["bm25s+usearch RRF"] = bm25s_usearch
         systems["bm25s"] = lambda n: lexical.search(q[n])
     if "tantivy" in peers:
-        tantivy_index, builds["tantivy"] = timed(
-            lambda: TantivyIndex(peers["tantivy"], corpus.texts, workdir / "tantivy")
+        tantivy_index = builds.run(
+            "tantivy", lambda: TantivyIndex(peers["tantivy"], corpus.texts, workdir / "tantivy")
         )
         systems["tantivy"] = lambda n: tantivy_index.search(q[n])
     if "lancedb" in peers:
@@ -512,7 +521,41 @@ def speed(settings: Settings, size: int, peers: Mapping[str, ModuleType]) -> dic
                "mean": round(statistics.mean(v), 2)}
         for name, v in samples.items()
     }  # fmt: skip
-    return {"size": size, "queries": len(corpus.queries), "build_s": builds, "latency_ms": latency}
+    return {
+        "size": size, "queries": len(corpus.queries), "build_s": dict(builds), "build_cpu_s": builds.cpu,
+        "latency_ms": latency,
+    }  # fmt: skip
+
+
+def lexical_build(settings: Settings, size: int) -> dict[str, Any]:
+    """Our lexical index alone at `size` chunks (the speed corpus's perturbed copies, made batch by batch
+    without vectors, so 1M fits in memory), LEXICAL_BATCH chunks a commit: wall and CPU seconds."""
+    from bench.retrieval import perturb
+
+    source, _ = source_chunks(settings, load_embedder(settings, "minilm", purpose="offline"))
+    workdir = settings.data_path / "bench" / f"lexical-{size}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    LexicalIndex.create(workdir)
+    lexical = LexicalIndex.open(workdir)
+    wall = cpu = 0.0
+    try:
+        for start in range(0, size, LEXICAL_BATCH):
+            batch = []
+            for i in range(start, min(size, start + LEXICAL_BATCH)):
+                src, copy = source[i % len(source)].chunk, i // len(source)
+                chunk = msgspec.structs.replace(
+                    src, text=perturb(src.text, copy), doc_id=f"{src.doc_id}~{copy}"
+                )
+                batch.append(lexical_entry(i + 1, chunk))
+            started, cpu_started = time.perf_counter(), time.process_time()
+            lexical.apply(add=batch)
+            wall += time.perf_counter() - started
+            cpu += time.process_time() - cpu_started
+        segments = len(lexical.ix._segments())
+    finally:
+        lexical.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"size": size, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "segments": segments}
 
 
 LEXICAL_ONLY = ("bm25s", "tantivy")
@@ -520,11 +563,14 @@ LEXICAL_ONLY = ("bm25s", "tantivy")
 
 def speed_tables(report: Mapping[str, Any]) -> str:
     size = report["size"]
-    lines = [f"builds at {size:,} chunks", "", "| index | build s | chunks/s |", "| --- | --- | --- |"]
+    lines = [
+        f"builds at {size:,} chunks (CPU s: this process, all threads)", "",
+        "| index | build s | chunks/s | CPU s |", "| --- | --- | --- | --- |",
+    ]  # fmt: skip
+    cpu = report.get("build_cpu_s", {})
     for name, seconds in report["build_s"].items():
-        lines.append(
-            f"| {name} | {seconds:.2f} | {size / seconds:,.0f} |" if seconds else f"| {name} | 0 | - |"
-        )
+        rate = f"{size / seconds:,.0f}" if seconds else "-"
+        lines.append(f"| {name} | {seconds:.2f} | {rate} | {cpu.get(name, '-')} |")
     latency = report["latency_ms"]
     lines += [
         "",
@@ -552,8 +598,20 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print the report as one JSON line")
     parser.add_argument("--speed", action="store_true", help="build times and query latency instead")
     parser.add_argument("--size", type=int, default=100_000, help="speed mode: chunks in the corpus")
+    parser.add_argument(
+        "--lexical-build", action="store_true", help="only our lexical index's build at --size"
+    )
     args = parser.parse_args()
     settings = Settings.from_env()
+    if args.lexical_build:
+        report = lexical_build(settings, args.size)
+        wall, cpu = report["wall_s"], report["cpu_s"]
+        print(
+            f"lexical index (LexicalIndex.apply, {LEXICAL_BATCH:,} chunks a commit) at {args.size:,} chunks: "
+            f"{wall} s wall ({args.size / wall:,.0f} chunks/s), {cpu} s CPU "
+            f"({args.size / cpu:,.0f} chunks per CPU-second), {report['segments']} segments"
+        )
+        return
     peers = load_peers()
     if args.speed:
         report = speed(settings, args.size, peers)

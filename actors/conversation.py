@@ -167,6 +167,7 @@ class Activation:
         self.workflow_tools = rt.registry.subset(WORKFLOW_TOOLS)
         self._asked_ms: dict[int, int] = {}  # turn -> the web's ask time (the log stamps the move time)
         self._streamed_turns: set[int] = set()  # turns whose first token was timed
+        self._inbox_cursor: str | None = None  # as read or moved under this lease (no one else moves it)
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -186,6 +187,8 @@ class Activation:
             )
         except StaleEpoch:
             raise _Stop() from None
+        if inbox_cursor is not None:
+            self._inbox_cursor = inbox_cursor
         for entry_id, event in zip(ids, stamped, strict=True):
             fold(self.state, entry_id, event)
         current = self.state.current
@@ -220,7 +223,9 @@ class Activation:
 
     def pull_inbox(self) -> bool:
         """Move what may enter the log now; True when the cursor moved."""
-        entries = self.rt.log.take_inbox(self.lease)
+        if self._inbox_cursor is None:
+            self._inbox_cursor = self.rt.log.inbox_cursor(self.conv_id)
+        entries = self.rt.log.take_inbox(self.lease, after=self._inbox_cursor)
         if not entries:
             return False
         busy, turns = self.state.busy, self.state.turns

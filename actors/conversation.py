@@ -122,6 +122,9 @@ log = logging.getLogger(__name__)
 
 ACTOR_NAME = "advance"
 LEASE_RETRY = RetryPolicy(max_retries=0, first_s=0.1, max_s=1.0)  # wait for a held lease, within these
+# An activation that ends this many events past the snapshot saves one (a Q&A turn appends 6), so the
+# next one folds a short tail instead of re-decoding every event (prompts included) since the last one.
+SNAPSHOT_TAIL_EVENTS = 6
 MAX_ACTIONS_PER_ACTIVATION = 1_000  # a safety net: every action appends, so the plan always progresses
 LLM_RETRY = RetryPolicy(max_retries=0, first_s=0.2, max_s=3.0, factor=5.0)  # 0.2, 1, 3 s; the plan retries
 REASON_CHARS = 2_000
@@ -290,7 +293,7 @@ class Activation:
             self.maybe_snapshot()
         else:
             self.emit([TurnFailed(code="internal", message="too many actions in one activation")])
-        self.maybe_snapshot()
+        self.maybe_snapshot(force=self.state.events - self.snapshot_events >= SNAPSHOT_TAIL_EVENTS)
 
     async def perform(self, action: Action) -> None:
         match action:

@@ -103,8 +103,10 @@ class Redactor:
         self.pending_docs: set[str] = set()
         self.chunk_doc: dict[str, str] = {}
         self.readable: dict[str, bool] = {}
-        self.secret: set[int] = set()
-        self.allowed: set[int] = set()
+        # Fingerprints, one set per document (shared, never copied): a reader who may read every document
+        # referenced has no secret, and its texts are never scanned.
+        self.secret: list[frozenset[int]] = []
+        self.allowed: list[frozenset[int]] = []
         self.exact: set[str] = set()
 
     def learn(self, event: Json) -> None:
@@ -136,16 +138,17 @@ class Redactor:
             not document.deleted and self.reader.can_read(document.tenant, document.readers)
         )
         self.readable[doc_id] = ok
-        shingles: set[int] | frozenset[int]
         if document is None:
-            shingles = _shingles("\n".join([self.catalog.document_text(doc_id) or "", *chunk_texts]))
+            shingles = [
+                frozenset(_shingles("\n".join([self.catalog.document_text(doc_id) or "", *chunk_texts])))
+            ]
         else:
             stored = _document_shingles(self.catalog, doc_id, document.content_hash, document.updated_at_ms)
-            shingles = stored | _shingles("\n".join(chunk_texts))
+            shingles = [stored, frozenset(_shingles("\n".join(chunk_texts)))]
         if ok:
-            self.allowed |= shingles
+            self.allowed += shingles
             return
-        self.secret |= shingles
+        self.secret += shingles
         names = (doc_id, document.title if document is not None else "")
         self.exact.update(n for n in names if len(n) >= MIN_NAME_CHARS)
 
@@ -195,6 +198,8 @@ class Redactor:
         return text
 
     def _passages(self, text: str, counter: list[int]) -> str:
+        if not self.secret:
+            return text
         spans = self._secret_spans(list(_WORD.finditer(text)))
         for start, end in reversed(spans):
             text = text[:start] + REDACTED + text[end:]
@@ -210,7 +215,7 @@ class Redactor:
         last = -SHINGLE_WORDS  # index of the last word covered
         for i in range(len(words) - SHINGLE_WORDS + 1):
             shingle = hash("\x1f".join(lowered[i : i + SHINGLE_WORDS]))
-            if shingle not in self.secret or shingle in self.allowed:
+            if not _in_any(shingle, self.secret) or _in_any(shingle, self.allowed):
                 continue
             end = words[i + SHINGLE_WORDS - 1].end()
             if spans and i - last <= SHINGLE_WORDS:
@@ -219,6 +224,10 @@ class Redactor:
                 spans.append((words[i].start(), end))
             last = i + SHINGLE_WORDS - 1
         return spans
+
+
+def _in_any(shingle: int, sets: list[frozenset[int]]) -> bool:
+    return any(shingle in one for one in sets)
 
 
 class EventView:

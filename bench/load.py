@@ -1,20 +1,25 @@
 """End-to-end load: C concurrent WebSocket users asking Q questions each against a real `docent run` stack.
 
-    .venv/bin/python -m bench.load [--users 1 10 40] [--questions 20] [--data-dir DIR]
+    .venv/bin/python -m bench.load [--users 1 10 40] [--questions 20] [--think-ms 0] [--set NAME=VALUE ...]
 
 The stack is a real `docent run` in a subprocess (`tests.stack_proc.Stack`: embedded Redis, web, worker,
 ingest, supervised), with the demo knowledge base built and ingested with the `hash` embedder (~1,600
 chunks; retrieval is the real hybrid search over it) and `DOCENT_LLM_BACKEND=openai` pointed at the
 scripted OpenAI-compatible server (`actors.testing.scripted_llm`, its own process, no delay between
 deltas): the figures are Docent's own, not a model's. The per-user and per-tenant ask rate limits are
-raised so the bench measures throughput, not the limiter.
+raised so the bench measures throughput, not the limiter. `--set worker_processes=2` passes DOCENT_
+settings to the stack.
 
-Each user is its own token and conversation on `/ws/chat` (hello → ready), then asks its questions one
-after the other (the demo golden set's questions, in qa mode), each one as soon as the previous answer
-completed. Per ask: ask → `accepted`, ask → first `delta`, ask → `answer_completed`; answers/s is
-completed answers over the level's wall time. Errors: error frames, failed turns and asks with no
-answer in ANSWER_TIMEOUT_S. Also printed: the load average at start and end (the machine is shared), the
-CPU each process used (cores), and Redis commands per answer (`INFO commandstats`, reset per level).
+Each user is its own token and conversation on `/ws/chat` (hello, ready), then asks its questions one
+after the other (the demo golden set's questions, in qa mode), each as soon as the previous answer
+completed: a closed loop, so with no pause latency is about users / answers per second; `--think-ms`
+adds a pause (exponential, that mean) before each next ask. Per ask: ask -> `accepted`, ask -> first
+`delta`, ask -> `answer_completed`; answers/s is completed answers over the level's wall time. Errors:
+error frames, failed turns and asks with no answer in ANSWER_TIMEOUT_S. Also printed: the load average
+at start and end (the machine is shared), the CPU each process used (cores, and ms per answer: less
+sensitive to other jobs than the rates), and Redis commands per answer (`INFO commandstats`, reset per
+level; they include the workers' idle polling of their queues). `--profile DIR` samples the web and
+worker processes with py-spy (`pip install py-spy` into the venv; not a dependency).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -176,7 +182,9 @@ async def open_user(url: str, token: str, name: str) -> User:
     return User(ws, name)
 
 
-async def run_users(stack: Stack, settings: Settings, users: int, per_user: int, tag: str) -> dict[str, Any]:
+async def run_users(
+    stack: Stack, settings: Settings, users: int, per_user: int, tag: str, think_ms: float = 0.0
+) -> dict[str, Any]:
     texts = questions()
     people = await asyncio.gather(*(
         open_user(stack.ws_url, mint_token(settings, TENANT, f"{tag}u{n}", ttl=3600), f"{tag}u{n}")
@@ -186,6 +194,8 @@ async def run_users(stack: Stack, settings: Settings, users: int, per_user: int,
     async def play(index: int, user: User) -> None:
         for q in range(per_user):
             await user.ask(texts[(index * per_user + q) % len(texts)], q)
+            if think_ms:
+                await asyncio.sleep(random.expovariate(1000 / think_ms))  # a person reading the answer
 
     started = time.perf_counter()
     await asyncio.gather(*(play(i, u) for i, u in enumerate(people)))
@@ -224,17 +234,17 @@ def profilers(pids: dict[str, int], directory: Path | None, users: int) -> list[
 
 
 def level(
-    stack: Stack, settings: Settings, llm_pid: int, users: int, per_user: int, profile: Path | None
+    stack: Stack, settings: Settings, llm_pid: int, users: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     client = redis.Redis.from_url(stack.redis_url())
     pids = {name: pid for name, pid in stack.pids.items() if name in ("web", "worker", "redis")}
     pids["llm"] = llm_pid
     load_start = os.getloadavg()[0]
     client.config_resetstat()
-    spies = profilers(pids, profile, users)
+    spies = profilers(pids, args.profile, users)
     cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
     own_start = time.process_time()
-    result = asyncio.run(run_users(stack, settings, users, per_user, tag=f"c{users}-"))
+    result = asyncio.run(run_users(stack, settings, users, args.questions, f"c{users}-", args.think_ms))
     cpu = {name: cpu_seconds(pid) - cpu_start[name] for name, pid in pids.items()}
     cpu["bench"] = time.process_time() - own_start
     for spy in spies:
@@ -281,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--users", type=int, nargs="+", default=[1, 10, 40])
     parser.add_argument("--questions", type=int, default=20, help="questions per user")
+    parser.add_argument("--think-ms", type=float, default=0.0, help="mean pause before each next ask")
     parser.add_argument("--data-dir", type=Path, help="keep the stack's data (the built index) here")
     parser.add_argument(
         "--profile", type=Path, help="py-spy the web and worker into DIR (pip install py-spy)"
@@ -303,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 settings = Settings.from_env({**stack.env, "DOCENT_DATA_DIR": str(data_dir)})
                 asyncio.run(run_users(stack, settings, 1, WARMUP_QUESTIONS, tag="warm-"))
                 for users in args.users:
-                    report(level(stack, settings, llm.process.pid, users, args.questions, args.profile))
+                    report(level(stack, settings, llm.process.pid, users, args))
             finally:
                 stack.stop()
     return 0

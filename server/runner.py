@@ -35,7 +35,7 @@ def procfile_commands(settings: Settings) -> dict[str, list[str]]:
         "web": [sys.executable, "-m", "server.app"],
         "worker": [
             str(bin_dir / "dramatiq"), "actors.worker", "--queues", "conversation", "approvals",
-            "--processes", "1", "--threads", "4",
+            "--processes", str(settings.worker_processes), "--threads", str(settings.worker_threads),
         ],
         "ingest": [
             str(bin_dir / "dramatiq"), "actors.worker", "--queues", "ingest", "reindex",

@@ -11,7 +11,7 @@ import copy
 import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -90,7 +90,7 @@ def parameters_schema(args_type: type[msgspec.Struct]) -> dict[str, Any]:
     return copy.deepcopy(_parameters_schema(args_type))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parameters_schema(args_type: type[msgspec.Struct]) -> dict[str, Any]:
     """Built once per args type: msgspec's schema generation costs milliseconds, every activation asks."""
     raw = msgspec.json.schema(args_type)

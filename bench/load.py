@@ -42,6 +42,7 @@ from typing import Any
 import redis
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench.ws import cpu_seconds, percentile
 from server.auth import mint_token
 from store.settings import Settings
 from tests.stack_proc import Stack
@@ -53,7 +54,6 @@ CONNECT_TIMEOUT_S = 30.0
 WARMUP_QUESTIONS = 3
 PROFILE_RATE_HZ = 200
 IDLE_WINDOW_S = 2.0
-CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 QUERIES = Path(__file__).resolve().parent.parent / "index" / "golden" / "demo" / "queries.jsonl"
 STACK_OVERRIDES = {
     "embed_model": "hash",
@@ -70,11 +70,6 @@ STACK_OVERRIDES = {
 
 def questions() -> list[str]:
     return [json.loads(line)["text"] for line in QUERIES.read_text().splitlines() if line.strip()]
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 # ---- processes --------------------------------------------------------------------------------------
@@ -120,14 +115,13 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
+def tree_cpu_seconds(pid: int) -> float:
     total = 0.0
     for member in _tree(pid):
         try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += cpu_seconds(member)
         except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S  # utime + stime
+            continue  # exited meanwhile
     return total
 
 
@@ -252,10 +246,10 @@ def level(
     idle_per_s = idle_calls_per_s(client)
     client.config_resetstat()
     spies = profilers(pids, args.profile, users)
-    cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_start = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
     own_start = time.process_time()
     result = asyncio.run(run_users(stack, settings, users, args.questions, f"c{users}-", args.think_ms))
-    cpu = {name: cpu_seconds(pid) - cpu_start[name] for name, pid in pids.items()}
+    cpu = {name: tree_cpu_seconds(pid) - cpu_start[name] for name, pid in pids.items()}
     cpu["bench"] = time.process_time() - own_start
     for spy in spies:
         spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
@@ -305,7 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--users", type=int, nargs="+", default=[1, 10, 40])
     parser.add_argument("--questions", type=int, default=20, help="questions per user")
     parser.add_argument("--think-ms", type=float, default=0.0, help="mean pause before each next ask")
-    parser.add_argument("--data-dir", type=Path, help="keep the stack's data (the built index) here")
+    parser.add_argument(
+        "--data-dir", type=Path, help="the stack's data dir (kept: its Redis AOF grows every run)"
+    )
     parser.add_argument(
         "--profile", type=Path, help="py-spy the web and worker into DIR (pip install py-spy)"
     )

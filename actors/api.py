@@ -29,10 +29,10 @@ from actors.broker import (
 )
 from index.reindex.jobs import RUN_ACTOR_NAME
 from store.blocking import run_blocking
-from store.events import ApprovalDecided, TurnCancelled, UserMessage
+from store.events import ApprovalDecided, Feedback, TurnCancelled, UserMessage
 from store.settings import Settings
 
-InboundItem = UserMessage | ApprovalDecided | TurnCancelled
+InboundItem = UserMessage | ApprovalDecided | TurnCancelled | Feedback
 DOCUMENT_ACTORS = frozenset({"sync_document", "reingest_document"})  # actors.documents_job
 
 

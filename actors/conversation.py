@@ -41,7 +41,8 @@ from typing import Any
 import dramatiq
 import msgspec
 
-from actors import attribution
+from actors import attribution, golden_feedback
+from actors.answer_policy import CacheDecision
 from actors.approval_request import approval_record, approval_requested, schedule_expiry
 from actors.broker import CONVERSATION_QUEUE, setup_broker
 from actors.llm.types import (
@@ -73,6 +74,7 @@ from actors.plan import (
 from actors.prompts import agent_messages, qa_messages, rewrite_messages
 from actors.runtime import Runtime, runtime
 from actors.sources import agent_sources, qa_sources
+from actors.spend import Spend
 from actors.state import ConversationState, TurnState, dump_state, fold, load_state
 from actors.tools.registry import (
     Registry,
@@ -82,15 +84,20 @@ from actors.tools.registry import (
     args_to_builtins,
     idempotency_key,
 )
+from actors.turn_trace import TurnTrace
 from actors.workflows import workflows_for
 from actors.workflows.orchestrator import WORKFLOW_TOOLS
 from index.types import Hit, Principal
 from store import metrics
 from store.events import (
+    AnswerCompleted,
     ApprovalDecided,
     ApprovalExpired,
+    CacheHit,
+    Citation,
     Delta,
     Event,
+    Feedback,
     LimitHit,
     LLMCompleted,
     LLMFailed,
@@ -170,6 +177,8 @@ class Activation:
         self.workflow_tools = rt.registry.subset(WORKFLOW_TOOLS)
         self._asked_ms: dict[int, int] = {}  # turn -> the web's ask time (the log stamps the move time)
         self._streamed_turns: set[int] = set()  # turns whose first token was timed
+        self.trace = TurnTrace(conv_id)  # OpenTelemetry spans from the appended events (off: inert)
+        self.spend = Spend(rt.settings)  # usage per tenant / user / day, and the daily budgets
         self._inbox_cursor: str | None = None  # as read or moved under this lease (no one else moves it)
 
     # -- writing ------------------------------------------------------------------------------------------
@@ -199,6 +208,12 @@ class Activation:
             asked = self._asked_ms.get(event.turn) or (current.started_ms if current else 0)
             route = (current.route or "") if current else ""
             metrics.observe_event(event, now_ms=now, asked_at_ms=asked, route=route)
+            self.trace.observe(self.state, event)
+            if current is not None:
+                self.spend.observe(principal_of(current.question), event)
+            if isinstance(event, Feedback):  # a down-voted answer: a golden-set candidate
+                tenant = principal_of(current.question).tenant if current else DEFAULT_TENANT
+                golden_feedback.propose(self.rt.log, self.rt.settings.redis_url, self.conv_id, tenant, event)
 
     async def delta(self, step: int, text: str) -> None:
         self._check_lease()
@@ -249,6 +264,8 @@ class Activation:
                     busy = False
                 case ApprovalDecided() | ApprovalExpired() if self._first_outcome(item, moved):
                     moved.append(msgspec.structs.replace(item, turn=current))
+                case Feedback() if 1 <= item.turn <= turns:  # its turn is the rated one's
+                    moved.append(item)
                 case _:
                     log.info(
                         "conversation %s: dropping inbox item %s (%s)",
@@ -346,15 +363,26 @@ class Activation:
 
     # -- retrieval ----------------------------------------------------------------------------------------
 
+    def cache_decision(self, query: str) -> CacheDecision:
+        turn = self.turn
+        return self.rt.cache_policy().decide(turn.question, self.principal.tenant, turn.route, query)
+
     async def retrieve(self, query: str) -> None:
+        decision = self.cache_decision(query)
+        if decision.use and await self.answer_from_cache(query, decision):
+            return
         started = time.perf_counter()
         try:
-            result = await self.rt.knowledge().retrieve(query, self.principal, self.rt.settings.qa_top_k)
+            result = await self.rt.knowledge().retrieve(
+                query, self.principal, self.rt.settings.qa_top_k, self.turn.question.filters
+            )
         except DocentError as exc:
             self.emit([TurnFailed(code="retrieval_failed", message=f"{exc.code}: {exc.message}")])
             return
         self._hits = list(result.hits)
         metrics.observe_retrieval(result.timings_ms)
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        self.trace.retrieval(self.state, result.timings_ms, latency_ms, len(result.hits))
         self.emit(
             [
                 RetrievalDone(
@@ -362,11 +390,35 @@ class Activation:
                     query=query,
                     chunk_ids=tuple(h.chunk_id for h in result.hits),
                     index_version=result.index_version,
-                    latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                    latency_ms=latency_ms,
                     sources=tuple(qa_sources(result.hits)),
                 )
             ]
         )
+
+    async def answer_from_cache(self, query: str, decision: CacheDecision) -> bool:
+        """Look the question up in the answer cache; True when a `CacheHit` was recorded (the answer)."""
+        try:
+            found = await self.rt.answers().lookup(query, self.principal, threshold=decision.threshold)
+        except DocentError as exc:  # the cache is an optimisation: without it the turn is answered fresh
+            log.warning("answer cache lookup skipped: %s: %s", exc.code, exc.message)
+            metrics.observe_answer_cache("error")
+            return False
+        metrics.observe_answer_cache(found.outcome)
+        record = found.record
+        if found.outcome != "hit" or record is None:
+            return False
+        self.emit(
+            [
+                CacheHit(
+                    entry_id=record.entry_id, similarity=found.similarity, cached_question=record.question,
+                    index_version=record.index_version, chunk_ids=record.chunk_ids, text=record.text,
+                    sources=record.sources, unsupported=record.unsupported, created_ms=record.created_ms,
+                    latency_ms=found.latency_ms,
+                )
+            ]
+        )  # fmt: skip
+        return True
 
     async def qa_hits(self) -> list[Hit]:
         retrieval = self.turn.retrieval
@@ -374,13 +426,17 @@ class Activation:
             return []
         if self._hits is None or [h.chunk_id for h in self._hits] != list(retrieval.chunk_ids):
             self._hits = await self.rt.knowledge().recall(
-                retrieval.query, self.principal, retrieval.chunk_ids
+                retrieval.query, self.principal, retrieval.chunk_ids, self.turn.question.filters
             )
         return self._hits
 
     # -- the model ----------------------------------------------------------------------------------------
 
     async def call_llm(self, step: int) -> None:
+        over = self.spend.overspent(self.principal, self.rt.clock())
+        if over is not None:  # a daily budget is spent: hand off before the model is called
+            self.emit([LimitHit(limit="budget", value=over.used, cap=over.cap, handed_off=True)])
+            return
         messages, tools = await self.prompt(step)
         backend = self.rt.llm()
         digest = prompt_hash(messages, tools)
@@ -483,6 +539,7 @@ class Activation:
             settings=self.rt.settings,
             knowledge=self.rt.knowledge() if tool.needs_knowledge_base else None,
             conversation_id=self.conv_id,
+            filters=self.turn.question.filters,
         )
         try:
             return await tool.run(args, context), None
@@ -504,21 +561,51 @@ class Activation:
     # -- the answer ---------------------------------------------------------------------------------------
 
     async def finish(self, text: str) -> None:
+        hit = self.turn.cache_hit
+        if hit is not None:
+            await self.finish_from_cache(hit)
+            return
         if self.turn.route == "qa":
             sources = qa_sources(await self.qa_hits())
         elif self.turn.route == "workflow":
             sources = self.flows.sources(self.turn)
         else:
             sources = agent_sources(self.turn.results.values())
-        if sources:  # the user must (still) be allowed to read every document cited or listed
-            readable = await self.rt.knowledge().readable_documents(
-                sorted({c.doc_id for c in sources}), self.principal
-            )
-            sources = [c for c in sources if c.doc_id in readable]
+        sources = await self.readable(sources)  # the user must (still) be allowed to read every one cited
         passages = {n: h.text for n, h in enumerate(self._hits or [], 1)} if self.turn.route == "qa" else {}
         attribute = attribution.enabled(self.rt.settings) and self.turn.route != "workflow"  # cited by code
         embed = self.rt.knowledge().embed if attribute else None
-        self.emit([await attribution.final_answer(text, sources, passages, embed, self.turn.question.text)])
+        answer = await attribution.final_answer(text, sources, passages, embed, self.turn.question.text)
+        self.emit([answer])
+        await self.remember(answer)
+
+    async def readable(self, sources: Sequence[Citation]) -> list[Citation]:
+        """The sources whose documents the principal may (still) read."""
+        if not sources:
+            return []
+        doc_ids = sorted({c.doc_id for c in sources})
+        docs = await self.rt.knowledge().readable_documents(doc_ids, self.principal)
+        return [c for c in sources if c.doc_id in docs]
+
+    async def finish_from_cache(self, hit: CacheHit) -> None:
+        """The cached answer, streamed and completed like a fresh one; its sources checked once more."""
+        sources = await self.readable(hit.sources)
+        await self.delta(0, hit.text)
+        answer = await attribution.final_answer(hit.text, sources, {}, None)
+        unsupported = hit.unsupported if answer.text == hit.text else ()
+        self.emit([msgspec.structs.replace(answer, unsupported=unsupported)])
+
+    async def remember(self, answer: AnswerCompleted) -> None:
+        """Cache a fresh Q&A answer when the policy allows (a failure only costs the next hit)."""
+        retrieval = self.turn.retrieval
+        if self.turn.route != "qa" or retrieval is None or not self.cache_decision(retrieval.query).use:
+            return
+        try:
+            await self.rt.answers().store_answer(
+                retrieval.query, self.principal, retrieval.index_version, retrieval.chunk_ids, answer
+            )
+        except DocentError as exc:
+            log.warning("answer not cached: %s: %s", exc.code, exc.message)
 
 
 # ---- activation entry -----------------------------------------------------------------------------------
@@ -565,6 +652,7 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
             "conversation %s: lease epoch %d lost; stopped without further writes", conv_id, lease.epoch
         )
     finally:
+        activation.trace.close()
         if not stale:
             try:
                 rt.log.release(lease)

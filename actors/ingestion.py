@@ -6,7 +6,7 @@ to the version being built (each with its own model), so a cutover never loses a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +16,44 @@ from actors.contextualize import make_contextualizer
 from index.ingest import DocumentOutcome, expand_paths, path_doc_id
 from index.reindex.dualwrite import DualWriter
 from index.types import Access
+from store import metrics
 from store.catalog import IngestOutcome
 from store.settings import Settings
 
 DocumentRequest = tuple[str, dict[str, Any]]  # doc id, Ingestor.ingest_document keyword arguments
+Progress = Callable[[Sequence[DocumentOutcome]], None]  # the outcomes of each committed slice
+PROGRESS_SLICE = 64  # documents per slice when a caller follows progress (one commit per target each)
 
 
 def ingest_documents(
-    settings: Settings, requests: Iterable[DocumentRequest], *, delete_first: bool = False
+    settings: Settings,
+    requests: Iterable[DocumentRequest],
+    *,
+    delete_first: bool = False,
+    progress: Progress | None = None,
 ) -> list[DocumentOutcome]:
     """Ingest the documents into every current version in batched commits; a failing document is an
-    outcome and does not stop the rest."""
+    outcome and does not stop the rest. With `progress`, the requests go in slices of PROGRESS_SLICE, each
+    committed and its outcomes recorded before `progress` hears of it."""
     client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
     requests = list(requests)
+    size = PROGRESS_SLICE if progress is not None else max(1, len(requests))
+    outcomes: list[DocumentOutcome] = []
     try:
         with DualWriter(settings, client, contextualizer=make_contextualizer(settings)) as writer:
             if delete_first:
                 for doc_id, _ in requests:
                     writer.delete_document(doc_id)
-            outcomes = writer.ingest_documents(requests)
-            writer.catalog.record_outcomes(outcome_of(o) for o in outcomes)
+            for start in range(0, len(requests), size):
+                done = writer.ingest_documents(requests[start : start + size])
+                writer.catalog.record_outcomes(outcome_of(o) for o in done)
+                metrics.observe_ingest(
+                    (o.status for o in done),
+                    embedded=sum(o.embedded for o in done), written=sum(o.added for o in done),
+                )  # fmt: skip
+                outcomes.extend(done)
+                if progress is not None:
+                    progress(done)
             return outcomes
     finally:
         if client is not None:

@@ -2,6 +2,7 @@
 
     kb = ServiceKnowledgeBase(SearchService(settings))
     result = await kb.retrieve("how long is parental leave", principal, k=8)   # SearchResult (+ version)
+    result = await kb.retrieve(query, principal, k=8, filters=SearchFilters(tags_any=("hr",)))
     hits = await kb.search(query, principal, k)                                # the knowledge tools
     found = await kb.read(doc_id, principal)                                   # (title, text) or None
     again = await kb.recall(query, principal, chunk_ids)                       # replay: the same chunks
@@ -23,6 +24,7 @@ from index.search import SearchService
 from index.types import Hit, Principal, SearchResult
 from store.blocking import run_blocking
 from store.exceptions import IndexNotFound
+from store.metadata import Filters
 
 RECALL_MIN_K = 20
 TITLES_LIMIT = 1000  # the catalog's page size; a larger tenant needs a title index (not built)
@@ -34,25 +36,32 @@ class ServiceKnowledgeBase:
     def __init__(self, service: SearchService) -> None:
         self.service = service
 
-    async def retrieve(self, query: str, principal: Principal, k: int) -> SearchResult:
-        """Top `k` chunks this principal may read; an empty result (version "") when nothing is indexed."""
+    async def retrieve(
+        self, query: str, principal: Principal, k: int, filters: Filters = None
+    ) -> SearchResult:
+        """Top `k` chunks this principal may read (of documents matching `filters`); an empty result
+        (version "") when nothing is indexed."""
         try:
-            result = await self.service.search(query, principal, k=k)
+            result = await self.service.search(query, principal, k=k, filters=filters)
         except IndexNotFound:
             return SearchResult(query=query, index_version="", hits=[])
         return await self.service.sections(result, principal)
 
-    async def search(self, query: str, principal: Principal, k: int) -> Sequence[Hit]:
-        return (await self.retrieve(query, principal, k)).hits
+    async def search(
+        self, query: str, principal: Principal, k: int, filters: Filters = None
+    ) -> Sequence[Hit]:
+        return (await self.retrieve(query, principal, k, filters)).hits
 
     async def read(self, doc_id: str, principal: Principal) -> tuple[str, str] | None:
         return await self.service.read(doc_id, principal)
 
-    async def recall(self, query: str, principal: Principal, chunk_ids: Sequence[str]) -> list[Hit]:
+    async def recall(
+        self, query: str, principal: Principal, chunk_ids: Sequence[str], filters: Filters = None
+    ) -> list[Hit]:
         """The recorded chunks again, in the recorded order (those still readable and findable)."""
         if not chunk_ids:
             return []
-        result = await self.retrieve(query, principal, max(RECALL_MIN_K, 2 * len(chunk_ids)))
+        result = await self.retrieve(query, principal, max(RECALL_MIN_K, 2 * len(chunk_ids)), filters)
         by_id = {hit.chunk_id: hit for hit in result.hits}
         return [by_id[c] for c in chunk_ids if c in by_id]
 

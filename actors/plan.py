@@ -189,6 +189,8 @@ def earlier_questions(state: ConversationState) -> list[str]:
 
 
 def _next_qa(turn: TurnState, earlier: list[str], rewrite: bool) -> Action:
+    if turn.cache_hit is not None:
+        return Finish(text=turn.cache_hit.text)
     if turn.retrieval is None:
         return _rewrite_or_retrieve(turn, earlier, rewrite)
     return _llm_or_fail(turn, 0) or Finish(text=turn.llm_completed[0].text)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from actors.answer_policy import AnswerCachePolicy
 from actors.kb import ServiceKnowledgeBase
 from actors.llm.backends import load_backend
 from actors.llm.types import LLMBackend
@@ -29,6 +30,8 @@ from actors.plan import Caps
 from actors.tools import default_registry
 from actors.tools.policy import RiskPolicy
 from actors.tools.registry import Registry
+from index.answer_cache import AnswerCache
+from store.answer_cache import AnswerStore
 from store.approvals import ApprovalLedger
 from store.clock import now_ms as wall_clock_ms
 from store.exceptions import IndexNotFound
@@ -62,7 +65,9 @@ class Runtime:
     clock: Callable[[], int] = wall_clock_ms
     crash: CrashHook = no_crash
     knowledge_factory: Callable[[], ServiceKnowledgeBase] | None = None
+    answer_policy: AnswerCachePolicy | None = None  # from settings when None
     _knowledge: ServiceKnowledgeBase | None = None
+    _answers: AnswerCache | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _local: threading.local = field(default_factory=threading.local)
     _backends: list[tuple[asyncio.AbstractEventLoop, LLMBackend]] = field(default_factory=list)
@@ -88,6 +93,22 @@ class Runtime:
 
                     self._knowledge = ServiceKnowledgeBase(SearchService(self.settings))
             return self._knowledge
+
+    def cache_policy(self) -> AnswerCachePolicy:
+        with self._lock:
+            if self.answer_policy is None:
+                self.answer_policy = AnswerCachePolicy.from_settings(self.settings)
+            return self.answer_policy
+
+    def answers(self) -> AnswerCache:
+        """The semantic answer cache over the knowledge base's search service (index.answer_cache)."""
+        knowledge = self.knowledge()
+        with self._lock:
+            if self._answers is None:
+                self._answers = AnswerCache(
+                    self.settings, knowledge.service, AnswerStore.from_url(self.settings.redis_url)
+                )
+            return self._answers
 
     def llm(self) -> LLMBackend:
         """One backend per worker thread (an HTTP session is bound to its thread's event loop)."""
@@ -130,6 +151,8 @@ class Runtime:
                 loop.run_until_complete(backend.aclose())
                 loop.close()
         self._backends.clear()
+        if self._answers is not None:
+            self._answers.close()
         if self._knowledge is not None:
             self._knowledge.close()
         self.log.close()

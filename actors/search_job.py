@@ -34,7 +34,8 @@ def answer(call: SearchCall) -> SearchReply:
     principal = Principal(tenant=call.tenant, user=call.user, groups=call.groups)
     try:
         service = runtime().knowledge().service
-        return SearchReply(result=service.search_sync(call.query, principal, k=call.k, mode=call.mode))
+        result = service.search_sync(call.query, principal, k=call.k, mode=call.mode, filters=call.filters)
+        return SearchReply(result=result)
     except IndexNotFound:
         return SearchReply(result=SearchResult(query=call.query, index_version="", hits=[]))
     except DocentError as exc:

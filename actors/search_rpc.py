@@ -25,6 +25,7 @@ from index.types import SearchResult
 from store.blocking import run_blocking
 from store.exceptions import DocentError, Unavailable, error_class
 from store.keys import search_reply
+from store.metadata import SearchFilters
 from store.settings import Settings
 
 SEARCH_ACTOR = "search_request"
@@ -41,6 +42,7 @@ class SearchCall(msgspec.Struct, frozen=True, kw_only=True):
     tenant: str
     user: str
     groups: tuple[str, ...] = ()
+    filters: SearchFilters | None = None  # store.metadata: narrows inside retrieval, never widens
 
 
 class SearchReply(msgspec.Struct, frozen=True, kw_only=True):

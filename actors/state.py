@@ -15,6 +15,7 @@ from store.events import (
     ApprovalDecided,
     ApprovalExpired,
     ApprovalRequested,
+    CacheHit,
     Event,
     LimitHit,
     LLMCompleted,
@@ -52,6 +53,7 @@ class TurnState(msgspec.Struct, kw_only=True):
     workflow: str = ""  # route "workflow": the definition's name
     started_ms: int = 0
     retrieval: RetrievalDone | None = None
+    cache_hit: CacheHit | None = None  # answered from the answer cache (no retrieval, no model call)
     llm_requested: dict[int, LLMRequested] = {}
     llm_completed: dict[int, LLMCompleted] = {}
     llm_failures: dict[int, int] = {}  # step -> failures so far
@@ -97,6 +99,8 @@ def fold(state: ConversationState, event_id: str, event: Event) -> ConversationS
             turn.route, turn.workflow = event.route, event.workflow
         case RetrievalDone() if turn:
             turn.retrieval = event
+        case CacheHit() if turn:
+            turn.cache_hit = event
         case LLMRequested() if turn:
             turn.llm_requested[event.step] = event
         case LLMCompleted() if turn:

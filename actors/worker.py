@@ -7,6 +7,7 @@ modules are imported so that they declare their actors on it:
     actors.ingest_job     ingest_file(tenant, path)         queue ingest
     actors.documents_job  sync_document, reingest_document  queue ingest
     actors.search_job     search_request(request_id, call)  queue conversation
+    actors.sync_job       sync_source(dir)                  queue ingest (scheduled folder syncs)
     actors.approvals      expiry and reminder timers        queue approvals   (when present)
     actors.reindex        index rebuilds                    queue reindex     (when present)
 
@@ -24,12 +25,13 @@ import threading
 import dramatiq
 
 from actors.broker import setup_broker
+from store import tracing
 from store.permissions import private_umask
 from store.redis_identity import verify_at_boot
 from store.settings import get_settings
 
 REQUIRED_MODULES = (
-    "actors.conversation", "actors.ingest_job", "actors.documents_job", "actors.search_job"
+    "actors.conversation", "actors.ingest_job", "actors.documents_job", "actors.search_job", "actors.sync_job"
 )
 OPTIONAL_MODULES = ("actors.approvals", "actors.reindex")
 
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 private_umask()
 # Refuse, before consuming anything, a Redis that is not the one `docent run` started for this stack.
 verify_at_boot(get_settings())
+tracing.configure("worker")  # OTLP traces when OTEL_EXPORTER_OTLP_ENDPOINT is set (store.tracing)
 broker: dramatiq.Broker = setup_broker()
 
 
@@ -60,3 +63,8 @@ if get_settings().warm_start:
 
     threading.Thread(target=warm_up, name="warm-start", daemon=True).start()
 LOADED = REQUIRED_MODULES + tuple(n for n in OPTIONAL_MODULES if _import_optional(n))
+
+if get_settings().sync_sources_path:  # a bad sources file stops the worker here (config_error)
+    from actors.sync_job import kick
+
+    kick(get_settings())  # one message per source; a source synced within its interval ignores it

@@ -59,6 +59,16 @@ class Probe(Middleware):
             self.event.notify_all()
 
 
+def worker_settings(data_dir: Path, redis_url: str, llm_url: str, max_steps: int) -> Settings:
+    """An in-process worker's settings: the hash embedder, the scripted LLM, HTTP to the local sink."""
+    return Settings.from_env({
+        "DOCENT_DATA_DIR": str(data_dir), "DOCENT_REDIS_URL": redis_url,
+        "DOCENT_EMBED_MODEL": "hash", "DOCENT_LLM_BACKEND": "openai", "DOCENT_LLM_URL": llm_url,
+        "DOCENT_HTTP_ALLOW_HOSTS": "127.0.0.1", "DOCENT_HTTP_ALLOW_PRIVATE": "true",
+        "DOCENT_MAX_STEPS": str(max_steps),
+    })  # fmt: skip
+
+
 def summary(samples_s: list[float]) -> str:
     ordered = sorted(samples_s)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -155,12 +165,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis", port=free_port()) as redis:
         sink = HttpSink()
         with SinkThread(sink), ScriptedLLMThread() as llm:
-            settings = Settings.from_env({
-                "DOCENT_DATA_DIR": str(Path(tmp) / "data"), "DOCENT_REDIS_URL": redis.url,
-                "DOCENT_EMBED_MODEL": "hash", "DOCENT_LLM_BACKEND": "openai", "DOCENT_LLM_URL": llm.url,
-                "DOCENT_HTTP_ALLOW_HOSTS": "127.0.0.1", "DOCENT_HTTP_ALLOW_PRIVATE": "true",
-                "DOCENT_MAX_STEPS": str(args.steps + 5),
-            })  # fmt: skip
+            settings = worker_settings(Path(tmp) / "data", redis.url, llm.url, args.steps + 5)
             broker = setup_broker(settings)
             probe = Probe()
             broker.add_middleware(probe)

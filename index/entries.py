@@ -19,6 +19,7 @@ from store.catalog import CatalogDocument, ChunkRow
 from store.exceptions import (
     InputError,
 )  # fmt: skip
+from store.metadata import encode_metadata
 
 MAX_READER_TOKENS = 256
 OutcomeStatus = Literal["indexed", "unchanged", "deleted", "missing", "failed"]
@@ -138,7 +139,7 @@ def catalog_document(document: Document) -> CatalogDocument:
     return CatalogDocument(
         doc_id=document.doc_id, title=document.title, source=document.source, format=document.format,
         content_hash=document.content_hash, tenant=document.access.tenant,
-        readers=tuple(document.access.readers), size_bytes=document.size_bytes,
+        readers=tuple(document.access.readers), size_bytes=document.size_bytes, metadata=document.metadata,
     )  # fmt: skip
 
 
@@ -154,4 +155,6 @@ def ingest_hash(document: Document, chunks: Sequence[Chunk] | None = None, *, ch
     )  # fmt: skip
     for chunk in chunks or ():
         digest.update(f"\x00{entry_key(chunk)}:{chunk.ordinal}".encode())
+    if not document.metadata.is_empty():  # a metadata change re-commits the row (entries are unchanged)
+        digest.update(b"\x00metadata:" + encode_metadata(document.metadata).encode())
     return digest.hexdigest()

@@ -80,6 +80,7 @@ from store.exceptions import (
     TooManyChunks,
     error_class,
 )  # fmt: skip
+from store.metadata import EMPTY_METADATA, DocumentMetadata, check_metadata
 from store.settings import Settings
 
 DOCS_PER_COMMIT = 64  # documents per Whoosh commit and USearch generation
@@ -89,7 +90,7 @@ CREATE_LOCK_FILE = "create.lock"
 
 _T = TypeVar("_T")
 Progress = Callable[[int, int], None]  # (documents done, documents in the call)
-DOCUMENT_ARGUMENTS = frozenset({"data", "path", "fmt", "title", "access", "source"})
+DOCUMENT_ARGUMENTS = frozenset({"data", "path", "fmt", "title", "access", "source", "metadata"})
 # (document text, chunk text, deterministic context) -> the chunk's contextual prefix. Blocking; the actors
 # layer builds one from the configured LLM (Anthropic's contextual-retrieval prompt, index.context).
 Contextualizer = Callable[[str, str, str], str]
@@ -173,10 +174,11 @@ class Ingestor:
         title: str | None = None,
         access: Access = Access(),
         source: str | None = None,
+        metadata: DocumentMetadata = EMPTY_METADATA,
     ) -> DocumentOutcome:
         """One document from bytes (`fmt` required) or from a path; raises its typed error on failure."""
         report = self._run(
-            [(doc_id, lambda: self._load(doc_id, data, path, fmt, title, access, source))], None
+            [(doc_id, lambda: self._load(doc_id, data, path, fmt, title, access, source, metadata))], None
         )
         return _single(report)
 
@@ -192,9 +194,10 @@ class Ingestor:
         if unknown:
             raise InputError(f"unknown document arguments: {sorted(unknown)}")
         get = arguments.get
+        access, metadata = get("access", Access()), get("metadata", EMPTY_METADATA)
         return self._load(
-            doc_id, get("data"), get("path"), get("fmt"), get("title"), get("access", Access()), get("source")
-        )
+            doc_id, get("data"), get("path"), get("fmt"), get("title"), access, get("source"), metadata
+        )  # fmt: skip
 
     def ingest_chunks(
         self, document: Document, chunks: Sequence[Chunk], *, text: str | None = None
@@ -363,7 +366,9 @@ class Ingestor:
     # -- loading -------------------------------------------------------------------------------------------
 
     def _load_path(self, path: Path, access: Access) -> SourceDocument:
-        return self._load(path_doc_id(self.settings, path), None, path, None, None, access, None)
+        return self._load(
+            path_doc_id(self.settings, path), None, path, None, None, access, None, EMPTY_METADATA
+        )
 
     def _load(
         self,
@@ -374,11 +379,13 @@ class Ingestor:
         title: str | None,
         access: Access,
         source: str | None,
+        metadata: DocumentMetadata,
     ) -> SourceDocument:
         from index.parse import format_for, load_source, parse_document
 
         check_doc_id(doc_id)
         check_access(access)
+        check_metadata(metadata)
         if (data is None) == (path is None):
             raise InputError("give a document's data or its path, not both", doc_id=doc_id)
         if path is not None:
@@ -394,6 +401,7 @@ class Ingestor:
         document = Document(
             doc_id=doc_id, title=title or parsed.title, source=source or doc_id, format=parsed.format,
             content_hash=hashlib.sha256(data).hexdigest(), access=access, size_bytes=len(data),
+            metadata=metadata,
         )  # fmt: skip
         if title:
             parsed = msgspec.structs.replace(parsed, title=title)
@@ -403,6 +411,7 @@ class Ingestor:
     def _given_chunks(self, document: Document, chunks: Sequence[Chunk], text: str | None) -> SourceDocument:
         check_doc_id(document.doc_id)
         check_access(document.access)
+        check_metadata(document.metadata)
         ids = set()
         for chunk in chunks:
             if chunk.doc_id != document.doc_id:
@@ -452,16 +461,20 @@ def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
                     yield Path(root) / name
 
 
-def path_doc_id(settings: Settings, path: Path) -> str:
-    """`<root name>/<path under it>` for a file under an allowed root, else its resolved path."""
-    from index.parse import allowed_roots
-
+def path_doc_id(settings: Settings, path: Path, *, roots: Sequence[Path] | None = None) -> str:
+    """`<root name>/<path under it>` for a file under an allowed root, else its resolved path. `roots`:
+    the allowed roots already resolved (`resolved_roots`), for callers naming many files."""
     resolved = Path(path).resolve()
-    for root in allowed_roots(settings):
-        root = root.resolve()
+    for root in resolved_roots(settings) if roots is None else roots:
         if resolved.is_relative_to(root):
             return f"{root.name}/{resolved.relative_to(root).as_posix()}"
     return resolved.as_posix()
+
+
+def resolved_roots(settings: Settings) -> list[Path]:
+    from index.parse import allowed_roots
+
+    return [root.resolve() for root in allowed_roots(settings)]
 
 
 def _display_id(name: object) -> str:

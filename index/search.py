@@ -2,6 +2,7 @@
 
     searcher = Searcher(settings, version, embedder, query_embedder=qe, reranker=rr)   # ModelMismatch?
     result = await searcher.search("how do I reset my password", principal, k=8, mode="hybrid")
+    result = await searcher.search(query, principal, filters=SearchFilters(tags_any=("hr",)))
     result = searcher.search_sync(query, principal)                  # eval / bench, no event loop
     results = searcher.search_many_sync(queries, principal)          # one embedding call for all
 
@@ -11,8 +12,8 @@
 
 One query (`timings_ms` has a key per stage):
   embed   the query vector (QueryEmbedder's cached `aembed_query` when given, else the embedder);
-  ann     USearch top `retrieve_k`      } concurrently, each in `run_blocking`; access control is inside
-  bm25    Whoosh BM25 top `retrieve_k`  } both retrievers (see index.vectors / index.lexical)
+  ann     USearch top `retrieve_k`      } concurrently, each in `run_blocking`; access control and the
+  bm25    Whoosh BM25 top `retrieve_k`  } metadata filters are inside both retrievers (AccessFilter)
   fuse    index.fusion: `fusion="zscore"` (the default) sums the standardised scores of the two lists with
           `weights` (dense settings.fusion_dense_weight, bm25 the rest); `fusion="rrf"` is weighted RRF
           (k = settings.rrf_k). Ranks in each list are kept as provenance;
@@ -47,7 +48,7 @@ import redis.asyncio as aredis
 
 from index.entries import chunk_of
 from index.fusion import Fused, dense_weighted, keep_lexical_top, rrf, zscore
-from index.keys import Keys, Scored
+from index.keys import Keys, Scored, as_keys
 from index.lexical import LexicalIndex
 from index.sections import section_passages
 from index.types import Embedder, Hit, Manifest, ModelIdentity, Principal, SearchResult, Vector
@@ -56,6 +57,7 @@ from index.versions import alias_path, check_model, get_active, read_manifest, v
 from store.blocking import run_blocking
 from store.catalog import Catalog, ChunkRow
 from store.exceptions import IndexNotFound, InputError, ModelError, ModelMismatch
+from store.metadata import Filters, all_of
 from store.settings import Settings
 
 Mode = Literal["hybrid", "dense", "bm25"]
@@ -86,22 +88,28 @@ def _ms(started: float) -> float:
 
 
 class AccessFilter:
-    """`allowed(keys)` for one query: visible in the version and readable by the principal (catalog).
+    """`allowed(keys)` for one query: visible in the version, readable by the principal and, with
+    `filters`, of a document matching them (catalog; the filters are ANDed, so they only narrow).
 
-    Memoised, so the retrievers' oversampling rounds and the two retrievers share the lookups.
+    Both retrievers grow their candidate lists until k keys pass (index.vectors, index.lexical), so a
+    filter is a mask inside retrieval, never a trim of a shared top k. Memoised, so the retrievers'
+    oversampling rounds and the two retrievers share the lookups.
     """
 
-    def __init__(self, catalog: Catalog, version: str, principal: Principal) -> None:
+    def __init__(self, catalog: Catalog, version: str, principal: Principal, filters: Filters = None) -> None:
         self.catalog = catalog
         self.version = version
         self.principal = principal
+        self.filters = all_of(filters)
         self.tokens = principal.reader_tokens()
         self._known: dict[int, bool] = {}
 
     def __call__(self, keys: Keys) -> npt.NDArray[np.bool_]:
         unknown = [int(key) for key in keys if int(key) not in self._known]
         if unknown:
-            readable = self.catalog.readable_keys(self.version, unknown, self.principal.tenant, self.tokens)
+            readable = self.catalog.readable_keys(
+                self.version, unknown, self.principal.tenant, self.tokens, self.filters
+            )
             self._known.update((key, key in readable) for key in unknown)
         return np.fromiter((self._known[int(key)] for key in keys), dtype=bool, count=len(keys))
 
@@ -170,12 +178,18 @@ class Searcher:
     # -- the async hot path --------------------------------------------------------------------------
 
     async def search(
-        self, query: str, principal: Principal, *, k: int | None = None, mode: Mode = "hybrid"
+        self,
+        query: str,
+        principal: Principal,
+        *,
+        k: int | None = None,
+        mode: Mode = "hybrid",
+        filters: Filters = None,
     ) -> SearchResult:
         k = self._check(query, principal, k, mode)
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        allowed = AccessFilter(self.catalog, self.version, principal)
+        allowed = AccessFilter(self.catalog, self.version, principal, filters)
         dense: list[Scored] = []
         lexical: list[Scored] = []
         if mode == "bm25":
@@ -191,9 +205,13 @@ class Searcher:
                     run_blocking(self._dense, vector, allowed, timings),
                     run_blocking(self._bm25, query, principal, allowed, timings),
                 )
-        hits = await run_blocking(self._finish, query, principal, dense, lexical, mode, k, timings)
+        hits = await run_blocking(self._finish, query, principal, dense, lexical, mode, k, timings, allowed)
         timings["total"] = _ms(started)
         return SearchResult(query=query, index_version=self.version, hits=hits, timings_ms=timings)
+
+    async def embed_query(self, query: str) -> Vector:
+        """The query's vector exactly as `search` embeds it (the query embedder's cache: computed once)."""
+        return await self._aembed(query)
 
     async def _aembed(self, query: str) -> Vector:
         if self.query_embedder is not None:
@@ -203,7 +221,13 @@ class Searcher:
     # -- synchronous variants (evaluation, benchmarks) ----------------------------------------------
 
     def search_sync(
-        self, query: str, principal: Principal, *, k: int | None = None, mode: Mode = "hybrid"
+        self,
+        query: str,
+        principal: Principal,
+        *,
+        k: int | None = None,
+        mode: Mode = "hybrid",
+        filters: Filters = None,
     ) -> SearchResult:
         """`search` without an event loop: the same stages, one after the other, in this thread."""
         k = self._check(query, principal, k, mode)
@@ -214,7 +238,7 @@ class Searcher:
             embed_started = time.perf_counter()
             vector = self.embedder.embed([query])[0]
             timings["embed"] = _ms(embed_started)
-        hits = self._retrieve(query, vector, principal, k, mode, timings)
+        hits = self._retrieve(query, vector, principal, k, mode, timings, filters)
         timings["total"] = _ms(started)
         return SearchResult(query=query, index_version=self.version, hits=hits, timings_ms=timings)
 
@@ -248,11 +272,12 @@ class Searcher:
         k: int,
         mode: Mode,
         timings: dict[str, float],
+        filters: Filters = None,
     ) -> list[Hit]:
-        allowed = AccessFilter(self.catalog, self.version, principal)
+        allowed = AccessFilter(self.catalog, self.version, principal, filters)
         dense = self._dense(vector, allowed, timings) if vector is not None else []
         lexical = self._bm25(query, principal, allowed, timings) if mode != "dense" else []
-        return self._finish(query, principal, dense, lexical, mode, k, timings)
+        return self._finish(query, principal, dense, lexical, mode, k, timings, allowed)
 
     # -- stages (blocking) ----------------------------------------------------------------------------
 
@@ -301,6 +326,7 @@ class Searcher:
         mode: Mode,
         k: int,
         timings: dict[str, float],
+        allowed: AccessFilter,
     ) -> list[Hit]:
         started = time.perf_counter()
         fused = self._fuse(query, dense, lexical, mode)
@@ -312,10 +338,11 @@ class Searcher:
         candidates = fused[: depth + k]  # a few spare: a row may have been hidden since retrieval
         rows = self.catalog.chunk_rows(self.version, [f.key for f in candidates])
         tokens = principal.reader_tokens()
+        passed = allowed(as_keys([f.key for f in candidates])).tolist() if candidates else []
         readable = [
             (f, rows[f.key])
-            for f in candidates
-            if f.key in rows and rows[f.key].readable_by(principal.tenant, tokens)
+            for f, ok in zip(candidates, passed, strict=True)
+            if ok and f.key in rows and rows[f.key].readable_by(principal.tenant, tokens)
         ][:depth]
         timings["catalog"] = _ms(started)
         rerank_scores: list[float | None] = [None] * len(readable)
@@ -435,15 +462,27 @@ class SearchService:
         return fresh if fresh is not None else await run_blocking(self.current)
 
     async def search(
-        self, query: str, principal: Principal, *, k: int | None = None, mode: Mode = "hybrid"
+        self,
+        query: str,
+        principal: Principal,
+        *,
+        k: int | None = None,
+        mode: Mode = "hybrid",
+        filters: Filters = None,
     ) -> SearchResult:
         searcher = await self.searcher()  # this query stays on this (version, embedder) pair
-        return await searcher.search(query, principal, k=k, mode=mode)
+        return await searcher.search(query, principal, k=k, mode=mode, filters=filters)
 
     def search_sync(
-        self, query: str, principal: Principal, *, k: int | None = None, mode: Mode = "hybrid"
+        self,
+        query: str,
+        principal: Principal,
+        *,
+        k: int | None = None,
+        mode: Mode = "hybrid",
+        filters: Filters = None,
     ) -> SearchResult:
-        return self.current().search_sync(query, principal, k=k, mode=mode)
+        return self.current().search_sync(query, principal, k=k, mode=mode, filters=filters)
 
     async def sections(self, result: SearchResult, principal: Principal) -> SearchResult:
         """The result with each hit widened to its section (settings.context_window_tokens; 0: as it is)."""

@@ -8,11 +8,16 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 import msgspec
 
+from store.metadata import EMPTY_METADATA, DocumentMetadata
+
 if TYPE_CHECKING:  # the web process imports these contracts and must not load numpy
     import numpy as np
     import numpy.typing as npt
 
 EVERYONE = "*"  # a reader token: every principal of the document's tenant
+# What a reader token given by a person may be (the documents API, a folder's `.docent-readers` file).
+READER_PATTERN = r"^(\*|(user|group):[^,\s](?:[^,]*[^,\s])?)$"
+MAX_READER_CHARS = 200
 # The registered embedders (index.embed.load_embedder builds them); here so that the web process can
 # validate a reindex request's model without importing index.embed (numpy, CTranslate2).
 EMBEDDER_NAMES = ("minilm", "minilm-rot", "hash")
@@ -65,6 +70,7 @@ class Document(msgspec.Struct, frozen=True, kw_only=True):
     content_hash: str
     access: Access = Access()
     size_bytes: int = 0
+    metadata: DocumentMetadata = EMPTY_METADATA  # given at ingest; filterable (store.metadata)
 
 
 class Chunk(msgspec.Struct, frozen=True, kw_only=True):

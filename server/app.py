@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,8 +32,12 @@ from server.auth import Authenticator
 from server.chat import chat_endpoint
 from server.dispatch import RedisDispatcher, Wake
 from server.documents import routes as document_routes
+from server.feedback import feedback_routes
+from server.golden_api import golden_routes
 from server.hub import Hub, hub_client
 from server.limits import ActionLimits, SocketQuota
+from server.mcp_api import McpEndpoint
+from server.mcp_api import routes as mcp_routes
 from server.metrics_route import MetricsMiddleware, check_allow_setting, metrics_routes
 from server.openai_api import routes as openai_routes
 from server.pages import WEB_DIR, render_page
@@ -42,7 +47,8 @@ from server.search_api import routes as search_routes
 from server.services import Ingest, Services
 from server.statuses import status_for
 from server.traces import trace_routes
-from store import metrics
+from server.usage_api import usage_routes
+from store import metrics, tracing
 from store.conversations import Conversations
 from store.exceptions import (
     ConfigError,
@@ -111,6 +117,8 @@ def create_app(
     auth = Authenticator.from_settings(settings)  # fail at start, not at the first request
     allowed_origins = parse_origins(settings.allowed_origins)
     check_allow_setting(settings.metrics_allow)
+    mcp = McpEndpoint()  # the MCP tools at /mcp (server.mcp_api)
+    tracing.check_protocol(os.environ)  # a bad OTEL_ protocol stops the process at start
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -129,6 +137,7 @@ def create_app(
         await averify(client, settings.redis_identity)  # never serve from another stack's Redis
         metrics.forget_dead_processes()  # a previous web process's open-socket gauges
         metrics.expose_known_labels()
+        tracing.configure("web")  # OTLP traces when OTEL_EXPORTER_OTLP_ENDPOINT is set
         hub = Hub(hub_client(settings.redis_url))
         app.state.services = Services(
             settings=settings,
@@ -143,11 +152,13 @@ def create_app(
             allowed_origins=allowed_origins,
         )
         try:
-            yield
+            async with mcp.running(app.state.services):
+                yield
         finally:
             await hub.aclose()
             await hub.client.aclose()
             await client.aclose()
+            tracing.shutdown()  # flush the spans still queued
 
     async def chat_page(request: Request) -> Response:
         return render_page(request, "chat.html")
@@ -174,6 +185,10 @@ def create_app(
         *review_routes(),
         *trace_routes(),
         *metrics_routes(),
+        *mcp_routes(mcp),
+        *usage_routes(),
+        *feedback_routes(),
+        *golden_routes(),
         Route("/static/docent.mjs", docent_module, methods=["GET"]),
         Mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static"),
     ]

@@ -18,6 +18,7 @@ from server import protocol as p
 from server.asks import submit_ask
 from server.conversation_ids import issued_to, new_conversation_id
 from server.feed import LiveFrame, replay, to_frame
+from server.feedback import FeedbackBody, submit_feedback
 from server.hub import StreamKey, id_key
 from server.redaction import EventView, event_view
 from server.session import Session, error_frame
@@ -82,15 +83,17 @@ class ChatSession(Session):
 
     # ---- LIVE ----------------------------------------------------------------------------------------
 
-    async def handle(self, frame: p.Ask | p.Cancel) -> None:
+    async def handle(self, frame: p.Ask | p.Cancel | p.Feedback) -> None:
         match frame:
             case p.Ask():
                 await self._ask(frame)
             case p.Cancel():
                 await self._cancel()
+            case p.Feedback():
+                await self._feedback(frame)
 
     def refusal(self, exc: DocentError, frame: object) -> p.ErrorFrame:
-        client_id = frame.client_message_id if isinstance(frame, p.Ask) else None
+        client_id = frame.client_message_id if isinstance(frame, p.Ask | p.Feedback) else None
         return error_frame(exc, client_message_id=client_id)
 
     def resume_frame(self) -> p.ResumeRequired:
@@ -106,8 +109,24 @@ class ChatSession(Session):
     async def _ask(self, ask: p.Ask) -> None:
         meta = self._owner("ask in it")
         assert self.principal is not None
-        await submit_ask(self.services, meta, self.principal, ask.text, ask.mode, ask.client_message_id)
+        await submit_ask(
+            self.services, meta, self.principal, ask.text, ask.mode, ask.client_message_id,
+            no_cache=ask.no_cache, filters=ask.filters,
+        )  # fmt: skip
         await self.reply(p.Accepted(client_message_id=ask.client_message_id))
+
+    async def _feedback(self, frame: p.Feedback) -> None:
+        meta = self._owner("rate its answers")
+        assert self.principal is not None
+        body = FeedbackBody(
+            turn=frame.turn,
+            rating=frame.rating,
+            comment=frame.comment,
+            client_message_id=frame.client_message_id,
+        )
+        await submit_feedback(self.services, meta, self.principal, body)
+        if frame.client_message_id:
+            await self.reply(p.Accepted(client_message_id=frame.client_message_id))
 
     async def _cancel(self) -> None:
         """Stop the running turn; with none running, nothing is written and no worker is woken."""

@@ -1,4 +1,4 @@
-"""The `docent` command: run, serve, ingest, search, eval, demo, token, chaos."""
+"""The `docent` command: run, serve, ingest, sync, search, eval, demo, token, chaos."""
 
 from __future__ import annotations
 
@@ -34,6 +34,23 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     report = ingest_paths(settings, [Path(p) for p in args.paths], tenant=args.tenant, readers=args.readers)
     print(json.dumps(report, indent=2))
     return 0 if not report.get("errors") else 2
+
+
+def _cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    import msgspec
+
+    from actors.folder_sync import SyncProgress, sync_folder
+
+    def show(p: SyncProgress) -> None:
+        eta = "" if p.eta_s is None else f", ETA {p.eta_s:.0f} s"
+        print(f"sync: {p.done}/{p.total} documents, {p.rate_per_s:.1f}/s{eta}", file=sys.stderr, flush=True)
+
+    report = sync_folder(
+        settings, Path(args.dir), tenant=args.tenant, readers=args.readers, force=args.force,
+        max_delete_share=args.max_delete_share, progress=None if args.quiet else show,
+    )  # fmt: skip
+    print(msgspec.json.format(msgspec.json.encode(report)).decode())
+    return 0 if not report.failed else 2
 
 
 def _cmd_search(args: argparse.Namespace, settings: Settings) -> int:
@@ -100,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--tenant", default="default")
     ingest.add_argument("--readers", nargs="*", default=["*"])
     ingest.set_defaults(fn=_cmd_ingest)
+
+    sync = sub.add_parser("sync", help="sync a directory: ingest new and changed files, delete vanished ones")
+    sync.add_argument("dir")
+    sync.add_argument("--tenant", default="default")
+    sync.add_argument("--readers", nargs="*", default=["*"], help="where no .docent-readers file applies")
+    sync.add_argument("--force", action="store_true", help="allow deleting over --max-delete-share")
+    sync.add_argument("--max-delete-share", type=float, default=0.2)
+    sync.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    sync.set_defaults(fn=_cmd_sync)
 
     search = sub.add_parser("search", help="hybrid search as a principal")
     search.add_argument("query")

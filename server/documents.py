@@ -1,10 +1,12 @@
 """The documents API (an admin of the tenant: the admin key with ?tenant=, or an admin token):
 
     GET    /api/documents             ?source= &title_prefix= &reader= &updated_since=<ms> &limit= &offset=
+                                      &filters=<JSON: the search filters of store.metadata>
     GET    /api/documents/{doc_id}    metadata, readers, chunk count, index versions holding it, last ingest
     DELETE /api/documents/{doc_id}        unsearchable at once in every index version, gone from the catalog
     PUT    /api/documents/{doc_id}/readers  {"readers": ["*" | "user:U" | "group:G", ...]}
     POST   /api/documents/{doc_id}/reingest read its source file again (202, an ingest job)
+    GET    /api/sync/reports          ?limit=  the tenant's latest folder-sync reports (store.sync_reports)
 
 (`POST /api/documents`, the upload, is in server.rest.) A delete and a readers change are ONE catalog
 transaction over every version: search checks each hit against the catalog's visibility and readers
@@ -26,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from actors.api import make_document_task
+from index.types import MAX_READER_CHARS, READER_PATTERN
 from server.bodies import read_json
 from server.callers import require_admin, services
 from server.redaction import catalog_for
@@ -33,12 +36,12 @@ from server.rest import json_response
 from store.blocking import run_blocking
 from store.catalog import Catalog, CatalogDocument, DocumentFilter, IngestOutcome
 from store.exceptions import InputError, NotFound
+from store.metadata import DocumentMetadata, parse_filters
+from store.sync_reports import SyncReport, recent_reports
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
 MAX_READERS = 256
-READER_PATTERN = r"^(\*|(user|group):[^,\s](?:[^,]*[^,\s])?)$"
-MAX_READER_CHARS = 200
 
 Reader = Annotated[str, msgspec.Meta(pattern=READER_PATTERN, max_length=MAX_READER_CHARS)]
 Task = Callable[[str, str], Awaitable[str]]
@@ -56,6 +59,7 @@ class DocumentSummary(msgspec.Struct, frozen=True, kw_only=True):
     readers: tuple[str, ...]
     size_bytes: int
     updated_at_ms: int
+    metadata: DocumentMetadata  # given at ingest (store.metadata)
 
 
 class DocumentDetail(DocumentSummary, frozen=True, kw_only=True):
@@ -71,6 +75,10 @@ class DocumentsPage(msgspec.Struct, frozen=True):
     next_offset: int | None
 
 
+class SyncReports(msgspec.Struct, frozen=True):
+    reports: list[SyncReport]
+
+
 class Changed(msgspec.Struct, frozen=True, kw_only=True):
     doc_id: str
     status: str  # "deleted", "readers_changed", "reingest_queued"
@@ -81,7 +89,7 @@ class Changed(msgspec.Struct, frozen=True, kw_only=True):
 def summary(doc: CatalogDocument) -> DocumentSummary:
     return DocumentSummary(
         doc_id=doc.doc_id, title=doc.title, source=doc.source, format=doc.format, readers=doc.readers,
-        size_bytes=doc.size_bytes, updated_at_ms=doc.updated_at_ms,
+        size_bytes=doc.size_bytes, updated_at_ms=doc.updated_at_ms, metadata=doc.metadata,
     )  # fmt: skip
 
 
@@ -120,6 +128,7 @@ def document_filter(request: Request, tenant: str) -> DocumentFilter:
     return DocumentFilter(
         tenant=tenant, source=_param(request, "source"), title_prefix=_param(request, "title_prefix"),
         reader=_param(request, "reader"), updated_since_ms=int(since) if since is not None else None,
+        metadata=parse_filters(request.query_params.get("filters")),
     )  # fmt: skip
 
 
@@ -190,8 +199,17 @@ async def reingest(request: Request) -> Response:
     return json_response(Changed(doc_id=doc.doc_id, status="reingest_queued", job=job), status_code=202)
 
 
+async def sync_reports(request: Request) -> Response:
+    me = require_admin(request)
+    limit = max(1, _int(request, "limit", 20, MAX_PAGE))
+    data_path = services(request).settings.data_path
+    reports = await run_blocking(recent_reports, data_path, limit=limit, tenant=me.tenant)
+    return json_response(SyncReports(reports))
+
+
 def routes() -> list[Route]:
     return [
+        Route("/api/sync/reports", sync_reports, methods=["GET"]),
         Route("/api/documents", list_documents, methods=["GET"]),
         Route("/api/documents/{doc_id:path}/readers", put_readers, methods=["PUT"]),
         Route("/api/documents/{doc_id:path}/reingest", reingest, methods=["POST"]),

@@ -24,7 +24,8 @@ import redis
 import redis.asyncio as aredis
 
 from server.buffer import BoundedBuffer
-from store import keys
+from store import keys, metrics
+from store.clock import now_ms
 from store.retry import RetryPolicy
 from store.scripts import text
 
@@ -94,6 +95,8 @@ class _Topic(Generic[T]):
             if item is not None:
                 for subscriber in list(self.subscribers):
                     subscriber.push(item)
+        if entries and self.subscribers:  # the lag of the newest entry of the batch (one sample per read)
+            metrics.observe_fanout(self.key, id_key(text(entries[-1][0]))[0], now_ms())
 
     def _decoded(self, entry_id: str, fields: Fields) -> T | None:
         try:

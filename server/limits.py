@@ -1,7 +1,7 @@
 """Limits on what one client can make the web process do.
 
-- `ActionLimits`: `ask` and `cancel` frames per user and per tenant (Redis token buckets, store.ratelimit),
-  each action with its own buckets at the same rates.
+- `ActionLimits`: `ask`, `cancel` and `feedback` frames per user and per tenant (Redis token buckets,
+  store.ratelimit), each action with its own buckets at the same rates.
 - `FrameBudget`: a per-socket frame budget kept in memory (a flood of frames closes the socket before it
   reaches Redis).
 - `SocketQuota`: concurrent sockets per user and per tenant in this web process (a socket holds its slot
@@ -22,7 +22,7 @@ from store.settings import Settings
 FRAMES_PER_S = 20.0
 FRAME_BURST = 60
 
-Action = Literal["ask", "cancel"]
+Action = Literal["ask", "cancel", "feedback"]
 
 
 class ActionLimits:

@@ -10,20 +10,28 @@ Prometheus server that cannot send headers). Anything else gets 401.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from functools import lru_cache
 
+import redis
+import redis.asyncio as aredis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from actors.broker import APPROVALS_QUEUE, CONVERSATION_QUEUE, INGEST_QUEUE, NAMESPACE, REINDEX_QUEUE
+from index.reindex.jobs import decode_job
 from server.callers import require_admin
 from server.services import services
-from store import metrics
+from store import keys, metrics
 from store.exceptions import ConfigError
+from store.scripts import text
 
+QUEUES = (CONVERSATION_QUEUE, APPROVALS_QUEUE, INGEST_QUEUE, REINDEX_QUEUE)
+log = logging.getLogger(__name__)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
 
@@ -58,7 +66,36 @@ async def metrics_endpoint(request: Request) -> Response:
     if not _client_allowed(request, services(request).settings.metrics_allow):
         require_admin(request, "operator")
     body = await run_in_threadpool(metrics.exposition)
-    return Response(body, media_type=metrics.CONTENT_TYPE)
+    return Response(body + await read_at_scrape(services(request).redis), media_type=metrics.CONTENT_TYPE)
+
+
+async def read_at_scrape(client: aredis.Redis) -> bytes:
+    """Each dramatiq queue's ready list, delayed list and dead letters, and the running reindex job."""
+    names = [(queue, state) for queue in QUEUES for state in metrics.QUEUE_STATES]
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for queue in QUEUES:
+                pipe.llen(f"{NAMESPACE}:{queue}")
+                pipe.llen(f"{NAMESPACE}:{queue}.DQ")
+                pipe.zcard(f"{NAMESPACE}:{queue}.XQ")
+            counts = await pipe.execute()
+        job = await current_reindex(client)
+    except redis.RedisError as exc:  # the rest of the scrape still answers
+        log.warning("queue depths and reindex progress not read: %s", exc)
+        return b""
+    return metrics.scrape_exposition(dict(zip(names, (int(c) for c in counts), strict=True)), job)
+
+
+async def current_reindex(client: aredis.Redis) -> metrics.ReindexProgress | None:
+    """The running job (`index.reindex.jobs`' records), read with the async client."""
+    current = await client.get(keys.REINDEX_CURRENT)
+    raw = await client.get(keys.reindex_job(text(current))) if current is not None else None
+    job = decode_job(raw)
+    if job is None or job.terminal:
+        return None
+    return metrics.ReindexProgress(
+        docs_done=job.docs_done, docs_total=job.docs_total, chunks_per_s=job.chunks_per_s,
+    )  # fmt: skip
 
 
 def metrics_routes() -> list[BaseRoute]:

@@ -51,6 +51,7 @@ from store.clock import now_ms
 from store.conversations import ConversationMeta, can_write
 from store.events import Mode, TurnFailed
 from store.exceptions import DocentError, ForbiddenError, InputError, ModelNotFound
+from store.metadata import parse_filters
 from store.redis import unavailable
 
 if TYPE_CHECKING:
@@ -114,12 +115,13 @@ async def _chat(request: Request) -> Response:
     svc = services(request)
     body = await read_json(request, ChatRequest, svc.settings.max_json_body_bytes)
     mode, text = ask_of(body)
+    filters = parse_filters(body.filters)
     meta = await conversation_for(svc, me, body.conversation_id)
     ask_id = uuid.uuid4().hex
     stack = contextlib.AsyncExitStack()
     watch = await stack.enter_async_context(TurnWatch.open(svc, meta.id, ask_id))
     try:
-        await submit_ask(svc, meta, me, text, mode, ask_id)
+        await submit_ask(svc, meta, me, text, mode, ask_id, filters=filters)
     except BaseException:
         await stack.aclose()
         raise

@@ -6,7 +6,7 @@ not apply to a Docent turn; `n` must be 1.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -38,6 +38,7 @@ class ChatRequest(msgspec.Struct, frozen=True, kw_only=True):
     stream: bool = False
     n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
     conversation_id: ConversationId | None = None  # Docent: continue this conversation
+    filters: dict[str, Any] | None = None  # Docent: metadata filters (store.metadata), `bad_filter` if bad
 
 
 class Approval(msgspec.Struct, frozen=True, kw_only=True):

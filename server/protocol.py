@@ -18,7 +18,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from store.approvals import MAX_REASON_CHARS, State
-from store.events import Mode
+from store.events import Mode, Rating
+from store.metadata import SearchFilters
 
 # Application close codes (RFC 6455 leaves 4000-4999 to applications); see docs/protocol.md.
 CLOSE_NORMAL = 1000
@@ -85,13 +86,28 @@ class Ask(_ClientFrame, frozen=True, kw_only=True, tag="ask"):
     text: str
     mode: Mode = "auto"
     client_message_id: ClientId  # a retried ask with the same id is taken once
+    no_cache: bool = False  # a fresh answer: the answer cache is not consulted
+    filters: SearchFilters | None = None  # store.metadata: narrows every search of the turn
 
 
 class Cancel(_ClientFrame, frozen=True, kw_only=True, tag="cancel"):
     pass
 
 
-ClientFrame = Hello | Ask | Cancel | Ping
+FeedbackTurn = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+FeedbackComment = Annotated[str, msgspec.Meta(max_length=2_000)]
+
+
+class Feedback(_ClientFrame, frozen=True, kw_only=True, tag="feedback"):
+    """A rating of the answer of turn `turn` (server.feedback; the REST body has the same fields)."""
+
+    turn: FeedbackTurn
+    rating: Rating
+    comment: FeedbackComment = ""
+    client_message_id: ClientId | None = None
+
+
+ClientFrame = Hello | Ask | Cancel | Ping | Feedback
 
 
 class Ready(_ServerFrame, frozen=True, kw_only=True, tag="ready"):

@@ -1,10 +1,13 @@
 """`POST /api/search`: retrieval as the caller's principal (bearer token, as every REST route).
 
-    {"query": "...", "k": 8, "mode": "hybrid" | "dense" | "bm25"}
+    {"query": "...", "k": 8, "mode": "hybrid" | "dense" | "bm25", "filters": {...}}
     -> {"query", "index_version", "hits": [{"n", "chunk_id", "doc_id", "title", "heading", "text", "score",
         "provenance": {"dense_rank", "bm25_rank", "rerank_score"}}], "timings_ms"}
 
-`n` numbers the hits from 1, as citation markers `[n]` do. The web process embeds nothing: a query worker
+`filters` (store.metadata.SearchFilters: doc_ids, source, source_prefix, path_prefix, author, tags_any,
+tags_all, created/modified date ranges, fields) narrow the search inside retrieval like the ACL; an unknown
+filter or a bad value is 400 `bad_filter` naming the field. `n` numbers the hits from 1, as citation
+markers `[n]` do. The web process embeds nothing: a query worker
 searches (`actors.search_rpc`), and the index layer applies the caller's ACL inside retrieval. Rate-limited
 with the caller's asks (the same per-user and per-tenant buckets); the body is size-capped.
 """
@@ -12,7 +15,7 @@ with the caller's asks (the same per-user and per-tenant buckets); the body is s
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from starlette.requests import Request
@@ -26,6 +29,7 @@ from server.bodies import read_json
 from server.callers import principal, services
 from server.rest import json_response
 from store.exceptions import InputError
+from store.metadata import parse_filters
 
 MAX_K = 50
 DEFAULT_K = 8
@@ -37,6 +41,7 @@ class SearchBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     query: Annotated[str, msgspec.Meta(min_length=1)]
     k: Annotated[int, msgspec.Meta(ge=1, le=MAX_K)] = DEFAULT_K
     mode: SearchMode = "hybrid"
+    filters: dict[str, Any] | None = None  # decoded by store.metadata.parse_filters (bad_filter)
 
 
 class Provenance(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,7 +88,9 @@ def call_of(body: SearchBody, me: Principal, max_chars: int) -> SearchCall:
     query = body.query.strip()
     if not query or len(body.query) > max_chars:
         raise InputError(f"query must be 1..{max_chars} characters", field="query")
-    return SearchCall(query=query, k=body.k, mode=body.mode, tenant=me.tenant, user=me.user, groups=me.groups)
+    filters = parse_filters(body.filters)
+    return SearchCall(query=query, k=body.k, mode=body.mode, tenant=me.tenant, user=me.user, groups=me.groups,
+                      filters=None if filters.is_empty() else filters)  # fmt: skip
 
 
 async def search(request: Request) -> Response:

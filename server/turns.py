@@ -9,15 +9,17 @@ import msgspec
 import redis.asyncio as aredis
 
 from server.hub import id_key
-from store.events import TERMINAL, decode_event
+from store.events import TERMINAL, Feedback, decode_event
 from store.log import conv_keys
 from store.scripts import payload, text
+
+RECENT_EVENTS = 16  # past this many ratings in a row, the actor decides (a cancel it then drops)
 
 
 async def turn_running(client: aredis.Redis, conv_id: str) -> bool:
     keys = conv_keys(conv_id)
     async with client.pipeline(transaction=False) as pipe:
-        pipe.xrevrange(keys.log, "+", "-", count=1)
+        pipe.xrevrange(keys.log, "+", "-", count=RECENT_EVENTS)
         pipe.xrevrange(keys.inbox, "+", "-", count=1)
         pipe.get(keys.inbox_cursor)
         last_logged, last_posted, cursor = await pipe.execute()
@@ -28,10 +30,15 @@ def _waiting(last_posted: Any, cursor: Any) -> bool:
     return bool(last_posted) and id_key(text(last_posted[0][0])) > id_key(text(cursor) if cursor else "0-0")
 
 
-def _unfinished(last_logged: Any) -> bool:
-    if not last_logged:
+def _unfinished(recent: Any) -> bool:
+    """The newest event that is not a rating (a rating reopens no turn) is not terminal."""
+    if not recent:
         return False
     try:
-        return not isinstance(decode_event(payload(last_logged[0][1])), TERMINAL)
+        for _, fields in recent:
+            event = decode_event(payload(fields))
+            if not isinstance(event, Feedback):
+                return not isinstance(event, TERMINAL)
     except (KeyError, msgspec.DecodeError):
-        return True  # unreadable: let the actor, which owns the log, decide
+        pass  # unreadable: let the actor, which owns the log, decide
+    return True

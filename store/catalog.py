@@ -12,6 +12,11 @@ key the catalog does not show as visible and readable. Replacing a document is t
    document (metadata, per-version ingest hash, plain text);
 4. the index files drop the hidden entries, then `purge_hidden` deletes their rows.
 
+Every change that hides or re-permissions chunks (`commit_documents` of a replaced document, `hide_document`,
+`delete_everywhere`, `set_readers`) also records their ids in the `chunk_changes` journal, in the same
+transaction: what was derived from them (the answer cache, `index.answer_cache`) reads it and drops its
+entries, whoever made the change (ingest, sync, the documents API, reindex).
+
 Tables: `documents` (one row per document, version-independent metadata), `document_texts` (the plain
 text `read_document` shows), `version_documents` (what each index version holds of a document: the ingest
 hash that makes re-ingesting unchanged content a no-op), `chunks` (version, key, ...; key is the 63-bit
@@ -33,11 +38,24 @@ import msgspec
 
 from store.clock import now_ms
 from store.exceptions import ForbiddenError, IndexError_, InputError
+from store.metadata import (
+    EMPTY_METADATA,
+    DocumentMetadata,
+    Filters,
+    all_of,
+    decode_metadata,
+    encode_metadata,
+    filter_clause,
+)
 
 CATALOG_FILE = "catalog.sqlite"
 BUSY_TIMEOUT_MS = 30_000
 SQL_BATCH = 500  # keys per `IN (...)`: well under SQLite's variable limit
 MAX_LIST_LIMIT = 1000
+# The change journal (`chunk_changes`) keeps a row this long: longer than anything derived from a chunk may
+# live (the answer cache's TTL is capped by it); each change trims at most JOURNAL_TRIM_ROWS old rows.
+JOURNAL_KEEP_MS = 8 * 24 * 3600 * 1000
+JOURNAL_TRIM_ROWS = 100
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -50,7 +68,8 @@ CREATE TABLE IF NOT EXISTS documents (
     readers TEXT NOT NULL,
     size INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS documents_by_tenant ON documents(tenant, doc_id);
 CREATE TABLE IF NOT EXISTS document_texts (
@@ -83,6 +102,12 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(version, doc_id);
 CREATE INDEX IF NOT EXISTS chunks_hidden ON chunks(version) WHERE visible = 0;
 CREATE INDEX IF NOT EXISTS chunks_by_chunk_id ON chunks(chunk_id);
+CREATE TABLE IF NOT EXISTS chunk_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    chunk_id TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ingest_outcomes (
     doc_id TEXT PRIMARY KEY,
     version TEXT NOT NULL,
@@ -108,6 +133,7 @@ class CatalogDocument(msgspec.Struct, frozen=True, kw_only=True):
     size_bytes: int = 0
     updated_at_ms: int = 0
     deleted: bool = False
+    metadata: DocumentMetadata = EMPTY_METADATA
 
     def readable_by(self, tenant: str, reader_tokens: Iterable[str]) -> bool:
         return not self.deleted and tenant == self.tenant and not set(self.readers).isdisjoint(reader_tokens)
@@ -138,6 +164,7 @@ class DocumentFilter(msgspec.Struct, frozen=True, kw_only=True):
     title_prefix: str | None = None
     reader: str | None = None
     updated_since_ms: int | None = None
+    metadata: Filters = None  # the search filters (store.metadata), over the same rows
 
 
 class IngestOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,7 +197,11 @@ def _marks(n: int) -> str:
 
 
 CHUNK_COLUMNS = "key, chunk_id, doc_id, ordinal, text, context, title, heading, tenant, readers, visible"
-DOCUMENT_COLUMNS = "doc_id, title, source, format, content_hash, tenant, readers, size, updated_at, deleted"
+DOCUMENT_COLUMNS = (
+    "doc_id, title, source, format, content_hash, tenant, readers, size, updated_at, deleted, metadata"
+)
+# Columns added after the first schema: an older catalog gains them when it is opened.
+ADDED_COLUMNS = (("documents", "metadata", "TEXT NOT NULL DEFAULT '{}'"),)
 
 
 def _chunk_row(row: tuple) -> ChunkRow:
@@ -182,11 +213,11 @@ def _chunk_row(row: tuple) -> ChunkRow:
 
 
 def _document(row: tuple) -> CatalogDocument:
-    doc_id, title, source, fmt, content_hash, tenant, readers, size, updated_at, deleted = row
+    doc_id, title, source, fmt, content_hash, tenant, readers, size, updated_at, deleted, metadata = row
     return CatalogDocument(
         doc_id=doc_id, title=title, source=source, format=fmt, content_hash=content_hash, tenant=tenant,
         readers=_readers_decoder.decode(readers), size_bytes=size, updated_at_ms=updated_at,
-        deleted=bool(deleted),
+        deleted=bool(deleted), metadata=decode_metadata(metadata),
     )  # fmt: skip
 
 
@@ -206,6 +237,10 @@ def _document_clause(where: DocumentFilter) -> tuple[str, list[object]]:
     if where.updated_since_ms is not None:
         parts.append("updated_at >= ?")
         params.append(where.updated_since_ms)
+    if all_of(where.metadata):
+        clause, extra = filter_clause(where.metadata, "documents")
+        parts.append(f"({clause})")
+        params += extra
     return " AND ".join(parts), params
 
 
@@ -213,6 +248,28 @@ def _check_version(version: str) -> str:
     if not isinstance(version, str) or not version:
         raise InputError("an index version name is required", field="version")
     return version
+
+
+class ChunkChange(msgspec.Struct, frozen=True, kw_only=True):
+    """One journal row: a chunk that was hidden, replaced or re-permissioned (what derived caches drop)."""
+
+    seq: int
+    tenant: str
+    chunk_id: str
+
+
+def _journal(db: sqlite3.Connection, where: str, params: Sequence[object]) -> None:
+    """Record the chunks a change touches, in the change's own transaction (`chunk_changes`)."""
+    db.execute(
+        f"INSERT INTO chunk_changes (tenant, chunk_id, at) SELECT DISTINCT tenant, chunk_id, ? FROM chunks "
+        f"WHERE {where}",
+        [now_ms(), *params],
+    )
+    db.execute(  # bounded work per change: the oldest rows, once older than what a reader may still need
+        "DELETE FROM chunk_changes WHERE seq IN (SELECT seq FROM chunk_changes ORDER BY seq LIMIT ?) "
+        "AND at < ?",
+        (JOURNAL_TRIM_ROWS, now_ms() - JOURNAL_KEEP_MS),
+    )
 
 
 class Catalog:
@@ -257,7 +314,11 @@ class Catalog:
 
     def _create_schema(self) -> None:
         try:
-            self._connection().executescript(SCHEMA)
+            db = self._connection()
+            db.executescript(SCHEMA)
+            for table, column, declaration in ADDED_COLUMNS:
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         except sqlite3.Error as exc:
             raise IndexError_(f"cannot create the catalog schema: {exc}") from exc
 
@@ -334,6 +395,7 @@ class Catalog:
         not); the next search checks these. Returns the chunk rows changed."""
         encoded = _readers_encoder.encode(tuple(readers)).decode()
         with self._write() as db:
+            _journal(db, "doc_id = ?", [doc_id])
             db.execute("UPDATE documents SET readers = ?, updated_at = ? WHERE doc_id = ?",
                        (encoded, now_ms(), doc_id))  # fmt: skip
             return db.execute("UPDATE chunks SET readers = ? WHERE doc_id = ?", (encoded, doc_id)).rowcount
@@ -341,6 +403,7 @@ class Catalog:
     def delete_everywhere(self, doc_id: str) -> int:
         """`hide_document` in every version at once, in ONE transaction. Returns the rows hidden."""
         with self._write() as db:
+            _journal(db, "doc_id = ? AND visible = 1", [doc_id])
             hidden = db.execute(
                 "UPDATE chunks SET visible = 0 WHERE doc_id = ? AND visible = 1", (doc_id,)
             ).rowcount
@@ -424,6 +487,7 @@ class Catalog:
                         f"cannot show chunks that were never recorded: {sorted(missing)[:3]}",
                         doc_id=doc.doc_id,
                     )
+                _journal(db, "version = ? AND doc_id = ? AND visible = 1", [version, doc.doc_id])
                 db.execute(
                     "UPDATE chunks SET visible = 0 WHERE version = ? AND doc_id = ?", (version, doc.doc_id)
                 )
@@ -454,9 +518,10 @@ class Catalog:
     @staticmethod
     def _upsert_document(db: sqlite3.Connection, doc: CatalogDocument, updated_at: int) -> None:
         db.execute(
-            f"INSERT OR REPLACE INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            f"INSERT OR REPLACE INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
             (doc.doc_id, doc.title, doc.source, doc.format, doc.content_hash, doc.tenant,
-             _readers_encoder.encode(doc.readers).decode(), doc.size_bytes, updated_at),
+             _readers_encoder.encode(doc.readers).decode(), doc.size_bytes, updated_at,
+             encode_metadata(doc.metadata)),
         )  # fmt: skip
 
     def hide_document(self, version: str, doc_id: str) -> int:
@@ -464,6 +529,7 @@ class Catalog:
         and its text is dropped. Returns how many rows were hidden."""
         _check_version(version)
         with self._write() as db:
+            _journal(db, "version = ? AND doc_id = ? AND visible = 1", [version, doc_id])
             hidden = db.execute(
                 "UPDATE chunks SET visible = 0 WHERE version = ? AND doc_id = ? AND visible = 1",
                 (version, doc_id),
@@ -487,20 +553,43 @@ class Catalog:
                 purged += db.execute(sql, [version, *batch]).rowcount
         return purged
 
+    # -- the change journal -----------------------------------------------------------------------
+
+    def last_change_seq(self) -> int:
+        """The journal's highest sequence number yet (AUTOINCREMENT: it never goes back, even trimmed)."""
+        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'chunk_changes'")
+        return int(rows[0][0]) if rows else 0
+
+    def chunk_changes_after(self, seq: int, limit: int = SQL_BATCH) -> list[ChunkChange]:
+        """Journal rows after `seq`, oldest first: chunks hidden (delete, replace) or re-permissioned."""
+        sql = "SELECT seq, tenant, chunk_id FROM chunk_changes WHERE seq > ? ORDER BY seq LIMIT ?"
+        return [ChunkChange(seq=q, tenant=t, chunk_id=c) for q, t, c in self._read(sql, (seq, limit))]
+
     # -- search side -------------------------------------------------------------------------------
 
     def readable_keys(
-        self, version: str, keys: Sequence[int], tenant: str, reader_tokens: Iterable[str]
+        self,
+        version: str,
+        keys: Sequence[int],
+        tenant: str,
+        reader_tokens: Iterable[str],
+        filters: Filters = None,
     ) -> set[int]:
-        """The subset of `keys` visible in `version` and readable by this tenant and these reader tokens."""
+        """The subset of `keys` visible in `version` and readable by this tenant and these reader tokens,
+        and, with `filters`, whose document matches them (ANDed: a filter only ever narrows)."""
         tokens = set(reader_tokens)
         readable: set[int] = set()
+        join, condition, extra = "", "", list[object]()
+        if all_of(filters):
+            clause, extra = filter_clause(filters, "d")
+            join = "JOIN documents d ON d.doc_id = c.doc_id AND d.deleted = 0 AND d.tenant = c.tenant"
+            condition = f" AND ({clause})"
         for batch in _batches(list(keys)):
             sql = (
-                f"SELECT key, readers FROM chunks WHERE version = ? AND visible = 1 AND tenant = ? "
-                f"AND key IN ({_marks(len(batch))})"
+                f"SELECT c.key, c.readers FROM chunks c {join} WHERE c.version = ? AND c.visible = 1 "
+                f"AND c.tenant = ? AND c.key IN ({_marks(len(batch))}){condition}"
             )
-            for key, readers in self._read(sql, [version, tenant, *batch]):
+            for key, readers in self._read(sql, [version, tenant, *batch, *extra]):
                 if not tokens.isdisjoint(_readers_decoder.decode(readers)):
                     readable.add(key)
         return readable
@@ -524,6 +613,20 @@ class Catalog:
             batch = ids[start : start + SQL_BATCH]
             sql = f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE chunk_id IN ({_marks(len(batch))})"
             rows.extend(_chunk_row(r) for r in self._read(sql, batch))
+        return rows
+
+    def visible_by_chunk_id(self, version: str, chunk_ids: Sequence[str]) -> dict[str, ChunkRow]:
+        """Visible rows of `version` whose chunk id is one of `chunk_ids`, by chunk id."""
+        _check_version(version)
+        rows: dict[str, ChunkRow] = {}
+        ids = list(dict.fromkeys(chunk_ids))
+        for start in range(0, len(ids), SQL_BATCH):
+            batch = ids[start : start + SQL_BATCH]
+            sql = (
+                f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE version = ? AND visible = 1 "
+                f"AND chunk_id IN ({_marks(len(batch))})"
+            )
+            rows.update((row.chunk_id, row) for row in map(_chunk_row, self._read(sql, [version, *batch])))
         return rows
 
     def counts(self, version: str) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import msgspec
 
 from store.clock import now_ms
+from store.metadata import SearchFilters
 from store.tool_payloads import ToolPayload
 
 SCHEMA_VERSION = 1
@@ -20,7 +21,8 @@ Route = Literal["qa", "agent", "workflow"]
 Mode = Literal["auto", "qa", "agent"]
 Risk = Literal["low", "high"]
 Decision = Literal["approved", "denied"]
-LimitName = Literal["steps", "tokens", "cost", "wall_clock"]
+Rating = Literal["up", "down"]
+LimitName = Literal["steps", "tokens", "cost", "wall_clock", "budget"]  # budget: store.budgets
 
 
 class _Base(msgspec.Struct, tag_field="type", kw_only=True, frozen=True, forbid_unknown_fields=False):
@@ -60,6 +62,9 @@ class UserMessage(_Base, frozen=True, kw_only=True, tag="user_message"):
     tenant: str = ""
     groups: tuple[str, ...] = ()
     client_message_id: str = ""  # the client's id for this ask: a retried ask is appended once
+    traceparent: str = ""  # W3C trace context of the web's `ask` span (store.tracing); empty when off
+    no_cache: bool = False  # the user asked for a fresh answer: the answer cache is not consulted
+    filters: SearchFilters | None = None  # the ask's metadata filters: every search of the turn is narrowed
 
 
 class TurnStarted(_Base, frozen=True, kw_only=True, tag="turn_started"):
@@ -77,6 +82,23 @@ class RetrievalDone(_Base, frozen=True, kw_only=True, tag="retrieval_done"):
     # The retrieved passages the user may read, numbered as the model is given them: shown as sources while
     # the model is still reading (empty in logs written before this field).
     sources: tuple[Citation, ...] = ()
+
+
+class CacheHit(_Base, frozen=True, kw_only=True, tag="cache_hit"):
+    """The turn is answered from the semantic answer cache (index.answer_cache): the entry, the question it
+    was built for, how close the two questions are, and the cached answer with its sources, re-checked
+    against this reader's access at hit time. The turn then ends with an ordinary `answer_completed`."""
+
+    entry_id: str
+    similarity: float
+    cached_question: str
+    index_version: str
+    chunk_ids: tuple[str, ...]
+    text: str
+    sources: tuple[Citation, ...] = ()
+    unsupported: tuple[TextSpan, ...] = ()
+    created_ms: int = 0  # when the cached answer was made
+    latency_ms: float = 0.0  # the lookup
 
 
 class LLMRequested(_Base, frozen=True, kw_only=True, tag="llm_requested"):
@@ -164,6 +186,14 @@ class AnswerCompleted(_Base, frozen=True, kw_only=True, tag="answer_completed"):
     unsupported: tuple[TextSpan, ...] = ()
 
 
+class Feedback(_Base, frozen=True, kw_only=True, tag="feedback"):
+    """A user's rating of the answer of turn `turn` (thumbs up / down, an optional comment)."""
+
+    rating: Rating
+    comment: str = ""
+    user: str = ""
+
+
 class TurnFailed(_Base, frozen=True, kw_only=True, tag="turn_failed"):
     code: str
     message: str = ""
@@ -184,6 +214,7 @@ Event = (
     UserMessage
     | TurnStarted
     | RetrievalDone
+    | CacheHit
     | LLMRequested
     | LLMCompleted
     | LLMFailed
@@ -196,6 +227,7 @@ Event = (
     | TurnFailed
     | TurnCancelled
     | LimitHit
+    | Feedback
 )
 
 # Events that end a turn: after one of these the conversation waits for the next user message.

@@ -7,13 +7,16 @@ DocentError
 ├── Unavailable                 Redis did not answer: retry with backoff (never names an internal address)
 ├── InputError                  a caller sent something we refuse; nothing was changed
 │   ├── FrameError              a malformed, oversized or unknown wire message
+│   ├── BadFilter               a search filter with an unknown field, a wrong type or too many items
 │   ├── AuthError               a missing, wrong or expired credential
 │   ├── BodyTooLarge            a request body over its size limit (refused before it is read whole)
 │   ├── ForbiddenError          a valid principal asked for something it may not touch
 │   │   └── UnknownRoom         a reviewer room the tool policy does not name
 │   ├── NotFound                no such thing (or not visible to this caller: existence is not revealed)
+│   ├── SyncRefused             a folder sync would delete more than its share of a source (needs --force)
 │   └── RateLimited             too many requests; carries retry_after_ms
-│       └── TooManySockets      a user or tenant already holds its cap of open sockets
+│       ├── TooManySockets      a user or tenant already holds its cap of open sockets
+│       └── BudgetExceeded      the tenant's or the user's daily token / cost budget is spent (store.budgets)
 ├── IngestError                 one document could not be ingested (the batch continues)
 │   ├── UnsupportedFormat
 │   ├── EmptyDocument
@@ -87,6 +90,10 @@ class FrameError(InputError):
     code = "bad_frame"
 
 
+class BadFilter(InputError):
+    code = "bad_filter"
+
+
 class AuthError(InputError):
     code = "unauthorized"
 
@@ -111,12 +118,20 @@ class ModelNotFound(NotFound):
     code = "model_not_found"  # /v1/chat/completions: a model name Docent does not serve
 
 
+class SyncRefused(InputError):
+    code = "sync_refused"
+
+
 class RateLimited(InputError):
     code = "rate_limited"
 
 
 class TooManySockets(RateLimited):
     code = "too_many_sockets"
+
+
+class BudgetExceeded(RateLimited):
+    code = "budget_exceeded"
 
 
 class IngestError(DocentError):

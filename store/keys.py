@@ -59,5 +59,10 @@ def hub_wake(process_id: str, shard: int) -> str:
     return f"fanout:{{{process_id}}}:wake:{shard}"
 
 
+def sync_due(source_digest: str) -> str:
+    """A scheduled folder sync's slot (actors.sync_job): held from a run until its next one is due."""
+    return f"sync:due:{source_digest}"
+
+
 def search_reply(request_id: str) -> str:
     return f"search:reply:{request_id}"

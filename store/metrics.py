@@ -4,6 +4,10 @@
     observe_event(event, ...)      the conversation actor, once per event it appends
     observe_first_token(...)       the actor, at a turn's first streamed token
     observe_retrieval(timings_ms)  the actor, with the Searcher's per-stage timings
+    observe_fanout(key, ms, now)   the web process's hub, per live entry delivered to sockets
+    observe_ingest(statuses, ...)  the ingest, per batch of documents
+    observe_redis_error(exc)       store.scripts / store.redis, at every Redis failure they translate
+    scrape_exposition(...)         GET /metrics: queue depths and reindex progress, read at scrape time
     exposition() -> bytes          the web process's GET /metrics (text format 0.0.4)
 
 Every process of a stack (web, the workers' forked processes) writes its samples to files in
@@ -23,9 +27,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import msgspec
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -35,6 +40,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from store.events import (
     AnswerCompleted,
@@ -42,8 +49,10 @@ from store.events import (
     ApprovalExpired,
     ApprovalRequested,
     Event,
+    Feedback,
     LLMCompleted,
     LLMFailed,
+    RetrievalDone,
     ToolResult,
 )
 
@@ -97,6 +106,46 @@ APPROVALS_DECIDED = Counter(
     "docent_approvals_decided", "Approvals settled by outcome (approved, denied, expired).", ["outcome"]
 )
 APPROVAL_OUTCOMES = ("approved", "denied", "expired")
+
+FANOUT_LAG = Histogram(
+    "docent_fanout_lag_seconds", "From a live entry's append (its stream id) to its delivery to the sockets.",
+    ["stream"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)  # fmt: skip
+INGEST_DOCUMENTS = Counter(
+    "docent_ingest_documents", "Documents ingested, by outcome (indexed, unchanged, failed, ...).", ["status"]
+)
+INGEST_ENTRIES = Counter(
+    "docent_ingest_entries", "Index entries the ingest embedded (not reused) and wrote.", ["kind"]
+)
+QUEUE_STATES = ("ready", "delayed", "dead")
+REDIS_ERRORS = Counter(
+    "docent_redis_errors", "Redis calls that failed, by the client's error class (ConnectionError, ...).",
+    ["error"],
+)  # fmt: skip
+
+# -- quality signals (workers) ----------------------------------------------------------------------------
+ANSWERS = Counter(
+    "docent_answers", "Completed answers per route, and whether they cite at least one source (cited).",
+    ["route", "cited"],
+)  # fmt: skip
+ANSWER_UNSUPPORTED = Counter(
+    "docent_answer_unsupported_sentences", "Answer sentences no passage supports (post-hoc attribution).",
+    ["route"],
+)  # fmt: skip
+ANSWER_DROPPED_CITATIONS = Counter(
+    "docent_answer_dropped_citations", "[n] markers dropped: they pointed at nothing the model was given.",
+    ["route"],
+)  # fmt: skip
+RETRIEVALS = Counter(
+    "docent_retrievals", "Q&A retrievals by outcome: passages, or no_passages (nothing the user may read).",
+    ["outcome"],
+)  # fmt: skip
+FEEDBACK = Counter("docent_feedback", "Users' ratings of answers (up, down).", ["rating"])
+RATINGS = ("up", "down")
+ANSWER_CACHE = Counter(
+    "docent_answer_cache_lookups",
+    "Answer cache lookups by outcome (hit, miss, refused_guard, refused_access, stale, error).", ["outcome"],
+)  # fmt: skip
 # Importing this module writes nothing (every metric has labels): `docent run`'s own process imports it,
 # and must not touch a PROMETHEUS_MULTIPROC_DIR it inherited from its caller.
 
@@ -105,6 +154,8 @@ def expose_known_labels() -> None:
     """The web process at start: the bounded outcomes are exposed at 0 before the first decision."""
     for outcome in APPROVAL_OUTCOMES:
         APPROVALS_DECIDED.labels(outcome)
+    for rating in RATINGS:
+        FEEDBACK.labels(rating)
 
 
 def multiproc_dir(data_path: Path) -> Path:
@@ -177,15 +228,93 @@ def observe_event(event: Event, *, now_ms: int, asked_at_ms: int = 0, route: str
             APPROVALS_DECIDED.labels(event.decision).inc()
         case ApprovalExpired():
             APPROVALS_DECIDED.labels("expired").inc()
-        case AnswerCompleted() if asked_at_ms and route:
-            ASK_ANSWER.labels(route).observe(max(0, now_ms - asked_at_ms) / 1000)
+        case AnswerCompleted():
+            _observe_answer(event, now_ms=now_ms, asked_at_ms=asked_at_ms, route=route)
+        case RetrievalDone():
+            RETRIEVALS.labels("passages" if event.chunk_ids else "no_passages").inc()
+        case Feedback():
+            FEEDBACK.labels(event.rating).inc()
         case _:
             pass
+
+
+def _observe_answer(event: AnswerCompleted, *, now_ms: int, asked_at_ms: int, route: str) -> None:
+    label = route or "unknown"
+    ANSWERS.labels(label, "true" if event.citations else "false").inc()
+    if event.unsupported:
+        ANSWER_UNSUPPORTED.labels(label).inc(len(event.unsupported))
+    if event.dropped_citations:
+        ANSWER_DROPPED_CITATIONS.labels(label).inc(len(event.dropped_citations))
+    if asked_at_ms and route:
+        ASK_ANSWER.labels(route).observe(max(0, now_ms - asked_at_ms) / 1000)
 
 
 def observe_first_token(route: str, *, now_ms: int, asked_at_ms: int) -> None:
     if asked_at_ms and route:
         ASK_FIRST_TOKEN.labels(route).observe(max(0, now_ms - asked_at_ms) / 1000)
+
+
+def observe_redis_error(exc: BaseException) -> None:
+    REDIS_ERRORS.labels(type(exc).__name__).inc()
+
+
+def observe_fanout(key: str, entry_ms: int, now_ms: int) -> None:
+    stream = "conversation" if key.startswith("conv:") else "room" if key.startswith("room:") else "other"
+    FANOUT_LAG.labels(stream).observe(max(0, now_ms - entry_ms) / 1000)
+
+
+def observe_ingest(statuses: Iterable[str], *, embedded: int, written: int) -> None:
+    for status in statuses:
+        INGEST_DOCUMENTS.labels(status).inc()
+    if embedded:
+        INGEST_ENTRIES.labels("embedded").inc(embedded)
+    if written:
+        INGEST_ENTRIES.labels("written").inc(written)
+
+
+class ReindexProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """The running reindex job's progress, as the web process reads it from Redis at scrape time."""
+
+    docs_done: int
+    docs_total: int
+    chunks_per_s: float
+
+
+def scrape_exposition(depths: Mapping[tuple[str, str], int], reindex: ReindexProgress | None) -> bytes:
+    """What GET /metrics reads from Redis when it is scraped: the dramatiq queues' depths
+    (`docent_queue_messages{queue, state}`) and the running reindex's progress (`docent_reindex_*`)."""
+    queues = GaugeMetricFamily(
+        "docent_queue_messages", "Messages in the dramatiq queues: ready, delayed, dead-lettered.",
+        labels=["queue", "state"],
+    )  # fmt: skip
+    for (queue, state), count in sorted(depths.items()):
+        queues.add_metric([queue, state], count)
+    running = GaugeMetricFamily(
+        "docent_reindex_running", "1 while a reindex job runs.", value=int(bool(reindex))
+    )
+    documents = GaugeMetricFamily(
+        "docent_reindex_documents", "The running reindex's documents, done and total.", labels=["state"]
+    )
+    rate = GaugeMetricFamily("docent_reindex_chunks_per_second", "The running reindex's embedding rate.")
+    if reindex is not None:
+        documents.add_metric(["done"], reindex.docs_done)
+        documents.add_metric(["total"], reindex.docs_total)
+        rate.add_metric([], reindex.chunks_per_s)
+    registry = CollectorRegistry()
+    registry.register(_Fixed([queues, running, documents, rate]))
+    return generate_latest(registry)
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def observe_answer_cache(outcome: str) -> None:
+    ANSWER_CACHE.labels(outcome).inc()
 
 
 def observe_retrieval(timings_ms: Mapping[str, float]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from store import metrics
 from store.exceptions import ConfigError, PortInUse, Unavailable
 from store.permissions import PRIVATE_UMASK, private_dir
 
@@ -168,6 +169,7 @@ class EmbeddedRedis:
 def unavailable(exc: Exception) -> Unavailable:
     """The error a caller sees when Redis failed: generic, with the cause (addresses included) logged."""
     log.warning("redis unavailable: %s", exc)
+    metrics.observe_redis_error(exc)
     return Unavailable(UNAVAILABLE_MESSAGE)
 
 

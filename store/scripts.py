@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aredis
 
+from store import metrics
 from store.exceptions import (
     CorruptLog,
     DocentError,
@@ -173,6 +174,7 @@ class _Translate:
                 raise translated from None
         if isinstance(exc, redis.RedisError):
             log.warning("redis failed: %s", exc)  # the cause names addresses: logged, never sent
+            metrics.observe_redis_error(exc)
             raise self.unavailable(UNAVAILABLE_MESSAGE, reason="unavailable") from exc
 
 

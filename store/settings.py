@@ -138,10 +138,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     golden_dirs: str = ""  # os.pathsep-separated extra BEIR-layout golden sets (queries.jsonl, qrels/)
     golden_tenant: str = "default"  # the tenant the golden queries run as (reader token "*")
 
+    # Semantic answer cache (index.answer_cache, actors.answer_policy): off unless turned on; per-tenant
+    # on/off, thresholds and the sensitive-question classifiers come from answer_cache_policy_path.
+    answer_cache: bool = False
+    # The questions' cosine: bench/answer_cache.py quality (README "Answer cache").
+    answer_cache_threshold: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.87
+    answer_cache_guard: bool = True  # the lexical exactness guard (index.exactness)
+    answer_cache_ttl_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 24 * 3600
+    answer_cache_max_entries: Positive = 10_000  # per tenant; the least recently used go first
+    answer_cache_policy_path: str = ""  # a .json or .toml file; empty = the built-in classifiers
+
     # Tool risk policy (actors.tools.policy): a .json or .toml file; empty = built-in defaults.
     tool_policy_path: str = ""
     # Tenant workflows (actors.workflows): a .json or .toml file of definitions; empty = the shipped ones.
     workflows_path: str = ""
+    # Scheduled folder syncs (actors.sync_job): a .json or .toml file of sources; empty = none.
+    sync_sources_path: str = ""
+    # Daily token / cost budgets per tenant and per user (store.budgets): .json or .toml; empty = none.
+    budgets_path: str = ""
 
     def __post_init__(self) -> None:
         if self.chunk_overlap >= self.chunk_tokens:

@@ -50,6 +50,11 @@ SCRIPTS = {
         "to": ["legal@acme.test"], "subject": "Falcon", "body": "The bridge opens in winter."}}]}]},
     "short": {"steps": [{"tool_calls": [{"name": "search_knowledge_base",
                                          "arguments": {"query": "bridge"}}]}]},
+    "filtered": {"steps": [
+        {"tool_calls": [{"name": "search_knowledge_base",
+                         "arguments": {"query": "harbor bridge ferry", "filters": {"tags_any": ["beta"]}}}]},
+        {"text": "Done looking."},
+    ]},
 }  # fmt: skip
 WAIT_S = 40.0
 
@@ -105,18 +110,41 @@ class World:
         """One turn over /ws/chat, to its terminal event; the conversation id."""
         return asyncio.run(self._ask(token, text, mode, conv_id))
 
-    async def _ask(self, token: str, text: str, mode: str, conv_id: str | None) -> str:
+    def ask_with(self, token: str, text: str, mode: str = "qa", filters: Any = None) -> str:
+        """`ask` in a new conversation with the ask's metadata `filters`."""
+        return asyncio.run(self._ask(token, text, mode, None, filters))
+
+    def ask_frames(self, token: str, text: str, filters: Any = None) -> list[dict[str, Any]]:
+        """The frames an ask gets back until an error frame (or a second of silence)."""
+        return asyncio.run(self._ask_frames(token, text, filters))
+
+    @staticmethod
+    def _ask_frame(text: str, mode: str, filters: Any) -> str:
+        ask = {"type": "ask", "text": text, "mode": mode, "client_message_id": uuid.uuid4().hex}
+        return json.dumps(ask if filters is None else {**ask, "filters": filters})
+
+    async def _ask(self, token: str, text: str, mode: str, conv_id: str | None, filters: Any = None) -> str:
         async with connect(f"{self.web.ws_url}?token={token}", open_timeout=10) as ws:
             hello: dict[str, Any] = {"type": "hello", **({"conversation_id": conv_id} if conv_id else {})}
             await ws.send(json.dumps(hello))
             ready = json.loads(await asyncio.wait_for(ws.recv(), 10))
             conv = str(ready["conversation_id"])
-            ask = {"type": "ask", "text": text, "mode": mode, "client_message_id": uuid.uuid4().hex}
-            await ws.send(json.dumps(ask))
+            await ws.send(self._ask_frame(text, mode, filters))
             async with asyncio.timeout(WAIT_S):
                 while not await _terminal(ws):
                     pass
         return conv
+
+    async def _ask_frames(self, token: str, text: str, filters: Any) -> list[dict[str, Any]]:
+        frames: list[dict[str, Any]] = []
+        async with connect(f"{self.web.ws_url}?token={token}", open_timeout=10) as ws:
+            await ws.send(json.dumps({"type": "hello"}))
+            frames.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+            await ws.send(self._ask_frame(text, "qa", filters))
+            with contextlib.suppress(TimeoutError):
+                while frames[-1]["type"] != "error":
+                    frames.append(json.loads(await asyncio.wait_for(ws.recv(), 1.0)))
+        return frames
 
     def replay(self, token: str, conv_id: str) -> list[dict[str, Any]]:
         return asyncio.run(self._replay(token, conv_id))

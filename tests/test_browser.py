@@ -73,6 +73,17 @@ async def wait_for_ask(r: redis.Redis, conv: str) -> UserMessage:
     raise AssertionError("no ask reached the inbox")
 
 
+async def open_chat(browser: Any, web: ServerProcess, **page_options: Any) -> tuple[Any, str, list[str]]:
+    """The widget's page, connected as alice of acme: (page, its conversation id, the page's errors)."""
+    token = mint_token(web.settings, "acme", "alice", ttl=600)
+    page = await browser.new_page(**page_options)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{web.http_url}/?token={token}")
+    await page.wait_for_selector('.docent-status[data-state="connected"]', timeout=WAIT_MS)
+    return page, str(await page.get_attribute(".docent", "data-conversation")), errors
+
+
 async def wait_for_answer_text(page: Any, text: str) -> None:
     script = f"() => (document.querySelector('.docent-answer') || {{}}).textContent === {json.dumps(text)}"
     await page.wait_for_function(script, timeout=WAIT_MS)
@@ -83,14 +94,8 @@ async def test_widget_streams_cites_and_survives_a_killed_web_process(
 ) -> None:
     r = redis.Redis.from_url(redis_url)
     with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
-        token = mint_token(web.settings, "acme", "alice", ttl=600)
-        page = await browser.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        await page.goto(f"{web.http_url}/?token={token}")
+        page, conv, errors = await open_chat(browser, web)
         assert "token=" not in page.url  # the credential left the address bar
-        await page.wait_for_selector('.docent-status[data-state="connected"]', timeout=WAIT_MS)
-        conv = await page.get_attribute(".docent", "data-conversation")
         assert conv
 
         await page.fill(".docent-input", "What is the travel policy?")
@@ -141,7 +146,7 @@ async def test_widget_streams_cites_and_survives_a_killed_web_process(
         assert errors == []
 
 
-LINKED = "See [the docs](https://docs.example/a[1]b) and [evil](https://evil.example/[2]\"onclick=\"x) [1]."
+LINKED = 'See [the docs](https://docs.example/a[1]b) and [evil](https://evil.example/[2]"onclick="x) [1].'
 LINKED_TEXT = "See the docs and evil [1]."
 ANCHORS = """() => [...document.querySelectorAll('.docent-answer a')].map(a => ({
   href: a.getAttribute('href'), rel: a.getAttribute('rel'), text: a.textContent,

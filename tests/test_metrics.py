@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from actors.ingestion import ingest_documents
 from actors.testing import ScriptedLLMThread
 from index.embed import load_embedder
 from index.ingest import Ingestor
+from index.reindex.jobs import ReindexJob, save_job
 from server.auth import ensure_admin_key, mint_token
-from store import metrics
+from store import keys, metrics
 from store.events import (
     AnswerCompleted,
     ApprovalDecided,
@@ -29,11 +32,15 @@ from store.events import (
     LLMFailed,
     ToolResult,
 )
+from store.exceptions import Unavailable
 from store.metrics import MULTIPROC_ENV
+from store.redis import free_port
+from store.scripts import Call, Plan, SyncRunner
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE
-from tests.server_proc import LocalAddress, ServerProcess, server_env
+from tests.server_proc import LocalAddress, ServerProcess, StreamWriter, server_env
 from tests.stack_proc import Stack
+from tests.test_server_ws import ask, open_chat, recv, token
 
 TENANT = "default"
 POLICY = b"# Travel policy\n\nReceipts for flights go to the finance team within thirty days of travel.\n"
@@ -200,3 +207,69 @@ def test_an_allowed_scraper_needs_no_key_and_a_bad_allow_setting_stops_the_web_p
     bad = ServerProcess(server_env(redis_url, tmp_path / "c", metrics_allow="not-a-network"))
     with pytest.raises(RuntimeError, match="server exited"):
         bad.start()
+
+
+async def test_queue_depths_fanout_lag_and_ingest_are_exposed(redis_url: str, tmp_path: Path) -> None:
+    """A real web process: an ask leaves an `advance` on the conversation queue (no worker here), a live
+    delta reaches the socket (fan-out lag), and the queues' depths are read at scrape time."""
+    env = server_env(redis_url, tmp_path / "web", metrics_allow="127.0.0.1")
+    client = redis.Redis.from_url(redis_url)
+    job = ReindexJob(id="job-metrics", model="hash", new_version="v2", old_version="v1", chunk_tokens=256,
+                     chunk_overlap=32, rechunk=False, status="building", docs_total=60, docs_done=15,
+                     chunks_per_s=27.5)  # fmt: skip
+    with ServerProcess(env, app="server.app:create_app") as web:
+        ws, ready = await open_chat(web, token(web, "quinn"))
+        await ws.send(ask("how deep is the queue?", "q1"))
+        assert (await recv(ws))["type"] == "accepted"
+        StreamWriter(client, ready["conversation_id"]).delta("hi", 1)
+        assert (await recv(ws))["type"] == "delta"
+        await ws.close()
+        idle = _samples((await asyncio.to_thread(_scrape, web, None))[2])
+        assert _value(idle["docent_reindex_running"], "docent_reindex_running") == 0
+        save_job(client, job, publish=False)
+        client.set(keys.REINDEX_CURRENT, job.id)
+        try:
+            status, _, text = await asyncio.to_thread(_scrape, web, None)
+        finally:
+            client.delete(keys.REINDEX_CURRENT, keys.reindex_job(job.id))
+    assert status == 200
+    families = _samples(text)
+    queues = families["docent_queue_messages"]
+    assert {(s.labels["queue"], s.labels["state"]) for s in queues} == {
+        (q, state)
+        for q in ("conversation", "approvals", "ingest", "reindex")
+        for state in ("ready", "delayed", "dead")
+    }
+    assert _value(queues, "docent_queue_messages", queue="conversation", state="ready") >= 1
+    assert _value(families["docent_reindex_running"], "docent_reindex_running") == 1
+    reindex = families["docent_reindex_documents"]
+    assert _value(reindex, "docent_reindex_documents", state="done") == 15
+    assert _value(reindex, "docent_reindex_documents", state="total") == 60
+    assert _value(families["docent_reindex_chunks_per_second"], "docent_reindex_chunks_per_second") == 27.5
+    lag = families["docent_fanout_lag_seconds"]
+    assert _value(lag, "docent_fanout_lag_seconds_count", stream="conversation") >= 1
+
+
+def test_ingest_progress_is_counted(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {"DOCENT_DATA_DIR": str(tmp_path), "DOCENT_MODEL_DIR": str(MODEL_CACHE), "DOCENT_EMBED_MODEL": "hash"}
+    )
+    before = _sample("docent_ingest_documents_total", status="indexed")
+    embedded = _sample("docent_ingest_entries_total", kind="embedded")
+    outcomes = ingest_documents(settings, [("travel-policy", {"data": POLICY, "fmt": "md"})])
+    assert [o.status for o in outcomes] == ["indexed"]
+    assert _sample("docent_ingest_documents_total", status="indexed") == before + 1
+    assert outcomes[0].embedded > 0
+    assert _sample("docent_ingest_entries_total", kind="embedded") == embedded + outcomes[0].embedded
+
+
+def test_redis_failures_are_counted_by_error_class() -> None:
+    before = _sample("docent_redis_errors_total", error="ConnectionError")
+    runner = SyncRunner(redis.Redis(port=free_port(), socket_connect_timeout=0.2), unavailable=Unavailable)
+    with pytest.raises(Unavailable):
+        runner.run(_ping())
+    assert _sample("docent_redis_errors_total", error="ConnectionError") == before + 1
+
+
+def _ping() -> Plan[Any]:
+    return (yield Call(lambda r: r.ping()))

@@ -32,6 +32,7 @@ from actors.tools.registry import DATA_NOTICE
 from index.types import Access, Hit, Principal
 from store.events import ToolResult, decode_event, encode
 from store.exceptions import ConfigError, ToolArgumentsInvalid, ToolError, ToolNotAllowed
+from store.metadata import Filters
 from store.redis import free_port
 from store.settings import Settings
 from store.tool_payloads import (
@@ -100,7 +101,9 @@ class MemoryKnowledgeBase:
         access = self.docs[doc_id][2]
         return principal.can_read(access.tenant, access.readers)
 
-    async def search(self, query: str, principal: Principal, k: int) -> Sequence[Hit]:
+    async def search(
+        self, query: str, principal: Principal, k: int, filters: Filters = None
+    ) -> Sequence[Hit]:
         terms = set(re.findall(r"\w+", query.lower()))
         hits = []
         for doc_id, (title, text, _) in self.docs.items():

@@ -15,6 +15,7 @@ from actors.tools.knowledge_base import KnowledgeBase
 from actors.tools.registry import Tool, ToolArgs, ToolContext, ToolOutput, fence_data
 from index.types import Hit
 from store.exceptions import ToolError
+from store.metadata import SearchFilters
 from store.tool_payloads import DocumentRead, SearchHit, SearchResults
 
 MAX_SEARCH_K = 10
@@ -33,6 +34,10 @@ class SearchArgs(ToolArgs, frozen=True):
         str, msgspec.Meta(min_length=1, max_length=MAX_QUERY_CHARS, description="what to look for")
     ]
     k: Annotated[int, msgspec.Meta(ge=1, le=MAX_SEARCH_K, description="how many passages")] = 5
+    filters: Annotated[
+        SearchFilters | None,
+        msgspec.Meta(description="only documents matching these (author, tags_any, path_prefix, dates …)"),
+    ] = None
 
 
 class ReadArgs(ToolArgs, frozen=True):
@@ -62,7 +67,8 @@ def render_hits(query: str, hits: Sequence[Hit]) -> str:
 
 
 async def search_knowledge_base(args: SearchArgs, ctx: ToolContext) -> ToolOutput:
-    hits = list(await knowledge_of(ctx).search(args.query, ctx.principal, args.k))[: args.k]
+    filters = tuple(f for f in (ctx.filters, args.filters) if f is not None)  # the ask's AND the call's
+    hits = list(await knowledge_of(ctx).search(args.query, ctx.principal, args.k, filters))[: args.k]
     data = SearchResults(query=args.query, hits=tuple(search_hit(n, h) for n, h in enumerate(hits, 1)))
     return ToolOutput(text=render_hits(args.query, hits), data=data)
 

@@ -8,13 +8,16 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from index.types import Hit, Principal
+from store.metadata import Filters
 
 
 class KnowledgeBase(Protocol):
     """Access-checked reads of the knowledge base."""
 
-    async def search(self, query: str, principal: Principal, k: int) -> Sequence[Hit]:
-        """The best `k` chunks this principal may read."""
+    async def search(
+        self, query: str, principal: Principal, k: int, filters: Filters = None
+    ) -> Sequence[Hit]:
+        """The best `k` chunks this principal may read, of documents matching every filter set."""
         ...
 
     async def read(self, doc_id: str, principal: Principal) -> tuple[str, str] | None:

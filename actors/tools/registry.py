@@ -20,6 +20,7 @@ from actors.tools.knowledge_base import KnowledgeBase
 from index.types import Principal
 from store.events import Risk
 from store.exceptions import ConfigError, ToolArgumentsInvalid, ToolNotAllowed
+from store.metadata import SearchFilters
 from store.settings import Settings
 from store.tool_payloads import ToolPayload
 
@@ -49,6 +50,7 @@ class ToolContext:
     settings: Settings
     knowledge: KnowledgeBase | None = None
     conversation_id: str = ""
+    filters: SearchFilters | None = None  # the ask's metadata filters: every knowledge search is narrowed
 
 
 def always(level: Risk) -> Callable[[Any], Risk]:

@@ -174,13 +174,19 @@ class DualWriter:
         return None
 
     def _record(self, version: str, doc_id: str) -> None:
-        document = self.catalog.get_document(doc_id)
-        ledger = Ledger(self.settings, version)
-        if document is None or document.deleted:
-            ledger.forget(doc_id)
-        else:
-            chunks = len(self.catalog.visible_chunks(version, doc_id))
-            ledger.mark(doc_id, document.content_hash, chunks, embedded=False)
+        self._record_many(version, [doc_id])
+
+    def _record_many(self, version: str, doc_ids: Sequence[str]) -> None:
+        """The version's build ledger brought in line with the catalog for these documents (one commit)."""
+        marks, forgets = [], []
+        for doc_id in doc_ids:
+            document = self.catalog.get_document(doc_id)
+            if document is None or document.deleted:
+                forgets.append(doc_id)
+            else:
+                chunks = len(self.catalog.visible_chunks(version, doc_id))
+                marks.append((doc_id, document.content_hash, chunks))
+        Ledger(self.settings, version).record(marks, forgets)
 
     def ingest_document(self, doc_id: str, **kwargs: Any) -> list[DocumentOutcome]:
         """`Ingestor.ingest_document` on every target; the first outcome is the active version's."""
@@ -216,11 +222,9 @@ class DualWriter:
             log.warning("dual-write batch to %s failed: %s", target.version, exc)
             return []
         mine = [o for o in report.documents if o.version == target.version]
-        for outcome in mine:
-            if outcome.status != "failed":
-                self._record(target.version, outcome.doc_id)
-            elif not primary:
-                self.failures += 1
+        self._record_many(target.version, [o.doc_id for o in mine if o.status != "failed"])
+        if not primary:
+            self.failures += sum(o.status == "failed" for o in mine)
         return mine
 
     def ingest_chunks(
@@ -232,6 +236,18 @@ class DualWriter:
 
     def delete_document(self, doc_id: str, *, tenant: str | None = None) -> list[DocumentOutcome]:
         return self._apply(lambda ingestor: ingestor.delete_document(doc_id, tenant=tenant), doc_id)
+
+    def recover(self, deleted: Sequence[str] = ()) -> int:
+        """`Ingestor.recover` on every current target: every hidden entry (of documents `deleted` in the
+        catalog, or left by interrupted writes) is collected, one write per target; the build ledgers
+        forget `deleted`. Returns the entries collected."""
+        with dual_write_lock(self.settings):
+            collected = 0
+            for target in write_targets(self.settings, self.client):
+                with self._ingestor(target) as ingestor:
+                    collected += ingestor.recover()
+                self._record_many(target.version, deleted)
+            return collected
 
     def resync(self, doc_id: str) -> int:
         """`Ingestor.resync` on every current target (after a catalog-only delete or readers change)."""

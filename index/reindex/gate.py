@@ -2,7 +2,8 @@
 
 Any nDCG@10 or recall@20 drop beyond `settings.gate_tolerance` fails the gate. The demo golden set ships
 inside the package (`index/golden/demo`, package data, so an installed wheel has it too); more sets come
-from `settings.golden_dirs`. Worker side: searching loads numpy and the indexes.
+from `settings.golden_dirs`, and `{data dir}/golden/feedback` once admins have accepted down-voted answers
+(`store.golden_candidates`). Worker side: searching loads numpy and the indexes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from index.search import Mode, Searcher
 from index.types import Embedder, Principal
 from store.catalog import Catalog
 from store.exceptions import InputError
+from store.golden_candidates import golden_dir
 from store.settings import Settings
 
 GOLDEN_DEMO_DIR = Path(str(resources.files("index") / "golden" / "demo"))
@@ -40,6 +42,9 @@ class GoldenSet(msgspec.Struct, kw_only=True):
 def golden_dirs(settings: Settings) -> list[Path]:
     dirs = [GOLDEN_DEMO_DIR] if settings.golden_demo and GOLDEN_DEMO_DIR.is_dir() else []
     dirs += [Path(p) for p in settings.golden_dirs.split(os.pathsep) if p]
+    feedback = golden_dir(settings.data_path)  # built by admins from down-voted answers
+    if (feedback / "queries.jsonl").is_file():
+        dirs.append(feedback)
     return dirs
 
 

@@ -98,12 +98,13 @@ _job_decoder = msgspec.json.Decoder(ReindexJob)
 _encoder = msgspec.json.Encoder()
 
 
-def _decode_job(raw: object) -> ReindexJob | None:
+def decode_job(raw: object) -> ReindexJob | None:
+    """A job record as stored (None for a missing or unreadable one)."""
     return _job_decoder.decode(raw) if isinstance(raw, bytes | str) else None
 
 
 def get_job(client: redis.Redis, job_id: str) -> ReindexJob:
-    job = _decode_job(client.get(keys.reindex_job(job_id)))
+    job = decode_job(client.get(keys.reindex_job(job_id)))
     if job is None:
         raise IndexNotFound(f"no reindex job {job_id}", job_id=job_id)
     return job
@@ -112,14 +113,14 @@ def get_job(client: redis.Redis, job_id: str) -> ReindexJob:
 def list_jobs(client: redis.Redis, limit: int = 20) -> list[ReindexJob]:
     found: list[bytes] = client.zrevrange(keys.REINDEX_JOBS, 0, limit - 1)  # type: ignore[assignment]
     ids = [text(i) for i in found]
-    return [job for i in ids if (job := _decode_job(client.get(keys.reindex_job(i)))) is not None]
+    return [job for i in ids if (job := decode_job(client.get(keys.reindex_job(i)))) is not None]
 
 
 def current_job(client: redis.Redis) -> ReindexJob | None:
     raw = client.get(keys.REINDEX_CURRENT)
     if raw is None:
         return None
-    job = _decode_job(client.get(keys.reindex_job(text(raw))))
+    job = decode_job(client.get(keys.reindex_job(text(raw))))
     return job if job is not None and not job.terminal else None
 
 

@@ -64,6 +64,17 @@ class Ledger:
         with self._db() as db:
             db.executemany(_SEED, [(doc_id, digest, chunks, now_ms()) for doc_id, digest, chunks in items])
 
+    def record(self, marks: Sequence[tuple[str, str, int]], forgets: Sequence[str]) -> None:
+        """`mark` (not embedded by a build) and `forget` for many documents in ONE transaction: a batch of
+        ingested documents costs one commit, not one per document."""
+        if not marks and not forgets:
+            return
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(_MARK, [(doc_id, digest, chunks, 0, now_ms()) for doc_id, digest, chunks in marks])
+            db.executemany("DELETE FROM built WHERE doc_id = ?", [(doc_id,) for doc_id in forgets])
+            db.execute("COMMIT")
+
     def forget(self, doc_id: str) -> None:
         with self._db() as db:
             db.execute("DELETE FROM built WHERE doc_id = ?", (doc_id,))

@@ -1,6 +1,7 @@
 /*
  * Docent operator console (GET /admin): index versions, reindex jobs with live progress (/ws/admin),
- * document upload, run traces and the approvals audit.
+ * document upload, run traces, the approvals audit, and usage (tokens, cost, quality per tenant and day)
+ * with inline SVG bar charts (no chart library, nothing from a CDN).
  *
  *   DocentAdmin.mount(mainElement, {wsUrl: "wss://…/ws/admin"})
  *
@@ -19,6 +20,10 @@
   var ARM_TIMEOUT_MS = 4000;
   var TERMINAL = ["done", "rejected", "cancelled", "failed"];
   var LONG_TEXT_CHARS = 400;
+  var DAY_MS = 86400000;
+  var USAGE_DEFAULT_DAYS = 7;
+  var SVG_NS = "http://www.w3.org/2000/svg";
+  var CHART_W = 420, CHART_H = 140, CHART_PAD = 24;
 
   // -- small helpers ----------------------------------------------------------------------------------
 
@@ -29,6 +34,40 @@
     return node;
   }
 
+  function isoDay(date) {
+    return date.toISOString().slice(0, 10);
+  }
+  function svg(tag, attributes) {
+    var node = document.createElementNS(SVG_NS, tag);
+    Object.keys(attributes || {}).forEach(function (k) { node.setAttribute(k, String(attributes[k])); });
+    return node;
+  }
+  // One bar per day (values[i] for days[i]), scaled to the largest; the day under each bar.
+  function barChart(days, values, format) {
+    var chart = svg("svg", {viewBox: "0 0 " + CHART_W + " " + CHART_H, width: CHART_W, height: CHART_H,
+                            role: "img", "class": "admin-bars"});
+    var top = Math.max.apply(null, values.concat([0]));
+    var slot = (CHART_W - 2 * CHART_PAD) / Math.max(1, days.length);
+    var usable = CHART_H - 2 * CHART_PAD;
+    days.forEach(function (day, i) {
+      var h = top > 0 ? Math.round(usable * values[i] / top) : 0;
+      var x = CHART_PAD + i * slot + slot * 0.15;
+      var bar = svg("rect", {x: x.toFixed(1), y: CHART_H - CHART_PAD - h, width: (slot * 0.7).toFixed(1), height: h,
+                             "class": "admin-bar", "data-day": day, "data-value": values[i]});
+      var title = svg("title");
+      title.textContent = day + ": " + format(values[i]);
+      bar.appendChild(title);
+      chart.appendChild(bar);
+      var label = svg("text", {x: (x + slot * 0.35).toFixed(1), y: CHART_H - 8, "text-anchor": "middle",
+                               "class": "admin-bar-label"});
+      label.textContent = day.slice(5);
+      chart.appendChild(label);
+    });
+    var peak = svg("text", {x: CHART_PAD, y: 14, "class": "admin-bar-label"});
+    peak.textContent = "max " + format(top);
+    chart.appendChild(peak);
+    return chart;
+  }
   function clear(node) {
     while (node.firstChild) node.removeChild(node.firstChild);
   }
@@ -153,6 +192,13 @@
       e.preventDefault();
       self.loadTrace();
     });
+    this.q(".admin-usage-form").addEventListener("submit", function (e) {
+      e.preventDefault();
+      self.loadUsage();
+    });
+    var today = new Date();
+    this.q(".admin-usage-to").value = isoDay(today);
+    this.q(".admin-usage-from").value = isoDay(new Date(today.getTime() - (USAGE_DEFAULT_DAYS - 1) * DAY_MS));
     this.q(".admin-audit-form").addEventListener("submit", function (e) {
       e.preventDefault();
       self.loadAudit();
@@ -755,6 +801,53 @@
 
   // -- approvals audit --------------------------------------------------------------------------------
 
+  // -- usage ----------------------------------------------------------------------------------------
+
+  Admin.prototype.loadUsage = function () {
+    var self = this;
+    var params = new URLSearchParams();
+    params.set("from", this.q(".admin-usage-from").value);
+    params.set("to", this.q(".admin-usage-to").value);
+    var tenant = this.q(".admin-usage-tenant").value.trim();
+    if (tenant) params.set("tenant", tenant);
+    this.message(".admin-usage-msg", "Loading…");
+    this.api("GET", "/admin/usage?" + params.toString()).then(function (data) {
+      self.renderUsage(data);
+    }).catch(function (err) {
+      self.message(".admin-usage-msg", err.message, true);
+    });
+  };
+
+  Admin.prototype.renderUsage = function (data) {
+    var totals = (data.rows || []).filter(function (r) { return r.user === ""; });
+    var perDay = {};
+    data.days.forEach(function (d) { perDay[d] = {tokens: 0, cost: 0}; });
+    totals.forEach(function (r) { perDay[r.day].tokens += r.tokens; perDay[r.day].cost += r.cost_usd; });
+    var charts = [[".admin-usage-tokens", "tokens", function (v) { return String(v); }],
+                  [".admin-usage-cost", "cost", function (v) { return usd(v); }]];
+    var self = this;
+    charts.forEach(function (c) {
+      var figure = self.q(c[0]);
+      var old = figure.querySelector("svg");
+      if (old) figure.removeChild(old);
+      figure.appendChild(barChart(data.days, data.days.map(function (d) { return perDay[d][c[1]]; }), c[2]));
+    });
+    var body = this.q(".admin-usage tbody");
+    clear(body);
+    totals.forEach(function (r) {
+      var row = el("tr");
+      row.setAttribute("data-day", r.day);
+      row.setAttribute("data-tenant", r.tenant);
+      [r.day, r.tenant, r.turns, r.tokens_in, r.tokens_out, usd(r.cost_usd), r.answers, r.uncited_answers,
+       r.unsupported_sentences, r.no_passage_retrievals, r.feedback_up, r.feedback_down].forEach(function (v) {
+        row.appendChild(el("td", "", v));
+      });
+      body.appendChild(row);
+    });
+    this.message(".admin-usage-msg", totals.length + " tenant-day(s), " + data.days.length + " day(s)"
+      + (data.truncated ? "; more rows than shown: pick a tenant" : "") + ".");
+  };
+
   Admin.prototype.loadAudit = function () {
     var self = this;
     var params = new URLSearchParams();
@@ -802,6 +895,8 @@
   };
 
   global.DocentAdmin = {
-    mount: function (root, options) { return new Admin(root, options); }
+    mount: function (root, options) { return new Admin(root, options); },
+    // for the console's other cards (admin-documents.js)
+    helpers: { el: el, clear: clear, when: when, armed: armed }
   };
 })(window);

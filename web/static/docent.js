@@ -6,6 +6,8 @@
  *
  *   const chat = Docent.connect({url: "wss://docent.example/ws/chat", token});
  *   chat.ask("What is our travel policy?", {mode: "auto", onSources, onDelta, onCitation, onEvent, onDone});
+ *   chat.feedback(turn, "up" | "down", "optional comment");   // rate an answer (a `feedback` event follows)
+ *   chat.ask(text, {noCache: true})   // a fresh answer, never one from the answer cache
  *
  * The client reconnects with exponential backoff and resumes from the last event id it saw, so a dropped
  * socket or a restarted server neither loses nor repeats a token. Docent.mount(element, options) renders
@@ -356,7 +358,9 @@
     }
     var handlers = this.turns[event.turn] || {};
     if (handlers.onEvent) handlers.onEvent(event, id);
-    if (event.type === "retrieval_done" && handlers.onSources) handlers.onSources(event.sources || [], event);
+    if ((event.type === "retrieval_done" || event.type === "cache_hit") && handlers.onSources) {
+      handlers.onSources(event.sources || [], event);
+    }
     if (event.type === "answer_completed" && handlers.onCitation) {
       (event.citations || []).forEach(function (c) { handlers.onCitation(c); });
     }
@@ -370,13 +374,15 @@
 
   Chat.prototype._sendAsk = function (ask) {
     if (!this.ws || !this.ready) return;
-    this.ws.send(JSON.stringify({type: "ask", text: ask.text, mode: ask.mode, client_message_id: ask.id}));
+    var frame = {type: "ask", text: ask.text, mode: ask.mode, client_message_id: ask.id};
+    if (ask.noCache) frame.no_cache = true;
+    this.ws.send(JSON.stringify(frame));
   };
 
   Chat.prototype.ask = function (text, options) {
     options = options || {};
     var ask = {id: newClientId(), text: String(text), mode: options.mode || "auto", handlers: options,
-               accepted: false};
+               accepted: false, noCache: !!options.noCache};
     this.pending.push(ask);
     this._emit("ask", ask.id, ask.text, ask.mode);
     if (this.ready) this._sendAsk(ask);
@@ -385,6 +391,15 @@
       this._open();
     }
     return ask.id;
+  };
+
+  // A rating of the answer of `turn`; the server logs it as a `feedback` event on that turn.
+  Chat.prototype.feedback = function (turn, rating, comment) {
+    if (!this.ws || !this.ready) return null;
+    var id = newClientId();
+    this.ws.send(JSON.stringify({type: "feedback", turn: turn, rating: rating, comment: String(comment || ""),
+                                 client_message_id: id}));
+    return id;
   };
 
   Chat.prototype.cancel = function () {
@@ -425,6 +440,9 @@
     switch (event.type) {
       case "turn_started": return "Route: " + event.route + (event.reason ? " — " + event.reason : "");
       case "retrieval_done": return "Searched “" + event.query + "”: " + event.chunk_ids.length + " passages";
+      case "cache_hit":
+        return "Answered from a recent identical question (“" + event.cached_question + "”, similarity "
+          + event.similarity.toFixed(2) + ")";
       case "llm_requested":
         return (event.step < 0 ? "Model rewrites the question for search" : "Model call " + event.step)
           + " (" + event.model + ")";
@@ -623,6 +641,10 @@
       case "retrieval_done":
         this.renderSources(state, event.sources || [], {});
         break;
+      case "cache_hit":
+        state.section.appendChild(el("div", "docent-cache-note", "answered from a recent identical question"));
+        this.renderSources(state, event.sources || [], {});
+        break;
       case "llm_requested":
         this.startModelCall(state, event.step);
         break;
@@ -649,6 +671,10 @@
           this.renderSources(state, event.sources || [], citedByN);
         }
         this.renderAnswer(state);
+        this.showFeedback(state, event.turn, null);
+        break;
+      case "feedback":
+        this.showFeedback(state, event.turn, event.rating);
         break;
       case "turn_failed":
       case "limit_reached":
@@ -662,6 +688,31 @@
         break;
     }
     this.scroll();
+  };
+
+  // Thumbs up / down under a finished answer, with an optional comment; `chosen` marks a logged rating.
+  Widget.prototype.showFeedback = function (state, turn, chosen) {
+    var self = this;
+    var bar = state.section.querySelector(".docent-feedback");
+    if (!bar) {
+      bar = el("div", "docent-feedback");
+      var comment = el("input", "docent-feedback-comment");
+      comment.type = "text";
+      comment.maxLength = 2000;
+      comment.placeholder = "Comment (optional)";
+      [["up", "Helpful"], ["down", "Not helpful"]].forEach(function (b) { // words: no emoji font needed
+        var button = el("button", "docent-feedback-" + b[0], b[1]);
+        button.type = "button";
+        button.setAttribute("data-rating", b[0]);
+        button.addEventListener("click", function () {
+          if (self.chat.feedback(turn, b[0], comment.value)) bar.setAttribute("data-sent", b[0]);
+        });
+        bar.appendChild(button);
+      });
+      bar.appendChild(comment);
+      state.section.insertBefore(bar, state.citationList);
+    }
+    if (chosen) bar.setAttribute("data-chosen", chosen);
   };
 
   // One badge per approval: "waiting" until a reviewer (or the clock) settles it, then the outcome.

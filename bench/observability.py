@@ -1,0 +1,204 @@
+"""What metrics and tracing cost a turn: the same turns with them off, with metrics, with metrics + traces.
+
+    .venv/bin/python -m bench.observability [--turns 60] [--steps 10]
+
+Starts an embedded Redis, the scripted OpenAI-compatible LLM (no delays), the counting HTTP sink and an
+OTLP/HTTP receiver (`actors.testing.otlp_receiver`) in a temporary directory, builds a small index (hash
+embedder) and runs `activate()` turns in this process, the three configurations interleaved turn by turn
+(rotating which goes first), so a noisy neighbour on the shared machine hits all three alike:
+
+  off              the actor's metric calls replaced by no-ops, no tracer
+  metrics          prometheus-client in multiprocess mode (PROMETHEUS_MULTIPROC_DIR, as `docent run` sets it)
+  metrics+traces   the same, plus the OTLP exporter (batch span processor) sending to the receiver
+
+Two turn shapes: a Q&A turn (retrieval + one streamed LLM call + answer) and an agent turn of `--steps`
+tool round trips (`http_request` GETs to the sink). Usage accounting (`actors.spend`) runs in all three.
+Prints each configuration's p50 / p95 activation wall time and process CPU time (every thread of this
+process: the actor, the in-process scripted LLM and receiver, the span exporter; not Redis) per turn, and
+the p50 overhead against `off`; on a loaded machine the CPU time is the steadier of the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+_METRICS_DIR = tempfile.mkdtemp(prefix="docent-bench-metrics-")
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _METRICS_DIR)  # before prometheus_client is imported
+
+from actors.broker import use_stub_broker  # noqa: E402
+
+use_stub_broker()  # the actor module declares `advance`; nothing is consumed here
+
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+
+from actors import conversation, runtime  # noqa: E402
+from actors.state import ConversationState, fold  # noqa: E402
+from actors.testing import HttpSink, ScriptedLLMThread, SinkThread  # noqa: E402
+from actors.testing.otlp_receiver import OtlpReceiver  # noqa: E402
+from actors.turn_trace import TurnTrace  # noqa: E402
+from bench.actors import worker_settings  # noqa: E402
+from index.embed import load_embedder  # noqa: E402
+from index.ingest import Ingestor  # noqa: E402
+from store import metrics, tracing  # noqa: E402
+from store.events import RetrievalDone, UserMessage  # noqa: E402
+from store.redis import EmbeddedRedis, free_port  # noqa: E402
+from store.settings import Settings  # noqa: E402
+
+ARMS = ("off", "metrics", "metrics+traces")
+SEAMS = ("observe_event", "observe_first_token", "observe_retrieval")
+DOCUMENTS = 40
+WARMUP_TURNS = 2
+SEAM_REPEATS = 300
+
+
+def summary(samples_s: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples_s)
+    return statistics.median(ordered) * 1000, ordered[
+        min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))
+    ] * 1000
+
+
+@contextmanager
+def arm(name: str, provider: Any) -> Iterator[None]:
+    saved = {seam: getattr(metrics, seam) for seam in SEAMS}
+    if name == "off":
+        for seam in SEAMS:
+            setattr(metrics, seam, lambda *args, **kwargs: None)
+    tracing.reset()
+    if name == "metrics+traces":
+        tracing.install(provider)
+    try:
+        yield
+    finally:
+        for seam, fn in saved.items():
+            setattr(metrics, seam, fn)
+        tracing.reset()
+
+
+def build_index(settings: Settings) -> None:
+    with Ingestor(settings, load_embedder(settings, "hash", purpose="offline")) as ingestor:
+        for n in range(DOCUMENTS):
+            text = (
+                f"# Policy {n}\n\nExpense rule {n}: receipts over {n * 10} euros need a manager's approval.\n"
+            )
+            ingestor.ingest_document(f"policy-{n}", data=text.encode(), fmt="md", title=f"Policy {n}")
+
+
+def run(
+    settings: Settings, turns: int, shape: str, make: Callable[[int], UserMessage], provider: Any
+) -> None:
+    rt = runtime.Runtime.from_settings(settings)
+    runtime.configure(rt)
+    times: dict[str, list[float]] = {a: [] for a in ARMS}
+    cpu: dict[str, list[float]] = {a: [] for a in ARMS}
+    for n in range(turns):
+        order = ARMS[n % 3 :] + ARMS[: n % 3]
+        for name in order:
+            conv = f"{shape}-{name}-{n}"
+            rt.log.post_inbox(conv, make(n))
+            with arm(name, provider):
+                started, started_cpu = time.perf_counter(), time.process_time()
+                assert conversation.activate(conv, rt) == "done"
+                if n >= 0:
+                    times[name].append(time.perf_counter() - started)
+                    cpu[name].append(time.process_time() - started_cpu)
+    base, _ = summary(times["off"])
+    base_cpu, _ = summary(cpu["off"])
+    for name in ARMS:
+        p50, p95 = summary(times[name])
+        cpu50, cpu95 = summary(cpu[name])
+        wall = f"wall p50 {p50:7.2f} ms  p95 {p95:7.2f} ms ({100 * (p50 - base) / base:+5.1f}%)"
+        extra = 100 * (cpu50 - base_cpu) / base_cpu
+        used = f"process CPU p50 {cpu50:6.2f} ms  p95 {cpu95:6.2f} ms ({extra:+5.1f}%)"
+        print(f"{shape:>6} turn, {name:>15}: {wall}   {used}   n={len(times[name])}")
+    seams(rt, f"{shape}-off-0", provider)
+    rt.close()
+
+
+def seams(rt: runtime.Runtime, conv: str, provider: Any) -> None:
+    """The seams alone: one logged turn's events folded and observed SEAM_REPEATS times per configuration."""
+    events = [e for _, e in rt.log.read(conv)]
+    timings = {"embed": 1.0, "ann": 0.5, "bm25": 2.0, "fuse": 0.2, "catalog": 0.3, "total": 4.0}
+    cost: dict[str, float] = {}
+    for name in ARMS:
+        with arm(name, provider):
+            started = time.process_time()
+            for _ in range(SEAM_REPEATS):
+                state = ConversationState(conversation_id=conv)
+                trace = TurnTrace(conv)
+                for n, event in enumerate(events):
+                    if isinstance(event, RetrievalDone):  # as the actor: the search's spans, then its event
+                        metrics.observe_retrieval(timings)
+                        trace.retrieval(state, timings, 4.0, 3)
+                    fold(state, f"1-{n}", event)
+                    metrics.observe_event(event, now_ms=event.at_ms, asked_at_ms=events[0].at_ms, route="qa")
+                    trace.observe(state, event)
+                trace.close()
+            if isinstance(provider, TracerProvider):
+                provider.force_flush()  # the export of the spans made is part of their cost
+            cost[name] = (time.process_time() - started) / SEAM_REPEATS * 1e6
+    print(f"        seams alone, {len(events)} events a turn: "
+          + ", ".join(f"{n} {c:.0f} µs" for n, c in cost.items())
+          + f" per turn (metrics +{cost['metrics'] - cost['off']:.0f} µs,"
+          f" traces +{cost['metrics+traces'] - cost['metrics']:.0f} µs, process CPU)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis", port=free_port()) as redis:
+        sink = HttpSink()
+        received = multiprocessing.Value("i", 0)
+        port = free_port()
+        collector = multiprocessing.get_context("fork").Process(target=serve_otlp, args=(port, received))
+        collector.start()  # a process of its own: decoding the spans is the collector's work, not ours
+        with SinkThread(sink), ScriptedLLMThread() as llm:
+            settings = worker_settings(Path(tmp) / "data", redis.url, llm.url, args.steps + 5)
+            build_index(settings)
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+            os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = "65536"  # the seams' burst of spans: none dropped
+            tracing.configure("worker")
+            provider: Any = tracing.provider()
+            llm.add_script("agent", {"steps": [
+                *[{"text": "checking", "tool_calls": [{"name": "http_request", "arguments": {
+                    "url": f"{sink.url}/item/{n}", "method": "GET"}}]} for n in range(args.steps)],
+                {"text": "done"},
+            ]})  # fmt: skip
+
+            def qa(n: int) -> UserMessage:
+                return UserMessage(
+                    text=f"Which receipts need approval under rule {n}?", mode="qa", tenant="t", user="u"
+                )
+
+            def agent(n: int) -> UserMessage:
+                return UserMessage(text="[script:agent] check every item", mode="agent", tenant="t", user="u")
+
+            run(settings, args.turns, "qa", qa, provider)
+            run(settings, max(1, args.turns // 3), "agent", agent, provider)
+            provider.force_flush()
+            time.sleep(1.0)
+            print(f"spans received by the OTLP receiver: {received.value}")
+        collector.terminate()
+        collector.join()
+
+
+def serve_otlp(port: int, received: Any) -> None:
+    with OtlpReceiver(port=port) as receiver:
+        while True:
+            time.sleep(0.2)
+            received.value = len(receiver.spans())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Golden-set candidates from down-voted answers (`store.golden_candidates`), for a tenant's admin.
+
+    GET  /admin/golden/candidates?tenant=T[&status=open|accepted|dismissed]
+        -> {"candidates": [{id, conversation_id, turn, question, answer, passages, comment, status, doc_id}]}
+    POST /admin/golden/candidates/{id}?tenant=T   {"doc_id": "..."} accepts (the answering document),
+                                                  {"dismiss": true} dismisses  -> the candidate
+
+Accepting or dismissing rewrites `{data dir}/golden/feedback` (BEIR layout) from every accepted candidate;
+the reindex gate then checks a new index version against those questions too. Auth: the tenant's admin
+(an admin token, or the admin key with `?tenant=`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+import msgspec
+import redis
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from server.bodies import read_json
+from server.callers import require_admin
+from server.rest import json_response
+from server.services import services
+from store.blocking import run_blocking
+from store.exceptions import InputError
+from store.golden_candidates import Candidate, CandidateStore, export_golden, golden_dir
+
+DocId = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+STATUSES: frozenset[str] = frozenset({"open", "accepted", "dismissed"})
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    doc_id: DocId | None = None
+    dismiss: bool = False
+
+
+class CandidateList(msgspec.Struct, frozen=True, kw_only=True):
+    candidates: list[Candidate]
+
+
+@lru_cache(maxsize=4)
+def _store(url: str) -> CandidateStore:
+    return CandidateStore(redis.Redis.from_url(url))
+
+
+async def list_candidates(request: Request) -> Response:
+    me = require_admin(request)
+    status = request.query_params.get("status")
+    if status is not None and status not in STATUSES:
+        raise InputError(f"status must be one of {sorted(STATUSES)}", field="status")
+    store = _store(services(request).settings.redis_url)
+    found = await run_blocking(store.listed, me.tenant, status)  # type: ignore[arg-type]
+    return json_response(CandidateList(candidates=found))
+
+
+async def decide_candidate(request: Request) -> Response:
+    me = require_admin(request)
+    svc = services(request)
+    decision = await read_json(request, Decision, svc.settings.max_json_body_bytes)
+    if (decision.doc_id is None) == (not decision.dismiss):
+        raise InputError("give doc_id (accept) or dismiss: true, not both", field="body")
+    store = _store(svc.settings.redis_url)
+    decided = await run_blocking(
+        store.decide, me.tenant, request.path_params["candidate_id"], doc_id=decision.doc_id, by=me.user
+    )
+    await run_blocking(export_golden, store, golden_dir(svc.settings.data_path))
+    return json_response(decided)
+
+
+def golden_routes() -> list[BaseRoute]:
+    return [
+        Route("/admin/golden/candidates", list_candidates, methods=["GET"]),
+        Route("/admin/golden/candidates/{candidate_id}", decide_candidate, methods=["POST"]),
+    ]

@@ -1,0 +1,215 @@
+"""The MCP server (Model Context Protocol, the official `mcp` SDK): Docent's knowledge base as MCP tools,
+over the streamable HTTP transport at `/mcp` on the web process.
+
+    search_knowledge(query, k=8, mode="hybrid", filters=None)  -> {"query", "index_version", "hits": [...]}
+    read_document(doc_id, max_chars=8000)         -> {"doc_id", "title", "text", "chars", "truncated"}
+
+Authentication is a Docent bearer token (`Authorization: Bearer <token>`, the REST API's): a request
+without a valid one is 401 before the MCP layer sees it, and every tool call resolves its principal again
+from its own request's header, so a hit or a document is only ever what that principal may read (the
+search runs on a query worker with the ACL inside retrieval, exactly as `POST /api/search`; a read checks
+the catalog's readers). Searches take the caller's ask rate-limit bucket; `filters` are the search filters
+of store.metadata (a bad one is a tool error naming `bad_filter`). The transport is stateless (each POST
+carries its own JSON-RPC exchange, no server-side session), so any web process behind a load balancer can
+answer any request. The web process loads no model here either: search is the same RPC to a worker as
+`/api/search`.
+
+The SDK takes seconds to import (its pydantic models: 4 s of a 6 s web-process start on a loaded 2-core
+machine), so the web process does not wait for it: the app's lifespan starts a task that imports and
+builds the server in a thread and then runs its session manager (`McpEndpoint.running`); `/healthz`
+answers at once, and a `/mcp` request that comes before the server is ready waits for it (at most
+READY_TIMEOUT_S, then 503 `unavailable`).
+
+(No `from __future__ import annotations` here: the SDK reads the tools' annotations, `Context` included,
+from the function objects built in `_build`.)
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from actors.search_rpc import make_search
+from index.types import Principal as Reader
+from server.auth import Principal
+from server.redaction import catalog_for
+from server.search_api import MAX_K, Search, SearchBody, call_of, hit_out
+from server.services import Services
+from store.blocking import run_blocking
+from store.exceptions import AuthError, DocentError, InputError, NotFound, Unavailable
+
+MCP_PATH = "/mcp"
+SERVER_NAME = "docent"
+MAX_READ_CHARS = 50_000
+DEFAULT_READ_CHARS = 8_000
+READY_TIMEOUT_S = 30.0
+ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _bearer(headers: Any) -> str | None:
+    value = headers.get("authorization", "") if headers is not None else ""
+    scheme, _, token = str(value).partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _reader_tokens(me: Principal) -> tuple[str, ...]:
+    return Reader(tenant=me.tenant, user=me.user, groups=me.groups).reader_tokens()
+
+
+class McpEndpoint:
+    """The MCP endpoint of one web app: Docent's side (auth, search, read) and the SDK's server."""
+
+    def __init__(self, search: Search | None = None) -> None:
+        self.services: Services | None = None
+        self._search = search  # default: the worker RPC, made when the app starts
+        self._asgi: ASGI | None = None
+        self._ready: asyncio.Event | None = None
+
+    # -- Docent's side: typed errors, no SDK types ---------------------------------------------------
+
+    def principal(self, headers: Any) -> Principal:
+        assert self.services is not None
+        return self.services.auth.principal(_bearer(headers))
+
+    async def search(
+        self, me: Principal, query: str, k: int, mode: str, filters: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """`POST /api/search` as a tool: the same body checks, rate limit and worker RPC."""
+        services = self.services
+        assert services is not None and self._search is not None
+        try:
+            body = msgspec.convert({"query": query, "k": k, "mode": mode, "filters": filters}, SearchBody)
+        except msgspec.ValidationError as exc:
+            raise InputError(f"{exc} (k is 1..{MAX_K})", field="arguments") from None
+        await services.limits.check(me, "ask")
+        result = await self._search(call_of(body, me, services.settings.max_question_chars))
+        hits = [msgspec.to_builtins(hit_out(n, hit)) for n, hit in enumerate(result.hits, start=1)]
+        return {"query": result.query, "index_version": result.index_version, "hits": hits}
+
+    async def read(self, me: Principal, doc_id: str, max_chars: int) -> dict[str, Any]:
+        """A document's text if the principal may read it; otherwise not_found (existence is not told)."""
+        assert self.services is not None
+        if not 1 <= max_chars <= MAX_READ_CHARS:
+            raise InputError(f"max_chars is 1..{MAX_READ_CHARS}", field="max_chars")
+        catalog = catalog_for(self.services.settings.data_path)
+
+        def read() -> tuple[str, str] | None:
+            doc = catalog.get_document(doc_id)
+            if doc is None or not doc.readable_by(me.tenant, _reader_tokens(me)):
+                return None
+            text = catalog.document_text(doc_id)
+            return None if text is None else (doc.title, text)
+
+        found = await run_blocking(read)
+        if found is None:
+            raise NotFound(f"no document {doc_id!r} you may read", doc_id=doc_id)
+        title, text = found
+        shown = text[:max_chars]
+        return {"doc_id": doc_id, "title": title, "text": shown, "chars": len(text),
+                "truncated": len(shown) < len(text)}  # fmt: skip
+
+    # -- the SDK's server ----------------------------------------------------------------------------
+
+    def _build(self) -> Any:
+        """The SDK's server with the two tools (blocking: imports the SDK). Returns the MCPServer."""
+        from mcp.server.mcpserver import Context, MCPServer
+        from mcp.server.mcpserver.exceptions import ToolError
+        from mcp.server.transport_security import TransportSecuritySettings
+        from mcp_types import ToolAnnotations
+
+        server = MCPServer(SERVER_NAME, instructions="Docent's knowledge base, as the token's principal.")
+        read_only = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
+
+        async def tool_call(
+            ctx: Context, call: Callable[[Principal], Awaitable[dict[str, Any]]]
+        ) -> dict[str, Any]:
+            try:
+                return await call(self.principal(ctx.headers))
+            except DocentError as exc:
+                raise ToolError(f"{exc.code}: {exc.message}") from None
+
+        @server.tool(
+            name="search_knowledge",
+            annotations=read_only,
+            description="Search the knowledge base: numbered passages with doc ids, titles and scores.",
+        )
+        async def search_knowledge(
+            query: str, ctx: Context, k: int = 8, mode: str = "hybrid", filters: dict[str, Any] | None = None
+        ) -> dict[str, Any]:
+            return await tool_call(ctx, lambda me: self.search(me, query, k, mode, filters))
+
+        @server.tool(
+            name="read_document",
+            annotations=read_only,
+            description="Read one document's text by its doc_id (from search_knowledge results).",
+        )
+        async def read_document(
+            doc_id: str, ctx: Context, max_chars: int = DEFAULT_READ_CHARS
+        ) -> dict[str, Any]:
+            return await tool_call(ctx, lambda me: self.read(me, doc_id, max_chars))
+
+        # Bearer tokens, not cookies, authenticate every request, so DNS rebinding gains nothing; origins
+        # are the app's CORS middleware's business.
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        server.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            stateless_http=True,
+            json_response=True,
+            transport_security=security,
+        )
+        return server
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        server = await run_blocking(self._build)
+        async with server.session_manager.run():
+            self._asgi = server.session_manager.handle_request
+            assert self._ready is not None
+            self._ready.set()
+            await stop.wait()
+
+    @contextlib.asynccontextmanager
+    async def running(self, services: Services) -> AsyncIterator[None]:
+        """For the app's lifespan: the server is built and served in a task of its own."""
+        self.services = services
+        if self._search is None:
+            self._search = make_search(services.settings, services.redis)
+        self._ready, stop = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(self._serve(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, timeout=5.0)
+
+    async def _ready_asgi(self) -> ASGI:
+        if self._asgi is None:
+            assert self._ready is not None
+            try:
+                await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT_S)
+            except TimeoutError:
+                raise Unavailable("the MCP server is not ready yet") from None
+        assert self._asgi is not None
+        return self._asgi
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI endpoint: a Docent token first (401 without one), then the MCP transport."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            self.principal(headers)
+            asgi = await self._ready_asgi()
+        except DocentError as exc:
+            status = 401 if isinstance(exc, AuthError) else 503
+            extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+            await JSONResponse(exc.to_wire(), status_code=status, headers=extra)(scope, receive, send)
+            return
+        await asgi(scope, receive, send)
+
+
+def routes(endpoint: McpEndpoint) -> list[Route]:
+    return [Route(MCP_PATH, endpoint, methods=["GET", "POST", "DELETE"])]

@@ -1,0 +1,308 @@
+"""Token, cost and turn accounting per tenant, user and UTC day, in Redis counters.
+
+    usage:{<tenant>}:<day>        hash: tokens_in, tokens_out, cost_usd, turns (the tenant's day), and the
+                                  tenant's quality signals (QUALITY_FIELDS: answers, uncited answers, ...)
+    usage:{<tenant>}:<day>:users  hash: `<user>:<field>` for the four spend fields, per user
+    usage:{<tenant>}:<YYYY-MM>[:users]   the same four spend fields per month (the monthly budgets)
+    usage:tenants:<day>           set: the tenants with usage that day (what GET /admin/usage lists)
+
+`<day>` is `YYYY-MM-DD` (UTC). A record moves the tenant's and the user's figures in one MULTI (both keys
+carry the tenant's hash tag: one Redis Cluster slot), so a reader never sees one without the other; every
+key expires `RETENTION_DAYS` after its last write. The conversation actor records after it appends the
+event that carries the usage (`LLMCompleted`, `TurnStarted`): a worker killed between the two loses that
+record, it never counts one twice.
+
+    record_plan(tenant, user, day, {"tokens_in": ..., "answers": 1, ...})
+    totals_plan(tenant, user, day) -> (the tenant's Usage, the user's Usage)
+    spending_plan(tenant, user, now_ms) -> Spending: the day and the month so far (what budgets check)
+    report_plan(days, tenant=None, user=None, max_rows=...) -> Report
+    UsageLedger (blocking: workers) / AsyncUsageLedger (the web process) run them
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import msgspec
+import redis
+import redis.asyncio as aredis
+
+from store.exceptions import InputError, Unavailable
+from store.scripts import AsyncRunner, Batch, Call, Plan, SyncRunner, key_part, text
+
+SPEND_FIELDS = ("tokens_in", "tokens_out", "cost_usd", "turns")  # per tenant and per user
+# Quality signals, per tenant only (a user's answers are not graded here): answers, those citing nothing,
+# unsupported sentences (post-hoc attribution), Q&A retrievals with nothing readable, ratings.
+QUALITY_FIELDS = (
+    "answers", "uncited_answers", "unsupported_sentences", "no_passage_retrievals", "feedback_up",
+    "feedback_down",
+)  # fmt: skip
+FIELDS = SPEND_FIELDS + QUALITY_FIELDS
+RETENTION_DAYS = 400
+RETENTION_S = RETENTION_DAYS * 86_400
+MAX_REPORT_DAYS = 31
+MAX_REPORT_ROWS = 5_000
+USER_SCAN_COUNT = 500
+DAY_MS = 86_400_000
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    turns: int = 0
+    answers: int = 0
+    uncited_answers: int = 0
+    unsupported_sentences: int = 0
+    no_passage_retrievals: int = 0
+    feedback_up: int = 0
+    feedback_down: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+    @property
+    def empty(self) -> bool:
+        return not any(getattr(self, name) for name in FIELDS)
+
+
+class UsageRow(Usage, frozen=True, kw_only=True):
+    day: str
+    tenant: str
+    user: str  # "" for the tenant's total (the quality fields are the tenant's only)
+    tokens: int = 0
+
+
+class Spending(msgspec.Struct, frozen=True, kw_only=True):
+    """What the budgets are checked against: the tenant's and the user's day and month so far."""
+
+    tenant_day: Usage
+    user_day: Usage
+    tenant_month: Usage
+    user_month: Usage
+
+
+class Report(msgspec.Struct, frozen=True, kw_only=True):
+    days: list[str]
+    rows: list[UsageRow]
+    truncated: bool = False  # more user rows than max_rows: ask for one tenant or one user
+
+
+def day_of(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date().isoformat()
+
+
+def month_of(day: str) -> str:
+    return day[:7]  # YYYY-MM
+
+
+def ms_until_next_month(ms: int) -> int:
+    today = dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date()
+    first = dt.date(today.year + today.month // 12, today.month % 12 + 1, 1)
+    return int(dt.datetime(first.year, first.month, 1, tzinfo=dt.UTC).timestamp() * 1000) - ms
+
+
+def ms_until_next_day(ms: int) -> int:
+    return DAY_MS - ms % DAY_MS
+
+
+def days_between(first: str, last: str) -> list[str]:
+    """Every day from `first` to `last` (YYYY-MM-DD, both included), at most MAX_REPORT_DAYS."""
+    try:
+        start, end = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
+    except ValueError:
+        raise InputError("days are YYYY-MM-DD", field="from") from None
+    count = (end - start).days + 1
+    if not 1 <= count <= MAX_REPORT_DAYS:
+        raise InputError(f"from..to must span 1 to {MAX_REPORT_DAYS} days", field="to")
+    return [(start + dt.timedelta(days=n)).isoformat() for n in range(count)]
+
+
+def usage_key(tenant: str, day: str) -> str:
+    return f"usage:{{{key_part(tenant, 'tenant')}}}:{day}"
+
+
+def users_key(tenant: str, day: str) -> str:
+    return f"{usage_key(tenant, day)}:users"
+
+
+def tenants_key(day: str) -> str:
+    return f"usage:tenants:{day}"
+
+
+def _usage(values: list[Any], fields: tuple[str, ...] = FIELDS) -> Usage:
+    parsed: dict[str, int | float] = {}
+    for name, value in zip(fields, values, strict=True):
+        if value is not None:
+            parsed[name] = float(text(value)) if name == "cost_usd" else int(text(value))
+    return Usage(**parsed)  # type: ignore[arg-type]
+
+
+def record_plan(tenant: str, user: str, day: str, amounts: Mapping[str, int | float]) -> Plan[None]:
+    """Add `amounts` (names from FIELDS) to the tenant's day, and the spend ones to the user's day too."""
+    unknown = set(amounts) - set(FIELDS)
+    if unknown:
+        raise InputError(f"unknown usage fields {sorted(unknown)}", field="amounts")
+    increments = {name: value for name, value in amounts.items() if value and value > 0}
+    if not increments:
+        return
+    key, per_user = usage_key(tenant, day), users_key(tenant, day)  # a user is a field name: any text
+
+    month, month_users = usage_key(tenant, month_of(day)), users_key(tenant, month_of(day))
+
+    def queue(pipe: Any) -> None:
+        for name, value in increments.items():
+            add = pipe.hincrbyfloat if name == "cost_usd" else pipe.hincrby
+            add(key, name, value)
+            if name in SPEND_FIELDS:  # the user's day, and both months (the monthly budgets)
+                add(per_user, f"{user}:{name}", value)
+                add(month, name, value)
+                add(month_users, f"{user}:{name}", value)
+        for written in (key, per_user, month, month_users):
+            pipe.expire(written, RETENTION_S)
+
+    def listed(pipe: Any) -> None:
+        pipe.sadd(tenants_key(day), tenant)
+        pipe.expire(tenants_key(day), RETENTION_S)
+
+    yield Batch(queue)  # MULTI: the tenant's and the user's figures move together
+    yield Batch(listed, transaction=False)
+
+
+def totals_plan(tenant: str, user: str, day: str) -> Plan[tuple[Usage, Usage]]:
+    def queue(pipe: Any) -> None:
+        pipe.hmget(usage_key(tenant, day), list(FIELDS))
+        pipe.hmget(users_key(tenant, day), [f"{user}:{f}" for f in SPEND_FIELDS])
+
+    replies = yield Batch(queue, transaction=False)
+    return _usage(replies[0]), _usage(replies[1], SPEND_FIELDS)
+
+
+def spending_plan(tenant: str, user: str, now_ms: int) -> Plan[Spending]:
+    day = day_of(now_ms)
+    fields = [f"{user}:{f}" for f in SPEND_FIELDS]
+
+    def queue(pipe: Any) -> None:
+        for period in (day, month_of(day)):
+            pipe.hmget(usage_key(tenant, period), list(SPEND_FIELDS))
+            pipe.hmget(users_key(tenant, period), fields)
+
+    replies = yield Batch(queue, transaction=False)
+    tenant_day, user_day, tenant_month, user_month = (_usage(r, SPEND_FIELDS) for r in replies)
+    return Spending(
+        tenant_day=tenant_day, user_day=user_day, tenant_month=tenant_month, user_month=user_month
+    )
+
+
+def _row(day: str, tenant: str, user: str, usage: Usage) -> UsageRow:
+    fields = msgspec.structs.asdict(usage) | {"cost_usd": round(usage.cost_usd, 6)}
+    return UsageRow(day=day, tenant=tenant, user=user, tokens=usage.tokens, **fields)
+
+
+def _user_rows(day: str, tenant: str, fields: dict[Any, Any]) -> list[UsageRow]:
+    by_user: dict[str, dict[str, Any]] = {}
+    for name, value in fields.items():
+        user, _, field = text(name).rpartition(":")
+        by_user.setdefault(user, {})[field] = value
+    return [
+        _row(day, tenant, user, _usage([values.get(f) for f in SPEND_FIELDS], SPEND_FIELDS))
+        for user, values in sorted(by_user.items())
+    ]
+
+
+def report_plan(
+    days: list[str], tenant: str | None = None, user: str | None = None, max_rows: int = MAX_REPORT_ROWS
+) -> Plan[Report]:
+    """Per day: each tenant's total, then its users (one user with `user`), up to `max_rows` rows."""
+    rows: list[UsageRow] = []
+    truncated = False
+    for day in days:
+        if tenant is not None:
+            tenants = [key_part(tenant, "tenant")]
+        else:
+            members = yield Call(partial(_members, tenants_key(day)))
+            tenants = sorted(text(m) for m in members)
+        for name in tenants:
+            total, mine = yield from totals_plan(name, user or "-", day)
+            if not total.empty:
+                rows.append(_row(day, name, "", total))
+            if user is not None:
+                if not mine.empty:
+                    rows.append(_row(day, name, user, mine))
+                continue
+            room = max(0, max_rows - len(rows))
+            fields, more = yield from _scan_users(users_key(name, day), room * len(SPEND_FIELDS))
+            user_rows = _user_rows(day, name, fields)
+            truncated = truncated or more or len(user_rows) > room
+            rows.extend(user_rows[:room])
+    return Report(days=days, rows=rows, truncated=truncated)
+
+
+def _members(key: str, client: Any) -> Any:
+    return client.smembers(key)
+
+
+def _hscan(key: str, cursor: int, client: Any) -> Any:
+    return client.hscan(key, cursor, count=USER_SCAN_COUNT)
+
+
+def _scan_users(key: str, max_fields: int) -> Plan[tuple[dict[Any, Any], bool]]:
+    """At least `max_fields` fields of a users hash (HSCAN: never one huge reply); True if there are more."""
+    fields: dict[Any, Any] = {}
+    cursor = 0
+    while True:
+        cursor, batch = yield Call(partial(_hscan, key, cursor))
+        fields.update(batch)
+        if not int(cursor):
+            return fields, False
+        if len(fields) >= max_fields:
+            return fields, True
+
+
+class UsageLedger:
+    """For the workers (blocking)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._run = SyncRunner(client, unavailable=Unavailable).run
+
+    @classmethod
+    def from_url(cls, url: str) -> UsageLedger:
+        return cls(redis.Redis.from_url(url))
+
+    def record(self, tenant: str, user: str, day: str, **amounts: int | float) -> None:
+        self._run(record_plan(tenant, user, day, amounts))
+
+    def totals(self, tenant: str, user: str, day: str) -> tuple[Usage, Usage]:
+        return self._run(totals_plan(tenant, user, day))
+
+    def spending(self, tenant: str, user: str, now_ms: int) -> Spending:
+        return self._run(spending_plan(tenant, user, now_ms))
+
+    def report(
+        self,
+        days: list[str],
+        tenant: str | None = None,
+        user: str | None = None,
+        max_rows: int = MAX_REPORT_ROWS,
+    ) -> Report:
+        return self._run(report_plan(days, tenant, user, max_rows))
+
+
+class AsyncUsageLedger:
+    """For the web process."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self._run = AsyncRunner(client, unavailable=Unavailable).run
+
+    async def totals(self, tenant: str, user: str, day: str) -> tuple[Usage, Usage]:
+        return await self._run(totals_plan(tenant, user, day))
+
+    async def spending(self, tenant: str, user: str, now_ms: int) -> Spending:
+        return await self._run(spending_plan(tenant, user, now_ms))
+
+    async def report(self, days: list[str], tenant: str | None = None, user: str | None = None) -> Report:
+        return await self._run(report_plan(days, tenant, user))

@@ -180,6 +180,7 @@ class Activation:
         self.trace = TurnTrace(conv_id)  # OpenTelemetry spans from the appended events (off: inert)
         self.spend = Spend(rt.settings)  # usage per tenant / user / day, and the daily budgets
         self._inbox_cursor: str | None = None  # as read or moved under this lease (no one else moves it)
+        self.inbox_seen: str | None = None  # the newest inbox entry this activation has looked at
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -245,7 +246,9 @@ class Activation:
             self._inbox_cursor = self.rt.log.inbox_cursor(self.conv_id)
         entries = self.rt.log.take_inbox(self.lease, after=self._inbox_cursor)
         if not entries:
+            self.inbox_seen = self.inbox_seen or self._inbox_cursor
             return False
+        self.inbox_seen = entries[-1][0]
         busy, turns = self.state.busy, self.state.turns
         current = self.state.current.number if self.state.current else 0
         moved: list[Event] = []
@@ -656,9 +659,18 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
         if not stale:
             try:
                 rt.log.release(lease)
+                _wake_for_late_arrivals(rt, conv_id, activation.inbox_seen)
             except LogError:
                 log.warning("conversation %s: could not release the lease (it will expire)", conv_id)
     return "stale" if stale else "done"
+
+
+def _wake_for_late_arrivals(rt: Runtime, conv_id: str, seen: str | None) -> None:
+    """An ask posted after this activation last looked at the inbox but before its release: its own wake-up
+    found the lease held and waits out the retry delay (up to a second); this one runs it now. Only an
+    entry newer than all this activation saw counts, so a message waiting for a human never loops."""
+    if seen is not None and rt.log.inbox_after(conv_id, seen, count=1):
+        advance.send(conv_id)
 
 
 async def _guarded(activation: Activation) -> None:

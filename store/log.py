@@ -319,10 +319,12 @@ def inbox_cursor_plan(conv_id: str) -> Plan[str]:
 
 
 def take_inbox_plan(lease: Lease, count: int, after: str | None) -> Plan[list[Entry]]:
-    keys = conv_keys(lease.conv_id)
-    count = _positive(count, "count")
-    start = _after(after if after is not None else (yield from inbox_cursor_plan(lease.conv_id)))
-    raw = yield _xrange(keys.inbox, start, count)
+    start = after if after is not None else (yield from inbox_cursor_plan(lease.conv_id))
+    return (yield from inbox_after_plan(lease.conv_id, start, count))
+
+
+def inbox_after_plan(conv_id: str, after_id: str, count: int) -> Plan[list[Entry]]:
+    raw = yield _xrange(conv_keys(conv_id).inbox, _after(after_id), _positive(count, "count"))
     return [_decoded_event(i, f) for i, f in raw]
 
 
@@ -423,6 +425,10 @@ class ConversationLog:
         `after`: the cursor as the lease holder last read or moved it (only its appends move it), which
         saves reading it again."""
         return self._run(take_inbox_plan(lease, count, after))
+
+    def inbox_after(self, conv_id: str, after_id: str, count: int = INBOX_TAKE_COUNT) -> list[Entry]:
+        """Inbox entries posted after `after_id` (consumed or not), oldest first; no lease needed."""
+        return self._run(inbox_after_plan(conv_id, after_id, count))
 
     def inbox_cursor(self, conv_id: str) -> str:
         return self._run(inbox_cursor_plan(conv_id))

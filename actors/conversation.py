@@ -130,6 +130,9 @@ log = logging.getLogger(__name__)
 
 ACTOR_NAME = "advance"
 LEASE_RETRY = RetryPolicy(max_retries=0, first_s=0.1, max_s=1.0)  # wait for a held lease, within these
+# An activation that ends this many events past the snapshot saves one (a Q&A turn appends 6), so the
+# next one folds a short tail instead of re-decoding every event (prompts included) since the last one.
+SNAPSHOT_TAIL_EVENTS = 6
 MAX_ACTIONS_PER_ACTIVATION = 1_000  # a safety net: every action appends, so the plan always progresses
 LLM_RETRY = RetryPolicy(max_retries=0, first_s=0.2, max_s=3.0, factor=5.0)  # 0.2, 1, 3 s; the plan retries
 REASON_CHARS = 2_000
@@ -178,6 +181,8 @@ class Activation:
         self.trace = TurnTrace(conv_id)  # OpenTelemetry spans from the appended events (off: inert)
         self.spend = Spend(rt.settings)  # usage per tenant / user / day, and the daily budgets
         self._scorer: attribution.Scorer | None = None  # the attribution of the answer streaming now
+        self._inbox_cursor: str | None = None  # as read or moved under this lease (no one else moves it)
+        self.inbox_seen: str | None = None  # the newest inbox entry this activation has looked at
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -197,6 +202,8 @@ class Activation:
             )
         except StaleEpoch:
             raise _Stop() from None
+        if inbox_cursor is not None:
+            self._inbox_cursor = inbox_cursor
         for entry_id, event in zip(ids, stamped, strict=True):
             fold(self.state, entry_id, event)
         current = self.state.current
@@ -256,9 +263,13 @@ class Activation:
 
     def pull_inbox(self) -> bool:
         """Move what may enter the log now; True when the cursor moved."""
-        entries = self.rt.log.take_inbox(self.lease)
+        if self._inbox_cursor is None:
+            self._inbox_cursor = self.rt.log.inbox_cursor(self.conv_id)
+        entries = self.rt.log.take_inbox(self.lease, after=self._inbox_cursor)
         if not entries:
+            self.inbox_seen = self.inbox_seen or self._inbox_cursor
             return False
+        self.inbox_seen = entries[-1][0]
         busy, turns = self.state.busy, self.state.turns
         current = self.state.current.number if self.state.current else 0
         moved: list[Event] = []
@@ -323,7 +334,7 @@ class Activation:
             self.maybe_snapshot()
         else:
             self.emit([TurnFailed(code="internal", message="too many actions in one activation")])
-        self.maybe_snapshot()
+        self.maybe_snapshot(force=self.state.events - self.snapshot_events >= SNAPSHOT_TAIL_EVENTS)
 
     async def perform(self, action: Action) -> None:
         match action:
@@ -679,9 +690,18 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
         if not stale:
             try:
                 rt.log.release(lease)
+                _wake_for_late_arrivals(rt, conv_id, activation.inbox_seen)
             except LogError:
                 log.warning("conversation %s: could not release the lease (it will expire)", conv_id)
     return "stale" if stale else "done"
+
+
+def _wake_for_late_arrivals(rt: Runtime, conv_id: str, seen: str | None) -> None:
+    """An ask posted after this activation last looked at the inbox but before its release: its own wake-up
+    found the lease held and waits out the retry delay (up to a second); this one runs it now. Only an
+    entry newer than all this activation saw counts, so a message waiting for a human never loops."""
+    if seen is not None and rt.log.inbox_after(conv_id, seen, count=1):
+        advance.send(conv_id)
 
 
 async def _guarded(activation: Activation) -> None:

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import redis
 
 from actors.ingestion import ingest_documents
 from index.entries import DocumentOutcome, check_access
@@ -50,6 +49,7 @@ from store.catalog import MAX_LIST_LIMIT, Catalog, CatalogDocument, DocumentFilt
 from store.clock import now_ms
 from store.exceptions import DocentError, InputError, SyncRefused
 from store.metadata import DocumentMetadata, SearchFilters
+from store.redis import sync_client
 from store.settings import Settings
 from store.sync_reports import MAX_REPORT_ERRORS, SYNC_DIR, SyncFailure, SyncReport, append_report
 
@@ -230,7 +230,7 @@ def _collect(settings: Settings, deleted: Sequence[str] = (), meter: _Meter | No
     """Each of `deleted` unsearchable at once in every version (one catalog transaction each), then every
     hidden entry (theirs, and any an interrupted run left) collected from the index files of every
     current version, one write per version."""
-    client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+    client = sync_client(settings.redis_url) if settings.redis_url else None
     try:
         with DualWriter(settings, client) as writer:
             for doc_id in deleted:

@@ -26,7 +26,6 @@ from typing import Annotated
 
 import dramatiq
 import msgspec
-import redis
 
 from actors.api import send
 from actors.broker import INGEST_QUEUE, enqueue_by_name, sending_broker, setup_broker
@@ -34,6 +33,7 @@ from index.types import EVERYONE
 from store.config_file import load_config_file
 from store.exceptions import ConfigError, DocentError, SyncRefused
 from store.keys import sync_due
+from store.redis import sync_client
 from store.settings import Settings, get_settings
 
 SYNC_SOURCE_ACTOR = "sync_source"
@@ -90,7 +90,7 @@ def sync_source(directory: str) -> None:
     if source is None:
         log.info("scheduled sync of %s: no longer configured, the chain ends", directory)
         return
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_client(settings.redis_url)
     try:
         slot_ms = max(1, int(source.interval_s * 1000 * SLOT_MARGIN))
         if not client.set(sync_due(_digest(source.root)), "1", nx=True, px=slot_ms):

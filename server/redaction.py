@@ -46,6 +46,7 @@ STRUCTURAL_FIELDS = frozenset(
      "index_version", "code", "mode", "route", "user", "tenant", "id", "tool_call_id"}
 )  # fmt: skip
 LOG_PAGE = 500
+DOCUMENT_SHINGLE_CACHE = 64  # documents whose fingerprints the web process keeps (a 100 KB page: ~1 MB)
 _WORD = re.compile(r"\w+")
 _CHUNK_REF = re.compile(r"chunk_id=([0-9a-f]{32})")
 _DOC_REF = re.compile(r"doc_id=([^\s)'\"]+)")
@@ -61,6 +62,15 @@ def catalog_for(data_path: Path) -> Catalog:
 def _shingles(text: str) -> set[int]:
     words = [w.lower() for w in _WORD.findall(text)]
     return {hash("\x1f".join(words[i : i + SHINGLE_WORDS])) for i in range(len(words) - SHINGLE_WORDS + 1)}
+
+
+@lru_cache(maxsize=DOCUMENT_SHINGLE_CACHE)
+def _document_shingles(
+    catalog: Catalog, doc_id: str, content_hash: str, updated_at_ms: int
+) -> frozenset[int]:
+    """A stored document's text fingerprints, once per process for each version of it (the catalog's
+    text changes only with its content hash or update time, which are part of the key)."""
+    return frozenset(_shingles(catalog.document_text(doc_id) or ""))
 
 
 def references(value: Json, chunks: set[str], docs: set[str]) -> None:
@@ -93,8 +103,10 @@ class Redactor:
         self.pending_docs: set[str] = set()
         self.chunk_doc: dict[str, str] = {}
         self.readable: dict[str, bool] = {}
-        self.secret: set[int] = set()
-        self.allowed: set[int] = set()
+        # Fingerprints, one set per document (shared, never copied): a reader who may read every document
+        # referenced has no secret, and its texts are never scanned.
+        self.secret: list[frozenset[int]] = []
+        self.allowed: list[frozenset[int]] = []
         self.exact: set[str] = set()
 
     def learn(self, event: Json) -> None:
@@ -126,11 +138,17 @@ class Redactor:
             not document.deleted and self.reader.can_read(document.tenant, document.readers)
         )
         self.readable[doc_id] = ok
-        text = "\n".join([self.catalog.document_text(doc_id) or "", *chunk_texts])
+        if document is None:
+            shingles = [
+                frozenset(_shingles("\n".join([self.catalog.document_text(doc_id) or "", *chunk_texts])))
+            ]
+        else:
+            stored = _document_shingles(self.catalog, doc_id, document.content_hash, document.updated_at_ms)
+            shingles = [stored, frozenset(_shingles("\n".join(chunk_texts)))]
         if ok:
-            self.allowed |= _shingles(text)
+            self.allowed += shingles
             return
-        self.secret |= _shingles(text)
+        self.secret += shingles
         names = (doc_id, document.title if document is not None else "")
         self.exact.update(n for n in names if len(n) >= MIN_NAME_CHARS)
 
@@ -180,6 +198,8 @@ class Redactor:
         return text
 
     def _passages(self, text: str, counter: list[int]) -> str:
+        if not self.secret:
+            return text
         spans = self._secret_spans(list(_WORD.finditer(text)))
         for start, end in reversed(spans):
             text = text[:start] + REDACTED + text[end:]
@@ -195,7 +215,7 @@ class Redactor:
         last = -SHINGLE_WORDS  # index of the last word covered
         for i in range(len(words) - SHINGLE_WORDS + 1):
             shingle = hash("\x1f".join(lowered[i : i + SHINGLE_WORDS]))
-            if shingle not in self.secret or shingle in self.allowed:
+            if not _in_any(shingle, self.secret) or _in_any(shingle, self.allowed):
                 continue
             end = words[i + SHINGLE_WORDS - 1].end()
             if spans and i - last <= SHINGLE_WORDS:
@@ -204,6 +224,10 @@ class Redactor:
                 spans.append((words[i].start(), end))
             last = i + SHINGLE_WORDS - 1
         return spans
+
+
+def _in_any(shingle: int, sets: list[frozenset[int]]) -> bool:
+    return any(shingle in one for one in sets)
 
 
 class EventView:

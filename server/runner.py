@@ -25,6 +25,9 @@ from store.settings import Settings
 # target (bench/actors.py: p95 280 ms by default, 18 ms at 20 ms); the price is ~50 polls/s per idle queue.
 WORKER_POLL_TIMEOUT_MS = 20
 WARM_START_ENV = {"DOCENT_WARM_START": "1"}  # conversation workers load their models at boot
+# The ingest worker's queues are not latency-bound: dramatiq's own cap (1 s) spares Redis its ~200 idle
+# polls a second (bench/load.py counts them in the Redis commands per answer).
+INGEST_POLL_TIMEOUT_MS = 1000
 
 
 def procfile_commands(settings: Settings) -> dict[str, list[str]]:
@@ -33,7 +36,7 @@ def procfile_commands(settings: Settings) -> dict[str, list[str]]:
         "web": [sys.executable, "-m", "server.app"],
         "worker": [
             str(bin_dir / "dramatiq"), "actors.worker", "--queues", "conversation", "approvals",
-            "--processes", "1", "--threads", "4",
+            "--processes", str(settings.worker_processes), "--threads", str(settings.worker_threads),
         ],
         "ingest": [
             str(bin_dir / "dramatiq"), "actors.worker", "--queues", "ingest", "reindex",
@@ -148,6 +151,8 @@ def start_cluster(settings: Settings, supervisor: Supervisor) -> OwnedCluster:
 def start_children(settings: Settings, supervisor: Supervisor, env: dict[str, str]) -> None:
     for name, command in procfile_commands(settings).items():
         child_env = {**env, **(WARM_START_ENV if name == "worker" else {})}
+        if name == "ingest" and "dramatiq_worker_timeout" not in os.environ:
+            child_env["dramatiq_worker_timeout"] = str(INGEST_POLL_TIMEOUT_MS)
         supervisor.start(CommandChild(name, command, child_env))
 
 

@@ -320,11 +320,13 @@ def inbox_cursor_plan(conv_id: str) -> Plan[str]:
     return text(cursor) if cursor else EMPTY_ID
 
 
-def take_inbox_plan(lease: Lease, count: int) -> Plan[list[Entry]]:
-    keys = conv_keys(lease.conv_id)
-    count = _positive(count, "count")
-    start = _after((yield from inbox_cursor_plan(lease.conv_id)))
-    raw = yield _xrange(keys.inbox, start, count)
+def take_inbox_plan(lease: Lease, count: int, after: str | None) -> Plan[list[Entry]]:
+    start = after if after is not None else (yield from inbox_cursor_plan(lease.conv_id))
+    return (yield from inbox_after_plan(lease.conv_id, start, count))
+
+
+def inbox_after_plan(conv_id: str, after_id: str, count: int) -> Plan[list[Entry]]:
+    raw = yield _xrange(conv_keys(conv_id).inbox, _after(after_id), _positive(count, "count"))
     return [_decoded_event(i, f) for i, f in raw]
 
 
@@ -417,9 +419,18 @@ class ConversationLog:
     def post_inbox(self, conv_id: str, item: Event, client_id: str = "") -> Posted:
         return self._run(post_inbox_plan(conv_id, item, client_id, self.options))
 
-    def take_inbox(self, lease: Lease, count: int = INBOX_TAKE_COUNT) -> list[Entry]:
-        """Inbox entries not yet consumed by an append (`inbox_cursor`), oldest first."""
-        return self._run(take_inbox_plan(lease, count))
+    def take_inbox(
+        self, lease: Lease, count: int = INBOX_TAKE_COUNT, *, after: str | None = None
+    ) -> list[Entry]:
+        """Inbox entries not yet consumed by an append (`inbox_cursor`), oldest first.
+
+        `after`: the cursor as the lease holder last read or moved it (only its appends move it), which
+        saves reading it again."""
+        return self._run(take_inbox_plan(lease, count, after))
+
+    def inbox_after(self, conv_id: str, after_id: str, count: int = INBOX_TAKE_COUNT) -> list[Entry]:
+        """Inbox entries posted after `after_id` (consumed or not), oldest first; no lease needed."""
+        return self._run(inbox_after_plan(conv_id, after_id, count))
 
     def inbox_cursor(self, conv_id: str) -> str:
         return self._run(inbox_cursor_plan(conv_id))
@@ -492,8 +503,10 @@ class AsyncConversationLog:
     async def post_inbox(self, conv_id: str, item: Event, client_id: str = "") -> Posted:
         return await self._run(post_inbox_plan(conv_id, item, client_id, self.options))
 
-    async def take_inbox(self, lease: Lease, count: int = INBOX_TAKE_COUNT) -> list[Entry]:
-        return await self._run(take_inbox_plan(lease, count))
+    async def take_inbox(
+        self, lease: Lease, count: int = INBOX_TAKE_COUNT, *, after: str | None = None
+    ) -> list[Entry]:
+        return await self._run(take_inbox_plan(lease, count, after))
 
     async def inbox_cursor(self, conv_id: str) -> str:
         return await self._run(inbox_cursor_plan(conv_id))

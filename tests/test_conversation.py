@@ -49,7 +49,7 @@ from store.events import (
     UserMessage,
     now_ms,
 )
-from store.log import ConversationLog, conv_keys
+from store.log import ConversationLog, Lease, conv_keys
 from store.redis import sync_client
 from store.settings import Settings
 from store.tool_payloads import SearchResults
@@ -638,3 +638,42 @@ def test_with_rules_only_a_follow_up_costs_no_model_call(
         events = w.events("fr")
     assert all(e.step >= 0 for e in of(events, LLMRequested))
     assert of(events, RetrievalDone)[-1].query == "and what about sick leave? long parental"
+
+
+def _queued(queue: str) -> int:
+    broker = conversation.advance.broker
+    return broker.queues[queue].qsize() if hasattr(broker, "queues") and queue in broker.queues else 0
+
+
+def test_an_ask_posted_between_the_last_inbox_read_and_the_release_is_woken_at_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.ask("late1", "How long is parental leave?")
+    queue = conversation.advance.queue_name
+    before = _queued(queue)
+    release = world.rt.log.release
+
+    def release_after_a_late_ask(lease: Lease) -> bool:
+        world.ask("late1", "And what about sick leave?")  # its own wake-up would find the lease held
+        return release(lease)
+
+    monkeypatch.setattr(world.rt.log, "release", release_after_a_late_ask)
+    assert world.run("late1") == "done"
+    if hasattr(conversation.advance.broker, "queues"):
+        assert _queued(queue) == before + 1  # sent now, not after the held-lease delay
+    monkeypatch.undo()
+    assert world.run("late1") == "done"
+    assert [type(e).__name__ for e in world.events("late1")].count("AnswerCompleted") == 2
+
+
+def test_only_an_inbox_entry_newer_than_all_the_activation_saw_wakes_it_again(world: World) -> None:
+    world.ask("late2", "How long is parental leave?")
+    seen = world.log.inbox_after("late2", "0")[-1][0]
+    queue = conversation.advance.queue_name
+    before = _queued(queue)
+    conversation._wake_for_late_arrivals(world.rt, "late2", seen)  # e.g. a message waiting for a human
+    assert _queued(queue) == before
+    world.ask("late2", "And sick leave?")
+    conversation._wake_for_late_arrivals(world.rt, "late2", seen)
+    if hasattr(conversation.advance.broker, "queues"):
+        assert _queued(queue) == before + 1

@@ -457,10 +457,11 @@ class OpenAIBackend:
         except Exception as exc:
             raise _SinkFailed(exc) from exc
 
-    async def _fold(self, data: str, stream: _Stream, on_delta: OnDelta | None, call: _Call) -> None:
+    def _fold(self, data: str, stream: _Stream, call: _Call) -> str:
+        """Add one event to the stream; the text it carries ('' for none)."""
         if data == "[DONE]":
             stream.done = True
-            return
+            return ""
         try:
             chunk = _chunk_decoder.decode(data)
         except msgspec.DecodeError as exc:
@@ -468,10 +469,29 @@ class OpenAIBackend:
             raise LLMError(message, chunk=data[:MAX_ERROR_BODY_CHARS]) from None
         calls_before = len(stream.calls)
         text = stream.add(chunk)
-        if text:
-            await self._deliver(on_delta, text, call)
-        elif len(stream.calls) > calls_before:
+        if not text and len(stream.calls) > calls_before:
             call.touched()
+        return text
+
+    async def _fold_all(
+        self, events: Sequence[str], stream: _Stream, on_delta: OnDelta | None, call: _Call
+    ) -> None:
+        """The events of one read, their text delivered as one delta: a fast server (or a busy worker)
+        costs one append per read instead of one per token, and nothing received waits for more."""
+        texts: list[str] = []
+        try:
+            for data in events:
+                texts.append(self._fold(data, stream, call))
+                if stream.done:
+                    break
+        except LLMError:
+            await self._deliver_joined(on_delta, texts, call)  # what came before a malformed event
+            raise
+        await self._deliver_joined(on_delta, texts, call)
+
+    async def _deliver_joined(self, on_delta: OnDelta | None, texts: list[str], call: _Call) -> None:
+        if text := "".join(texts):
+            await self._deliver(on_delta, text, call)
 
     async def _read_stream(
         self, response: aiohttp.ClientResponse, on_delta: OnDelta | None, call: _Call
@@ -479,12 +499,10 @@ class OpenAIBackend:
         stream = _Stream()
         parser = SSEParser()
         async for raw in response.content.iter_any():
-            for data in parser.feed(raw):
-                await self._fold(data, stream, on_delta, call)
-                if stream.done:
-                    return stream
-        for data in parser.close():
-            await self._fold(data, stream, on_delta, call)
+            await self._fold_all(parser.feed(raw), stream, on_delta, call)
+            if stream.done:
+                return stream
+        await self._fold_all(parser.close(), stream, on_delta, call)
         if not stream.done and stream.finish_reason is None:
             raise _Retryable(LLMUnavailable(f"the stream from {self.url} ended before the answer did"))
         return stream
@@ -494,7 +512,7 @@ class OpenAIBackend:
     ) -> _Stream:
         """A server that ignored `stream: true` and sent one JSON body."""
         stream = _Stream()
-        await self._fold((await response.read()).decode("utf-8", "replace"), stream, on_delta, call)
+        await self._fold_all([(await response.read()).decode("utf-8", "replace")], stream, on_delta, call)
         stream.done = True
         return stream
 

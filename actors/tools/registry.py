@@ -7,9 +7,11 @@ Which tools a run may use is decided by code (`Registry.subset`), never by the m
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -87,6 +89,12 @@ class Tool(Generic[A]):
 
 def parameters_schema(args_type: type[msgspec.Struct]) -> dict[str, Any]:
     """The JSON schema of an args struct with every `$ref` inlined (some LLM APIs refuse `$defs`)."""
+    return copy.deepcopy(_parameters_schema(args_type))
+
+
+@cache
+def _parameters_schema(args_type: type[msgspec.Struct]) -> dict[str, Any]:
+    """Built once per args type: msgspec's schema generation costs milliseconds, every activation asks."""
     raw = msgspec.json.schema(args_type)
     defs: dict[str, Any] = raw.get("$defs", {})
     inlined = _inline(raw, defs, ())

@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from functools import lru_cache
 
 import redis
 
 from store.events import AnswerCompleted, Event, Feedback, RetrievalDone, UserMessage
-from store.golden_candidates import ANSWER_CHARS, Candidate, CandidateStore
+from store.golden_candidates import ANSWER_CHARS, Candidate, candidate_store
 from store.log import ConversationLog
-from store.redis import sync_client
 
 log = logging.getLogger(__name__)
-
-
-@lru_cache(maxsize=4)
-def _store(redis_url: str) -> CandidateStore:
-    return CandidateStore(sync_client(redis_url))
 
 
 def candidate_id(conversation_id: str, turn: int) -> str:
@@ -57,6 +50,6 @@ def propose(
             conversation_id, tenant, event, [e for _, e in conv_log.read(conversation_id)]
         )
         if candidate is not None:
-            _store(redis_url).propose(candidate)
+            candidate_store(redis_url).propose(candidate)
     except redis.RedisError as exc:  # a lost candidate never breaks the turn
         log.warning("conversation %s: golden-set candidate not recorded: %s", conversation_id, exc)

@@ -196,7 +196,7 @@ class Searcher:
             lexical = await run_blocking(self._bm25, query, principal, allowed, timings)
         else:
             embed_started = time.perf_counter()
-            vector = await self._aembed(query)
+            vector = await self.embed_query(query)
             timings["embed"] = _ms(embed_started)
             if mode == "dense":
                 dense = await run_blocking(self._dense, vector, allowed, timings)
@@ -211,9 +211,6 @@ class Searcher:
 
     async def embed_query(self, query: str) -> Vector:
         """The query's vector exactly as `search` embeds it (the query embedder's cache: computed once)."""
-        return await self._aembed(query)
-
-    async def _aembed(self, query: str) -> Vector:
         if self.query_embedder is not None:
             return await self.query_embedder.aembed_query(query)
         return (await run_blocking(self.embedder.embed, [query]))[0]

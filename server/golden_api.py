@@ -12,7 +12,6 @@ the reindex gate then checks a new index version against those questions too. Au
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Annotated
 
 import msgspec
@@ -26,8 +25,7 @@ from server.rest import json_response
 from server.services import services
 from store.blocking import run_blocking
 from store.exceptions import InputError
-from store.golden_candidates import Candidate, CandidateStore, export_golden, golden_dir
-from store.redis import sync_client
+from store.golden_candidates import Candidate, candidate_store, export_golden, golden_dir
 
 DocId = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 STATUSES: frozenset[str] = frozenset({"open", "accepted", "dismissed"})
@@ -42,17 +40,12 @@ class CandidateList(msgspec.Struct, frozen=True, kw_only=True):
     candidates: list[Candidate]
 
 
-@lru_cache(maxsize=4)
-def _store(url: str) -> CandidateStore:
-    return CandidateStore(sync_client(url))
-
-
 async def list_candidates(request: Request) -> Response:
     me = require_admin(request)
     status = request.query_params.get("status")
     if status is not None and status not in STATUSES:
         raise InputError(f"status must be one of {sorted(STATUSES)}", field="status")
-    store = _store(services(request).settings.redis_url)
+    store = candidate_store(services(request).settings.redis_url)
     found = await run_blocking(store.listed, me.tenant, status)  # type: ignore[arg-type]
     return json_response(CandidateList(candidates=found))
 
@@ -63,7 +56,7 @@ async def decide_candidate(request: Request) -> Response:
     decision = await read_json(request, Decision, svc.settings.max_json_body_bytes)
     if (decision.doc_id is None) == (not decision.dismiss):
         raise InputError("give doc_id (accept) or dismiss: true, not both", field="body")
-    store = _store(svc.settings.redis_url)
+    store = candidate_store(svc.settings.redis_url)
     decided = await run_blocking(
         store.decide, me.tenant, request.path_params["candidate_id"], doc_id=decision.doc_id, by=me.user
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ import redis
 
 from store.events import Citation
 from store.exceptions import InputError, NotFound
+from store.redis import sync_client
 from store.scripts import key_part, text
 
 Status = Literal["open", "accepted", "dismissed"]
@@ -132,3 +134,9 @@ def _replace(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as out:
         out.write(data)
     os.replace(tmp, path)
+
+
+@lru_cache(maxsize=4)
+def candidate_store(redis_url: str) -> CandidateStore:
+    """The process's store of `redis_url` (one client per URL, shared by the actor and the admin API)."""
+    return CandidateStore(sync_client(redis_url))

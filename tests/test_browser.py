@@ -85,6 +85,21 @@ async def open_chat(browser: Any, web: ServerProcess, **page_options: Any) -> tu
     return page, str(await page.get_attribute(".docent", "data-conversation")), errors
 
 
+async def model_reading(page: Any, r: redis.Redis, conv: str, question: str) -> StreamWriter:
+    """Ask `question` in the widget, then play the worker up to the model call (sources given, no token):
+    the writer of the rest of the turn."""
+    await page.fill(".docent-input", question)
+    await page.click(".docent-send")
+    asked = await wait_for_ask(r, conv)
+    worker = StreamWriter(r, conv)
+    worker.event(UserMessage(turn=1, text=asked.text, user="alice", tenant="acme",
+                             client_message_id=asked.client_message_id))  # fmt: skip
+    worker.event(RetrievalDone(turn=1, query=asked.text, chunk_ids=("c1", "c2"), index_version="v1",
+                               sources=SOURCES))  # fmt: skip
+    worker.event(LLMRequested(turn=1, step=0, model="smollm2", prompt_hash="h"))
+    return worker
+
+
 async def wait_for_answer_text(page: Any, text: str) -> None:
     script = f"() => (document.querySelector('.docent-answer') || {{}}).textContent === {json.dumps(text)}"
     await page.wait_for_function(script, timeout=WAIT_MS)
@@ -275,20 +290,8 @@ async def test_sources_show_before_the_first_token_and_unsupported_sentences_are
 ) -> None:
     r = sync_client(redis_url)
     with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
-        token = mint_token(web.settings, "acme", "alice", ttl=600)
-        page = await browser.new_page(viewport={"width": 900, "height": 700})
-        await page.goto(f"{web.http_url}/?token={token}")
-        await page.wait_for_selector('.docent-status[data-state="connected"]', timeout=WAIT_MS)
-        conv = await page.get_attribute(".docent", "data-conversation")
-        await page.fill(".docent-input", "How do I split a shell command line?")
-        await page.click(".docent-send")
-        asked = await wait_for_ask(r, str(conv))
-        worker = StreamWriter(r, str(conv))
-        worker.event(UserMessage(turn=1, text=asked.text, user="alice", tenant="acme",
-                                 client_message_id=asked.client_message_id))  # fmt: skip
-        worker.event(RetrievalDone(turn=1, query=asked.text, chunk_ids=("c1", "c2"), index_version="v1",
-                                   sources=SOURCES))  # fmt: skip
-        worker.event(LLMRequested(turn=1, step=0, model="smollm2", prompt_hash="h"))
+        page, conv, _ = await open_chat(browser, web, viewport={"width": 900, "height": 700})
+        worker = await model_reading(page, r, conv, "How do I split a shell command line?")
 
         panel = page.locator(".docent-turn[data-turn='1'] .docent-sources")
         await panel.wait_for(state="visible", timeout=WAIT_MS)
@@ -337,24 +340,10 @@ def attributed(sentence: str, passages: tuple[int, ...]) -> SentenceAttributed:
 async def test_sentences_are_attributed_while_the_answer_streams(
     browser: Any, redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
 ) -> None:
-    r = redis.Redis.from_url(redis_url)
+    r = sync_client(redis_url)
     with ServerProcess(server_env(redis_server.url, tmp_path)) as web:
-        token = mint_token(web.settings, "acme", "alice", ttl=600)
-        page = await browser.new_page(viewport={"width": 900, "height": 700})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        await page.goto(f"{web.http_url}/?token={token}")
-        await page.wait_for_selector('.docent-status[data-state="connected"]', timeout=WAIT_MS)
-        conv = await page.get_attribute(".docent", "data-conversation")
-        await page.fill(".docent-input", "How do I split a shell command line?")
-        await page.click(".docent-send")
-        asked = await wait_for_ask(r, str(conv))
-        worker = StreamWriter(r, str(conv))
-        worker.event(UserMessage(turn=1, text=asked.text, user="alice", tenant="acme",
-                                 client_message_id=asked.client_message_id))  # fmt: skip
-        worker.event(RetrievalDone(turn=1, query=asked.text, chunk_ids=("c1", "c2"), index_version="v1",
-                                   sources=SOURCES))  # fmt: skip
-        worker.event(LLMRequested(turn=1, step=0, model="smollm2", prompt_hash="h"))
+        page, conv, errors = await open_chat(browser, web, viewport={"width": 900, "height": 700})
+        worker = await model_reading(page, r, conv, "How do I split a shell command line?")
         answer = page.locator(".docent-turn[data-turn='1'] .docent-answer")
         worker.delta("Use shlex.split to split a command line. The", 1)
         worker.live(attributed("Use shlex.split to split a command line.", (1,)))

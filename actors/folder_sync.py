@@ -16,7 +16,8 @@ One sync of a directory (the *source*):
   4. apply, under the source's lock: what an earlier interrupted run left hidden is collected first; each
      deletion is ONE catalog transaction over every index version (unsearchable at once), then the index
      files of every current version drop its entries; additions and changes go through the dual writer
-     (every current version) in committed slices, reporting progress (done / total, rate, ETA).
+     (every current version) in committed slices, reporting progress (done / total, rate, ETA) to the
+     caller and on the `sync:events` stream that /ws/admin relays (store.sync_progress).
   5. the report (added, changed, updated, deleted, unchanged, failed) is appended to the sync reports
      (store.sync_reports) that the admin console shows.
 
@@ -51,6 +52,7 @@ from store.exceptions import DocentError, InputError, SyncRefused
 from store.metadata import DocumentMetadata, SearchFilters
 from store.redis import sync_client
 from store.settings import Settings
+from store.sync_progress import ProgressPublisher, SyncProgress
 from store.sync_reports import MAX_REPORT_ERRORS, SYNC_DIR, SyncFailure, SyncReport, append_report
 
 READERS_FILE = ".docent-readers"
@@ -82,13 +84,6 @@ class SyncPlan(msgspec.Struct, frozen=True, kw_only=True):
     deleted: tuple[str, ...]  # doc ids
     unchanged: int
     existing: int  # the source's documents before the sync
-
-
-class SyncProgress(msgspec.Struct, frozen=True, kw_only=True):
-    done: int
-    total: int
-    rate_per_s: float
-    eta_s: float | None
 
 
 ProgressFn = Callable[[SyncProgress], None]
@@ -269,20 +264,44 @@ def sync_folder(
         raise InputError(f"{root} is not a directory", field="dir")
     check_access(Access(tenant=tenant, readers=tuple(readers)))
     lock = settings.data_path / SYNC_DIR / f"{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.lock"
-    with file_lock(lock):
-        try:
-            report = _sync_locked(settings, root, tenant, readers, force, max_delete_share, progress, started)
-        except SyncRefused as exc:
-            report = SyncReport(source=str(root), tenant=tenant, status="refused", started_at_ms=started,
-                                finished_at_ms=now_ms(), message=exc.message)  # fmt: skip
-            append_report(settings.data_path, report)
-            raise
-        except DocentError as exc:
-            report = SyncReport(source=str(root), tenant=tenant, status="failed", started_at_ms=started,
-                                finished_at_ms=now_ms(), message=f"{exc.code}: {exc.message}")  # fmt: skip
-            append_report(settings.data_path, report)
-            raise
+    client = sync_client(settings.redis_url) if settings.redis_url else None
+    live = ProgressPublisher(client, source=str(root), tenant=tenant, then=progress)  # for /ws/admin
+    try:
+        with file_lock(lock):
+            report = _sync_reported(settings, root, tenant, readers, force, max_delete_share, live, started)
+    finally:
+        if client is not None:
+            client.close()
+    return report
+
+
+def _sync_reported(
+    settings: Settings,
+    root: Path,
+    tenant: str,
+    readers: Sequence[str],
+    force: bool,
+    max_delete_share: float,
+    live: ProgressPublisher,
+    started: int,
+) -> SyncReport:
+    """The sync under its lock; its report appended whatever the outcome, its last progress published."""
+    try:
+        report = _sync_locked(settings, root, tenant, readers, force, max_delete_share, live, started)
+    except SyncRefused as exc:
+        report = SyncReport(source=str(root), tenant=tenant, status="refused", started_at_ms=started,
+                            finished_at_ms=now_ms(), message=exc.message)  # fmt: skip
+        append_report(settings.data_path, report)
+        live.finish("refused")
+        raise
+    except DocentError as exc:
+        report = SyncReport(source=str(root), tenant=tenant, status="failed", started_at_ms=started,
+                            finished_at_ms=now_ms(), message=f"{exc.code}: {exc.message}")  # fmt: skip
+        append_report(settings.data_path, report)
+        live.finish("failed")
+        raise
     append_report(settings.data_path, report)
+    live.finish("completed")
     return report
 
 
@@ -305,6 +324,7 @@ def _sync_locked(
     check_deletions(plan, max_delete_share, force)
     todo = [*plan.added, *plan.changed, *plan.updated]
     meter = _Meter(len(plan.deleted) + len(todo), progress)
+    meter.add(0)  # the total is known: say so before the first slice
     _collect(settings, plan.deleted, meter)
     outcomes: list[DocumentOutcome] = []
     if todo:

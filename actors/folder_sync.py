@@ -29,16 +29,18 @@ ids come from paths (index.ingest.path_doc_id), so nothing is ever ingested twic
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import redis
 
 from actors.ingestion import ingest_documents
 from index.entries import DocumentOutcome, check_access
@@ -264,45 +266,36 @@ def sync_folder(
         raise InputError(f"{root} is not a directory", field="dir")
     check_access(Access(tenant=tenant, readers=tuple(readers)))
     lock = settings.data_path / SYNC_DIR / f"{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.lock"
+    with file_lock(lock), _redis(settings) as client:
+        live = ProgressPublisher(client, source=str(root), tenant=tenant, then=progress)  # for /ws/admin
+        try:
+            report = _sync_locked(settings, root, tenant, readers, force, max_delete_share, live, started)
+        except SyncRefused as exc:
+            report = SyncReport(source=str(root), tenant=tenant, status="refused", started_at_ms=started,
+                                finished_at_ms=now_ms(), message=exc.message)  # fmt: skip
+            append_report(settings.data_path, report)
+            live.finish("refused")
+            raise
+        except DocentError as exc:
+            report = SyncReport(source=str(root), tenant=tenant, status="failed", started_at_ms=started,
+                                finished_at_ms=now_ms(), message=f"{exc.code}: {exc.message}")  # fmt: skip
+            append_report(settings.data_path, report)
+            live.finish("failed")
+            raise
+        append_report(settings.data_path, report)
+        live.finish("completed")
+    return report
+
+
+@contextlib.contextmanager
+def _redis(settings: Settings) -> Iterator[redis.Redis | None]:
+    """The Redis a sync's progress is published to (none without a configured URL)."""
     client = sync_client(settings.redis_url) if settings.redis_url else None
-    live = ProgressPublisher(client, source=str(root), tenant=tenant, then=progress)  # for /ws/admin
     try:
-        with file_lock(lock):
-            report = _sync_reported(settings, root, tenant, readers, force, max_delete_share, live, started)
+        yield client
     finally:
         if client is not None:
             client.close()
-    return report
-
-
-def _sync_reported(
-    settings: Settings,
-    root: Path,
-    tenant: str,
-    readers: Sequence[str],
-    force: bool,
-    max_delete_share: float,
-    live: ProgressPublisher,
-    started: int,
-) -> SyncReport:
-    """The sync under its lock; its report appended whatever the outcome, its last progress published."""
-    try:
-        report = _sync_locked(settings, root, tenant, readers, force, max_delete_share, live, started)
-    except SyncRefused as exc:
-        report = SyncReport(source=str(root), tenant=tenant, status="refused", started_at_ms=started,
-                            finished_at_ms=now_ms(), message=exc.message)  # fmt: skip
-        append_report(settings.data_path, report)
-        live.finish("refused")
-        raise
-    except DocentError as exc:
-        report = SyncReport(source=str(root), tenant=tenant, status="failed", started_at_ms=started,
-                            finished_at_ms=now_ms(), message=f"{exc.code}: {exc.message}")  # fmt: skip
-        append_report(settings.data_path, report)
-        live.finish("failed")
-        raise
-    append_report(settings.data_path, report)
-    live.finish("completed")
-    return report
 
 
 def _sync_locked(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,26 @@ def test_unreachable_servers_are_typed_errors_not_crashed_turns(
     assert result.error is not None and result.error.startswith("tool_unavailable: ")
     assert "tickets" in result.error and result.data is None
     assert of(events, AnswerCompleted)[0].text == "Answered."
+
+
+def test_a_call_past_its_timeout_is_unavailable_and_the_server_keeps_answering() -> None:
+    from actors.tools.mcp_client import call_tool, list_tools
+
+    with McpTicketServer(delay_s=8.0) as slow:
+        server = McpServer(name="slow", url=slow.url)
+        assert [t.name for t in asyncio.run(list_tools(server, 30))] == ["lookup_ticket", "create_ticket"]
+        started = time.monotonic()
+        with pytest.raises(ToolUnavailable) as refused:
+            asyncio.run(
+                call_tool(server, "lookup_ticket", {"ticket_id": "T-1"}, "k", timeout_s=0.5, max_bytes=1024)
+            )
+        assert time.monotonic() - started < 8.0  # it gave up before the server answered
+        assert [c["tool"] for c in slow.calls()["calls"]] == ["lookup_ticket"]  # the server had the call
+        assert refused.value.code == "tool_unavailable" and refused.value.details["server"] == "slow"
+        created = asyncio.run(
+            call_tool(server, "create_ticket", {"title": "x"}, "k2", timeout_s=30, max_bytes=1024)
+        )
+        assert created.structured is not None and created.structured["ticket_id"] == "T-101"
 
 
 # ---- the toolbox: names, schemas, cache, bounds (no network) ----------------------------------------------

@@ -10,13 +10,15 @@ re-issued with a key it has served returns the first call's ticket without creat
 counts real creations. `GET /_calls` → `{"calls": [{tool, arguments, key, authorization}], "effects": n}`;
 `POST /_reset` clears both. With `--token T` a tool call without `Authorization: Bearer T` is refused.
 
-Run: `python -m actors.testing.mcp_server --port 8765 [--token T]`; in tests, `with McpTicketServer() as srv:`
-(`srv.url` is the MCP endpoint, `srv.calls()` the record).
+Run: `python -m actors.testing.mcp_server --port 8765 [--token T] [--delay-s S]` (S: lookup_ticket answers
+that late); in tests, `with McpTicketServer() as srv:` (`srv.url` is the MCP endpoint, `srv.calls()` the
+record).
 
 (No `from __future__ import annotations`: the SDK reads the tools' annotations from the function objects.)
 """
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -34,7 +36,7 @@ IDEMPOTENCY_META_KEY = "io.docent/idempotency-key"  # the same as actors.tools.m
 START_TIMEOUT_S = 30.0
 
 
-def build(token: str | None) -> Any:
+def build(token: str | None, delay_s: float = 0.0) -> Any:
     """The SDK's server with the two tools and the record routes (imports the SDK: seconds)."""
     from mcp.server.mcpserver import Context, MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
@@ -62,6 +64,8 @@ def build(token: str | None) -> Any:
         ticket_id: Annotated[str, Field(pattern=r"^T-[0-9]{1,6}$")], ctx: Context
     ) -> dict[str, Any]:
         record(ctx, "lookup_ticket", {"ticket_id": ticket_id})
+        if delay_s:
+            await asyncio.sleep(delay_s)  # a slow server, for the caller's timeout
         return {"ticket_id": ticket_id, "status": "open", "assignee": "dana"}
 
     @server.tool(name="create_ticket", description="Create a ticket; returns its id.",
@@ -95,11 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token", default=None)
+    parser.add_argument("--delay-s", type=float, default=0.0, help="lookup_ticket answers this late")
     options = parser.parse_args(argv)
     import uvicorn
 
     logging.getLogger("mcp").setLevel(logging.WARNING)  # not a line per stateless request
-    app = build(options.token).streamable_http_app(stateless_http=True, json_response=True, host="127.0.0.1")
+    app = build(options.token, options.delay_s).streamable_http_app(
+        stateless_http=True, json_response=True, host="127.0.0.1"
+    )
     uvicorn.run(app, host="127.0.0.1", port=options.port, log_level="warning")
     return 0
 
@@ -107,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 class McpTicketServer:
     """`python -m actors.testing.mcp_server` in a subprocess on a free port; stopped on exit."""
 
-    def __init__(self, token: str | None = None) -> None:
-        self.token = token
+    def __init__(self, token: str | None = None, delay_s: float = 0.0) -> None:
+        self.token, self.delay_s = token, delay_s
         self.port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -120,6 +127,8 @@ class McpTicketServer:
         args = [sys.executable, "-m", "actors.testing.mcp_server", "--port", str(self.port)]
         if self.token is not None:
             args += ["--token", self.token]
+        if self.delay_s:
+            args += ["--delay-s", str(self.delay_s)]
         self._proc = subprocess.Popen(args, env=dict(os.environ), stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -139,7 +148,7 @@ class McpTicketServer:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
             try:
-                self._proc.wait(timeout=5)
+                self._proc.wait(timeout=2)  # a delayed call in flight is not waited for
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()

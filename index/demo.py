@@ -95,6 +95,12 @@ def stdlib_modules() -> list[str]:
     return [*PYDOC_MODULES, *sorted(names - set(PYDOC_MODULES))]
 
 
+def rest_modules() -> list[str]:
+    """`stdlib_modules()` without the core PYDOC_MODULES: what `docent run` ingests in the background."""
+    core = set(PYDOC_MODULES)
+    return [name for name in stdlib_modules() if name not in core]
+
+
 def _public(module_name: str) -> bool:
     return not any(part.startswith("_") or part in {"test", "tests"} for part in module_name.split("."))
 
@@ -173,6 +179,11 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- pydoc pages
+
+
+def pydoc_pages(target: Path, modules: Sequence[str]) -> list[DemoDoc]:
+    """Write the pydoc pages of `modules` under `target/pydoc` (no licenses) and list them."""
+    return list(_pydoc_pages(Path(target), modules))
 
 
 def _pydoc_pages(target: Path, modules: Sequence[str]) -> Iterator[DemoDoc]:

@@ -194,7 +194,7 @@ def _pydoc_pages(target: Path, modules: Sequence[str]) -> Iterator[DemoDoc]:
         except Exception as exc:  # ImportError: a Python built without sqlite3 or ssl still gets a demo
             log.warning("demo: skipping pydoc/%s: %s: %s", module_name, type(exc).__name__, exc)
             continue
-        if "\n## " not in markdown:  # a package page with nothing but its name (`urllib`, `concurrent`)
+        if not _documents_something(markdown):  # nothing but its name (`urllib`) or empty sections
             log.info("demo: skipping pydoc/%s: nothing documented", module_name)
             continue
         path = target / "pydoc" / f"{module_name}.md"
@@ -202,6 +202,12 @@ def _pydoc_pages(target: Path, modules: Sequence[str]) -> Iterator[DemoDoc]:
         yield DemoDoc(
             doc_id=f"pydoc/{module_name}", title=title, path=str(path), format="md", source=module_name
         )
+
+
+def _documents_something(markdown: str) -> bool:
+    """A page with a section and some text under a heading (`asyncio.base_futures` has only headings)."""
+    body = [line for line in markdown.split("\n")[1:] if line.strip() and not line.startswith("#")]
+    return "\n## " in markdown and bool(body)
 
 
 _TOP_SECTION = re.compile(r"^[A-Z][A-Z ]*[A-Z]$")

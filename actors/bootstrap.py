@@ -69,7 +69,9 @@ def prepare(settings: Settings) -> None:
     print("demo knowledge base: building and ingesting the core pages (first start embeds ~1,600 chunks)...",
           flush=True)  # fmt: skip
     print(f"demo knowledge base: {ensure_demo(settings, modules=PYDOC_MODULES)}", flush=True)
-    if settings.demo_modules == "all":
+    if settings.demo_modules == "all" and not settings.redis_url:
+        print("demo knowledge base: no Redis, so the rest of the standard library is not queued", flush=True)
+    elif settings.demo_modules == "all":
         with sync_client(settings.redis_url) as client:
             record = schedule_demo_rest(settings, client)
         state = "all ingested" if record.status == "done" else "ingesting in the background (see /admin)"

@@ -74,7 +74,7 @@ def schedule(settings: Settings, client: redis.Redis, modules: Sequence[str] = (
     return record
 
 
-def _pages(settings: Settings, root: Path, modules: Sequence[str], mark: str) -> list[DemoDoc]:
+def _pages(root: Path, modules: Sequence[str], mark: str) -> list[DemoDoc]:
     """The run's pages in their fixed order, rendered once per fingerprint."""
     listing = root / f"rest-{hashlib.sha1(mark.encode()).hexdigest()[:16]}.json"
     if listing.exists():
@@ -130,7 +130,7 @@ def run_slice(
         record.status, record.started_at_ms, record.message = "running", now_ms(), "rendering the pages"
         progress.save(client, record)
     root = demo_source_dir(settings)
-    docs = _pages(settings, root, modules, mark)
+    docs = _pages(root, modules, mark)
     if record.docs_total != len(docs):
         record.docs_total, record.bytes_total = len(docs), sum(_size(d) for d in docs)
     record.message = "ingesting"

@@ -6,10 +6,14 @@ and admin-console side is tests/test_demo_background.py."""
 from __future__ import annotations
 
 import msgspec
+import pytest
 import redis
 
+from actors.bootstrap import prepare
+from actors.broker import DEMO_ACTOR, INGEST_QUEUE, NAMESPACE
 from actors.demo_background import NAME, run_slice, schedule
 from actors.ingestion import ingest_documents
+from index.demo import PYDOC_MODULES
 from index.versions import get_active, list_versions
 from store import ingest_progress as progress
 from store.catalog import Catalog
@@ -96,5 +100,37 @@ def test_a_run_that_stops_goes_on_from_its_checkpoint_and_a_new_fingerprint_star
         assert record.docs_done == len(MODULES)
         # The first three were ingested by the other run: unchanged, not copied again.
         assert record.docs_unchanged == 3 and record.docs_indexed == 2
+    finally:
+        client.close()
+
+
+def queued_messages(client: redis.Redis) -> list[bytes]:
+    """demo_ingest messages waiting on the ingest queue (dramatiq's Redis broker keeps them in a hash)."""
+    messages: list[bytes] = client.hvals(f"{NAMESPACE}:{INGEST_QUEUE}.msgs")  # type: ignore[assignment]
+    return [m for m in messages if DEMO_ACTOR.encode() in m]
+
+
+def test_the_first_start_ingests_the_core_pages_and_queues_the_rest_once(
+    settings: Settings, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = msgspec.structs.replace(settings, embed_model="hash", demo_modules="all")
+    client = sync_client(redis_url)
+    try:
+        prepare(settings)  # what `docent run` runs before it starts the servers
+        assert "ingesting in the background" in capsys.readouterr().out
+        catalog = Catalog.for_data_dir(settings.data_path)
+        try:
+            ids = set(catalog.version_doc_ids(str(get_active(settings))))
+        finally:
+            catalog.close()
+        assert {f"pydoc/{m}" for m in PYDOC_MODULES} <= ids and "pydoc/timeit" not in ids
+        record = progress.load(client, NAME)
+        assert record is not None and record.status == "queued"
+        assert len(queued_messages(client)) == 1
+        schedule(settings, client)  # another start before the run is done: one more message, same record
+        assert len(queued_messages(client)) == 2 and progress.load(client, NAME) == record
+        progress.save(client, msgspec.structs.replace(record, status="done"))
+        assert schedule(settings, client).status == "done"  # once done: not queued again
+        assert len(queued_messages(client)) == 2
     finally:
         client.close()

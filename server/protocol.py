@@ -217,7 +217,11 @@ class SyncFrame(_ServerFrame, frozen=True, kw_only=True, tag="sync"):
     progress: msgspec.Raw  # a folder sync's progress exactly as store.sync_progress published it
 
 
-AdminServerFrame = ReindexFrame | SyncFrame | ErrorFrame | Pong | ResumeRequired
+class IngestFrame(_ServerFrame, frozen=True, kw_only=True, tag="ingest"):
+    progress: msgspec.Raw  # a background ingest's record as store.ingest_progress saved it
+
+
+AdminServerFrame = ReindexFrame | SyncFrame | IngestFrame | ErrorFrame | Pong | ResumeRequired
 
 
 # ---- codecs ----------------------------------------------------------------------------------------

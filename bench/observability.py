@@ -15,7 +15,9 @@ Two turn shapes: a Q&A turn (retrieval + one streamed LLM call + answer) and an 
 tool round trips (`http_request` GETs to the sink). Usage accounting (`actors.spend`) runs in all three.
 Prints each configuration's p50 / p95 activation wall time and process CPU time (every thread of this
 process: the actor, the in-process scripted LLM and receiver, the span exporter; not Redis) per turn, and
-the p50 overhead against `off`; on a loaded machine the CPU time is the steadier of the two.
+the p50 overhead against `off`; on a loaded machine the CPU time is the steadier of the two. `paired` is the
+median, over the rounds, of a configuration's CPU time over `off`'s in the same round (the three run back to
+back): the figure least moved by a neighbour's load.
 """
 
 from __future__ import annotations
@@ -119,7 +121,8 @@ def run(
         wall = f"wall p50 {p50:7.2f} ms  p95 {p95:7.2f} ms ({100 * (p50 - base) / base:+5.1f}%)"
         extra = 100 * (cpu50 - base_cpu) / base_cpu
         used = f"process CPU p50 {cpu50:6.2f} ms  p95 {cpu95:6.2f} ms ({extra:+5.1f}%)"
-        print(f"{shape:>6} turn, {name:>15}: {wall}   {used}   n={len(times[name])}")
+        paired = 100 * (statistics.median(a / b for a, b in zip(cpu[name], cpu["off"], strict=True)) - 1)
+        print(f"{shape:>6} turn, {name:>15}: {wall}   {used}   paired {paired:+5.1f}%   n={len(times[name])}")
     seams(rt, f"{shape}-off-0", provider)
     rt.close()
 

@@ -5,6 +5,8 @@
                                       its tokens and cost, for the turn's tenant and user, on the event's
                                       day; answers, retrievals and ratings count the tenant's quality
                                       signals (uncited answers, unsupported sentences, ...)
+    spend.latency(principal, route, now_ms, first_token_ms=, answer_ms=)   at an answer: the ask's
+                                      latencies, counted per hour (store.latency: the console's charts)
     spend.overspent(principal, now)   before a model call: the spent budget (store.budgets.Overspend) when
                                       the tenant or the user is over one; None (and no read) without budgets
 
@@ -20,6 +22,7 @@ from index.types import Principal
 from store.budgets import Overspend, load_budgets
 from store.events import AnswerCompleted, Event, Feedback, LLMCompleted, RetrievalDone, TurnStarted
 from store.exceptions import DocentError
+from store.latency import ROUTES, LatencyLedger, hour_of
 from store.settings import Settings
 from store.usage import UsageLedger, day_of
 
@@ -29,6 +32,11 @@ log = logging.getLogger(__name__)
 @lru_cache(maxsize=4)
 def _ledger(redis_url: str) -> UsageLedger:
     return UsageLedger.from_url(redis_url)
+
+
+@lru_cache(maxsize=4)
+def _latencies(redis_url: str) -> LatencyLedger:
+    return LatencyLedger.from_url(redis_url)
 
 
 def counted(event: Event) -> dict[str, int | float]:
@@ -41,8 +49,8 @@ def counted(event: Event) -> dict[str, int | float]:
         case AnswerCompleted():
             uncited = 0 if event.citations else 1
             return {"answers": 1, "uncited_answers": uncited, "unsupported_sentences": len(event.unsupported)}
-        case RetrievalDone() if not event.chunk_ids:
-            return {"no_passage_retrievals": 1}
+        case RetrievalDone():
+            return {"retrievals": 1, "no_passage_retrievals": 0 if event.chunk_ids else 1}
         case Feedback():
             return {f"feedback_{event.rating}": 1}
         case _:
@@ -52,6 +60,7 @@ def counted(event: Event) -> dict[str, int | float]:
 class Spend:
     def __init__(self, settings: Settings) -> None:
         self.ledger = _ledger(settings.redis_url) if settings.redis_url else None
+        self.latencies = _latencies(settings.redis_url) if settings.redis_url else None
         self.budgets = load_budgets(settings)
 
     def observe(self, principal: Principal, event: Event) -> None:
@@ -65,6 +74,18 @@ class Spend:
             self.ledger.record(tenant, user, day_of(event.at_ms), **amounts)
         except DocentError as exc:
             log.warning("usage of %s/%s not recorded: %s", tenant, user, exc.code)
+
+    def latency(
+        self, principal: Principal, route: str, now_ms: int, *, first_token_ms: float | None, answer_ms: float
+    ) -> None:
+        if self.latencies is None or route not in ROUTES:
+            return
+        try:
+            self.latencies.record(
+                principal.tenant, route, hour_of(now_ms), first_token=first_token_ms, answer=answer_ms
+            )
+        except DocentError as exc:
+            log.warning("latency of %s not recorded: %s", principal.tenant, exc.code)
 
     def overspent(self, principal: Principal, now_ms: int) -> Overspend | None:
         if self.budgets is None or self.ledger is None:

@@ -36,10 +36,11 @@ from store.scripts import AsyncRunner, Batch, Call, Plan, SyncRunner, key_part, 
 
 SPEND_FIELDS = ("tokens_in", "tokens_out", "cost_usd", "turns")  # per tenant and per user
 # Quality signals, per tenant only (a user's answers are not graded here): answers, those citing nothing,
-# unsupported sentences (post-hoc attribution), Q&A retrievals with nothing readable, ratings.
+# unsupported sentences (post-hoc attribution), Q&A retrievals with nothing readable, ratings; Q&A
+# retrievals in all (the no-passages rate's denominator).
 QUALITY_FIELDS = (
     "answers", "uncited_answers", "unsupported_sentences", "no_passage_retrievals", "feedback_up",
-    "feedback_down",
+    "feedback_down", "retrievals",
 )  # fmt: skip
 FIELDS = SPEND_FIELDS + QUALITY_FIELDS
 RETENTION_DAYS = 400
@@ -61,6 +62,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     no_passage_retrievals: int = 0
     feedback_up: int = 0
     feedback_down: int = 0
+    retrievals: int = 0
 
     @property
     def tokens(self) -> int:

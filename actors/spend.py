@@ -1,21 +1,27 @@
 """What a turn spends and how it went, per tenant, user and day (`store.usage`); the daily budgets.
 
     spend = Spend(settings)
-    spend.observe(principal, event)   after each appended event: TurnStarted counts a turn, LLMCompleted
-                                      its tokens and cost, for the turn's tenant and user, on the event's
-                                      day; answers, retrievals and ratings count the tenant's quality
-                                      signals (uncited answers, unsupported sentences, ...)
+    spend.observe(principal, conv, entry_id, event)   after each appended event: TurnStarted counts a
+                                      turn, LLMCompleted its tokens and cost, for the turn's tenant and
+                                      user, on the event's day; answers, retrievals and ratings count the
+                                      tenant's quality signals (uncited answers, unsupported sentences, ...);
+                                      once per log entry (store.usage.record_once_plan)
+    spend.recover(principal, conv, tail)   at an activation's start: counts the entries of the log's tail
+                                      (after the last snapshot) a killed worker appended but did not count
     spend.latency(principal, route, now_ms, first_token_ms=, answer_ms=)   at an answer: the ask's
                                       latencies, counted per hour (store.latency: the console's charts)
     spend.overspent(principal, now)   before a model call: the spent budget (store.budgets.Overspend) when
                                       the tenant or the user is over one; None (and no read) without budgets
 
-A failed record (Redis unreachable) is logged and the turn goes on: accounting never breaks a turn.
+A failed record (Redis unreachable) is logged and the turn goes on: accounting never breaks a turn. A
+snapshot is saved only after the records of the events it covers, so an entry appended and not counted is
+always in the tail the next activation folds.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import lru_cache
 
 from index.types import Principal
@@ -23,6 +29,7 @@ from store.budgets import Overspend, load_budgets
 from store.events import AnswerCompleted, Event, Feedback, LLMCompleted, RetrievalDone, TurnStarted
 from store.exceptions import DocentError
 from store.latency import ROUTES, LatencyLedger, hour_of
+from store.scripts import id_tuple
 from store.settings import Settings
 from store.usage import UsageLedger, day_of
 
@@ -63,7 +70,7 @@ class Spend:
         self.latencies = _latencies(settings.redis_url) if settings.redis_url else None
         self.budgets = load_budgets(settings)
 
-    def observe(self, principal: Principal, event: Event) -> None:
+    def observe(self, principal: Principal, conversation: str, entry_id: str, event: Event) -> None:
         if self.ledger is None:
             return
         amounts = counted(event)
@@ -71,9 +78,25 @@ class Spend:
             return
         tenant, user = principal.tenant, principal.user
         try:
-            self.ledger.record(tenant, user, day_of(event.at_ms), **amounts)
+            self.ledger.record_once(tenant, user, day_of(event.at_ms), conversation, entry_id, **amounts)
         except DocentError as exc:
             log.warning("usage of %s/%s not recorded: %s", tenant, user, exc.code)
+
+    def recover(self, principal: Principal, conversation: str, tail: Sequence[tuple[str, Event]]) -> int:
+        """Count the tail's entries newer than the conversation's usage cursor; how many were counted."""
+        if self.ledger is None or not any(counted(event) for _, event in tail):
+            return 0
+        try:
+            cursor = id_tuple(self.ledger.cursor(principal.tenant, conversation))
+        except DocentError as exc:
+            log.warning("usage cursor of %s not read: %s", conversation, exc.code)
+            return 0
+        missed = [(i, e) for i, e in tail if counted(e) and id_tuple(i) > cursor]
+        for entry_id, event in missed:
+            self.observe(principal, conversation, entry_id, event)
+        if missed:
+            log.info("conversation %s: usage of %d entries counted on recovery", conversation, len(missed))
+        return len(missed)
 
     def latency(
         self, principal: Principal, route: str, now_ms: int, *, first_token_ms: float | None, answer_ms: float

@@ -16,9 +16,10 @@ import redis
 from index.reindex.jobs import ReindexJob, save_job
 from store.latency import BUCKETS_MS, LatencyLedger, bucket_of, hours_of_days, quantile
 from store.usage import UsageLedger
-from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, server_env
+from tests.server_proc import ServerProcess, server_env
 from tests.test_browser import CHROMIUM, SCREENSHOTS, WAIT_MS
 from tests.test_browser import browser as browser  # the headless Chromium fixture
+from tests.test_usage_console import show_usage, signed_in_admin
 
 FIRST, LAST = dt.date(2026, 3, 9), dt.date(2026, 3, 10)
 
@@ -51,17 +52,6 @@ def test_latencies_are_counted_per_hour_for_the_tenant_and_everyone(r: redis.Red
     assert everyone.answer_p95_ms is not None and everyone.answer_p95_ms > mine[3].answer_p95_ms
 
 
-async def _signed_in(browser: Any, url: str) -> tuple[Any, list[str]]:
-    page = await browser.new_page(viewport={"width": 1300, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    await page.goto(f"{url}/admin")
-    await page.fill(".admin-key-input", TEST_ADMIN_KEY)
-    await page.click(".admin-key-save")
-    await page.wait_for_selector(".admin-console", state="visible", timeout=WAIT_MS)
-    return page, errors
-
-
 def _seed(r: redis.Redis, tenant: str) -> list[str]:
     usage = UsageLedger(r)
     days = [FIRST.isoformat(), LAST.isoformat()]
@@ -84,11 +74,8 @@ async def test_the_console_draws_quality_latency_and_reindex_progress_charts(
     tenant = f"acme-{uuid.uuid4().hex[:6]}"
     _seed(r, tenant)
     with ServerProcess(server_env(redis_url, tmp_path)) as web:
-        page, errors = await _signed_in(browser, web.http_url)
-        await page.fill(".admin-usage-from", FIRST.isoformat())
-        await page.fill(".admin-usage-to", LAST.isoformat())
-        await page.fill(".admin-usage-tenant", tenant)
-        await page.click(".admin-usage-load")
+        page, errors = await signed_in_admin(browser, web.http_url)
+        await show_usage(page, FIRST, LAST, tenant)
         await page.wait_for_selector(".admin-latency-answer svg path.admin-line", timeout=WAIT_MS)
         await page.wait_for_selector(".admin-quality-chart svg path.admin-line", timeout=WAIT_MS)
 

@@ -60,7 +60,7 @@ from actors.plan import (
 )
 from actors.runtime import Runtime, runtime
 from actors.state import ConversationState, fold, load_state
-from store.events import LimitHit, ToolResult, TurnFailed, TurnStarted
+from store.events import Event, LimitHit, ToolResult, TurnFailed, TurnStarted
 from store.exceptions import LeaseHeld, LogError
 from store.log import LeaseKeeper
 from store.retry import RetryPolicy
@@ -132,6 +132,11 @@ class Activation(ActivationCore):
 
 def load(rt: Runtime, conv_id: str) -> ConversationState:
     """The folded state: the latest snapshot plus the events after it."""
+    return load_with_tail(rt, conv_id)[0]
+
+
+def load_with_tail(rt: Runtime, conv_id: str) -> tuple[ConversationState, list[tuple[str, Event]]]:
+    """The folded state, and the entries folded after the snapshot (what usage recovery looks at)."""
     snapshot, tail = rt.log.read_from_snapshot(conv_id)
     state: ConversationState | None = None
     if snapshot is not None:
@@ -144,7 +149,7 @@ def load(rt: Runtime, conv_id: str) -> ConversationState:
         state = ConversationState(conversation_id=conv_id)
     for entry_id, event in tail:
         fold(state, entry_id, event)
-    return state
+    return state, tail
 
 
 def activate(conv_id: str, rt: Runtime | None = None) -> str:
@@ -159,7 +164,9 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
         wait_s = (expires - rt.clock()) / 1000 if isinstance(expires, int) else 0.0
         advance.send_with_options(args=(conv_id,), delay=round(LEASE_RETRY.bounded_s(wait_s) * 1000))
         return "held"
-    activation = Activation(rt, conv_id, lease, load(rt, conv_id))
+    state, tail = load_with_tail(rt, conv_id)
+    activation = Activation(rt, conv_id, lease, state)
+    activation.recover_usage(tail)
     stale = False
     try:
         with LeaseKeeper(rt.log, lease) as keeper:

@@ -4,7 +4,9 @@ Models, indexes and clients are created lazily, on the first activation that nee
 `warm_up`). `configure` installs another runtime (tests, benches, the chaos worker).
 
 Crash points: the conversation actor calls `rt.crash(point)` at the two narrowest windows there are, right
-after a tool's effect and right after a model's response, before either is recorded. The default hook does
+after a tool's effect and right after a model's response, before either is recorded; and a third right
+after a model's response is recorded, before its usage is counted (`usage_record`: the next activation
+counts it, `actors.spend`). The default hook does
 nothing; `docent chaos` runs workers whose runtime carries a hook that exits the process there
 (`actors.testing.chaos_worker`). No setting reaches it.
 """
@@ -41,7 +43,7 @@ from store.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-CrashPoint = Literal["llm_response", "tool_effect"]
+CrashPoint = Literal["llm_response", "tool_effect", "usage_record"]
 
 
 class CrashHook(Protocol):

@@ -406,6 +406,7 @@ def build_whoosh(corpus: SpeedCorpus, directory: Path) -> None:
 def build_ours(settings: Settings, corpus: SpeedCorpus) -> str:
     with Ingestor(settings, corpus.embedder, docs_per_commit=DOCS_PER_COMMIT_BULK) as ingestor:
         report = ingestor.ingest_many(corpus.documents)
+        ingestor.optimize()  # one lexical segment, as after any bulk load
         version = ingestor.version
     assert report.failed == 0, report.errors
     return version

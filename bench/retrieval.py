@@ -263,6 +263,7 @@ def bench_size(settings: Settings, size: int, embed_chunks: int) -> dict:
     started = time.perf_counter()
     with Ingestor(local, embedder, docs_per_commit=DOCS_PER_COMMIT_BULK) as ingestor:
         report = ingestor.ingest_many(documents)
+        ingestor.optimize()  # one lexical segment, as after any bulk load
         version = ingestor.version
     build_s = time.perf_counter() - started
     assert report.failed == 0 and embedder.model_texts == 0

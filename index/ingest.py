@@ -213,6 +213,11 @@ class Ingestor:
         loaders = [(doc.doc_id, partial(self._given_chunks, doc, chunks, None)) for doc, chunks in items]
         return self._run(loaders, progress)
 
+    def optimize(self) -> int:
+        """After a bulk load: the lexical index merged into one segment (fewer reads per query term).
+        Returns the segments left."""
+        return self._with_retries(self.writer.optimize)
+
     def delete_document(self, doc_id: str, *, tenant: str | None = None) -> DocumentOutcome:
         """Hide the document's chunks, then collect them. `tenant` guards other tenants' documents."""
         if tenant is not None:

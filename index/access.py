@@ -13,7 +13,9 @@ chunks each). A candidate list is then one `searchsorted` and two gathers.
 Freshness: every `snapshot()` (once per query) compares `catalog.change_stamp()` (SQLite's data_version:
 any commit, by any process) with the one the arrays were built at and rebuilds them when it moved, so a
 commit, a delete or a readers change is seen by the very next query, as with the per-query SQL. A rebuild
-reads (key, tenant, readers) of every visible row: ~0.1 s at 100K chunks, once per catalog commit.
+reads (key, tenant, readers) of every visible row from a covering index: ~0.1 CPU s at 100K chunks, once
+per catalog commit and query process (so ~1 s at 1M: a shard that takes commits every few seconds wants an
+incremental refresh, not written yet).
 A query keeps the snapshot it started with, so both retrievers and the final check agree.
 
 With metadata filters, `AccessFilter` asks the catalog as before (`readable_keys` with the filters, which

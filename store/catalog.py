@@ -101,6 +101,8 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(version, doc_id);
 CREATE INDEX IF NOT EXISTS chunks_hidden ON chunks(version) WHERE visible = 0;
+-- covers `visible_access` (the search side's access map): 0.07 instead of 0.33 CPU s at 100K rows
+CREATE INDEX IF NOT EXISTS chunks_access ON chunks(version, visible, key, tenant, readers);
 CREATE INDEX IF NOT EXISTS chunks_by_chunk_id ON chunks(chunk_id);
 CREATE TABLE IF NOT EXISTS chunk_changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,

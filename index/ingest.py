@@ -240,6 +240,7 @@ class Ingestor:
         started = time.perf_counter()
         outcomes: list[DocumentOutcome] = []
         batch: list[SourceDocument] = []
+        in_batch: set[str] = set()  # the batch's doc ids (a scan of the batch per document was quadratic)
         done = 0
         for name, load in loaders:
             try:
@@ -249,16 +250,14 @@ class Ingestor:
                 outcomes.append(_failed(_display_id(name), self.version, exc))
                 done += 1
                 continue
-            if (
-                any(s.document.doc_id == source.document.doc_id for s in batch)
-                or len(batch) >= self.docs_per_commit
-            ):
+            if source.document.doc_id in in_batch or len(batch) >= self.docs_per_commit:
                 outcomes.extend(self._apply(batch))
                 done += len(batch)
-                batch = []
+                batch, in_batch = [], set()
                 if progress:
                     progress(done, len(loaders))
             batch.append(source)
+            in_batch.add(source.document.doc_id)
         if batch:
             outcomes.extend(self._apply(batch))
             done += len(batch)

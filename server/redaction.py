@@ -158,8 +158,9 @@ class Redactor:
     def _allowed(self) -> list[frozenset[int]]:
         """The fingerprints of the readable documents (what a secret passage that also occurs in one of
         them is not redacted for)."""
-        while self._unscanned:
-            self.allowed += self._fingerprints(*self._unscanned.pop())
+        pending, self._unscanned = self._unscanned, []
+        for doc_id, document, chunk_texts in pending:
+            self.allowed += self._fingerprints(doc_id, document, chunk_texts)
         return self.allowed
 
     def _doc_ok(self, doc_id: str) -> bool:

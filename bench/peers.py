@@ -35,15 +35,15 @@ Quality metrics are document-level: a document's rank is its best chunk's (index
 each system's top 100 chunks), scored by index.evaluate.score_run.
 
 Speed mode builds the corpus as bench/retrieval.py does (the real chunks of vaswani, cranfield and the demo
-knowledge base, perturbed copies reusing their vectors), times each lexical engine's build (Whoosh through
-our LexicalIndex, 4,096 chunks a commit as the bulk Ingestor does; bm25s; tantivy; LanceDB FTS) and our
-whole Ingestor build (catalog + USearch + Whoosh), then runs the 373 eval queries one at a time,
-round-robin across systems (the order rotates per query, so machine noise hits all alike): ours hybrid
-(Searcher.search_sync, k 10, with the query vector precomputed: the embed stage is a dict lookup), its BM25
-and ANN stages (from the same calls' timings), bm25s + USearch (our HNSW parameters and vector dtype,
-index/vectors.py) + RRF, bm25s alone, tantivy top 100, LanceDB hybrid (flat vectors). Every hybrid takes
-the top 100 of each list and returns 10 hits; only ours also reads the hits' rows (text, ACL re-check)
-from the catalog. bm25s runs unstemmed here (the stemmer only changes the tokens, not the work).
+knowledge base, perturbed copies reusing their vectors), times each lexical engine's build (Whoosh through our
+LexicalIndex, 4,096 chunks a commit as the bulk Ingestor does; bm25s; tantivy; LanceDB FTS) and our whole
+Ingestor build (catalog + USearch + Whoosh, then `Ingestor.optimize()`: one lexical segment), then runs the
+373 eval queries one at a time, round-robin across systems (the order rotates per query, so machine noise hits
+all alike): ours hybrid (Searcher.search_sync, k 10, with the query vector precomputed: the embed stage is a
+dict lookup), its BM25 and ANN stages (from the same calls' timings), bm25s + USearch (our HNSW parameters and
+vector dtype, index/vectors.py) + RRF, bm25s alone, tantivy top 100, LanceDB hybrid (flat vectors). Every
+hybrid takes the top 100 of each list and returns 10 hits; only ours also reads the hits' rows (text, ACL
+re-check) from the catalog. bm25s runs unstemmed here (the stemmer only changes the tokens, not the work).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from index.parse import demo_source_dir
 from index.search import SearchService
 from index.types import Access, Principal, SearchResult
 from index.versions import get_active
+from store.metadata import EMPTY_METADATA, DocumentMetadata
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,15 @@ def prepare(settings: Settings) -> None:
 
 
 def ingest_paths(
-    settings: Settings, paths: Sequence[Path], *, tenant: str, readers: Sequence[str]
+    settings: Settings,
+    paths: Sequence[Path],
+    *,
+    tenant: str,
+    readers: Sequence[str],
+    metadata: DocumentMetadata = EMPTY_METADATA,
 ) -> dict[str, Any]:
     access = Access(tenant=tenant, readers=tuple(readers) or ("*",))
-    return summary(ingest_files(settings, paths, access))
+    return summary(ingest_files(settings, paths, access, metadata))
 
 
 async def search_once(

@@ -4,7 +4,7 @@ The broker is set up FIRST (`actors.broker.setup_broker`, from `DOCENT_*` settin
 modules are imported so that they declare their actors on it:
 
     actors.conversation   advance(conversation_id)          queue conversation
-    actors.ingest_job     ingest_file(tenant, path)         queue ingest
+    actors.ingest_job     ingest_file(tenant, path[, meta]) queue ingest
     actors.documents_job  sync_document, reingest_document  queue ingest
     actors.search_job     search_request(request_id, call)  queue conversation
     actors.sync_job       sync_source(dir)                  queue ingest (scheduled folder syncs)

@@ -213,7 +213,11 @@ class ReindexFrame(_ServerFrame, frozen=True, kw_only=True, tag="reindex"):
     job: msgspec.Raw  # the job record exactly as index.reindex saved it
 
 
-AdminServerFrame = ReindexFrame | ErrorFrame | Pong | ResumeRequired
+class SyncFrame(_ServerFrame, frozen=True, kw_only=True, tag="sync"):
+    progress: msgspec.Raw  # a folder sync's progress exactly as store.sync_progress published it
+
+
+AdminServerFrame = ReindexFrame | SyncFrame | ErrorFrame | Pong | ResumeRequired
 
 
 # ---- codecs ----------------------------------------------------------------------------------------

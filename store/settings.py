@@ -163,6 +163,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     sync_sources_path: str = ""
     # Daily token / cost budgets per tenant and per user (store.budgets): .json or .toml; empty = none.
     budgets_path: str = ""
+    # MCP servers whose tools the agent is offered (actors.tools.mcp_config): .json or .toml; empty = none.
+    mcp_servers_path: str = ""
 
     def __post_init__(self) -> None:
         if self.chunk_overlap >= self.chunk_tokens:

@@ -562,6 +562,7 @@
       var frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       if (frame && frame.type === "reindex" && frame.job) self.onJob(frame.job);
+      if (frame && frame.type === "sync" && frame.progress && self.onSync) self.onSync(frame.progress);
     };
     ws.onclose = function (event) {
       if (self.ws !== ws) return;

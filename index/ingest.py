@@ -213,6 +213,11 @@ class Ingestor:
         loaders = [(doc.doc_id, partial(self._given_chunks, doc, chunks, None)) for doc, chunks in items]
         return self._run(loaders, progress)
 
+    def optimize(self) -> int:
+        """After a bulk load: the lexical index merged into one segment (fewer reads per query term).
+        Returns the segments left."""
+        return self._with_retries(self.writer.optimize)
+
     def delete_document(self, doc_id: str, *, tenant: str | None = None) -> DocumentOutcome:
         """Hide the document's chunks, then collect them. `tenant` guards other tenants' documents."""
         if tenant is not None:
@@ -235,6 +240,7 @@ class Ingestor:
         started = time.perf_counter()
         outcomes: list[DocumentOutcome] = []
         batch: list[SourceDocument] = []
+        in_batch: set[str] = set()  # the batch's doc ids (a scan of the batch per document was quadratic)
         done = 0
         for name, load in loaders:
             try:
@@ -244,16 +250,14 @@ class Ingestor:
                 outcomes.append(_failed(_display_id(name), self.version, exc))
                 done += 1
                 continue
-            if (
-                any(s.document.doc_id == source.document.doc_id for s in batch)
-                or len(batch) >= self.docs_per_commit
-            ):
+            if source.document.doc_id in in_batch or len(batch) >= self.docs_per_commit:
                 outcomes.extend(self._apply(batch))
                 done += len(batch)
-                batch = []
+                batch, in_batch = [], set()
                 if progress:
                     progress(done, len(loaders))
             batch.append(source)
+            in_batch.add(source.document.doc_id)
         if batch:
             outcomes.extend(self._apply(batch))
             done += len(batch)

@@ -12,8 +12,8 @@
 
 One query (`timings_ms` has a key per stage):
   embed   the query vector (QueryEmbedder's cached `aembed_query` when given, else the embedder);
-  ann     USearch top `retrieve_k`      } concurrently, each in `run_blocking`; access control and the
-  bm25    Whoosh BM25 top `retrieve_k`  } metadata filters are inside both retrievers (AccessFilter)
+  ann     USearch top `retrieve_k`      } one after the other, in one `run_blocking`; access control and
+  bm25    Whoosh BM25 top `retrieve_k`  } the metadata filters are inside both retrievers (index.access)
   fuse    index.fusion: `fusion="zscore"` (the default) sums the standardised scores of the two lists with
           `weights` (dense settings.fusion_dense_weight, bm25 the rest); `fusion="rrf"` is weighted RRF
           (k = settings.rrf_k). Ranks in each list are kept as provenance;
@@ -29,12 +29,12 @@ the alias changes; a query that started keeps the Searcher it started with.
 
 Measured with the tests' 64-d hashing embedder, 2 shared cores, 120-word chunks, retrieve_k 100: at 5K
 chunks hybrid p50 4.6 ms / p95 7.0 ms (ann 1.1, bm25 3.3); at 20K p50 9.6 / p95 12.5 (ann 1.7, bm25 7.6).
-The first BM25 query per thread after a commit rebuilds the ACL masks (+20 ms at 20K chunks).
+The first BM25 query per thread after a commit rebuilds the ACL masks (+20 ms at 20K chunks), and the
+first query after any catalog commit rebuilds the access map (index.access).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
@@ -46,9 +46,10 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aredis
 
+from index.access import AccessFilter, AccessMap
 from index.entries import chunk_of
 from index.fusion import Fused, dense_weighted, keep_lexical_top, rrf, zscore
-from index.keys import Keys, Scored, as_keys
+from index.keys import Scored, as_keys
 from index.lexical import LexicalIndex
 from index.sections import section_passages
 from index.types import Embedder, Hit, Manifest, ModelIdentity, Principal, SearchResult, Vector
@@ -57,7 +58,7 @@ from index.versions import alias_path, check_model, get_active, read_manifest, v
 from store.blocking import run_blocking
 from store.catalog import Catalog, ChunkRow
 from store.exceptions import IndexNotFound, InputError, ModelError, ModelMismatch
-from store.metadata import Filters, all_of
+from store.metadata import Filters
 from store.settings import Settings
 
 Mode = Literal["hybrid", "dense", "bm25"]
@@ -85,33 +86,6 @@ class Reranker(Protocol):
 
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
-
-
-class AccessFilter:
-    """`allowed(keys)` for one query: visible in the version, readable by the principal and, with
-    `filters`, of a document matching them (catalog; the filters are ANDed, so they only narrow).
-
-    Both retrievers grow their candidate lists until k keys pass (index.vectors, index.lexical), so a
-    filter is a mask inside retrieval, never a trim of a shared top k. Memoised, so the retrievers'
-    oversampling rounds and the two retrievers share the lookups.
-    """
-
-    def __init__(self, catalog: Catalog, version: str, principal: Principal, filters: Filters = None) -> None:
-        self.catalog = catalog
-        self.version = version
-        self.principal = principal
-        self.filters = all_of(filters)
-        self.tokens = principal.reader_tokens()
-        self._known: dict[int, bool] = {}
-
-    def __call__(self, keys: Keys) -> npt.NDArray[np.bool_]:
-        unknown = [int(key) for key in keys if int(key) not in self._known]
-        if unknown:
-            readable = self.catalog.readable_keys(
-                self.version, unknown, self.principal.tenant, self.tokens, self.filters
-            )
-            self._known.update((key, key in readable) for key in unknown)
-        return np.fromiter((self._known[int(key)] for key in keys), dtype=bool, count=len(keys))
 
 
 class Searcher:
@@ -145,6 +119,7 @@ class Searcher:
         self.fusion: Fusion = fusion
         self._owns_catalog = catalog is None
         self.catalog = catalog or Catalog.for_data_dir(settings.data_path)
+        self.access = AccessMap(self.catalog, version)
         directory = version_path(settings, version)
         self.vectors = VectorIndex.open_reader(
             directory,
@@ -189,23 +164,15 @@ class Searcher:
         k = self._check(query, principal, k, mode)
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        allowed = AccessFilter(self.catalog, self.version, principal, filters)
-        dense: list[Scored] = []
-        lexical: list[Scored] = []
-        if mode == "bm25":
-            lexical = await run_blocking(self._bm25, query, principal, allowed, timings)
-        else:
+        vector = None
+        if mode != "bm25":
             embed_started = time.perf_counter()
             vector = await self.embed_query(query)
             timings["embed"] = _ms(embed_started)
-            if mode == "dense":
-                dense = await run_blocking(self._dense, vector, allowed, timings)
-            else:
-                dense, lexical = await asyncio.gather(
-                    run_blocking(self._dense, vector, allowed, timings),
-                    run_blocking(self._bm25, query, principal, allowed, timings),
-                )
-        hits = await run_blocking(self._finish, query, principal, dense, lexical, mode, k, timings, allowed)
+        # One blocking call for the rest: USearch beside Whoosh in a second thread was slower on 2 loaded
+        # cores (100K chunks, 373 queries x 2 interleaved: p50 8.6 / p95 20.4 ms against 6.3 / 14.1 one
+        # after the other): the stages share the GIL and every thread hand-off waits for a wake-up.
+        hits = await run_blocking(self._retrieve, query, vector, principal, k, mode, timings, filters)
         timings["total"] = _ms(started)
         return SearchResult(query=query, index_version=self.version, hits=hits, timings_ms=timings)
 
@@ -271,7 +238,7 @@ class Searcher:
         timings: dict[str, float],
         filters: Filters = None,
     ) -> list[Hit]:
-        allowed = AccessFilter(self.catalog, self.version, principal, filters)
+        allowed = AccessFilter(self.catalog, self.version, principal, filters, access=self.access)
         dense = self._dense(vector, allowed, timings) if vector is not None else []
         lexical = self._bm25(query, principal, allowed, timings) if mode != "dense" else []
         return self._finish(query, principal, dense, lexical, mode, k, timings, allowed)

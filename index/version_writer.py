@@ -185,6 +185,11 @@ class _VersionWriter:
             self.vectors.add([key for key, _ in add], np.stack([cache.vectors[key] for key, _ in add]))
         self.vectors.save()
 
+    def optimize(self) -> int:
+        """The lexical index as one segment (LexicalIndex.optimize), under the version's write lock."""
+        with write_lock(self.settings, self.version):
+            return self.lexical.optimize()
+
     def collect(self) -> int:
         """Drop every hidden entry from Whoosh and USearch, then from the catalog (the lock is held)."""
         hidden = self.catalog.hidden_keys(self.version)

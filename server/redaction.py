@@ -33,7 +33,7 @@ import redis.asyncio as aredis
 from index.types import Principal as Reader
 from server.auth import Principal
 from store.blocking import run_blocking
-from store.catalog import Catalog
+from store.catalog import Catalog, CatalogDocument
 from store.conversations import ConversationMeta
 from store.log import conv_keys
 
@@ -107,6 +107,7 @@ class Redactor:
         # referenced has no secret, and its texts are never scanned.
         self.secret: list[frozenset[int]] = []
         self.allowed: list[frozenset[int]] = []
+        self._unscanned: list[tuple[str, CatalogDocument | None, list[str]]] = []  # readable, not yet scanned
         self.exact: set[str] = set()
 
     def learn(self, event: Json) -> None:
@@ -138,19 +139,29 @@ class Redactor:
             not document.deleted and self.reader.can_read(document.tenant, document.readers)
         )
         self.readable[doc_id] = ok
-        if document is None:
-            shingles = [
-                frozenset(_shingles("\n".join([self.catalog.document_text(doc_id) or "", *chunk_texts])))
-            ]
-        else:
-            stored = _document_shingles(self.catalog, doc_id, document.content_hash, document.updated_at_ms)
-            shingles = [stored, frozenset(_shingles("\n".join(chunk_texts)))]
-        if ok:
-            self.allowed += shingles
+        if ok:  # fingerprinted only once there is a secret to exempt them from (most readers never have one)
+            self._unscanned.append((doc_id, document, chunk_texts))
             return
-        self.secret += shingles
+        self.secret += self._fingerprints(doc_id, document, chunk_texts)
         names = (doc_id, document.title if document is not None else "")
         self.exact.update(n for n in names if len(n) >= MIN_NAME_CHARS)
+
+    def _fingerprints(
+        self, doc_id: str, document: CatalogDocument | None, chunk_texts: list[str]
+    ) -> list[frozenset[int]]:
+        if document is None:
+            text = "\n".join([self.catalog.document_text(doc_id) or "", *chunk_texts])
+            return [frozenset(_shingles(text))]
+        stored = _document_shingles(self.catalog, doc_id, document.content_hash, document.updated_at_ms)
+        return [stored, frozenset(_shingles("\n".join(chunk_texts)))]
+
+    def _allowed(self) -> list[frozenset[int]]:
+        """The fingerprints of the readable documents (what a secret passage that also occurs in one of
+        them is not redacted for)."""
+        pending, self._unscanned = self._unscanned, []
+        for doc_id, document, chunk_texts in pending:
+            self.allowed += self._fingerprints(doc_id, document, chunk_texts)
+        return self.allowed
 
     def _doc_ok(self, doc_id: str) -> bool:
         return self.readable.get(doc_id, False)
@@ -211,11 +222,12 @@ class Redactor:
         if not self.secret or len(words) < SHINGLE_WORDS:
             return []
         lowered = [w.group().lower() for w in words]
+        allowed = self._allowed()
         spans: list[tuple[int, int]] = []
         last = -SHINGLE_WORDS  # index of the last word covered
         for i in range(len(words) - SHINGLE_WORDS + 1):
             shingle = hash("\x1f".join(lowered[i : i + SHINGLE_WORDS]))
-            if not _in_any(shingle, self.secret) or _in_any(shingle, self.allowed):
+            if not _in_any(shingle, self.secret) or _in_any(shingle, allowed):
                 continue
             end = words[i + SHINGLE_WORDS - 1].end()
             if spans and i - last <= SHINGLE_WORDS:

@@ -101,6 +101,8 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(version, doc_id);
 CREATE INDEX IF NOT EXISTS chunks_hidden ON chunks(version) WHERE visible = 0;
+-- covers `visible_access` (the search side's access map): 0.07 instead of 0.33 CPU s at 100K rows
+CREATE INDEX IF NOT EXISTS chunks_access ON chunks(version, visible, key, tenant, readers);
 CREATE INDEX IF NOT EXISTS chunks_by_chunk_id ON chunks(chunk_id);
 CREATE TABLE IF NOT EXISTS chunk_changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -282,6 +284,7 @@ class Catalog:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._watch: sqlite3.Connection | None = None  # reads only PRAGMA data_version (change_stamp)
         self._create_schema()
 
     @classmethod
@@ -346,6 +349,22 @@ class Catalog:
             return self._connection().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise IndexError_(f"catalog read failed: {exc}") from exc
+
+    def change_stamp(self) -> int:
+        """A number that differs after any commit to the catalog file, by any process or connection (what
+        a cache derived from the rows, e.g. index.access.AccessMap, compares before it is used): SQLite's
+        data_version, read on a connection of its own that never writes, so every commit is another's."""
+        with self._lock:
+            if self._closed:
+                raise IndexError_("the catalog is closed")
+            try:
+                if self._watch is None:
+                    self._watch = sqlite3.connect(self.path, check_same_thread=False)
+                    self._connections.append(self._watch)
+                (version,) = self._watch.execute("PRAGMA data_version").fetchone()
+            except sqlite3.Error as exc:
+                raise IndexError_(f"catalog read failed: {exc}") from exc
+            return int(version)
 
     def close(self) -> None:
         with self._lock:
@@ -593,6 +612,17 @@ class Catalog:
                 if not tokens.isdisjoint(_readers_decoder.decode(readers)):
                     readable.add(key)
         return readable
+
+    def visible_access(self, version: str) -> list[tuple[int, str, str]]:
+        """(key, tenant, readers as stored JSON) of every visible row of `version`, by key: what an
+        access map (index.access) is built from."""
+        sql = "SELECT key, tenant, readers FROM chunks WHERE version = ? AND visible = 1 ORDER BY key"
+        return self._read(sql, (_check_version(version),))
+
+    @staticmethod
+    def decode_readers(readers: str) -> tuple[str, ...]:
+        """A row's stored readers (as `visible_access` returns them)."""
+        return _readers_decoder.decode(readers)
 
     def chunk_rows(self, version: str, keys: Sequence[int]) -> dict[int, ChunkRow]:
         """Visible rows for `keys` (hidden or unknown keys are absent)."""

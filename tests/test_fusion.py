@@ -9,9 +9,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from index.access import AccessFilter
 from index.fusion import rrf, standardised, zscore
 from index.ingest import Ingestor
-from index.search import AccessFilter, Searcher
+from index.search import Searcher
 from index.types import Access, Principal
 from store.exceptions import InputError
 from store.settings import Settings

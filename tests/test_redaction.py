@@ -13,6 +13,7 @@ import asyncio
 import json
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,8 @@ from actors.tools.registry import fence_data
 from index.search import SearchService
 from index.types import Access, Principal
 from server.auth import mint_token
+from server.redaction import Redactor
+from store.catalog import Catalog, CatalogDocument, DocumentCommit
 from store.events import (
     AnswerCompleted,
     Citation,
@@ -206,3 +209,28 @@ def test_chat_socket_live_frames_apply_the_readers_acl(world: dict[str, Any], re
         )
     )
     _check_redacted([f["event"] for f in frames if f["type"] == "event"])
+
+
+def test_a_passage_also_in_a_readable_document_is_not_redacted(tmp_path: Path) -> None:
+    """The readable document's fingerprints are taken lazily (once a secret appears): they still exempt."""
+    shared = "the quarterly figures are reported to the board every single month"
+    only_secret = "the settlement amount stays between the two parties and their lawyers forever"
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    for doc_id, readers, text in (
+        ("public-notes", ("*",), shared),
+        ("secret-memo", ("group:legal",), f"{shared}. {only_secret}"),
+    ):
+        document = CatalogDocument(
+            doc_id=doc_id, title=doc_id, source=doc_id, format="txt", content_hash="h", tenant=TENANT,
+            readers=readers,
+        )  # fmt: skip
+        catalog.commit_documents(
+            "v1", [DocumentCommit(document=document, ingest_hash="i", visible=(), text=text)]
+        )
+    redactor = Redactor(catalog, Principal(tenant=TENANT, user="lee"))
+    first = redactor.redact({"type": "tool_result", "text": "read doc_id=public-notes"})  # readable first
+    assert "redacted" not in first
+    out = redactor.redact(
+        {"type": "answer_completed", "text": f"doc_id=secret-memo says {shared}; also {only_secret}"}
+    )
+    assert shared in out["text"] and "settlement amount" not in out["text"] and out["redacted"] >= 1

@@ -73,6 +73,7 @@ from whoosh.writing import MERGE_SMALL, SegmentWriter
 
 from index import lexical_merge
 from index.keys import AllowedFn, Scored, as_keys
+from index.lexical_docs import Documents, SegmentDocsCache, blend
 from index.lexical_segment import Batch, BulkWriter, bulk_supported, decode_postings, read_keys
 from store.exceptions import IndexCorrupt, IndexError_, IndexNotFound, InputError
 
@@ -311,6 +312,7 @@ class _Slot:
         self.checked_at = time.monotonic()
         self.masks: OrderedDict[tuple[str, str], npt.NDArray[np.bool_]] = OrderedDict()
         self.lengths: dict[str, npt.NDArray[np.float64]] = {}
+        self.documents: Documents | None = None  # index.lexical_docs, built on the first blended query
         self.terms: OrderedDict[tuple[str, str], list[_SegmentTerm]] = OrderedDict()
         self.keys: dict[int, int] = {}  # docnum -> key (a stored-field read is ~25 us)
         self.key_array: npt.NDArray[np.int64] | None = None  # every docnum's key, from the sidecars
@@ -344,6 +346,7 @@ class _Slot:
             self.searcher = fresh
             self.masks.clear()  # docnums change with the index generation
             self.lengths.clear()
+            self.documents = None
             self.terms.clear()
             self.keys.clear()
             self.readable = self.leaves() is not None
@@ -401,6 +404,13 @@ class _Slot:
             self.lengths[field] = lengths
         return lengths
 
+    def documents_of(self, leaves: list[tuple[SegmentReader, int]], cache: SegmentDocsCache) -> Documents:
+        """Which document each docnum belongs to, and the documents' body lengths (index.lexical_docs)."""
+        if self.documents is None:
+            self.documents = Documents.of(leaves, self.field_lengths(BODY, leaves), cache)
+            cache.keep({leaf.segment().segment_id() for leaf, _ in leaves})
+        return self.documents
+
     def term_mask(self, field: str, value: str) -> npt.NDArray[np.bool_]:
         key = (field, value)
         mask = self.masks.get(key)
@@ -457,6 +467,7 @@ class LexicalIndex:
         *,
         k1: float = BM25_K1,
         b: float = BM25_B,
+        doc_weight: float = 0.0,
         check_interval_ms: int = SEARCHER_CHECK_MS,
         vectorised: bool = True,
         bulk: bool = True,
@@ -464,6 +475,9 @@ class LexicalIndex:
     ) -> None:
         self.directory = Path(directory)
         self.k1, self.b = k1, b
+        # > 0: a chunk's score blends its document's BM25 (index.lexical_docs; the vectorised path only)
+        self.doc_weight = doc_weight
+        self._segment_docs = SegmentDocsCache()
         self.vectorised = vectorised  # False: Whoosh's own (per-posting) search, same scores
         # bulk=False: Whoosh's writer (a document at a time) instead of index.lexical_segment, same index
         self.check_interval_ms = check_interval_ms
@@ -652,7 +666,28 @@ class LexicalIndex:
                     continue
                 idf = lucene_idf(len(scorer.scores), df)
                 scorer.add(idf, *self.postings.weighed(segments, field, term, weigh))
+        if self.doc_weight > 0 and self.fields == (BODY,):
+            self._blend_documents(slot, leaves, terms, scorer)
         return scorer.within(acl)
+
+    def _blend_documents(
+        self, slot: _Slot, leaves: list[tuple[SegmentReader, int]], terms: Sequence[str], scorer: _Ranking
+    ) -> None:
+        """Each matching chunk's score blended with its document's BM25 (index.lexical_docs)."""
+        documents = slot.documents_of(leaves, self._segment_docs)
+        postings = [self._term_postings(slot, term) for term in terms]
+        scores = documents.scores([p for p in postings if p is not None], lucene_idf, self.k1, self.b)
+        scorer.scores = blend(scorer.scores, documents, scores, self.doc_weight)
+
+    def _term_postings(self, slot: _Slot, term: str) -> Postings | None:
+        """A body term's posting list over all segments: index docnums and term frequencies."""
+        parts = []
+        for found in slot.segment_terms(BODY, term):
+            ids, tf = self.postings.get(found, BODY, term)
+            parts.append((ids + np.int32(found.offset), tf))
+        if not parts:
+            return None
+        return np.concatenate([ids for ids, _ in parts]), np.concatenate([tf for _, tf in parts])
 
     def keys(self) -> set[int]:
         """Every key in the index (for tests and consistency checks; a full scan)."""

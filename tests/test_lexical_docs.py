@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from index.lexical import LexicalEntry, LexicalIndex, analyzer, lucene_idf
+from index.lexical_docs import Documents
 
 K1, B = 1.2, 0.75
 # (key, doc, body): d1's answer is split over two chunks; d2 and d3 each hold one of the words.
@@ -76,6 +77,18 @@ def _open(directory: Path, weight: float) -> LexicalIndex:
     return LexicalIndex.open(directory, k1=K1, b=B, doc_weight=weight, check_interval_ms=0)
 
 
+def _indexed(directory: Path, chunks: tuple[tuple[int, str, str], ...], weight: float = 0.5) -> LexicalIndex:
+    LexicalIndex.create(directory)
+    lexical = _open(directory, weight)
+    lexical.apply(add=[_entry(*chunk) for chunk in chunks])
+    return lexical
+
+
+def _documents(lexical: LexicalIndex) -> Documents:
+    slot = lexical._slot()
+    return slot.documents_of(slot.leaves() or [], lexical._segment_docs)
+
+
 def _search(lexical: LexicalIndex, query: str) -> dict[int, float]:
     return dict(lexical.search(query, 10, tenant="t", reader_tokens=("*",)))
 
@@ -97,9 +110,7 @@ def test_chunk_scores_blend_their_documents_bm25(tmp_path: Path, weight: float) 
 
 
 def test_the_document_vote_lifts_the_chunk_whose_document_holds_the_rest(tmp_path: Path) -> None:
-    LexicalIndex.create(tmp_path)
-    lexical = _open(tmp_path, 0.5)
-    lexical.apply(add=[_entry(*chunk) for chunk in CHUNKS])
+    lexical = _indexed(tmp_path, CHUNKS)
     alone = _open(tmp_path, 0.0)
     query = "backup offsite"  # d1 has both words, one per chunk; d2's one chunk has "offsite" alone
     chunks_alone = _search(alone, query)
@@ -111,19 +122,14 @@ def test_the_document_vote_lifts_the_chunk_whose_document_holds_the_rest(tmp_pat
 
 
 def test_deleted_chunks_leave_their_document(tmp_path: Path) -> None:
-    LexicalIndex.create(tmp_path)
-    lexical = _open(tmp_path, 0.5)
-    lexical.apply(add=[_entry(*chunk) for chunk in CHUNKS])
+    lexical = _indexed(tmp_path, CHUNKS)
     replaced = (2, "d1", "the cartridges are kept in the office")
     lexical.apply(add=[_entry(6, *replaced[1:])], delete=[2])  # d1 re-ingested: chunk 2 deleted, 6 added
     live = (*(c for c in CHUNKS if c[0] != 2), (6, *replaced[1:]))
-    documents = lexical._slot().documents_of(lexical._slot().leaves() or [], lexical._segment_docs)
+    documents = _documents(lexical)
     assert documents.documents == 4 and int((documents.of_docnum >= 0).sum()) == len(live)
-    fresh_dir = tmp_path / "fresh"
-    LexicalIndex.create(fresh_dir)
-    fresh = _open(fresh_dir, 0.5)
-    fresh.apply(add=[_entry(*chunk) for chunk in live])
-    ours = fresh._slot().documents_of(fresh._slot().leaves() or [], fresh._segment_docs)
+    fresh = _indexed(tmp_path / "fresh", live)
+    ours = _documents(fresh)
     assert sorted(documents.lengths.tolist()) == sorted(ours.lengths.tolist())
     assert math.isclose(documents.average, ours.average)
     lexical.close()
@@ -131,14 +137,10 @@ def test_deleted_chunks_leave_their_document(tmp_path: Path) -> None:
 
 
 def test_document_lengths_are_the_exact_token_counts(tmp_path: Path) -> None:
-    LexicalIndex.create(tmp_path)
-    lexical = _open(tmp_path, 0.5)
-    words = [f"word{n}" for n in range(1, 998)]  # 997 terms: a length byte would round it
-    lexical.apply(
-        add=[_entry(1, "d1", " ".join(words)), _entry(2, "d1", "alpha beta"), _entry(3, "d2", "gamma")]
-    )
+    words = " ".join(f"word{n}" for n in range(1, 998))  # 997 terms: a length byte would round it
+    lexical = _indexed(tmp_path, ((1, "d1", words), (2, "d1", "alpha beta"), (3, "d2", "gamma")))
     slot = lexical._slot()
-    documents = slot.documents_of(slot.leaves() or [], lexical._segment_docs)
+    documents = _documents(lexical)
     assert sorted(documents.lengths.tolist()) == [1.0, 999.0]
     assert slot.field_lengths("body", slot.leaves() or [])[0] != 997.0  # what Whoosh's length byte keeps
     lexical.close()

@@ -539,18 +539,24 @@ class LexicalIndex:
     ) -> None:
         """Each matching chunk's score blended with its document's BM25 (index.lexical_docs)."""
         documents = slot.documents_of(leaves, self._segment_docs)
-        postings = [self._term_postings(slot, term) for term in terms]
-        scores = documents.scores([p for p in postings if p is not None], lucene_idf, self.k1, self.b)
-        scorer.scores = blend(scorer.scores, documents, scores, self.doc_weight)
+        impacts = [self._document_impacts(slot, documents, term) for term in terms]
+        scorer.scores = blend(
+            scorer.scores, documents, documents.scores(impacts, lucene_idf), self.doc_weight
+        )
 
-    def _term_postings(self, slot: _Slot, term: str) -> Postings | None:
+    def _document_impacts(self, slot: _Slot, documents: Documents, term: str) -> Postings:
+        """A term's documents and their BM25 impacts without idf (cached while the documents stay)."""
+        key = (documents.fingerprint, term, self.k1, self.b)
+        return self.postings.documents.get(
+            key, lambda: documents.impacts(*self._term_postings(slot, term), self.k1, self.b)
+        )
+
+    def _term_postings(self, slot: _Slot, term: str) -> Postings:
         """A body term's posting list over all segments: index docnums and term frequencies."""
-        parts = []
+        parts = [(np.zeros(0, np.int32), np.zeros(0, np.float32))]
         for found in slot.segment_terms(BODY, term):
             ids, tf = self.postings.get(found, BODY, term)
             parts.append((ids + np.int32(found.offset), tf))
-        if not parts:
-            return None
         return np.concatenate([ids for ids, _ in parts]), np.concatenate([tf for _, tf in parts])
 
     def keys(self) -> set[int]:

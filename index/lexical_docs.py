@@ -18,7 +18,10 @@ vaswani .443 -> .443 (its documents are one chunk), cranfield .295 -> .298, perl
 on the demo set (.673) and perlfaq.
 
 Which document a chunk belongs to comes from the `doc_id` field's postings, read once per segment
-(segments are immutable) and cached by segment id; deleted chunks count for nothing.
+(segments are immutable) and cached by segment id; deleted chunks count for nothing. A term's document
+impacts are cached in the index's PostingsCache (index.lexical_postings) under the documents' fingerprint
+(segments, offsets, deletions), so a query pays one gather-add per term as the chunk scores do: BM25 stage
+p50 0.35 -> 0.48 ms on vaswani (11K chunks), 0.21 -> 0.28 ms on perlfaq (interleaved, same run).
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ class Documents(NamedTuple):
     of_docnum: npt.NDArray[np.int64]
     lengths: npt.NDArray[np.float64]
     average: float
+    alive: int  # documents with a live chunk (BM25's N)
+    fingerprint: tuple[tuple[str, int, int], ...]  # (segment id, first docnum, deletions): a cache key
 
     @property
     def documents(self) -> int:
@@ -109,14 +114,16 @@ class Documents(NamedTuple):
         of_docnum = np.full(len(chunk_lengths), -1, dtype=np.int64)
         lengths_of = chunk_lengths.copy()
         numbers: dict[str, int] = {}
+        fingerprint = []
         for leaf, offset in leaves:
             found = cache.get(leaf)
             ordinals = np.array([numbers.setdefault(i, len(numbers)) for i in found.ids] or [0], np.int64)
             local = found.of_docnum.astype(np.int64)
             placed = np.where(local >= 0, ordinals[np.maximum(local, 0)], -1)
             segment = leaf.segment()
-            if segment.has_deletions():
-                placed[np.fromiter(segment.deleted_docs(), dtype=np.int64)] = -1
+            deleted = np.fromiter(segment.deleted_docs() if segment.has_deletions() else (), dtype=np.int64)
+            placed[deleted] = -1
+            fingerprint.append((segment.segment_id(), offset, len(deleted)))
             of_docnum[offset : offset + len(placed)] = placed
             if found.lengths is not None:
                 lengths_of[offset : offset + len(placed)] = found.lengths
@@ -124,29 +131,30 @@ class Documents(NamedTuple):
         lengths = np.bincount(of_docnum[live], weights=lengths_of[live], minlength=len(numbers))
         present = lengths[lengths > 0]
         average = float(present.mean()) if len(present) else 1.0
-        return cls(of_docnum, lengths.astype(np.float64), average)
+        alive = int(np.count_nonzero(lengths))
+        return cls(of_docnum, lengths.astype(np.float64), average, alive, tuple(fingerprint))
+
+    def impacts(
+        self, docnums: npt.NDArray[np.int32], tf: npt.NDArray[np.floating], k1: float, b: float
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.floating]]:
+        """A term's documents and BM25 term-frequency part (without idf) from its chunk postings (index
+        docnums, tf): frequencies summed over each document's live chunks, its length their sum."""
+        owners = self.of_docnum[docnums]
+        live = owners >= 0
+        frequency = np.bincount(owners[live], weights=tf[live].astype(np.float64), minlength=self.documents)
+        found = np.flatnonzero(frequency)
+        f = frequency[found]
+        norm = k1 * ((1 - b) + b * self.lengths[found] / self.average)
+        return found.astype(np.int32), f * (k1 + 1) / (f + norm)
 
     def scores(
-        self,
-        postings: Sequence[tuple[npt.NDArray[np.int32], npt.NDArray[np.floating]]],
-        idf_of: IdfOf,
-        k1: float,
-        b: float,
+        self, impacts: Sequence[tuple[npt.NDArray[np.int32], npt.NDArray[np.floating]]], idf_of: IdfOf
     ) -> npt.NDArray[np.float64]:
-        """Every document's BM25 over the terms whose chunk postings (index docnums, tf) are given."""
+        """Every document's BM25 over the terms whose `impacts` are given (idf from the document counts)."""
         total = np.zeros(self.documents)
-        alive = int(np.count_nonzero(self.lengths))
-        for docnums, tf in postings:
-            owners = self.of_docnum[docnums]
-            live = owners >= 0
-            weights = tf[live].astype(np.float64)
-            frequency = np.bincount(owners[live], weights=weights, minlength=self.documents)
-            found = np.flatnonzero(frequency)
-            if not len(found):
-                continue
-            f = frequency[found]
-            norm = k1 * ((1 - b) + b * self.lengths[found] / self.average)
-            total[found] += idf_of(alive, len(found)) * f * (k1 + 1) / (f + norm)
+        for found, impact in impacts:
+            if len(found):
+                total[found] += idf_of(self.alive, len(found)) * impact
         return total
 
 

@@ -77,17 +77,19 @@ class PostingsCache:
 
     def __init__(self, max_bytes: int = POSTINGS_CACHE_BYTES) -> None:
         self.lists: _Lru[tuple[str, str, str]] = _Lru(max_bytes // 3)
+        # a term's document-level impacts (index.lexical_docs): by the documents' fingerprint, k1, b
+        self.documents: _Lru[tuple[Hashable, str, float, float]] = _Lru(max_bytes // 6)
         self.impacts: _Lru[tuple[tuple[tuple[str, int], ...], str, str, float, float, float]] = _Lru(
-            max_bytes - max_bytes // 3
+            max_bytes - max_bytes // 3 - max_bytes // 6
         )
 
     @property
     def bytes(self) -> int:
-        return self.lists.bytes + self.impacts.bytes
+        return self.lists.bytes + self.impacts.bytes + self.documents.bytes
 
     @property
     def max_bytes(self) -> int:
-        return self.lists.max_bytes + self.impacts.max_bytes
+        return self.lists.max_bytes + self.impacts.max_bytes + self.documents.max_bytes
 
     def get(self, found: SegmentTerm, field: str, term: str) -> Postings:
         key = (found.leaf.segment().segment_id(), field, term)

@@ -144,3 +144,14 @@ def test_document_lengths_are_the_exact_token_counts(tmp_path: Path) -> None:
     assert sorted(documents.lengths.tolist()) == [1.0, 999.0]
     assert slot.field_lengths("body", slot.leaves() or [])[0] != 997.0  # what Whoosh's length byte keeps
     lexical.close()
+
+
+def test_cached_document_impacts_follow_deletions(tmp_path: Path) -> None:
+    lexical = _indexed(tmp_path, CHUNKS)
+    query = "rotate vault"  # chunk 1 has "rotate", its document d1 also "vault" (chunk 2)
+    before = _search(lexical, query)
+    assert _search(lexical, query) == before and lexical.postings.documents.bytes > 0  # cached, same
+    lexical.apply(delete=[2])
+    after = _search(lexical, query)
+    assert 2 not in after and after[1] < before[1]  # d1 lost "vault": its vote for chunk 1 shrank
+    lexical.close()

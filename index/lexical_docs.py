@@ -20,8 +20,9 @@ on the demo set (.673) and perlfaq.
 Which document a chunk belongs to comes from the `doc_id` field's postings, read once per segment
 (segments are immutable) and cached by segment id; deleted chunks count for nothing. A term's document
 impacts are cached in the index's PostingsCache (index.lexical_postings) under the documents' fingerprint
-(segments, offsets, deletions), so a query pays one gather-add per term as the chunk scores do: BM25 stage
-p50 0.35 -> 0.48 ms on vaswani (11K chunks), 0.21 -> 0.28 ms on perlfaq (interleaved, same run).
+(segments, offsets, deletions), so a query pays one gather-add per term as the chunk scores do
+(`python -m bench.lexical_docs`, interleaved: BM25 top 100 p50 0.32 -> 0.45 ms on vaswani's 11K chunks,
+0.28 -> 0.38 ms on perlfaq's 6K; p95 within the shared machine's noise).
 """
 
 from __future__ import annotations

@@ -83,6 +83,7 @@ class ActivationCore:
         self.hits: list[Hit] | None = None  # this activation's retrieval, to skip a re-search
         self.agent_tools = rt.registry.subset(AGENT_TOOLS)
         self.agent_specs: tuple[ToolSpec, ...] = tool_specs(self.agent_tools.spec())
+        self._mcp_offered = rt.mcp is None  # the configured MCP servers' tools join an agent turn's once
         self.flows = workflows_for(rt.settings)  # workflows beside the agent loop (actors.workflows)
         self.workflow_tools = rt.registry.subset(WORKFLOW_TOOLS)
         self._asked_ms: dict[int, int] = {}  # turn -> the web's ask time (the log stamps the move time)
@@ -231,6 +232,18 @@ class ActivationCore:
     def tools(self) -> Registry:
         """The tools this turn's route may use: the agent's, or the workflows' (fixed by code)."""
         return self.workflow_tools if self.turn.route == "workflow" else self.agent_tools
+
+    async def offer_mcp_tools(self) -> None:
+        """An agent turn's tools are `AGENT_TOOLS` plus the configured MCP servers' (listed and cached by
+        `rt.mcp`; configuration, never the model, names the servers). Once per activation, agent turns."""
+        current = self.state.current
+        if self._mcp_offered or self.rt.mcp is None or current is None or current.route != "agent":
+            return
+        self._mcp_offered = True
+        extra = await self.rt.mcp.tools()
+        if extra:
+            self.agent_tools = Registry((*self.agent_tools, *extra))
+            self.agent_specs = tool_specs(self.agent_tools.spec())
 
     def check_call(self, call: ToolCall) -> CallCheck:
         if call.name not in self.tools:

@@ -19,7 +19,8 @@ lapsed) stops the activation at once with no further side effect. A `LeaseKeeper
 while long steps run. Caps (`settings.max_steps`, `max_run_tokens`, `max_run_cost_usd`, `max_run_seconds`)
 end the turn with a `LimitHit` event (a hand-off to a human), never a loop.
 
-Prompt injection: the tools a run may use are fixed by code from the route (`AGENT_TOOLS`; none for Q&A);
+Prompt injection: the tools a run may use are fixed by code from the route (`AGENT_TOOLS`, plus the tools of
+the MCP servers configuration names, `DOCENT_MCP_SERVERS_PATH`; none for Q&A);
 risk and approval needs come from `actors.tools.policy`; retrieved passages and tool results reach the model
 fenced as untrusted data (`fence_data`). Nothing the model or a document says changes what may run.
 
@@ -89,6 +90,7 @@ class Activation(ActivationCore):
         for _ in range(MAX_ACTIONS_PER_ACTIVATION):
             self.check_lease()
             self.pull_inbox()
+            await self.offer_mcp_tools()
             action = next_action(
                 self.state, caps, self.check_call, self.rt.clock(), self.flows, rewrite=self.rt.rewrites
             )

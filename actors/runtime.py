@@ -28,6 +28,7 @@ from actors.llm.backends import load_backend
 from actors.llm.types import LLMBackend
 from actors.plan import Caps
 from actors.tools import default_registry
+from actors.tools.mcp_tools import McpToolbox
 from actors.tools.policy import RiskPolicy
 from actors.tools.registry import Registry
 from index.answer_cache import AnswerCache
@@ -66,6 +67,7 @@ class Runtime:
     crash: CrashHook = no_crash
     knowledge_factory: Callable[[], ServiceKnowledgeBase] | None = None
     answer_policy: AnswerCachePolicy | None = None  # from settings when None
+    mcp: McpToolbox | None = None  # the configured MCP servers' tools for agent turns (none: no servers)
     _knowledge: ServiceKnowledgeBase | None = None
     _answers: AnswerCache | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -80,6 +82,7 @@ class Runtime:
             ledger=ApprovalLedger.from_url(settings.redis_url),
             policy=RiskPolicy.from_settings(settings),
             registry=default_registry(),
+            mcp=McpToolbox.from_settings(settings),
             **kwargs,
         )
 

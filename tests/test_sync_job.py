@@ -51,7 +51,7 @@ def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iter
     }  # fmt: skip
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    get_settings.cache_clear()  # sync_source reads get_settings(): not another test's cached environment
+    get_settings.cache_clear()  # sync_source reads get_settings(): this env, not one an earlier test cached
     yield values
     get_settings.cache_clear()
 

@@ -1,5 +1,6 @@
 /*
- * Docent operator console (GET /admin): index versions, reindex jobs with live progress (/ws/admin),
+ * Docent operator console (GET /admin): index versions, reindex jobs and the background demo ingest with
+ * live progress (/ws/admin),
  * document upload, run traces, the approvals audit, and usage (tokens, cost, quality per tenant and day)
  * with inline SVG bar charts (no chart library, nothing from a CDN).
  *
@@ -537,6 +538,36 @@
     });
   };
 
+  // -- background ingest (the demo's standard-library pages, /ws/admin "ingest" frames) ---------------
+
+  Admin.prototype.onIngest = function (record) {
+    if (this.ingest && (this.ingest.updated_at_ms || 0) > (record.updated_at_ms || 0)) return;
+    this.ingest = record;
+    var card = this.q(".admin-ingest-card");
+    card.hidden = false;
+    card.setAttribute("data-status", record.status);
+    this.q(".admin-ingest-status").textContent = record.status;
+    var total = record.docs_total || 0;
+    var bar = this.q(".admin-ingest-progress");
+    bar.max = Math.max(1, total);
+    bar.value = Math.min(record.docs_done || 0, bar.max);
+    if (!total && record.status !== "done") bar.removeAttribute("value");  // rendering: not counted yet
+    this.q(".admin-ingest-docs").textContent = (record.docs_done || 0) + " / " + (total || "…") +
+      (total ? " (" + Math.floor(100 * (record.docs_done || 0) / total) + "%)" : "") +
+      " · " + (record.docs_indexed || 0) + " indexed, " + (record.docs_unchanged || 0) + " unchanged, " +
+      (record.docs_failed || 0) + " failed";
+    var estimate = record.status === "done" ? "" : " / ≈" + (record.chunks_total_est || "…");
+    this.q(".admin-ingest-chunks").textContent = (record.chunks_done || 0) + estimate +
+      " · embedded " + (record.chunks_embedded || 0);
+    this.q(".admin-ingest-rate").textContent = fixed(record.chunks_per_s, 1);
+    this.q(".admin-ingest-eta").textContent = record.status === "done" ? "done " + when(record.finished_at_ms)
+      : duration(record.eta_s);
+    this.q(".admin-ingest-message").textContent = record.message || "—";
+    var errors = this.q(".admin-ingest-errors");
+    clear(errors);
+    (record.error_samples || []).forEach(function (s) { errors.appendChild(el("li", "admin-error", s)); });
+  };
+
   // -- the live socket --------------------------------------------------------------------------------
 
   Admin.prototype.wsStatus = function (state, text) {
@@ -562,6 +593,8 @@
       var frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       if (frame && frame.type === "reindex" && frame.job) self.onJob(frame.job);
+      if (frame && frame.type === "sync" && frame.progress && self.onSync) self.onSync(frame.progress);
+      if (frame && frame.type === "ingest" && frame.progress) self.onIngest(frame.progress);
     };
     ws.onclose = function (event) {
       if (self.ws !== ws) return;

@@ -10,8 +10,10 @@ Each index is built once by `docent eval`'s machinery (index.evalrun, cached und
 the parameters below are query-time only, so one index serves every setting.
 
 Selection, for each held-out collection H:
-  1. BM25 (k1, b) over BM25_GRID: the setting whose worst ratio to the per-collection best nDCG@10, over the
-     other collections, is highest (a max-min rule: one collection's quirk cannot pull the choice);
+  1. BM25 (k1, b, document weight) over BM25_GRID (the weight of a chunk's document in its score,
+     index.lexical_docs; 0 scores chunks alone): the setting whose worst ratio to the per-collection best
+     nDCG@10, over the other collections, is highest (a max-min rule: one collection's quirk cannot pull
+     the choice);
   2. fusion over FUSION_GRID (z-score with dense weight a, RRF with BM25 weight w and k), with the BM25 of
      step 1, by the same rule;
   3. H is scored with those choices only. The shipped defaults are the same rule applied to all collections.
@@ -46,7 +48,7 @@ DEFAULT_DIRS = (
     *(SHARED / name for name in ("vaswani", "cranfield", "perlfaq", "debfaq")),
     ROOT / "tests" / "golden" / "demo",
 )
-BM25_GRID = tuple(itertools.product((0.9, 1.2, 1.6, 2.0), (0.3, 0.5, 0.75, 0.9)))
+BM25_GRID = tuple(itertools.product((0.9, 1.2, 1.6, 2.0), (0.3, 0.5, 0.75, 0.9), (0.0, 0.5)))
 FUSION_GRID: tuple[tuple[Fusion, float, int], ...] = (
     *(("zscore", a, 0) for a in (0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)),
     *(("rrf", w, k) for w in (1.0, 0.5, 0.3) for k in (60, 20)),
@@ -110,7 +112,8 @@ def fusion_settings(fusion: tuple[Fusion, float, int]) -> dict[str, object]:
     return {"fusion": "rrf", "fusion_dense_weight": 1 / (1 + weight), "rrf_k": k}  # dense 1 : bm25 w
 
 
-G = TypeVar("G", tuple[float, float], tuple[Fusion, float, int])
+Bm25Choice = tuple[float, float, float]  # k1, b, document weight
+G = TypeVar("G", Bm25Choice, tuple[Fusion, float, int])
 
 
 def choose(grid: Sequence[G], table: dict[G, Scores], names: Sequence[str]) -> G:
@@ -129,18 +132,23 @@ def grid_scores(
     return table
 
 
-def bm25_scores(prepared: dict[str, Prepared]) -> dict[tuple[float, float], Scores]:
+def bm25_settings(choice: Bm25Choice) -> dict[str, object]:
+    k1, b, doc_weight = choice
+    return {"bm25_k1": k1, "bm25_b": b, "bm25_doc_weight": doc_weight}
+
+
+def bm25_scores(prepared: dict[str, Prepared]) -> dict[Bm25Choice, Scores]:
     print("bm25 grid", file=sys.stderr)
-    return grid_scores(prepared, BM25_GRID, lambda p, g: score(p, "bm25", bm25_k1=g[0], bm25_b=g[1]))
+    return grid_scores(prepared, BM25_GRID, lambda p, g: score(p, "bm25", **bm25_settings(g)))
 
 
 FusionChoice = tuple[Fusion, float, int]
 
 
-def fusion_scores(prepared: dict[str, Prepared], k1: float, b: float) -> dict[FusionChoice, Scores]:
-    print(f"fusion grid with bm25 k1 {k1} b {b}", file=sys.stderr)
+def fusion_scores(prepared: dict[str, Prepared], bm25: Bm25Choice) -> dict[FusionChoice, Scores]:
+    print(f"fusion grid with bm25 k1, b, document weight {bm25}", file=sys.stderr)
     return grid_scores(
-        prepared, FUSION_GRID, lambda p, g: score(p, "hybrid", bm25_k1=k1, bm25_b=b, **fusion_settings(g))
+        prepared, FUSION_GRID, lambda p, g: score(p, "hybrid", **bm25_settings(bm25), **fusion_settings(g))
     )
 
 
@@ -149,15 +157,15 @@ def loco(settings: Settings, directories: Sequence[Path]) -> dict:
     names = list(prepared)
     bm25 = bm25_scores(prepared)
     dense = {n: score(p, "dense") for n, p in prepared.items()}
-    hybrid: dict[tuple[float, float], dict[FusionChoice, Scores]] = {}
+    hybrid: dict[Bm25Choice, dict[FusionChoice, Scores]] = {}
     folds: dict[str, dict] = {}
     for held in [*names, None]:
         train = [n for n in names if n != held]
         params = choose(BM25_GRID, bm25, train)
         if params not in hybrid:
-            hybrid[params] = fusion_scores(prepared, *params)
+            hybrid[params] = fusion_scores(prepared, params)
         fusion = choose(FUSION_GRID, hybrid[params], train)
-        fold: dict = {"bm25_k1": params[0], "bm25_b": params[1], "fusion": list(fusion)}
+        fold: dict = {**bm25_settings(params), "fusion": list(fusion)}
         if held is not None:
             fold["runs"] = {
                 "bm25": bm25[params][held],
@@ -176,11 +184,12 @@ def format_report(report: dict) -> str:
         for n, (run, metrics) in enumerate(fold.get("runs", {}).items()):
             cells = " | ".join(f"{metrics[m]:.3f}" for m, _ in TABLE_METRICS)
             lines.append(f"| {name if n == 0 else ''} | {run} | {cells} |")
-    lines += ["", "| fold | bm25 k1, b | fusion |", "| --- | --- | --- |"]
+    lines += ["", "| fold | bm25 k1, b, document weight | fusion |", "| --- | --- | --- |"]
     for name, fold in report["folds"].items():
         kind, weight, k = fold["fusion"]
         fusion = f"z-score, dense {weight}" if kind == "zscore" else f"RRF k {k}, bm25 weight {weight}"
-        lines.append(f"| {name} | {fold['bm25_k1']}, {fold['bm25_b']} | {fusion} |")
+        bm25 = f"{fold['bm25_k1']}, {fold['bm25_b']}, {fold['bm25_doc_weight']}"
+        lines.append(f"| {name} | {bm25} | {fusion} |")
     return "\n".join(lines)
 
 

@@ -21,7 +21,8 @@ The runs. Queries go through `Searcher.search_many_sync` — the same stages, ac
 hybrid, and hybrid+rerank when settings.rerank_model names a reranker. `rrf-equal` is the hybrid with plain
 equal-weight RRF (k = 60), the usual baseline. A document's rank is that of its best chunk (`dedupe_docs`),
 and the metrics of `index.evaluate.score_run` are averaged over the judged queries. Query-time settings
-(bm25_k1, bm25_b, fusion, fusion_dense_weight) change no index, so a cached index serves any of them.
+(bm25_k1, bm25_b, bm25_doc_weight, fusion, fusion_dense_weight) change no index, so a cached index serves any
+of them.
 
     reports = [evaluate_collection(settings, d) for d in dirs]
     print(format_summary(reports))          # one table: every collection x run

@@ -19,7 +19,9 @@ leave-one-collection-out by bench/retrieval_quality.py). Exhaustive: every query
 is scored over all its postings, no pruning. Whoosh's own search walks a tree of per-posting matchers in
 Python (~10 us a posting); `_Ranking` instead scores the posting lists as numpy arrays: read a block at a
 time from Whoosh's segment files once, then kept in a cache shared by the index's threads
-(POSTINGS_CACHE_BYTES, LRU, keyed by immutable segment), so a query costs a few numpy operations per term.
+(index.lexical_postings: POSTINGS_CACHE_BYTES, LRU, keyed by immutable segment), so a query costs a few
+numpy operations per term. With `doc_weight` > 0 (settings.bm25_doc_weight) a matching chunk's score is
+blended with its whole document's BM25 (index.lexical_docs; the vectorised path only).
 `vectorised=False` (or an index that is not Whoosh 3 segments) falls back to Whoosh's search with the same
 weighting (`LuceneBM25`); tests/test_indexes.py checks both give the same scores, with segments, deletions
 and ACLs. An index of the first schema (title, heading, body with field boosts) is scored over its fields as
@@ -50,10 +52,9 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Generic, NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
@@ -61,11 +62,11 @@ import numpy.typing as npt
 from whoosh import index as whoosh_index
 from whoosh import query as Q
 from whoosh.analysis import STOP_WORDS, StemmingAnalyzer
-from whoosh.codec.whoosh3 import LENGTHS_COLUMN, W3LeafMatcher, W3Segment
+from whoosh.codec.whoosh3 import LENGTHS_COLUMN, W3Segment
 from whoosh.fields import ID, KEYWORD, TEXT, Schema
 from whoosh.idsets import DocIdSet
 from whoosh.index import FileIndex, LockError
-from whoosh.reading import IndexReader, SegmentReader, TermInfo, TermNotFound
+from whoosh.reading import IndexReader, SegmentReader, TermNotFound
 from whoosh.scoring import BM25F
 from whoosh.searching import Searcher as WhooshSearcher
 from whoosh.util.numeric import byte_to_length
@@ -73,7 +74,9 @@ from whoosh.writing import MERGE_SMALL, SegmentWriter
 
 from index import lexical_merge
 from index.keys import AllowedFn, Scored, as_keys
-from index.lexical_segment import Batch, BulkWriter, bulk_supported, decode_postings, read_keys
+from index.lexical_docs import Documents, SegmentDocsCache, blend
+from index.lexical_postings import Postings, PostingsCache, SegmentTerm, Weigh
+from index.lexical_segment import Batch, BulkWriter, bulk_supported, read_keys
 from store.exceptions import IndexCorrupt, IndexError_, IndexNotFound, InputError
 
 LEXICAL_VERSION = "bm25-body-1"
@@ -101,7 +104,6 @@ SEARCHER_CHECK_MS = 200
 MASK_CACHE_TERMS = 32  # per thread; a mask is one byte per document
 TERM_CACHE_SIZE = 4096  # (field, term) -> term info per segment, per thread
 KEY_CACHE_SIZE = 200_000  # docnum -> key, per thread (cleared when full or when the index changes)
-POSTINGS_CACHE_BYTES = 256 << 20  # decoded posting lists kept per index (12 bytes a posting)
 BM25_K1 = 1.2
 BM25_B = 0.75
 # Whoosh stores a field's length per document as one byte; this decodes all 256 values at once.
@@ -162,143 +164,6 @@ class DocMask(DocIdSet):
         return iter(np.flatnonzero(self.mask).tolist())
 
 
-class _SegmentTerm(NamedTuple):
-    leaf: SegmentReader
-    offset: int  # the segment's first docnum in the index
-    info: TermInfo
-    bulk: bool  # written by index.lexical_segment: its posting blocks decode with numpy
-
-
-Postings = tuple[npt.NDArray[np.int32], npt.NDArray[np.floating]]  # docnums, weights (tf x boost) or impacts
-
-
-K = TypeVar("K", bound=Hashable)
-
-
-class _Lru(Generic[K]):
-    """Arrays by key, least recently used out past `max_bytes`; shared by every searching thread."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._entries: OrderedDict[K, Postings] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K, compute: Callable[[], Postings]) -> Postings:
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None:
-                self._entries.move_to_end(key)
-                return hit
-        value = compute()
-        size = value[0].nbytes + value[1].nbytes
-        with self._lock:
-            if key not in self._entries and size <= self.max_bytes:
-                self._entries[key] = value
-                self.bytes += size
-                while self.bytes > self.max_bytes:
-                    _, (ids, weights) = self._entries.popitem(last=False)
-                    self.bytes -= ids.nbytes + weights.nbytes
-        return value
-
-
-class PostingsCache:
-    """Decoded posting lists by (segment, field, term), and their BM25 impacts by the statistics they were
-    weighed with (the field's average length, k1, b, the segment's offset), each LRU past its byte budget.
-
-    Segments are immutable (a deletion only marks documents), so a posting list never goes stale; impacts
-    change only when a commit changes the average length or the segments, and then are weighed again from
-    the cached lists. A term's impacts over all its segments are one array: a query costs one gather-add
-    per term (an index built in batches has tens of segments).
-    """
-
-    def __init__(self, max_bytes: int = POSTINGS_CACHE_BYTES) -> None:
-        self.lists: _Lru[tuple[str, str, str]] = _Lru(max_bytes // 3)
-        self.impacts: _Lru[tuple[tuple[tuple[str, int], ...], str, str, float, float, float]] = _Lru(
-            max_bytes - max_bytes // 3
-        )
-
-    @property
-    def bytes(self) -> int:
-        return self.lists.bytes + self.impacts.bytes
-
-    @property
-    def max_bytes(self) -> int:
-        return self.lists.max_bytes + self.impacts.max_bytes
-
-    def get(self, found: _SegmentTerm, field: str, term: str) -> Postings:
-        key = (found.leaf.segment().segment_id(), field, term)
-        return self.lists.get(key, lambda: _read_postings(found, field))
-
-    def weighed(self, segments: Sequence[_SegmentTerm], field: str, term: str, weigh: Weigh) -> Postings:
-        """(index docnums, BM25 impact without idf) of the term over all its segments, for `weigh`'s
-        statistics: one array pair per term, so a query pays per term, not per term and segment."""
-        placed = tuple((found.leaf.segment().segment_id(), found.offset) for found in segments)
-        key = (placed, field, term, *weigh.statistics)
-        return self.impacts.get(key, lambda: self._weigh_all(segments, field, term, weigh))
-
-    def _weigh_all(self, segments: Sequence[_SegmentTerm], field: str, term: str, weigh: Weigh) -> Postings:
-        parts = [weigh(*self.get(found, field, term), found.offset) for found in segments]
-        return np.concatenate([ids for ids, _ in parts]), np.concatenate([impacts for _, impacts in parts])
-
-
-class Weigh(NamedTuple):
-    """BM25's term-frequency part, tf (k1 + 1) / (tf + k1 (1 - b + b len / avg_len)), over index docnums."""
-
-    lengths: npt.NDArray[np.float64]
-    avg_length: float
-    k1: float
-    b: float
-
-    @property
-    def statistics(self) -> tuple[float, float, float]:
-        return (self.avg_length, self.k1, self.b)
-
-    def __call__(self, ids: npt.NDArray[np.int32], tf: npt.NDArray[np.float32], offset: int) -> Postings:
-        docnums = ids + np.int32(offset)
-        norm = self.k1 * ((1 - self.b) + self.b * self.lengths[docnums] / self.avg_length)
-        weight = tf.astype(np.float64)  # stored as float32; weighed in float64, as Whoosh does
-        return docnums, (weight * (self.k1 + 1)) / (weight + norm)
-
-
-def _read_postings(found: _SegmentTerm, field: str) -> Postings:
-    """One segment's posting list of a term: segment docnums and weights (tf; a bulk segment's fields have
-    no boost), decoded all at once from a bulk segment, else read a block at a time."""
-    terms = found.leaf._terms
-    if found.bulk and not found.info.is_inlined():
-        offset, length = found.info.extent()
-        length = length[0] if isinstance(length, tuple) else length  # W3TermInfo.from_bytes leaves a tuple
-        raw = np.frombuffer(terms._postfile.get(offset, length), dtype=np.uint8)
-        docs, freqs, _ = decode_postings(raw, np.zeros(1, np.int64), np.array([found.info.doc_frequency()]))
-        return docs.astype(np.int32), freqs.astype(np.float32)
-    matcher = terms._codec.postings_reader(terms._postfile, found.info, found.leaf.schema[field].format)
-    ids: list[npt.NDArray[np.int32]] = []
-    weights: list[npt.NDArray[np.float32]] = []
-    if isinstance(matcher, W3LeafMatcher) and not matcher._byteids:
-        while matcher.is_active():
-            if matcher._data is None:
-                matcher._read_data()
-            block_ids, block_weights = matcher._data[0], matcher._data[1]
-            ids.append(np.cumsum(np.asarray(block_ids, dtype=np.int64)).astype(np.int32))  # delta-coded
-            if block_weights is None:
-                weights.append(np.ones(len(block_ids), dtype=np.float32))
-            elif isinstance(block_weights, float):
-                weights.append(np.full(len(block_ids), block_weights, dtype=np.float32))
-            else:
-                weights.append(np.asarray(block_weights, dtype=np.float32))
-            matcher._next_block()
-    else:  # postings inlined in the term info (a handful): the generic matcher
-        inline: list[tuple[int, float]] = []
-        while matcher.is_active():
-            inline.append((matcher.id(), matcher.weight()))
-            matcher.next()
-        ids.append(np.asarray([i for i, _ in inline], dtype=np.int32))
-        weights.append(np.asarray([w for _, w in inline], dtype=np.float32))
-    if not ids:
-        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
-    return np.concatenate(ids), np.concatenate(weights)
-
-
 SegmentKeys = Callable[[W3Segment], "npt.NDArray[np.int64] | None"]
 
 
@@ -311,7 +176,8 @@ class _Slot:
         self.checked_at = time.monotonic()
         self.masks: OrderedDict[tuple[str, str], npt.NDArray[np.bool_]] = OrderedDict()
         self.lengths: dict[str, npt.NDArray[np.float64]] = {}
-        self.terms: OrderedDict[tuple[str, str], list[_SegmentTerm]] = OrderedDict()
+        self.documents: Documents | None = None  # index.lexical_docs, built on the first blended query
+        self.terms: OrderedDict[tuple[str, str], list[SegmentTerm]] = OrderedDict()
         self.keys: dict[int, int] = {}  # docnum -> key (a stored-field read is ~25 us)
         self.key_array: npt.NDArray[np.int64] | None = None  # every docnum's key, from the sidecars
         self.readable = self.leaves() is not None
@@ -344,13 +210,14 @@ class _Slot:
             self.searcher = fresh
             self.masks.clear()  # docnums change with the index generation
             self.lengths.clear()
+            self.documents = None
             self.terms.clear()
             self.keys.clear()
             self.readable = self.leaves() is not None
             self._load_keys()
         self.checked_at = time.monotonic()
 
-    def segment_terms(self, field: str, term: str) -> list[_SegmentTerm]:
+    def segment_terms(self, field: str, term: str) -> list[SegmentTerm]:
         """The segments holding (field, term), with its term info in each (cached: one hash lookup per
         segment is ~4 us, and an index written in batches has tens of segments)."""
         key = (field, term)
@@ -362,7 +229,7 @@ class _Slot:
                     info = leaf._terms.term_info(field, leaf._text_to_bytes(field, term))
                 except TermNotFound:
                     continue
-                found.append(_SegmentTerm(leaf, offset, info, self.segment_keys(leaf.segment()) is not None))
+                found.append(SegmentTerm(leaf, offset, info, self.segment_keys(leaf.segment()) is not None))
             self.terms[key] = found
             while len(self.terms) > TERM_CACHE_SIZE:
                 self.terms.popitem(last=False)
@@ -400,6 +267,13 @@ class _Slot:
             lengths[codes == 0] = 1.0  # Whoosh's default for a document without a stored length
             self.lengths[field] = lengths
         return lengths
+
+    def documents_of(self, leaves: list[tuple[SegmentReader, int]], cache: SegmentDocsCache) -> Documents:
+        """Which document each docnum belongs to, and the documents' body lengths (index.lexical_docs)."""
+        if self.documents is None:
+            self.documents = Documents.of(leaves, self.field_lengths(BODY, leaves), cache)
+            cache.keep({leaf.segment().segment_id() for leaf, _ in leaves})
+        return self.documents
 
     def term_mask(self, field: str, value: str) -> npt.NDArray[np.bool_]:
         key = (field, value)
@@ -457,6 +331,7 @@ class LexicalIndex:
         *,
         k1: float = BM25_K1,
         b: float = BM25_B,
+        doc_weight: float = 0.0,
         check_interval_ms: int = SEARCHER_CHECK_MS,
         vectorised: bool = True,
         bulk: bool = True,
@@ -464,6 +339,9 @@ class LexicalIndex:
     ) -> None:
         self.directory = Path(directory)
         self.k1, self.b = k1, b
+        # > 0: a chunk's score blends its document's BM25 (index.lexical_docs; the vectorised path only)
+        self.doc_weight = doc_weight
+        self._segment_docs = SegmentDocsCache()
         self.vectorised = vectorised  # False: Whoosh's own (per-posting) search, same scores
         # bulk=False: Whoosh's writer (a document at a time) instead of index.lexical_segment, same index
         self.check_interval_ms = check_interval_ms
@@ -673,7 +551,34 @@ class LexicalIndex:
                     continue
                 idf = lucene_idf(len(scorer.scores), df)
                 scorer.add(idf, *self.postings.weighed(segments, field, term, weigh))
+        if self.doc_weight > 0 and self.fields == (BODY,):
+            self._blend_documents(slot, leaves, terms, scorer)
         return scorer.within(acl)
+
+    def _blend_documents(
+        self, slot: _Slot, leaves: list[tuple[SegmentReader, int]], terms: Sequence[str], scorer: _Ranking
+    ) -> None:
+        """Each matching chunk's score blended with its document's BM25 (index.lexical_docs)."""
+        documents = slot.documents_of(leaves, self._segment_docs)
+        impacts = [self._document_impacts(slot, documents, term) for term in terms]
+        scorer.scores = blend(
+            scorer.scores, documents, documents.scores(impacts, lucene_idf), self.doc_weight
+        )
+
+    def _document_impacts(self, slot: _Slot, documents: Documents, term: str) -> Postings:
+        """A term's documents and their BM25 impacts without idf (cached while the documents stay)."""
+        key = (documents.fingerprint, term, self.k1, self.b)
+        return self.postings.documents.get(
+            key, lambda: documents.impacts(*self._term_postings(slot, term), self.k1, self.b)
+        )
+
+    def _term_postings(self, slot: _Slot, term: str) -> Postings:
+        """A body term's posting list over all segments: index docnums and term frequencies."""
+        parts = [(np.zeros(0, np.int32), np.zeros(0, np.float32))]
+        for found in slot.segment_terms(BODY, term):
+            ids, tf = self.postings.get(found, BODY, term)
+            parts.append((ids + np.int32(found.offset), tf))
+        return np.concatenate([ids for ids, _ in parts]), np.concatenate([tf for _, tf in parts])
 
     def keys(self) -> set[int]:
         """Every key in the index (for tests and consistency checks; a full scan)."""

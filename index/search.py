@@ -131,6 +131,7 @@ class Searcher:
             directory,
             k1=settings.bm25_k1,
             b=settings.bm25_b,
+            doc_weight=settings.bm25_doc_weight,
             check_interval_ms=check_interval_ms,
         )
 

@@ -69,6 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     rrf_k: Positive = 60
     bm25_k1: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 1.2  # leave-one-collection-out (README)
     bm25_b: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.75
+    bm25_doc_weight: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5  # index.lexical_docs (README)
     context_llm: bool = False  # generate contextual prefixes with the configured LLM at ingest
 
     # LLM backends.

@@ -20,6 +20,7 @@ if dramatiq.broker.global_broker is None:  # before the actor module declares it
     use_stub_broker()
 
 from actors import conversation, runtime
+from actors.activation import LeaseLost
 from actors.conversation import AGENT_TOOLS, Activation, activate
 from actors.plan import REWRITE_STEP
 from actors.prompts import REWRITE_SYSTEM
@@ -424,9 +425,9 @@ def test_a_zombie_writer_is_refused_and_stops_without_effects(world: World) -> N
     assert world.run("z1") == "done"
     length = world.log.length("z1")
     world.ask("z1", "And sick leave?")
-    with pytest.raises(conversation._Stop):
+    with pytest.raises(LeaseLost):
         zombie.pull_inbox()  # its append (moving the new question) is refused by the fence
-    with pytest.raises(conversation._Stop):
+    with pytest.raises(LeaseLost):
         zombie.emit([TurnFailed(code="zombie")])
     assert (
         world.log.length("z1") == length and world.log.inbox_length("z1") == 1

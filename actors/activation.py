@@ -1,0 +1,243 @@
+"""What one activation of a conversation's actor holds, and how it writes.
+
+An `ActivationCore` owns the fenced lease, the folded state and this activation's working memory (the
+retrieval it made, the attribution scorer of the answer streaming now, ask times for the metrics). Its
+writes are the only writes of a turn:
+- `emit` appends events (fenced by the lease's epoch) and folds them; every appended event also feeds the
+  metrics, the turn's trace, usage and the feedback loop;
+- `live` appends to the live stream only (token fragments, sentences attributed while streaming);
+- `pull_inbox` moves what may enter the log now, recording the inbox cursor in the same append.
+A `StaleEpoch` from any of them becomes `LeaseLost`: the activation stops with no further side effect.
+
+The steps a plan action turns into live beside it, one module per kind (`actors.qa_steps`,
+`actors.model_step`, `actors.tool_steps`, `actors.answer_step`); the loop is `actors.conversation`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import msgspec
+
+from actors import attribution, golden_feedback
+from actors.llm.types import ToolSpec, tool_specs
+from actors.plan import CallCheck
+from actors.runtime import Runtime
+from actors.spend import Spend
+from actors.state import ConversationState, TurnState, dump_state, fold
+from actors.tools.registry import Registry, args_to_builtins
+from actors.turn_trace import TurnTrace
+from actors.workflows import workflows_for
+from actors.workflows.orchestrator import WORKFLOW_TOOLS
+from index.types import Hit, Principal
+from store import metrics
+from store.events import (
+    ApprovalDecided,
+    ApprovalExpired,
+    Delta,
+    Event,
+    Feedback,
+    SentenceAttributed,
+    ToolCall,
+    TurnCancelled,
+    UserMessage,
+)
+from store.exceptions import StaleEpoch, ToolError
+from store.log import Lease, LeaseKeeper
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TENANT = "default"
+REASON_CHARS = 2_000
+
+# The tools an agent run may use: fixed here, by code. Risk and approvals come from the policy.
+AGENT_TOOLS = ("search_knowledge_base", "read_document", "compare_documents", "send_email", "http_request")
+
+
+class LeaseLost(Exception):
+    """The lease is gone: stop now, write nothing more."""
+
+
+def sha(*parts: object) -> str:
+    return hashlib.sha256(msgspec.json.encode([str(p) for p in parts])).hexdigest()
+
+
+def principal_of(question: UserMessage) -> Principal:
+    return Principal(
+        tenant=question.tenant or DEFAULT_TENANT,
+        user=question.user or "anonymous",
+        groups=tuple(question.groups),
+    )
+
+
+class ActivationCore:
+    def __init__(self, rt: Runtime, conv_id: str, lease: Lease, state: ConversationState) -> None:
+        self.rt = rt
+        self.conv_id = conv_id
+        self.lease = lease
+        self.state = state
+        self.keeper: LeaseKeeper | None = None
+        self.snapshot_events = state.events
+        self.hits: list[Hit] | None = None  # this activation's retrieval, to skip a re-search
+        self.agent_tools = rt.registry.subset(AGENT_TOOLS)
+        self.agent_specs: tuple[ToolSpec, ...] = tool_specs(self.agent_tools.spec())
+        self.flows = workflows_for(rt.settings)  # workflows beside the agent loop (actors.workflows)
+        self.workflow_tools = rt.registry.subset(WORKFLOW_TOOLS)
+        self._asked_ms: dict[int, int] = {}  # turn -> the web's ask time (the log stamps the move time)
+        self._streamed_turns: set[int] = set()  # turns whose first token was timed
+        self.trace = TurnTrace(conv_id)  # OpenTelemetry spans from the appended events (off: inert)
+        self.spend = Spend(rt.settings)  # usage per tenant / user / day, and the daily budgets
+        self.scorer: attribution.Scorer | None = None  # the attribution of the answer streaming now
+        self._inbox_cursor: str | None = None  # as read or moved under this lease (no one else moves it)
+        self.inbox_seen: str | None = None  # the newest inbox entry this activation has looked at
+
+    # -- writing ------------------------------------------------------------------------------------------
+
+    def check_lease(self) -> None:
+        if self.keeper is not None and self.keeper.lost.is_set():
+            raise LeaseLost()
+
+    def emit(self, items: Sequence[Event], *, inbox_cursor: str | None = None) -> None:
+        """Append (fenced) and fold."""
+        now = self.rt.clock()
+        turn = self.state.current.number if self.state.current else 0
+        stamped = [msgspec.structs.replace(e, turn=e.turn or turn, at_ms=now) for e in items]
+        expected = self.state.last_event_id if self.state.events else None
+        try:
+            ids = self.rt.log.append(
+                self.lease, stamped, expected_last_id=expected, inbox_cursor=inbox_cursor
+            )
+        except StaleEpoch:
+            raise LeaseLost() from None
+        if inbox_cursor is not None:
+            self._inbox_cursor = inbox_cursor
+        for entry_id, event in zip(ids, stamped, strict=True):
+            fold(self.state, entry_id, event)
+        for event in stamped:
+            self._observe(event, now)
+
+    def _observe(self, event: Event, now: int) -> None:
+        """What an appended event feeds besides the log: metrics, the trace, usage, the feedback loop."""
+        current = self.state.current
+        asked = self._asked_ms.get(event.turn) or (current.started_ms if current else 0)
+        route = (current.route or "") if current else ""
+        metrics.observe_event(event, now_ms=now, asked_at_ms=asked, route=route)
+        self.trace.observe(self.state, event)
+        if current is not None:
+            self.spend.observe(principal_of(current.question), event)
+        if isinstance(event, Feedback):  # a down-voted answer: a golden-set candidate
+            tenant = principal_of(current.question).tenant if current else DEFAULT_TENANT
+            golden_feedback.propose(self.rt.log, self.rt.settings.redis_url, self.conv_id, tenant, event)
+
+    async def delta(self, step: int, text: str) -> None:
+        turn = self.state.current.number if self.state.current else 0
+        self.live([Delta(step=step, text=text, turn=turn, at_ms=self.rt.clock())])
+        if turn not in self._streamed_turns and self.state.current is not None:
+            self._streamed_turns.add(turn)
+            asked = self._asked_ms.get(turn) or self.state.current.started_ms
+            route = self.state.current.route or ""
+            metrics.observe_first_token(route, now_ms=self.rt.clock(), asked_at_ms=asked)
+
+    def live(self, items: Sequence[Delta | SentenceAttributed]) -> None:
+        """Append to the live stream only (fenced): token fragments, sentences attributed while streaming."""
+        self.check_lease()
+        if not items:
+            return
+        try:
+            self.rt.log.append(self.lease, items)
+        except StaleEpoch:
+            raise LeaseLost() from None
+
+    def maybe_snapshot(self, force: bool = False) -> None:
+        due = self.state.events - self.snapshot_events
+        if self.state.events and (due >= self.rt.settings.snapshot_every_events or (force and due > 0)):
+            try:
+                self.rt.log.save_snapshot(self.lease, dump_state(self.state), self.state.last_event_id)
+            except StaleEpoch:
+                raise LeaseLost() from None
+            self.snapshot_events = self.state.events
+
+    # -- the inbox ----------------------------------------------------------------------------------------
+
+    def pull_inbox(self) -> bool:
+        """Move what may enter the log now; True when the cursor moved."""
+        if self._inbox_cursor is None:
+            self._inbox_cursor = self.rt.log.inbox_cursor(self.conv_id)
+        entries = self.rt.log.take_inbox(self.lease, after=self._inbox_cursor)
+        if not entries:
+            self.inbox_seen = self.inbox_seen or self._inbox_cursor
+            return False
+        self.inbox_seen = entries[-1][0]
+        busy, turns = self.state.busy, self.state.turns
+        current = self.state.current.number if self.state.current else 0
+        moved: list[Event] = []
+        cursor: str | None = None
+        for entry_id, item in entries:
+            match item:
+                case UserMessage():
+                    if busy:
+                        break  # waits until the turn in progress ends
+                    turns += 1
+                    current, busy = turns, True
+                    self._asked_ms[turns] = item.at_ms
+                    moved.append(msgspec.structs.replace(item, turn=turns))
+                case TurnCancelled() if busy:
+                    moved.append(msgspec.structs.replace(item, turn=current))
+                    busy = False
+                case ApprovalDecided() | ApprovalExpired() if self._first_outcome(item, moved):
+                    moved.append(msgspec.structs.replace(item, turn=current))
+                case Feedback() if 1 <= item.turn <= turns:  # its turn is the rated one's
+                    moved.append(item)
+                case _:
+                    log.info(
+                        "conversation %s: dropping inbox item %s (%s)",
+                        self.conv_id,
+                        entry_id,
+                        type(item).__name__,
+                    )
+            cursor = entry_id
+        if cursor is None:
+            return False
+        self.emit(moved, inbox_cursor=cursor)
+        return True
+
+    def _first_outcome(self, item: ApprovalDecided | ApprovalExpired, moved: list[Event]) -> bool:
+        """At most one outcome per approval enters the log (timers and reviewers may both deliver one)."""
+        turn = self.state.current
+        approval = turn.approvals.get(item.approval_id) if turn else None
+        if approval is not None and approval.status != "pending":
+            return False
+        return not any(
+            isinstance(m, ApprovalDecided | ApprovalExpired) and m.approval_id == item.approval_id
+            for m in moved
+        )
+
+    # -- the turn -----------------------------------------------------------------------------------------
+
+    @property
+    def turn(self) -> TurnState:
+        assert self.state.current is not None
+        return self.state.current
+
+    @property
+    def principal(self) -> Principal:
+        return principal_of(self.turn.question)
+
+    # -- code decides about tool calls --------------------------------------------------------------------
+
+    @property
+    def tools(self) -> Registry:
+        """The tools this turn's route may use: the agent's, or the workflows' (fixed by code)."""
+        return self.workflow_tools if self.turn.route == "workflow" else self.agent_tools
+
+    def check_call(self, call: ToolCall) -> CallCheck:
+        if call.name not in self.tools:
+            return CallCheck(ok=False, error=f"tool {call.name!r} is not available to this run")
+        try:
+            tool, args = self.tools.parse(call.name, call.arguments, settings=self.rt.settings)
+        except ToolError as exc:
+            return CallCheck(ok=False, error=f"{exc.code}: {exc.message}")
+        risk = self.rt.policy.risk(self.principal.tenant, tool, args)
+        return CallCheck(ok=True, risk=risk, needs_approval=risk == "high", args=args_to_builtins(args))

@@ -1,0 +1,93 @@
+"""One model call of a turn: the prompt for the route, `LLMRequested` before it, the streamed deltas, and
+`LLMCompleted` (reused on replay, never requested again) or `LLMFailed` after it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from actors import qa_steps
+from actors.activation import REASON_CHARS, ActivationCore, LeaseLost, sha
+from actors.llm.types import ChatMessage, Completion, LLMBackend, ToolSpec, messages_to_builtins, prompt_hash
+from actors.plan import REWRITE_STEP
+from actors.prompts import agent_messages, qa_messages, rewrite_messages
+from store.events import LimitHit, LLMCompleted, LLMFailed, LLMRequested, TurnFailed
+from store.exceptions import LLMError, LLMTimeout, LLMUnavailable, MalformedToolCall, StaleEpoch
+from store.retry import RetryPolicy
+
+LLM_RETRY = RetryPolicy(max_retries=0, first_s=0.2, max_s=3.0, factor=5.0)  # 0.2, 1, 3 s; the plan retries
+
+
+async def call_llm(act: ActivationCore, step: int) -> None:
+    over = act.spend.overspent(act.principal, act.rt.clock())
+    if over is not None:  # a daily budget is spent: hand off before the model is called
+        act.emit([LimitHit(limit="budget", value=over.used, cap=over.cap, handed_off=True)])
+        return
+    messages, tools = await prompt(act, step)
+    backend = act.rt.llm()
+    digest = prompt_hash(messages, tools)
+    requested = LLMRequested(
+        step=step, model=backend.model_name, prompt_hash=digest,
+        messages=messages_to_builtins(messages), tools=tuple(t.name for t in tools),
+    )  # fmt: skip
+    act.emit([requested])
+    attempt = act.turn.llm_failures.get(step, 0)
+    request_id = sha(act.conv_id, act.turn.number, step, attempt)[:32]
+
+    streaming = qa_steps.streaming_attribution(act, step)
+
+    async def on_delta(text: str) -> None:
+        await act.delta(step, text)
+        if streaming is not None:
+            act.live(await streaming.feed(text))
+
+    streamed = on_delta if step != REWRITE_STEP else None  # a rewritten query is not the answer
+    try:
+        completion = await backend.complete(messages, tools=tools, on_delta=streamed, request_id=request_id)
+    except (LeaseLost, StaleEpoch):
+        raise LeaseLost() from None
+    except LLMError as exc:
+        await llm_failed(act, step, exc, attempt)
+        return
+    act.rt.crash("llm_response")  # a crash here: the response is lost and the step is requested again
+    act.check_lease()
+    act.emit([completed(act, step, completion, digest, backend)])
+
+
+async def prompt(act: ActivationCore, step: int) -> tuple[list[ChatMessage], tuple[ToolSpec, ...]]:
+    turn = act.turn
+    if turn.route == "qa" and step == REWRITE_STEP:
+        return rewrite_messages(act.state.history, turn.question.text), ()
+    if turn.route == "qa":
+        return qa_messages(await qa_steps.qa_hits(act), act.state.history, turn.question.text), ()
+    if turn.route == "workflow":
+        return act.flows.prompt(turn, step), ()  # the model only writes text here
+    return agent_messages(turn, act.state.history, step), act.agent_specs
+
+
+async def llm_failed(act: ActivationCore, step: int, exc: LLMError, attempt: int) -> None:
+    """Malformed replies and lost transports are recoverable (a pause after lost ones); others end it."""
+    recoverable = isinstance(exc, MalformedToolCall | LLMTimeout | LLMUnavailable)
+    message = exc.message[:REASON_CHARS]
+    failed = LLMFailed(step=step, code=exc.code, message=message, recoverable=recoverable)
+    ended = [] if recoverable or step == REWRITE_STEP else [TurnFailed(code=exc.code, message=message)]
+    act.emit([failed, *ended])
+    if isinstance(exc, LLMTimeout | LLMUnavailable):
+        await asyncio.sleep(LLM_RETRY.delay_s(attempt))
+
+
+def completed(
+    act: ActivationCore, step: int, completion: Completion, digest: str, backend: LLMBackend
+) -> LLMCompleted:
+    return LLMCompleted(
+        step=step,
+        model=completion.model or backend.model_name,
+        prompt_hash=digest,
+        text=completion.text,
+        tool_calls=completion.tool_calls if act.turn.route == "agent" else (),
+        finish_reason=completion.finish_reason,
+        tokens_in=completion.tokens_in,
+        tokens_out=completion.tokens_out,
+        cost_usd=backend.price(completion.tokens_in, completion.tokens_out),
+        latency_ms=round(completion.latency_ms, 3),
+        first_token_ms=round(completion.first_token_ms, 3),
+    )

@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,10 @@ from actors.chaos.run import print_report, request_text, script_key, task_script
 from actors.testing import HttpSink, ScriptedLLMThread, SinkThread, SmtpSink
 from server.auth import mint_token
 from server.chaos.clients import Ask, ChaosClient
-from server.chaos.stack import Topology
+from server.chaos.stack import PrimaryKill, Topology, in_slots
 from store.cluster import EmbeddedCluster
 from store.events import TERMINAL, AnswerCompleted, Event, UserMessage
-from store.log import ConversationLog
+from store.log import ConversationLog, conv_keys
 from store.redis import EmbeddedRedis
 from store.settings import Settings
 
@@ -44,6 +45,8 @@ WORKER_KILL_INTERVAL_S = (1.0, 3.0)
 WEB_KILL_INTERVAL_S = (2.0, 5.0)
 WEB_MIN_UP_S = 2.0  # a web process is killed only when the other one has been up this long
 FAULT_POLL_S = 0.1
+ASKED_WAIT_S = 10.0
+ASKED_POLL_S = 0.005
 DELTA_DELAY_MS = 3
 
 
@@ -69,6 +72,7 @@ class Faults:
     topology: Topology
     plan: Plan
     rng: random.Random
+    clients: list[ChaosClient]
     stop: threading.Event = field(default_factory=threading.Event)
     errors: list[str] = field(default_factory=list)
 
@@ -97,10 +101,20 @@ class Faults:
             self.stop.wait(FAULT_POLL_S)
         primary.join()
 
+    def _until_asked(self, slots: list[tuple[int, int]]) -> None:
+        """Until a client has an ask on its way to one of `slots` (at most ASKED_WAIT_S): the kill then
+        lands while asks are being acknowledged there."""
+        deadline = time.monotonic() + ASKED_WAIT_S
+        while time.monotonic() < deadline and not self.stop.is_set():
+            if any(c.asking and in_slots(slots, conv_keys(c.conversation_id).inbox) for c in self.clients):
+                return
+            self.stop.wait(ASKED_POLL_S)
+
     def _kill_a_primary(self, started: float) -> None:
         try:
             self.stop.wait(max(0.0, started + self.plan.window_s * PRIMARY_KILL_AT - time.monotonic()))
             node = self.rng.choice(sorted(self.topology.primaries(), key=lambda n: n.port))
+            self._until_asked(self.topology.slots_of(node))
             self.topology.kill_primary(node, self.plan.replica_lag_ms)
         except Exception as exc:
             self.errors.append(f"primary kill: {type(exc).__name__}: {exc}")
@@ -132,7 +146,7 @@ def _in(root: Path, plan: Plan) -> dict[str, Any]:
         try:
             topology.start()
             clients = _clients(topology, Settings.from_env(env), plan)
-            faults = Faults(topology, plan, random.Random(plan.seed))
+            faults = Faults(topology, plan, random.Random(plan.seed), clients)
             asyncio.run(_drive(clients, faults, plan))
         finally:
             topology.stop()
@@ -233,15 +247,27 @@ class TurnTally:
                 self.completed += 1
 
 
+def _acked_in_window(clients: list[ChaosClient], topology: Topology, kill: PrimaryKill) -> int:
+    """Asks on the killed primary's slots acknowledged between the link cut (or the kill) and the kill."""
+    return sum(
+        1
+        for c in clients
+        if c.conversation_id and in_slots(kill.slots, conv_keys(c.conversation_id).inbox)
+        for a in c.asks
+        if a.ack_ms is not None and kill.cut_at <= a.acked_at <= kill.killed_at
+    )
+
+
 def _detail(
     clients: list[ChaosClient], topology: Topology, faults: Faults, tally: Tally, turns: TurnTally,
     smtp: SmtpSink, http: HttpSink, llm: ScriptedLLMThread,
 ) -> dict[str, Any]:  # fmt: skip
     acks = sorted(a.ack_ms for c in clients for a in c.asks if a.ack_ms is not None)
-    refusals: dict[str, int] = {}
+    refusals: Counter[str] = Counter()
+    reconnects: Counter[str] = Counter()
     for client in clients:
-        for code, n in client.refusals.items():
-            refusals[code] = refusals.get(code, 0) + n
+        refusals.update(client.refusals)
+        reconnects.update(client.reconnects)
     return {
         "turns": sum(len(c.asks) for c in clients),
         "never_acknowledged": turns.never_acknowledged,
@@ -249,8 +275,9 @@ def _detail(
         "crash_exits": topology.workers.exits,
         "web_kills": topology.web_kills,
         "primary_kills": [k.summary() for k in topology.primary_kills],
-        "reconnects": sum(c.reconnects for c in clients),
-        "refusals": refusals,
+        "acked_in_kill_window": [_acked_in_window(clients, topology, k) for k in topology.primary_kills],
+        "reconnects": dict(reconnects),
+        "refusals": dict(refusals),
         "ack_ms_p50": round(statistics.median(acks), 2) if acks else None,
         "ack_ms_p95": round(acks[int(len(acks) * 0.95)], 2) if acks else None,
         "http_effects": http.stats()["http"]["effects"],

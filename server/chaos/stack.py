@@ -28,7 +28,7 @@ import redis
 
 from actors.chaos.workers import Workers
 from store.cluster import EmbeddedCluster
-from store.redis import EmbeddedRedis, free_port
+from store.redis import EmbeddedRedis, free_port, key_slot
 
 WEBS = 2
 WORKERS = 3
@@ -37,6 +37,11 @@ HEALTH_POLL_S = 0.1
 STOP_TIMEOUT_S = 5.0
 FAILOVER_TIMEOUT_S = 30.0
 CUT_LINK_PASSWORD = "the-link-is-cut"  # the replica's masterauth while its link is cut (never a password)
+
+
+def in_slots(slots: list[tuple[int, int]], key: str) -> bool:
+    slot = key_slot(key)
+    return any(start <= slot <= end for start, end in slots)
 
 
 class WebProcess:
@@ -103,6 +108,9 @@ class PrimaryKill:
     port: int
     replica_port: int
     lag_ms: int
+    slots: list[tuple[int, int]]  # the slot ranges it served
+    cut_at: float = 0.0  # time.monotonic() of the link cut (of the kill when there is none)
+    killed_at: float = 0.0
     failover_s: float = 0.0
     rejoined_s: float = 0.0
 
@@ -160,14 +168,16 @@ class Topology:
         """SIGKILL primary `node` (after cutting its replication link for `lag_ms`), wait for its replica's
         promotion, start the node again and wait until it has rejoined as a replica."""
         replica = self.replica_of(node)
-        kill = PrimaryKill(port=node.port, replica_port=replica.port, lag_ms=lag_ms)
+        slots = self.slots_of(node)
+        kill = PrimaryKill(port=node.port, replica_port=replica.port, lag_ms=lag_ms, slots=slots)
+        kill.cut_at = time.monotonic()
         if lag_ms:
             self._cut_link(node, replica)
             time.sleep(lag_ms / 1000)
         assert node.process is not None
         os.kill(node.process.pid, signal.SIGKILL)
         node.process.wait()
-        killed_at = time.monotonic()
+        killed_at = kill.killed_at = time.monotonic()
         if lag_ms:
             self._config(replica, "masterauth", self.cluster.password)  # it may authenticate again
         self._wait_role(replica, "master")
@@ -184,6 +194,12 @@ class Topology:
     def replica_of(self, node: EmbeddedRedis) -> EmbeddedRedis:
         port = int(self._info(node)["slave0"]["port"])
         return next(n for n in self.cluster.nodes if n.port == port)
+
+    def slots_of(self, node: EmbeddedRedis) -> list[tuple[int, int]]:
+        """The slot ranges primary `node` serves."""
+        with self.cluster.node_client(node) as client:
+            shards: Any = client.execute_command("CLUSTER", "SLOTS")
+        return [(int(start), int(end)) for start, end, primary, *_ in shards if int(primary[1]) == node.port]
 
     def _cut_link(self, primary: EmbeddedRedis, replica: EmbeddedRedis) -> None:
         self._config(replica, "masterauth", CUT_LINK_PASSWORD)  # its reconnections are refused from now on

@@ -123,7 +123,7 @@ class Faults:
 def main(plan: Plan, as_json: bool = False) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="docent-chaos-cluster-") as tmp:
-        report = _in(Path(tmp), plan)
+        report = run_in(Path(tmp), plan)
     report["detail"]["seconds"] = round(time.monotonic() - started, 1)
     summary = {k: report[k] for k in REPORT_KEYS}
     clean = summary["completed"] == summary["runs"] * plan.turns and not any(summary[k] for k in FAILURE_KEYS)
@@ -131,7 +131,8 @@ def main(plan: Plan, as_json: bool = False) -> int:
     return 0 if clean else 1
 
 
-def _in(root: Path, plan: Plan) -> dict[str, Any]:
+def run_in(root: Path, plan: Plan) -> dict[str, Any]:
+    """Start the topology under `root`, do the runs with their faults, stop it all: the report."""
     corpus.build(root / "data")
     (root / "logs").mkdir()
     password = secrets.token_hex(16)

@@ -3,8 +3,8 @@ while workers, web processes and one Redis primary are SIGKILLed; then the repor
 
 Run r is one conversation (its own user) of `turns` asks: `turns - 1` questions in `qa` mode, then the task
 of `actors.chaos.run` (an agent task with three side effects on even runs, the `compare_table` workflow on
-odd ones). Clients start staggered over the first part of the chaos window so asks keep arriving while
-the faults land.
+odd ones). Clients start STAGGER_PER_RUN_S apart; the primary kill lands halfway through their starts, once
+an ask is on its way to that primary, so asks are being acknowledged there when it dies.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ FAILURE_KEYS = (*SUMMARY_KEYS[2:], "lost_acknowledged_asks")
 STAGGER_PER_RUN_S = 0.4  # client r starts r times this after the first
 CHAOS_WINDOW_BASE_S = 12.0
 CHAOS_WINDOW_PER_RUN_S = 0.8
-PRIMARY_KILL_AT = 0.35  # of the chaos window
+PRIMARY_KILL_MIN_S = 3.0  # the primary kill lands halfway through the clients' starts, this soon at least
 WORKER_KILL_INTERVAL_S = (1.0, 3.0)
 WEB_KILL_INTERVAL_S = (2.0, 5.0)
 WEB_MIN_UP_S = 2.0  # a web process is killed only when the other one has been up this long
@@ -63,6 +63,11 @@ class Plan:
     @property
     def window_s(self) -> float:
         return CHAOS_WINDOW_BASE_S + self.runs * CHAOS_WINDOW_PER_RUN_S
+
+    @property
+    def primary_kill_s(self) -> float:
+        """When the primary is killed: halfway through the clients' starts, while asks are being made."""
+        return max(PRIMARY_KILL_MIN_S, self.runs * STAGGER_PER_RUN_S / 2)
 
 
 @dataclass
@@ -112,7 +117,7 @@ class Faults:
 
     def _kill_a_primary(self, started: float) -> None:
         try:
-            self.stop.wait(max(0.0, started + self.plan.window_s * PRIMARY_KILL_AT - time.monotonic()))
+            self.stop.wait(max(0.0, started + self.plan.primary_kill_s - time.monotonic()))
             node = self.rng.choice(sorted(self.topology.primaries(), key=lambda n: n.port))
             self._until_asked(self.topology.slots_of(node))
             self.topology.kill_primary(node, self.plan.replica_lag_ms)

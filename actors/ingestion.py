@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.contextualize import make_contextualizer
+from actors.golden_schedule import after_ingest
 from index.ingest import DocumentOutcome, expand_paths, path_doc_id
 from index.reindex.dualwrite import DualWriter
 from index.types import Access
@@ -21,6 +22,7 @@ from store.settings import Settings
 
 DocumentRequest = tuple[str, dict[str, Any]]  # doc id, Ingestor.ingest_document keyword arguments
 Progress = Callable[[Sequence[DocumentOutcome]], None]  # the outcomes of each committed slice
+CHANGED = frozenset({"indexed", "deleted"})  # outcomes that change what the golden sets measure
 PROGRESS_SLICE = 64  # documents per slice when a caller follows progress (one commit per target each)
 
 
@@ -53,7 +55,9 @@ def ingest_documents(
                 outcomes.extend(done)
                 if progress is not None:
                     progress(done)
-            return outcomes
+        changed = sum(o.status in CHANGED for o in outcomes)
+        after_ingest(settings, changed)  # a batch over golden_recall_after_docs re-measures the golden sets
+        return outcomes
     finally:
         if client is not None:
             client.close()

@@ -18,7 +18,18 @@ from functools import lru_cache
 
 from index.types import Principal
 from store.budgets import Overspend, load_budgets
-from store.events import AnswerCompleted, Event, Feedback, LLMCompleted, RetrievalDone, TurnStarted
+from store.events import (
+    AnswerCompleted,
+    ApprovalDecided,
+    ApprovalExpired,
+    CacheHit,
+    Event,
+    Feedback,
+    LimitHit,
+    LLMCompleted,
+    RetrievalDone,
+    TurnStarted,
+)
 from store.exceptions import DocentError
 from store.settings import Settings
 from store.usage import UsageLedger, day_of
@@ -40,11 +51,20 @@ def counted(event: Event) -> dict[str, int | float]:
             return {"tokens_in": event.tokens_in, "tokens_out": event.tokens_out, "cost_usd": event.cost_usd}
         case AnswerCompleted():
             uncited = 0 if event.citations else 1
-            return {"answers": 1, "uncited_answers": uncited, "unsupported_sentences": len(event.unsupported)}
+            return {"answers": 1, "uncited_answers": uncited, "unsupported_sentences": len(event.unsupported),
+                    "dropped_citations": len(event.dropped_citations)}  # fmt: skip
         case RetrievalDone() if not event.chunk_ids:
             return {"no_passage_retrievals": 1}
         case Feedback():
             return {f"feedback_{event.rating}": 1}
+        case ApprovalDecided():
+            return {f"approvals_{event.decision}": 1}
+        case ApprovalExpired():
+            return {"approvals_expired": 1}
+        case LimitHit() if event.limit != "budget":
+            return {"runaway_turns": 1}
+        case CacheHit():
+            return {"cache_hits": 1}
         case _:
             return {}
 

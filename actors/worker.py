@@ -8,6 +8,7 @@ modules are imported so that they declare their actors on it:
     actors.documents_job  sync_document, reingest_document  queue ingest
     actors.search_job     search_request(request_id, call)  queue conversation
     actors.sync_job       sync_source(dir)                  queue ingest (scheduled folder syncs)
+    actors.golden_recall_job  golden_recall(trigger)        queue ingest (the golden sets re-measured)
     actors.approvals      expiry and reminder timers        queue approvals   (when present)
     actors.reindex        index rebuilds                    queue reindex     (when present)
 
@@ -31,7 +32,8 @@ from store.redis_identity import verify_at_boot
 from store.settings import get_settings
 
 REQUIRED_MODULES = (
-    "actors.conversation", "actors.ingest_job", "actors.documents_job", "actors.search_job", "actors.sync_job"
+    "actors.conversation", "actors.ingest_job", "actors.documents_job", "actors.search_job",
+    "actors.sync_job", "actors.golden_recall_job",
 )
 OPTIONAL_MODULES = ("actors.approvals", "actors.reindex")
 
@@ -68,3 +70,7 @@ if get_settings().sync_sources_path:  # a bad sources file stops the worker here
     from actors.sync_job import kick
 
     kick(get_settings())  # one message per source; a source synced within its interval ignores it
+if get_settings().golden_recall_interval_s > 0:
+    from actors.golden_schedule import kick as kick_golden_recall
+
+    kick_golden_recall(get_settings())  # the scheduled re-measurement's chain (one, however many workers)

@@ -32,16 +32,17 @@ from actors.broker import (
 from index.reindex.jobs import decode_job
 from server.callers import require_admin
 from server.services import services
-from store import keys, metrics
-from store.exceptions import ConfigError
+from store import golden_recall, keys, metrics
+from store.exceptions import ConfigError, DocentError
 from store.redis import REDIS_ERRORS, async_client
-from store.scripts import text
+from store.scripts import AsyncRunner, text
 from store.settings import Settings
 
 QUEUES = (CONVERSATION_QUEUE, APPROVALS_QUEUE, INGEST_QUEUE, REINDEX_QUEUE)
 log = logging.getLogger(__name__)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
+SCRAPE_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, DocentError)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -93,14 +94,16 @@ def queue_client(settings: Settings, data: aredis.Redis) -> aredis.Redis | None:
 
 
 async def read_at_scrape(client: aredis.Redis, queues: aredis.Redis | None) -> bytes:
-    """Each dramatiq queue's ready list, delayed list and dead letters, and the running reindex job."""
+    """Each dramatiq queue's ready list, delayed list and dead letters, the running reindex job, and the
+    active index's newest golden-set scores (store.golden_recall)."""
     try:
         depths = await queue_depths(queues) if queues is not None else {}
         job = await current_reindex(client)
-    except REDIS_ERRORS as exc:  # the rest of the scrape still answers
-        log.warning("queue depths and reindex progress not read: %s", exc)
+        golden = await AsyncRunner(client).run(golden_recall.latest_plan())
+    except SCRAPE_ERRORS as exc:  # the rest of the scrape still answers
+        log.warning("queue depths, reindex progress and golden recall not read: %s", exc)
         return b""
-    return metrics.scrape_exposition(depths, job)
+    return metrics.scrape_exposition(depths, job) + golden_recall.exposition(golden)
 
 
 async def queue_depths(client: aredis.Redis) -> dict[tuple[str, str], int]:

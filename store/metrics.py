@@ -313,6 +313,13 @@ class _Fixed(Collector):
         return self.families
 
 
+def families_exposition(families: list[Metric]) -> bytes:
+    """Metric families built at scrape time (from Redis, not counted in this process), as exposition text."""
+    registry = CollectorRegistry()
+    registry.register(_Fixed(families))
+    return generate_latest(registry)
+
+
 def observe_answer_cache(outcome: str) -> None:
     ANSWER_CACHE.labels(outcome).inc()
 

@@ -140,6 +140,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     golden_demo: bool = True  # gate with index/golden/demo (documents absent from the catalog are skipped)
     golden_dirs: str = ""  # os.pathsep-separated extra BEIR-layout golden sets (queries.jsonl, qrels/)
     golden_tenant: str = "default"  # the tenant the golden queries run as (reader token "*")
+    # The active index's golden-set recall, re-measured (actors.golden_recall_job): every this many
+    # seconds (0 = never on a schedule) and after this many documents ingested (0 = never after ingest).
+    golden_recall_interval_s: Annotated[int, msgspec.Meta(ge=0)] = 6 * 3600
+    golden_recall_after_docs: Annotated[int, msgspec.Meta(ge=0)] = 200
 
     # Semantic answer cache (index.answer_cache, actors.answer_policy): off unless turned on; per-tenant
     # on/off, thresholds and the sensitive-question classifiers come from answer_cache_policy_path.

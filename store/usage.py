@@ -36,10 +36,13 @@ from store.scripts import AsyncRunner, Batch, Call, Plan, SyncRunner, key_part, 
 
 SPEND_FIELDS = ("tokens_in", "tokens_out", "cost_usd", "turns")  # per tenant and per user
 # Quality signals, per tenant only (a user's answers are not graded here): answers, those citing nothing,
-# unsupported sentences (post-hoc attribution), Q&A retrievals with nothing readable, ratings.
+# citations dropped by validation, unsupported sentences (post-hoc attribution), Q&A retrievals with
+# nothing readable, ratings, approvals by outcome (the pass rate), runs ended at a cap other than the
+# budget (runaways), answers served from the answer cache.
 QUALITY_FIELDS = (
-    "answers", "uncited_answers", "unsupported_sentences", "no_passage_retrievals", "feedback_up",
-    "feedback_down",
+    "answers", "uncited_answers", "dropped_citations", "unsupported_sentences", "no_passage_retrievals",
+    "feedback_up", "feedback_down", "approvals_approved", "approvals_denied", "approvals_expired",
+    "runaway_turns", "cache_hits",
 )  # fmt: skip
 FIELDS = SPEND_FIELDS + QUALITY_FIELDS
 RETENTION_DAYS = 400
@@ -57,10 +60,16 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     turns: int = 0
     answers: int = 0
     uncited_answers: int = 0
+    dropped_citations: int = 0
     unsupported_sentences: int = 0
     no_passage_retrievals: int = 0
     feedback_up: int = 0
     feedback_down: int = 0
+    approvals_approved: int = 0
+    approvals_denied: int = 0
+    approvals_expired: int = 0
+    runaway_turns: int = 0
+    cache_hits: int = 0
 
     @property
     def tokens(self) -> int:

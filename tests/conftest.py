@@ -28,6 +28,9 @@ MODEL_CACHE = Path(os.environ.get("DOCENT_TEST_MODEL_DIR", REPO / ".cache" / "mo
 SHARED = REPO.parent / "shared"
 REDIS_KINDS = ("single", "cluster")
 DEFAULT_REDIS_KIND = os.environ.get("DOCENT_TEST_REDIS", "single")
+# Stacks under test re-measure the golden sets only when a test asks (tests/test_golden_recall.py).
+os.environ.setdefault("DOCENT_GOLDEN_RECALL_INTERVAL_S", "0")
+os.environ.setdefault("DOCENT_GOLDEN_RECALL_AFTER_DOCS", "0")
 
 
 def pytest_configure(config: pytest.Config) -> None:

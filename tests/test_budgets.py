@@ -21,11 +21,22 @@ from tests.test_conversation import TENANT, build_index, make_settings  # isort:
 from actors import runtime
 from actors.conversation import activate
 from actors.runtime import Runtime
+from actors.spend import counted
 from actors.testing import ScriptedLLMThread
 from store.budgets import Budgets, BudgetsConfig, load_budgets
 from store.clock import now_ms
 from store.config_file import decode_config
-from store.events import AnswerCompleted, LimitHit, LLMCompleted, LLMRequested, UserMessage
+from store.events import (
+    AnswerCompleted,
+    ApprovalDecided,
+    ApprovalExpired,
+    CacheHit,
+    Citation,
+    LimitHit,
+    LLMCompleted,
+    LLMRequested,
+    UserMessage,
+)
 from store.exceptions import ConfigError, InputError
 from store.usage import DAY_MS, Spending, Usage, UsageLedger, day_of, days_between, ms_until_next_month
 from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, server_env
@@ -45,6 +56,24 @@ tokens_per_day = 0
 
 def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_each_quality_signal_is_counted_from_its_event() -> None:
+    cited = AnswerCompleted(text="a [1] b [7]", citations=(Citation(n=1, doc_id="d", chunk_id="d#0"),),
+                            dropped_citations=(7,), unsupported=(1,))  # fmt: skip
+    assert counted(cited) == {"answers": 1, "uncited_answers": 0, "unsupported_sentences": 1,
+                              "dropped_citations": 1}  # fmt: skip
+    assert counted(ApprovalDecided(approval_id="a", decision="approved", reviewer="r")) == {
+        "approvals_approved": 1
+    }
+    denied = ApprovalDecided(approval_id="a", decision="denied", reviewer="r")
+    assert counted(denied) == {"approvals_denied": 1}
+    assert counted(ApprovalExpired(approval_id="a")) == {"approvals_expired": 1}
+    assert counted(LimitHit(limit="steps", value=9, cap=8)) == {"runaway_turns": 1}
+    assert counted(LimitHit(limit="budget", value=9, cap=8)) == {}  # a budget stop is not a runaway
+    hit = CacheHit(entry_id="e", similarity=0.9, cached_question="q", index_version="v", chunk_ids=(),
+                   text="t", sources=(), unsupported=(), created_ms=1, latency_ms=1.0)  # fmt: skip
+    assert counted(hit) == {"cache_hits": 1}
 
 
 # -- the ledger ---------------------------------------------------------------------------------------------

@@ -34,11 +34,13 @@ from actors.workflows.orchestrator import WORKFLOW_TOOLS
 from index.types import Hit, Principal
 from store import metrics
 from store.events import (
+    AnswerCompleted,
     ApprovalDecided,
     ApprovalExpired,
     Delta,
     Event,
     Feedback,
+    LLMCompleted,
     SentenceAttributed,
     ToolCall,
     TurnCancelled,
@@ -83,10 +85,11 @@ class ActivationCore:
         self.hits: list[Hit] | None = None  # this activation's retrieval, to skip a re-search
         self.agent_tools = rt.registry.subset(AGENT_TOOLS)
         self.agent_specs: tuple[ToolSpec, ...] = tool_specs(self.agent_tools.spec())
+        self._mcp_offered = rt.mcp is None  # the configured MCP servers' tools join an agent turn's once
         self.flows = workflows_for(rt.settings)  # workflows beside the agent loop (actors.workflows)
         self.workflow_tools = rt.registry.subset(WORKFLOW_TOOLS)
         self._asked_ms: dict[int, int] = {}  # turn -> the web's ask time (the log stamps the move time)
-        self._streamed_turns: set[int] = set()  # turns whose first token was timed
+        self._first_token_ms: dict[int, int] = {}  # turn -> ask to first streamed token (the first one timed)
         self.trace = TurnTrace(conv_id)  # OpenTelemetry spans from the appended events (off: inert)
         self.spend = Spend(rt.settings)  # usage per tenant / user / day, and the daily budgets
         self.scorer: attribution.Scorer | None = None  # the attribution of the answer streaming now
@@ -115,10 +118,15 @@ class ActivationCore:
             self._inbox_cursor = inbox_cursor
         for entry_id, event in zip(ids, stamped, strict=True):
             fold(self.state, entry_id, event)
-        for event in stamped:
-            self._observe(event, now)
+        for entry_id, event in zip(ids, stamped, strict=True):
+            self._observe(entry_id, event, now)
 
-    def _observe(self, event: Event, now: int) -> None:
+    def recover_usage(self, tail: Sequence[tuple[str, Event]]) -> None:
+        """At the start: count the usage of the tail's entries a killed activation appended, not counted."""
+        if self.state.current is not None:
+            self.spend.recover(principal_of(self.state.current.question), self.conv_id, tail)
+
+    def _observe(self, entry_id: str, event: Event, now: int) -> None:
         """What an appended event feeds besides the log: metrics, the trace, usage, the feedback loop."""
         current = self.state.current
         asked = self._asked_ms.get(event.turn) or (current.started_ms if current else 0)
@@ -126,7 +134,13 @@ class ActivationCore:
         metrics.observe_event(event, now_ms=now, asked_at_ms=asked, route=route)
         self.trace.observe(self.state, event)
         if current is not None:
-            self.spend.observe(principal_of(current.question), event)
+            if isinstance(event, LLMCompleted):
+                self.rt.crash("usage_record")  # a kill here: appended, not counted (the next activation will)
+            self.spend.observe(principal_of(current.question), self.conv_id, entry_id, event)
+        if isinstance(event, AnswerCompleted) and current is not None and asked:
+            first, answer = self._first_token_ms.get(event.turn), max(0, now - asked)
+            principal = principal_of(current.question)
+            self.spend.latency(principal, route, now, first_token_ms=first, answer_ms=answer)
         if isinstance(event, Feedback):  # a down-voted answer: a golden-set candidate
             tenant = principal_of(current.question).tenant if current else DEFAULT_TENANT
             golden_feedback.propose(self.rt.log, self.rt.settings.redis_url, self.conv_id, tenant, event)
@@ -134,11 +148,11 @@ class ActivationCore:
     async def delta(self, step: int, text: str) -> None:
         turn = self.state.current.number if self.state.current else 0
         self.live([Delta(step=step, text=text, turn=turn, at_ms=self.rt.clock())])
-        if turn not in self._streamed_turns and self.state.current is not None:
-            self._streamed_turns.add(turn)
+        if turn not in self._first_token_ms and self.state.current is not None:
             asked = self._asked_ms.get(turn) or self.state.current.started_ms
-            route = self.state.current.route or ""
-            metrics.observe_first_token(route, now_ms=self.rt.clock(), asked_at_ms=asked)
+            now = self.rt.clock()
+            self._first_token_ms[turn] = max(0, now - asked)
+            metrics.observe_first_token(self.state.current.route or "", now_ms=now, asked_at_ms=asked)
 
     def live(self, items: Sequence[Delta | SentenceAttributed]) -> None:
         """Append to the live stream only (fenced): token fragments, sentences attributed while streaming."""
@@ -231,6 +245,18 @@ class ActivationCore:
     def tools(self) -> Registry:
         """The tools this turn's route may use: the agent's, or the workflows' (fixed by code)."""
         return self.workflow_tools if self.turn.route == "workflow" else self.agent_tools
+
+    async def offer_mcp_tools(self) -> None:
+        """An agent turn's tools are `AGENT_TOOLS` plus the configured MCP servers' (listed and cached by
+        `rt.mcp`; configuration, never the model, names the servers). Once per activation, agent turns."""
+        current = self.state.current
+        if self._mcp_offered or self.rt.mcp is None or current is None or current.route != "agent":
+            return
+        self._mcp_offered = True
+        extra = await self.rt.mcp.tools()
+        if extra:
+            self.agent_tools = Registry((*self.agent_tools, *extra))
+            self.agent_specs = tool_specs(self.agent_tools.spec())
 
     def check_call(self, call: ToolCall) -> CallCheck:
         if call.name not in self.tools:

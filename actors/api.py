@@ -7,7 +7,7 @@ imports an actor module: messages are sent by queue and actor name (`actors.brok
 an enqueue-only broker.
 
     wake = make_wake(settings)          # async (conv_id) -> None: enqueue advance(conv_id)
-    ingest = make_ingest(settings)      # async (tenant, path) -> job id: enqueue ingest_file(tenant, path)
+    ingest = make_ingest(settings)      # async (tenant, path, metadata) -> job id: enqueue ingest_file
     enqueue_reindex(settings, job_id)   # reindex_run(job_id), blocking
     task = make_document_task(settings) # async (actor, doc_id) -> job id: sync_document / reingest_document
 """
@@ -31,6 +31,7 @@ from actors.broker import (
 from index.reindex.jobs import RUN_ACTOR_NAME
 from store.blocking import run_blocking
 from store.events import ApprovalDecided, Feedback, TurnCancelled, UserMessage
+from store.metadata import EMPTY_METADATA, DocumentMetadata, encode_metadata
 from store.settings import Settings
 
 InboundItem = UserMessage | ApprovalDecided | TurnCancelled | Feedback
@@ -58,11 +59,13 @@ def make_wake(settings: Settings) -> Callable[[str], Awaitable[None]]:
     return wake
 
 
-def make_ingest(settings: Settings) -> Callable[[str, Path], Awaitable[str]]:
-    """`async ingest(tenant, path) -> job id`: queue the file for the ingest workers."""
+def make_ingest(settings: Settings) -> Callable[[str, Path, DocumentMetadata], Awaitable[str]]:
+    """`async ingest(tenant, path, metadata) -> job id`: queue the file for the ingest workers (the metadata,
+    already validated, travels as its JSON; none: the message of before, two arguments)."""
 
-    async def ingest(tenant: str, path: Path) -> str:
-        return await run_blocking(send, settings, INGEST_QUEUE, INGEST_ACTOR, tenant, str(path))
+    async def ingest(tenant: str, path: Path, metadata: DocumentMetadata = EMPTY_METADATA) -> str:
+        extra = () if metadata.is_empty() else (encode_metadata(metadata),)
+        return await run_blocking(send, settings, INGEST_QUEUE, INGEST_ACTOR, tenant, str(path), *extra)
 
     return ingest
 

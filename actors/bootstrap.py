@@ -12,13 +12,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from actors.ingestion import DocumentRequest, ingest_documents, ingest_files, summary
-from index.demo import PYDOC_MODULES, DemoDoc, build_demo_corpus, stdlib_modules
+from actors.demo_background import demo_request
+from actors.demo_background import schedule as schedule_demo_rest
+from actors.ingestion import ingest_documents, ingest_files, summary
+from index.demo import PYDOC_MODULES, build_demo_corpus, stdlib_modules
 from index.embed import load_embedder
 from index.parse import demo_source_dir
 from index.search import SearchService
 from index.types import Access, Principal, SearchResult
 from index.versions import get_active
+from store.metadata import EMPTY_METADATA, DocumentMetadata
+from store.redis import sync_client
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,18 +42,17 @@ def prepare_models(settings: Settings) -> dict[str, Any]:
     return report
 
 
-def _demo_request(doc: DemoDoc, root: Path) -> DocumentRequest:
-    path = Path(doc.path) if Path(doc.path).is_absolute() else root / doc.path
-    return doc.doc_id, {"path": path, "title": doc.title, "access": doc.access, "source": doc.source or None}
-
-
-def ensure_demo(settings: Settings, *, force: bool = False) -> dict[str, Any]:
-    """Write the demo corpus (stdlib docs through pydoc, license texts) and ingest what changed."""
+def ensure_demo(
+    settings: Settings, *, force: bool = False, modules: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Write the demo corpus (stdlib docs through pydoc, license texts) and ingest what changed; by default
+    the pages of `settings.demo_modules`, all of them here and now."""
     started = time.perf_counter()
     root = demo_source_dir(settings)
-    modules = stdlib_modules() if settings.demo_modules == "all" else PYDOC_MODULES
+    if modules is None:
+        modules = stdlib_modules() if settings.demo_modules == "all" else PYDOC_MODULES
     docs = build_demo_corpus(root, modules=modules)
-    outcomes = ingest_documents(settings, [_demo_request(doc, root) for doc in docs], delete_first=force)
+    outcomes = ingest_documents(settings, [demo_request(doc, root) for doc in docs], delete_first=force)
     return {
         **summary(outcomes),
         "index_version": get_active(settings),
@@ -59,19 +62,33 @@ def ensure_demo(settings: Settings, *, force: bool = False) -> dict[str, Any]:
 
 
 def prepare(settings: Settings) -> None:
+    """`docent run`'s first-start work: the models and the core demo pages now; with `all`, the rest of
+    the standard library is queued for the ingest worker (actors/demo_job.py, progress in /admin)."""
     print(f"models: {prepare_models(settings)}", flush=True)
     if not settings.demo:
         return
-    chunks = "~6,000" if settings.demo_modules == "all" else "~1,600"
-    print(f"demo knowledge base: building and ingesting (first start embeds {chunks} chunks)...", flush=True)
-    print(f"demo knowledge base: {ensure_demo(settings)}", flush=True)
+    print("demo knowledge base: building and ingesting the core pages (first start embeds ~1,600 chunks)...",
+          flush=True)  # fmt: skip
+    print(f"demo knowledge base: {ensure_demo(settings, modules=PYDOC_MODULES)}", flush=True)
+    if settings.demo_modules == "all" and not settings.redis_url:
+        print("demo knowledge base: no Redis, so the rest of the standard library is not queued", flush=True)
+    elif settings.demo_modules == "all":
+        with sync_client(settings.redis_url) as client:
+            record = schedule_demo_rest(settings, client)
+        state = "all ingested" if record.status == "done" else "ingesting in the background (see /admin)"
+        print(f"demo knowledge base: the rest of the standard library: {state}", flush=True)
 
 
 def ingest_paths(
-    settings: Settings, paths: Sequence[Path], *, tenant: str, readers: Sequence[str]
+    settings: Settings,
+    paths: Sequence[Path],
+    *,
+    tenant: str,
+    readers: Sequence[str],
+    metadata: DocumentMetadata = EMPTY_METADATA,
 ) -> dict[str, Any]:
     access = Access(tenant=tenant, readers=tuple(readers) or ("*",))
-    return summary(ingest_files(settings, paths, access))
+    return summary(ingest_files(settings, paths, access, metadata))
 
 
 async def search_once(

@@ -31,6 +31,7 @@ REINDEX_QUEUE = "reindex"
 APPROVALS_QUEUE = "approvals"
 ADVANCE_ACTOR = "advance"  # actors.conversation
 INGEST_ACTOR = "ingest_file"  # actors.ingest_job
+DEMO_ACTOR = "demo_ingest"  # actors.demo_job
 NAMESPACE = "docent-tasks"
 AMQP_SCHEMES = ("amqp://", "amqps://")
 

@@ -19,7 +19,8 @@ lapsed) stops the activation at once with no further side effect. A `LeaseKeeper
 while long steps run. Caps (`settings.max_steps`, `max_run_tokens`, `max_run_cost_usd`, `max_run_seconds`)
 end the turn with a `LimitHit` event (a hand-off to a human), never a loop.
 
-Prompt injection: the tools a run may use are fixed by code from the route (`AGENT_TOOLS`; none for Q&A);
+Prompt injection: the tools a run may use are fixed by code from the route (`AGENT_TOOLS`, plus the tools of
+the MCP servers configuration names, `DOCENT_MCP_SERVERS_PATH`; none for Q&A);
 risk and approval needs come from `actors.tools.policy`; retrieved passages and tool results reach the model
 fenced as untrusted data (`fence_data`). Nothing the model or a document says changes what may run.
 
@@ -59,7 +60,7 @@ from actors.plan import (
 )
 from actors.runtime import Runtime, runtime
 from actors.state import ConversationState, fold, load_state
-from store.events import LimitHit, ToolResult, TurnFailed, TurnStarted
+from store.events import Event, LimitHit, ToolResult, TurnFailed, TurnStarted
 from store.exceptions import LeaseHeld, LogError
 from store.log import LeaseKeeper
 from store.retry import RetryPolicy
@@ -89,6 +90,7 @@ class Activation(ActivationCore):
         for _ in range(MAX_ACTIONS_PER_ACTIVATION):
             self.check_lease()
             self.pull_inbox()
+            await self.offer_mcp_tools()
             action = next_action(
                 self.state, caps, self.check_call, self.rt.clock(), self.flows, rewrite=self.rt.rewrites
             )
@@ -130,6 +132,11 @@ class Activation(ActivationCore):
 
 def load(rt: Runtime, conv_id: str) -> ConversationState:
     """The folded state: the latest snapshot plus the events after it."""
+    return load_with_tail(rt, conv_id)[0]
+
+
+def load_with_tail(rt: Runtime, conv_id: str) -> tuple[ConversationState, list[tuple[str, Event]]]:
+    """The folded state, and the entries folded after the snapshot (what usage recovery looks at)."""
     snapshot, tail = rt.log.read_from_snapshot(conv_id)
     state: ConversationState | None = None
     if snapshot is not None:
@@ -142,7 +149,7 @@ def load(rt: Runtime, conv_id: str) -> ConversationState:
         state = ConversationState(conversation_id=conv_id)
     for entry_id, event in tail:
         fold(state, entry_id, event)
-    return state
+    return state, tail
 
 
 def activate(conv_id: str, rt: Runtime | None = None) -> str:
@@ -157,7 +164,9 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
         wait_s = (expires - rt.clock()) / 1000 if isinstance(expires, int) else 0.0
         advance.send_with_options(args=(conv_id,), delay=round(LEASE_RETRY.bounded_s(wait_s) * 1000))
         return "held"
-    activation = Activation(rt, conv_id, lease, load(rt, conv_id))
+    state, tail = load_with_tail(rt, conv_id)
+    activation = Activation(rt, conv_id, lease, state)
+    activation.recover_usage(tail)
     stale = False
     try:
         with LeaseKeeper(rt.log, lease) as keeper:

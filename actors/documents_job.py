@@ -58,7 +58,8 @@ def reingest_document(doc_id: str) -> None:
         log.warning("reingest of %s skipped: not in the catalog", doc_id)
         return
     access = Access(tenant=document.tenant, readers=document.readers)
-    request = {"path": Path(document.source), "access": access, "source": document.source}
+    request = {"path": Path(document.source), "access": access, "source": document.source,
+               "metadata": document.metadata}  # what it was given at ingest stays  # fmt: skip
     outcomes = ingest_documents(settings, [(doc_id, request)])
     log.info("reingested %s: %s", doc_id, [o.status for o in outcomes])
 

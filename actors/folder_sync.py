@@ -16,7 +16,8 @@ One sync of a directory (the *source*):
   4. apply, under the source's lock: what an earlier interrupted run left hidden is collected first; each
      deletion is ONE catalog transaction over every index version (unsearchable at once), then the index
      files of every current version drop its entries; additions and changes go through the dual writer
-     (every current version) in committed slices, reporting progress (done / total, rate, ETA).
+     (every current version) in committed slices, reporting progress (done / total, rate, ETA) to the
+     caller and on the `sync:events` stream that /ws/admin relays (store.sync_progress).
   5. the report (added, changed, updated, deleted, unchanged, failed) is appended to the sync reports
      (store.sync_reports) that the admin console shows.
 
@@ -28,16 +29,18 @@ ids come from paths (index.ingest.path_doc_id), so nothing is ever ingested twic
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import redis
 
 from actors.ingestion import ingest_documents
 from index.entries import DocumentOutcome, check_access
@@ -51,6 +54,7 @@ from store.exceptions import DocentError, InputError, SyncRefused
 from store.metadata import DocumentMetadata, SearchFilters
 from store.redis import sync_client
 from store.settings import Settings
+from store.sync_progress import ProgressPublisher, SyncProgress
 from store.sync_reports import MAX_REPORT_ERRORS, SYNC_DIR, SyncFailure, SyncReport, append_report
 
 READERS_FILE = ".docent-readers"
@@ -82,13 +86,6 @@ class SyncPlan(msgspec.Struct, frozen=True, kw_only=True):
     deleted: tuple[str, ...]  # doc ids
     unchanged: int
     existing: int  # the source's documents before the sync
-
-
-class SyncProgress(msgspec.Struct, frozen=True, kw_only=True):
-    done: int
-    total: int
-    rate_per_s: float
-    eta_s: float | None
 
 
 ProgressFn = Callable[[SyncProgress], None]
@@ -269,21 +266,36 @@ def sync_folder(
         raise InputError(f"{root} is not a directory", field="dir")
     check_access(Access(tenant=tenant, readers=tuple(readers)))
     lock = settings.data_path / SYNC_DIR / f"{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.lock"
-    with file_lock(lock):
+    with file_lock(lock), _redis(settings) as client:
+        live = ProgressPublisher(client, source=str(root), tenant=tenant, then=progress)  # for /ws/admin
         try:
-            report = _sync_locked(settings, root, tenant, readers, force, max_delete_share, progress, started)
+            report = _sync_locked(settings, root, tenant, readers, force, max_delete_share, live, started)
         except SyncRefused as exc:
             report = SyncReport(source=str(root), tenant=tenant, status="refused", started_at_ms=started,
                                 finished_at_ms=now_ms(), message=exc.message)  # fmt: skip
             append_report(settings.data_path, report)
+            live.finish("refused")
             raise
         except DocentError as exc:
             report = SyncReport(source=str(root), tenant=tenant, status="failed", started_at_ms=started,
                                 finished_at_ms=now_ms(), message=f"{exc.code}: {exc.message}")  # fmt: skip
             append_report(settings.data_path, report)
+            live.finish("failed")
             raise
-    append_report(settings.data_path, report)
+        append_report(settings.data_path, report)
+        live.finish("completed")
     return report
+
+
+@contextlib.contextmanager
+def _redis(settings: Settings) -> Iterator[redis.Redis | None]:
+    """The Redis a sync's progress is published to (none without a configured URL)."""
+    client = sync_client(settings.redis_url) if settings.redis_url else None
+    try:
+        yield client
+    finally:
+        if client is not None:
+            client.close()
 
 
 def _sync_locked(
@@ -305,6 +317,7 @@ def _sync_locked(
     check_deletions(plan, max_delete_share, force)
     todo = [*plan.added, *plan.changed, *plan.updated]
     meter = _Meter(len(plan.deleted) + len(todo), progress)
+    meter.add(0)  # the total is known: say so before the first slice
     _collect(settings, plan.deleted, meter)
     outcomes: list[DocumentOutcome] = []
     if todo:

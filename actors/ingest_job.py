@@ -1,4 +1,5 @@
-"""The ingest actor: `ingest_file(tenant, path)` on the `ingest` queue (offline embedding, own batch size).
+"""The ingest actor: `ingest_file(tenant, path[, metadata])` on the `ingest` queue (offline embedding, own
+batch size); `metadata` is the document's metadata as JSON (store.metadata), checked again here.
 
 The web process enqueues it with `actors.api.make_ingest` (a raw message: the web process never imports
 this module). The file is ingested into the active index version, readable by the whole tenant; the
@@ -22,16 +23,18 @@ RETRY = RetryPolicy(max_retries=3, first_s=15.0, max_s=7 * 24 * 3600.0)  # drama
 log = logging.getLogger(__name__)
 
 
-def ingest_file(tenant: str, path: str) -> None:
+def ingest_file(tenant: str, path: str, metadata: str = "") -> None:
     """The actor's body (dramatiq keeps no results, so the outcome goes to the log)."""
     from actors.ingestion import ingest_files, summary
     from index.types import Access
+    from store.metadata import EMPTY_METADATA, parse_metadata
 
-    report = summary(ingest_files(get_settings(), [Path(path)], Access(tenant=tenant)))
+    given = parse_metadata(metadata) if metadata else EMPTY_METADATA
+    report = summary(ingest_files(get_settings(), [Path(path)], Access(tenant=tenant), metadata=given))
     log.info("ingested %s for %s: %s", path, tenant, {k: report[k] for k in ("outcomes", "errors")})
 
 
-ingest_actor: dramatiq.Actor[[str, str], None] = dramatiq.Actor(
+ingest_actor: dramatiq.Actor[[str, str, str], None] = dramatiq.Actor(
     ingest_file,
     broker=setup_broker(),
     actor_name=INGEST_ACTOR,

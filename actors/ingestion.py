@@ -17,6 +17,7 @@ from index.reindex.dualwrite import DualWriter
 from index.types import Access
 from store import metrics
 from store.catalog import IngestOutcome
+from store.metadata import EMPTY_METADATA, DocumentMetadata
 from store.redis import sync_client
 from store.settings import Settings
 
@@ -69,10 +70,14 @@ def outcome_of(outcome: DocumentOutcome) -> IngestOutcome:
                          error_code=outcome.error_code, error=outcome.error)  # fmt: skip
 
 
-def ingest_files(settings: Settings, paths: Sequence[Path], access: Access) -> list[DocumentOutcome]:
-    """Files, or directories walked for supported files; each file's doc id comes from its path."""
+def ingest_files(
+    settings: Settings, paths: Sequence[Path], access: Access, metadata: DocumentMetadata = EMPTY_METADATA
+) -> list[DocumentOutcome]:
+    """Files, or directories walked for supported files; each file's doc id comes from its path, and each
+    gets the same metadata (validated: store.metadata)."""
     requests = [
-        (path_doc_id(settings, path), {"path": path, "access": access}) for path in expand_paths(paths)
+        (path_doc_id(settings, path), {"path": path, "access": access, "metadata": metadata})
+        for path in expand_paths(paths)
     ]
     return ingest_documents(settings, requests)
 

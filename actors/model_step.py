@@ -14,24 +14,44 @@ from store.events import LimitHit, LLMCompleted, LLMFailed, LLMRequested, TurnFa
 from store.exceptions import LLMError, LLMTimeout, LLMUnavailable, MalformedToolCall, StaleEpoch
 from store.retry import RetryPolicy
 
+PROMPT_ESTIMATE_TOKENS = 2_000  # a first call's prompt, for its budget hold (retrieved passages and history)
 LLM_RETRY = RetryPolicy(max_retries=0, first_s=0.2, max_s=3.0, factor=5.0)  # 0.2, 1, 3 s; the plan retries
 
 
 async def call_llm(act: ActivationCore, step: int) -> None:
-    over = act.spend.overspent(act.principal, act.rt.clock())
-    if over is not None:  # a daily budget is spent: hand off before the model is called
+    backend = act.rt.llm()
+    attempt = act.turn.llm_failures.get(step, 0)
+    request_id = sha(act.conv_id, act.turn.number, step, attempt)[:32]
+    tokens_in, tokens_out = estimate(act)
+    over = act.spend.overspent(
+        act.principal, act.rt.clock(), hold_id=request_id, tokens=tokens_in + tokens_out,
+        cost_usd=backend.price(tokens_in, tokens_out),
+    )  # fmt: skip
+    if over is not None:  # a budget is spent: hand off before the model is called
         act.emit([LimitHit(limit="budget", value=over.used, cap=over.cap, handed_off=True)])
         return
+    try:
+        await _call(act, step, backend, attempt, request_id)
+    finally:
+        act.spend.settle(request_id)  # counted (LLMCompleted) or failed: the hold goes
+
+
+def estimate(act: ActivationCore) -> tuple[int, int]:
+    """What the next call may spend (its budget hold): the turn's last prompt or a typical one, and the
+    longest answer the backend may write."""
+    last = max(act.turn.llm_completed.values(), key=lambda c: c.step, default=None)
+    prompt_tokens = last.tokens_in + last.tokens_out if last is not None else PROMPT_ESTIMATE_TOKENS
+    return prompt_tokens, act.rt.settings.llm_max_tokens
+
+
+async def _call(act: ActivationCore, step: int, backend: LLMBackend, attempt: int, request_id: str) -> None:
     messages, tools = await prompt(act, step)
-    backend = act.rt.llm()
     digest = prompt_hash(messages, tools)
     requested = LLMRequested(
         step=step, model=backend.model_name, prompt_hash=digest,
         messages=messages_to_builtins(messages), tools=tuple(t.name for t in tools),
     )  # fmt: skip
     act.emit([requested])
-    attempt = act.turn.llm_failures.get(step, 0)
-    request_id = sha(act.conv_id, act.turn.number, step, attempt)[:32]
 
     streaming = qa_steps.streaming_attribution(act, step)
 

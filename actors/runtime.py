@@ -4,7 +4,9 @@ Models, indexes and clients are created lazily, on the first activation that nee
 `warm_up`). `configure` installs another runtime (tests, benches, the chaos worker).
 
 Crash points: the conversation actor calls `rt.crash(point)` at the two narrowest windows there are, right
-after a tool's effect and right after a model's response, before either is recorded. The default hook does
+after a tool's effect and right after a model's response, before either is recorded; and a third right
+after a model's response is recorded, before its usage is counted (`usage_record`: the next activation
+counts it, `actors.spend`). The default hook does
 nothing; `docent chaos` runs workers whose runtime carries a hook that exits the process there
 (`actors.testing.chaos_worker`). No setting reaches it.
 """
@@ -28,6 +30,7 @@ from actors.llm.backends import load_backend
 from actors.llm.types import LLMBackend
 from actors.plan import Caps
 from actors.tools import default_registry
+from actors.tools.mcp_tools import McpToolbox
 from actors.tools.policy import RiskPolicy
 from actors.tools.registry import Registry
 from index.answer_cache import AnswerCache
@@ -40,7 +43,7 @@ from store.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-CrashPoint = Literal["llm_response", "tool_effect"]
+CrashPoint = Literal["llm_response", "tool_effect", "usage_record"]
 
 
 class CrashHook(Protocol):
@@ -66,6 +69,7 @@ class Runtime:
     crash: CrashHook = no_crash
     knowledge_factory: Callable[[], ServiceKnowledgeBase] | None = None
     answer_policy: AnswerCachePolicy | None = None  # from settings when None
+    mcp: McpToolbox | None = None  # the configured MCP servers' tools for agent turns (none: no servers)
     _knowledge: ServiceKnowledgeBase | None = None
     _answers: AnswerCache | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -80,6 +84,7 @@ class Runtime:
             ledger=ApprovalLedger.from_url(settings.redis_url),
             policy=RiskPolicy.from_settings(settings),
             registry=default_registry(),
+            mcp=McpToolbox.from_settings(settings),
             **kwargs,
         )
 

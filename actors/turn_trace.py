@@ -16,7 +16,10 @@ event (its latency, or its request's append time):
     execute_tool <tool>             gen_ai.tool.name, gen_ai.tool.call.id; error status on a failed call
     approval <tool>                 from the request to the decision (approved, denied, expired)
 
-Spans come from appended events only, so a replay after a crash does not make a step's span twice. No
+Spans come from appended events only, so a replay after a crash does not make a step's span twice. They
+are made when the activation ends (`close`), all in one go from what `observe` kept (the events that make a
+span, a few list appends per turn): the spans' cost is paid once, in a tight loop, not between the steps;
+a killed worker loses the spans of that activation, as an unflushed exporter would. No
 prompt, question or answer text is put in a span unless `store.tracing.capture_content()` (opt-in).
 """
 
@@ -26,8 +29,8 @@ import json
 import time
 from collections.abc import Mapping
 
-from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanContext, SpanKind, Tracer
+from opentelemetry.util.types import AttributeValue
 
 from actors.state import ConversationState, TurnState
 from store import tracing
@@ -59,38 +62,89 @@ STAGE_ORDER = (
 )
 
 
+# The events a span is made from (or that set the turn span's attributes); the others are not kept.
+TRACED = (
+    TurnStarted, LLMCompleted, LLMFailed, ToolResult, ApprovalRequested, ApprovalDecided, ApprovalExpired,
+    *TERMINAL,
+)  # fmt: skip
+
+
 def _ns(ms: float) -> int:
     return int(ms * NS_PER_MS)
+
+
+Retrieval = tuple[dict[str, float], float, int]  # a search's stage timings, latency and hits
+Pending = tuple[TurnState, Event | Retrieval, int]  # what a span is made from, and when it was observed
 
 
 class TurnTrace:
     def __init__(self, conversation_id: str, tracer: Tracer | None = None) -> None:
         self.tracer = tracer if tracer is not None else tracing.tracer()
         self.conversation_id = conversation_id
-        self.span: Span | None = None
-        self.turn = 0  # the turn `span` belongs to
+        self.current: TurnState | None = None  # the turn the open span belongs to (None: no span open)
+        self.start_ns = 0
+        self.pending: list[Pending] = []  # made into spans when the activation ends (`close`)
         self.ended: set[int] = set()
+        # the turn span's, while `close` makes it
+        self.attributes: dict[str, AttributeValue] = {}
+        self.events: list[object] = []
+        self.error: str | None = None
 
-    # -- the turn span ------------------------------------------------------------------------------------
+    # -- observing: a few appends per turn; the spans are made in one go when the activation ends --------
 
-    def _turn_span(self, state: ConversationState) -> Span | None:
+    def _open(self, state: ConversationState) -> TurnState | None:
         current = state.current
         if self.tracer is None or current is None or current.number in self.ended:
             return None
-        if self.span is not None and self.turn == current.number:
-            return self.span
-        self.close()
-        self.span = self.tracer.start_span(
-            "turn",
-            context=tracing.context_of(current.question.traceparent),
-            kind=SpanKind.CONSUMER,
-            attributes=self._turn_attributes(current),
-        )
-        self.turn = current.number
-        return self.span
+        if self.current is None or self.current.number != current.number:
+            self.close()
+            self.current, self.start_ns = current, time.time_ns()
+        return current
 
-    def _turn_attributes(self, turn: TurnState) -> dict[str, str | int]:
-        attributes: dict[str, str | int] = {
+    def observe(self, state: ConversationState, event: Event) -> None:
+        turn = self._open(state)
+        if turn is None or not isinstance(event, TRACED):
+            return
+        self.pending.append((turn, event, time.time_ns()))
+        if isinstance(event, TERMINAL):
+            self.ended.add(turn.number)
+            self.close(suspended=False)
+
+    def retrieval(
+        self, state: ConversationState, timings_ms: Mapping[str, float], latency_ms: float, hits: int
+    ) -> None:
+        turn = self._open(state)
+        if turn is not None:
+            self.pending.append((turn, (dict(timings_ms), latency_ms, hits), time.time_ns()))
+
+    def close(self, suspended: bool = True) -> None:
+        """Make this activation's spans of the open turn: the steps', then the turn's."""
+        turn, pending = self.current, self.pending
+        self.current, self.pending = None, []
+        if turn is None or self.tracer is None:
+            return
+        attributes = self._turn_attributes(turn)
+        parent = tracing.parent_of(turn.question.traceparent)
+        begun = tracing.begin(self.tracer, parent, "turn", kind=SpanKind.CONSUMER, attributes=attributes)
+        if begun is None:
+            return  # not sampled
+        context, sampled = begun
+        self.attributes, self.events, self.error = sampled | attributes, [], None
+        for step_turn, item, at_ns in pending:
+            if isinstance(item, tuple):
+                self._retrieval_spans(context, *item, end=at_ns)
+            else:
+                self._step(context, step_turn, item, at_ns)
+        if suspended:
+            self.attributes["docent.turn.suspended"] = True  # waits for a human or a retry
+        tracing.finished(
+            self.tracer, parent, "turn", start_ns=self.start_ns, end_ns=time.time_ns(),
+            attributes=self.attributes, kind=SpanKind.CONSUMER, error=self.error, context=context,
+            events=self.events,
+        )  # fmt: skip
+
+    def _turn_attributes(self, turn: TurnState) -> dict[str, AttributeValue]:
+        attributes: dict[str, AttributeValue] = {
             "docent.conversation.id": self.conversation_id,
             "docent.turn": turn.number,
             "docent.tenant": turn.question.tenant,
@@ -100,27 +154,15 @@ class TurnTrace:
             attributes["docent.route"] = turn.route
         return attributes
 
-    def close(self, suspended: bool = True) -> None:
-        if self.span is not None:
-            if suspended:
-                self.span.set_attribute("docent.turn.suspended", True)  # waits for a human or a retry
-            self.span.end()
-        self.span = None
+    # -- the steps' spans ---------------------------------------------------------------------------------
 
-    # -- the steps ----------------------------------------------------------------------------------------
-
-    def observe(self, state: ConversationState, event: Event) -> None:
-        parent = self._turn_span(state)
-        if parent is None or self.tracer is None:
-            return
-        turn = state.current
-        assert turn is not None
-        now = time.time_ns()
+    def _step(self, parent: SpanContext, turn: TurnState, event: Event, now: int) -> None:
+        assert self.tracer is not None
         match event:
             case TurnStarted():
-                parent.set_attribute("docent.route", event.route)
+                self.attributes["docent.route"] = event.route
                 if event.workflow:
-                    parent.set_attribute("docent.workflow", event.workflow)
+                    self.attributes["docent.workflow"] = event.workflow
             case LLMCompleted():
                 self._llm_span(parent, turn, event, now - _ns(event.latency_ms), now)
             case LLMFailed():
@@ -130,41 +172,38 @@ class TurnTrace:
             case ToolResult():
                 self._tool_span(parent, event, now)
             case ApprovalRequested():
-                parent.add_event("approval_requested", {"gen_ai.tool.name": event.tool})
+                self.events.append(
+                    tracing.event(self.tracer, "approval_requested", {"gen_ai.tool.name": event.tool}, now)
+                )
             case ApprovalDecided() | ApprovalExpired():
                 self._approval_span(parent, turn, event, now)
             case _ if isinstance(event, TERMINAL):
-                self._end_turn(parent, turn, event)
+                self._end_turn(turn, event)
 
-    def retrieval(
-        self, state: ConversationState, timings_ms: Mapping[str, float], latency_ms: float, hits: int
+    def _retrieval_spans(
+        self, parent: SpanContext, timings_ms: Mapping[str, float], latency_ms: float, hits: int, end: int
     ) -> None:
-        parent = self._turn_span(state)
-        if parent is None or self.tracer is None:
-            return
-        end = time.time_ns()
+        assert self.tracer is not None
         start = end - _ns(latency_ms)
-        context = trace.set_span_in_context(parent)
-        span = self.tracer.start_span("retrieval", context=context, start_time=start)
-        span.set_attribute("docent.step", 0)
-        span.set_attribute("docent.retrieval.hits", hits)
-        inner = trace.set_span_in_context(span)
+        retrieval = tracing.finished(
+            self.tracer, parent, "retrieval", start_ns=start, end_ns=end,
+            attributes={"docent.step": 0, "docent.retrieval.hits": hits},
+        )  # fmt: skip
         ends: dict[str, int] = {}
         for stage, after in STAGE_ORDER:
             if stage not in timings_ms:
                 continue
             begin = max((ends[s] for s in after if s in ends), default=start)
             ends[stage] = begin + _ns(timings_ms[stage])
-            self.tracer.start_span(f"retrieval.{stage}", context=inner, start_time=begin).end(ends[stage])
-        span.end(end)
+            tracing.finished(self.tracer, retrieval, f"retrieval.{stage}", start_ns=begin, end_ns=ends[stage])
 
     def _llm_span(
-        self, parent: Span, turn: TurnState, event: LLMCompleted | LLMFailed, start: int, end: int
+        self, parent: SpanContext, turn: TurnState, event: LLMCompleted | LLMFailed, start: int, end: int
     ) -> None:
         assert self.tracer is not None
         requested = turn.llm_requested.get(event.step)
         model = requested.model if requested else getattr(event, "model", "")  # "chat <request model>"
-        attributes: dict[str, str | int | float | list[str]] = {
+        attributes: dict[str, AttributeValue] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.system": GEN_AI_SYSTEM,
             "gen_ai.request.model": model,
@@ -175,7 +214,7 @@ class TurnTrace:
                 "gen_ai.response.model": event.model,
                 "gen_ai.usage.input_tokens": event.tokens_in,
                 "gen_ai.usage.output_tokens": event.tokens_out,
-                "gen_ai.response.finish_reasons": [event.finish_reason or "unknown"],
+                "gen_ai.response.finish_reasons": (event.finish_reason or "unknown",),
                 "docent.llm.cost_usd": event.cost_usd,
                 "docent.llm.first_token_ms": event.first_token_ms,
                 "docent.llm.tool_calls": len(event.tool_calls),
@@ -187,33 +226,26 @@ class TurnTrace:
                 attributes["gen_ai.output.messages"] = json.dumps(
                     [{"role": "assistant", "content": event.text}]
                 )
-        span = self.tracer.start_span(
-            f"chat {model}".strip(), context=trace.set_span_in_context(parent), kind=SpanKind.CLIENT,
-            attributes=attributes, start_time=start,
+        tracing.finished(
+            self.tracer, parent, f"chat {model}".strip(), start_ns=start, end_ns=end,
+            attributes=attributes, kind=SpanKind.CLIENT,
+            error=event.code if isinstance(event, LLMFailed) else None,
         )  # fmt: skip
-        if isinstance(event, LLMFailed):
-            span.set_attribute("error.type", event.code)
-            span.set_status(Status(StatusCode.ERROR, event.code))
-        span.end(end)
 
-    def _tool_span(self, parent: Span, event: ToolResult, end: int) -> None:
+    def _tool_span(self, parent: SpanContext, event: ToolResult, end: int) -> None:
         assert self.tracer is not None
-        span = self.tracer.start_span(
-            f"execute_tool {event.tool}", context=trace.set_span_in_context(parent), kind=SpanKind.INTERNAL,
+        tracing.finished(
+            self.tracer, parent, f"execute_tool {event.tool}",
+            start_ns=end - _ns(event.latency_ms), end_ns=end,
             attributes={
                 "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": event.tool,
                 "gen_ai.tool.call.id": event.call_id, "docent.step": event.step,
             },
-            start_time=end - _ns(event.latency_ms),
+            error=event.error.split(":", 1)[0] if event.error is not None else None,
         )  # fmt: skip
-        if event.error is not None:
-            code = event.error.split(":", 1)[0]
-            span.set_attribute("error.type", code)
-            span.set_status(Status(StatusCode.ERROR, code))
-        span.end(end)
 
     def _approval_span(
-        self, parent: Span, turn: TurnState, event: ApprovalDecided | ApprovalExpired, end: int
+        self, parent: SpanContext, turn: TurnState, event: ApprovalDecided | ApprovalExpired, end: int
     ) -> None:
         assert self.tracer is not None
         approval = turn.approvals.get(event.approval_id)
@@ -221,32 +253,28 @@ class TurnTrace:
             return
         outcome = event.decision if isinstance(event, ApprovalDecided) else "expired"
         requested = approval.request
-        span = self.tracer.start_span(
-            f"approval {requested.tool}", context=trace.set_span_in_context(parent),
+        tracing.finished(
+            self.tracer, parent, f"approval {requested.tool}",
+            start_ns=min(_ns(requested.at_ms), end), end_ns=end,
             attributes={
                 "gen_ai.tool.name": requested.tool, "docent.approval.outcome": outcome,
                 "docent.approval.room": requested.room, "docent.step": requested.step,
             },
-            start_time=min(_ns(requested.at_ms), end),
         )  # fmt: skip
-        span.end(end)
 
-    def _end_turn(self, span: Span, turn: TurnState, event: Event) -> None:
-        span.set_attribute("docent.turn.outcome", turn.outcome or type(event).__name__)
-        span.set_attribute("gen_ai.usage.input_tokens", sum(c.tokens_in for c in turn.llm_completed.values()))
-        span.set_attribute(
-            "gen_ai.usage.output_tokens", sum(c.tokens_out for c in turn.llm_completed.values())
-        )
-        span.set_attribute("docent.turn.cost_usd", turn.cost_usd)
+    def _end_turn(self, turn: TurnState, event: Event) -> None:
+        self.attributes |= {
+            "docent.turn.outcome": turn.outcome or type(event).__name__,
+            "gen_ai.usage.input_tokens": sum(c.tokens_in for c in turn.llm_completed.values()),
+            "gen_ai.usage.output_tokens": sum(c.tokens_out for c in turn.llm_completed.values()),
+            "docent.turn.cost_usd": turn.cost_usd,
+        }
         match event:
             case AnswerCompleted():
-                span.set_attribute("docent.answer.citations", len(event.citations))
-                span.set_attribute("docent.answer.dropped_citations", len(event.dropped_citations))
-                span.set_attribute("docent.answer.unsupported_spans", len(event.unsupported))
+                self.attributes["docent.answer.citations"] = len(event.citations)
+                self.attributes["docent.answer.dropped_citations"] = len(event.dropped_citations)
+                self.attributes["docent.answer.unsupported_spans"] = len(event.unsupported)
             case TurnFailed():
-                span.set_attribute("error.type", event.code)
-                span.set_status(Status(StatusCode.ERROR, event.code))
+                self.error = event.code
             case LimitHit():
-                span.set_attribute("docent.limit", event.limit)
-        self.ended.add(turn.number)
-        self.close(suspended=False)
+                self.attributes["docent.limit"] = event.limit

@@ -4,11 +4,12 @@ The broker is set up FIRST (`actors.broker.setup_broker`, from `DOCENT_*` settin
 modules are imported so that they declare their actors on it:
 
     actors.conversation   advance(conversation_id)          queue conversation
-    actors.ingest_job     ingest_file(tenant, path)         queue ingest
+    actors.ingest_job     ingest_file(tenant, path[, meta]) queue ingest
     actors.documents_job  sync_document, reingest_document  queue ingest
     actors.search_job     search_request(request_id, call)  queue conversation
     actors.sync_job       sync_source(dir)                  queue ingest (scheduled folder syncs)
     actors.golden_recall_job  golden_recall(trigger)        queue ingest (the golden sets re-measured)
+    actors.demo_job       demo_ingest(modules)              queue ingest (the demo's background pages)
     actors.approvals      expiry and reminder timers        queue approvals   (when present)
     actors.reindex        index rebuilds                    queue reindex     (when present)
 
@@ -33,8 +34,8 @@ from store.settings import get_settings
 
 REQUIRED_MODULES = (
     "actors.conversation", "actors.ingest_job", "actors.documents_job", "actors.search_job",
-    "actors.sync_job", "actors.golden_recall_job",
-)
+    "actors.sync_job", "actors.golden_recall_job", "actors.demo_job",
+)  # fmt: skip
 OPTIONAL_MODULES = ("actors.approvals", "actors.reindex")
 
 log = logging.getLogger(__name__)

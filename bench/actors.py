@@ -1,6 +1,6 @@
 """Conversation actor bench: activation latency, events appended per second, replay with and without snapshot.
 
-    .venv/bin/python -m bench.actors [--samples 200] [--steps 40] [--runs 21]
+    .venv/bin/python -m bench.actors [--samples 200] [--steps 40] [--runs 21] [--eps-runs 5] [--traces]
 
 Starts an embedded Redis, the scripted OpenAI-compatible LLM (no delays), the counting HTTP sink and one
 in-process dramatiq worker (Redis broker, one thread) in a temporary directory.
@@ -9,7 +9,11 @@ in-process dramatiq worker (Redis broker, one thread) in a temporary directory.
                       stamps `before_process_message`), one message at a time on an idle worker; the
                       messages name unknown conversations, so each activation is a no-op.
   events per second   one activation running an agent turn of `--steps` tool round trips (LLM over HTTP,
-                      `http_request` GET to the sink), durable events appended / activation wall time.
+                      `http_request` GET to the sink), durable events appended / activation wall time;
+                      the median of `--eps-runs` turns, with their median process CPU time per turn.
+
+Metrics (prometheus-client) are always on; `--traces` also exports OpenTelemetry traces (OTLP/HTTP, the
+batch span processor) to a receiver in a process of its own, as `OTEL_EXPORTER_OTLP_ENDPOINT` does.
   replay              `activate()` of a finished 1,000-event conversation (the realistic event mix of
                       bench/log.py: lease, snapshot + tail read, fold, inbox check, release), without and
                       with a snapshot at the end of the log.
@@ -18,6 +22,7 @@ in-process dramatiq worker (Redis broker, one thread) in a temporary directory.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import threading
@@ -32,7 +37,9 @@ from dramatiq.middleware import Middleware
 from actors.broker import CONVERSATION_QUEUE, setup_broker
 from actors.state import ConversationState, dump_state, fold
 from actors.testing import HttpSink, ScriptedLLMThread, SinkThread
+from actors.testing.otlp_receiver import ReceiverProcess
 from bench.log import conversation as realistic_events
+from store import tracing
 from store.events import LLMCompleted, UserMessage
 from store.redis import EmbeddedRedis, free_port
 from store.settings import Settings
@@ -93,7 +100,9 @@ def bench_activation_latency(broker: dramatiq.Broker, probe: Probe, samples: int
           f"{summary(latencies)}")  # fmt: skip
 
 
-def bench_events_per_second(settings: Settings, llm: ScriptedLLMThread, sink_url: str, steps: int) -> None:
+def bench_events_per_second(
+    settings: Settings, llm: ScriptedLLMThread, sink_url: str, steps: int, runs: int
+) -> None:
     from actors import conversation, runtime
 
     llm.add_script(
@@ -107,17 +116,23 @@ def bench_events_per_second(settings: Settings, llm: ScriptedLLMThread, sink_url
         },
     )  # fmt: skip
     rt = runtime.Runtime.from_settings(settings)
-    rt.log.post_inbox(
-        "eps", UserMessage(text="[script:bench] check every item", mode="agent", tenant="t", user="u")
-    )
-    started = time.perf_counter()
-    conversation.activate("eps", rt)
-    elapsed = time.perf_counter() - started
-    events = rt.log.length("eps")
-    llm_ms = [e.latency_ms for _, e in rt.log.read("eps") if isinstance(e, LLMCompleted)]
+    rates, cpu_ms, llm_ms = [], [], []
+    for n in range(runs):
+        conv = f"eps-{n}"
+        rt.log.post_inbox(
+            conv, UserMessage(text="[script:bench] check every item", mode="agent", tenant="t", user="u")
+        )
+        started, started_cpu = time.perf_counter(), time.process_time()
+        conversation.activate(conv, rt)
+        elapsed = time.perf_counter() - started
+        cpu_ms.append((time.process_time() - started_cpu) * 1000)
+        events = rt.log.length(conv)
+        rates.append(events / elapsed)
+        llm_ms += [e.latency_ms for _, e in rt.log.read(conv) if isinstance(e, LLMCompleted)]
+    cpu, llm_median = statistics.median(cpu_ms), statistics.median(llm_ms)
     print(f"events appended per second, one worker thread, agent turn of {steps} tool steps: "
-          f"{events / elapsed:7.0f} events/s ({events} events in {elapsed * 1000:.0f} ms; "
-          f"LLM call median {statistics.median(llm_ms):.1f} ms)")  # fmt: skip
+          f"{statistics.median(rates):7.0f} events/s median of {runs} ({events} events a turn; process CPU "
+          f"{cpu:.1f} ms a turn; LLM call median {llm_median:.1f} ms)")  # fmt: skip
     rt.close()
 
 
@@ -161,16 +176,23 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--eps-runs", type=int, default=5)
+    parser.add_argument("--traces", action="store_true", help="export OTLP traces to a local receiver")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis", port=free_port()) as redis:
         sink = HttpSink()
-        with SinkThread(sink), ScriptedLLMThread() as llm:
+        with ReceiverProcess() as collector, SinkThread(sink), ScriptedLLMThread() as llm:
+            if args.traces:
+                os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector.endpoint
+                tracing.configure("worker")
+            print(f"traces: {'on (OTLP to a local receiver)' if args.traces else 'off'}; metrics: on")
             settings = worker_settings(Path(tmp) / "data", redis.url, llm.url, args.steps + 5)
             broker = setup_broker(settings)
             probe = Probe()
             broker.add_middleware(probe)
-            from actors import runtime
+            from actors import conversation, runtime  # conversation declares `advance` on this broker
 
+            assert conversation.advance.actor_name == "advance"
             runtime.configure(runtime.Runtime.from_settings(settings))
             for timeout_ms in WORKER_TIMEOUTS_MS:
                 worker = dramatiq.Worker(
@@ -182,8 +204,12 @@ def main() -> None:
                     bench_activation_latency(broker, probe, args.samples, timeout_ms)
                 finally:
                     worker.stop()
-            bench_events_per_second(settings, llm, sink.url, args.steps)
+            bench_events_per_second(settings, llm, sink.url, args.steps, args.eps_runs)
             bench_replay(settings, args.runs)
+            tracing.shutdown()  # flush what is queued
+            if args.traces:
+                time.sleep(0.5)
+                print(f"spans received by the OTLP receiver: {collector.count()}")
 
 
 if __name__ == "__main__":

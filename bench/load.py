@@ -58,6 +58,7 @@ QUERIES = Path(__file__).resolve().parent.parent / "index" / "golden" / "demo" /
 STACK_OVERRIDES = {
     "embed_model": "hash",
     "demo": "1",
+    "demo_modules": "core",  # no background ingest of the rest of the standard library under load
     "llm_backend": "openai",
     "llm_max_retries": "0",
     "user_rate_per_s": "100000",

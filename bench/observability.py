@@ -15,13 +15,14 @@ Two turn shapes: a Q&A turn (retrieval + one streamed LLM call + answer) and an 
 tool round trips (`http_request` GETs to the sink). Usage accounting (`actors.spend`) runs in all three.
 Prints each configuration's p50 / p95 activation wall time and process CPU time (every thread of this
 process: the actor, the in-process scripted LLM and receiver, the span exporter; not Redis) per turn, and
-the p50 overhead against `off`; on a loaded machine the CPU time is the steadier of the two.
+the p50 overhead against `off`; on a loaded machine the CPU time is the steadier of the two. `paired` is the
+median, over the rounds, of a configuration's CPU time over `off`'s in the same round (the three run back to
+back): the figure least moved by a neighbour's load.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import statistics
 import tempfile
@@ -43,7 +44,7 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from actors import conversation, runtime  # noqa: E402
 from actors.state import ConversationState, fold  # noqa: E402
 from actors.testing import HttpSink, ScriptedLLMThread, SinkThread  # noqa: E402
-from actors.testing.otlp_receiver import OtlpReceiver  # noqa: E402
+from actors.testing.otlp_receiver import ReceiverProcess  # noqa: E402
 from actors.turn_trace import TurnTrace  # noqa: E402
 from bench.actors import worker_settings  # noqa: E402
 from index.embed import load_embedder  # noqa: E402
@@ -119,7 +120,8 @@ def run(
         wall = f"wall p50 {p50:7.2f} ms  p95 {p95:7.2f} ms ({100 * (p50 - base) / base:+5.1f}%)"
         extra = 100 * (cpu50 - base_cpu) / base_cpu
         used = f"process CPU p50 {cpu50:6.2f} ms  p95 {cpu95:6.2f} ms ({extra:+5.1f}%)"
-        print(f"{shape:>6} turn, {name:>15}: {wall}   {used}   n={len(times[name])}")
+        paired = 100 * (statistics.median(a / b for a, b in zip(cpu[name], cpu["off"], strict=True)) - 1)
+        print(f"{shape:>6} turn, {name:>15}: {wall}   {used}   paired {paired:+5.1f}%   n={len(times[name])}")
     seams(rt, f"{shape}-off-0", provider)
     rt.close()
 
@@ -159,14 +161,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis", port=free_port()) as redis:
         sink = HttpSink()
-        received = multiprocessing.Value("i", 0)
-        port = free_port()
-        collector = multiprocessing.get_context("fork").Process(target=serve_otlp, args=(port, received))
-        collector.start()  # a process of its own: decoding the spans is the collector's work, not ours
-        with SinkThread(sink), ScriptedLLMThread() as llm:
+        # a process of its own: decoding the spans is the collector's work, not ours
+        with ReceiverProcess() as collector, SinkThread(sink), ScriptedLLMThread() as llm:
             settings = worker_settings(Path(tmp) / "data", redis.url, llm.url, args.steps + 5)
             build_index(settings)
-            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = collector.endpoint
             os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = "65536"  # the seams' burst of spans: none dropped
             tracing.configure("worker")
             provider: Any = tracing.provider()
@@ -188,16 +187,7 @@ def main() -> None:
             run(settings, max(1, args.turns // 3), "agent", agent, provider)
             provider.force_flush()
             time.sleep(1.0)
-            print(f"spans received by the OTLP receiver: {received.value}")
-        collector.terminate()
-        collector.join()
-
-
-def serve_otlp(port: int, received: Any) -> None:
-    with OtlpReceiver(port=port) as receiver:
-        while True:
-            time.sleep(0.2)
-            received.value = len(receiver.spans())
+            print(f"spans received by the OTLP receiver: {collector.count()}")
 
 
 if __name__ == "__main__":

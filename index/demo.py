@@ -95,6 +95,12 @@ def stdlib_modules() -> list[str]:
     return [*PYDOC_MODULES, *sorted(names - set(PYDOC_MODULES))]
 
 
+def rest_modules() -> list[str]:
+    """`stdlib_modules()` without the core PYDOC_MODULES: what `docent run` ingests in the background."""
+    core = set(PYDOC_MODULES)
+    return [name for name in stdlib_modules() if name not in core]
+
+
 def _public(module_name: str) -> bool:
     return not any(part.startswith("_") or part in {"test", "tests"} for part in module_name.split("."))
 
@@ -175,6 +181,11 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------- pydoc pages
 
 
+def pydoc_pages(target: Path, modules: Sequence[str]) -> list[DemoDoc]:
+    """Write the pydoc pages of `modules` under `target/pydoc` (no licenses) and list them."""
+    return list(_pydoc_pages(Path(target), modules))
+
+
 def _pydoc_pages(target: Path, modules: Sequence[str]) -> Iterator[DemoDoc]:
     for module_name in modules:
         try:
@@ -183,7 +194,7 @@ def _pydoc_pages(target: Path, modules: Sequence[str]) -> Iterator[DemoDoc]:
         except Exception as exc:  # ImportError: a Python built without sqlite3 or ssl still gets a demo
             log.warning("demo: skipping pydoc/%s: %s: %s", module_name, type(exc).__name__, exc)
             continue
-        if "\n## " not in markdown:  # a package page with nothing but its name (`urllib`, `concurrent`)
+        if not _documents_something(markdown):  # nothing but its name (`urllib`) or empty sections
             log.info("demo: skipping pydoc/%s: nothing documented", module_name)
             continue
         path = target / "pydoc" / f"{module_name}.md"
@@ -191,6 +202,12 @@ def _pydoc_pages(target: Path, modules: Sequence[str]) -> Iterator[DemoDoc]:
         yield DemoDoc(
             doc_id=f"pydoc/{module_name}", title=title, path=str(path), format="md", source=module_name
         )
+
+
+def _documents_something(markdown: str) -> bool:
+    """A page with a section and some text under a heading (`asyncio.base_futures` has only headings)."""
+    body = [line for line in markdown.split("\n")[1:] if line.strip() and not line.startswith("#")]
+    return "\n## " in markdown and bool(body)
 
 
 _TOP_SECTION = re.compile(r"^[A-Z][A-Z ]*[A-Z]$")

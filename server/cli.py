@@ -30,8 +30,11 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from actors.bootstrap import ingest_paths
+    from store.metadata import metadata_from_pairs
 
-    report = ingest_paths(settings, [Path(p) for p in args.paths], tenant=args.tenant, readers=args.readers)
+    metadata = metadata_from_pairs(args.meta)  # InputError before anything is read
+    paths = [Path(p) for p in args.paths]
+    report = ingest_paths(settings, paths, tenant=args.tenant, readers=args.readers, metadata=metadata)
     print(json.dumps(report, indent=2))
     return 0 if not report.get("errors") else 2
 
@@ -127,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("paths", nargs="+")
     ingest.add_argument("--tenant", default="default")
     ingest.add_argument("--readers", nargs="*", default=["*"])
+    ingest.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE",
+        help="document metadata, repeatable: author, path, tags (comma-separated), created / modified (ISO "
+        "8601) or created_ms / modified_ms, any other key a field",
+    )  # fmt: skip
     ingest.set_defaults(fn=_cmd_ingest)
 
     sync = sub.add_parser("sync", help="sync a directory: ingest new and changed files, delete vanished ones")

@@ -4,6 +4,12 @@ over the streamable HTTP transport at `/mcp` on the web process.
     search_knowledge(query, k=8, mode="hybrid", filters=None)  -> {"query", "index_version", "hits": [...]}
     read_document(doc_id, max_chars=8000)         -> {"doc_id", "title", "text", "chars", "truncated"}
 
+and the documents as MCP resources, `docent://documents/<doc id, percent-encoded>`: `resources/list` lists
+the documents the caller may read (paginated: each page scans at most LIST_SCAN_ROWS of the tenant's
+catalog rows, the cursor is where the next scan starts), `resources/read` returns one's text (at most
+MAX_READ_CHARS) if the caller may read it, else the MCP error INVALID_PARAMS `not_found: ...` (existence is
+not told).
+
 Authentication is a Docent bearer token (`Authorization: Bearer <token>`, the REST API's): a request
 without a valid one is 401 before the MCP layer sees it, and every tool call resolves its principal again
 from its own request's header, so a hit or a document is only ever what that principal may read (the
@@ -26,6 +32,7 @@ from the function objects built in `_build`.)
 
 import asyncio
 import contextlib
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -41,6 +48,7 @@ from server.redaction import catalog_for
 from server.search_api import MAX_K, Search, SearchBody, call_of, hit_out
 from server.services import Services
 from store.blocking import run_blocking
+from store.catalog import CatalogDocument, DocumentFilter
 from store.exceptions import AuthError, DocentError, InputError, NotFound, Unavailable
 
 MCP_PATH = "/mcp"
@@ -48,6 +56,9 @@ SERVER_NAME = "docent"
 MAX_READ_CHARS = 50_000
 DEFAULT_READ_CHARS = 8_000
 READY_TIMEOUT_S = 30.0
+RESOURCE_PREFIX = "docent://documents/"
+RESOURCE_PREFIX_MAX_CHARS = 4_096
+LIST_SCAN_ROWS = 500
 ASGI = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
@@ -59,6 +70,16 @@ def _bearer(headers: Any) -> str | None:
 
 def _reader_tokens(me: Principal) -> tuple[str, ...]:
     return Reader(tenant=me.tenant, user=me.user, groups=me.groups).reader_tokens()
+
+
+def resource_uri(doc_id: str) -> str:
+    return RESOURCE_PREFIX + urllib.parse.quote(doc_id, safe="")
+
+
+def resource_doc_id(uri: str) -> str:
+    if not uri.startswith(RESOURCE_PREFIX) or len(uri) > RESOURCE_PREFIX_MAX_CHARS:
+        raise NotFound(f"no document resource {uri[:200]!r}", uri=uri[:200])
+    return urllib.parse.unquote(uri.removeprefix(RESOURCE_PREFIX))
 
 
 class McpEndpoint:
@@ -113,16 +134,34 @@ class McpEndpoint:
         return {"doc_id": doc_id, "title": title, "text": shown, "chars": len(text),
                 "truncated": len(shown) < len(text)}  # fmt: skip
 
+    async def documents(self, me: Principal, offset: int) -> tuple[list[CatalogDocument], int | None]:
+        """The documents the principal may read among LIST_SCAN_ROWS of its tenant's from `offset` (by doc
+        id), and the offset of the next scan (None: the last)."""
+        assert self.services is not None
+        catalog = catalog_for(self.services.settings.data_path)
+        tokens = _reader_tokens(me)
+
+        def scan() -> tuple[list[CatalogDocument], int | None]:
+            rows = catalog.find_documents(
+                DocumentFilter(tenant=me.tenant), limit=LIST_SCAN_ROWS, offset=offset
+            )
+            readable = [doc for doc in rows if doc.readable_by(me.tenant, tokens)]
+            return readable, offset + len(rows) if len(rows) == LIST_SCAN_ROWS else None
+
+        return await run_blocking(scan)
+
     # -- the SDK's server ----------------------------------------------------------------------------
 
     def _build(self) -> Any:
         """The SDK's server with the two tools (blocking: imports the SDK). Returns the MCPServer."""
-        from mcp.server.mcpserver import Context, MCPServer
+        from mcp.server.mcpserver import Context
         from mcp.server.mcpserver.exceptions import ToolError
         from mcp.server.transport_security import TransportSecuritySettings
         from mcp_types import ToolAnnotations
 
-        server = MCPServer(SERVER_NAME, instructions="Docent's knowledge base, as the token's principal.")
+        server = _resource_server(self)(
+            SERVER_NAME, instructions="Docent's knowledge base, as the token's principal."
+        )
         read_only = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
         async def tool_call(
@@ -209,6 +248,49 @@ class McpEndpoint:
             await JSONResponse(exc.to_wire(), status_code=status, headers=extra)(scope, receive, send)
             return
         await asgi(scope, receive, send)
+
+
+def _resource_server(endpoint: McpEndpoint) -> Any:
+    """The SDK's MCPServer with `resources/list` and `resources/read` answered per caller (the SDK's own
+    resources are one list for everyone): the documents the request's token may read."""
+    from mcp.server.mcpserver import MCPServer
+    from mcp.shared.exceptions import MCPError
+    from mcp_types import (
+        INVALID_PARAMS,
+        ListResourcesResult,
+        ReadResourceResult,
+        Resource,
+        TextResourceContents,
+    )
+
+    def caller(ctx: Any) -> Principal:
+        return endpoint.principal(getattr(ctx.request, "headers", None))
+
+    class DocumentResources(MCPServer):  # type: ignore[misc]
+        async def _handle_list_resources(self, ctx: Any, params: Any) -> Any:
+            cursor = getattr(params, "cursor", None) or "0"
+            if not cursor.isdigit():
+                raise MCPError(
+                    code=INVALID_PARAMS, message="bad_input: the cursor is not one this server gave"
+                )
+            documents, after = await endpoint.documents(caller(ctx), int(cursor))
+            resources = [
+                Resource(uri=resource_uri(d.doc_id), name=d.doc_id, title=d.title or None,
+                         mime_type="text/plain", size=d.size_bytes or None)
+                for d in documents
+            ]  # fmt: skip
+            return ListResourcesResult(resources=resources, next_cursor=None if after is None else str(after))
+
+        async def _handle_read_resource(self, ctx: Any, params: Any) -> Any:
+            try:
+                doc_id = resource_doc_id(str(params.uri))
+                document = await endpoint.read(caller(ctx), doc_id, MAX_READ_CHARS)
+            except DocentError as exc:
+                raise MCPError(code=INVALID_PARAMS, message=f"{exc.code}: {exc.message}") from None
+            text = TextResourceContents(uri=str(params.uri), text=document["text"], mime_type="text/plain")
+            return ReadResourceResult(contents=[text])
+
+    return DocumentResources
 
 
 def routes(endpoint: McpEndpoint) -> list[Route]:

@@ -213,7 +213,15 @@ class ReindexFrame(_ServerFrame, frozen=True, kw_only=True, tag="reindex"):
     job: msgspec.Raw  # the job record exactly as index.reindex saved it
 
 
-AdminServerFrame = ReindexFrame | ErrorFrame | Pong | ResumeRequired
+class SyncFrame(_ServerFrame, frozen=True, kw_only=True, tag="sync"):
+    progress: msgspec.Raw  # a folder sync's progress exactly as store.sync_progress published it
+
+
+class IngestFrame(_ServerFrame, frozen=True, kw_only=True, tag="ingest"):
+    progress: msgspec.Raw  # a background ingest's record as store.ingest_progress saved it
+
+
+AdminServerFrame = ReindexFrame | SyncFrame | IngestFrame | ErrorFrame | Pong | ResumeRequired
 
 
 # ---- codecs ----------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from store.blocking import run_blocking
 from store.conversations import can_read, identifier
 from store.exceptions import DocentError, DocumentTooLarge, ForbiddenError, InputError, UnsupportedFormat
 from store.log import conv_keys
+from store.metadata import EMPTY_METADATA, DocumentMetadata, parse_metadata
 from store.redis import REDIS_ERRORS, unavailable
 from store.redis_identity import averify
 from store.scripts import stream_id, text
@@ -64,6 +65,7 @@ class Uploaded(msgspec.Struct, frozen=True):
     bytes: int
     sha256: str
     job: str
+    metadata: DocumentMetadata = EMPTY_METADATA
 
 
 _json = msgspec.json.Encoder()
@@ -179,13 +181,23 @@ async def upload_document(request: Request) -> Response:
             raise InputError("no file: send it in the multipart field `file`", field="file")
         if upload.size is not None and upload.size > max_bytes:
             raise DocumentTooLarge(f"upload is over {max_bytes} bytes", limit=max_bytes)
+        metadata = _upload_metadata(form.get("metadata"))  # checked before the file is stored
         filename = sanitize_filename(upload.filename)
         directory = settings.data_path / UPLOADS_DIR / identifier(me.tenant, "tenant")
         path, size, sha256 = await run_blocking(_save, upload.file, directory, filename)
     finally:
         await form.close()
-    job = await services.ingest(me.tenant, path)
-    return json_response(Uploaded(me.tenant, path.name, size, sha256, job), status_code=202)
+    job = await services.ingest(me.tenant, path, metadata)
+    return json_response(Uploaded(me.tenant, path.name, size, sha256, job, metadata), status_code=202)
+
+
+def _upload_metadata(field: object) -> DocumentMetadata:
+    """The multipart field `metadata`: a JSON object of store.metadata's DocumentMetadata, or absent."""
+    if field is None or field == "":
+        return EMPTY_METADATA
+    if not isinstance(field, str):
+        raise InputError("the multipart field `metadata` must be JSON text, not a file", field="metadata")
+    return parse_metadata(field)
 
 
 async def healthz(request: Request) -> Response:

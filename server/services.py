@@ -16,9 +16,10 @@ from server.auth import Authenticator
 from server.hub import Hub
 from server.limits import ActionLimits, SocketQuota
 from store.conversations import Conversations
+from store.metadata import DocumentMetadata
 from store.settings import Settings
 
-Ingest = Callable[[str, Path], Awaitable[str]]
+Ingest = Callable[[str, Path, DocumentMetadata], Awaitable[str]]  # (tenant, file, metadata) -> job id
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ DocentError
 ├── ToolError                   a tool failed
 │   ├── ToolArgumentsInvalid    the arguments did not match the tool's schema; nothing ran
 │   ├── ToolNotAllowed          the tool is not available to this run (decided by code, not the model)
+│   ├── ToolUnavailable         the tool's server did not answer in time (an MCP server down or too slow)
 │   └── ApprovalRequired        a high-risk tool may not run without a human decision
 └── LimitReached                a run hit a hard cap (steps, tokens, cost, wall-clock)
 """
@@ -238,6 +239,10 @@ class ToolArgumentsInvalid(ToolError):
 
 class ToolNotAllowed(ToolError):
     code = "tool_not_allowed"
+
+
+class ToolUnavailable(ToolError):
+    code = "tool_unavailable"
 
 
 class ApprovalRequired(ToolError):

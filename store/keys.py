@@ -27,6 +27,7 @@ user's list `{<tenant>}` (convs:). A new family puts `{<owner id>}` (conversatio
 first braces and keeps every multi-key command and script within one tag; commands over several tags
 go on a non-transactional pipeline (redis-py splits it by node).
     search:reply:<request id>      a search worker's reply (list)   actors/search_job.py -> the web process
+    sync:events             stream: folder-sync progress, field `progress`   store/sync_progress.py
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ REINDEX_JOBS = "reindex:jobs"
 REINDEX_EVENTS = "reindex:events"
 REINDEX_AUDIT = "reindex:audit"
 REINDEX_EVENT_FIELD = "job"
+SYNC_EVENTS = "sync:events"
+SYNC_EVENT_FIELD = "progress"
 WEIGHTS_PREFIX_CHARS = 16
 
 

@@ -18,6 +18,7 @@ widen it: the catalog ANDs the clause with visibility, the tenant and the reader
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -135,6 +136,52 @@ def parse_metadata(raw: bytes | str | dict[str, Any]) -> DocumentMetadata:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise InputError(f"bad document metadata: {exc}", field="metadata") from None
     return check_metadata(metadata)
+
+
+NAMED_TEXT_KEYS = ("author", "path")
+DATE_KEYS = {"created": "created_ms", "modified": "modified_ms", "created_ms": "created_ms",
+             "modified_ms": "modified_ms"}  # fmt: skip
+
+
+def metadata_from_pairs(pairs: Sequence[str]) -> DocumentMetadata:
+    """Metadata from `key=value` strings (`docent ingest --meta`): `author`, `path`; `tags` (comma-separated,
+    repeatable); `created` / `modified` (ISO 8601, UTC unless it says otherwise) or `created_ms` /
+    `modified_ms` (epoch ms); any other key is one of `fields`. InputError naming the pair otherwise."""
+    raw: dict[str, Any] = {}
+    tags: list[str] = []
+    fields: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"metadata must be key=value, not {pair[:80]!r}", field="metadata")
+        if key in NAMED_TEXT_KEYS:
+            raw[key] = value
+        elif key == "tags":
+            tags.extend(t.strip() for t in value.split(",") if t.strip())
+        elif key in DATE_KEYS:
+            raw[DATE_KEYS[key]] = _epoch_ms(key, value)
+        else:
+            fields[key] = value
+    if tags:
+        raw["tags"] = tags
+    if fields:
+        raw["fields"] = fields
+    return parse_metadata(raw)
+
+
+def _epoch_ms(key: str, value: str) -> int:
+    if key.endswith("_ms"):
+        if not value.strip().isdigit():
+            raise InputError(f"metadata {key} must be epoch milliseconds, not {value[:40]!r}", field=key)
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InputError(f"metadata {key} must be an ISO 8601 date, not {value[:40]!r}", field=key) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
 
 
 def check_metadata(metadata: DocumentMetadata) -> DocumentMetadata:

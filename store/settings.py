@@ -35,8 +35,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_identity: str = ""  # set by `docent run` for its children: the identity their Redis must hold
     broker_url: str = ""  # dramatiq's queues: empty = the Redis of redis_url; redis:// or amqp:// (RabbitMQ)
     demo: bool = True  # `docent run` builds and ingests the demo knowledge base
-    # The demo's pydoc pages: `core` = index.demo.PYDOC_MODULES (49), `all` = the whole standard library.
-    demo_modules: Literal["core", "all"] = "core"
+    # The demo's pydoc pages: `core` = index.demo.PYDOC_MODULES (49), `all` = the whole standard library
+    # (`docent run`: the core pages before the stack is up, the rest by the ingest worker, actors/demo_job).
+    demo_modules: Literal["core", "all"] = "all"
+    demo_slice_s: Positive = 20  # a background demo-ingest message works this long, then re-enqueues itself
+    demo_slice_docs: Positive = 16  # pages per commit (and progress update) of the background demo ingest
+    demo_lease_ms: Positive = 10_000  # a killed ingest worker's demo run is taken over after this
     host: str = "127.0.0.1"
     port: Port = 8000
 
@@ -143,7 +147,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # The active index's golden-set recall, re-measured (actors.golden_recall_job): every this many
     # seconds (0 = never on a schedule) and after this many documents ingested (0 = never after ingest).
     golden_recall_interval_s: Annotated[int, msgspec.Meta(ge=0)] = 6 * 3600
-    golden_recall_after_docs: Annotated[int, msgspec.Meta(ge=0)] = 200
+    golden_recall_after_docs: Annotated[int, msgspec.Meta(ge=0)] = 1_000
 
     # Semantic answer cache (index.answer_cache, actors.answer_policy): off unless turned on; per-tenant
     # on/off, thresholds and the sensitive-question classifiers come from answer_cache_policy_path.
@@ -163,6 +167,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     sync_sources_path: str = ""
     # Daily token / cost budgets per tenant and per user (store.budgets): .json or .toml; empty = none.
     budgets_path: str = ""
+    # MCP servers whose tools the agent is offered (actors.tools.mcp_config): .json or .toml; empty = none.
+    mcp_servers_path: str = ""
 
     def __post_init__(self) -> None:
         if self.chunk_overlap >= self.chunk_tokens:

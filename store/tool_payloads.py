@@ -8,6 +8,8 @@ payloads existed decode with `data=None`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 
@@ -83,4 +85,19 @@ class DocumentMatches(_Payload, frozen=True, kw_only=True, tag="document_matches
     matches: tuple[TitleMatch, ...] = ()
 
 
-ToolPayload = SearchResults | DocumentRead | ComparisonTable | EmailSent | HttpResult | DocumentMatches
+class McpResult(_Payload, frozen=True, kw_only=True, tag="mcp_result"):
+    """A tool call on an MCP server (actors.tools.mcp_tools), as the server answered it: its text blocks
+    joined, its structured content as sent (JSON), the kinds of the blocks not shown (images, ...)."""
+
+    server: str
+    tool: str  # the server's own name for it
+    is_error: bool = False  # the server's tool reported an error (the text says which)
+    text: str = ""
+    structured: dict[str, Any] | None = None
+    other_content: tuple[str, ...] = ()  # kinds of the non-text blocks, in order
+    truncated: bool = False  # text or structured content was cut at the configured byte limit
+
+
+ToolPayload = (
+    SearchResults | DocumentRead | ComparisonTable | EmailSent | HttpResult | DocumentMatches | McpResult
+)

@@ -3,10 +3,12 @@
     configure(role)                 each process once at start (web: "web", workers: "worker")
     tracer() -> Tracer | None       None when tracing is off: callers skip every span (no cost)
     traceparent(span) -> str        the span's W3C `traceparent`, carried in the inbox entry it caused
-    context_of(traceparent)         the OpenTelemetry Context a child span of that traceparent starts in
+    parent_of(traceparent)          the SpanContext a child span of that traceparent starts under
     capture_content() -> bool       prompt and answer text in spans (off: opt-in, privacy)
     shutdown()                      flush what is queued (the web process's shutdown; atexit otherwise)
     install(provider) / reset()     another provider (an embedding application's, a test's in-memory one)
+    begin(tracer, parent, name)     a span's sampled context, before the span is made with `finished`
+    finished(tracer, parent, name, start_ns=, end_ns=, ...)  a span whose times are known when it is made
 
 Configuration is OpenTelemetry's own environment, read by the SDK: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) turns tracing on; `OTEL_SERVICE_NAME` (default `docent`),
@@ -18,18 +20,37 @@ switch) adds the prompt messages and the answer text to LLM spans; without it no
 answer text is in any span.
 
 The SDK is imported only when tracing is on; the API alone (`opentelemetry-api`) is cheap.
+
+What a traced turn costs (bench/observability.py): a step's span is made after the step, from its event,
+so its start and end are known at once; the turn's span is made when the activation ends, its attributes
+gathered meanwhile. `finished` hands such a span to the SDK's span processors as the finished
+`ReadableSpan` it would become, without the live `Span` (its lock, attribute cleaning, `on_start`): the
+turn's span is sampled by the tracer's sampler (`begin`), a step's follows its parent's decision, as the
+default parent-based sampler decides. Tracing needs the SDK's tracer (`install` takes an SDK provider).
+The export encodes with `store.otlp` (the bytes directly, not protobuf objects).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
 from store.exceptions import ConfigError
 
@@ -72,7 +93,6 @@ def configure(role: str, env: Mapping[str, str] | None = None) -> bool:
         _state["tracer"] = None
         return False
     check_protocol(env)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import OTELResourceDetector, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -82,7 +102,9 @@ def configure(role: str, env: Mapping[str, str] | None = None) -> bool:
     if env.get("OTEL_SERVICE_NAME", "").strip():
         resource = resource.merge(Resource({"service.name": env["OTEL_SERVICE_NAME"].strip()}))
     provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER, parent-based by default
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    from store.otlp import SpanExporter
+
+    provider.add_span_processor(BatchSpanProcessor(SpanExporter()))
     _state["provider"] = provider
     _state["tracer"] = provider.get_tracer(INSTRUMENTATION)
     log.info("tracing: OTLP %s export on (%s)", SUPPORTED_PROTOCOL, role)
@@ -104,12 +126,12 @@ def traceparent(span: Span) -> str:
     return carrier.get("traceparent", "")
 
 
-def context_of(value: str) -> Context | None:
-    """The context of a `traceparent` header value; None for an empty or malformed one (a new trace)."""
+def parent_of(value: str) -> SpanContext | None:
+    """The span context of a `traceparent` header value; None for an empty or malformed one (a new trace)."""
     if not value:
         return None
-    context = _propagator.extract({"traceparent": value})
-    return context if trace.get_current_span(context).get_span_context().is_valid else None
+    found = trace.get_current_span(_propagator.extract({"traceparent": value})).get_span_context()
+    return found if found.is_valid else None
 
 
 def provider() -> object | None:
@@ -136,3 +158,108 @@ def install(provider: object, *, capture: bool = False) -> None:
 def reset() -> None:
     """Forget this process's configuration (the next `configure` reads the environment again)."""
     _state.clear()
+
+
+class _Sdk(NamedTuple):
+    """What a span needs from the SDK tracer that makes it."""
+
+    readable: Any  # opentelemetry.sdk.trace.ReadableSpan
+    event: Any  # opentelemetry.sdk.trace.Event
+    processor: Any
+    resource: Any
+    scope: Any
+    ids: Any
+    sampler: Any
+
+
+def _sdk(tracer: Tracer) -> _Sdk:
+    cached = _sdk_cache.get(id(tracer))
+    if cached is not None and cached[0] is tracer:
+        return cached[1]
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.trace import Tracer as SdkTracer
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    if not isinstance(tracer, SdkTracer):
+        raise ConfigError(f"tracing needs the OpenTelemetry SDK's tracer, not {type(tracer).__name__}")
+    scope = getattr(tracer, "_instrumentation_scope", None) or InstrumentationScope(INSTRUMENTATION)
+    parts = _Sdk(ReadableSpan, Event, tracer.span_processor, tracer.resource, scope, tracer.id_generator,
+                 tracer.sampler)  # fmt: skip
+    _sdk_cache.clear()  # one tracer per process in practice: keep the last one
+    _sdk_cache[id(tracer)] = (tracer, parts)
+    return parts
+
+
+_sdk_cache: dict[int, tuple[Tracer, _Sdk]] = {}
+
+
+def begin(
+    tracer: Tracer,
+    parent: SpanContext | None,
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> tuple[SpanContext, dict[str, AttributeValue]] | None:
+    """The context of a span to be made later with `finished`, under `parent` (None: a new trace) as the
+    tracer's sampler decides (None: not sampled), and the attributes the sampler adds."""
+    sdk = _sdk(tracer)
+    remote = parent is not None and parent.is_valid
+    trace_id = parent.trace_id if parent is not None and remote else sdk.ids.generate_trace_id()
+    context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None and remote else None
+    decision = sdk.sampler.should_sample(context, trace_id, name, kind, attributes, ())
+    if not decision.decision.is_sampled():
+        return None
+    random = (
+        parent.trace_flags.random_trace_id if parent is not None and remote else sdk.ids.is_trace_id_random()
+    )
+    flags = TraceFlags.SAMPLED | (TraceFlags.RANDOM_TRACE_ID if random else 0)
+    own = SpanContext(trace_id, sdk.ids.generate_span_id(), is_remote=False, trace_flags=TraceFlags(flags),
+                      trace_state=decision.trace_state)  # fmt: skip
+    return own, dict(decision.attributes or {})
+
+
+def finished(
+    tracer: Tracer,
+    parent: SpanContext | None,
+    name: str,
+    *,
+    start_ns: int,
+    end_ns: int,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    error: str | None = None,
+    context: SpanContext | None = None,
+    events: Sequence[object] = (),
+) -> SpanContext | None:
+    """A span from `start_ns` to `end_ns`, ended now; its context (None: not sampled). Its `context` is
+    `begin`'s, or else a new child of `parent` (which must be a sampled span's).
+
+    `error` sets `error.type` and an error status; `events` are `event(...)`'s. Attribute values are the
+    types OpenTelemetry allows (str, bool, int, float, or a tuple of one of them), not copied or cleaned."""
+    sdk = _sdk(tracer)
+    if context is None:
+        if parent is None or not parent.is_valid or not parent.trace_flags.sampled:
+            return None
+        context = SpanContext(parent.trace_id, sdk.ids.generate_span_id(), is_remote=False,
+                              trace_flags=parent.trace_flags, trace_state=parent.trace_state)  # fmt: skip
+    values = dict(attributes or {})
+    status = _UNSET
+    if error is not None:
+        values["error.type"] = error
+        status = Status(StatusCode.ERROR, error)
+    span = sdk.readable(
+        name, context=context, parent=parent, resource=sdk.resource, attributes=MappingProxyType(values),
+        events=tuple(events), kind=kind, status=status, start_time=start_ns, end_time=end_ns,
+        instrumentation_scope=sdk.scope,
+    )  # fmt: skip
+    sdk.processor.on_end(span)
+    return context
+
+
+_UNSET = Status(StatusCode.UNSET)
+
+
+def event(tracer: Tracer, name: str, attributes: Mapping[str, AttributeValue], at_ns: int) -> object:
+    """A span event for `finished(events=...)`."""
+    return _sdk(tracer).event(name, attributes=MappingProxyType(dict(attributes)), timestamp=at_ns)

@@ -6,13 +6,18 @@
     usage:{<tenant>}:<YYYY-MM>[:users]   the same four spend fields per month (the monthly budgets)
     usage:tenants:<day>           set: the tenants with usage that day (what GET /admin/usage lists)
 
+    usage:{<tenant>}:cursor:<conv>  the newest log entry of the conversation whose usage is counted
+
 `<day>` is `YYYY-MM-DD` (UTC). A record moves the tenant's and the user's figures in one MULTI (both keys
 carry the tenant's hash tag: one Redis Cluster slot), so a reader never sees one without the other; every
 key expires `RETENTION_DAYS` after its last write. The conversation actor records after it appends the
-event that carries the usage (`LLMCompleted`, `TurnStarted`): a worker killed between the two loses that
-record, it never counts one twice.
+event that carries the usage (`LLMCompleted`, `TurnStarted`, ...), keyed by the event's log entry id
+(`record_once_plan`: one Lua script checks and moves the conversation's cursor with the counters): a
+worker killed between the append and the record leaves the entry uncounted, and the next activation
+counts it when it replays the log's tail (`actors.spend.Spend.recover`); nothing is ever counted twice.
 
     record_plan(tenant, user, day, {"tokens_in": ..., "answers": 1, ...})
+    record_once_plan(tenant, user, day, amounts, conversation, entry_id) -> bool (counted now)
     totals_plan(tenant, user, day) -> (the tenant's Usage, the user's Usage)
     spending_plan(tenant, user, now_ms) -> Spending: the day and the month so far (what budgets check)
     report_plan(days, tenant=None, user=None, max_rows=...) -> Report
@@ -32,17 +37,18 @@ import redis.asyncio as aredis
 
 from store.exceptions import InputError, Unavailable
 from store.redis import sync_client
-from store.scripts import AsyncRunner, Batch, Call, Plan, SyncRunner, key_part, text
+from store.scripts import AsyncRunner, Batch, Call, Eval, Plan, SyncRunner, key_part, lua, stream_id, text
 
 SPEND_FIELDS = ("tokens_in", "tokens_out", "cost_usd", "turns")  # per tenant and per user
 # Quality signals, per tenant only (a user's answers are not graded here): answers, those citing nothing,
 # citations dropped by validation, unsupported sentences (post-hoc attribution), Q&A retrievals with
 # nothing readable, ratings, approvals by outcome (the pass rate), runs ended at a cap other than the
-# budget (runaways), answers served from the answer cache.
+# budget (runaways), answers served from the answer cache; Q&A retrievals in all (the no-passages rate's
+# denominator).
 QUALITY_FIELDS = (
     "answers", "uncited_answers", "dropped_citations", "unsupported_sentences", "no_passage_retrievals",
     "feedback_up", "feedback_down", "approvals_approved", "approvals_denied", "approvals_expired",
-    "runaway_turns", "cache_hits",
+    "runaway_turns", "cache_hits", "retrievals",
 )  # fmt: skip
 FIELDS = SPEND_FIELDS + QUALITY_FIELDS
 RETENTION_DAYS = 400
@@ -70,6 +76,7 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True):
     approvals_expired: int = 0
     runaway_turns: int = 0
     cache_hits: int = 0
+    retrievals: int = 0
 
     @property
     def tokens(self) -> int:
@@ -183,6 +190,51 @@ def record_plan(tenant: str, user: str, day: str, amounts: Mapping[str, int | fl
     yield Batch(listed, transaction=False)
 
 
+RECORD_ONCE = lua("common.lua", "usage_record.lua")
+CURSOR_TTL_S = 8 * 86_400  # a crashed activation's message is redelivered within minutes, not days
+
+
+def cursor_key(tenant: str, conversation: str) -> str:
+    return f"usage:{{{key_part(tenant, 'tenant')}}}:cursor:{key_part(conversation, 'conversation')}"
+
+
+def record_once_plan(
+    tenant: str, user: str, day: str, amounts: Mapping[str, int | float], conversation: str, entry_id: str
+) -> Plan[bool]:
+    """`record_plan` for the usage of log entry `entry_id` of `conversation`, unless that entry or a later
+    one was counted already; True when counted now."""
+    unknown = set(amounts) - set(FIELDS)
+    if unknown:
+        raise InputError(f"unknown usage fields {sorted(unknown)}", field="amounts")
+    month = month_of(day)
+    keys = [usage_key(tenant, day), users_key(tenant, day), usage_key(tenant, month),
+            users_key(tenant, month), cursor_key(tenant, conversation)]  # fmt: skip
+    args: list[str | int | float] = [stream_id(entry_id, "entry_id"), user, RETENTION_S, CURSOR_TTL_S]
+    for name, value in amounts.items():
+        if value and value > 0:
+            args += [name, repr(float(value)) if name == "cost_usd" else int(value),
+                     "s" if name in SPEND_FIELDS else "q"]  # fmt: skip
+    counted = yield Eval(RECORD_ONCE, keys, args)
+
+    def listed(pipe: Any) -> None:
+        pipe.sadd(tenants_key(day), tenant)
+        pipe.expire(tenants_key(day), RETENTION_S)
+
+    if counted:
+        yield Batch(listed, transaction=False)
+    return bool(counted)
+
+
+def cursor_plan(tenant: str, conversation: str) -> Plan[str]:
+    """The newest entry of the conversation counted for the tenant ("0-0": none)."""
+    found = yield Call(partial(_get, cursor_key(tenant, conversation)))
+    return text(found) if found is not None else "0-0"
+
+
+def _get(key: str, client: Any) -> Any:
+    return client.get(key)
+
+
 def totals_plan(tenant: str, user: str, day: str) -> Plan[tuple[Usage, Usage]]:
     def queue(pipe: Any) -> None:
         pipe.hmget(usage_key(tenant, day), list(FIELDS))
@@ -285,6 +337,14 @@ class UsageLedger:
 
     def record(self, tenant: str, user: str, day: str, **amounts: int | float) -> None:
         self._run(record_plan(tenant, user, day, amounts))
+
+    def record_once(
+        self, tenant: str, user: str, day: str, conversation: str, entry_id: str, **amounts: int | float
+    ) -> bool:
+        return self._run(record_once_plan(tenant, user, day, amounts, conversation, entry_id))
+
+    def cursor(self, tenant: str, conversation: str) -> str:
+        return self._run(cursor_plan(tenant, conversation))
 
     def totals(self, tenant: str, user: str, day: str) -> tuple[Usage, Usage]:
         return self._run(totals_plan(tenant, user, day))

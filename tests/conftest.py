@@ -17,7 +17,7 @@ import redis
 
 from store.cluster import EmbeddedCluster
 from store.redis import EmbeddedRedis, is_cluster_url, sync_client
-from store.settings import Settings
+from store.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from tests.stack_proc import Stack
@@ -47,6 +47,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def redis_kind(request: pytest.FixtureRequest) -> str:
     """`single` or `cluster`: both for a module marked `cluster`, else DOCENT_TEST_REDIS (default single)."""
     return str(getattr(request, "param", DEFAULT_REDIS_KIND))
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """`get_settings()` is read once per process: each test that sets DOCENT_* variables (monkeypatch) and
+    calls an actor's body reads its own, not the settings an earlier test left cached."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

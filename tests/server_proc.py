@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 
 from server.app import create_app
 from store.events import Delta, Event, SentenceAttributed, encode
+from store.metadata import DocumentMetadata
 from store.redis import async_client, free_port
 from store.settings import Settings
 
@@ -44,7 +45,7 @@ def recording_app() -> Starlette:
     async def wake(conv_id: str) -> None:
         await client.rpush(WAKES_KEY, conv_id)
 
-    async def ingest(tenant: str, path: Path) -> str:
+    async def ingest(tenant: str, path: Path, metadata: DocumentMetadata) -> str:
         return str(await client.rpush(INGESTS_KEY, f"{tenant}:{path}"))
 
     return create_app(settings, wake=wake, ingest=ingest)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -21,8 +22,9 @@ from tests.test_conversation import TENANT, build_index, make_settings  # isort:
 from actors import runtime
 from actors.conversation import activate
 from actors.runtime import Runtime
-from actors.spend import counted
+from actors.spend import Spend, counted
 from actors.testing import ScriptedLLMThread
+from index.types import Principal
 from store.budgets import Budgets, BudgetsConfig, load_budgets
 from store.clock import now_ms
 from store.config_file import decode_config
@@ -38,6 +40,7 @@ from store.events import (
     UserMessage,
 )
 from store.exceptions import ConfigError, InputError
+from store.holds import HOLD_TTL_MS, Held, Holds
 from store.usage import DAY_MS, Spending, Usage, UsageLedger, day_of, days_between, ms_until_next_month
 from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, server_env
 from tests.test_server_ws import ask, inbox, open_chat, recv, token
@@ -260,3 +263,56 @@ async def test_an_ask_over_budget_is_refused_and_nothing_is_posted(
 def test_no_budgets_file_means_no_budget(tmp_path: Path, redis_url: str) -> None:
     settings = make_settings(tmp_path, redis_url, "http://127.0.0.1:1", 1)
     assert load_budgets(settings) is None
+
+
+# -- concurrent asks: budget holds bound the overshoot -------------------------------------------------------
+
+HOLD_TOKENS = 1_000
+
+
+def test_concurrent_calls_overshoot_a_budget_by_at_most_one_call(tmp_path: Path, redis_url: str) -> None:
+    """Eight calls of one user at once against a 1,500-token day: each places its hold, then checks the
+    spending plus the holds placed before it (real Redis, threads). Exactly the first two in line pass
+    (0 and 1,000 tokens before them), so the day ends at 2,000: one call past the budget, never eight."""
+    tenant, user = _unique("rush"), "carol"
+    path = tmp_path / "rush.toml"
+    path.write_text(f"[tenants.{tenant}.user]\ntokens_per_day = 1500\n")
+    settings = make_settings(tmp_path, redis_url, "http://127.0.0.1:1", 1, budgets_path=str(path))
+    principal = Principal(tenant=tenant, user=user, groups=())
+    ledger = UsageLedger.from_url(redis_url)
+    start = threading.Barrier(8)
+    admitted: list[str] = []
+
+    def call(n: int) -> None:
+        spend = Spend(settings)  # one per activation, as the actor has
+        start.wait()
+        hold = f"call-{n}"
+        if spend.overspent(principal, now_ms(), hold_id=hold, tokens=HOLD_TOKENS, cost_usd=0.0) is None:
+            admitted.append(hold)
+            time.sleep(0.05)  # the model call: the others check while this one is in flight
+            ledger.record(tenant, user, day_of(now_ms()), tokens_in=HOLD_TOKENS)
+            spend.settle(hold)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    _, mine = ledger.totals(tenant, user, day_of(now_ms()))
+    assert len(admitted) == 2 and mine.tokens == 2 * HOLD_TOKENS
+    holds = Holds.from_url(redis_url)
+    assert holds.held(tenant, user, now_ms()) == Held()  # every hold settled
+    assert Spend(settings).overspent(principal, now_ms(), hold_id="late", tokens=1) is not None  # spent
+
+
+def test_a_killed_workers_hold_expires(redis_url: str) -> None:
+    holds, tenant = Holds.from_url(redis_url), _unique("gone")
+    long_ago = now_ms() - HOLD_TTL_MS - 1
+    holds.place(tenant, "dan", "crashed", 5_000, 1.0, long_ago)  # its worker never settled it
+    mine = holds.place(tenant, "dan", "next", 10, 0.0, now_ms())
+    assert holds.held(tenant, "dan", now_ms(), before=mine) == Held()
+    first = holds.place(tenant, "erin", "a", 7, 0.5, now_ms())
+    assert holds.held(tenant, "erin", now_ms(), before=first) == Held(tenant_tokens=10)  # dan's, before
+    later = holds.place(tenant, "dan", "b", 1, 0.0, now_ms())
+    seen = holds.held(tenant, "dan", now_ms(), before=later)
+    assert (seen.tenant_tokens, seen.user_tokens, seen.tenant_cost_usd) == (17, 10, 0.5)

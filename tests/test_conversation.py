@@ -575,12 +575,13 @@ def test_earlier_turns_reach_the_model_as_messages_and_the_latest_task_is_answer
     assert of(events, AnswerCompleted)[-1].dropped_citations == (7,)
 
 
-def test_the_crash_hook_is_called_at_both_windows_and_by_default_does_nothing(world: World) -> None:
+def test_the_crash_hook_is_called_at_every_window_and_by_default_does_nothing(world: World) -> None:
     points: list[str] = []
     rt = Runtime.from_settings(world.settings, crash=points.append)
     world.ask("hook", "[script:agent@hook] look up leave and check the record service", mode="agent")
     activate("hook", rt)
-    assert points == ["llm_response", "tool_effect", "llm_response", "tool_effect", "llm_response"]
+    model = ["llm_response", "usage_record"]  # the response, then its usage (after the append)
+    assert points == [*model, "tool_effect", *model, "tool_effect", *model]
     assert isinstance(world.events("hook")[-1], AnswerCompleted)
     assert Runtime.from_settings(world.settings).crash("tool_effect") is None
     rt.close()

@@ -27,6 +27,7 @@ from index.reindex.gate import golden_dirs, load_golden
 from server.auth import mint_token
 from store.events import AnswerCompleted, Citation, Feedback, UserMessage
 from store.golden_candidates import Candidate, CandidateStore, golden_dir
+from store.latency import LatencyLedger, hour_of
 from store.settings import Settings
 from store.usage import UsageLedger, day_of
 from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, StreamWriter, server_env
@@ -165,6 +166,10 @@ def test_the_actor_logs_a_rating_on_its_turn_and_counts_it(worker: Runtime) -> N
     assert _sample("docent_retrievals_total", outcome="passages") >= 1
     tenant_day, _ = UsageLedger(worker.log.client).totals(TENANT, "alice", day_of(rated.at_ms))
     assert tenant_day.answers >= 1 and tenant_day.feedback_down >= 1  # the tenant's quality signals
+    assert tenant_day.retrievals >= 1  # the no-passages rate's denominator
+    answered = events[-2]
+    hour = LatencyLedger(worker.log.client).series([hour_of(answered.at_ms)], TENANT).points[0]
+    assert hour.answers >= 1 and hour.answer_p50_ms is not None  # the console's latency chart (store.latency)
 
 
 # -- the widget ---------------------------------------------------------------------------------------------

@@ -201,11 +201,11 @@ def kill_after(settings: Settings, root: Path, done_at_least: int) -> None:
     assert process.returncode == -signal.SIGKILL and done < total  # killed mid-sync
 
 
-def index_state(settings: Settings) -> tuple[int, int, int, int]:
+def index_state(settings: Settings, tenant: str = TENANT) -> tuple[int, int, int, int]:
     """(live documents, visible chunks, USearch vectors, Whoosh entries) of the active version."""
     version = str(get_active(settings))
     catalog = Catalog.for_data_dir(settings.data_path)
-    documents = len([d for d in catalog.list_documents(tenant=TENANT, limit=1000)])
+    documents = len([d for d in catalog.list_documents(tenant=tenant, limit=1000)])
     _, chunks = catalog.counts(version)
     catalog.close()
     manifest = read_manifest(settings, version)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from index.types import Access
 from store import golden_recall as recall_store
 from store.exceptions import InputError
 from store.scripts import SyncRunner
+from store.settings import get_settings
 from tests.conftest import MODEL_CACHE
 from tests.server_proc import TEST_ADMIN_KEY, ServerProcess, server_env
 
@@ -51,7 +53,7 @@ def write_golden(directory: Path) -> Path:
 
 
 @pytest.fixture
-def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     values = {
         "DOCENT_DATA_DIR": str(tmp_path / "data"), "DOCENT_REDIS_URL": redis_url,
         "DOCENT_MODEL_DIR": str(MODEL_CACHE), "DOCENT_EMBED_MODEL": "hash", "DOCENT_LLM_BACKEND": "none",
@@ -60,7 +62,9 @@ def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict
     }  # fmt: skip
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    return values
+    get_settings.cache_clear()  # golden_recall reads get_settings(): this env, and no later test's
+    yield values
+    get_settings.cache_clear()
 
 
 def ingest(settings_env: dict[str, str], names: list[str]) -> None:

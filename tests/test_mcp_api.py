@@ -100,3 +100,40 @@ def test_a_missing_or_forged_token_is_refused_before_mcp(world: World) -> None:
     with pytest.raises(ExceptionGroup) as refused:  # the SDK's client surfaces the 401 as an MCP error
         calls(world, None, SEARCH)
     assert refused.group_contains(MCPError, depth=2)
+
+
+async def _resources(world: World, token: str, uris: list[str]) -> Any:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        streamable_http_client(f"{world.web.http_url}/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        listed = await session.list_resources()
+        reads: list[Any] = []
+        for uri in uris:
+            try:
+                reads.append(await session.read_resource(uri))
+            except MCPError as exc:
+                reads.append(exc)
+        return listed, reads
+
+
+def test_documents_are_resources_the_token_decides(world: World) -> None:
+    from server.mcp_api import resource_uri
+
+    lee, finn = world.token("lee", ("legal",)), world.token("finn", ("finance",))
+    falcon, public = resource_uri(FALCON_ID), resource_uri(PUBLIC_ID)
+    assert falcon == "docent://documents/kb%2Ffalcon.md"
+    listed, (read, bogus) = asyncio.run(_resources(world, lee, [falcon, "file:///etc/passwd"]))
+    by_uri = {r.uri: r for r in listed.resources}
+    assert falcon in by_uri and public in by_uri and by_uri[falcon].title == "Project Falcon"
+    assert listed.next_cursor is None
+    assert SECRET in read.contents[0].text and read.contents[0].mime_type == "text/plain"
+    assert "not_found" in str(bogus)
+
+    listed, (denied, allowed) = asyncio.run(_resources(world, finn, [falcon, public]))
+    assert falcon not in {r.uri for r in listed.resources} and public in {r.uri for r in listed.resources}
+    assert isinstance(denied, MCPError) and "not_found" in str(denied) and SECRET not in str(denied)
+    assert allowed.contents[0].text

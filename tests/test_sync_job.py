@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dramatiq
@@ -24,7 +25,7 @@ if dramatiq.broker.global_broker is None:  # before the actor module declares it
 from actors.sync_job import SYNC_SOURCE_ACTOR, _digest, sync_source
 from store.catalog import Catalog
 from store.keys import sync_due
-from store.settings import Settings
+from store.settings import Settings, get_settings
 from store.sync_reports import recent_reports
 from tests.server_proc import REPO
 
@@ -39,7 +40,7 @@ def write_sources(path: Path, root: Path, interval_s: int, share: float = 0.2) -
 
 
 @pytest.fixture
-def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     root = tmp_path / "kb" / "handbook"
     root.mkdir(parents=True)
     sources = write_sources(tmp_path / "sources.toml", root, 600)
@@ -50,7 +51,9 @@ def env(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> dict
     }  # fmt: skip
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    return values
+    get_settings.cache_clear()  # sync_source reads get_settings(): this env, not one an earlier test cached
+    yield values
+    get_settings.cache_clear()
 
 
 def delayed(client: redis.Redis, root: Path) -> int:

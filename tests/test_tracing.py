@@ -203,6 +203,8 @@ def test_prompt_content_in_spans_is_opt_in(exporter: InMemorySpanExporter) -> No
     tracing.install(_provider(exporter), capture=True)
     trace = TurnTrace("conv-2")
     _play(trace, ConversationState(conversation_id="conv-2"), _agent_turn(0)[:5])
+    assert exporter.get_finished_spans() == ()  # made when the activation ends
+    trace.close()
     chat = next(s for s in exporter.get_finished_spans() if s.status.status_code != StatusCode.ERROR)
     assert chat.attributes is not None
     assert json.loads(str(chat.attributes["gen_ai.input.messages"])) == [{"role": "user", "content": "plan"}]
@@ -242,8 +244,8 @@ def test_tracing_is_off_without_an_endpoint_and_refuses_another_protocol() -> No
         trace = TurnTrace("c")
         state = ConversationState(conversation_id="c")
         _play(trace, state, _agent_turn(0))  # inert
-        assert trace.span is None
-        assert tracing.context_of("") is None and tracing.context_of("not-a-traceparent") is None
+        assert trace.current is None and trace.pending == []
+        assert tracing.parent_of("") is None and tracing.parent_of("not-a-traceparent") is None
         tracing.reset()
         with pytest.raises(ConfigError, match="http/protobuf"):
             tracing.configure(

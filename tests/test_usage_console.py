@@ -25,6 +25,26 @@ pytestmark = [
 FIRST, LAST = dt.date(2026, 2, 3), dt.date(2026, 2, 5)
 
 
+async def signed_in_admin(browser: Any, url: str) -> tuple[Any, list[str]]:
+    """The admin console signed in with the admin key, and the page errors it raises."""
+    page = await browser.new_page(viewport={"width": 1300, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{url}/admin")
+    await page.fill(".admin-key-input", TEST_ADMIN_KEY)
+    await page.click(".admin-key-save")
+    await page.wait_for_selector(".admin-console", state="visible", timeout=WAIT_MS)
+    return page, errors
+
+
+async def show_usage(page: Any, first: dt.date, last: dt.date, tenant: str) -> None:
+    """The usage card's form filled in and sent."""
+    await page.fill(".admin-usage-from", first.isoformat())
+    await page.fill(".admin-usage-to", last.isoformat())
+    await page.fill(".admin-usage-tenant", tenant)
+    await page.click(".admin-usage-load")
+
+
 async def test_the_usage_card_charts_tokens_and_cost_per_day(
     browser: Any, redis_url: str, r: redis.Redis, tmp_path: Path
 ) -> None:
@@ -35,17 +55,8 @@ async def test_the_usage_card_charts_tokens_and_cost_per_day(
                   uncited_answers=1, feedback_down=1)  # fmt: skip
     ledger.record(tenant, "bob", days[2], tokens_in=300, tokens_out=200, cost_usd=0.25, turns=2, answers=2)
     with ServerProcess(server_env(redis_url, tmp_path)) as web:
-        page = await browser.new_page(viewport={"width": 1200, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        await page.goto(f"{web.http_url}/admin")
-        await page.fill(".admin-key-input", TEST_ADMIN_KEY)
-        await page.click(".admin-key-save")
-        await page.wait_for_selector(".admin-console", state="visible", timeout=WAIT_MS)
-        await page.fill(".admin-usage-from", FIRST.isoformat())
-        await page.fill(".admin-usage-to", LAST.isoformat())
-        await page.fill(".admin-usage-tenant", tenant)
-        await page.click(".admin-usage-load")
+        page, errors = await signed_in_admin(browser, web.http_url)
+        await show_usage(page, FIRST, LAST, tenant)
         await page.wait_for_selector(".admin-usage-tokens svg .admin-bar", timeout=WAIT_MS)
 
         bars = await page.eval_on_selector_all(

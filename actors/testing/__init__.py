@@ -9,7 +9,12 @@ the outside world. None of them is used by a production code path.
   `RandomExit`                          a runtime crash hook (`Runtime.crash`) that kills the worker
                                         process at the crash points; `chaos_worker` is a worker using it
 
-Standalone: `python -m actors.testing.scripted_llm --scripts FILE`, `python -m actors.testing.sinks`.
+  `McpTicketServer` (`actors.testing.mcp_server`, not imported here: the SDK is slow to import)
+                                        an MCP server (the SDK's MCPServer) in a subprocess, one read-only
+                                        tool and one write that honours the idempotency key in `_meta`
+
+Standalone: `python -m actors.testing.scripted_llm --scripts FILE`, `python -m actors.testing.sinks`,
+`python -m actors.testing.mcp_server --port 8765`.
 """
 
 from actors.testing.crash import RandomExit

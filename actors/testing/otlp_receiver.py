@@ -135,3 +135,39 @@ class OtlpReceiver:
             if done(spans) or time.monotonic() > deadline:
                 return spans
             time.sleep(0.05)
+
+
+class ReceiverProcess:
+    """An `OtlpReceiver` in a forked process of its own (the benches: decoding spans is the collector's
+    work, not the measured process's): `with ReceiverProcess() as r: env[...] = r.endpoint; r.count()`."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        from store.redis import free_port
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._received = multiprocessing.Value("i", 0)
+        self._process = multiprocessing.get_context("fork").Process(
+            target=_serve, args=(self.port, self._received), daemon=True
+        )
+
+    def __enter__(self) -> ReceiverProcess:
+        self._process.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._process.terminate()
+        self._process.join()
+
+    def count(self) -> int:
+        """Spans received so far (updated five times a second)."""
+        return int(self._received.value)
+
+
+def _serve(port: int, received: Any) -> None:
+    with OtlpReceiver(port=port) as receiver:
+        while True:
+            time.sleep(0.2)
+            received.value = len(receiver.spans())

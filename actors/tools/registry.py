@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import msgspec
 
@@ -25,6 +25,19 @@ from store.settings import Settings
 from store.tool_payloads import ToolPayload
 
 A = TypeVar("A", bound=msgspec.Struct)
+
+
+class ForeignArgs(Protocol):
+    """Arguments another system defines (an MCP server's input JSON schema), for a tool without a Struct."""
+
+    def json_schema(self) -> dict[str, Any]:
+        """The `parameters` schema shown to the model."""
+        ...
+
+    def decode(self, tool: str, raw: bytes) -> dict[str, Any]:
+        """The arguments, validated; `ToolArgumentsInvalid` (nothing ran) on a mismatch."""
+        ...
+
 
 MAX_RAW_ARGUMENTS_BYTES = 1024 * 1024  # a 100 KB body of \\uXXXX escapes is 600 KB of JSON
 
@@ -68,22 +81,29 @@ def _no_precheck(args: Any, settings: Settings) -> None:
 class Tool(Generic[A]):
     name: str
     description: str
-    args_type: type[A]
     run: Callable[[A, ToolContext], Awaitable[ToolOutput]]
+    args_type: type[A] | None = None  # Docent's tools: a strict msgspec Struct ...
+    foreign_args: ForeignArgs | None = None  # ... or a schema another system defines (actors.tools.mcp_tools)
     risk: Callable[[A], Risk] = field(default=always("low"))
     # Checks that need settings but no I/O (e.g. a host allowlist): run at parse time when settings are given,
     # so a call that can never run is refused before anyone is asked to approve it.
     precheck: Callable[[A, Settings], None] = field(default=_no_precheck)
     needs_knowledge_base: bool = False  # the agent loop gives it the principal's knowledge base
 
+    def __post_init__(self) -> None:
+        if (self.args_type is None) == (self.foreign_args is None):
+            raise ConfigError(f"tool {self.name!r} needs exactly one of args_type and foreign_args")
+
+    def parameters(self) -> dict[str, Any]:
+        if self.foreign_args is not None:
+            return self.foreign_args.json_schema()
+        assert self.args_type is not None
+        return parameters_schema(self.args_type)
+
     def schema(self) -> dict[str, Any]:
         return {
             "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": parameters_schema(self.args_type),
-            },
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters()},
         }
 
 
@@ -95,9 +115,13 @@ def parameters_schema(args_type: type[msgspec.Struct]) -> dict[str, Any]:
 @cache
 def _parameters_schema(args_type: type[msgspec.Struct]) -> dict[str, Any]:
     """Built once per args type: msgspec's schema generation costs milliseconds, every activation asks."""
-    raw = msgspec.json.schema(args_type)
-    defs: dict[str, Any] = raw.get("$defs", {})
-    inlined = _inline(raw, defs, ())
+    return inline_refs(msgspec.json.schema(args_type))
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with every local `#/$defs/` reference inlined, without `$defs` and the root `title`."""
+    defs: dict[str, Any] = schema.get("$defs", {})
+    inlined: dict[str, Any] = _inline(schema, defs, ())
     inlined.pop("$defs", None)
     inlined.pop("title", None)
     return inlined
@@ -113,6 +137,8 @@ def _inline(node: Any, defs: Mapping[str, Any], seen: tuple[str, ...]) -> Any:
         name = ref.removeprefix("#/$defs/")
         if name in seen:
             raise ConfigError(f"tool argument schema is recursive at {name}")
+        if name not in defs:
+            raise ConfigError(f"tool argument schema refers to a missing definition {name}")
         return _inline(defs[name], defs, (*seen, name))
     return {key: _inline(value, defs, seen) for key, value in node.items() if key != "$defs"}
 
@@ -178,6 +204,9 @@ def decode_args(tool: Tool[A], raw_arguments: str | bytes) -> A:
         )
     if not raw.strip():
         raw = b"{}"  # some models send "" for a call without arguments
+    if tool.foreign_args is not None:
+        return cast(A, tool.foreign_args.decode(tool.name, raw))
+    assert tool.args_type is not None
     try:
         return msgspec.json.decode(raw, type=tool.args_type)
     except msgspec.ValidationError as exc:

@@ -1,6 +1,7 @@
 """The job lease `reindex:lease:<job>`: one worker works on a job at a time. A thread renews it; when a
 renewal finds another owner the lease is `lost` and the slice stops. A killed worker's lease expires after
-`settings.reindex_lease_ms` and another worker takes the job over from its checkpoint."""
+`settings.reindex_lease_ms` and another worker takes the job over from its checkpoint. The same lease
+holds other background runs under their own key (`key=`: the demo ingest, actors/demo_job.py)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL'
 class Lease:
     """`reindex:lease:<job>` held by one worker, renewed by a thread; lost => the slice stops."""
 
-    def __init__(self, client: redis.Redis, job_id: str, lease_ms: int) -> None:
+    def __init__(self, client: redis.Redis, job_id: str, lease_ms: int, *, key: str = "") -> None:
         self.client = client
-        self.key = keys.reindex_lease(job_id)
+        self.key = key or keys.reindex_lease(job_id)
         self.lease_ms = lease_ms
         self.token = hashlib.sha1(f"{time.time_ns()}:{threading.get_ident()}".encode()).hexdigest()
         self.lost = threading.Event()
@@ -40,7 +41,7 @@ class Lease:
     def acquire(self) -> bool:
         if not self.client.set(self.key, self.token, nx=True, px=self.lease_ms):
             return False
-        self._thread = threading.Thread(target=self._renew, name="reindex-lease", daemon=True)
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{self.key}", daemon=True)
         self._thread.start()
         return True
 

@@ -1,6 +1,7 @@
 /*
  * The operator console's documents card (GET /admin): list and filter a tenant's documents, change a
- * document's readers, delete one, and the tenant's latest folder-sync reports.
+ * document's readers, delete one, the tenant's latest folder-sync reports, and the folder syncs running
+ * now, live (documents done / total, rate, ETA: the console's /ws/admin `sync` frames, `admin.onSync`).
  *
  *   DocentAdminDocuments.mount(sectionElement, window.docentAdmin)
  *
@@ -34,7 +35,32 @@
       self.load(0);
     });
     this.q(".admin-docs-more").addEventListener("click", function () { self.load(self.offset); });
+    this.live = {};  // "tenant source" -> its <li>
+    admin.onSync = function (progress) { self.showSync(progress); };
   }
+
+  /* One /ws/admin sync frame: the source's line (created on its first frame), updated in place. */
+  Documents.prototype.showSync = function (p) {
+    var key = p.tenant + " " + p.source;
+    var item = this.live[key];
+    if (!item) {
+      item = this.live[key] = el("li", "admin-sync-item");
+      item.appendChild(el("span", "admin-mono admin-sync-source", p.source));
+      item.appendChild(el("span", "admin-badge admin-sync-phase"));
+      item.appendChild(el("progress", "admin-sync-bar"));
+      item.appendChild(el("span", "admin-sync-text"));
+      this.q(".admin-sync-live").appendChild(item);
+    }
+    item.setAttribute("data-status", p.phase === "running" ? "running" : p.phase === "completed" ? "done" : "failed");
+    item.querySelector(".admin-sync-phase").textContent = p.phase;
+    var bar = item.querySelector(".admin-sync-bar");
+    bar.max = Math.max(p.total, 1);
+    bar.value = p.total ? p.done : (p.phase === "completed" ? 1 : 0);
+    var eta = p.eta_s === null || p.eta_s === undefined ? "" : ", ETA " + Math.round(p.eta_s) + " s";
+    item.querySelector(".admin-sync-text").textContent =
+      p.done + " / " + p.total + " documents, " + p.rate_per_s.toFixed(1) + "/s" + eta + " (tenant " + p.tenant + ")";
+    if (p.phase !== "running" && p.tenant === this.tenant()) this.loadSyncs();  // its report is written
+  };
 
   Documents.prototype.tenant = function () {
     return this.q(".admin-docs-tenant").value.trim() || "default";

@@ -1,7 +1,10 @@
 /*
- * Docent operator console (GET /admin): index versions, reindex jobs with live progress (/ws/admin),
+ * Docent operator console (GET /admin): index versions, reindex jobs and the background demo ingest with
+ * live progress (/ws/admin),
  * document upload, run traces, the approvals audit, and usage (tokens, cost, quality per tenant and day)
- * with inline SVG bar charts (no chart library, nothing from a CDN).
+ * with inline SVG charts (no chart library, nothing from a CDN): tokens and cost per day (bars), quality
+ * signals per day and Q&A latency percentiles per hour (lines), reindex progress per running job (bars, and
+ * the shown job's line, live from /ws/admin).
  *
  *   DocentAdmin.mount(mainElement, {wsUrl: "wss://…/ws/admin"})
  *
@@ -67,6 +70,100 @@
     peak.textContent = "max " + format(top);
     chart.appendChild(peak);
     return chart;
+  }
+  // One line per series over shared x labels (values[i] null: a gap), scaled to `top` (or the largest).
+  function lineChart(labels, series, format, top) {
+    var chart = svg("svg", {viewBox: "0 0 " + CHART_W + " " + CHART_H, width: CHART_W, height: CHART_H,
+                            role: "img", "class": "admin-bars admin-lines"});
+    var all = [];
+    series.forEach(function (s) { s.values.forEach(function (v) { if (v !== null) all.push(v); }); });
+    var peak = top || Math.max.apply(null, all.concat([0]));
+    var usable = CHART_H - 2 * CHART_PAD;
+    var step = (CHART_W - 2 * CHART_PAD) / Math.max(1, labels.length - 1);
+    chart.appendChild(svg("line", {x1: CHART_PAD, y1: CHART_H - CHART_PAD, x2: CHART_W - CHART_PAD,
+                                   y2: CHART_H - CHART_PAD, "class": "admin-axis"}));
+    series.forEach(function (s, n) {
+      var d = "", pen = "M", dots = [];
+      s.values.forEach(function (v, i) {
+        if (v === null) { pen = "M"; return; }
+        var x = (CHART_PAD + i * step).toFixed(1);
+        var y = (CHART_H - CHART_PAD - (peak > 0 ? usable * Math.min(v, peak) / peak : 0)).toFixed(1);
+        d += pen + x + " " + y + " ";
+        pen = "L";
+        var dot = svg("circle", {cx: x, cy: y, r: 2.5, "class": "admin-dot admin-dot-" + n});
+        var tip = svg("title");
+        tip.textContent = labels[i] + " " + s.name + ": " + format(v);
+        dot.appendChild(tip);
+        dots.push(dot);
+      });
+      if (!d) return;  // nothing to draw for this series
+      var path = svg("path", {d: d.trim(), "class": "admin-line admin-line-" + n, "data-series": s.name,
+                              "data-points": s.values.filter(function (v) { return v !== null; }).length});
+      var title = svg("title");
+      title.textContent = s.name;
+      path.appendChild(title);
+      chart.appendChild(path);
+      dots.forEach(function (dot) { chart.appendChild(dot); });  // a lone point is a dot, not a line
+      var key = svg("text", {x: CHART_W - CHART_PAD - 90 * (series.length - n), y: 14,
+                             "class": "admin-bar-label admin-line-key admin-line-" + n});
+      key.textContent = "— " + s.name;
+      chart.appendChild(key);
+    });
+    var every = labels.length > 24 ? 12 : Math.max(1, Math.ceil(labels.length / 6));
+    labels.forEach(function (label, i) {
+      if (i % every) return;
+      var text = svg("text", {x: (CHART_PAD + i * step).toFixed(1), y: CHART_H - 8, "text-anchor": "middle",
+                              "class": "admin-bar-label"});
+      text.textContent = label;
+      chart.appendChild(text);
+    });
+    var max = svg("text", {x: CHART_PAD, y: 14, "class": "admin-bar-label"});
+    max.textContent = "max " + format(peak);
+    chart.appendChild(max);
+    return chart;
+  }
+  // One horizontal bar per job (done / total), and under them one job's documents done over time.
+  function progressChart(jobs, samples) {
+    var rowH = 18;
+    var lineH = samples.length > 1 ? 60 : 0;
+    var height = jobs.length * rowH + lineH + 8;
+    var chart = svg("svg", {viewBox: "0 0 " + CHART_W + " " + height, width: CHART_W, height: height,
+                            role: "img", "class": "admin-bars admin-progress"});
+    var barW = CHART_W - 2 * CHART_PAD - 110;
+    jobs.forEach(function (job, i) {
+      var y = 4 + i * rowH, total = Math.max(1, job.docs_total || 0);
+      var share = Math.min(1, (job.docs_done || 0) / total);
+      var label = svg("text", {x: 4, y: y + 11, "class": "admin-bar-label"});
+      label.textContent = job.id.slice(0, 12);
+      chart.appendChild(label);
+      chart.appendChild(svg("rect", {x: 100, y: y, width: barW, height: 12, "class": "admin-progress-track"}));
+      chart.appendChild(svg("rect", {x: 100, y: y, width: (barW * share).toFixed(1), height: 12,
+                                     "class": "admin-progress-fill", "data-job": job.id,
+                                     "data-share": share.toFixed(3)}));
+      var pct = svg("text", {x: 106 + barW, y: y + 11, "class": "admin-bar-label"});
+      pct.textContent = Math.floor(100 * share) + "%";
+      chart.appendChild(pct);
+    });
+    if (lineH) {
+      var top = jobs.length * rowH + 4, first = samples[0].t, last = samples[samples.length - 1].t;
+      var total = Math.max(1, samples[samples.length - 1].total);
+      var d = samples.map(function (p, i) {
+        var x = 100 + barW * (last > first ? (p.t - first) / (last - first) : 0);
+        var y = top + lineH - 6 - (lineH - 12) * Math.min(1, p.done / total);
+        return (i ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
+      }).join(" ");
+      chart.appendChild(svg("path", {d: d, "class": "admin-line admin-line-0 admin-progress-line",
+                                     "data-points": samples.length}));
+    }
+    return chart;
+  }
+  function share(part, whole) {
+    return whole > 0 ? part / whole : null;
+  }
+  function replaceChart(figure, chart) {
+    var old = figure.querySelector("svg");
+    if (old) figure.removeChild(old);
+    figure.appendChild(chart);
   }
   function clear(node) {
     while (node.firstChild) node.removeChild(node.firstChild);
@@ -443,6 +540,7 @@
     if (known && (known.updated_at_ms || 0) > (job.updated_at_ms || 0)) return;  // stale frame
     if (!known) this.jobOrder.unshift(job.id);
     this.jobs[job.id] = job;
+    this.sampleJob(job);
     this.renderJobList();
   };
 
@@ -477,6 +575,29 @@
     if (isTerminal(job.status) && !wasTerminal) this.loadVersions();  // a cutover or rejection
   };
 
+  // Progress samples per job, from the /ws/admin frames (the line), and one bar per running job.
+  Admin.prototype.sampleJob = function (job) {
+    this.jobSamples = this.jobSamples || {};
+    var samples = this.jobSamples[job.id] = this.jobSamples[job.id] || [];
+    var t = job.updated_at_ms || Date.now();
+    var last = samples[samples.length - 1];
+    if (last && last.t >= t) return;
+    samples.push({t: t, done: job.docs_done || 0, total: job.docs_total || 0});
+    if (samples.length > 500) samples.shift();
+  };
+
+  Admin.prototype.renderProgress = function () {
+    var self = this;
+    var running = this.jobOrder.map(function (id) { return self.jobs[id]; }).filter(function (j) {
+      return j && (!isTerminal(j.status) || (self.job && self.job.id === j.id));
+    });
+    var figure = this.q(".admin-reindex-chart");
+    figure.hidden = running.length === 0;
+    if (!running.length) return;
+    var samples = (this.jobSamples || {})[this.job ? this.job.id : ""] || [];
+    replaceChart(figure, progressChart(running, samples));
+  };
+
   Admin.prototype.showJob = function (job) {
     this.job = job;
     var panel = this.q(".admin-job");
@@ -508,6 +629,7 @@
     (job.error_samples || []).forEach(function (s) { samples.appendChild(el("li", "admin-error", s)); });
     this.renderGate(job.gate);
     this.renderJobList();
+    this.renderProgress();
   };
 
   Admin.prototype.renderGate = function (gate) {
@@ -537,6 +659,36 @@
     });
   };
 
+  // -- background ingest (the demo's standard-library pages, /ws/admin "ingest" frames) ---------------
+
+  Admin.prototype.onIngest = function (record) {
+    if (this.ingest && (this.ingest.updated_at_ms || 0) > (record.updated_at_ms || 0)) return;
+    this.ingest = record;
+    var card = this.q(".admin-ingest-card");
+    card.hidden = false;
+    card.setAttribute("data-status", record.status);
+    this.q(".admin-ingest-status").textContent = record.status;
+    var total = record.docs_total || 0;
+    var bar = this.q(".admin-ingest-progress");
+    bar.max = Math.max(1, total);
+    bar.value = Math.min(record.docs_done || 0, bar.max);
+    if (!total && record.status !== "done") bar.removeAttribute("value");  // rendering: not counted yet
+    this.q(".admin-ingest-docs").textContent = (record.docs_done || 0) + " / " + (total || "…") +
+      (total ? " (" + Math.floor(100 * (record.docs_done || 0) / total) + "%)" : "") +
+      " · " + (record.docs_indexed || 0) + " indexed, " + (record.docs_unchanged || 0) + " unchanged, " +
+      (record.docs_failed || 0) + " failed";
+    var estimate = record.status === "done" ? "" : " / ≈" + (record.chunks_total_est || "…");
+    this.q(".admin-ingest-chunks").textContent = (record.chunks_done || 0) + estimate +
+      " · embedded " + (record.chunks_embedded || 0);
+    this.q(".admin-ingest-rate").textContent = fixed(record.chunks_per_s, 1);
+    this.q(".admin-ingest-eta").textContent = record.status === "done" ? "done " + when(record.finished_at_ms)
+      : duration(record.eta_s);
+    this.q(".admin-ingest-message").textContent = record.message || "—";
+    var errors = this.q(".admin-ingest-errors");
+    clear(errors);
+    (record.error_samples || []).forEach(function (s) { errors.appendChild(el("li", "admin-error", s)); });
+  };
+
   // -- the live socket --------------------------------------------------------------------------------
 
   Admin.prototype.wsStatus = function (state, text) {
@@ -562,6 +714,8 @@
       var frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       if (frame && frame.type === "reindex" && frame.job) self.onJob(frame.job);
+      if (frame && frame.type === "sync" && frame.progress && self.onSync) self.onSync(frame.progress);
+      if (frame && frame.type === "ingest" && frame.progress) self.onIngest(frame.progress);
     };
     ws.onclose = function (event) {
       if (self.ws !== ws) return;
@@ -816,6 +970,48 @@
     }).catch(function (err) {
       self.message(".admin-usage-msg", err.message, true);
     });
+    params.set("route", "qa");
+    this.api("GET", "/admin/latency?" + params.toString()).then(function (data) {
+      self.renderLatency(data);
+    }).catch(function (err) {
+      self.message(".admin-usage-msg", "Could not load latencies: " + err.message, true);
+    });
+  };
+
+  // Per day, every tenant shown together: cited answers / answers, no-passage retrievals / retrievals,
+  // down-votes / ratings (a gap where there is nothing to divide).
+  Admin.prototype.renderQuality = function (days, totals) {
+    var sums = {};
+    days.forEach(function (d) { sums[d] = {answers: 0, uncited: 0, retrievals: 0, empty: 0, up: 0, down: 0}; });
+    totals.forEach(function (r) {
+      var s = sums[r.day];
+      s.answers += r.answers; s.uncited += r.uncited_answers; s.retrievals += r.retrievals || 0;
+      s.empty += r.no_passage_retrievals; s.up += r.feedback_up; s.down += r.feedback_down;
+    });
+    var series = [
+      {name: "cited", values: days.map(function (d) { return share(sums[d].answers - sums[d].uncited, sums[d].answers); })},
+      {name: "no passages", values: days.map(function (d) { return share(sums[d].empty, sums[d].retrievals); })},
+      {name: "down-votes", values: days.map(function (d) { return share(sums[d].down, sums[d].up + sums[d].down); })}
+    ];
+    var labels = days.map(function (d) { return d.slice(5); });
+    replaceChart(this.q(".admin-quality-chart"), lineChart(labels, series, function (v) {
+      return Math.round(100 * v) + "%";
+    }, 1));
+  };
+
+  Admin.prototype.renderLatency = function (data) {
+    var points = data.points || [];
+    var labels = points.map(function (p) {  // a day's first hour by its date, the others by their hour
+      return p.hour.slice(11) === "00" ? p.hour.slice(5, 10) : p.hour.slice(11) + "h";
+    });
+    var ms = function (v) { return v >= 1000 ? (v / 1000).toFixed(1) + " s" : Math.round(v) + " ms"; };
+    var pick = function (field) { return points.map(function (p) { return p[field] === null ? null : p[field]; }); };
+    replaceChart(this.q(".admin-latency-first"), lineChart(labels, [
+      {name: "p50", values: pick("first_token_p50_ms")}, {name: "p95", values: pick("first_token_p95_ms")}
+    ], ms));
+    replaceChart(this.q(".admin-latency-answer"), lineChart(labels, [
+      {name: "p50", values: pick("answer_p50_ms")}, {name: "p95", values: pick("answer_p95_ms")}
+    ], ms));
   };
 
   Admin.prototype.renderUsage = function (data) {
@@ -827,11 +1023,9 @@
                   [".admin-usage-cost", "cost", function (v) { return usd(v); }]];
     var self = this;
     charts.forEach(function (c) {
-      var figure = self.q(c[0]);
-      var old = figure.querySelector("svg");
-      if (old) figure.removeChild(old);
-      figure.appendChild(barChart(data.days, data.days.map(function (d) { return perDay[d][c[1]]; }), c[2]));
+      replaceChart(self.q(c[0]), barChart(data.days, data.days.map(function (d) { return perDay[d][c[1]]; }), c[2]));
     });
+    this.renderQuality(data.days, totals);
     var body = this.q(".admin-usage tbody");
     clear(body);
     totals.forEach(function (r) {

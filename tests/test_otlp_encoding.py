@@ -1,0 +1,98 @@
+"""Issue 14, trace overhead: `store.otlp` writes the OTLP request bytes directly; `store.tracing.finished`
+hands finished spans to the SDK's processors. Both are checked against the SDK's own output: the bytes are
+parsed with `opentelemetry-proto`'s classes and compared with the SDK encoder's message."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags, TraceState
+
+from store import otlp, tracing
+
+
+def _provider(exporter: InMemorySpanExporter, **kwargs: object) -> TracerProvider:
+    provider = TracerProvider(
+        resource=Resource({"service.name": "docent", "process.pid": 7, "docent.process": "worker"}),
+        **kwargs,  # type: ignore[arg-type]
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+def _varied_spans() -> list[ReadableSpan]:
+    exporter = InMemorySpanExporter()
+    tracer = _provider(exporter).get_tracer("docent", "1.2")
+    remote = SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=TraceState([("vendor", "v1")]),
+    )  # fmt: skip
+    turn = tracer.start_span(
+        "turn", context=trace.set_span_in_context(NonRecordingSpan(remote)), kind=SpanKind.CONSUMER,
+        attributes={"docent.turn": 3, "docent.tenant": "é" * 90},
+    )  # fmt: skip
+    turn.add_event("approval_requested", {"gen_ai.tool.name": "send_email"})
+    parent = turn.get_span_context()
+    tracing.finished(
+        tracer, parent, "chat m", start_ns=1_000, end_ns=2_000_000_000_123, kind=SpanKind.CLIENT,
+        attributes={
+            "gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 1_234_567, "docent.cost": 0.0125,
+            "gen_ai.response.finish_reasons": ("stop", "length"), "docent.flag": True, "docent.neg": -5,
+            "docent.empty": "", "docent.long": "x" * 300, "docent.ints": (1, 2, 300), "docent.off": False,
+        },
+    )  # fmt: skip
+    retrieval = tracing.finished(tracer, parent, "retrieval", start_ns=5, end_ns=9)
+    assert retrieval is not None
+    tracing.finished(tracer, retrieval, "retrieval.embed", start_ns=5, end_ns=6)
+    tracing.finished(tracer, parent, "execute_tool t", start_ns=7, end_ns=8, error="smtp_error")
+    turn.set_status(trace.Status(StatusCode.ERROR, "went wrong"))
+    turn.end()
+    root = tracer.start_span("ask", kind=SpanKind.SERVER)  # no parent: a root span
+    root.end()
+    return list(exporter.get_finished_spans())
+
+
+def test_the_bytes_parse_to_the_sdk_encoders_message() -> None:
+    spans = _varied_spans()
+    mine = ExportTraceServiceRequest.FromString(otlp.encode_request(spans))
+    assert mine == encode_spans(spans)
+    assert len(mine.resource_spans) == 1 and len(mine.resource_spans[0].scope_spans) == 1
+    assert len(mine.resource_spans[0].scope_spans[0].spans) == len(spans) == 6
+
+
+def test_spans_of_two_resources_stay_apart_and_links_fall_back_to_the_sdk_encoder() -> None:
+    spans = _varied_spans() + _varied_spans()  # two providers, equal resources: one group
+    assert ExportTraceServiceRequest.FromString(otlp.encoded(spans)) == encode_spans(spans)
+    exporter = InMemorySpanExporter()
+    tracer = _provider(exporter).get_tracer("docent")
+    other = spans[0].get_span_context()
+    assert other is not None
+    tracer.start_span("linked", links=[trace.Link(other, {"k": "v"})]).end()
+    linked = list(exporter.get_finished_spans())
+    assert otlp.encoded(linked) == encode_spans(linked).SerializePartialToString()
+
+
+def test_finished_spans_follow_the_parents_sampling_and_keep_the_sdk_shape() -> None:
+    exporter = InMemorySpanExporter()
+    tracer = _provider(exporter).get_tracer("docent")
+    with tracer.start_as_current_span("turn") as turn:
+        context = tracing.finished(tracer, turn.get_span_context(), "step", start_ns=10, end_ns=20,
+                                   attributes={"docent.step": 1}, error="llm_timeout")  # fmt: skip
+    step = next(s for s in exporter.get_finished_spans() if s.name == "step")
+    assert context is not None and step.context == context
+    assert step.parent is not None and step.parent.span_id == turn.get_span_context().span_id
+    assert step.context.trace_id == turn.get_span_context().trace_id
+    assert (step.start_time, step.end_time, step.status.status_code) == (10, 20, StatusCode.ERROR)
+    assert step.attributes == {"docent.step": 1, "error.type": "llm_timeout"}
+    assert step.resource is turn.resource  # type: ignore[attr-defined]
+    unsampled = InMemorySpanExporter()
+    dropped = _provider(unsampled, sampler=ALWAYS_OFF).get_tracer("docent")
+    with dropped.start_as_current_span("turn") as turn:
+        assert tracing.finished(dropped, turn.get_span_context(), "step", start_ns=1, end_ns=2) is None
+    assert unsampled.get_finished_spans() == ()

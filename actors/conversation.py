@@ -177,6 +177,8 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
         log.warning(
             "conversation %s: lease epoch %d lost; stopped without further writes", conv_id, lease.epoch
         )
+        if activation.state.busy:
+            _wake_after_a_lost_lease(rt, conv_id)
     finally:
         activation.trace.close()
         if not stale:
@@ -186,6 +188,14 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
             except LogError:
                 log.warning("conversation %s: could not release the lease (it will expire)", conv_id)
     return "stale" if stale else "done"
+
+
+def _wake_after_a_lost_lease(rt: Runtime, conv_id: str) -> None:
+    """A turn left unfinished by a lost lease is looked at again once a lease would have lapsed. Lost to
+    another worker: that one carries on, and this wake-up finds its lease held or the turn done. Lost to a
+    Redis failover that dropped this activation's last writes (replication is asynchronous): nobody holds
+    the conversation, and without this wake-up the turn would wait for the user's next message."""
+    advance.send_with_options(args=(conv_id,), delay=rt.settings.lease_ms)
 
 
 def _wake_for_late_arrivals(rt: Runtime, conv_id: str, seen: str | None) -> None:

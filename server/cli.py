@@ -103,6 +103,13 @@ def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
+    if args.topology == "cluster":
+        from server.chaos import Plan
+        from server.chaos import main as cluster_chaos
+
+        plan = Plan(runs=args.runs, turns=args.turns, seed=args.seed, wait_replicas=args.wait_replicas,
+                    replica_lag_ms=args.replica_lag_ms)  # fmt: skip
+        return cluster_chaos(plan, as_json=args.json)
     from actors.chaos import main as chaos_main
 
     return chaos_main(runs=args.runs, as_json=args.json, seed=args.seed)
@@ -169,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--runs", type=int, default=20)
     chaos.add_argument("--seed", type=int, default=0)
     chaos.add_argument("--json", action="store_true")
+    chaos.add_argument(
+        "--topology", choices=("single", "cluster"), default="single",
+        help="cluster: 2 web + 3 worker processes on a 3+3 Redis Cluster, WebSocket clients, a primary kill",
+    )  # fmt: skip
+    chaos.add_argument("--turns", type=int, default=3, help="(cluster) asks per conversation")
+    chaos.add_argument("--wait-replicas", type=int, default=0, help="(cluster) DOCENT_REDIS_WAIT_REPLICAS")
+    chaos.add_argument(
+        "--replica-lag-ms", type=int, default=0,
+        help="(cluster) cut the killed primary's replication link this long before its SIGKILL",
+    )  # fmt: skip
     chaos.set_defaults(fn=_cmd_chaos)
     return parser
 

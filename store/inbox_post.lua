@@ -1,10 +1,15 @@
 -- Post an inbound item (from the web process) to a conversation's inbox, once per client id.
 -- KEYS: inbox stream[, dedup key].  ARGV: payload, dedup ttl ms.
--- Returns {inbox id, 1 if this client id was already posted (nothing written) else 0}.
+-- Returns {inbox id, 1 if this client id was already posted (nothing posted) else 0}.
+-- A repeat renews the dedup key's expiry: a write, so a WAIT after a retry (server/dispatch.py) waits
+-- until the replicas have everything up to it, the first post included.
 local inbox_key, seen_key = KEYS[1], KEYS[2]
 if seen_key then
   local previous = redis.call('GET', seen_key)
-  if previous then return {previous, 1} end
+  if previous then
+    redis.call('PEXPIRE', seen_key, ARGV[2])
+    return {previous, 1}
+  end
 end
 local id = redis.call('XADD', inbox_key, '*', 'e', ARGV[1])
 if seen_key then redis.call('SET', seen_key, id, 'PX', ARGV[2]) end

@@ -176,10 +176,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("DOCENT_CHUNK_OVERLAP must be smaller than DOCENT_CHUNK_TOKENS")
         if self.llm_backend == "openai" and not self.llm_url:
             raise ConfigError("DOCENT_LLM_BACKEND=openai needs DOCENT_LLM_URL")
-        if self.redis_wait_replicas and self.redis_url.startswith("redis+cluster://"):
-            # redis-py sends a cluster client's WAIT to every primary on connections that wrote nothing:
-            # it would acknowledge at once, whatever the replicas hold.
-            raise ConfigError("DOCENT_REDIS_WAIT_REPLICAS is not supported with a Redis Cluster yet")
 
     @property
     def data_path(self) -> Path:

@@ -108,8 +108,6 @@ def test_a_cluster_without_a_broker_url_is_refused(redis_cluster: EmbeddedCluste
     settings = Settings.from_env({"DOCENT_REDIS_URL": redis_cluster.url, "DOCENT_DATA_DIR": str(tmp_path)})
     with pytest.raises(ConfigError, match="DOCENT_BROKER_URL"):
         create_app(settings)
-    with pytest.raises(ConfigError, match="WAIT_REPLICAS"):  # WAIT through a cluster client proves nothing
-        Settings.from_env({"DOCENT_REDIS_URL": redis_cluster.url, "DOCENT_REDIS_WAIT_REPLICAS": "1"})
 
 
 async def test_chat_over_the_cluster_streams_resumes_and_dedups(web: ServerProcess, r: redis.Redis) -> None:

@@ -1,4 +1,5 @@
-"""With a replicated Redis, an ask is acknowledged only once a replica has it (WAIT), and a retry is safe."""
+"""With a replicated Redis (a primary and its replica, or a Redis Cluster), an ask is acknowledged only once a
+replica has it (WAIT), and a retry is safe."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from pathlib import Path
 import pytest
 
 from server.dispatch import RedisDispatcher
+from store.cluster import EmbeddedCluster
 from store.events import UserMessage
 from store.exceptions import Unavailable
 from store.redis import EmbeddedRedis, async_client, sync_client
+
+FAILOVER_WAIT_S = 20.0
 
 
 @pytest.fixture
@@ -74,3 +78,49 @@ async def test_a_stalled_replica_refuses_every_concurrent_ask(
         os.kill(replica.process.pid, signal.SIGCONT)
         await client.aclose()
     assert all(isinstance(outcome, Unavailable) for outcome in outcomes), outcomes
+
+
+def replica_of(cluster: EmbeddedCluster, primary: EmbeddedRedis) -> EmbeddedRedis:
+    with cluster.node_client(primary) as client:
+        port = int(client.info("replication")["slave0"]["port"])
+    return next(node for node in cluster.nodes if node.port == port)
+
+
+async def submit_until_taken(dispatcher: RedisDispatcher, conv: str, dedup_id: str) -> str:
+    deadline = time.monotonic() + FAILOVER_WAIT_S
+    while True:
+        try:
+            return await dispatcher.submit(conv, UserMessage(text="after"), dedup_id=dedup_id)
+        except Unavailable:  # until the replica is promoted and the slot map names it
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+
+
+async def test_on_a_cluster_an_ask_waits_for_the_replica_of_its_slots_primary(tmp_path: Path) -> None:
+    with EmbeddedCluster(tmp_path / "cluster") as cluster:
+        client = async_client(cluster.url)
+        dispatcher = RedisDispatcher(client, _no_wake, replicas=1, wait_timeout_ms=300)
+        await dispatcher.submit("w1", UserMessage(text="hello"), dedup_id="m1")
+        primary = cluster.primary_of("conv:{w1}:inbox")
+        replica = replica_of(cluster, primary)
+        with cluster.node_client(replica) as copy:
+            copy.execute_command("READONLY")
+            assert copy.xlen("conv:{w1}:inbox") == 1  # on the replica before the submit returned
+        assert replica.process is not None and primary.process is not None
+        os.kill(replica.process.pid, signal.SIGSTOP)  # connected but stalled: every ask is refused
+        try:
+            asks = [dispatcher.submit("w1", UserMessage(text="hi"), dedup_id=f"s{n}") for n in range(4)]
+            outcomes = await asyncio.gather(*asks, return_exceptions=True)
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+        assert all(isinstance(outcome, Unavailable) for outcome in outcomes), outcomes
+        os.kill(primary.process.pid, signal.SIGKILL)  # the replica is promoted; asks go to it...
+        primary.process.wait()
+        cluster.wait_ok()
+        assert cluster.primary_of("conv:{w1}:inbox").port == replica.port
+        with pytest.raises(Unavailable):  # ...but with no replica of its own, none is acknowledged
+            await dispatcher.submit("w1", UserMessage(text="after"), dedup_id="m2")
+        primary.start()  # the old primary rejoins as the new one's replica
+        await submit_until_taken(dispatcher, "w1", "m2")
+        await dispatcher.aclose()
+        await client.aclose()

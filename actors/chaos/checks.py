@@ -21,8 +21,20 @@ def read_events(log: ConversationLog, conv_id: str) -> list[tuple[str, Event]] |
         return None
 
 
+def by_turn(entries: list[tuple[str, Event]]) -> list[list[tuple[str, Event]]]:
+    """The log's entries split by turn (each event carries its turn), in log order."""
+    turns: dict[int, list[tuple[str, Event]]] = {}
+    for entry in entries:
+        turns.setdefault(entry[1].turn, []).append(entry)
+    return list(turns.values())
+
+
 def log_problems(conv_id: str, entries: list[tuple[str, Event]]) -> list[str]:
-    """Replay-rule violations in one conversation's log (empty when valid)."""
+    """Replay-rule violations in one conversation's log, turn by turn (empty when valid)."""
+    return [problem for turn in by_turn(entries) for problem in _turn_problems(conv_id, turn)]
+
+
+def _turn_problems(conv_id: str, entries: list[tuple[str, Event]]) -> list[str]:
     problems: list[str] = []
     registry = default_registry()
     intents: dict[str, ToolIntent] = {}
@@ -64,16 +76,20 @@ def log_problems(conv_id: str, entries: list[tuple[str, Event]]) -> list[str]:
 
 
 def llm_repeats(entries: list[tuple[str, Event]], server_counts: dict[str, int]) -> int:
-    """Requests the log does not account for (see the module docstring)."""
+    """Requests the log does not account for (see the module docstring); only scripted requests are
+    counted against the server's (unscripted ones, a Q&A answer's, share one key over all conversations)."""
     logged: Counter[int] = Counter()  # the scripted server's step for the prompt -> recorded requests
-    completed: set[int] = set()
     after_completion = 0
-    for _, event in entries:
-        if isinstance(event, LLMRequested):
-            if event.step in completed:
-                after_completion += 1
-            logged[read_logged(event.messages).step] += 1
-        elif isinstance(event, LLMCompleted):
-            completed.add(event.step)
+    for turn in by_turn(entries):
+        completed: set[int] = set()
+        for _, event in turn:
+            if isinstance(event, LLMRequested):
+                if event.step in completed:
+                    after_completion += 1
+                reading = read_logged(event.messages)
+                if reading.script is not None:
+                    logged[reading.step] += 1
+            elif isinstance(event, LLMCompleted):
+                completed.add(event.step)
     unaccounted = sum(max(0, n - logged[int(step)]) for step, n in server_counts.items())
     return unaccounted + after_completion

@@ -88,11 +88,11 @@ def main(runs: int, as_json: bool = False, seed: int = 0) -> int:
     report["detail"]["workflow_runs"] = sum(1 for run in range(runs) if is_workflow(run))
     summary = {k: report[k] for k in SUMMARY_KEYS}
     clean = summary["completed"] == runs and not any(summary[k] for k in FAILURE_KEYS)
-    _print(summary, report["detail"], clean, as_json)
+    print_report(summary, report["detail"], clean, as_json)
     return 0 if clean else 1
 
 
-def _print(summary: dict[str, Any], detail: dict[str, Any], clean: bool, as_json: bool) -> None:
+def print_report(summary: dict[str, Any], detail: dict[str, Any], clean: bool, as_json: bool) -> None:
     if as_json:
         print(json.dumps(detail, separators=(",", ":")))
         print(json.dumps(summary, separators=(",", ":")))
@@ -114,7 +114,10 @@ def _in(root: Path, runs: int, rng: random.Random) -> dict[str, Any]:
         redis_server.stop()
 
 
-def _env(root: Path, redis_url: str, llm_url: str, smtp_port: int) -> dict[str, str]:
+def worker_env(
+    root: Path, redis_url: str, llm_url: str, smtp_port: int, broker_url: str = ""
+) -> dict[str, str]:
+    """The chaos workers' environment (`broker_url`: the queues' Redis beside a cluster)."""
     policy = {
         "tenants": {TENANT: {"tools": {"send_email": {"risk": "low"}, "http_request": {"risk": "low"}}}}
     }
@@ -140,6 +143,8 @@ def _env(root: Path, redis_url: str, llm_url: str, smtp_port: int) -> dict[str, 
         "PYTHONUNBUFFERED": "1",
         "dramatiq_worker_timeout": "20",  # idle poll backoff cap (ms): redelivered messages start promptly
     })  # fmt: skip
+    if broker_url:
+        env["DOCENT_BROKER_URL"] = broker_url
     return env
 
 
@@ -148,7 +153,7 @@ def _run(
     rng: random.Random,
 ) -> dict[str, Any]:  # fmt: skip
     (root / "logs").mkdir()
-    workers = Workers(_env(root, redis_url, llm.url, smtp.port), WORKERS, root / "logs")
+    workers = Workers(worker_env(root, redis_url, llm.url, smtp.port), WORKERS, root / "logs")
     log = ConversationLog.from_url(redis_url)
     try:
         workers.start_all()

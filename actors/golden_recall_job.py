@@ -61,11 +61,14 @@ def measure(settings: Settings, client: redis.Redis, trigger: Trigger) -> int:
     """Measure the active version and record the scores; returns how many (0: nothing measurable)."""
     from index.golden_watch import measure_active  # loads numpy, the embedder and the indexes
 
+    catalog = Catalog.for_data_dir(settings.data_path)
     try:
-        scores = measure_active(settings, Catalog.for_data_dir(settings.data_path), trigger, now_ms())
+        scores = measure_active(settings, catalog, trigger, now_ms())
     except DocentError as exc:  # no active version yet, an unreadable golden set: logged, retried later
         log.warning("golden recall not measured: %s: %s", exc.code, exc.message)
         return 0
+    finally:
+        catalog.close()
     SyncRunner(client).run(record_plan(scores))
     for s in scores:
         log.info(

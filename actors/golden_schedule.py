@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 
+import redis
+
 from actors.api import send
 from actors.broker import INGEST_QUEUE
 from store.exceptions import DocentError
 from store.golden_recall import ingested_plan
-from store.redis import sync_client
 from store.scripts import SyncRunner
 from store.settings import Settings
 
@@ -31,16 +32,13 @@ def kick(settings: Settings) -> bool:
     return True
 
 
-def after_ingest(settings: Settings, documents: int) -> bool:
-    """Count `documents` just changed; True when that completed a batch and a measurement was sent."""
-    if not settings.redis_url or settings.golden_recall_after_docs <= 0 or documents <= 0:
+def after_ingest(settings: Settings, client: redis.Redis | None, documents: int) -> bool:
+    """Count `documents` just changed (on the ingest's own client; None: no Redis, nothing counted); True
+    when that completed a batch and a measurement was sent."""
+    if client is None or settings.golden_recall_after_docs <= 0 or documents <= 0:
         return False
     try:
-        client = sync_client(settings.redis_url)
-        try:
-            due = SyncRunner(client).run(ingested_plan(documents, settings.golden_recall_after_docs))
-        finally:
-            client.close()
+        due = SyncRunner(client).run(ingested_plan(documents, settings.golden_recall_after_docs))
         if due:
             send(settings, INGEST_QUEUE, GOLDEN_RECALL_ACTOR, "ingest")
     except DocentError as exc:  # the ingest is done; only the re-measurement is skipped

@@ -57,7 +57,7 @@ def ingest_documents(
                 if progress is not None:
                     progress(done)
         changed = sum(o.status in CHANGED for o in outcomes)
-        after_ingest(settings, changed)  # a batch over golden_recall_after_docs re-measures the golden sets
+        after_ingest(settings, client, changed)  # a batch of golden_recall_after_docs: re-measured
         return outcomes
     finally:
         if client is not None:

@@ -7,7 +7,15 @@ import asyncio
 
 from actors import qa_steps
 from actors.activation import REASON_CHARS, ActivationCore, LeaseLost, sha
-from actors.llm.types import ChatMessage, Completion, LLMBackend, ToolSpec, messages_to_builtins, prompt_hash
+from actors.llm.types import (
+    ChatMessage,
+    Completion,
+    LLMBackend,
+    ToolSpec,
+    messages_to_builtins,
+    price_usd,
+    prompt_hash,
+)
 from actors.plan import REWRITE_STEP
 from actors.prompts import agent_messages, qa_messages, rewrite_messages
 from store.events import LimitHit, LLMCompleted, LLMFailed, LLMRequested, TurnFailed
@@ -19,17 +27,17 @@ LLM_RETRY = RetryPolicy(max_retries=0, first_s=0.2, max_s=3.0, factor=5.0)  # 0.
 
 
 async def call_llm(act: ActivationCore, step: int) -> None:
-    backend = act.rt.llm()
     attempt = act.turn.llm_failures.get(step, 0)
     request_id = sha(act.conv_id, act.turn.number, step, attempt)[:32]
     tokens_in, tokens_out = estimate(act)
     over = act.spend.overspent(
         act.principal, act.rt.clock(), hold_id=request_id, tokens=tokens_in + tokens_out,
-        cost_usd=backend.price(tokens_in, tokens_out),
+        cost_usd=price_usd(act.rt.settings, tokens_in, tokens_out),
     )  # fmt: skip
-    if over is not None:  # a budget is spent: hand off before the model is called
+    if over is not None:  # a budget is spent: hand off before the model is called (or even loaded)
         act.emit([LimitHit(limit="budget", value=over.used, cap=over.cap, handed_off=True)])
         return
+    backend = act.rt.llm()
     try:
         await _call(act, step, backend, attempt, request_id)
     finally:

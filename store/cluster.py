@@ -180,7 +180,7 @@ class EmbeddedCluster:
         """`dead`'s process has exited (its supervisor saw it): when it was a primary, its replica takes
         over now with `CLUSTER FAILOVER FORCE` (elected by the other primaries at once), instead of after the
         cluster's own failure detection (`cluster-node-timeout`, gossip, then a 0.5-1 s election delay:
-        3.5-4.5 s on this machine under load, whatever the timeout). Only for a process known to be dead: a
+        3.0-4.9 s on this machine under load, whatever the timeout). Only for a process known to be dead: a
         primary that is merely unreachable is left to the cluster (no split brain). Returns the replica
         asked, None when `dead` had no live replica (a replica itself, or already failed over)."""
         alive = [n for n in self.running() if n is not dead]

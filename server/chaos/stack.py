@@ -115,10 +115,12 @@ class PrimaryKill:
     killed_at: float = 0.0
     failover_s: float = 0.0
     rejoined_s: float = 0.0
+    forced: bool = False  # the supervisor asked the replica to take over (CLUSTER FAILOVER FORCE)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | bool]:
         times = {"failover_s": round(self.failover_s, 2), "rejoined_s": round(self.rejoined_s, 2)}
-        return {"port": self.port, "replica_port": self.replica_port, "lag_ms": self.lag_ms, **times}
+        node = {"port": self.port, "replica_port": self.replica_port, "lag_ms": self.lag_ms}
+        return {**node, **times, "forced": self.forced}
 
 
 class Topology:
@@ -184,7 +186,7 @@ class Topology:
         if lag_ms:
             self._config(replica, "masterauth", self.cluster.password)  # it may authenticate again
         if supervised:  # the supervisor saw the exit: the replica takes over now (store/cluster.py fail_over)
-            self.cluster.fail_over(node)
+            kill.forced = self.cluster.fail_over(node) is not None
         self._wait_role(replica, "master")
         kill.failover_s = time.monotonic() - killed_at
         node.start()  # its nodes.conf names the cluster: it learns of the failover, follows the new primary

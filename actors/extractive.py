@@ -48,7 +48,7 @@ LEAD_IN = "No passage answers this directly; the closest they come:"
 # A sentence opening with one of these leans on the sentence before it.
 LEANING_TEXT = """
 it its this that these those they their them such also however otherwise else then here there both
-he she his her instead thus hence so
+he she his her instead thus hence so or and but
 """
 LEANING = frozenset(LEANING_TEXT.split())
 TABLE = re.compile(r"[^\s.!?:;](?: {2,}|\t)\S")  # columns: runs of spaces inside a line, not after a stop
@@ -58,6 +58,21 @@ BULLET = re.compile(r"^\s*(?:[-*+\u2022]|\d+[.)])\s")
 ABBREVIATION = re.compile(r"(?:\b[A-Z]|\b(?:Dr|Mr|Mrs|Ms|St|Jr|Sr|etc|vs|cf|approx|No|e\.g|i\.e))\.$")
 SIGNATURE = re.compile(r"^[\w.]+\(.*\)(?:\s*->.*)?$|^[\w.]+ = |^>>>|^\.\.\. |from builtins\.|of builtins\.")
 FIRST_WORD = re.compile(r"[A-Za-z]+")
+REFERRING = frozenset({"this", "these", "those", "they", "it", "its", "such"})
+REFERRING_WORDS = 3
+# Text the answer does not quote: "one of the following methods", "the first 3 values above".
+ELSEWHERE = re.compile(
+    r"\b(?:following|below|as follows|here's|here is|above|previous|preceding|aforementioned)\b",
+    re.IGNORECASE,
+)
+# A verb, then its object: "Associates an internal FILEHANDLE ...", "Return an appropriate TarFile class".
+VERB_FIRST = re.compile(r"^([A-Z][a-z]+) (?:the|a|an|all|any|each|one|this|that|its|their)\b")
+NOT_VERBS_TEXT = """
+with in on for after before at by from to as if when once unlike like under over since because although
+while without during into through via per all each every only note
+"""
+NOT_VERBS = frozenset(NOT_VERBS_TEXT.split())
+PYDOC_BOILERPLATE = ("See help(", "Initialize self", "Create and return a new object")
 MIN_LETTER_SHARE = 0.75  # of a prose line's non-space characters
 
 
@@ -138,7 +153,33 @@ def complete_sentence(sentence: str) -> bool:
         and (opening.isupper() or opening in "`\"'")
         and not CITATION.search(sentence)  # a passage's own "[1]" must not read as a marker
         and len(split_sentences(sentence)) == 1  # attributed as one sentence: "Dr. Smith" would be two
+        and not ELSEWHERE.search(sentence)
+        and not sentence.startswith(PYDOC_BOILERPLATE)
     )
+
+
+def subjectless(sentence: str) -> bool:
+    """A docstring-style sentence with no subject of its own: "Associates an internal FILEHANDLE ...",
+    "Return an appropriate TarFile class" (not "With a ...", "In a ...")."""
+    found = VERB_FIRST.match(sentence)
+    return found is not None and found.group(1).lower() not in NOT_VERBS
+
+
+def heading_subject(heading: str) -> str:
+    """What a section documents, from its heading's last part ("open FILEHANDLE,MODE,EXPR")."""
+    last = heading.rsplit(" > ", 1)[-1].strip()
+    return last if 0 < len(last) <= MAX_SUBJECT_CHARS else ""
+
+
+def candidate(place: tuple[int, int, int], sentence: str, subject: str, heading: str) -> Candidate | None:
+    """The sentence as the answer may quote it, or None: a sentence without a subject needs one named."""
+    if not complete_sentence(sentence):
+        return None
+    if not subject and subjectless(sentence):
+        subject = heading_subject(heading)
+        if not subject:
+            return None
+    return Candidate(*place, sentence, subject)
 
 
 def candidates(hits: Sequence[Hit]) -> list[Candidate]:
@@ -146,10 +187,9 @@ def candidates(hits: Sequence[Hit]) -> list[Candidate]:
     out: list[Candidate] = []
     for n, hit in enumerate(hits, 1):
         for b, (subject, paragraph) in enumerate(paragraphs(hit.text, hit.title)):
-            out += [
-                Candidate(n, b, i, s, subject)
-                for i, s in enumerate(split_prose(paragraph)) if complete_sentence(s)
-            ]  # fmt: skip
+            for i, sentence in enumerate(split_prose(paragraph)):
+                found = candidate((n, b, i), sentence, subject, hit.heading)
+                out += [found] if found is not None else []
     return out
 
 
@@ -157,8 +197,10 @@ def candidates(hits: Sequence[Hit]) -> list[Candidate]:
 
 
 def leans(sentence: str) -> bool:
-    first = FIRST_WORD.match(sentence)
-    return first is not None and first.group(0).lower() in LEANING
+    """The sentence refers back: it opens with a LEANING word, or names "this", "they"... in its first
+    REFERRING_WORDS words ("Note that this filehandle ...", "Outside those contexts ...")."""
+    words = [w.lower() for w in FIRST_WORD.findall(sentence)[:REFERRING_WORDS]]
+    return bool(words) and (words[0] in LEANING or any(w in REFERRING for w in words))
 
 
 def repeats(sentence: str, chosen: Sequence[Candidate]) -> bool:

@@ -62,8 +62,14 @@ def load_answers() -> list[Answer]:
     return msgspec.json.decode(ANSWERS.read_bytes(), type=list[Answer])
 
 
-def load_labels() -> Labels:
-    return msgspec.json.decode(LABELS.read_bytes(), type=Labels) if LABELS.exists() else {}
+class Judgments(msgspec.Struct, kw_only=True):
+    rule: str = ""  # how a sentence was judged (the module's docstring says it at more length)
+    development: list[str] = []  # the questions judged while actors.extractive's rules were being chosen
+    labels: Labels = {}
+
+
+def load_judgments() -> Judgments:
+    return msgspec.json.decode(LABELS.read_bytes(), type=Judgments) if LABELS.exists() else Judgments()
 
 
 def sentences(answer: Answer) -> list[str]:
@@ -93,7 +99,8 @@ def precision(pairs: Sequence[tuple[set[int], set[int]]]) -> str:
 
 
 def figures(answers: Sequence[Answer]) -> None:
-    labels = load_labels()
+    judgments = load_judgments()
+    labels = judgments.labels
     every = [(a, s) for a in answers for s in sentences(a)]
     attributed = sum(1 for _, s in every if cited(s))
     led = sum(1 for a in answers if a.text.startswith(LEAD_IN))
@@ -105,6 +112,10 @@ def figures(answers: Sequence[Answer]) -> None:
     print(f"judged sentences: {len(judged)}; precision {precision([(cited(s), t) for _, s, t in judged])}")
     for name in sorted({a.collection for a in answers}):
         mine = [(cited(s), t) for a, s, t in judged if a.collection == name]
+        print(f"  {name}: {precision(mine)}")
+    development = set(judgments.development)
+    for name, held_out in (("held out (judged after the rules were fixed)", True), ("development", False)):
+        mine = [(cited(s), t) for a, s, t in judged if (a.qid not in development) == held_out]
         print(f"  {name}: {precision(mine)}")
     unjudged = len(every) - len(judged)
     if unjudged:

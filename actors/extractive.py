@@ -52,7 +52,13 @@ he she his her instead thus hence so or and but
 """
 LEANING = frozenset(LEANING_TEXT.split())
 TABLE = re.compile(r"[^\s.!?:;](?: {2,}|\t)\S")  # columns: runs of spaces inside a line, not after a stop
-DEFINITION = re.compile(r"^(?:class\s+)?([A-Za-z_][\w.]*)\(.*?\)(?=\s*(?:->|from |method |$))")
+DEFINITION = re.compile(r"^(?:async\s+)?(?:class\s+)?([A-Za-z_][\w.]*)\(.*?\)(?=\s*(?:->|from |method |$))")
+OPEN_DEFINITION = re.compile(r"^(?:async\s+)?(?:class\s+)?([A-Za-z_][\w.]*)\([^)]*,$")  # a wrapped signature
+ASSIGNED = re.compile(r"^([A-Za-z_][\w.]*) = [A-Za-z_][\w.]*\(")  # insort = insort_right(a, x, ...)
+IDENTIFIER = re.compile(r"^[A-Za-z_][\w.]*$")
+PYDOC_SECTIONS = frozenset(
+    {"Description", "Functions", "Classes", "Data", "Name", "File", "Version", "Author"}
+)
 MAX_SUBJECT_CHARS = 60
 BULLET = re.compile(r"^\s*(?:[-*+\u2022]|\d+[.)])\s")
 ABBREVIATION = re.compile(r"(?:\b[A-Z]|\b(?:Dr|Mr|Mrs|Ms|St|Jr|Sr|etc|vs|cf|approx|No|e\.g|i\.e))\.$")
@@ -60,11 +66,15 @@ SIGNATURE = re.compile(r"^[\w.]+\(.*\)(?:\s*->.*)?$|^[\w.]+ = |^>>>|^\.\.\. |fro
 FIRST_WORD = re.compile(r"[A-Za-z]+")
 REFERRING = frozenset({"this", "these", "those", "they", "it", "its", "such"})
 REFERRING_WORDS = 3
-# Text the answer does not quote: "one of the following methods", "the first 3 values above".
+# Text the answer does not quote: "one of the following methods", "the first 3 values above", "described in
+# this section", "the word is also used".
 ELSEWHERE = re.compile(
-    r"\b(?:following|below|as follows|here's|here is|above|previous|preceding|aforementioned)\b",
+    r"\b(?:following|follows|below|here's|here is|above|previous|preceding|aforementioned|this section"
+    r"|this chapter|this document|the word|such a)\b",
     re.IGNORECASE,
 )
+# Openings that continue the sentence before: "For example, f(3.0) and f(3) ...", "Let's consider ...".
+LEANING_OPENINGS = ("For example", "For instance", "In that case", "In this case", "Let's", "Let us", "See ")
 # A verb, then its object: "Associates an internal FILEHANDLE ...", "Return an appropriate TarFile class".
 VERB_FIRST = re.compile(r"^([A-Z][a-z]+) (?:the|a|an|all|any|each|one|this|that|its|their)\b")
 NOT_VERBS_TEXT = """
@@ -105,12 +115,21 @@ def prose_line(line: str, title: str) -> bool:
     return letters >= MIN_LETTER_SHARE * len(visible)
 
 
-def subject_of(line: str) -> str | None:
+def indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def subject_of(line: str, following: str) -> str | None:
     """What a pydoc definition line (`token_urlsafe(nbytes=None)`, `class TarFile(builtins.object)`) defines,
-    as the answer names it; None for any other line."""
-    found = DEFINITION.match(line.strip())
-    if found is None:
+    as the answer names it; None for any other line. A definition is less indented than the docstring that
+    follows it (the line `following`): code in an example is not."""
+    if indent(line) >= indent(following):
         return None
+    text = line.strip()
+    found = DEFINITION.match(text)
+    if found is None:
+        other = OPEN_DEFINITION.match(text) or ASSIGNED.match(text)
+        return f"{other.group(1)}(...)" if other is not None else None
     whole = found.group(0)
     return whole if len(whole) <= MAX_SUBJECT_CHARS else f"{found.group(1)}(...)"
 
@@ -121,16 +140,36 @@ def paragraphs(text: str, title: str = "") -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     current: list[str] = []
     subject = ""
-    for line in [*text.replace("``", "`").splitlines(), ""]:  # reST's ``code`` as Markdown's `code`
-        prose = prose_line(line, title)
+    lines = [*text.replace("``", "`").splitlines(), ""]  # reST's ``code`` as Markdown's `code`
+    for i, line in enumerate(lines):
+        prose = prose_line(line, title) and not OPEN_DEFINITION.match(line.strip())
         if current and (not prose or BULLET.match(line)):
             out.append((subject, " ".join(current)))
             current = []
         if prose:
             current.append(line.strip())
-        elif (defined := subject_of(line)) is not None:
+        elif (defined := subject_of(line, next_text(lines, i))) is not None:
             subject = defined
+        elif title and line.startswith(title) and " > " in line:  # the breadcrumb of the next definition
+            subject = named_by(line)
     return out
+
+
+def next_text(lines: Sequence[str], i: int) -> str:
+    """The first non-blank line after line `i` ("" if none)."""
+    return next((line for line in lines[i + 1 :] if line.strip()), "")
+
+
+def definitions(text: str) -> bool:
+    """Whether the passage is reference documentation: it has a definition line."""
+    lines = text.splitlines()
+    return any(subject_of(line, next_text(lines, i)) is not None for i, line in enumerate(lines))
+
+
+def named_by(heading: str) -> str:
+    """The identifier a heading's last part names ("secrets > Functions > token_urlsafe"), or ""."""
+    last = heading.rsplit(" > ", 1)[-1].strip()
+    return last if IDENTIFIER.match(last) and last not in PYDOC_SECTIONS else ""
 
 
 def split_prose(paragraph: str) -> list[str]:
@@ -182,11 +221,22 @@ def candidate(place: tuple[int, int, int], sentence: str, subject: str, heading:
     return Candidate(*place, sentence, subject)
 
 
+def documented(hit: Hit) -> list[tuple[str, str]]:
+    """The passage's paragraphs with their subjects. In reference documentation (a passage with definition
+    lines) a paragraph before its passage's first definition documents what the heading names, if it names
+    an identifier, else it is left out: "Insert item x in list a" must say of what."""
+    found = paragraphs(hit.text, hit.title)
+    if not definitions(hit.text):
+        return found
+    fallback = named_by(hit.heading)
+    return [(subject or fallback, text) for subject, text in found if subject or fallback]
+
+
 def candidates(hits: Sequence[Hit]) -> list[Candidate]:
     """Every complete prose sentence of the passages, numbered as the passages are in the prompt."""
     out: list[Candidate] = []
     for n, hit in enumerate(hits, 1):
-        for b, (subject, paragraph) in enumerate(paragraphs(hit.text, hit.title)):
+        for b, (subject, paragraph) in enumerate(documented(hit)):
             for i, sentence in enumerate(split_prose(paragraph)):
                 found = candidate((n, b, i), sentence, subject, hit.heading)
                 out += [found] if found is not None else []
@@ -200,6 +250,8 @@ def leans(sentence: str) -> bool:
     """The sentence refers back: it opens with a LEANING word, or names "this", "they"... in its first
     REFERRING_WORDS words ("Note that this filehandle ...", "Outside those contexts ...")."""
     words = [w.lower() for w in FIRST_WORD.findall(sentence)[:REFERRING_WORDS]]
+    if sentence.startswith(LEANING_OPENINGS):
+        return True
     return bool(words) and (words[0] in LEANING or any(w in REFERRING for w in words))
 
 
@@ -225,7 +277,7 @@ def choose(pool: Sequence[Candidate], scores: Sequence[float], word_budget: int)
         group = [pool[i]]
         if leans(pool[i].text):
             before = by_place.get((pool[i].n, pool[i].block, pool[i].position - 1))
-            if before is None:
+            if before is None or leans(before.text):  # one sentence back, never a chain
                 continue
             group = [before, pool[i]] if before not in chosen else group
         if any(repeats(c.text, chosen) for c in group if c not in chosen):

@@ -1,6 +1,7 @@
 """Extractive answers (actors/extractive.py): the share of sentences attributed, precision on judged ones.
 
     .venv/bin/python -m bench.attribution_extractive --generate 20   # fresh answers -> ANSWERS
+    .venv/bin/python -m bench.attribution_extractive --generate 20 --fresh   # + questions never judged
     .venv/bin/python -m bench.attribution_extractive --show          # every sentence with its passage
     .venv/bin/python -m bench.attribution_extractive                 # the figures
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import msgspec
@@ -35,19 +36,35 @@ from actors.attribution import split_sentences
 from actors.extractive import LEAD_IN, MAX_ANSWER_WORDS, WORDS_PER_TOKEN, compose
 from actors.plan import CITATION
 from bench.attribution import Answer, Labels, Passage, settings
-from bench.qa_sample import qa_embed, qa_items
+from bench.qa_sample import QAItem, qa_embed, qa_items
 from store.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 ANSWERS = HERE / "attribution_extractive_answers.json"
 LABELS = HERE / "attribution_extractive_labels.json"
+EVERY_QUESTION = 10_000  # qa_items' per-collection count that takes every question
 
 
-async def generate(s: Settings, per_collection: int) -> list[Answer]:
+def fresh_items(s: Settings, per_collection: int, judged: Collection[str]) -> list[QAItem]:
+    """`per_collection` questions of each collection that no judgment names yet, evenly spread."""
+    every = qa_items(s, EVERY_QUESTION, s.local_top_k)
+    out: list[QAItem] = []
+    for name in dict.fromkeys(i.collection for i in every):
+        left = [i for i in every if i.collection == name and i.qid not in judged]
+        out += left[:: max(1, len(left) // per_collection)][:per_collection]
+    return out
+
+
+async def generate(s: Settings, per_collection: int, fresh: bool = False) -> list[Answer]:
+    """Answers to `per_collection` questions of each collection (with `fresh`, questions never judged
+    before, added to those ANSWERS has)."""
     embed = qa_embed(s)
     budget = min(MAX_ANSWER_WORDS, int(s.local_max_tokens * WORDS_PER_TOKEN))
-    answers: list[Answer] = []
-    for item in qa_items(s, per_collection, s.local_top_k):
+    known = load_answers() if fresh else []
+    answers: list[Answer] = list(known)
+    judged = {*load_judgments().labels, *(a.qid for a in known)}
+    items = fresh_items(s, per_collection, judged) if fresh else qa_items(s, per_collection, s.local_top_k)
+    for item in items:
         pieces = await compose(item.hits, item.question, embed, budget)
         passages = tuple(
             Passage(n=n, title=h.title, heading=h.heading, text=h.text) for n, h in enumerate(item.hits, 1)
@@ -114,9 +131,13 @@ def figures(answers: Sequence[Answer]) -> None:
         mine = [(cited(s), t) for a, s, t in judged if a.collection == name]
         print(f"  {name}: {precision(mine)}")
     development = set(judgments.development)
-    for name, held_out in (("held out (judged after the rules were fixed)", True), ("development", False)):
-        mine = [(cited(s), t) for a, s, t in judged if (a.qid not in development) == held_out]
-        print(f"  {name}: {precision(mine)}")
+    for label, held_out in (("held out (judged after the rules were fixed)", True), ("development", False)):
+        mine = [(a, s, t) for a, s, t in judged if (a.qid not in development) == held_out]
+        by = ", ".join(
+            f"{name} {precision([(cited(s), t) for a, s, t in mine if a.collection == name])}"
+            for name in sorted({a.collection for a, _, _ in mine})
+        )
+        print(f"  {label}: {precision([(cited(s), t) for _, s, t in mine])}; {by}")
     unjudged = len(every) - len(judged)
     if unjudged:
         print(f"not judged: {unjudged} sentences")
@@ -125,9 +146,11 @@ def figures(answers: Sequence[Answer]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generate", type=int, metavar="PER_COLLECTION")
+    parser.add_argument("--fresh", action="store_true", help="with --generate: questions never judged yet")
     parser.add_argument("--show", action="store_true")
     args = parser.parse_args()
-    answers = asyncio.run(generate(settings(), args.generate)) if args.generate else load_answers()
+    s = settings()
+    answers = asyncio.run(generate(s, args.generate, args.fresh)) if args.generate else load_answers()
     (show if args.show else figures)(answers)
 
 

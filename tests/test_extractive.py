@@ -131,3 +131,59 @@ def test_extractive_answers_are_for_the_local_model_only() -> None:
     assert not extractive.enabled(
         Settings.from_env({"DOCENT_LLM_BACKEND": "openai", "DOCENT_LLM_URL": "http://127.0.0.1:1/v1"})
     )
+
+
+CONFIGPARSER = """configparser — Configuration file parser > Classes > RawConfigParser
+has_section(section)
+        Return whether the given section exists.
+
+    read_file(f, filename=None)
+        Read and parse one configuration file, given as a file object.
+
+    write(self, fp)
+        Write an .ini-format representation of the configuration state.
+        Example::
+
+          c = C(1, 2)
+          Return the example's own value here.
+"""
+BISECT = """bisect — Bisection algorithms > Functions > insort
+insort = insort_right(a, x, lo=0, hi=None, *, key=None)
+    Insert item x in list a, and keep it sorted assuming a is sorted.
+"""
+TAIL = """    Return the tail of some earlier docstring, unnamed here.
+
+tarfile — Read from and write to tar format archives > Functions > open
+open(name=None, mode='r')
+    Open a tar archive for reading, writing or appending.
+"""
+
+
+def test_each_docstring_is_said_of_the_definition_it_documents() -> None:
+    config = hit(1, "configparser — Configuration file parser", CONFIGPARSER)
+    subjects = {c.text: c.subject for c in candidates([config])}
+    assert (
+        subjects["Read and parse one configuration file, given as a file object."]
+        == "read_file(f, filename=None)"
+    )
+    assert (
+        subjects["Return the example's own value here."] == "write(self, fp)"
+    )  # `c = C(1, 2)` is an example
+    (insort,) = candidates([hit(1, "bisect — Bisection algorithms", BISECT)])
+    assert insort.shown().startswith("`insort(...)`: Insert item x")
+
+
+def test_reference_text_whose_subject_is_unknown_is_left_out() -> None:
+    title = "tarfile — Read from and write to tar format archives"
+    tail = Hit(chunk_id="c", doc_id="pydoc/tarfile", title=title, heading="Functions", text=TAIL, score=1.0)
+    assert [c.text for c in candidates([tail])] == ["Open a tar archive for reading, writing or appending."]
+
+
+def test_sentences_pointing_at_text_the_answer_does_not_quote_are_left_out() -> None:
+    prose = (
+        "Padding is easy with sprintf. Use one of the following methods to pad with other characters. "
+        "The options described in this section apply to both forms. For example, the pad may be a dot."
+    )
+    texts = [c.text for c in candidates([hit(1, "", prose)])]
+    assert texts == ["Padding is easy with sprintf.", "For example, the pad may be a dot."]
+    assert extractive.leans("For example, the pad may be a dot.")  # quoted only after the sentence before

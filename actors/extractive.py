@@ -74,7 +74,12 @@ ELSEWHERE = re.compile(
     re.IGNORECASE,
 )
 # Openings that continue the sentence before: "For example, f(3.0) and f(3) ...", "Let's consider ...".
-LEANING_OPENINGS = ("For example", "For instance", "In that case", "In this case", "Let's", "Let us", "See ")
+LEANING_OPENINGS = (
+    "For example", "For instance", "In that case", "In this case", "In other words", "Let's", "Let us",
+    "See ", "If not", "If so", "Similarly", "Likewise", "Again", "Note the ",
+)  # fmt: skip
+# Demonstratives that point back wherever they stand: "You can ignore this for local packages".
+POINTING = frozenset({"this", "these", "those", "such"})
 # A verb, then its object: "Associates an internal FILEHANDLE ...", "Return an appropriate TarFile class".
 VERB_FIRST = re.compile(r"^([A-Z][a-z]+) (?:the|a|an|all|any|each|one|this|that|its|their)\b")
 NOT_VERBS_TEXT = """
@@ -247,12 +252,14 @@ def candidates(hits: Sequence[Hit]) -> list[Candidate]:
 
 
 def leans(sentence: str) -> bool:
-    """The sentence refers back: it opens with a LEANING word, or names "this", "they"... in its first
-    REFERRING_WORDS words ("Note that this filehandle ...", "Outside those contexts ...")."""
-    words = [w.lower() for w in FIRST_WORD.findall(sentence)[:REFERRING_WORDS]]
-    if sentence.startswith(LEANING_OPENINGS):
-        return True
-    return bool(words) and (words[0] in LEANING or any(w in REFERRING for w in words))
+    """The sentence refers back: it opens with a LEANING word or opening, names "it", "they"... in its first
+    REFERRING_WORDS words ("Outside those contexts ..."), or "this", "such"... anywhere ("You can ignore this
+    for local packages")."""
+    words = [w.lower() for w in FIRST_WORD.findall(sentence)]
+    if not words or sentence.startswith(LEANING_OPENINGS):
+        return bool(words)
+    first = words[:REFERRING_WORDS]
+    return first[0] in LEANING or any(w in REFERRING for w in first) or any(w in POINTING for w in words)
 
 
 def repeats(sentence: str, chosen: Sequence[Candidate]) -> bool:

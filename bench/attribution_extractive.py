@@ -1,8 +1,9 @@
 """Extractive answers (actors/extractive.py): the share of sentences attributed, precision on judged ones.
 
     .venv/bin/python -m bench.attribution_extractive --generate 20   # fresh answers -> ANSWERS
-    .venv/bin/python -m bench.attribution_extractive --generate 20 --fresh   # + questions never judged
+    .venv/bin/python -m bench.attribution_extractive --generate 15 --fresh   # again, + 15 never judged
     .venv/bin/python -m bench.attribution_extractive --show          # every sentence with its passage
+    .venv/bin/python -m bench.attribution_extractive --pairs demo    # beside the model's answers (quality)
     .venv/bin/python -m bench.attribution_extractive                 # the figures
 
 ANSWERS holds the embedded model's answers as the product now writes them (`DOCENT_LOCAL_ANSWER=
@@ -36,7 +37,9 @@ from actors.attribution import split_sentences
 from actors.extractive import LEAD_IN, MAX_ANSWER_WORDS, WORDS_PER_TOKEN, compose
 from actors.plan import CITATION
 from bench.attribution import Answer, Labels, Passage, settings
+from bench.attribution import load_answers as model_answers
 from bench.qa_sample import QAItem, qa_embed, qa_items
+from index.types import Hit
 from store.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -45,25 +48,28 @@ LABELS = HERE / "attribution_extractive_labels.json"
 EVERY_QUESTION = 10_000  # qa_items' per-collection count that takes every question
 
 
-def fresh_items(s: Settings, per_collection: int, judged: Collection[str]) -> list[QAItem]:
+def fresh_items(every: Sequence[QAItem], per_collection: int, judged: Collection[str]) -> list[QAItem]:
     """`per_collection` questions of each collection that no judgment names yet, evenly spread."""
-    every = qa_items(s, EVERY_QUESTION, s.local_top_k)
     out: list[QAItem] = []
     for name in dict.fromkeys(i.collection for i in every):
         left = [i for i in every if i.collection == name and i.qid not in judged]
-        out += left[:: max(1, len(left) // per_collection)][:per_collection]
+        out += left[:: max(1, len(left) // per_collection)][:per_collection] if per_collection else []
     return out
 
 
 async def generate(s: Settings, per_collection: int, fresh: bool = False) -> list[Answer]:
-    """Answers to `per_collection` questions of each collection (with `fresh`, questions never judged
-    before, added to those ANSWERS has)."""
+    """Answers to `per_collection` questions of each collection; with `fresh`, answers again to the questions
+    ANSWERS has and to `per_collection` more of each collection that were never judged."""
     embed = qa_embed(s)
     budget = min(MAX_ANSWER_WORDS, int(s.local_max_tokens * WORDS_PER_TOKEN))
-    known = load_answers() if fresh else []
-    answers: list[Answer] = list(known)
-    judged = {*load_judgments().labels, *(a.qid for a in known)}
-    items = fresh_items(s, per_collection, judged) if fresh else qa_items(s, per_collection, s.local_top_k)
+    if fresh:
+        every = qa_items(s, EVERY_QUESTION, s.local_top_k)
+        known = {a.qid for a in load_answers()}
+        judged = {*load_judgments().labels, *known}
+        items = [i for i in every if i.qid in known] + fresh_items(every, per_collection, judged)
+    else:
+        items = qa_items(s, per_collection, s.local_top_k)
+    answers: list[Answer] = []
     for item in items:
         pieces = await compose(item.hits, item.question, embed, budget)
         passages = tuple(
@@ -99,6 +105,24 @@ def cited(sentence: str) -> set[int]:
     return {int(n) for n in CITATION.findall(sentence)}
 
 
+def as_hit(p: Passage) -> Hit:
+    return Hit(chunk_id=str(p.n), doc_id=str(p.n), title=p.title, heading=p.heading, text=p.text, score=0.0)
+
+
+async def pairs(s: Settings, collection: str) -> None:
+    """The model's answers of `bench.attribution` (the same defaults: int8, 4 passages, 200 tokens) beside the
+    extractive answer to the same passages, for judging answer quality side by side."""
+    embed = qa_embed(s)
+    budget = min(MAX_ANSWER_WORDS, int(s.local_max_tokens * WORDS_PER_TOKEN))
+    for answer in (a for a in model_answers() if a.collection == collection):
+        hits = [as_hit(p) for p in answer.passages]
+        text = "".join(await compose(hits, answer.question, embed, budget)) or "(left to the model)"
+        print(f"\n=== {answer.qid}: {answer.question}")
+        for p in answer.passages:
+            print(f"  [{p.n}] {p.title} > {p.heading}: {' '.join(p.text.split())[:300]}")
+        print(f"  MODEL: {' '.join(answer.text.split())[:700]}\n  EXTRACTIVE: {text}")
+
+
 def show(answers: Sequence[Answer]) -> None:
     for answer in answers:
         print(f"\n=== {answer.qid}: {answer.question}")
@@ -132,12 +156,12 @@ def figures(answers: Sequence[Answer]) -> None:
         print(f"  {name}: {precision(mine)}")
     development = set(judgments.development)
     for label, held_out in (("held out (judged after the rules were fixed)", True), ("development", False)):
-        mine = [(a, s, t) for a, s, t in judged if (a.qid not in development) == held_out]
+        part = [(a, s, t) for a, s, t in judged if (a.qid not in development) == held_out]
         by = ", ".join(
-            f"{name} {precision([(cited(s), t) for a, s, t in mine if a.collection == name])}"
-            for name in sorted({a.collection for a, _, _ in mine})
+            f"{name} {precision([(cited(s), t) for a, s, t in part if a.collection == name])}"
+            for name in sorted({a.collection for a, _, _ in part})
         )
-        print(f"  {label}: {precision([(cited(s), t) for _, s, t in mine])}; {by}")
+        print(f"  {label}: {precision([(cited(s), t) for _, s, t in part])}; {by}")
     unjudged = len(every) - len(judged)
     if unjudged:
         print(f"not judged: {unjudged} sentences")
@@ -148,8 +172,12 @@ def main() -> None:
     parser.add_argument("--generate", type=int, metavar="PER_COLLECTION")
     parser.add_argument("--fresh", action="store_true", help="with --generate: questions never judged yet")
     parser.add_argument("--show", action="store_true")
+    parser.add_argument("--pairs", metavar="COLLECTION", help="the model's answers beside extractive ones")
     args = parser.parse_args()
     s = settings()
+    if args.pairs:
+        asyncio.run(pairs(s, args.pairs))
+        return
     answers = asyncio.run(generate(s, args.generate, args.fresh)) if args.generate else load_answers()
     (show if args.show else figures)(answers)
 

@@ -144,14 +144,27 @@ def summary(runs: Sequence[Run]) -> dict[str, float]:
 def report(configs: Sequence[Config], runs: Sequence[Run]) -> None:
     stats = {c.name: summary([r for r in runs if r.config == c.name]) for c in configs}
     base = stats[configs[0].name]
-    for name, s in stats.items():
+    for config in configs:
+        s = stats[config.name]
         print(
-            f"{name}: prompt {s['prompt_tokens']:.0f} tok | first token p50 {s['first_p50']:.0f} ms"
+            f"{config.name}: prompt {s['prompt_tokens']:.0f} tok | first token p50 {s['first_p50']:.0f} ms"
             f" p95 {s['first_p95']:.0f} ms (x{s['first_p50'] / base['first_p50']:.2f})"
-            f" | decode {s['decode']:.1f} tok/s (x{s['decode'] / base['decode']:.2f})"
+            f" | {decoding(config, s, base)}"
             f" | whole answer p50 {s['whole_p50'] / 1000:.1f} s p95 {s['whole_p95'] / 1000:.1f} s,"
-            f" {s['out_tokens']:.0f} tok out | 150-token answer {s['answer_150_s']:.1f} s"
+            f" {s['out_tokens']:.0f} tok out{answer_150(config, s)}"
         )
+
+
+def answer_150(config: Config, s: dict[str, float]) -> str:
+    return "" if config.answer == "extractive" else f" | 150-token answer {s['answer_150_s']:.1f} s"
+
+
+def decoding(config: Config, s: dict[str, float], base: dict[str, float]) -> str:
+    """The decode rate, or what stands for it: an extractive answer decodes nothing (its tokens are estimated,
+    its answer streams a sentence a delta) and its answer is as long as its sentences."""
+    if config.answer == "extractive":
+        return "no decoding (the whole answer is composed at once)"
+    return f"decode {s['decode']:.1f} tok/s (x{s['decode'] / base['decode']:.2f})"
 
 
 def main() -> None:

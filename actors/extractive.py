@@ -44,6 +44,7 @@ from store.settings import Settings
 
 MODEL_NAME = "extractive"
 MAX_SENTENCES = 3
+MAX_CANDIDATES = 64  # sentences embedded per answer, the passages' first (4 passages: 16 p50, 40 at most)
 MAX_ANSWER_WORDS = 90
 WORDS_PER_TOKEN = 0.75  # the answer's word budget from its token cap
 MIN_SENTENCE_WORDS = 5
@@ -333,7 +334,7 @@ async def scored(pool: Sequence[Candidate], question: str, embed: Embed) -> tupl
 async def compose(hits: Sequence[Hit], question: str, embed: Embed, word_budget: int) -> list[str]:
     """The answer's pieces as they stream (a lead-in, then one cited sentence each); empty when the
     passages hold no prose sentence."""
-    pool = candidates(hits)
+    pool = candidates(hits)[:MAX_CANDIDATES]
     if not pool:
         return []
     scores, best_cosine = await scored(pool, question, embed)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from actors import extractive
-from actors.attribution import claims_of
+from actors.attribution import Matrix, claims_of
 from actors.extractive import ExtractiveBackend, candidates, compose, paragraphs, split_prose
 from actors.llm.backends import UnavailableBackend
 from actors.plan import validate_citations
@@ -187,3 +189,16 @@ def test_sentences_pointing_at_text_the_answer_does_not_quote_are_left_out() -> 
     texts = [c.text for c in candidates([hit(1, "", prose)])]
     assert texts == ["Padding is easy with sprintf.", "For example, the pad may be a dot."]
     assert extractive.leans("For example, the pad may be a dot.")  # quoted only after the sentence before
+
+
+async def test_one_answer_embeds_at_most_max_candidates_sentences(embedder: Embedder) -> None:
+    many = hit(1, "", " ".join(f"Sentence number {i} says a thing about tokens." for i in range(200)))
+    seen: list[int] = []
+    embed = embed_with(embedder)
+
+    async def counting(texts: Sequence[str]) -> Matrix:
+        seen.append(len(texts))
+        return await embed(texts)
+
+    assert await compose([many], "tokens", counting, 90)
+    assert seen == [1 + extractive.MAX_CANDIDATES]  # the question and the first MAX_CANDIDATES sentences

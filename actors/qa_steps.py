@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 import msgspec
 
-from actors import attribution
+from actors import attribution, extractive
 from actors.activation import ActivationCore
 from actors.answer_policy import CacheDecision
+from actors.llm.types import LLMBackend
 from actors.sources import qa_sources
 from index.types import Hit
 from store import metrics
@@ -111,3 +112,12 @@ def streaming_attribution(act: ActivationCore, step: int) -> attribution.Streami
         act.scorer,
         lambda mark: msgspec.structs.replace(mark, step=step, turn=turn, at_ms=clock()),
     )
+
+
+def answer_backend(act: ActivationCore, backend: LLMBackend) -> LLMBackend:
+    """Who writes a Q&A answer: the embedded model's is extractive first (`actors.extractive`)."""
+    retrieval = act.turn.retrieval
+    if act.turn.route != "qa" or not act.hits or retrieval is None or not extractive.enabled(act.rt.settings):
+        return backend
+    embed = act.rt.knowledge().embed
+    return extractive.ExtractiveBackend(act.hits, retrieval.query, embed, backend, act.rt.settings)

@@ -110,6 +110,10 @@ def test_a_real_stack_exports_one_trace_from_the_web_ask_to_the_worker_turn(
         "retrieval.fuse",
         "retrieval.catalog",
     } <= stages
+    staged = {s.name: s for s in spans if s.parent_span_id == retrieval.span_id}
+    embed, ann, bm25 = staged["retrieval.embed"], staged["retrieval.ann"], staged["retrieval.bm25"]
+    assert retrieval.start_ns <= embed.start_ns <= embed.end_ns <= ann.start_ns  # ann: as the search ran it
+    assert ann.end_ns <= bm25.start_ns <= bm25.end_ns <= retrieval.end_ns
     assert chat.kind == 3  # CLIENT
     assert chat.attributes["gen_ai.operation.name"] == "chat"
     assert chat.name == f"chat {chat.attributes['gen_ai.request.model']}"
@@ -165,6 +169,7 @@ def test_an_agent_turn_has_a_span_per_step_under_its_turn(exporter: InMemorySpan
     trace = TurnTrace("conv-1")
     _play(trace, ConversationState(conversation_id="conv-1"), _agent_turn(time.time_ns() // 1_000_000 - 50))
     trace.close()
+    tracing.flush()  # the span maker's batch, now
     spans: dict[str, ReadableSpan] = {s.name: s for s in exporter.get_finished_spans()}
     assert set(spans) == {"turn", "chat m", "approval send_email", "execute_tool send_email"}
     turn = spans.pop("turn")
@@ -205,6 +210,7 @@ def test_prompt_content_in_spans_is_opt_in(exporter: InMemorySpanExporter) -> No
     _play(trace, ConversationState(conversation_id="conv-2"), _agent_turn(0)[:5])
     assert exporter.get_finished_spans() == ()  # made when the activation ends
     trace.close()
+    tracing.flush()
     chat = next(s for s in exporter.get_finished_spans() if s.status.status_code != StatusCode.ERROR)
     assert chat.attributes is not None
     assert json.loads(str(chat.attributes["gen_ai.input.messages"])) == [{"role": "user", "content": "plan"}]
@@ -229,6 +235,7 @@ def test_a_suspended_turn_resumes_under_the_same_parent(exporter: InMemorySpanEx
     first.close()  # the activation ends: the turn waits for a human
     second = TurnTrace("c")  # the next activation
     second.observe(state, AnswerCompleted(text="a", turn=1))
+    tracing.flush()
     turns = [s for s in exporter.get_finished_spans() if s.name == "turn"]
     assert len(turns) == 2
     assert {s.context.trace_id for s in turns} == {ask.get_span_context().trace_id}
@@ -254,3 +261,51 @@ def test_tracing_is_off_without_an_endpoint_and_refuses_another_protocol() -> No
         tracing.check_protocol({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})  # off: nothing to check
     finally:
         tracing.reset()
+
+
+def test_retrieval_stages_are_spans_at_their_measured_times(exporter: InMemorySpanExporter) -> None:
+    state = ConversationState(conversation_id="c")
+    trace = TurnTrace("c")
+    _play(trace, state, [UserMessage(text="q", turn=1), TurnStarted(route="qa", turn=1)])
+    timings = {"embed": 1.0, "ann": 0.5, "bm25": 2.0, "fuse": 0.2, "catalog": 0.3, "rerank": 1.5}
+    timings["total"] = 9.0  # not a stage: no span
+    trace.retrieval(state, timings, 10.0, 3, {"ann": 3.0})  # 2 ms waited for the search's thread
+    trace.observe(state, AnswerCompleted(text="a", turn=1))
+    tracing.flush()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    retrieval = spans["retrieval"]
+    assert retrieval.attributes is not None and retrieval.attributes["docent.retrieval.hits"] == 3
+    assert retrieval.start_time is not None and retrieval.end_time is not None
+    assert retrieval.end_time - retrieval.start_time == 10_000_000
+    placed, origin = {}, retrieval.start_time
+    for stage in ("embed", "ann", "bm25", "fuse", "catalog", "rerank"):
+        span = spans[f"retrieval.{stage}"]
+        assert span.parent is not None and span.parent.span_id == retrieval.context.span_id
+        assert span.start_time is not None and span.end_time is not None
+        assert retrieval.start_time <= span.start_time <= span.end_time <= retrieval.end_time
+        placed[stage] = (span.start_time - origin) / 1e6, (span.end_time - span.start_time) / 1e6
+    assert placed == {
+        "embed": (0.0, 1.0), "ann": (3.0, 0.5), "bm25": (3.5, 2.0), "fuse": (5.5, 0.2),
+        "catalog": (5.7, 0.3), "rerank": (6.0, 1.5),
+    }  # fmt: skip
+    assert "retrieval.total" not in spans
+
+
+def test_spans_are_made_off_the_turn_in_one_batch_and_the_queue_is_bounded(
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[int] = []
+    tracing.later(lambda: made.append(1))
+    tracing.later(lambda: made.append(1 // 0))  # a failure is logged, the next ones still run
+    tracing.later(lambda: made.append(2))
+    tracing.flush()
+    assert made == [1, 2]
+    deadline = time.monotonic() + 10
+    tracing.later(lambda: made.append(3))  # the span maker's thread, within MAKE_INTERVAL_MS
+    while made != [1, 2, 3] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert made == [1, 2, 3]
+    monkeypatch.setattr(tracing, "MAX_QUEUED_MAKES", 0)
+    tracing.later(lambda: made.append(4))  # over the bound: dropped
+    tracing.flush()
+    assert made == [1, 2, 3]

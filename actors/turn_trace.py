@@ -18,11 +18,11 @@ event (its latency, or its request's append time):
 
 Spans come from appended events only, so a replay after a crash does not make a step's span twice. While
 the turn runs, `observe` keeps the events that make a span, each with what its span needs from the turn's
-state at that moment (a list append); `close` hands the lot to `store.tracing.later`, and the span maker's
-thread makes all the spans of many turns in one batch (`TurnSpans.make`), off the turn's path: nothing
-is made between the steps, and nothing the actor goes on changing is read there. A killed worker loses the
-spans of the activations not yet made, as an unflushed exporter would. No prompt, question or answer text
-is put in a span unless `store.tracing.capture_content()` (opt-in).
+state at that moment (a list append); `close` hands the lot to `store.tracing.later`, and the span
+batcher's thread (`store.span_batch`) makes the spans of many turns in one batch (`TurnSpans.make`), off
+the turn's path: nothing is made between the steps, and nothing the actor goes on changing is read there.
+A killed worker loses the spans of the activations not yet made, as an unflushed exporter would. No prompt,
+question or answer text is put in a span unless `store.tracing.capture_content()` (opt-in).
 """
 
 from __future__ import annotations
@@ -195,12 +195,13 @@ class TurnSpans:
         self.suspended, self.capture = suspended, capture
         self.events: list[object] = []
         self.error: str | None = None
+        self.spans: list[object] = []  # made
 
-    def make(self) -> None:
+    def make(self) -> list[object]:
         parent = tracing.parent_of(self.traceparent)
         begun = tracing.begin(self.tracer, parent, "turn", kind=SpanKind.CONSUMER, attributes=self.attributes)
         if begun is None:
-            return  # not sampled
+            return self.spans  # not sampled: none
         context, sampled = begun
         self.attributes = sampled | self.attributes
         for item, at_ns, needed in self.steps:
@@ -213,8 +214,9 @@ class TurnSpans:
         tracing.finished(
             self.tracer, parent, "turn", start_ns=self.start_ns, end_ns=self.end_ns,
             attributes=self.attributes, kind=SpanKind.CONSUMER, error=self.error, context=context,
-            events=self.events,
+            events=self.events, into=self.spans,
         )  # fmt: skip
+        return self.spans
 
     def _step(self, parent: SpanContext, event: Event, now: int, needed: object) -> None:
         match event:
@@ -243,10 +245,17 @@ class TurnSpans:
         start = end - _ns(search.latency_ms)
         retrieval = tracing.finished(
             self.tracer, parent, "retrieval", start_ns=start, end_ns=end,
-            attributes={"docent.step": 0, "docent.retrieval.hits": search.hits},
+            attributes={"docent.step": 0, "docent.retrieval.hits": search.hits}, into=self.spans,
         )  # fmt: skip
         for stage, begin, stage_end in stage_times(search, start):
-            tracing.finished(self.tracer, retrieval, f"retrieval.{stage}", start_ns=begin, end_ns=stage_end)
+            tracing.finished(
+                self.tracer,
+                retrieval,
+                f"retrieval.{stage}",
+                start_ns=begin,
+                end_ns=stage_end,
+                into=self.spans,
+            )
 
     def _llm(
         self, parent: SpanContext, event: LLMCompleted | LLMFailed, requested: object, start: int, end: int
@@ -279,7 +288,7 @@ class TurnSpans:
         tracing.finished(
             self.tracer, parent, f"chat {model}".strip(), start_ns=start, end_ns=end,
             attributes=attributes, kind=SpanKind.CLIENT,
-            error=event.code if isinstance(event, LLMFailed) else None,
+            error=event.code if isinstance(event, LLMFailed) else None, into=self.spans,
         )  # fmt: skip
 
     def _tool(self, parent: SpanContext, event: ToolResult, end: int) -> None:
@@ -290,7 +299,7 @@ class TurnSpans:
                 "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": event.tool,
                 "gen_ai.tool.call.id": event.call_id, "docent.step": event.step,
             },
-            error=event.error.split(":", 1)[0] if event.error is not None else None,
+            error=event.error.split(":", 1)[0] if event.error is not None else None, into=self.spans,
         )  # fmt: skip
 
     def _approval(
@@ -305,6 +314,7 @@ class TurnSpans:
                 "gen_ai.tool.name": requested.tool, "docent.approval.outcome": outcome,
                 "docent.approval.room": requested.room, "docent.step": requested.step,
             },
+            into=self.spans,
         )  # fmt: skip
 
     def _end(self, event: Event, totals: Totals) -> None:

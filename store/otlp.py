@@ -85,10 +85,30 @@ def _key(name: str) -> bytes:
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, object] | None) -> bytes:
-    """Repeated KeyValue (key 1, value 2) under `tag`."""
+    """Repeated KeyValue (key 1, value 2) under `tag`. A string-valued pair seen before is its cached bytes
+    (most repeat: operation, model, tool, route, stage, tenant); the cache is emptied past MAX_CACHED_PAIRS.
+    Only strings: True == 1 == 1.0 as dict keys, but each has its own encoding."""
     if not attributes:
         return b""
-    return b"".join(_field(tag, _key(k) + _field(b"\x12", _any_value(v))) for k, v in attributes.items())
+    cache = _PAIRS.get(tag)
+    if cache is None:
+        cache = _PAIRS[tag] = {}
+    out = []
+    for key, value in attributes.items():
+        if type(value) is str:
+            found = cache.get((key, value))
+            if found is None:
+                if len(cache) >= MAX_CACHED_PAIRS:
+                    cache.clear()
+                found = cache[(key, value)] = _field(tag, _key(key) + _field(b"\x12", _any_value(value)))
+            out.append(found)
+        else:
+            out.append(_field(tag, _key(key) + _field(b"\x12", _any_value(value))))
+    return b"".join(out)
+
+
+MAX_CACHED_PAIRS = 4096
+_PAIRS: dict[bytes, dict[tuple[str, str], bytes]] = {}
 
 
 def _span_id(tag: bytes, span_id: int) -> bytes:

@@ -9,7 +9,7 @@
     install(provider) / reset()     another provider (an embedding application's, a test's in-memory one)
     begin(tracer, parent, name)     a span's sampled context, before the span is made with `finished`
     finished(tracer, parent, name, start_ns=, end_ns=, ...)  a span whose times are known when it is made
-    later(make)                     run `make()` (which makes finished spans) on the span maker's thread
+    later(make)                     `make()` (it returns finished spans) run on the span batcher's thread
     flush()                         make what `later` queued, then flush the provider (tests, benches)
 
 Configuration is OpenTelemetry's own environment, read by the SDK: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
@@ -32,19 +32,15 @@ default parent-based sampler decides. Tracing needs the SDK's tracer (`install` 
 The export encodes with `store.otlp` (the bytes directly, not protobuf objects).
 
 Spans whose data is all known (a turn's, when its activation ends) are made off the turn's thread: `later`
-queues a function that makes them, and the span maker (one daemon thread per process) runs what is queued
-every MAKE_INTERVAL_MS, in one batch. Made one turn at a time between the turns' other work, a turn's
-spans cost about three times the CPU of the same spans made in a batch (bench/observability.py: cold code
-and data each time); the queue holds at most MAX_QUEUED_MAKES turns (more are dropped, logged once).
+queues a function that makes them, and the span batcher (`store.span_batch`, one thread a process) makes
+what is queued in batches and hands the spans on: to the OTLP exporter, as the provider's span processor in
+place of the SDK's BatchSpanProcessor (`configure`), or to an installed provider's processors (`install`).
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import threading
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -73,9 +69,6 @@ CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 SUPPORTED_PROTOCOL = "http/protobuf"
 DEFAULT_SERVICE = "docent"
 INSTRUMENTATION = "docent"
-MAKE_INTERVAL_MS = 200  # the span maker's batch period
-MAX_QUEUED_MAKES = 8192  # turns waiting for their spans to be made, at most
-MAKER_THREAD = "docent-span-maker"
 
 _propagator = TraceContextTextMapPropagator()
 _state: dict[str, object] = {}  # "tracer", "provider", "capture": this process's configuration
@@ -109,7 +102,6 @@ def configure(role: str, env: Mapping[str, str] | None = None) -> bool:
     check_protocol(env)
     from opentelemetry.sdk.resources import OTELResourceDetector, Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     defaults = Resource({"service.name": DEFAULT_SERVICE, "docent.process": role, "process.pid": os.getpid()})
     resource = defaults.merge(OTELResourceDetector().detect())
@@ -117,10 +109,14 @@ def configure(role: str, env: Mapping[str, str] | None = None) -> bool:
         resource = resource.merge(Resource({"service.name": env["OTEL_SERVICE_NAME"].strip()}))
     provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER, parent-based by default
     from store.otlp import SpanExporter
+    from store.span_batch import SpanBatcher
 
-    provider.add_span_processor(BatchSpanProcessor(SpanExporter()))
-    atexit.register(_maker.drain)  # after the provider's own atexit shutdown was registered: runs before it
-    _state["provider"] = provider
+    exporter = SpanExporter()
+    batcher = SpanBatcher.from_env(exporter.export, env, close=exporter.shutdown)
+    provider.add_span_processor(batcher)  # its only one: the provider's shutdown (atexit too) flushes it
+    _state["provider"], _state["batcher"] = provider, batcher
+    _batchers.clear()
+    _batchers[id(provider)] = (provider, batcher)  # `install(provider)` again (a bench's arms): the same one
     _state["tracer"] = provider.get_tracer(INSTRUMENTATION)
     log.info("tracing: OTLP %s export on (%s)", SUPPORTED_PROTOCOL, role)
     return True
@@ -155,16 +151,17 @@ def provider() -> object | None:
 
 
 def flush() -> None:
-    """Make the spans `later` queued, in this thread, then flush the provider's processors."""
-    _maker.drain()
-    provider = _state.get("provider")
+    """Make the spans `later` queued and hand them on, in this thread, then flush the provider."""
+    batcher, provider = _state.get("batcher"), _state.get("provider")
+    if batcher is not None:
+        batcher.flush()  # type: ignore[attr-defined]
     if provider is not None:
         provider.force_flush()  # type: ignore[attr-defined]
 
 
 def shutdown() -> None:
     """Flush and stop the provider; the next `configure` (another app in this process) starts a new one."""
-    _maker.drain()
+    flush()
     provider = _state.get("provider")
     _state.clear()
     if provider is not None:
@@ -172,11 +169,34 @@ def shutdown() -> None:
 
 
 def install(provider: object, *, capture: bool = False) -> None:
-    """Use a given SDK `TracerProvider` (an embedding application's, or a test's in-memory exporter)."""
+    """Use a given SDK `TracerProvider` (an embedding application's, or a test's in-memory exporter): the
+    spans `later` makes go to its span processors (one batcher per provider, kept across installs)."""
     _state.clear()
     _state["provider"] = provider
     _state["tracer"] = provider.get_tracer(INSTRUMENTATION)  # type: ignore[attr-defined]
     _state["capture"] = capture
+    _state["batcher"] = _batcher_of(provider, _state["tracer"])  # type: ignore[arg-type]
+
+
+def _batcher_of(provider: object, tracer: Tracer) -> object:
+    found = _batchers.get(id(provider))
+    if found is not None and found[0] is provider:
+        return found[1]
+    from store.span_batch import SpanBatcher
+
+    processor = _sdk(tracer).processor  # the provider's: every span processor added to it
+
+    def sink(spans: Sequence[Any]) -> None:
+        for span in spans:
+            processor.on_end(span)
+
+    batcher = SpanBatcher.from_env(sink, os.environ)
+    _batchers.clear()  # one provider at a time in practice: keep the last one
+    _batchers[id(provider)] = (provider, batcher)
+    return batcher
+
+
+_batchers: dict[int, tuple[object, object]] = {}
 
 
 def reset() -> None:
@@ -255,12 +275,14 @@ def finished(
     error: str | None = None,
     context: SpanContext | None = None,
     events: Sequence[object] = (),
+    into: list[Any] | None = None,
 ) -> SpanContext | None:
     """A span from `start_ns` to `end_ns`, ended now; its context (None: not sampled). Its `context` is
     `begin`'s, or else a new child of `parent` (which must be a sampled span's).
 
     `error` sets `error.type` and an error status; `events` are `event(...)`'s. Attribute values are the
-    types OpenTelemetry allows (str, bool, int, float, or a tuple of one of them), not copied or cleaned."""
+    types OpenTelemetry allows (str, bool, int, float, or a tuple of one of them), not copied or cleaned.
+    The span goes to the tracer's span processors, or into the list `into` (for `later`)."""
     sdk = _sdk(tracer)
     if context is None:
         if parent is None or not parent.is_valid or not parent.trace_flags.sampled:
@@ -277,7 +299,10 @@ def finished(
         events=tuple(events), kind=kind, status=status, start_time=start_ns, end_time=end_ns,
         instrumentation_scope=sdk.scope,
     )  # fmt: skip
-    sdk.processor.on_end(span)
+    if into is not None:
+        into.append(span)
+    else:
+        sdk.processor.on_end(span)
     return context
 
 
@@ -289,49 +314,9 @@ def event(tracer: Tracer, name: str, attributes: Mapping[str, AttributeValue], a
     return _sdk(tracer).event(name, attributes=MappingProxyType(dict(attributes)), timestamp=at_ns)
 
 
-class SpanMaker:
-    """Runs queued span-making functions in batches on a daemon thread of its own (started in the process
-    that queues, so a forked worker starts its own)."""
-
-    def __init__(self) -> None:
-        self._queue: deque[Callable[[], None]] = deque()
-        self._running = threading.Lock()  # one batch at a time: the thread's or a `drain`
-        self._pid = 0
-        self._dropped = 0
-
-    def submit(self, make: Callable[[], None]) -> None:
-        if self._pid != os.getpid():
-            self._start()
-        if len(self._queue) >= MAX_QUEUED_MAKES:
-            self._dropped += 1
-            if self._dropped == 1:
-                log.warning("tracing: %d turns wait for their spans; dropping new ones", MAX_QUEUED_MAKES)
-            return
-        self._queue.append(make)
-
-    def drain(self) -> None:
-        with self._running:
-            while self._queue:
-                make = self._queue.popleft()
-                try:
-                    make()
-                except Exception:  # a span is never worth a worker: log it, go on
-                    log.exception("tracing: making a turn's spans failed")
-
-    def _start(self) -> None:
-        self._queue, self._running, self._pid = deque(), threading.Lock(), os.getpid()
-        threading.Thread(target=self._run, name=MAKER_THREAD, daemon=True).start()
-
-    def _run(self) -> None:
-        pid, pause = self._pid, threading.Event()
-        while self._pid == pid:
-            pause.wait(MAKE_INTERVAL_MS / 1000)
-            self.drain()
-
-
-_maker = SpanMaker()
-
-
-def later(make: Callable[[], None]) -> None:
-    """Run `make` (it makes spans with `finished`, from data it owns) on the span maker's thread, soon."""
-    _maker.submit(make)
+def later(make: Callable[[], Sequence[Any]]) -> None:
+    """Queue `make` (it returns spans made with `finished(..., into=[])`, from data it owns) for the span
+    batcher's thread, which makes them soon, with others, and hands them on (`store.span_batch`)."""
+    batcher = _state.get("batcher")
+    if batcher is not None:
+        batcher.later(make)  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from actors.testing import ScriptedLLMThread
 from actors.testing.otlp_receiver import OtlpReceiver, ReceivedSpan
 from actors.turn_trace import TurnTrace
 from server.auth import mint_token
-from store import tracing
+from store import span_batch, tracing
 from store.events import (
     AnswerCompleted,
     ApprovalDecided,
@@ -45,6 +45,7 @@ from store.events import (
 )
 from store.exceptions import ConfigError
 from store.settings import Settings
+from store.span_batch import SpanBatcher
 from tests.stack_proc import Stack
 from tests.test_metrics import POLICY, TENANT, _index
 
@@ -291,21 +292,34 @@ def test_retrieval_stages_are_spans_at_their_measured_times(exporter: InMemorySp
     assert "retrieval.total" not in spans
 
 
-def test_spans_are_made_off_the_turn_in_one_batch_and_the_queue_is_bounded(
-    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+def test_the_span_batcher_makes_off_the_turn_in_batches_and_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    made: list[int] = []
-    tracing.later(lambda: made.append(1))
-    tracing.later(lambda: made.append(1 // 0))  # a failure is logged, the next ones still run
-    tracing.later(lambda: made.append(2))
-    tracing.flush()
-    assert made == [1, 2]
+    handed: list[list[str]] = []
+
+    def sink(spans: Sequence[Any]) -> None:
+        handed.append(list(spans))
+
+    batcher = SpanBatcher(sink, delay_ms=20, max_spans=5, batch_spans=2)
+    batcher.later(lambda: ["a", "b", "c"])
+    batcher.later(lambda: [str(1 // 0)])  # a failure is logged, the next ones still made
+    batcher.later(lambda: ["d"])
+    batcher.flush()
+    assert handed == [["a", "b"], ["c", "d"]]  # at most batch_spans at a time
+    batcher.later(lambda: ["e"])  # the batcher's thread, within delay_ms
     deadline = time.monotonic() + 10
-    tracing.later(lambda: made.append(3))  # the span maker's thread, within MAKE_INTERVAL_MS
-    while made != [1, 2, 3] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert made == [1, 2, 3]
-    monkeypatch.setattr(tracing, "MAX_QUEUED_MAKES", 0)
-    tracing.later(lambda: made.append(4))  # over the bound: dropped
-    tracing.flush()
-    assert made == [1, 2, 3]
+    while len(handed) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert handed[2:] == [["e"]]
+    batcher.later(lambda: ["f", "g", "h", "i", "j", "k"])  # over max_spans: the first five kept
+    batcher.flush()
+    assert [x for batch in handed[3:] for x in batch] == ["f", "g", "h", "i", "j"]
+    monkeypatch.setattr(span_batch, "MAX_QUEUED_MAKES", 0)
+    count = len(handed)
+    batcher.later(lambda: ["l"])  # over the turns bound: dropped
+    batcher.flush()
+    assert len(handed) == count
+    closed: list[bool] = []
+    batcher.close = lambda: closed.append(True)
+    batcher.shutdown()
+    assert closed == [True]

@@ -87,6 +87,3 @@ class RabbitServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-

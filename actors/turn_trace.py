@@ -82,8 +82,8 @@ class Totals(NamedTuple):
 class Retrieval(NamedTuple):
     """A search's stage timings (and start offsets when the Searcher gave them), latency and hits."""
 
-    timings_ms: dict[str, float]
-    starts_ms: dict[str, float]
+    timings_ms: Mapping[str, float]
+    starts_ms: Mapping[str, float]
     latency_ms: float
     hits: int
 
@@ -130,7 +130,7 @@ class TurnTrace:
     ) -> None:
         turn = self._open(state)
         if turn is not None:
-            search = Retrieval(dict(timings_ms), dict(starts_ms or {}), latency_ms, hits)
+            search = Retrieval(timings_ms, starts_ms or {}, latency_ms, hits)  # the search's own: not changed
             self.pending.append((search, time.time_ns(), None))
 
     def close(self, suspended: bool = True) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -74,7 +75,8 @@ class SpanBatcher(SpanProcessor):
         self._spans: deque[Any] = deque()
         self._running = threading.Lock()  # one batch at a time: the thread's or a flush
         self._wake = threading.Event()
-        self._pid = 0
+        self._pid = 0  # the process whose thread runs (0: none yet, or forked since)
+        self._fork_hook = False
         self._stopped = False
         self._dropped = 0
 
@@ -164,15 +166,23 @@ class SpanBatcher(SpanProcessor):
     # -- the thread ---------------------------------------------------------------------------------------
 
     def _started(self) -> None:
-        """The thread of this process (a forked child starts its own, with empty queues)."""
-        if self._pid == os.getpid():
+        """The thread of this process, started by the first span (a forked child starts its own, with empty
+        queues: `_forked` forgets the parent's thread)."""
+        if self._pid:
             return
         with self._starting:
-            if self._pid == os.getpid():
+            if self._pid:
                 return
             self._makes, self._spans, self._running = deque(), deque(), threading.Lock()
             self._wake, self._pid = threading.Event(), os.getpid()
             threading.Thread(target=self._run, name=THREAD_NAME, daemon=True).start()
+            if not self._fork_hook:
+                self._fork_hook = True
+                forked = weakref.WeakMethod(self._forked)
+                os.register_at_fork(after_in_child=lambda: (hook := forked()) is not None and hook())
+
+    def _forked(self) -> None:
+        self._pid, self._starting = 0, threading.Lock()
 
     def _run(self) -> None:
         pid = self._pid

@@ -323,3 +323,15 @@ def test_the_span_batcher_makes_off_the_turn_in_batches_and_is_bounded(
     batcher.close = lambda: closed.append(True)
     batcher.shutdown()
     assert closed == [True]
+
+
+def test_installing_the_configured_provider_again_keeps_its_one_batcher() -> None:
+    tracing.reset()
+    try:
+        assert tracing.configure("worker", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+        provider, batcher = tracing.provider(), tracing._state["batcher"]
+        assert isinstance(batcher, SpanBatcher)
+        tracing.install(provider)  # a bench's traced arm, once a turn
+        assert tracing._state["batcher"] is batcher
+    finally:
+        tracing.shutdown()

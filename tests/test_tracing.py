@@ -319,6 +319,8 @@ def test_the_span_batcher_makes_off_the_turn_in_batches_and_is_bounded(
     batcher.later(lambda: ["l"])  # over the turns bound: dropped
     batcher.flush()
     assert len(handed) == count
+    settings = span_batch.sdk_env({"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_BSP_MAX_QUEUE_SIZE": "lots"})
+    assert list(settings.values()) == [100, 8192, 2048]  # a malformed value: the default
     closed: list[bool] = []
     batcher.close = lambda: closed.append(True)
     batcher.shutdown()

@@ -14,8 +14,9 @@
 
 Configuration is OpenTelemetry's own environment, read by the SDK: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) turns tracing on; `OTEL_SERVICE_NAME` (default `docent`),
-`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*` as the SDK
-documents them; `OTEL_SDK_DISABLED=true` turns it off again. Only the `http/protobuf` protocol is shipped
+`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPLER` as the SDK documents them,
+`OTEL_BSP_*` too (read by `store.span_batch`, larger default sizes); `OTEL_SDK_DISABLED=true` turns it
+off again. Only the `http/protobuf` protocol is shipped
 (no gRPC dependency): another `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` stops the process with a
 `config_error`. `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true` (the GenAI instrumentations'
 switch) adds the prompt messages and the answer text to LLM spans; without it no question, prompt or

@@ -67,12 +67,7 @@ def reingest_document(doc_id: str) -> None:
 def _declare(fn: object, name: str) -> dramatiq.Actor[[str], None]:
     options = {**RETRY.actor_options(), "time_limit": TIME_LIMIT_MS}
     return dramatiq.Actor(
-        fn,
-        broker=setup_broker(),
-        actor_name=name,
-        queue_name=INGEST_QUEUE,
-        priority=0,
-        options=options,  # type: ignore[arg-type]
+        fn, broker=setup_broker(), actor_name=name, queue_name=INGEST_QUEUE, priority=0, options=options  # type: ignore[arg-type]
     )
 
 

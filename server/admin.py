@@ -149,7 +149,6 @@ def _mapped(endpoint: Endpoint) -> Endpoint:
 
 # -- the console page ------------------------------------------------------------------------------------
 
-
 async def admin_page(request: Request) -> Response:
     """The console (web/templates/admin.html): public like the other pages; every call it makes needs the
     admin key."""

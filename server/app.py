@@ -202,16 +202,14 @@ def create_app(
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Admin-Key"],
             max_age=600,
-        ),
+        )
     ]
     return Starlette(
         routes=app_routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
-            DocentError: docent_error,
-            redis.RedisError: redis_error,
-            HTTPException: http_error,
+            DocentError: docent_error, redis.RedisError: redis_error, HTTPException: http_error,
             RedisClusterException: redis_error,
         },
     )

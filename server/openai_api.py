@@ -169,10 +169,7 @@ def _sse(value: object) -> bytes:
 
 
 def _chunk(
-    head: Head,
-    delta: ChunkDelta,
-    finish_reason: str | None = None,
-    usage: Usage | None = None,
+    head: Head, delta: ChunkDelta, finish_reason: str | None = None, usage: Usage | None = None,
     docent: Docent | None = None,
 ) -> bytes:
     choice = ChunkChoice(delta=delta, finish_reason=finish_reason)

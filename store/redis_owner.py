@@ -95,10 +95,7 @@ class OwnedRedis:
         self.identity = secrets.token_hex(16)
         port = resolve_port(self.directory, settings.redis_port)
         self.server = EmbeddedRedis(
-            self.directory,
-            port,
-            password=password(self.directory),
-            fsync=settings.redis_fsync,
+            self.directory, port, password=password(self.directory), fsync=settings.redis_fsync,
             lock_fd=self.lock_fd,
         )
 

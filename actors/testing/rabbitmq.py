@@ -87,3 +87,6 @@ class RabbitServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+

@@ -1,7 +1,7 @@
 """Both counting sinks together: hosted on a thread for synchronous code, or as a standalone process.
 
-with SinkThread(SmtpSink(), HttpSink()) as (smtp, http): ...        # from synchronous code
-python -m actors.testing.sinks --smtp-port 2525 --http-port 8025    # standalone; GET /_stats
+    with SinkThread(SmtpSink(), HttpSink()) as (smtp, http): ...        # from synchronous code
+    python -m actors.testing.sinks --smtp-port 2525 --http-port 8025    # standalone; GET /_stats
 """
 
 from __future__ import annotations

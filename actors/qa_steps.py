@@ -42,7 +42,7 @@ async def retrieve(act: ActivationCore, query: str) -> None:
     act.hits = list(result.hits)
     metrics.observe_retrieval(result.timings_ms)
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    act.trace.retrieval(act.state, result.timings_ms, latency_ms, len(result.hits))
+    act.trace.retrieval(act.state, result.timings_ms, latency_ms, len(result.hits), result.stage_starts_ms)
     act.emit(
         [
             RetrievalDone(

@@ -26,6 +26,15 @@ def _exact(held: dict[int, npt.NDArray[np.float32]], query: npt.NDArray[np.float
     return [keys[i] for i in np.argsort(-scores, kind="stable")[:k]]
 
 
+def _saved_base(directory: Path, dtype: str, seed: int) -> tuple[VectorIndex, npt.NDArray[np.float32]]:
+    """A writer whose first save holds keys 1..40 (a base file), and 50 unit rows (key n: row n - 1)."""
+    rows = _unit_rows(50, seed=seed)
+    writer = VectorIndex.open_writer(directory, ndim=DIMENSION, dtype=dtype)
+    writer.add(range(1, 41), rows[:40])
+    writer.save()
+    return writer, rows
+
+
 @pytest.fixture
 def small_delta(monkeypatch: pytest.MonkeyPatch) -> int:
     monkeypatch.setattr(vectors_module, "DELTA_MAX_VECTORS", 8)
@@ -74,10 +83,7 @@ def test_commits_on_a_large_base_write_deltas_and_readers_see_base_plus_delta(
 def test_a_delta_search_checks_access_and_the_writer_discards_an_unsaved_delta(
     tmp_path: Path, small_delta: int
 ) -> None:
-    rows = _unit_rows(50, seed=3)
-    writer = VectorIndex.open_writer(tmp_path, ndim=DIMENSION, dtype="f32")
-    writer.add(range(1, 41), rows[:40])
-    writer.save()
+    writer, rows = _saved_base(tmp_path, "f32", seed=3)
     writer.add(range(41, 46), rows[40:45])
     writer.save()
     query = rows[41]  # key 42's vector
@@ -96,10 +102,7 @@ def test_a_delta_search_checks_access_and_the_writer_discards_an_unsaved_delta(
 def test_compact_folds_the_delta_and_old_files_are_collected_but_the_base(
     tmp_path: Path, small_delta: int
 ) -> None:
-    rows = _unit_rows(50, seed=5)
-    writer = VectorIndex.open_writer(tmp_path, ndim=DIMENSION, dtype="f16")
-    writer.add(range(1, 41), rows[:40])
-    writer.save()
+    writer, rows = _saved_base(tmp_path, "f16", seed=5)
     for n in range(41, 44):  # three delta generations on base 1
         writer.add([n], rows[n - 1 : n])
         writer.save()

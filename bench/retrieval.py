@@ -3,6 +3,7 @@
     .venv/bin/python bench/retrieval.py                 # both sizes, each in its own process
     .venv/bin/python bench/retrieval.py --size 100000   # one size
     .venv/bin/python bench/retrieval.py --embed-chunks 512
+    .venv/bin/python bench/retrieval.py --chunks 1000000 --embed-chunks 0   # 1M chunks (--chunks = --size)
 
 What it measures, and how the corpora are made:
 
@@ -13,12 +14,15 @@ What it measures, and how the corpora are made:
 - Embedding throughput: real MiniLM (CTranslate2 int8, settings.bulk_embed_threads) on the longest
   `--embed-chunks` chunks (~250 tokens each), through the production Ingestor (default commit size), so
   the figure is end-to-end: embed time (measured inside the embedder) + index time (the rest).
-- The 10K / 100K corpora: the source chunks repeated; copy n > 0 of a chunk drops every 9th word (offset by
-  n) so BM25 postings differ, and REUSES the source chunk's real vector plus small Gaussian noise
-  (sigma 0.01 per dimension, renormalised) instead of running the model on 100K chunks. Index time is
-  therefore measured without embedding, and the ingest rate reported for them is the index path alone;
-  bulk loads use DOCS_PER_COMMIT_BULK documents per Whoosh commit / USearch generation, then
-  `Ingestor.optimize()` (one lexical segment), timed with the build.
+- The 10K / 100K / 1M corpora: the source chunks repeated; copy n > 0 of a chunk has its words resampled
+  (bench/synthetic_text.py: 30% replaced by words drawn from the source's unigram distribution, 1% by new
+  words, so the vocabulary grows with the corpus; `--text perturbed`: the first rounds' copies, every 9th
+  word dropped, offset by n: 9 variants a chunk), and REUSES the source chunk's real vector plus small
+  Gaussian noise (sigma 0.01 per dimension, renormalised) instead of running the model on 100K chunks.
+  Index time is therefore measured without embedding, and the ingest rate reported for them is the index
+  path alone; bulk loads use DOCS_PER_COMMIT_BULK documents per Whoosh commit / USearch generation (a delta
+  file, index.vector_delta), then `Ingestor.optimize()` (one lexical segment, one vector graph), timed with
+  the build (wall and this process's CPU seconds).
 - Queries: the 373 judged queries of the three collections (keyword and question style), each once,
   through the async live path (`Searcher.search`: cached QueryEmbedder with nothing cached, so every
   embedding is cold; USearch || Whoosh in threads; z-score fusion; catalog), mode hybrid, k = 8, no rerank.
@@ -36,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +50,7 @@ import msgspec  # noqa: E402
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
+from bench.synthetic_text import Resampler  # noqa: E402
 from index.embed import QueryEmbedder, load_embedder  # noqa: E402
 from index.entries import chunk_of  # noqa: E402
 from index.evalrun import EVAL_ACCESS, EVAL_PRINCIPAL, demo_corpus, ensure_index  # noqa: E402
@@ -152,10 +157,18 @@ def perturb(text: str, copy: int) -> str:
     return " ".join(kept) if kept else text
 
 
+Vary = Callable[[str, int, int], str]  # (source text, corpus row, copy) -> text
+
+
+def perturbed(text: str, row: int, copy: int) -> str:
+    return perturb(text, copy)
+
+
 def build_corpus(
-    source: Sequence[SourceChunk], size: int, seed: int = 7
+    source: Sequence[SourceChunk], size: int, seed: int = 7, vary: Vary = perturbed
 ) -> tuple[list[tuple[Document, list[Chunk]]], dict[str, npt.NDArray[np.float32]]]:
-    """`size` chunks grouped into documents (a source document per copy), and their vectors by text."""
+    """`size` chunks grouped into documents (a source document per copy), and their vectors by text;
+    copy n of a source chunk's text is `vary(text, row, n)`."""
     rng = np.random.default_rng(seed)
     documents: dict[str, tuple[Document, list[Chunk]]] = {}
     table: dict[str, npt.NDArray[np.float32]] = {}
@@ -163,7 +176,7 @@ def build_corpus(
         src = source[i % len(source)]
         copy = i // len(source)
         doc_id = f"{src.chunk.doc_id}~{copy}"
-        text = perturb(src.chunk.text, copy)
+        text = vary(src.chunk.text, i, copy)
         if doc_id not in documents:
             documents[doc_id] = (
                 Document(
@@ -245,7 +258,7 @@ async def run_queries(searcher: Searcher, queries: Sequence[str]) -> dict[str, d
     }
 
 
-def bench_size(settings: Settings, size: int, embed_chunks: int) -> dict:
+def bench_size(settings: Settings, size: int, embed_chunks: int, text: str = "resampled") -> dict:
     workdir = settings.data_path / "bench" / f"retrieval-{size}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -253,20 +266,26 @@ def bench_size(settings: Settings, size: int, embed_chunks: int) -> dict:
     started = time.perf_counter()
     source, queries = source_chunks(settings, minilm)
     prepare_s = time.perf_counter() - started
-    out: dict = {"size": size, "source_chunks": len(source), "queries": len(queries)}
+    out: dict = {"size": size, "source_chunks": len(source), "queries": len(queries), "text": text}
     if embed_chunks:
         out["real_ingest"] = bench_real_ingest(settings, source, embed_chunks, workdir)
-    documents, table = build_corpus(source, size)
+    started = time.perf_counter()
+    vary = Resampler(s.chunk.text for s in source).vary if text == "resampled" else perturbed
+    documents, table = build_corpus(source, size, vary=vary)
+    corpus_s = time.perf_counter() - started
     embedder = LookupEmbedder(minilm, table)
     local = msgspec.structs.replace(
         settings, data_dir=str(workdir / "bulk"), model_dir=str(settings.model_path)
     )
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with Ingestor(local, embedder, docs_per_commit=DOCS_PER_COMMIT_BULK) as ingestor:
         report = ingestor.ingest_many(documents)
-        ingestor.optimize()  # one lexical segment, as after any bulk load
+        optimize_started = time.perf_counter()
+        ingestor.optimize()  # one lexical segment and one vector graph, as after any bulk load
+        optimize_s = time.perf_counter() - optimize_started
         version = ingestor.version
     build_s = time.perf_counter() - started
+    build_cpu_s = time.process_time() - cpu_started
     assert report.failed == 0 and embedder.model_texts == 0
     out["bulk_ingest"] = {
         "chunks": size,
@@ -274,7 +293,10 @@ def bench_size(settings: Settings, size: int, embed_chunks: int) -> dict:
         "vector_lookup_s": round(embedder.embed_s, 2),
         "index_s": round(build_s - embedder.embed_s, 2),
         "index_chunks_per_s": round(size / (build_s - embedder.embed_s), 1),
+        "optimize_s": round(optimize_s, 1),
+        "build_cpu_s": round(build_cpu_s, 1),
         "source_prepare_s": round(prepare_s, 1),
+        "corpus_s": round(corpus_s, 1),
     }
     out["peak_rss_mb_after_build"] = peak_rss_mb()
     online = load_embedder(settings, "minilm", purpose="online")
@@ -301,8 +323,9 @@ def print_report(r: dict) -> None:
         )
     b = r["bulk_ingest"]
     print(
-        f"bulk index (reused vectors, {b['documents']:,} documents): {b['index_s']} s = "
-        f"{b['index_chunks_per_s']} chunks/s (vector lookup {b['vector_lookup_s']} s)"
+        f"bulk index ({r.get('text', 'perturbed')} text, reused vectors, {b['documents']:,} documents): "
+        f"{b['index_s']} s = {b['index_chunks_per_s']} chunks/s (vector lookup {b['vector_lookup_s']} s; "
+        f"optimize {b.get('optimize_s', '-')} s; {b.get('build_cpu_s', '-')} CPU s this process)"
     )
     print("| stage | p50 ms | p95 ms |\n| --- | --- | --- |")
     for stage, v in r["latency_ms"].items():
@@ -312,19 +335,24 @@ def print_report(r: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=0, help="one corpus size (default: 10K and 100K)")
+    parser.add_argument(
+        "--size", "--chunks", type=int, default=0, help="one corpus size (default: 10K and 100K)"
+    )
+    parser.add_argument(
+        "--text", choices=("resampled", "perturbed"), default="resampled", help="how copies vary (see above)"
+    )
     parser.add_argument("--embed-chunks", type=int, default=512, help="chunks embedded for real (0: skip)")
     args = parser.parse_args()
     settings = Settings.from_env()
     if args.size:
-        result = bench_size(settings, args.size, args.embed_chunks)
+        result = bench_size(settings, args.size, args.embed_chunks, args.text)
         print_report(result)
         print(json.dumps(result, separators=(",", ":")))
         return
     for n, size in enumerate(SIZES):
         embed = args.embed_chunks if n == 0 else 0  # the real-model figure does not depend on the size
         cmd = [sys.executable, __file__, "--size", str(size), "--embed-chunks", str(embed)]
-        subprocess.run(cmd, check=True)
+        subprocess.run([*cmd, "--text", args.text], check=True)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
-from index.keys import Scored
+from index.keys import Keys, Scored, as_keys
 from store.exceptions import InputError
 
 DENSE_WEIGHT = 0.6  # settings.fusion_dense_weight's default (leave-one-collection-out, see above)
@@ -74,14 +75,35 @@ def _ranks(lists: Mapping[str, Sequence[int]]) -> dict[int, dict[str, int]]:
     return ranks
 
 
+Floats = npt.NDArray[np.float64]
+
+
+def _columns(scored: Sequence[Scored]) -> tuple[Keys, Floats]:
+    """A scored list as (keys, scores) arrays, the first occurrence of a repeated key kept, in order."""
+    if not scored:
+        return as_keys([]), np.zeros(0)
+    keys_seen, scores_seen = zip(*scored, strict=True)
+    keys = np.array(keys_seen, dtype=np.uint64)
+    scores = np.array(scores_seen, dtype=np.float64)
+    if len(set(keys_seen)) < len(keys_seen):  # rare: retrievers return each key once
+        _, first = np.unique(keys, return_index=True)
+        first.sort()
+        keys, scores = keys[first], scores[first]
+    return keys, scores
+
+
+def _z(scores: Floats) -> Floats:
+    if not len(scores):
+        return scores
+    centred = scores - scores.mean()
+    spread = float(np.sqrt(np.dot(centred, centred) / len(centred)))
+    return centred / (spread or 1.0)
+
+
 def standardised(scored: Sequence[Scored]) -> dict[int, float]:
     """key -> (score - mean) / standard deviation over the list (first occurrence of a key counts)."""
-    unique = dict(reversed(scored))  # the first occurrence wins
-    values = np.fromiter(unique.values(), dtype=np.float64, count=len(unique))
-    if not len(values):
-        return {}
-    z = (values - values.mean()) / (float(values.std()) or 1.0)
-    return dict(zip(unique, z.tolist(), strict=True))
+    keys, scores = _columns(scored)
+    return dict(zip(keys.tolist(), _z(scores).tolist(), strict=True))
 
 
 def zscore(
@@ -90,19 +112,37 @@ def zscore(
     weights: Mapping[str, float] | None = None,
     limit: int | None = None,
 ) -> list[Fused]:
-    """Fuse scored lists (best first) by the weighted sum of standardised scores; see the module doc."""
+    """Fuse scored lists (best first) by the weighted sum of standardised scores; see the module doc.
+
+    Vectorised: each list becomes key and score arrays, the union of keys one sorted array, each list's
+    standardised scores (its floor where a key is missing) one weighted column added to the total, and
+    the order one lexsort by (-score, best single rank, key); only the first `limit` become Fused."""
     weights = DEFAULT_WEIGHTS if weights is None else weights
     _check_weights(weights)
-    ranks = _ranks({name: [key for key, _ in scored] for name, scored in lists.items()})
-    keys = list(ranks)
-    total = np.zeros(len(keys))
-    for name, scored in lists.items():
-        z = standardised(scored)
-        if z:
-            floor = min(z.values())
-            column = np.fromiter((z.get(key, floor) for key in keys), float, len(keys))
+    names = list(lists)
+    columns = [_columns(lists[name]) for name in names]
+    if not names:
+        return []
+    union, inverse = np.unique(np.concatenate([keys for keys, _ in columns]), return_inverse=True)
+    total = np.zeros(len(union))
+    ranks = np.zeros((len(names), len(union)), dtype=np.int64)
+    start = 0
+    for row, (name, (keys, scores)) in enumerate(zip(names, columns, strict=True)):
+        at = inverse[start : start + len(keys)]
+        start += len(keys)
+        ranks[row, at] = np.arange(1, len(keys) + 1)
+        if len(keys):
+            z = _z(scores)
+            column = np.full(len(union), z.min())
+            column[at] = z
             total += weights.get(name, 1.0) * column
-    return _ordered(dict(zip(keys, total.tolist(), strict=True)), ranks, limit)
+    best_rank = np.where(ranks > 0, ranks, np.iinfo(np.int64).max).min(axis=0)
+    order = np.lexsort((union, best_rank, -total))[:limit]
+    by_list = ranks[:, order].tolist()
+    return [
+        Fused(key=key, score=score, ranks={n: r[i] for n, r in zip(names, by_list, strict=True) if r[i]})
+        for i, (key, score) in enumerate(zip(union[order].tolist(), total[order].tolist(), strict=True))
+    ]
 
 
 def rrf(
@@ -125,9 +165,17 @@ def rrf(
     return _ordered(scores, ranks, limit)
 
 
+def lexical_top_stands_out(bm25: Sequence[Scored]) -> bool:
+    """Whether BM25's best hit stands out of its list (standardised score >= LEXICAL_ANCHOR_Z)."""
+    if not bm25:
+        return False
+    _, scores = _columns(bm25)
+    return bool(_z(scores)[0] >= LEXICAL_ANCHOR_Z)
+
+
 def keep_lexical_top(fused: list[Fused], bm25: Sequence[Scored], k: int) -> list[Fused]:
     """`fused` with BM25's best hit moved up to place k when it stands out and fusion left it below."""
-    if not bm25 or standardised(bm25)[bm25[0][0]] < LEXICAL_ANCHOR_Z:
+    if not lexical_top_stands_out(bm25):
         return fused
     at = next((n for n, entry in enumerate(fused) if entry.key == bm25[0][0]), None)
     if at is None or at < k:

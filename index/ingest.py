@@ -214,8 +214,8 @@ class Ingestor:
         return self._run(loaders, progress)
 
     def optimize(self) -> int:
-        """After a bulk load: the lexical index merged into one segment (fewer reads per query term).
-        Returns the segments left."""
+        """After a bulk load: the lexical index merged into one segment (fewer reads per query term) and
+        the vector delta folded into its base (one HNSW graph). Returns the lexical segments left."""
         return self._with_retries(self.writer.optimize)
 
     def delete_document(self, doc_id: str, *, tenant: str | None = None) -> DocumentOutcome:

@@ -48,7 +48,7 @@ import redis.asyncio as aredis
 
 from index.access import AccessFilter, AccessMap
 from index.entries import chunk_of
-from index.fusion import Fused, dense_weighted, keep_lexical_top, rrf, zscore
+from index.fusion import Fused, dense_weighted, keep_lexical_top, lexical_top_stands_out, rrf, zscore
 from index.keys import Scored, as_keys
 from index.lexical import LexicalIndex
 from index.sections import section_passages
@@ -305,13 +305,16 @@ class Searcher:
         allowed: AccessFilter,
     ) -> list[Hit]:
         started = time.perf_counter()
-        fused = self._fuse(query, dense, lexical, mode)
+        depth = max(k, self.settings.rerank_depth) if self.reranker is not None else k
+        spare = depth + k  # a few spare: a row may have been hidden since retrieval
+        fused = self._fuse(dense, lexical, mode, spare)
         if mode == "hybrid":
+            if lexical_top_stands_out(lexical) and all(f.key != lexical[0][0] for f in fused):
+                fused = self._fuse(dense, lexical, mode, None)  # rare: the anchor is below the cut
             fused = keep_lexical_top(fused, lexical, k)
         timings["fuse"] = _ms(started)
-        depth = max(k, self.settings.rerank_depth) if self.reranker is not None else k
         started = time.perf_counter()
-        candidates = fused[: depth + k]  # a few spare: a row may have been hidden since retrieval
+        candidates = fused[:spare]
         rows = self.catalog.chunk_rows(self.version, [f.key for f in candidates])
         tokens = principal.reader_tokens()
         passed = allowed(as_keys([f.key for f in candidates])).tolist() if candidates else []
@@ -332,16 +335,18 @@ class Searcher:
             timings["rerank"] = _ms(started)
         return [_hit(f, row, rerank) for (f, row), rerank in zip(readable, rerank_scores, strict=True)][:k]
 
-    def _fuse(self, query: str, dense: list[Scored], lexical: list[Scored], mode: Mode) -> list[Fused]:
+    def _fuse(self, dense: list[Scored], lexical: list[Scored], mode: Mode, limit: int | None) -> list[Fused]:
+        """The first `limit` (None: all) of the fused list (one retriever's list in dense/bm25 mode)."""
         if mode == "hybrid":
             lists = {"dense": dense, "bm25": lexical}
             if self.fusion == "rrf":
                 ranked = {name: [key for key, _ in scored] for name, scored in lists.items()}
-                return rrf(ranked, k=self.settings.rrf_k, weights=self.weights)
-            return zscore(lists, weights=self.weights)
+                return rrf(ranked, k=self.settings.rrf_k, weights=self.weights, limit=limit)
+            return zscore(lists, weights=self.weights, limit=limit)
         name, scored = ("dense", dense) if mode == "dense" else ("bm25", lexical)
         return [
-            Fused(key=key, score=score, ranks={name: rank}) for rank, (key, score) in enumerate(scored, 1)
+            Fused(key=key, score=score, ranks={name: rank})
+            for rank, (key, score) in enumerate(scored[:limit], 1)
         ]
 
 

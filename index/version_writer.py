@@ -187,8 +187,15 @@ class _VersionWriter:
         self.vectors.save()
 
     def optimize(self) -> int:
-        """The lexical index as one segment (LexicalIndex.optimize), under the version's write lock."""
+        """The lexical index as one segment (LexicalIndex.optimize) and the vector delta folded into its
+        base (VectorIndex.compact), under the version's write lock."""
         with write_lock(self.settings, self.version):
+            try:
+                self.vectors.refresh(now=True)
+                self.vectors.compact()
+            except BaseException:
+                self.vectors.discard_changes()
+                raise
             return self.lexical.optimize()
 
     def collect(self) -> int:

@@ -7,7 +7,8 @@
                                     state, counts
             whoosh/                 the Whoosh index (index.lexical)
             generation              the current USearch generation (index.vectors)
-            vectors-<n>.usearch     USearch generations
+            vectors-<n>.usearch     USearch base files (index.vectors)
+            vectors-<n>.delta       the entries since the base (index.vector_delta)
             write.lock              held by the one writer of this version (flock)
 
 Every file is replaced by write-temp, fsync, rename, fsync-directory, so a reader sees the old or the new

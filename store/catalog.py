@@ -330,9 +330,12 @@ class Catalog:
         return rows[0][0] if rows else None
 
     def visible_chunks(self, version: str, doc_id: str) -> list[ChunkRow]:
+        # INDEXED BY: left to itself SQLite's planner picks chunks_access (version, visible), a scan of
+        # every visible row of the version for each document planned: ingest quadratic in the version's
+        # size (119 ms a document at 15K rows, 0.06 ms through chunks_by_doc).
         sql = (
-            f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE version = ? AND doc_id = ? AND visible = 1 "
-            "ORDER BY ordinal"
+            f"SELECT {CHUNK_COLUMNS} FROM chunks INDEXED BY chunks_by_doc "
+            "WHERE version = ? AND doc_id = ? AND visible = 1 ORDER BY ordinal"
         )
         return [_chunk_row(r) for r in self._read(sql, (_check_version(version), doc_id))]
 

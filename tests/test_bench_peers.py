@@ -7,16 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.peers import (
-    Bm25sIndex,
-    LanceIndex,
-    TantivyIndex,
-    exact_dense,
-    quality_table,
-    round_robin,
-    rrf,
-    speed_tables,
-)
+from bench.peer_systems import Bm25sIndex, LanceIndex, TantivyIndex, exact_dense, rrf
+from bench.peers import quality_table
+from bench.peers_speed import round_robin, speed_tables
 
 TEXTS = [
     "the cat sat on the mat",
@@ -55,6 +48,9 @@ def test_tables() -> None:
     }
     speed = speed_tables({"size": 10, "queries": 1, "build_s": {"bm25s": 0.5}, "latency_ms": latency})
     assert "| bm25s | 0.50 | 20 |" in speed and "| bm25s | 2.0 | 4.0 | 2.5 | 1.00 | 1.00 |" in speed
+    run = {"ours hybrid": {"p50": 2.0, "p95": 4.0}, "bm25s+usearch RRF": {"p50": 3.0, "p95": 2.0}}
+    runs = speed_tables({"size": 10, "queries": 1, "build_s": {}, "latency_ms": latency, "runs": [run, run]})
+    assert "| 2 | 2.0 / 4.0 | 3.0 / 2.0 | 1.50, 0.50 |" in runs
 
 
 def test_bm25s_peer() -> None:

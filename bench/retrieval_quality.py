@@ -115,7 +115,7 @@ def fusion_settings(fusion: tuple[Fusion, float, int]) -> dict[str, object]:
 
 
 Bm25Choice = tuple[float, float, float]  # k1, length spread, document weight
-G = TypeVar("G", Bm25Choice, tuple[Fusion, float, int])
+G = TypeVar("G", bound=tuple[object, ...])  # a grid entry: BM25, fusion, feedback settings
 
 
 def choose(grid: Sequence[G], table: dict[G, Scores], names: Sequence[str]) -> G:

@@ -347,6 +347,10 @@ class LexicalIndex:
         """The query's distinct terms as the index analysed them (lower-cased, stop words out, stemmed)."""
         return list(dict.fromkeys(token.text for token in self.analyzer(text)))
 
+    def tokens(self, text: str) -> list[str]:
+        """Every analysed term of the text, repeats included (a bag: index.lexical_feedback's counts)."""
+        return [token.text for token in self.analyzer(text)]
+
     def query_terms(self, text: str) -> list[str]:
         """The query's analysed terms that occur in the index (in query order): all of them are scored."""
         slot = self._slot()

@@ -54,6 +54,7 @@ def rm3_weights(
 
 def feedback_weights(
     analyse: Callable[[str], list[str]],
+    tokens: Callable[[str], list[str]],
     query: str,
     first: Sequence[Scored],
     texts: Mapping[int, str],
@@ -62,6 +63,7 @@ def feedback_weights(
     original: float,
 ) -> dict[str, float]:
     """The expanded query from the first pass's hits (key, score) and their indexed texts by key (a hit
-    without a text, e.g. hidden since, gives no feedback)."""
-    feedback = [(analyse(texts[key]), score) for key, score in first if key in texts]
+    without a text, e.g. hidden since, gives no feedback): `analyse` gives the query's distinct terms,
+    `tokens` a text's every term (LexicalIndex.analyse and .tokens)."""
+    feedback = [(tokens(texts[key]), score) for key, score in first if key in texts]
     return rm3_weights(analyse(query), feedback, terms=terms, original=original)

@@ -295,7 +295,7 @@ class Searcher:
         rows = self.catalog.chunk_rows(self.version, [key for key, _ in top])
         texts = {key: chunk_of(row).indexed_text() for key, row in rows.items()}
         weights = feedback_weights(
-            self.lexical.analyse, query, top, texts,
+            self.lexical.analyse, self.lexical.tokens, query, top, texts,
             terms=self.settings.bm25_prf_terms, original=self.settings.bm25_prf_original,
         )  # fmt: skip
         return self.lexical.search(

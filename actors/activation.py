@@ -6,7 +6,9 @@ writes are the only writes of a turn:
 - `emit` appends events (fenced by the lease's epoch) and folds them; every appended event also feeds the
   metrics, the turn's trace, usage and the feedback loop;
 - `live` appends to the live stream only (token fragments, sentences attributed while streaming);
-- `pull_inbox` moves what may enter the log now, recording the inbox cursor in the same append.
+- `pull_inbox` moves what may enter the log now, recording the inbox cursor in the same append;
+- `replicated` (the loop calls it at each step boundary) waits, with `redis_wait_replicas` > 0, until the
+  replicas have everything appended so far (store/wait.py): no effect runs on a write a failover could drop.
 A `StaleEpoch` from any of them becomes `LeaseLost`: the activation stops with no further side effect.
 
 The steps a plan action turns into live beside it, one module per kind (`actors.qa_steps`,
@@ -47,7 +49,8 @@ from store.events import (
     UserMessage,
 )
 from store.exceptions import StaleEpoch, ToolError
-from store.log import Lease, LeaseKeeper
+from store.log import Lease, LeaseKeeper, conv_keys, renew_plan
+from store.wait import ReplicaWait
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,11 @@ def principal_of(question: UserMessage) -> Principal:
     )
 
 
+def replica_wait(rt: Runtime) -> ReplicaWait | None:
+    replicas, timeout_ms = rt.settings.redis_wait_replicas, rt.settings.redis_wait_timeout_ms
+    return ReplicaWait(rt.log.client, replicas, timeout_ms) if replicas else None
+
+
 class ActivationCore:
     def __init__(self, rt: Runtime, conv_id: str, lease: Lease, state: ConversationState) -> None:
         self.rt = rt
@@ -95,6 +103,10 @@ class ActivationCore:
         self.scorer: attribution.Scorer | None = None  # the attribution of the answer streaming now
         self._inbox_cursor: str | None = None  # as read or moved under this lease (no one else moves it)
         self.inbox_seen: str | None = None  # the newest inbox entry this activation has looked at
+        self.replicas = replica_wait(rt)  # None: writes are acknowledged by the primary alone
+        # Appended since the last `replicated()`; True at first: the log this activation folded may end in a
+        # previous one's writes that no replica has yet (and the lease was just written).
+        self._unreplicated = True
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -114,12 +126,25 @@ class ActivationCore:
             )
         except StaleEpoch:
             raise LeaseLost() from None
+        self._unreplicated = True
         if inbox_cursor is not None:
             self._inbox_cursor = inbox_cursor
         for entry_id, event in zip(ids, stamped, strict=True):
             fold(self.state, entry_id, event)
         for entry_id, event in zip(ids, stamped, strict=True):
             self._observe(entry_id, event, now)
+
+    def replicated(self) -> None:
+        """A step boundary: once this returns, `redis_wait_replicas` replicas have every event appended so
+        far (one WAIT, however many events the step appended; store/wait.py). LogError when they do not in
+        time (the broker retries the activation); LeaseLost when the lease is gone."""
+        if self.replicas is None or not self._unreplicated:
+            return
+        try:
+            self.replicas.run(conv_keys(self.conv_id).lease, renew_plan(self.lease, None))
+        except StaleEpoch:
+            raise LeaseLost() from None
+        self._unreplicated = False
 
     def recover_usage(self, tail: Sequence[tuple[str, Event]]) -> None:
         """At the start: count the usage of the tail's entries a killed activation appended, not counted."""

@@ -1,7 +1,9 @@
 """Post-hoc citation attribution: every claim of an answer to the passage(s) that support it, as it streams.
 
 A weak model (the embedded SmolLM2) rarely writes `[n]`; this adds the markers after the fact, for any
-model. Each sentence of the answer that makes a claim (at least MIN_CLAIM_WORDS content words, not a
+model. (The embedded model's Q&A answers are extractive by default, `actors/extractive.py`: their sentences
+cite their own passages, and this scores only the model's own answers, e.g. the extractive fallback.)
+Each sentence of the answer that makes a claim (at least MIN_CLAIM_WORDS content words, not a
 lead-in ending in ':') and carries no citation of its own is scored against every passage the model was
 given, by a logistic regression over FEATURES of the (claim, passage) pair:
 

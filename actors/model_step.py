@@ -54,6 +54,8 @@ def estimate(act: ActivationCore) -> tuple[int, int]:
 
 async def _call(act: ActivationCore, step: int, backend: LLMBackend, attempt: int, request_id: str) -> None:
     messages, tools = await prompt(act, step)
+    if step != REWRITE_STEP:
+        backend = qa_steps.answer_backend(act, backend)
     digest = prompt_hash(messages, tools)
     requested = LLMRequested(
         step=step, model=backend.model_name, prompt_hash=digest,

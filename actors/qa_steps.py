@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 import msgspec
 
-from actors import attribution
+from actors import attribution, extractive
 from actors.activation import ActivationCore
 from actors.answer_policy import CacheDecision
+from actors.llm.types import LLMBackend
 from actors.sources import qa_sources
 from index.types import Hit
 from store import metrics
@@ -41,7 +42,7 @@ async def retrieve(act: ActivationCore, query: str) -> None:
     act.hits = list(result.hits)
     metrics.observe_retrieval(result.timings_ms)
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    act.trace.retrieval(act.state, result.timings_ms, latency_ms, len(result.hits))
+    act.trace.retrieval(act.state, result.timings_ms, latency_ms, len(result.hits), result.stage_starts_ms)
     act.emit(
         [
             RetrievalDone(
@@ -111,3 +112,12 @@ def streaming_attribution(act: ActivationCore, step: int) -> attribution.Streami
         act.scorer,
         lambda mark: msgspec.structs.replace(mark, step=step, turn=turn, at_ms=clock()),
     )
+
+
+def answer_backend(act: ActivationCore, backend: LLMBackend) -> LLMBackend:
+    """Who writes a Q&A answer: the embedded model's is extractive first (`actors.extractive`)."""
+    retrieval = act.turn.retrieval
+    if act.turn.route != "qa" or not act.hits or retrieval is None or not extractive.enabled(act.rt.settings):
+        return backend
+    embed = act.rt.knowledge().embed
+    return extractive.ExtractiveBackend(act.hits, retrieval.query, embed, backend, act.rt.settings)

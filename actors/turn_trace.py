@@ -11,16 +11,18 @@ waits for a human ends its activation; the activation that resumes it opens anot
 same parent, so the whole turn stays one trace. Under it, one span per step, timed from the step's own
 event (its latency, or its request's append time):
 
-    retrieval                       `retrieval.<stage>` children: embed, ann ‖ bm25, fuse, catalog, rerank
+    retrieval                       `retrieval.<stage>` children: embed, ann, bm25, fuse, catalog, rerank
     chat <model>                    GenAI semantic conventions: gen_ai.request.model, gen_ai.usage.*, ...
     execute_tool <tool>             gen_ai.tool.name, gen_ai.tool.call.id; error status on a failed call
     approval <tool>                 from the request to the decision (approved, denied, expired)
 
-Spans come from appended events only, so a replay after a crash does not make a step's span twice. They
-are made when the activation ends (`close`), all in one go from what `observe` kept (the events that make a
-span, a few list appends per turn): the spans' cost is paid once, in a tight loop, not between the steps;
-a killed worker loses the spans of that activation, as an unflushed exporter would. No
-prompt, question or answer text is put in a span unless `store.tracing.capture_content()` (opt-in).
+Spans come from appended events only, so a replay after a crash does not make a step's span twice. While
+the turn runs, `observe` keeps the events that make a span, each with what its span needs from the turn's
+state at that moment (a list append); `close` hands the lot to `store.tracing.later`, and the span
+batcher's thread (`store.span_batch`) makes the spans of many turns in one batch (`TurnSpans.make`), off
+the turn's path: nothing is made between the steps, and nothing the actor goes on changing is read there.
+A killed worker loses the spans of the activations not yet made, as an unflushed exporter would. No prompt,
+question or answer text is put in a span unless `store.tracing.capture_content()` (opt-in).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from opentelemetry.trace import SpanContext, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
@@ -44,6 +47,7 @@ from store.events import (
     LimitHit,
     LLMCompleted,
     LLMFailed,
+    LLMRequested,
     ToolResult,
     TurnFailed,
     TurnStarted,
@@ -51,15 +55,8 @@ from store.events import (
 
 NS_PER_MS = 1_000_000
 GEN_AI_SYSTEM = "openai"  # every backend speaks the OpenAI chat protocol (the local one imitates it)
-# Retrieval stages laid out as the Searcher runs them: (stage, the stages it starts after).
-STAGE_ORDER = (
-    ("embed", ()),
-    ("ann", ("embed",)),
-    ("bm25", ("embed",)),
-    ("fuse", ("ann", "bm25")),
-    ("catalog", ("fuse",)),
-    ("rerank", ("catalog",)),
-)
+# Retrieval stages in the Searcher's order, one after the other (one absent from the timings is skipped).
+STAGE_ORDER = ("embed", "ann", "bm25", "fuse", "catalog", "rerank")
 
 
 # The events a span is made from (or that set the turn span's attributes); the others are not kept.
@@ -73,8 +70,27 @@ def _ns(ms: float) -> int:
     return int(ms * NS_PER_MS)
 
 
-Retrieval = tuple[dict[str, float], float, int]  # a search's stage timings, latency and hits
-Pending = tuple[TurnState, Event | Retrieval, int]  # what a span is made from, and when it was observed
+class Totals(NamedTuple):
+    """The turn's figures when it ended (for the turn span's attributes)."""
+
+    outcome: str
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+
+
+class Retrieval(NamedTuple):
+    """A search's stage timings (and start offsets when the Searcher gave them), latency and hits."""
+
+    timings_ms: Mapping[str, float]
+    starts_ms: Mapping[str, float]
+    latency_ms: float
+    hits: int
+
+
+# A kept step: its event (or a search), when it was observed, and what its span needs from the turn's
+# state then (the LLM request, the approval request, the turn's totals; None otherwise).
+Step = tuple[Event | Retrieval, int, LLMRequested | ApprovalRequested | Totals | None]
 
 
 class TurnTrace:
@@ -83,14 +99,8 @@ class TurnTrace:
         self.conversation_id = conversation_id
         self.current: TurnState | None = None  # the turn the open span belongs to (None: no span open)
         self.start_ns = 0
-        self.pending: list[Pending] = []  # made into spans when the activation ends (`close`)
+        self.pending: list[Step] = []  # made into spans when the activation ends (`close`)
         self.ended: set[int] = set()
-        # the turn span's, while `close` makes it
-        self.attributes: dict[str, AttributeValue] = {}
-        self.events: list[object] = []
-        self.error: str | None = None
-
-    # -- observing: a few appends per turn; the spans are made in one go when the activation ends --------
 
     def _open(self, state: ConversationState) -> TurnState | None:
         current = state.current
@@ -105,104 +115,153 @@ class TurnTrace:
         turn = self._open(state)
         if turn is None or not isinstance(event, TRACED):
             return
-        self.pending.append((turn, event, time.time_ns()))
+        self.pending.append((event, time.time_ns(), _needed(turn, event)))
         if isinstance(event, TERMINAL):
             self.ended.add(turn.number)
             self.close(suspended=False)
 
     def retrieval(
-        self, state: ConversationState, timings_ms: Mapping[str, float], latency_ms: float, hits: int
+        self,
+        state: ConversationState,
+        timings_ms: Mapping[str, float],
+        latency_ms: float,
+        hits: int,
+        starts_ms: Mapping[str, float] | None = None,
     ) -> None:
         turn = self._open(state)
         if turn is not None:
-            self.pending.append((turn, (dict(timings_ms), latency_ms, hits), time.time_ns()))
+            search = Retrieval(timings_ms, starts_ms or {}, latency_ms, hits)  # the search's own: not changed
+            self.pending.append((search, time.time_ns(), None))
 
     def close(self, suspended: bool = True) -> None:
-        """Make this activation's spans of the open turn: the steps', then the turn's."""
+        """Queue the spans of the open turn's steps and of the turn (made on the span maker's thread)."""
         turn, pending = self.current, self.pending
         self.current, self.pending = None, []
         if turn is None or self.tracer is None:
             return
-        attributes = self._turn_attributes(turn)
-        parent = tracing.parent_of(turn.question.traceparent)
-        begun = tracing.begin(self.tracer, parent, "turn", kind=SpanKind.CONSUMER, attributes=attributes)
+        spans = TurnSpans(
+            self.tracer, _turn_attributes(self.conversation_id, turn), turn.question.traceparent,
+            self.start_ns, time.time_ns(), pending, suspended=suspended, capture=tracing.capture_content(),
+        )  # fmt: skip
+        tracing.later(spans.make)
+
+
+def _needed(turn: TurnState, event: Event) -> LLMRequested | ApprovalRequested | Totals | None:
+    """What the event's span will need from the turn's state, read now (the actor goes on folding)."""
+    if isinstance(event, LLMCompleted | LLMFailed):
+        return turn.llm_requested.get(event.step)
+    if isinstance(event, ApprovalDecided | ApprovalExpired):
+        approval = turn.approvals.get(event.approval_id)
+        return approval.request if approval is not None else None
+    if isinstance(event, TERMINAL):
+        completed = turn.llm_completed.values()
+        return Totals(
+            turn.outcome or type(event).__name__, sum(c.tokens_in for c in completed),
+            sum(c.tokens_out for c in completed), turn.cost_usd,
+        )  # fmt: skip
+    return None
+
+
+def _turn_attributes(conversation_id: str, turn: TurnState) -> dict[str, AttributeValue]:
+    attributes: dict[str, AttributeValue] = {
+        "docent.conversation.id": conversation_id,
+        "docent.turn": turn.number,
+        "docent.tenant": turn.question.tenant,
+        "docent.mode": turn.question.mode,
+    }
+    if turn.route:
+        attributes["docent.route"] = turn.route
+    return attributes
+
+
+class TurnSpans:
+    """One activation's spans of a turn, from what `TurnTrace` kept: `make` makes them all (the turn's
+    span last, with the attributes its steps added)."""
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        attributes: dict[str, AttributeValue],
+        traceparent: str,
+        start_ns: int,
+        end_ns: int,
+        steps: list[Step],
+        *,
+        suspended: bool,
+        capture: bool,
+    ) -> None:
+        self.tracer, self.attributes, self.traceparent = tracer, attributes, traceparent
+        self.start_ns, self.end_ns, self.steps = start_ns, end_ns, steps
+        self.suspended, self.capture = suspended, capture
+        self.events: list[object] = []
+        self.error: str | None = None
+        self.spans: list[object] = []  # made
+
+    def make(self) -> list[object]:
+        parent = tracing.parent_of(self.traceparent)
+        begun = tracing.begin(self.tracer, parent, "turn", kind=SpanKind.CONSUMER, attributes=self.attributes)
         if begun is None:
-            return  # not sampled
+            return self.spans  # not sampled: none
         context, sampled = begun
-        self.attributes, self.events, self.error = sampled | attributes, [], None
-        for step_turn, item, at_ns in pending:
-            if isinstance(item, tuple):
-                self._retrieval_spans(context, *item, end=at_ns)
+        self.attributes = sampled | self.attributes
+        for item, at_ns, needed in self.steps:
+            if isinstance(item, Retrieval):
+                self._retrieval(context, item, at_ns)
             else:
-                self._step(context, step_turn, item, at_ns)
-        if suspended:
+                self._step(context, item, at_ns, needed)
+        if self.suspended:
             self.attributes["docent.turn.suspended"] = True  # waits for a human or a retry
         tracing.finished(
-            self.tracer, parent, "turn", start_ns=self.start_ns, end_ns=time.time_ns(),
+            self.tracer, parent, "turn", start_ns=self.start_ns, end_ns=self.end_ns,
             attributes=self.attributes, kind=SpanKind.CONSUMER, error=self.error, context=context,
-            events=self.events,
+            events=self.events, into=self.spans,
         )  # fmt: skip
+        return self.spans
 
-    def _turn_attributes(self, turn: TurnState) -> dict[str, AttributeValue]:
-        attributes: dict[str, AttributeValue] = {
-            "docent.conversation.id": self.conversation_id,
-            "docent.turn": turn.number,
-            "docent.tenant": turn.question.tenant,
-            "docent.mode": turn.question.mode,
-        }
-        if turn.route:
-            attributes["docent.route"] = turn.route
-        return attributes
-
-    # -- the steps' spans ---------------------------------------------------------------------------------
-
-    def _step(self, parent: SpanContext, turn: TurnState, event: Event, now: int) -> None:
-        assert self.tracer is not None
+    def _step(self, parent: SpanContext, event: Event, now: int, needed: object) -> None:
         match event:
             case TurnStarted():
                 self.attributes["docent.route"] = event.route
                 if event.workflow:
                     self.attributes["docent.workflow"] = event.workflow
             case LLMCompleted():
-                self._llm_span(parent, turn, event, now - _ns(event.latency_ms), now)
+                self._llm(parent, event, needed, now - _ns(event.latency_ms), now)
             case LLMFailed():
-                requested = turn.llm_requested.get(event.step)
-                start = _ns(requested.at_ms) if requested else now
-                self._llm_span(parent, turn, event, min(start, now), now)
+                start = _ns(needed.at_ms) if isinstance(needed, LLMRequested) else now
+                self._llm(parent, event, needed, min(start, now), now)
             case ToolResult():
-                self._tool_span(parent, event, now)
+                self._tool(parent, event, now)
             case ApprovalRequested():
                 self.events.append(
                     tracing.event(self.tracer, "approval_requested", {"gen_ai.tool.name": event.tool}, now)
                 )
             case ApprovalDecided() | ApprovalExpired():
-                self._approval_span(parent, turn, event, now)
-            case _ if isinstance(event, TERMINAL):
-                self._end_turn(turn, event)
+                if isinstance(needed, ApprovalRequested):
+                    self._approval(parent, event, needed, now)
+            case _ if isinstance(event, TERMINAL) and isinstance(needed, Totals):
+                self._end(event, needed)
 
-    def _retrieval_spans(
-        self, parent: SpanContext, timings_ms: Mapping[str, float], latency_ms: float, hits: int, end: int
-    ) -> None:
-        assert self.tracer is not None
-        start = end - _ns(latency_ms)
+    def _retrieval(self, parent: SpanContext, search: Retrieval, end: int) -> None:
+        start = end - _ns(search.latency_ms)
         retrieval = tracing.finished(
             self.tracer, parent, "retrieval", start_ns=start, end_ns=end,
-            attributes={"docent.step": 0, "docent.retrieval.hits": hits},
+            attributes={"docent.step": 0, "docent.retrieval.hits": search.hits}, into=self.spans,
         )  # fmt: skip
-        ends: dict[str, int] = {}
-        for stage, after in STAGE_ORDER:
-            if stage not in timings_ms:
-                continue
-            begin = max((ends[s] for s in after if s in ends), default=start)
-            ends[stage] = begin + _ns(timings_ms[stage])
-            tracing.finished(self.tracer, retrieval, f"retrieval.{stage}", start_ns=begin, end_ns=ends[stage])
+        for stage, begin, stage_end in stage_times(search, start):
+            tracing.finished(
+                self.tracer,
+                retrieval,
+                f"retrieval.{stage}",
+                start_ns=begin,
+                end_ns=stage_end,
+                into=self.spans,
+            )
 
-    def _llm_span(
-        self, parent: SpanContext, turn: TurnState, event: LLMCompleted | LLMFailed, start: int, end: int
+    def _llm(
+        self, parent: SpanContext, event: LLMCompleted | LLMFailed, requested: object, start: int, end: int
     ) -> None:
-        assert self.tracer is not None
-        requested = turn.llm_requested.get(event.step)
-        model = requested.model if requested else getattr(event, "model", "")  # "chat <request model>"
+        request = requested if isinstance(requested, LLMRequested) else None
+        model = request.model if request else getattr(event, "model", "")  # "chat <request model>"
         attributes: dict[str, AttributeValue] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.system": GEN_AI_SYSTEM,
@@ -219,9 +278,9 @@ class TurnTrace:
                 "docent.llm.first_token_ms": event.first_token_ms,
                 "docent.llm.tool_calls": len(event.tool_calls),
             }
-        if tracing.capture_content():
-            if requested is not None:
-                attributes["gen_ai.input.messages"] = json.dumps(requested.messages)
+        if self.capture:
+            if request is not None:
+                attributes["gen_ai.input.messages"] = json.dumps(request.messages)
             if isinstance(event, LLMCompleted):
                 attributes["gen_ai.output.messages"] = json.dumps(
                     [{"role": "assistant", "content": event.text}]
@@ -229,11 +288,10 @@ class TurnTrace:
         tracing.finished(
             self.tracer, parent, f"chat {model}".strip(), start_ns=start, end_ns=end,
             attributes=attributes, kind=SpanKind.CLIENT,
-            error=event.code if isinstance(event, LLMFailed) else None,
+            error=event.code if isinstance(event, LLMFailed) else None, into=self.spans,
         )  # fmt: skip
 
-    def _tool_span(self, parent: SpanContext, event: ToolResult, end: int) -> None:
-        assert self.tracer is not None
+    def _tool(self, parent: SpanContext, event: ToolResult, end: int) -> None:
         tracing.finished(
             self.tracer, parent, f"execute_tool {event.tool}",
             start_ns=end - _ns(event.latency_ms), end_ns=end,
@@ -241,18 +299,14 @@ class TurnTrace:
                 "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": event.tool,
                 "gen_ai.tool.call.id": event.call_id, "docent.step": event.step,
             },
-            error=event.error.split(":", 1)[0] if event.error is not None else None,
+            error=event.error.split(":", 1)[0] if event.error is not None else None, into=self.spans,
         )  # fmt: skip
 
-    def _approval_span(
-        self, parent: SpanContext, turn: TurnState, event: ApprovalDecided | ApprovalExpired, end: int
-    ) -> None:
-        assert self.tracer is not None
-        approval = turn.approvals.get(event.approval_id)
-        if approval is None:
-            return
+    def _approval(
+        self, parent: SpanContext, event: ApprovalDecided | ApprovalExpired, requested: ApprovalRequested,
+        end: int,
+    ) -> None:  # fmt: skip
         outcome = event.decision if isinstance(event, ApprovalDecided) else "expired"
-        requested = approval.request
         tracing.finished(
             self.tracer, parent, f"approval {requested.tool}",
             start_ns=min(_ns(requested.at_ms), end), end_ns=end,
@@ -260,14 +314,15 @@ class TurnTrace:
                 "gen_ai.tool.name": requested.tool, "docent.approval.outcome": outcome,
                 "docent.approval.room": requested.room, "docent.step": requested.step,
             },
+            into=self.spans,
         )  # fmt: skip
 
-    def _end_turn(self, turn: TurnState, event: Event) -> None:
+    def _end(self, event: Event, totals: Totals) -> None:
         self.attributes |= {
-            "docent.turn.outcome": turn.outcome or type(event).__name__,
-            "gen_ai.usage.input_tokens": sum(c.tokens_in for c in turn.llm_completed.values()),
-            "gen_ai.usage.output_tokens": sum(c.tokens_out for c in turn.llm_completed.values()),
-            "docent.turn.cost_usd": turn.cost_usd,
+            "docent.turn.outcome": totals.outcome,
+            "gen_ai.usage.input_tokens": totals.tokens_in,
+            "gen_ai.usage.output_tokens": totals.tokens_out,
+            "docent.turn.cost_usd": totals.cost_usd,
         }
         match event:
             case AnswerCompleted():
@@ -278,3 +333,19 @@ class TurnTrace:
                 self.error = event.code
             case LimitHit():
                 self.attributes["docent.limit"] = event.limit
+
+
+def stage_times(search: Retrieval, start_ns: int) -> list[tuple[str, int, int]]:
+    """Each stage's (name, start, end): at its offset from the search's start when the Searcher gave one,
+    else right after the stage before it (they run one after the other)."""
+    out: list[tuple[str, int, int]] = []
+    cursor = start_ns
+    for stage in STAGE_ORDER:
+        took = search.timings_ms.get(stage)
+        if took is None:
+            continue
+        offset = search.starts_ms.get(stage)
+        begin = start_ns + _ns(offset) if offset is not None else cursor
+        cursor = begin + _ns(took)
+        out.append((stage, begin, cursor))
+    return out

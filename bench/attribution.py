@@ -35,11 +35,10 @@ import numpy as np
 import numpy.typing as npt
 
 from actors import attribution
-from actors.attribution import Matrix, Scorer, chosen, claims_of, cut_off
+from actors.attribution import Scorer, chosen, claims_of, cut_off
 from actors.llm.local import LocalBackend
 from actors.prompts import qa_messages
-from bench.qa_sample import REPO, bench_settings, qa_items
-from index.embed import load_embedder
+from bench.qa_sample import REPO, bench_settings, qa_embed, qa_items
 from store.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -122,12 +121,7 @@ def load_answers() -> list[Answer]:
 
 
 def embedding(s: Settings) -> attribution.Embed:
-    embedder = load_embedder(s, "minilm", purpose="online")
-
-    async def embed(texts: Sequence[str]) -> Matrix:
-        return embedder.embed(texts)
-
-    return embed
+    return qa_embed(s)
 
 
 async def answer_claims(answer: Answer, embed: attribution.Embed) -> list[Claim]:

@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.llm_ab --preset prompt
     .venv/bin/python -m bench.llm_ab --preset final        # today's defaults against the new ones
     .venv/bin/python -m bench.llm_ab --preset defaults     # the defaults alone (on a quiet moment)
+    .venv/bin/python -m bench.llm_ab --preset extractive   # the model's answer against the extractive one
 
 Every question is a real one (perlfaq, debfaq, the demo golden set) with the passages the product's hybrid
 search retrieves for it (`bench.qa_sample`), given to SmolLM2 through the product's own Q&A prompt
@@ -25,10 +26,12 @@ from pathlib import Path
 
 import msgspec
 
+from actors.attribution import Embed
+from actors.extractive import ExtractiveBackend
 from actors.llm.local import LocalBackend
-from actors.llm.types import Completion
+from actors.llm.types import Completion, LLMBackend
 from actors.prompts import qa_messages
-from bench.qa_sample import REPO, QAItem, bench_settings, qa_items
+from bench.qa_sample import REPO, QAItem, bench_settings, qa_embed, qa_items
 from index.types import Hit
 from store.settings import Settings
 
@@ -41,6 +44,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     passages: int = 8
     passage_words: int = 0  # 0: the whole passage
     max_tokens: int = 48
+    answer: str = "model"  # or "extractive" (actors.extractive: the passages' own sentences, cited)
 
 
 class Run(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,6 +75,10 @@ PRESETS: dict[str, tuple[Config, ...]] = {
         Config(name="after: int8, 4 passages, max 200", compute_type="int8", passages=4, max_tokens=200),
     ),
     "defaults": (Config(name="int8, 4 passages, max 200", compute_type="int8", passages=4, max_tokens=200),),
+    "extractive": (
+        Config(name="model: int8, 4 passages, max 200", compute_type="int8", passages=4, max_tokens=200),
+        Config(name="extractive", compute_type="int8", passages=4, max_tokens=200, answer="extractive"),
+    ),
 }
 
 
@@ -78,9 +86,12 @@ def trimmed(hit: Hit, words: int) -> Hit:
     return msgspec.structs.replace(hit, text=" ".join(hit.text.split()[:words])) if words else hit
 
 
-async def run_one(backend: LocalBackend, config: Config, item: QAItem) -> Run:
+async def run_one(backend: LocalBackend, config: Config, item: QAItem, embed: Embed) -> Run:
     hits = [trimmed(h, config.passage_words) for h in item.hits[: config.passages]]
-    completion: Completion = await backend.complete(
+    answerer: LLMBackend = backend
+    if config.answer == "extractive":
+        answerer = ExtractiveBackend(hits, item.question, embed, backend, backend.settings)
+    completion: Completion = await answerer.complete(
         qa_messages(hits, [], item.question), max_tokens=config.max_tokens
     )
     return Run(
@@ -94,10 +105,11 @@ async def interleaved(settings: Settings, configs: Sequence[Config], items: Sequ
     backends = {c.name: LocalBackend(settings, compute_type=c.compute_type) for c in configs}
     for backend in backends.values():
         await backend.warmup()
+    embed = qa_embed(settings)
     runs: list[Run] = []
     for i, item in enumerate(items):
         for config in rotated(configs, i):
-            runs.append(await run_one(backends[config.name], config, item))
+            runs.append(await run_one(backends[config.name], config, item, embed))
     return runs
 
 
@@ -132,14 +144,27 @@ def summary(runs: Sequence[Run]) -> dict[str, float]:
 def report(configs: Sequence[Config], runs: Sequence[Run]) -> None:
     stats = {c.name: summary([r for r in runs if r.config == c.name]) for c in configs}
     base = stats[configs[0].name]
-    for name, s in stats.items():
+    for config in configs:
+        s = stats[config.name]
         print(
-            f"{name}: prompt {s['prompt_tokens']:.0f} tok | first token p50 {s['first_p50']:.0f} ms"
+            f"{config.name}: prompt {s['prompt_tokens']:.0f} tok | first token p50 {s['first_p50']:.0f} ms"
             f" p95 {s['first_p95']:.0f} ms (x{s['first_p50'] / base['first_p50']:.2f})"
-            f" | decode {s['decode']:.1f} tok/s (x{s['decode'] / base['decode']:.2f})"
+            f" | {decoding(config, s, base)}"
             f" | whole answer p50 {s['whole_p50'] / 1000:.1f} s p95 {s['whole_p95'] / 1000:.1f} s,"
-            f" {s['out_tokens']:.0f} tok out | 150-token answer {s['answer_150_s']:.1f} s"
+            f" {s['out_tokens']:.0f} tok out{answer_150(config, s)}"
         )
+
+
+def answer_150(config: Config, s: dict[str, float]) -> str:
+    return "" if config.answer == "extractive" else f" | 150-token answer {s['answer_150_s']:.1f} s"
+
+
+def decoding(config: Config, s: dict[str, float], base: dict[str, float]) -> str:
+    """The decode rate, or what stands for it: an extractive answer decodes nothing (its tokens are estimated,
+    its answer streams a sentence a delta) and its answer is as long as its sentences."""
+    if config.answer == "extractive":
+        return "no decoding (the whole answer is composed at once)"
+    return f"decode {s['decode']:.1f} tok/s (x{s['decode'] / base['decode']:.2f})"
 
 
 def main() -> None:

@@ -14,10 +14,14 @@ embedder) and runs `activate()` turns in this process, the three configurations 
 Two turn shapes: a Q&A turn (retrieval + one streamed LLM call + answer) and an agent turn of `--steps`
 tool round trips (`http_request` GETs to the sink). Usage accounting (`actors.spend`) runs in all three.
 Prints each configuration's p50 / p95 activation wall time and process CPU time (every thread of this
-process: the actor, the in-process scripted LLM and receiver, the span exporter; not Redis) per turn, and
-the p50 overhead against `off`; on a loaded machine the CPU time is the steadier of the two. `paired` is the
-median, over the rounds, of a configuration's CPU time over `off`'s in the same round (the three run back to
-back): the figure least moved by a neighbour's load.
+process: the actor, the in-process scripted LLM and sink; not Redis, not the receiver) per turn, and the p50
+overhead against `off`; on a loaded machine the CPU time is the steadier of the two. The tracing thread
+(store.span_batch: it makes the spans and exports them) works beside whichever turn runs, an `off` one as
+often as not: its CPU (a per-thread clock) is taken out of every turn's window and its whole CPU over the
+run, the final flush included, is shared out evenly over the traced turns. The second line of each is the
+CPU time of the actor's thread alone plus that share (without the scripted LLM's and the sink's threads,
+which do the same work in every configuration but add their noise). `paired` is the median, over the rounds,
+of a configuration's CPU time over `off`'s in the same round (the three run back to back).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,7 +54,7 @@ from actors.turn_trace import TurnTrace  # noqa: E402
 from bench.actors import worker_settings  # noqa: E402
 from index.embed import load_embedder  # noqa: E402
 from index.ingest import Ingestor  # noqa: E402
-from store import metrics, tracing  # noqa: E402
+from store import metrics, span_batch, tracing  # noqa: E402
 from store.events import RetrievalDone, UserMessage  # noqa: E402
 from store.redis import EmbeddedRedis, free_port  # noqa: E402
 from store.settings import Settings  # noqa: E402
@@ -59,6 +64,7 @@ SEAMS = ("observe_event", "observe_first_token", "observe_retrieval")
 DOCUMENTS = 40
 WARMUP_TURNS = 2
 SEAM_REPEATS = 300
+BSP_THREAD = "OtelBatch"  # the SDK's batch span processor's thread: OtelBatchSpanRecordProcessor
 
 
 def summary(samples_s: list[float]) -> tuple[float, float]:
@@ -94,6 +100,16 @@ def build_index(settings: Settings) -> None:
             ingestor.ingest_document(f"policy-{n}", data=text.encode(), fmt="md", title=f"Policy {n}")
 
 
+def threads_cpu_s() -> float:
+    """CPU time so far of this process's tracing threads: the span maker, the batch span processor's."""
+    total = 0.0
+    for thread in threading.enumerate():
+        name = thread.name
+        if thread.ident is not None and (name == span_batch.THREAD_NAME or name.startswith(BSP_THREAD)):
+            total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    return total
+
+
 def run(
     settings: Settings, turns: int, shape: str, make: Callable[[int], UserMessage], provider: Any
 ) -> None:
@@ -101,29 +117,48 @@ def run(
     runtime.configure(rt)
     times: dict[str, list[float]] = {a: [] for a in ARMS}
     cpu: dict[str, list[float]] = {a: [] for a in ARMS}
+    own: dict[str, list[float]] = {a: [] for a in ARMS}  # the actor's thread (this one) alone
+    background = threads_cpu_s()
     for n in range(turns):
         order = ARMS[n % 3 :] + ARMS[: n % 3]
         for name in order:
             conv = f"{shape}-{name}-{n}"
             rt.log.post_inbox(conv, make(n))
             with arm(name, provider):
-                started, started_cpu = time.perf_counter(), time.process_time()
+                started, started_cpu, started_bg = time.perf_counter(), time.process_time(), threads_cpu_s()
+                started_own = time.thread_time()
                 assert conversation.activate(conv, rt) == "done"
-                if n >= 0:
-                    times[name].append(time.perf_counter() - started)
-                    cpu[name].append(time.process_time() - started_cpu)
+                own[name].append(time.thread_time() - started_own)
+                times[name].append(time.perf_counter() - started)
+                # the tracing threads' work is the traced turns', whichever turn it ran beside: counted below
+                cpu[name].append(time.process_time() - started_cpu - (threads_cpu_s() - started_bg))
+    flushed = time.thread_time()
+    tracing.flush()  # the spans still queued: made and exported here
+    spent = time.thread_time() - flushed + threads_cpu_s() - background
+    per_turn = spent / turns  # the tracing threads' CPU, shared out over the traced turns
+    for samples in (cpu, own):
+        samples["metrics+traces"] = [c + per_turn for c in samples["metrics+traces"]]
     base, _ = summary(times["off"])
-    base_cpu, _ = summary(cpu["off"])
     for name in ARMS:
         p50, p95 = summary(times[name])
-        cpu50, cpu95 = summary(cpu[name])
         wall = f"wall p50 {p50:7.2f} ms  p95 {p95:7.2f} ms ({100 * (p50 - base) / base:+5.1f}%)"
-        extra = 100 * (cpu50 - base_cpu) / base_cpu
-        used = f"process CPU p50 {cpu50:6.2f} ms  p95 {cpu95:6.2f} ms ({extra:+5.1f}%)"
-        paired = 100 * (statistics.median(a / b for a, b in zip(cpu[name], cpu["off"], strict=True)) - 1)
-        print(f"{shape:>6} turn, {name:>15}: {wall}   {used}   paired {paired:+5.1f}%   n={len(times[name])}")
+        print(f"{shape:>6} turn, {name:>15}: {wall}   process CPU {_cpu(cpu, name)}   n={len(times[name])}")
+        print(f"{'':>22} actor thread + tracing threads CPU {_cpu(own, name)}")
+    print(
+        f"        of it, the tracing threads (span batcher, exporter): {per_turn * 1e6:.0f} µs a traced turn"
+    )
     seams(rt, f"{shape}-off-0", provider)
     rt.close()
+
+
+def _cpu(samples: dict[str, list[float]], name: str) -> str:
+    """p50 / p95 and their overhead over `off`; `paired`: the median over the rounds of the ratio to `off`."""
+    base, _ = summary(samples["off"])
+    p50, p95 = summary(samples[name])
+    paired = 100 * (statistics.median(a / b for a, b in zip(samples[name], samples["off"], strict=True)) - 1)
+    return (
+        f"p50 {p50:6.2f} ms  p95 {p95:6.2f} ms ({100 * (p50 - base) / base:+5.1f}%)  paired {paired:+5.1f}%"
+    )
 
 
 def seams(rt: runtime.Runtime, conv: str, provider: Any) -> None:
@@ -146,7 +181,7 @@ def seams(rt: runtime.Runtime, conv: str, provider: Any) -> None:
                     trace.observe(state, event)
                 trace.close()
             if isinstance(provider, TracerProvider):
-                provider.force_flush()  # the export of the spans made is part of their cost
+                tracing.flush()  # making the spans queued and their export are part of their cost
             cost[name] = (time.process_time() - started) / SEAM_REPEATS * 1e6
     print(f"        seams alone, {len(events)} events a turn: "
           + ", ".join(f"{n} {c:.0f} µs" for n, c in cost.items())
@@ -185,7 +220,7 @@ def main() -> None:
 
             run(settings, args.turns, "qa", qa, provider)
             run(settings, max(1, args.turns // 3), "agent", agent, provider)
-            provider.force_flush()
+            tracing.flush()
             time.sleep(1.0)
             print(f"spans received by the OTLP receiver: {collector.count()}")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from actors.attribution import Embed, Matrix
 from index.embed import load_embedder
 from index.evalrun import EVAL_PRINCIPAL, demo_corpus, ensure_index
 from index.evaluate import Query, load_collection
@@ -41,6 +42,16 @@ class QAItem(msgspec.Struct, frozen=True, kw_only=True):
 
 def bench_settings(data_dir: Path, model_dir: Path) -> Settings:
     return Settings.from_env({"DOCENT_DATA_DIR": str(data_dir), "DOCENT_MODEL_DIR": str(model_dir)})
+
+
+def qa_embed(settings: Settings) -> Embed:
+    """The query embedder as the worker's `Knowledge.embed` gives it (async, L2-normalised rows)."""
+    embedder = load_embedder(settings, "minilm", purpose="online")
+
+    async def embed(texts: Sequence[str]) -> Matrix:
+        return embedder.embed(texts)
+
+    return embed
 
 
 def every_nth(queries: Sequence[Query], count: int) -> list[Query]:

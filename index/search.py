@@ -176,9 +176,19 @@ class Searcher:
         # One blocking call for the rest: USearch beside Whoosh in a second thread was slower on 2 loaded
         # cores (100K chunks, 373 queries x 2 interleaved: p50 8.6 / p95 20.4 ms against 6.3 / 14.1 one
         # after the other): the stages share the GIL and every thread hand-off waits for a wake-up.
-        hits = await run_blocking(self._retrieve, query, vector, principal, k, mode, timings, filters)
+        began: list[float] = []  # when the blocking part started (after the wait for a thread)
+
+        def retrieve() -> list[Hit]:
+            began.append(time.perf_counter())
+            return self._retrieve(query, vector, principal, k, mode, timings, filters)
+
+        hits = await run_blocking(retrieve)
         timings["total"] = _ms(started)
-        return SearchResult(query=query, index_version=self.version, hits=hits, timings_ms=timings)
+        first = "ann" if "ann" in timings else "bm25"
+        starts = {first: round((began[0] - started) * 1000, 3)}
+        return SearchResult(
+            query=query, index_version=self.version, hits=hits, timings_ms=timings, stage_starts_ms=starts
+        )
 
     async def embed_query(self, query: str) -> Vector:
         """The query's vector exactly as `search` embeds it (the query embedder's cache: computed once)."""

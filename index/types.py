@@ -158,3 +158,5 @@ class SearchResult(msgspec.Struct, kw_only=True):
     index_version: str
     hits: list[Hit]
     timings_ms: dict[str, float] = {}
+    # when a stage started, ms after the search did (the stages after it ran back to back): a trace's spans
+    stage_starts_ms: dict[str, float] = {}

@@ -91,6 +91,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     local_top_k: Positive = 4
     local_max_tokens: Positive = 200
     local_compute_type: Literal["auto", "int8", "int8_float32", "float32", "float16"] = "auto"
+    # The embedded model's Q&A answers (actors/extractive.py): the passages' own sentences, each cited to its
+    # passage ("extractive"; the model answers when they hold no prose), or the model's own ("model").
+    local_answer: Literal["extractive", "model"] = "extractive"
     # Follow-up questions rewritten by the model before retrieval (actors.plan.REWRITE_STEP): auto = with an
     # external (OpenAI-compatible) model only; "rules" = index.followup's deterministic rule alone.
     followup_rewrite: Literal["auto", "llm", "rules"] = "auto"

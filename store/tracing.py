@@ -9,11 +9,14 @@
     install(provider) / reset()     another provider (an embedding application's, a test's in-memory one)
     begin(tracer, parent, name)     a span's sampled context, before the span is made with `finished`
     finished(tracer, parent, name, start_ns=, end_ns=, ...)  a span whose times are known when it is made
+    later(make)                     `make()` (it returns finished spans) run on the span batcher's thread
+    flush()                         make what `later` queued, then flush the provider (tests, benches)
 
 Configuration is OpenTelemetry's own environment, read by the SDK: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) turns tracing on; `OTEL_SERVICE_NAME` (default `docent`),
-`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*` as the SDK
-documents them; `OTEL_SDK_DISABLED=true` turns it off again. Only the `http/protobuf` protocol is shipped
+`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPLER` as the SDK documents them,
+`OTEL_BSP_*` too (read by `store.span_batch`, larger default sizes); `OTEL_SDK_DISABLED=true` turns it
+off again. Only the `http/protobuf` protocol is shipped
 (no gRPC dependency): another `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` stops the process with a
 `config_error`. `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true` (the GenAI instrumentations'
 switch) adds the prompt messages and the answer text to LLM spans; without it no question, prompt or
@@ -28,13 +31,18 @@ gathered meanwhile. `finished` hands such a span to the SDK's span processors as
 turn's span is sampled by the tracer's sampler (`begin`), a step's follows its parent's decision, as the
 default parent-based sampler decides. Tracing needs the SDK's tracer (`install` takes an SDK provider).
 The export encodes with `store.otlp` (the bytes directly, not protobuf objects).
+
+Spans whose data is all known (a turn's, when its activation ends) are made off the turn's thread: `later`
+queues a function that makes them, and the span batcher (`store.span_batch`, one thread a process) makes
+what is queued in batches and hands the spans on: to the OTLP exporter, as the provider's span processor in
+place of the SDK's BatchSpanProcessor (`configure`), or to an installed provider's processors (`install`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -95,7 +103,6 @@ def configure(role: str, env: Mapping[str, str] | None = None) -> bool:
     check_protocol(env)
     from opentelemetry.sdk.resources import OTELResourceDetector, Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     defaults = Resource({"service.name": DEFAULT_SERVICE, "docent.process": role, "process.pid": os.getpid()})
     resource = defaults.merge(OTELResourceDetector().detect())
@@ -103,9 +110,14 @@ def configure(role: str, env: Mapping[str, str] | None = None) -> bool:
         resource = resource.merge(Resource({"service.name": env["OTEL_SERVICE_NAME"].strip()}))
     provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER, parent-based by default
     from store.otlp import SpanExporter
+    from store.span_batch import SpanBatcher
 
-    provider.add_span_processor(BatchSpanProcessor(SpanExporter()))
-    _state["provider"] = provider
+    exporter = SpanExporter()
+    batcher = SpanBatcher.from_env(exporter.export, env, close=exporter.shutdown)
+    provider.add_span_processor(batcher)  # its only one: the provider's shutdown (atexit too) flushes it
+    _state["provider"], _state["batcher"] = provider, batcher
+    _batchers.clear()
+    _batchers[id(provider)] = (provider, batcher)  # `install(provider)` again (a bench's arms): the same one
     _state["tracer"] = provider.get_tracer(INSTRUMENTATION)
     log.info("tracing: OTLP %s export on (%s)", SUPPORTED_PROTOCOL, role)
     return True
@@ -139,8 +151,18 @@ def provider() -> object | None:
     return _state.get("provider")
 
 
+def flush() -> None:
+    """Make the spans `later` queued and hand them on, in this thread, then flush the provider."""
+    batcher, provider = _state.get("batcher"), _state.get("provider")
+    if batcher is not None:
+        batcher.flush()  # type: ignore[attr-defined]
+    if provider is not None:
+        provider.force_flush()  # type: ignore[attr-defined]
+
+
 def shutdown() -> None:
     """Flush and stop the provider; the next `configure` (another app in this process) starts a new one."""
+    flush()
     provider = _state.get("provider")
     _state.clear()
     if provider is not None:
@@ -148,11 +170,34 @@ def shutdown() -> None:
 
 
 def install(provider: object, *, capture: bool = False) -> None:
-    """Use a given SDK `TracerProvider` (an embedding application's, or a test's in-memory exporter)."""
+    """Use a given SDK `TracerProvider` (an embedding application's, or a test's in-memory exporter): the
+    spans `later` makes go to its span processors (one batcher per provider, kept across installs)."""
     _state.clear()
     _state["provider"] = provider
     _state["tracer"] = provider.get_tracer(INSTRUMENTATION)  # type: ignore[attr-defined]
     _state["capture"] = capture
+    _state["batcher"] = _batcher_of(provider, _state["tracer"])  # type: ignore[arg-type]
+
+
+def _batcher_of(provider: object, tracer: Tracer) -> object:
+    found = _batchers.get(id(provider))
+    if found is not None and found[0] is provider:
+        return found[1]
+    from store.span_batch import SpanBatcher
+
+    processor = _sdk(tracer).processor  # the provider's: every span processor added to it
+
+    def sink(spans: Sequence[Any]) -> None:
+        for span in spans:
+            processor.on_end(span)
+
+    batcher = SpanBatcher.from_env(sink, os.environ)
+    _batchers.clear()  # one provider at a time in practice: keep the last one
+    _batchers[id(provider)] = (provider, batcher)
+    return batcher
+
+
+_batchers: dict[int, tuple[object, object]] = {}
 
 
 def reset() -> None:
@@ -231,12 +276,14 @@ def finished(
     error: str | None = None,
     context: SpanContext | None = None,
     events: Sequence[object] = (),
+    into: list[Any] | None = None,
 ) -> SpanContext | None:
     """A span from `start_ns` to `end_ns`, ended now; its context (None: not sampled). Its `context` is
     `begin`'s, or else a new child of `parent` (which must be a sampled span's).
 
     `error` sets `error.type` and an error status; `events` are `event(...)`'s. Attribute values are the
-    types OpenTelemetry allows (str, bool, int, float, or a tuple of one of them), not copied or cleaned."""
+    types OpenTelemetry allows (str, bool, int, float, or a tuple of one of them), not copied or cleaned.
+    The span goes to the tracer's span processors, or into the list `into` (for `later`)."""
     sdk = _sdk(tracer)
     if context is None:
         if parent is None or not parent.is_valid or not parent.trace_flags.sampled:
@@ -253,7 +300,10 @@ def finished(
         events=tuple(events), kind=kind, status=status, start_time=start_ns, end_time=end_ns,
         instrumentation_scope=sdk.scope,
     )  # fmt: skip
-    sdk.processor.on_end(span)
+    if into is not None:
+        into.append(span)
+    else:
+        sdk.processor.on_end(span)
     return context
 
 
@@ -263,3 +313,11 @@ _UNSET = Status(StatusCode.UNSET)
 def event(tracer: Tracer, name: str, attributes: Mapping[str, AttributeValue], at_ns: int) -> object:
     """A span event for `finished(events=...)`."""
     return _sdk(tracer).event(name, attributes=MappingProxyType(dict(attributes)), timestamp=at_ns)
+
+
+def later(make: Callable[[], Sequence[Any]]) -> None:
+    """Queue `make` (it returns spans made with `finished(..., into=[])`, from data it owns) for the span
+    batcher's thread, which makes them soon, with others, and hands them on (`store.span_batch`)."""
+    batcher = _state.get("batcher")
+    if batcher is not None:
+        batcher.later(make)  # type: ignore[attr-defined]

@@ -2,9 +2,11 @@
 
 Everything real: Redis, the web process, a dramatiq worker process with the local SmolLM2 (CTranslate2) and
 the MiniLM query embedder, an index of two standard-library pages built with MiniLM, the chat widget.
-The widget must show the sources before the model's first token, a finished sentence must be attributed
-(a marker or an unsupported mark) while the answer still streams, and the finished answer must carry `[n]`
-markers (post-hoc attribution, on by default for the local model).
+The widget must show the sources before the first answer token, a finished sentence must carry its mark (a
+marker or an unsupported mark) while the answer still streams, and the finished answer must carry `[n]`
+markers. Both ways the local model answers run: extractive (the default: the passages' own sentences, each
+citing its passage, `actors/extractive.py`) and the model's own answer (`DOCENT_LOCAL_ANSWER=model`), whose
+sentences post-hoc attribution marks.
 """
 
 from __future__ import annotations
@@ -58,11 +60,13 @@ def build_index(settings: Settings, source: Path) -> None:
                 ingestor.ingest_document(doc.doc_id, path=path, title=doc.title, access=doc.access)
 
 
-@pytest.fixture(scope="module")
-def web(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=["extractive", "model"])
+def web(
+    request: pytest.FixtureRequest, redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     data = tmp_path_factory.mktemp("local-e2e")
     env = server_env(redis_server.url, data, llm_backend="local", model_dir=str(MODEL_CACHE),
-                     local_max_tokens="64", allowed_roots=str(data))  # fmt: skip
+                     local_max_tokens="64", allowed_roots=str(data), local_answer=request.param)  # fmt: skip
     build_index(Settings.from_env(env), data / "src")
     worker = Worker(env)
     worker.start()
@@ -98,9 +102,9 @@ async def test_the_local_model_answers_with_sources_first_and_attributed_citatio
     assert any(t.startswith("secrets") for t in titles)
     markers = await page.locator(".docent-answer .docent-cite").all_text_contents()
     answer = await page.locator(".docent-answer").text_content()
-    assert markers, answer  # the model wrote none of its own: attribution added them
+    assert markers, answer  # the extractive answer's own, or attribution's (the model writes none)
     assert await page.locator(".docent-sources .docent-source-cited").count() >= 1
     shots = MODEL_CACHE.parent / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(shots / "local-answer.png"))
+    await page.screenshot(path=str(shots / f"local-answer-{web.settings.local_answer}.png"))
     assert errors == []

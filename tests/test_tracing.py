@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from actors.testing import ScriptedLLMThread
 from actors.testing.otlp_receiver import OtlpReceiver, ReceivedSpan
 from actors.turn_trace import TurnTrace
 from server.auth import mint_token
-from store import tracing
+from store import span_batch, tracing
 from store.events import (
     AnswerCompleted,
     ApprovalDecided,
@@ -45,6 +45,7 @@ from store.events import (
 )
 from store.exceptions import ConfigError
 from store.settings import Settings
+from store.span_batch import SpanBatcher
 from tests.stack_proc import Stack
 from tests.test_metrics import POLICY, TENANT, _index
 
@@ -110,6 +111,10 @@ def test_a_real_stack_exports_one_trace_from_the_web_ask_to_the_worker_turn(
         "retrieval.fuse",
         "retrieval.catalog",
     } <= stages
+    staged = {s.name: s for s in spans if s.parent_span_id == retrieval.span_id}
+    embed, ann, bm25 = staged["retrieval.embed"], staged["retrieval.ann"], staged["retrieval.bm25"]
+    assert retrieval.start_ns <= embed.start_ns <= embed.end_ns <= ann.start_ns  # ann: as the search ran it
+    assert ann.end_ns <= bm25.start_ns <= bm25.end_ns <= retrieval.end_ns
     assert chat.kind == 3  # CLIENT
     assert chat.attributes["gen_ai.operation.name"] == "chat"
     assert chat.name == f"chat {chat.attributes['gen_ai.request.model']}"
@@ -165,6 +170,7 @@ def test_an_agent_turn_has_a_span_per_step_under_its_turn(exporter: InMemorySpan
     trace = TurnTrace("conv-1")
     _play(trace, ConversationState(conversation_id="conv-1"), _agent_turn(time.time_ns() // 1_000_000 - 50))
     trace.close()
+    tracing.flush()  # the span maker's batch, now
     spans: dict[str, ReadableSpan] = {s.name: s for s in exporter.get_finished_spans()}
     assert set(spans) == {"turn", "chat m", "approval send_email", "execute_tool send_email"}
     turn = spans.pop("turn")
@@ -205,6 +211,7 @@ def test_prompt_content_in_spans_is_opt_in(exporter: InMemorySpanExporter) -> No
     _play(trace, ConversationState(conversation_id="conv-2"), _agent_turn(0)[:5])
     assert exporter.get_finished_spans() == ()  # made when the activation ends
     trace.close()
+    tracing.flush()
     chat = next(s for s in exporter.get_finished_spans() if s.status.status_code != StatusCode.ERROR)
     assert chat.attributes is not None
     assert json.loads(str(chat.attributes["gen_ai.input.messages"])) == [{"role": "user", "content": "plan"}]
@@ -229,6 +236,7 @@ def test_a_suspended_turn_resumes_under_the_same_parent(exporter: InMemorySpanEx
     first.close()  # the activation ends: the turn waits for a human
     second = TurnTrace("c")  # the next activation
     second.observe(state, AnswerCompleted(text="a", turn=1))
+    tracing.flush()
     turns = [s for s in exporter.get_finished_spans() if s.name == "turn"]
     assert len(turns) == 2
     assert {s.context.trace_id for s in turns} == {ask.get_span_context().trace_id}
@@ -254,3 +262,78 @@ def test_tracing_is_off_without_an_endpoint_and_refuses_another_protocol() -> No
         tracing.check_protocol({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})  # off: nothing to check
     finally:
         tracing.reset()
+
+
+def test_retrieval_stages_are_spans_at_their_measured_times(exporter: InMemorySpanExporter) -> None:
+    state = ConversationState(conversation_id="c")
+    trace = TurnTrace("c")
+    _play(trace, state, [UserMessage(text="q", turn=1), TurnStarted(route="qa", turn=1)])
+    timings = {"embed": 1.0, "ann": 0.5, "bm25": 2.0, "fuse": 0.2, "catalog": 0.3, "rerank": 1.5}
+    timings["total"] = 9.0  # not a stage: no span
+    trace.retrieval(state, timings, 10.0, 3, {"ann": 3.0})  # 2 ms waited for the search's thread
+    trace.observe(state, AnswerCompleted(text="a", turn=1))
+    tracing.flush()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    retrieval = spans["retrieval"]
+    assert retrieval.attributes is not None and retrieval.attributes["docent.retrieval.hits"] == 3
+    assert retrieval.start_time is not None and retrieval.end_time is not None
+    assert retrieval.end_time - retrieval.start_time == 10_000_000
+    placed, origin = {}, retrieval.start_time
+    for stage in ("embed", "ann", "bm25", "fuse", "catalog", "rerank"):
+        span = spans[f"retrieval.{stage}"]
+        assert span.parent is not None and span.parent.span_id == retrieval.context.span_id
+        assert span.start_time is not None and span.end_time is not None
+        assert retrieval.start_time <= span.start_time <= span.end_time <= retrieval.end_time
+        placed[stage] = (span.start_time - origin) / 1e6, (span.end_time - span.start_time) / 1e6
+    assert placed == {
+        "embed": (0.0, 1.0), "ann": (3.0, 0.5), "bm25": (3.5, 2.0), "fuse": (5.5, 0.2),
+        "catalog": (5.7, 0.3), "rerank": (6.0, 1.5),
+    }  # fmt: skip
+    assert "retrieval.total" not in spans
+
+
+def test_the_span_batcher_makes_off_the_turn_in_batches_and_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handed: list[list[str]] = []
+
+    def sink(spans: Sequence[Any]) -> None:
+        handed.append(list(spans))
+
+    batcher = SpanBatcher(sink, delay_ms=20, max_spans=5, batch_spans=2)
+    batcher.later(lambda: ["a", "b", "c"])
+    batcher.later(lambda: [str(1 // 0)])  # a failure is logged, the next ones still made
+    batcher.later(lambda: ["d"])
+    batcher.flush()
+    assert handed == [["a", "b"], ["c", "d"]]  # at most batch_spans at a time
+    batcher.later(lambda: ["e"])  # the batcher's thread, within delay_ms
+    deadline = time.monotonic() + 10
+    while len(handed) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert handed[2:] == [["e"]]
+    batcher.later(lambda: ["f", "g", "h", "i", "j", "k"])  # over max_spans: the first five kept
+    batcher.flush()
+    assert [x for batch in handed[3:] for x in batch] == ["f", "g", "h", "i", "j"]
+    monkeypatch.setattr(span_batch, "MAX_QUEUED_MAKES", 0)
+    count = len(handed)
+    batcher.later(lambda: ["l"])  # over the turns bound: dropped
+    batcher.flush()
+    assert len(handed) == count
+    settings = span_batch.sdk_env({"OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_BSP_MAX_QUEUE_SIZE": "lots"})
+    assert list(settings.values()) == [100, 8192, 2048]  # a malformed value: the default
+    closed: list[bool] = []
+    batcher.close = lambda: closed.append(True)
+    batcher.shutdown()
+    assert closed == [True]
+
+
+def test_installing_the_configured_provider_again_keeps_its_one_batcher() -> None:
+    tracing.reset()
+    try:
+        assert tracing.configure("worker", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+        provider, batcher = tracing.provider(), tracing._state["batcher"]
+        assert isinstance(batcher, SpanBatcher)
+        tracing.install(provider)  # a bench's traced arm, once a turn
+        assert tracing._state["batcher"] is batcher
+    finally:
+        tracing.shutdown()

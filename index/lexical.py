@@ -14,8 +14,11 @@ classic stop list and in a question collection match every other section. Measur
 (BM25 k1 1.2, b .75, nDCG@10): debfaq +.032, perlfaq +.013, vaswani, cranfield and the demo set +.007 each.
 
 Scoring: BM25 (Lucene's idf, log(1 + (N - df + .5) / (df + .5)), instead of Whoosh's log(N / (df + 1)) + 1,
-whose +1 floor gives every common question word a full vote), K1 and B from settings (1.2 and .75, chosen
-leave-one-collection-out by bench/retrieval_quality.py). Exhaustive: every query term present in the index
+whose +1 floor gives every common question word a full vote), K1 from settings; B from settings, or with
+`length_spread` > 0 (settings.bm25_length_spread) derived from the index's chunk lengths, b = min(1, spread /
+CV(lengths)) (index.lexical_postings.spread_b: a b fixed for all collections over-normalised vaswani's short,
+uneven abstracts, BM25 nDCG@10 .391 against .445); both chosen leave-one-collection-out by
+bench/retrieval_quality.py. Exhaustive: every query term present in the index
 is scored over all its postings, no pruning. Whoosh's own search walks a tree of per-posting matchers in
 Python (~10 us a posting); `Ranking` instead scores the posting lists as numpy arrays: read a block at a
 time from Whoosh's segment files once, then kept in a cache shared by the index's threads
@@ -51,7 +54,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -174,6 +177,7 @@ class LexicalIndex:
         k1: float = BM25_K1,
         b: float = BM25_B,
         doc_weight: float = 0.0,
+        length_spread: float = 0.0,
         check_interval_ms: int = SEARCHER_CHECK_MS,
         vectorised: bool = True,
         bulk: bool = True,
@@ -183,6 +187,8 @@ class LexicalIndex:
         self.k1, self.b = k1, b
         # > 0: a chunk's score blends its document's BM25 (index.lexical_docs; the vectorised path only)
         self.doc_weight = doc_weight
+        # > 0: b follows from the index's lengths (index.lexical_postings.spread_b; the vectorised path only)
+        self.length_spread = length_spread
         self._segment_docs = SegmentDocsCache()
         self.vectorised = vectorised  # False: Whoosh's own (per-posting) search, same scores
         # bulk=False: Whoosh's writer (a document at a time) instead of index.lexical_segment, same index
@@ -341,6 +347,10 @@ class LexicalIndex:
         """The query's distinct terms as the index analysed them (lower-cased, stop words out, stemmed)."""
         return list(dict.fromkeys(token.text for token in self.analyzer(text)))
 
+    def tokens(self, text: str) -> list[str]:
+        """Every analysed term of the text, repeats included (a bag: index.lexical_feedback's counts)."""
+        return [token.text for token in self.analyzer(text)]
+
     def query_terms(self, text: str) -> list[str]:
         """The query's analysed terms that occur in the index (in query order): all of them are scored."""
         slot = self._slot()
@@ -354,17 +364,24 @@ class LexicalIndex:
         tenant: str,
         reader_tokens: Sequence[str],
         allowed: AllowedFn | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> list[Scored]:
-        """The k best BM25 matches this tenant and these reader tokens may see, that `allowed` keeps."""
+        """The k best BM25 matches this tenant and these reader tokens may see, that `allowed` keeps.
+
+        `weights` (analysed term -> weight, e.g. index.lexical_feedback's expanded query) replaces the text's
+        terms: each term's BM25 is multiplied by its weight."""
         if k < 1:
             raise InputError("k must be positive", field="k")
         slot = self._slot()
-        terms = self.analyse(text)
+        if weights is not None:
+            weights = {term: weight for term, weight in weights.items() if weight > 0}
+        terms = list(weights) if weights is not None else self.analyse(text)
         acl = slot.acl(tenant, reader_tokens) if terms else None
         if acl is None:
             return []
-        ranking = self._rank(slot, terms, acl) if self.vectorised and slot.readable else None
-        query = Q.Or([Q.Term(field, term) for term in terms for field in self.fields])
+        weight_of = weights or {}
+        ranking = self._rank(slot, terms, acl, weight_of) if self.vectorised and slot.readable else None
+        query = Q.Or([Q.Term(field, t, boost=weight_of.get(t, 1.0)) for t in terms for field in self.fields])
         limit = k
         while True:
             if ranking is not None:
@@ -380,40 +397,51 @@ class LexicalIndex:
                 return hits[:k]
             limit *= OVERSAMPLE_FACTOR
 
-    def _rank(self, slot: ReaderSlot, terms: Sequence[str], acl: DocMask) -> Ranking | None:
+    def _rank(
+        self, slot: ReaderSlot, terms: Sequence[str], acl: DocMask, weights: Mapping[str, float]
+    ) -> Ranking | None:
         leaves = slot.leaves()
         if leaves is None:
             return None
         scorer = Ranking(slot.searcher.doc_count_all())
         for field in self.fields:
             lengths, average = slot.field_lengths(field, leaves), slot.searcher.avg_field_length(field) or 1
-            weigh = Weigh(lengths, average, self.k1, self.b)
+            weigh = Weigh(lengths, average, self.k1, slot.length_b(field, leaves, self.length_spread, self.b))
             for term in terms:
                 segments = slot.segment_terms(field, term)
                 df = sum(found.info.doc_frequency() for found in segments)
                 if df == 0:
                     continue
-                idf = lucene_idf(len(scorer.scores), df)
+                idf = lucene_idf(len(scorer.scores), df) * weights.get(term, 1.0)
                 scorer.add(idf, *self.postings.weighed(segments, field, term, weigh))
         if self.doc_weight > 0 and self.fields == (BODY,):
-            self._blend_documents(slot, leaves, terms, scorer)
+            self._blend_documents(slot, leaves, terms, scorer, weights)
         return scorer.within(acl)
 
     def _blend_documents(
-        self, slot: ReaderSlot, leaves: list[tuple[SegmentReader, int]], terms: Sequence[str], scorer: Ranking
+        self,
+        slot: ReaderSlot,
+        leaves: list[tuple[SegmentReader, int]],
+        terms: Sequence[str],
+        scorer: Ranking,
+        weights: Mapping[str, float],
     ) -> None:
         """Each matching chunk's score blended with its document's BM25 (index.lexical_docs)."""
         documents = slot.documents_of(leaves, self._segment_docs, BODY)
-        impacts = [self._document_impacts(slot, documents, term) for term in terms]
+        b = slot.length_b(BODY, leaves, self.length_spread, self.b)  # the chunks' b, as measured
+        impacts = []
+        for term in terms:
+            found, impact = self._document_impacts(slot, documents, term, b)
+            impacts.append((found, impact * weights[term] if term in weights else impact))
         scorer.scores = blend(
             scorer.scores, documents, documents.scores(impacts, lucene_idf), self.doc_weight
         )
 
-    def _document_impacts(self, slot: ReaderSlot, documents: Documents, term: str) -> Postings:
+    def _document_impacts(self, slot: ReaderSlot, documents: Documents, term: str, b: float) -> Postings:
         """A term's documents and their BM25 impacts without idf (cached while the documents stay)."""
-        key = (documents.fingerprint, term, self.k1, self.b)
+        key = (documents.fingerprint, term, self.k1, b)
         return self.postings.documents.get(
-            key, lambda: documents.impacts(*self._term_postings(slot, term), self.k1, self.b)
+            key, lambda: documents.impacts(*self._term_postings(slot, term), self.k1, b)
         )
 
     def _term_postings(self, slot: ReaderSlot, term: str) -> Postings:

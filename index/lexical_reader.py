@@ -24,7 +24,7 @@ from whoosh.util.numeric import byte_to_length
 
 from index.keys import Scored
 from index.lexical_docs import Documents, SegmentDocsCache
-from index.lexical_postings import SegmentTerm
+from index.lexical_postings import SegmentTerm, spread_b
 
 MASK_CACHE_TERMS = 32  # per thread; a mask is one byte per document
 TERM_CACHE_SIZE = 4096  # (field, term) -> term info per segment, per thread
@@ -62,6 +62,9 @@ class ReaderSlot:
         self.checked_at = time.monotonic()
         self.masks: OrderedDict[tuple[str, str], npt.NDArray[np.bool_]] = OrderedDict()
         self.lengths: dict[str, npt.NDArray[np.float64]] = {}
+        self.bs: dict[
+            tuple[str, float, float], float
+        ] = {}  # (field, spread, b) -> b (lexical_postings.spread_b)
         self.documents: Documents | None = None  # index.lexical_docs, built on the first blended query
         self.terms: OrderedDict[tuple[str, str], list[SegmentTerm]] = OrderedDict()
         self.keys: dict[int, int] = {}  # docnum -> key (a stored-field read is ~25 us)
@@ -96,6 +99,7 @@ class ReaderSlot:
             self.searcher = fresh
             self.masks.clear()  # docnums change with the index generation
             self.lengths.clear()
+            self.bs.clear()
             self.documents = None
             self.terms.clear()
             self.keys.clear()
@@ -153,6 +157,14 @@ class ReaderSlot:
             lengths[codes == 0] = 1.0  # Whoosh's default for a document without a stored length
             self.lengths[field] = lengths
         return lengths
+
+    def length_b(self, field: str, leaves: list[tuple[SegmentReader, int]], spread: float, b: float) -> float:
+        """BM25's b for `field` at this length spread (index.lexical_postings.spread_b; `b` at spread 0)."""
+        key = (field, spread, b)
+        found = self.bs.get(key)
+        if found is None:
+            found = self.bs[key] = spread_b(self.field_lengths(field, leaves), spread, b)
+        return found
 
     def documents_of(
         self, leaves: list[tuple[SegmentReader, int]], cache: SegmentDocsCache, field: str

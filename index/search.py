@@ -51,6 +51,7 @@ from index.entries import chunk_of
 from index.fusion import Fused, dense_weighted, keep_lexical_top, lexical_top_stands_out, rrf, zscore
 from index.keys import Scored, as_keys
 from index.lexical import LexicalIndex
+from index.lexical_feedback import feedback_weights
 from index.sections import section_passages
 from index.types import Embedder, Hit, Manifest, ModelIdentity, Principal, SearchResult, Vector
 from index.vectors import GENERATION_CHECK_MS, VectorIndex
@@ -133,6 +134,7 @@ class Searcher:
             k1=settings.bm25_k1,
             b=settings.bm25_b,
             doc_weight=settings.bm25_doc_weight,
+            length_spread=settings.bm25_length_spread,
             check_interval_ms=check_interval_ms,
         )
 
@@ -290,8 +292,26 @@ class Searcher:
             reader_tokens=principal.reader_tokens(),
             allowed=allowed,
         )
+        if self.settings.bm25_prf_docs and found:
+            found = self._bm25_feedback(query, principal, allowed, found)
         timings["bm25"] = _ms(started)
         return found
+
+    def _bm25_feedback(
+        self, query: str, principal: Principal, allowed: AccessFilter, first: list[Scored]
+    ) -> list[Scored]:
+        """BM25 again with the query expanded from the first pass's top chunks (index.lexical_feedback)."""
+        top = first[: self.settings.bm25_prf_docs]
+        rows = self.catalog.chunk_rows(self.version, [key for key, _ in top])
+        texts = {key: chunk_of(row).indexed_text() for key, row in rows.items()}
+        weights = feedback_weights(
+            self.lexical.analyse, self.lexical.tokens, query, top, texts,
+            terms=self.settings.bm25_prf_terms, original=self.settings.bm25_prf_original,
+        )  # fmt: skip
+        return self.lexical.search(
+            query, self.settings.retrieve_k, tenant=principal.tenant,
+            reader_tokens=principal.reader_tokens(), allowed=allowed, weights=weights,
+        )  # fmt: skip
 
     def _finish(
         self,

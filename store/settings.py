@@ -67,9 +67,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     fusion: Literal["zscore", "rrf"] = "zscore"  # index.fusion; bench/retrieval_quality.py chose it
     fusion_dense_weight: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.6  # z-score: bm25 gets 1 - this
     rrf_k: Positive = 60
-    bm25_k1: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 1.2  # leave-one-collection-out (README)
-    bm25_b: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.75
+    bm25_k1: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 1.6  # leave-one-collection-out (README)
+    bm25_b: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.75  # used only with bm25_length_spread 0
     bm25_doc_weight: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5  # index.lexical_docs (README)
+    # > 0: b = min(1, this / CV of the chunk lengths), bm25_b unused (index.lexical_postings.spread_b, README)
+    bm25_length_spread: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.35
+    # RM3 expansion of BM25's query from its first pass's top chunks (index.lexical_feedback); 0 = off
+    bm25_prf_docs: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    bm25_prf_terms: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    bm25_prf_original: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 0.5  # the query's own share
     context_llm: bool = False  # generate contextual prefixes with the configured LLM at ingest
 
     # LLM backends.

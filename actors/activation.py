@@ -116,27 +116,34 @@ class ActivationCore:
             raise LeaseLost() from None
         if inbox_cursor is not None:
             self._inbox_cursor = inbox_cursor
-        for entry_id, event in zip(ids, stamped, strict=True):
+        entries = list(zip(ids, stamped, strict=True))
+        for entry_id, event in entries:
             fold(self.state, entry_id, event)
-        for entry_id, event in zip(ids, stamped, strict=True):
-            self._observe(entry_id, event, now)
+        for _, event in entries:
+            self._observe(event, now)
+        self._count(entries)
 
     def recover_usage(self, tail: Sequence[tuple[str, Event]]) -> None:
         """At the start: count the usage of the tail's entries a killed activation appended, not counted."""
         if self.state.current is not None:
             self.spend.recover(principal_of(self.state.current.question), self.conv_id, tail)
 
-    def _observe(self, entry_id: str, event: Event, now: int) -> None:
-        """What an appended event feeds besides the log: metrics, the trace, usage, the feedback loop."""
+    def _count(self, entries: Sequence[tuple[str, Event]]) -> None:
+        """The usage of what one append wrote, counted in one go (`actors.spend`)."""
+        current = self.state.current
+        if current is None:
+            return
+        if any(isinstance(event, LLMCompleted) for _, event in entries):
+            self.rt.crash("usage_record")  # a kill here: appended, not counted (the next activation will)
+        self.spend.observe_entries(principal_of(current.question), self.conv_id, entries)
+
+    def _observe(self, event: Event, now: int) -> None:
+        """What an appended event feeds besides the log and usage: metrics, the trace, the feedback loop."""
         current = self.state.current
         asked = self._asked_ms.get(event.turn) or (current.started_ms if current else 0)
         route = (current.route or "") if current else ""
         metrics.observe_event(event, now_ms=now, asked_at_ms=asked, route=route)
         self.trace.observe(self.state, event)
-        if current is not None:
-            if isinstance(event, LLMCompleted):
-                self.rt.crash("usage_record")  # a kill here: appended, not counted (the next activation will)
-            self.spend.observe(principal_of(current.question), self.conv_id, entry_id, event)
         if isinstance(event, AnswerCompleted) and current is not None and asked:
             first, answer = self._first_token_ms.get(event.turn), max(0, now - asked)
             principal = principal_of(current.question)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 
 import msgspec
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "default"
 REASON_CHARS = 2_000
+
+INBOX_RECHECK_MS = 20  # between actions that appended nothing, how soon the inbox is read again
 
 # The tools an agent run may use: fixed here, by code. Risk and approvals come from the policy.
 AGENT_TOOLS = ("search_knowledge_base", "read_document", "compare_documents", "send_email", "http_request")
@@ -94,6 +97,11 @@ class ActivationCore:
         self.spend = Spend(rt.settings)  # usage per tenant / user / day, and the daily budgets
         self.scorer: attribution.Scorer | None = None  # the attribution of the answer streaming now
         self._inbox_cursor: str | None = None  # as read or moved under this lease (no one else moves it)
+        self._pending: list[Event] = []  # folded, appended with the next write (`emit(defer=True)`)
+        self._pending_cursor: str | None = None  # the inbox cursor the pending events move
+        self._durable_last: str | None = state.last_event_id if state.events else None  # the log's end
+        self._appended_since_read = True  # since `pull_inbox` last read the inbox
+        self._read_at = 0.0  # when it did (monotonic s)
         self.inbox_seen: str | None = None  # the newest inbox entry this activation has looked at
 
     # -- writing ------------------------------------------------------------------------------------------
@@ -102,26 +110,59 @@ class ActivationCore:
         if self.keeper is not None and self.keeper.lost.is_set():
             raise LeaseLost()
 
-    def emit(self, items: Sequence[Event], *, inbox_cursor: str | None = None) -> None:
-        """Append (fenced) and fold."""
+    def emit(self, items: Sequence[Event], *, inbox_cursor: str | None = None, defer: bool = False) -> None:
+        """Append (fenced) and fold. `defer`: fold now, append with the next write (see `flush`)."""
         now = self.rt.clock()
         turn = self.state.current.number if self.state.current else 0
         stamped = [msgspec.structs.replace(e, turn=e.turn or turn, at_ms=now) for e in items]
-        expected = self.state.last_event_id if self.state.events else None
+        if defer:
+            self._defer(stamped, inbox_cursor, now)
+            return
+        pending = self._pending
+        ids = self._append(stamped, (), inbox_cursor)
+        written = list(zip(ids, [*pending, *stamped], strict=True))
+        for entry_id, event in written[len(pending) :]:
+            fold(self.state, entry_id, event)
+            self._observe(event, now)
+        self.state.last_event_id = self._durable_last or self.state.last_event_id
+        self._count(written)
+
+    def flush(self) -> None:
+        """Append what `emit(defer=True)` folded and held: before any effect outside the log, any snapshot,
+        and the end of the activation (the next emit or live append carries it anyway)."""
+        if self._pending or self._pending_cursor is not None:
+            self.emit([])
+
+    def _defer(self, stamped: Sequence[Event], inbox_cursor: str | None, now: int) -> None:
+        """Fold events that lead to no effect by themselves (a turn's start, its retrieval, a question moved
+        from the inbox) and hold them for the next append: one script call for a step's events. A crash
+        before that append loses them all, the inbox cursor with them, and the replay redoes them."""
+        self._pending += stamped
+        if inbox_cursor is not None:
+            self._pending_cursor = inbox_cursor
+        for event in stamped:
+            fold(self.state, self.state.last_event_id, event)  # the entry id comes with the append
+            self._observe(event, now)
+
+    def _append(
+        self, durable: Sequence[Event], live: Sequence[Delta | SentenceAttributed], inbox_cursor: str | None
+    ) -> list[str]:
+        """One fenced append of the held events, then `durable`, then `live`; their ids."""
+        pending, cursor = self._pending, inbox_cursor or self._pending_cursor
+        items = [*pending, *durable, *live]
+        checked = bool(pending or durable)  # live-only appends never checked where the log ends
+        expected = self._durable_last if checked else None
         try:
-            ids = self.rt.log.append(
-                self.lease, stamped, expected_last_id=expected, inbox_cursor=inbox_cursor
-            )
+            ids = self.rt.log.append(self.lease, items, expected_last_id=expected, inbox_cursor=cursor)
         except StaleEpoch:
             raise LeaseLost() from None
-        if inbox_cursor is not None:
-            self._inbox_cursor = inbox_cursor
-        entries = list(zip(ids, stamped, strict=True))
-        for entry_id, event in entries:
-            fold(self.state, entry_id, event)
-        for _, event in entries:
-            self._observe(event, now)
-        self._count(entries)
+        self._pending, self._pending_cursor = [], None
+        self._appended_since_read = True
+        if checked:
+            self._durable_last = ids[len(pending) + len(durable) - 1]
+        if cursor is not None:
+            self._inbox_cursor = cursor
+        return ids
 
     def recover_usage(self, tail: Sequence[tuple[str, Event]]) -> None:
         """At the start: count the usage of the tail's entries a killed activation appended, not counted."""
@@ -162,18 +203,21 @@ class ActivationCore:
             metrics.observe_first_token(self.state.current.route or "", now_ms=now, asked_at_ms=asked)
 
     def live(self, items: Sequence[Delta | SentenceAttributed]) -> None:
-        """Append to the live stream only (fenced): token fragments, sentences attributed while streaming."""
+        """Append to the live stream only (fenced): token fragments, sentences attributed while streaming
+        (after the held events, in the same append)."""
         self.check_lease()
         if not items:
             return
-        try:
-            self.rt.log.append(self.lease, items)
-        except StaleEpoch:
-            raise LeaseLost() from None
+        pending = self._pending
+        ids = self._append((), items, None)
+        if pending:
+            self.state.last_event_id = self._durable_last or self.state.last_event_id
+            self._count(list(zip(ids[: len(pending)], pending, strict=True)))
 
     def maybe_snapshot(self, force: bool = False) -> None:
         due = self.state.events - self.snapshot_events
         if self.state.events and (due >= self.rt.settings.snapshot_every_events or (force and due > 0)):
+            self.flush()  # a snapshot covers appended events only
             try:
                 self.rt.log.save_snapshot(self.lease, dump_state(self.state), self.state.last_event_id)
             except StaleEpoch:
@@ -183,12 +227,18 @@ class ActivationCore:
     # -- the inbox ----------------------------------------------------------------------------------------
 
     def pull_inbox(self) -> bool:
-        """Move what may enter the log now; True when the cursor moved."""
+        """Move what may enter the log now; True when the cursor moved. Between two actions that appended
+        nothing (their events held for one append) the inbox is read again only after INBOX_RECHECK_MS:
+        what arrives meanwhile is moved at the next action's read, or woken for after the release."""
         if self._inbox_cursor is None:
             self._inbox_cursor = self.rt.log.inbox_cursor(self.conv_id)
-        entries = self.rt.log.take_inbox(self.lease, after=self._inbox_cursor)
+        elif not self._appended_since_read and time.monotonic() - self._read_at < INBOX_RECHECK_MS / 1000:
+            return False
+        after = self._pending_cursor or self._inbox_cursor  # what the held events move is taken already
+        entries = self.rt.log.take_inbox(self.lease, after=after)
+        self._appended_since_read, self._read_at = False, time.monotonic()
         if not entries:
-            self.inbox_seen = self.inbox_seen or self._inbox_cursor
+            self.inbox_seen = self.inbox_seen or after
             return False
         self.inbox_seen = entries[-1][0]
         busy, turns = self.state.busy, self.state.turns
@@ -221,7 +271,8 @@ class ActivationCore:
             cursor = entry_id
         if cursor is None:
             return False
-        self.emit(moved, inbox_cursor=cursor)
+        questions_only = bool(moved) and all(isinstance(m, UserMessage) for m in moved)
+        self.emit(moved, inbox_cursor=cursor, defer=questions_only)  # a question starts a turn: one append
         return True
 
     def _first_outcome(self, item: ApprovalDecided | ApprovalExpired, moved: list[Event]) -> bool:

@@ -104,12 +104,13 @@ class Activation(ActivationCore):
             self.maybe_snapshot()
         else:
             self.emit([TurnFailed(code="internal", message="too many actions in one activation")])
+        self.flush()
         self.maybe_snapshot(force=self.state.events - self.snapshot_events >= SNAPSHOT_TAIL_EVENTS)
 
     async def perform(self, action: Action) -> None:
         match action:
             case StartTurn(route=route, reason=reason, workflow=workflow):
-                self.emit([TurnStarted(route=route, reason=reason, workflow=workflow)])
+                self.emit([TurnStarted(route=route, reason=reason, workflow=workflow)], defer=True)
             case Retrieve(query=query):
                 await qa_steps.retrieve(self, query)
             case CallLLM(step=step):

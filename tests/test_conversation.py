@@ -426,7 +426,8 @@ def test_a_zombie_writer_is_refused_and_stops_without_effects(world: World) -> N
     length = world.log.length("z1")
     world.ask("z1", "And sick leave?")
     with pytest.raises(LeaseLost):
-        zombie.pull_inbox()  # its append (moving the new question) is refused by the fence
+        zombie.pull_inbox()  # it folds the new question and holds it for its next append...
+        zombie.flush()  # ...which the fence refuses (the question stays in the inbox)
     with pytest.raises(LeaseLost):
         zombie.emit([TurnFailed(code="zombie")])
     assert (

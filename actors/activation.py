@@ -49,12 +49,16 @@ from store.events import (
 )
 from store.exceptions import StaleEpoch, ToolError
 from store.log import Lease, LeaseKeeper
+from store.scripts import id_tuple
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "default"
 REASON_CHARS = 2_000
 
+# An activation that ends this many events past the snapshot saves one (a Q&A turn appends 6), so the
+# next one folds a short tail instead of re-decoding every event (prompts included) since the last one.
+SNAPSHOT_TAIL_EVENTS = 6
 INBOX_RECHECK_MS = 20  # between actions that appended nothing, how soon the inbox is read again
 
 # The tools an agent run may use: fixed here, by code. Risk and approvals come from the policy.
@@ -224,15 +228,22 @@ class ActivationCore:
                 raise LeaseLost() from None
             self.snapshot_events = self.state.events
 
+    def closing_snapshot(self) -> tuple[bytes, str] | None:
+        """The snapshot to save as the activation ends: when it ends SNAPSHOT_TAIL_EVENTS or more events
+        past the last one, and only of appended events (None while events are held)."""
+        if self._pending or self._pending_cursor is not None or not self.state.events:
+            return None
+        if self.state.events - self.snapshot_events < SNAPSHOT_TAIL_EVENTS:
+            return None
+        return dump_state(self.state), self.state.last_event_id
+
     # -- the inbox ----------------------------------------------------------------------------------------
 
     def pull_inbox(self) -> bool:
-        """Move what may enter the log now; True when the cursor moved. Between two actions that appended
-        nothing (their events held for one append) the inbox is read again only after INBOX_RECHECK_MS:
-        what arrives meanwhile is moved at the next action's read, or woken for after the release."""
+        """Move what may enter the log now; True when the cursor moved."""
         if self._inbox_cursor is None:
             self._inbox_cursor = self.rt.log.inbox_cursor(self.conv_id)
-        elif not self._appended_since_read and time.monotonic() - self._read_at < INBOX_RECHECK_MS / 1000:
+        elif not self._inbox_due():
             return False
         after = self._pending_cursor or self._inbox_cursor  # what the held events move is taken already
         entries = self.rt.log.take_inbox(self.lease, after=after)
@@ -274,6 +285,19 @@ class ActivationCore:
         questions_only = bool(moved) and all(isinstance(m, UserMessage) for m in moved)
         self.emit(moved, inbox_cursor=cursor, defer=questions_only)  # a question starts a turn: one append
         return True
+
+    def _inbox_due(self) -> bool:
+        """Whether the inbox is worth reading again: when an entry read earlier still waits (a question
+        behind a busy turn); during a turn, after an append or INBOX_RECHECK_MS since the last read (between
+        actions whose events are held for one append, a cancel waits at most that long). Once the turn has
+        ended nothing is read: the closing call reports an entry newer than all this activation saw, and
+        the actor is woken for it (`actors.conversation`)."""
+        position, seen = self._pending_cursor or self._inbox_cursor, self.inbox_seen
+        if seen is not None and position is not None and id_tuple(seen) > id_tuple(position):
+            return True
+        if not self.state.busy:
+            return False
+        return self._appended_since_read or time.monotonic() - self._read_at >= INBOX_RECHECK_MS / 1000
 
     def _first_outcome(self, item: ApprovalDecided | ApprovalExpired, moved: list[Event]) -> bool:
         """At most one outcome per approval enters the log (timers and reviewers may both deliver one)."""

@@ -61,7 +61,7 @@ from actors.plan import (
 from actors.runtime import Runtime, runtime
 from actors.state import ConversationState, fold, load_state
 from store.events import Event, LimitHit, ToolResult, TurnFailed, TurnStarted
-from store.exceptions import LeaseHeld, LogError
+from store.exceptions import LeaseHeld, LogError, StaleEpoch
 from store.log import LeaseKeeper
 from store.retry import RetryPolicy
 
@@ -71,9 +71,6 @@ log = logging.getLogger(__name__)
 
 ACTOR_NAME = "advance"
 LEASE_RETRY = RetryPolicy(max_retries=0, first_s=0.1, max_s=1.0)  # wait for a held lease, within these
-# An activation that ends this many events past the snapshot saves one (a Q&A turn appends 6), so the
-# next one folds a short tail instead of re-decoding every event (prompts included) since the last one.
-SNAPSHOT_TAIL_EVENTS = 6
 MAX_ACTIONS_PER_ACTIVATION = 1_000  # a safety net: every action appends, so the plan always progresses
 ACTOR_TIME_LIMIT_MS = 3_600_000  # the turn is capped by max_run_seconds between steps; this is the backstop
 ACTOR_RETRY = RetryPolicy(max_retries=20, first_s=0.1, max_s=5.0)
@@ -104,8 +101,7 @@ class Activation(ActivationCore):
             self.maybe_snapshot()
         else:
             self.emit([TurnFailed(code="internal", message="too many actions in one activation")])
-        self.flush()
-        self.maybe_snapshot(force=self.state.events - self.snapshot_events >= SNAPSHOT_TAIL_EVENTS)
+        self.flush()  # the closing snapshot (`closing_snapshot`) is saved with the release
 
     async def perform(self, action: Action) -> None:
         match action:
@@ -183,12 +179,29 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
     finally:
         activation.trace.close()
         if not stale:
-            try:
-                rt.log.release(lease)
-                _wake_for_late_arrivals(rt, conv_id, activation.inbox_seen)
-            except LogError:
-                log.warning("conversation %s: could not release the lease (it will expire)", conv_id)
+            stale = not _close(rt, activation)
     return "stale" if stale else "done"
+
+
+def _close(rt: Runtime, activation: Activation) -> bool:
+    """Save the closing snapshot and release the lease in one call; wake the actor again for an ask posted
+    after this activation last looked at the inbox (its own wake-up found the lease held and waits out the
+    retry delay, up to a second): only an entry newer than all it saw counts, so a message waiting for a
+    human never loops. False when the snapshot was refused (the lease was lost)."""
+    conv_id = activation.conv_id
+    try:
+        closed = rt.log.close_lease(
+            activation.lease, snapshot=activation.closing_snapshot(), inbox_seen=activation.inbox_seen
+        )
+    except StaleEpoch:
+        log.warning("conversation %s: lease epoch %d lost at the end", conv_id, activation.lease.epoch)
+        return False
+    except LogError:
+        log.warning("conversation %s: could not release the lease (it will expire)", conv_id)
+        return True
+    if closed.newer_inbox:
+        advance.send(conv_id)
+    return True
 
 
 def _wake_after_a_lost_lease(rt: Runtime, conv_id: str) -> None:
@@ -197,14 +210,6 @@ def _wake_after_a_lost_lease(rt: Runtime, conv_id: str) -> None:
     Redis failover that dropped this activation's last writes (replication is asynchronous): nobody holds
     the conversation, and without this wake-up the turn would wait for the user's next message."""
     advance.send_with_options(args=(conv_id,), delay=rt.settings.lease_ms)
-
-
-def _wake_for_late_arrivals(rt: Runtime, conv_id: str, seen: str | None) -> None:
-    """An ask posted after this activation last looked at the inbox but before its release: its own wake-up
-    found the lease held and waits out the retry delay (up to a second); this one runs it now. Only an
-    entry newer than all this activation saw counts, so a message waiting for a human never loops."""
-    if seen is not None and rt.log.inbox_after(conv_id, seen, count=1):
-        advance.send(conv_id)
 
 
 async def _guarded(activation: Activation) -> None:

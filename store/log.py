@@ -12,8 +12,9 @@ Keys (hash-tagged by conversation id, so Redis Cluster keeps a conversation in o
     conv:{id}:inbox_cursor  id of the last inbox entry moved into the log, advanced by the append itself
     conv:{id}:inbox_seen:<client id>   dedup marker: the inbox id a client id was posted as
 
-One writer at a time: `acquire` takes the lease with a new epoch, and every write (append, snapshot)
-runs a Lua script that refuses an epoch that is not the lease's current, unexpired one. Ids come from one
+One writer at a time: `acquire` takes the lease with a new epoch (`close_lease` saves the last snapshot
+and gives it up in one call), and every write (append, snapshot) runs a Lua script that refuses an epoch
+that is not the lease's current, unexpired one. Ids come from one
 sequence per conversation shared by the log and the live stream, so any id a client saw, durable or a
 token delta, is a valid place to resume from (`catch_up`).
 """
@@ -67,6 +68,7 @@ RENEW = lua("common.lua", "lease_renew.lua")
 RELEASE = lua("common.lua", "lease_release.lua")
 APPEND = lua("common.lua", "append.lua")
 SAVE_SNAPSHOT = lua("common.lua", "snapshot_save.lua")
+CLOSE_LEASE = lua("common.lua", "lease_close.lua")
 POST_INBOX = lua("inbox_post.lua")
 
 EVENT_TYPES: tuple[type, ...] = get_args(Event)
@@ -117,6 +119,11 @@ class Posted(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool  # this client id was posted before: nothing was written, `inbox_id` is the first post
 
 
+class LeaseClosed(msgspec.Struct, frozen=True, kw_only=True):
+    released: bool  # False: this epoch no longer held the lease
+    newer_inbox: bool  # the inbox holds an entry newer than the one the closer said it had seen
+
+
 class LogOptions(msgspec.Struct, frozen=True, kw_only=True):
     live_maxlen: int = LIVE_MAXLEN
     live_ttl_ms: int = LIVE_TTL_MS
@@ -164,6 +171,20 @@ def renew_plan(lease: Lease, ttl_ms: int | None) -> Plan[Lease]:
 def release_plan(lease: Lease) -> Plan[bool]:
     released = yield Eval(RELEASE, [conv_keys(lease.conv_id).lease], [lease.epoch])
     return bool(released)
+
+
+def close_lease_plan(
+    lease: Lease, snapshot: tuple[bytes, str] | None, inbox_seen: str | None
+) -> Plan[LeaseClosed]:
+    keys = conv_keys(lease.conv_id)
+    args: list[Arg] = [lease.epoch, "" if inbox_seen is None else stream_id(inbox_seen, "inbox_seen")]
+    if snapshot is not None:
+        state, last_event_id = snapshot
+        if not isinstance(state, bytes):
+            raise InputError("snapshot state must be bytes", field="state")
+        args += [stream_id(last_event_id, "last_event_id"), state]
+    released, newer = yield Eval(CLOSE_LEASE, [keys.lease, keys.snap, keys.log, keys.inbox], args)
+    return LeaseClosed(released=bool(released), newer_inbox=bool(newer))
 
 
 def _flag(item: object) -> str:
@@ -369,6 +390,14 @@ class ConversationLog:
         """Let the next worker in at once; False when this epoch no longer held the lease."""
         return self._run(release_plan(lease))
 
+    def close_lease(
+        self, lease: Lease, *, snapshot: tuple[bytes, str] | None = None, inbox_seen: str | None = None
+    ) -> LeaseClosed:
+        """An activation's end in one script call: `save_snapshot(lease, *snapshot)` when given (StaleEpoch
+        if refused: then nothing is released), `release`, and whether the inbox holds an entry newer than
+        `inbox_seen` (an ask posted since the holder last looked)."""
+        return self._run(close_lease_plan(lease, snapshot, inbox_seen))
+
     # Writing (fenced).
     def append(
         self,
@@ -463,6 +492,11 @@ class AsyncConversationLog:
 
     async def release(self, lease: Lease) -> bool:
         return await self._run(release_plan(lease))
+
+    async def close_lease(
+        self, lease: Lease, *, snapshot: tuple[bytes, str] | None = None, inbox_seen: str | None = None
+    ) -> LeaseClosed:
+        return await self._run(close_lease_plan(lease, snapshot, inbox_seen))
 
     async def append(
         self,

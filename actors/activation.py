@@ -105,6 +105,7 @@ class ActivationCore:
         self._pending_cursor: str | None = None  # the inbox cursor the pending events move
         self._durable_last: str | None = state.last_event_id if state.events else None  # the log's end
         self._appended_since_read = True  # since `pull_inbox` last read the inbox
+        self._prefetched: list[tuple[str, Event]] | None = None  # read with the lease (`prefetch_inbox`)
         self._read_at = 0.0  # when it did (monotonic s)
         self.inbox_seen: str | None = None  # the newest inbox entry this activation has looked at
 
@@ -239,14 +240,22 @@ class ActivationCore:
 
     # -- the inbox ----------------------------------------------------------------------------------------
 
+    def prefetch_inbox(self, cursor: str, entries: list[tuple[str, Event]]) -> None:
+        """The inbox cursor and the entries after it, as the opening read found them (`store.log_open`):
+        the first `pull_inbox` takes these instead of reading."""
+        self._inbox_cursor, self._prefetched = cursor, entries
+
     def pull_inbox(self) -> bool:
         """Move what may enter the log now; True when the cursor moved."""
-        if self._inbox_cursor is None:
-            self._inbox_cursor = self.rt.log.inbox_cursor(self.conv_id)
-        elif not self._inbox_due():
-            return False
         after = self._pending_cursor or self._inbox_cursor  # what the held events move is taken already
-        entries = self.rt.log.take_inbox(self.lease, after=after)
+        if self._prefetched is not None:
+            entries, self._prefetched = self._prefetched, None
+        elif after is None or self._inbox_due():
+            if after is None:
+                after = self._inbox_cursor = self.rt.log.inbox_cursor(self.conv_id)
+            entries = self.rt.log.take_inbox(self.lease, after=after)
+        else:
+            return False
         self._appended_since_read, self._read_at = False, time.monotonic()
         if not entries:
             self.inbox_seen = self.inbox_seen or after

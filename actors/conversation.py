@@ -62,7 +62,8 @@ from actors.runtime import Runtime, runtime
 from actors.state import ConversationState, fold, load_state
 from store.events import Event, LimitHit, ToolResult, TurnFailed, TurnStarted
 from store.exceptions import LeaseHeld, LogError, StaleEpoch
-from store.log import LeaseKeeper
+from store.log import LeaseKeeper, Snapshot
+from store.log_open import open_activation
 from store.retry import RetryPolicy
 
 __all__ = ["AGENT_TOOLS", "Activation", "activate", "advance", "load"]
@@ -134,7 +135,12 @@ def load(rt: Runtime, conv_id: str) -> ConversationState:
 
 def load_with_tail(rt: Runtime, conv_id: str) -> tuple[ConversationState, list[tuple[str, Event]]]:
     """The folded state, and the entries folded after the snapshot (what usage recovery looks at)."""
-    snapshot, tail = rt.log.read_from_snapshot(conv_id)
+    return _folded(rt, conv_id, *rt.log.read_from_snapshot(conv_id))
+
+
+def _folded(
+    rt: Runtime, conv_id: str, snapshot: Snapshot | None, tail: list[tuple[str, Event]]
+) -> tuple[ConversationState, list[tuple[str, Event]]]:
     state: ConversationState | None = None
     if snapshot is not None:
         try:
@@ -152,17 +158,19 @@ def load_with_tail(rt: Runtime, conv_id: str) -> tuple[ConversationState, list[t
 def activate(conv_id: str, rt: Runtime | None = None) -> str:
     """One activation of the conversation's actor. Returns what happened: "idle", "done", "held", "stale"."""
     rt = rt or runtime()
-    if rt.log.length(conv_id) == 0 and rt.log.inbox_length(conv_id) == 0:
-        return "idle"  # unknown conversation: nothing to do, nothing written
-    try:
-        lease = rt.log.acquire(conv_id, rt.owner(), rt.settings.lease_ms)
+    try:  # the lease, the snapshot, the log after it and the inbox, in one call (store.log_open)
+        opened = open_activation(rt.log, conv_id, rt.owner(), rt.settings.lease_ms)
     except LeaseHeld as held:
         expires = held.details.get("expires_at_ms")
         wait_s = (expires - rt.clock()) / 1000 if isinstance(expires, int) else 0.0
         advance.send_with_options(args=(conv_id,), delay=round(LEASE_RETRY.bounded_s(wait_s) * 1000))
         return "held"
-    state, tail = load_with_tail(rt, conv_id)
+    if opened is None:
+        return "idle"  # unknown conversation: nothing to do, nothing written
+    lease = opened.lease
+    state, tail = _folded(rt, conv_id, opened.snapshot, opened.tail)
     activation = Activation(rt, conv_id, lease, state)
+    activation.prefetch_inbox(opened.inbox_cursor, opened.inbox)
     activation.recover_usage(tail)
     stale = False
     try:
@@ -178,9 +186,19 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
             _wake_after_a_lost_lease(rt, conv_id)
     finally:
         activation.trace.close()
-        if not stale:
-            stale = not _close(rt, activation)
+        if not stale and not _close(rt, activation):
+            stale = True
+            if activation.state.busy:
+                _wake_after_a_lost_lease(rt, conv_id)
     return "stale" if stale else "done"
+
+
+def _wake_after_a_lost_lease(rt: Runtime, conv_id: str) -> None:
+    """A turn left unfinished by a lost lease is looked at again once a lease would have lapsed. Lost to
+    another worker: that one carries on, and this wake-up finds its lease held or the turn done. Lost to a
+    Redis failover that dropped this activation's last writes (replication is asynchronous): nobody holds
+    the conversation, and without this wake-up the turn would wait for the user's next message."""
+    advance.send_with_options(args=(conv_id,), delay=rt.settings.lease_ms)
 
 
 def _close(rt: Runtime, activation: Activation) -> bool:
@@ -202,14 +220,6 @@ def _close(rt: Runtime, activation: Activation) -> bool:
     if closed.newer_inbox:
         advance.send(conv_id)
     return True
-
-
-def _wake_after_a_lost_lease(rt: Runtime, conv_id: str) -> None:
-    """A turn left unfinished by a lost lease is looked at again once a lease would have lapsed. Lost to
-    another worker: that one carries on, and this wake-up finds its lease held or the turn done. Lost to a
-    Redis failover that dropped this activation's last writes (replication is asynchronous): nobody holds
-    the conversation, and without this wake-up the turn would wait for the user's next message."""
-    advance.send_with_options(args=(conv_id,), delay=rt.settings.lease_ms)
 
 
 async def _guarded(activation: Activation) -> None:

@@ -68,3 +68,16 @@ local function release_lease(lease_key, epoch)
   redis.call('HSET', lease_key, 'expires', 0)
   return 1
 end
+
+-- Take a conversation's lease with a new fencing epoch, unless another owner holds it unexpired:
+-- epoch, expires_ms; or nil and the LEASE_HELD "<expires_ms> <owner>" error reply to return.
+local function take_lease(lease_key, epoch_key, owner, ttl_ms, now)
+  local held = redis.call('HMGET', lease_key, 'owner', 'expires')
+  if held[1] and held[1] ~= owner and tonumber(held[2]) > now then
+    return nil, redis.error_reply('LEASE_HELD ' .. held[2] .. ' ' .. held[1])
+  end
+  local epoch = redis.call('INCR', epoch_key)
+  local expires = now + ttl_ms
+  redis.call('HSET', lease_key, 'owner', owner, 'epoch', epoch, 'expires', expires)
+  return epoch, expires
+end

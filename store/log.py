@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any, NamedTuple, get_args
+from typing import Any, NamedTuple, TypeVar, get_args
 
 import msgspec
 import redis
@@ -72,6 +72,7 @@ CLOSE_LEASE = lua("common.lua", "lease_close.lua")
 POST_INBOX = lua("inbox_post.lua")
 
 EVENT_TYPES: tuple[type, ...] = get_args(Event)
+T = TypeVar("T")
 
 Entry = tuple[str, Event]
 LiveEntry = tuple[str, LiveItem]
@@ -133,36 +134,41 @@ class LogOptions(msgspec.Struct, frozen=True, kw_only=True):
 # ---- plans: each operation once, driven by the sync and async runners ----------------------------
 
 
-def _positive(value: int, what: str) -> int:
+def positive(value: int, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InputError(f"{what} must be a positive integer", field=what)
     return value
 
 
-def _owner(owner: str) -> str:
+def checked_owner(owner: str) -> str:
     if not isinstance(owner, str) or not 0 < len(owner) <= MAX_OWNER_CHARS or not owner.isprintable():
         raise InputError(f"owner must be 1-{MAX_OWNER_CHARS} printable characters", field="owner")
     return owner
 
 
+def lease_held(conv_id: str, held: LeaseHeld) -> LeaseHeld:
+    """The script's LEASE_HELD "<expires_ms> <owner>" as the error callers get (who, until when)."""
+    expires_ms, _, holder = held.message.partition(" ")
+    return LeaseHeld(
+        f"conversation {conv_id} is held by {holder} until {expires_ms}",
+        conv_id=conv_id,
+        owner=holder,
+        expires_at_ms=int(expires_ms),
+    )
+
+
 def acquire_plan(conv_id: str, owner: str, ttl_ms: int) -> Plan[Lease]:
     keys = conv_keys(conv_id)
     try:
-        args: list[Arg] = [_owner(owner), _positive(ttl_ms, "ttl_ms")]
+        args: list[Arg] = [checked_owner(owner), positive(ttl_ms, "ttl_ms")]
         epoch, expires = yield Eval(ACQUIRE, [keys.lease, keys.epoch], args)
     except LeaseHeld as held:
-        expires_ms, _, holder = held.message.partition(" ")
-        raise LeaseHeld(
-            f"conversation {conv_id} is held by {holder} until {expires_ms}",
-            conv_id=conv_id,
-            owner=holder,
-            expires_at_ms=int(expires_ms),
-        ) from None
+        raise lease_held(conv_id, held) from None
     return Lease(conv_id=conv_id, owner=owner, epoch=int(epoch), expires_at_ms=int(expires), ttl_ms=ttl_ms)
 
 
 def renew_plan(lease: Lease, ttl_ms: int | None) -> Plan[Lease]:
-    ttl_ms = _positive(lease.ttl_ms if ttl_ms is None else ttl_ms, "ttl_ms")
+    ttl_ms = positive(lease.ttl_ms if ttl_ms is None else ttl_ms, "ttl_ms")
     keys = conv_keys(lease.conv_id)
     expires = yield Eval(RENEW, [keys.lease], [lease.epoch, ttl_ms])
     return msgspec.structs.replace(lease, expires_at_ms=int(expires), ttl_ms=ttl_ms)
@@ -219,7 +225,7 @@ def append_plan(
     return [text(i) for i in ids]
 
 
-def _decoded_event(entry_id: Any, fields: dict[Any, Any]) -> Entry:
+def decoded_event(entry_id: Any, fields: dict[Any, Any]) -> Entry:
     id_ = text(entry_id)
     try:
         return id_, decode_event(payload(fields))
@@ -246,13 +252,13 @@ def _xrange(key: str, start: str, count: int) -> Call:
 
 def read_plan(conv_id: str, after_id: str, count: int | None) -> Plan[list[Entry]]:
     key = conv_keys(conv_id).log
-    wanted = None if count is None else _positive(count, "count")
+    wanted = None if count is None else positive(count, "count")
     start = _after(after_id)
     entries: list[Entry] = []
     while wanted is None or len(entries) < wanted:
         page = READ_PAGE_ENTRIES if wanted is None else min(READ_PAGE_ENTRIES, wanted - len(entries))
         raw = yield _xrange(key, start, page)
-        entries += [_decoded_event(i, f) for i, f in raw]
+        entries += [decoded_event(i, f) for i, f in raw]
         if len(raw) < page:
             break
         start = "(" + entries[-1][0]
@@ -261,7 +267,7 @@ def read_plan(conv_id: str, after_id: str, count: int | None) -> Plan[list[Entry
 
 def read_live_plan(conv_id: str, after_id: str, block_ms: int | None, count: int) -> Plan[list[LiveEntry]]:
     key = conv_keys(conv_id).live
-    start, block, count = read_start(after_id), block_ms_arg(block_ms), _positive(count, "count")
+    start, block, count = read_start(after_id), block_ms_arg(block_ms), positive(count, "count")
     reply = yield Call(lambda r: r.xread({key: start}, count=count, block=block))
     return [_decoded_live(i, f) for i, f in xread_entries(reply)]
 
@@ -269,7 +275,7 @@ def read_live_plan(conv_id: str, after_id: str, block_ms: int | None, count: int
 def catch_up_plan(conv_id: str, after_id: str, count: int) -> Plan[list[LiveEntry]]:
     keys = conv_keys(conv_id)
     start = _after(after_id)
-    count = _positive(count, "count")
+    count = positive(count, "count")
 
     def both(pipe: Any) -> None:
         pipe.xrange(keys.live, start, "+", count=count)
@@ -280,7 +286,7 @@ def catch_up_plan(conv_id: str, after_id: str, count: int) -> Plan[list[LiveEntr
     # Durable events older than the live stream's oldest entry were trimmed from it: take them from the log.
     first_live = id_tuple(live[0][0]) if live else None
     gap: list[LiveEntry] = [
-        entry for entry in (_decoded_event(i, f) for i, f in range_entries(log_raw))
+        entry for entry in (decoded_event(i, f) for i, f in range_entries(log_raw))
         if first_live is None or id_tuple(entry[0]) < first_live
     ]  # fmt: skip
     return (gap + live)[:count]
@@ -308,8 +314,11 @@ def save_snapshot_plan(lease: Lease, state: bytes, last_event_id: str) -> Plan[N
 def load_snapshot_plan(conv_id: str) -> Plan[Snapshot | None]:
     key = conv_keys(conv_id).snap
     raw = yield Call(lambda r: r.hgetall(key))
-    if not raw:
-        return None
+    return snapshot_of(raw) if raw else None
+
+
+def snapshot_of(raw: dict[Any, Any]) -> Snapshot:
+    """A snapshot from its hash's fields (bytes or str names and values)."""
     fields = {text(k): v for k, v in raw.items()}
     state = fields["state"]
     return Snapshot(
@@ -347,8 +356,8 @@ def take_inbox_plan(lease: Lease, count: int, after: str | None) -> Plan[list[En
 
 
 def inbox_after_plan(conv_id: str, after_id: str, count: int) -> Plan[list[Entry]]:
-    raw = yield _xrange(conv_keys(conv_id).inbox, _after(after_id), _positive(count, "count"))
-    return [_decoded_event(i, f) for i, f in raw]
+    raw = yield _xrange(conv_keys(conv_id).inbox, _after(after_id), positive(count, "count"))
+    return [decoded_event(i, f) for i, f in raw]
 
 
 def inbox_length_plan(conv_id: str) -> Plan[int]:
@@ -370,6 +379,10 @@ class ConversationLog:
     @classmethod
     def from_url(cls, url: str, options: LogOptions | None = None) -> ConversationLog:
         return cls(sync_client(url), options)
+
+    def run(self, plan: Plan[T]) -> T:
+        """Another store module's plan on this log's client (`store.log_open`)."""
+        return self._run(plan)
 
     def close(self) -> None:
         self.client.close()

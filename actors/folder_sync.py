@@ -48,7 +48,8 @@ from index.ingest import path_doc_id, resolved_roots
 from index.reindex.dualwrite import DualWriter
 from index.types import EVERYONE, MAX_READER_CHARS, READER_PATTERN, Access
 from index.versions import file_lock
-from store.catalog import MAX_LIST_LIMIT, Catalog, CatalogDocument, DocumentFilter, IngestOutcome
+from store.catalog import MAX_LIST_LIMIT, Catalog
+from store.catalog_types import CatalogDocument, DocumentFilter, IngestOutcome
 from store.clock import now_ms
 from store.exceptions import DocentError, InputError, SyncRefused
 from store.metadata import DocumentMetadata, SearchFilters

@@ -16,7 +16,7 @@ from index.ingest import DocumentOutcome, expand_paths, path_doc_id
 from index.reindex.dualwrite import DualWriter
 from index.types import Access
 from store import metrics
-from store.catalog import IngestOutcome
+from store.catalog_types import IngestOutcome
 from store.metadata import EMPTY_METADATA, DocumentMetadata
 from store.redis import sync_client
 from store.settings import Settings

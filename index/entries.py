@@ -15,7 +15,7 @@ import msgspec
 
 from index.lexical import LexicalEntry
 from index.types import Access, Chunk, Document, Embedder, ParsedDocument, chunk_key
-from store.catalog import CatalogDocument, ChunkRow
+from store.catalog_types import CatalogDocument, ChunkRow
 from store.exceptions import (
     InputError,
 )  # fmt: skip

@@ -9,7 +9,7 @@ its Fibonacci rule, merges everything at once when ~23 segments pile up: the slo
 over MERGE_BASE_DOCS; when a tier holds TIER_FACTOR segments they are merged into one (of the next tier),
 so a document is rewritten about log_TIER_FACTOR(N / MERGE_BASE_DOCS) times and an index of N chunks has
 at most (TIER_FACTOR - 1) segments a tier. Only segments this package wrote are merged (they carry the
-keys and lengths sidecars, and their posting blocks have index.lexical_segment's fixed layout); a segment
+keys and lengths sidecars, and their posting blocks have index.lexical_codec's fixed layout); a segment
 Whoosh's writer made stays as it is.
 
 `read_live` reads such a segment back as the writer's input (`Analysed`) with its deleted documents left
@@ -36,17 +36,8 @@ from whoosh.filedb.filestore import Storage
 from whoosh.filedb.structfile import BufferFile
 from whoosh.formats import Existence
 
-from index.lexical_segment import (
-    _RECORD_HEAD,
-    _TERM_INFO,
-    Analysed,
-    FieldPostings,
-    decode_postings,
-    gather,
-    read_keys,
-    read_lengths,
-    write_analysed,
-)
+from index.lexical_codec import RECORD_HEAD, TERM_INFO, FieldPostings, decode_postings, gather
+from index.lexical_segment import Analysed, read_keys, read_lengths, write_analysed
 
 TIER_FACTOR = 8  # segments of one tier merged into one
 MERGE_BASE_DOCS = 4096  # segments below this many live documents are tier 0
@@ -165,10 +156,10 @@ def _term_records(
         stream.read(), dtype=np.dtype(extras["indextype"]).newbyteorder(">"), count=count
     )
     positions = positions.astype(np.int64)
-    heads = gather(buffer, positions, _RECORD_HEAD)
+    heads = gather(buffer, positions, RECORD_HEAD)
     keylens = heads["keylen"].astype(np.int64)
     keys = [trm[p + 8 : p + 8 + n] for p, n in zip(positions.tolist(), keylens.tolist(), strict=True)]
-    infos = gather(buffer, positions + 8 + keylens, _TERM_INFO)
+    infos = gather(buffer, positions + 8 + keylens, TERM_INFO)
     field_of = gather(buffer, positions + 8, np.dtype(">u2")).astype(np.int64)
     return extras["fieldmap"], keys, infos, field_of
 

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from whoosh.codec.whoosh3 import W3LeafMatcher
 from whoosh.reading import SegmentReader, TermInfo
 
-from index.lexical_segment import decode_postings
+from index.lexical_codec import decode_postings
 
 POSTINGS_CACHE_BYTES = 256 << 20  # decoded posting lists kept per index (12 bytes a posting)
 

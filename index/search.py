@@ -56,7 +56,8 @@ from index.types import Embedder, Hit, Manifest, ModelIdentity, Principal, Searc
 from index.vectors import GENERATION_CHECK_MS, VectorIndex
 from index.versions import alias_path, check_model, get_active, read_manifest, version_path
 from store.blocking import run_blocking
-from store.catalog import Catalog, ChunkRow
+from store.catalog import Catalog
+from store.catalog_types import ChunkRow
 from store.exceptions import IndexNotFound, InputError, ModelError, ModelMismatch
 from store.metadata import Filters
 from store.settings import Settings

@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from index.types import Hit, Principal
-from store.catalog import Catalog, ChunkRow
+from store.catalog import Catalog
+from store.catalog_types import ChunkRow
 
 CountTokens = Callable[[str], int]
 MAX_OVERLAP_CHARS = 2000  # a chunk's overlap is a few dozen words; never search further than this

@@ -33,7 +33,8 @@ from index.versions import (
     version_path,
     write_lock,
 )
-from store.catalog import Catalog, DocumentCommit
+from store.catalog import Catalog
+from store.catalog_types import DocumentCommit
 from store.exceptions import (
     DocentError,
     IndexError_,

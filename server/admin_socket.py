@@ -1,42 +1,48 @@
-"""/ws/admin: reindex and folder-sync progress for the operator console (the protocol's state machine is
-server.session's).
+"""/ws/admin: reindex, folder-sync and background-ingest progress for the operator console (the protocol's
+state machine is server.session's).
 
 No hello: the admin key comes with the handshake (`X-Admin-Key`, or `?admin_key=` from a browser) and is
-checked before anything is sent. The socket follows `reindex:events`, `sync:events` (store.keys) and
-`ingest:events` (store.ingest_progress) on the shared hub, then gets the job in progress (if any) and every
-job update after it as `{"type": "reindex", "job": {...}}`, the folder syncs running (if any) and every
-progress update after that as `{"type": "sync", "progress": {...}}` (store.sync_progress), and the background
-demo ingest's progress as `{"type": "ingest", "progress": {...}}`. Client frames: `ping` only.
+checked before anything is sent. The socket follows three record streams (store.record_stream) on the
+shared hub — `reindex:events`, `sync:events`, `ingest:events` — then gets the job in progress (if any)
+and every job update after it as `{"type": "reindex", "job": {...}}`, the folder syncs running (if any)
+and every progress update after that as `{"type": "sync", "progress": {...}}` (store.sync_progress), and
+the background demo ingest's progress as `{"type": "ingest", "progress": {...}}`. Client frames: `ping`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import msgspec
 from starlette.websockets import WebSocket
 
 from index import reindex
+from index.reindex import jobs
 from server import protocol as p
 from server.callers import require_admin
-from server.hub import Fields
+from server.hub import Decode, Fields
 from server.session import Session
-from store import ingest_progress, keys, sync_progress
+from store import ingest_progress, sync_progress
 from store.blocking import run_blocking
+from store.record_stream import RecordStream
 from store.redis import sync_client
 
 
-def job_frame(entry_id: str, fields: Fields) -> bytes | None:
-    job = keys.reindex_event_job(fields)
-    return None if job is None else p.encode(p.ReindexFrame(job=msgspec.Raw(job)))
+def _relay(stream: RecordStream, frame: Callable[[msgspec.Raw], p.AdminServerFrame]) -> Decode[bytes]:
+    """The hub's decoder for one record stream: each entry's record, unparsed, in its stream's frame."""
+
+    def to_frame(entry_id: str, fields: Fields) -> bytes | None:
+        record = stream.record_of(fields)
+        return None if record is None else p.encode(frame(msgspec.Raw(record)))
+
+    return to_frame
 
 
-def sync_frame(entry_id: str, fields: Fields) -> bytes | None:
-    progress = sync_progress.progress_of(fields)
-    return None if progress is None else p.encode(p.SyncFrame(progress=msgspec.Raw(progress)))
-
-
-def progress_frame(entry_id: str, fields: Fields) -> bytes | None:
-    record = ingest_progress.event_record(fields)
-    return None if record is None else p.encode(p.IngestFrame(progress=msgspec.Raw(record)))
+RELAYS = (
+    (jobs.EVENTS, lambda record: p.ReindexFrame(job=record)),
+    (sync_progress.STREAM, lambda record: p.SyncFrame(progress=record)),
+    (ingest_progress.STREAM, lambda record: p.IngestFrame(progress=record)),
+)
 
 
 def _current(redis_url: str) -> tuple[reindex.ReindexJob | None, list[sync_progress.SyncProgress]]:
@@ -56,9 +62,8 @@ class AdminSession(Session):
         require_admin(self.ws, "operator")
         hub = self.services.hub
         buffer = self.settings.ws_send_buffer
-        self.follow(await hub.subscribe(keys.REINDEX_EVENTS, job_frame, buffer), self._send_all)
-        self.follow(await hub.subscribe(keys.SYNC_EVENTS, sync_frame, buffer), self._send_all)
-        self.follow(await hub.subscribe(ingest_progress.EVENTS, progress_frame, buffer), self._send_all)
+        for stream, frame in RELAYS:
+            self.follow(await hub.subscribe(stream.key, _relay(stream, frame), buffer), self._send_all)
         current, syncs = await run_blocking(_current, self.settings.redis_url)
         if current is not None:
             await self.reply(p.ReindexFrame(job=msgspec.Raw(msgspec.json.encode(current))))

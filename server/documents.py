@@ -34,7 +34,8 @@ from server.callers import require_admin, services
 from server.redaction import catalog_for
 from server.rest import json_response
 from store.blocking import run_blocking
-from store.catalog import Catalog, CatalogDocument, DocumentFilter, IngestOutcome
+from store.catalog import Catalog
+from store.catalog_types import CatalogDocument, DocumentFilter, IngestOutcome
 from store.exceptions import InputError, NotFound
 from store.metadata import DocumentMetadata, parse_filters
 from store.sync_reports import SyncReport, recent_reports

@@ -48,7 +48,7 @@ from server.redaction import catalog_for
 from server.search_api import MAX_K, Search, SearchBody, call_of, hit_out
 from server.services import Services
 from store.blocking import run_blocking
-from store.catalog import CatalogDocument, DocumentFilter
+from store.catalog_types import CatalogDocument, DocumentFilter
 from store.exceptions import AuthError, DocentError, InputError, NotFound, Unavailable
 
 MCP_PATH = "/mcp"

@@ -33,7 +33,8 @@ import redis.asyncio as aredis
 from index.types import Principal as Reader
 from server.auth import Principal
 from store.blocking import run_blocking
-from store.catalog import Catalog, CatalogDocument
+from store.catalog import Catalog
+from store.catalog_types import CatalogDocument
 from store.conversations import ConversationMeta
 from store.log import conv_keys
 

@@ -36,11 +36,18 @@ from pathlib import Path
 
 import msgspec
 
+from store.catalog_schema import ADDED_COLUMNS, CHUNK_COLUMNS, DOCUMENT_COLUMNS, SCHEMA
+from store.catalog_types import (
+    CatalogDocument,
+    ChunkChange,
+    ChunkRow,
+    DocumentCommit,
+    DocumentFilter,
+    IngestOutcome,
+)
 from store.clock import now_ms
 from store.exceptions import ForbiddenError, IndexError_, InputError
 from store.metadata import (
-    EMPTY_METADATA,
-    DocumentMetadata,
     Filters,
     all_of,
     decode_metadata,
@@ -57,136 +64,8 @@ MAX_LIST_LIMIT = 1000
 JOURNAL_KEEP_MS = 8 * 24 * 3600 * 1000
 JOURNAL_TRIM_ROWS = 100
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
-    doc_id TEXT PRIMARY KEY,
-    title TEXT NOT NULL,
-    source TEXT NOT NULL,
-    format TEXT NOT NULL,
-    content_hash TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    readers TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0,
-    metadata TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS documents_by_tenant ON documents(tenant, doc_id);
-CREATE TABLE IF NOT EXISTS document_texts (
-    doc_id TEXT PRIMARY KEY,
-    text TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS version_documents (
-    version TEXT NOT NULL,
-    doc_id TEXT NOT NULL,
-    ingest_hash TEXT NOT NULL,
-    chunks INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    PRIMARY KEY (version, doc_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS chunks (
-    version TEXT NOT NULL,
-    key INTEGER NOT NULL,
-    doc_id TEXT NOT NULL,
-    chunk_id TEXT NOT NULL,
-    ordinal INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    context TEXT NOT NULL,
-    title TEXT NOT NULL,
-    heading TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    readers TEXT NOT NULL,
-    visible INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (version, key)
-);
-CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(version, doc_id);
-CREATE INDEX IF NOT EXISTS chunks_hidden ON chunks(version) WHERE visible = 0;
--- covers `visible_access` (the search side's access map): 0.07 instead of 0.33 CPU s at 100K rows
-CREATE INDEX IF NOT EXISTS chunks_access ON chunks(version, visible, key, tenant, readers);
-CREATE INDEX IF NOT EXISTS chunks_by_chunk_id ON chunks(chunk_id);
-CREATE TABLE IF NOT EXISTS chunk_changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant TEXT NOT NULL,
-    chunk_id TEXT NOT NULL,
-    at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ingest_outcomes (
-    doc_id TEXT PRIMARY KEY,
-    version TEXT NOT NULL,
-    status TEXT NOT NULL,
-    error_code TEXT NOT NULL,
-    error TEXT NOT NULL,
-    at INTEGER NOT NULL
-);
-"""
-
 _readers_encoder = msgspec.json.Encoder()
 _readers_decoder = msgspec.json.Decoder(tuple[str, ...])
-
-
-class CatalogDocument(msgspec.Struct, frozen=True, kw_only=True):
-    doc_id: str
-    title: str
-    source: str
-    format: str
-    content_hash: str
-    tenant: str
-    readers: tuple[str, ...]
-    size_bytes: int = 0
-    updated_at_ms: int = 0
-    deleted: bool = False
-    metadata: DocumentMetadata = EMPTY_METADATA
-
-    def readable_by(self, tenant: str, reader_tokens: Iterable[str]) -> bool:
-        return not self.deleted and tenant == self.tenant and not set(self.readers).isdisjoint(reader_tokens)
-
-
-class ChunkRow(msgspec.Struct, frozen=True, kw_only=True):
-    key: int  # the USearch key and Whoosh unique id of this entry
-    chunk_id: str
-    doc_id: str
-    ordinal: int
-    text: str
-    context: str
-    title: str
-    heading: str
-    tenant: str
-    readers: tuple[str, ...]
-    visible: bool = False
-
-    def readable_by(self, tenant: str, reader_tokens: Iterable[str]) -> bool:
-        return self.visible and tenant == self.tenant and not set(self.readers).isdisjoint(reader_tokens)
-
-
-class DocumentFilter(msgspec.Struct, frozen=True, kw_only=True):
-    """What `find_documents` keeps: every given field must match (a reader token is one of its readers)."""
-
-    tenant: str | None = None
-    source: str | None = None
-    title_prefix: str | None = None
-    reader: str | None = None
-    updated_since_ms: int | None = None
-    metadata: Filters = None  # the search filters (store.metadata), over the same rows
-
-
-class IngestOutcome(msgspec.Struct, frozen=True, kw_only=True):
-    """The last ingest of a document id (any version): indexed, unchanged, deleted, missing or failed."""
-
-    doc_id: str
-    version: str
-    status: str
-    error_code: str = ""
-    error: str = ""
-    at_ms: int = 0
-
-
-class DocumentCommit(msgspec.Struct, frozen=True, kw_only=True):
-    """The switch of one document in one index version: exactly `visible` (key, ordinal) rows stay shown."""
-
-    document: CatalogDocument
-    ingest_hash: str
-    visible: tuple[tuple[int, int], ...]
-    text: str | None = None  # plain text for read_document; None keeps what is stored
 
 
 def _batches(keys: Sequence[int]) -> Iterator[Sequence[int]]:
@@ -196,14 +75,6 @@ def _batches(keys: Sequence[int]) -> Iterator[Sequence[int]]:
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
-
-
-CHUNK_COLUMNS = "key, chunk_id, doc_id, ordinal, text, context, title, heading, tenant, readers, visible"
-DOCUMENT_COLUMNS = (
-    "doc_id, title, source, format, content_hash, tenant, readers, size, updated_at, deleted, metadata"
-)
-# Columns added after the first schema: an older catalog gains them when it is opened.
-ADDED_COLUMNS = (("documents", "metadata", "TEXT NOT NULL DEFAULT '{}'"),)
 
 
 def _chunk_row(row: tuple) -> ChunkRow:
@@ -250,14 +121,6 @@ def _check_version(version: str) -> str:
     if not isinstance(version, str) or not version:
         raise InputError("an index version name is required", field="version")
     return version
-
-
-class ChunkChange(msgspec.Struct, frozen=True, kw_only=True):
-    """One journal row: a chunk that was hidden, replaced or re-permissioned (what derived caches drop)."""
-
-    seq: int
-    tenant: str
-    chunk_id: str
 
 
 def _journal(db: sqlite3.Connection, where: str, params: Sequence[object]) -> None:

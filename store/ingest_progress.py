@@ -13,17 +13,17 @@ Single-key families: no hash tag needed; the record and its event go on a non-tr
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 import redis
 
 from store.clock import now_ms
+from store.record_stream import RecordStream
 
 DEMO = "demo"  # the background demo ingest's record (actors/demo_job.py)
-EVENTS = "ingest:events"
-EVENT_FIELD = "progress"
 EVENTS_MAXLEN = 2000
+STREAM = RecordStream(key="ingest:events", field="progress", maxlen=EVENTS_MAXLEN)
 ERROR_SAMPLES_MAX = 5
 
 Status = Literal["queued", "running", "done"]  # a failing slice is retried; its error is in `message`
@@ -69,7 +69,7 @@ def save(client: redis.Redis, record: IngestProgress) -> None:
     data = _encoder.encode(record)
     pipe = client.pipeline(transaction=False)
     pipe.set(progress_key(record.name), data)
-    pipe.xadd(EVENTS, {EVENT_FIELD: data}, maxlen=EVENTS_MAXLEN, approximate=True)
+    STREAM.append(pipe, data)
     pipe.execute()
 
 
@@ -81,12 +81,6 @@ def load(client: redis.Redis, name: str) -> IngestProgress | None:
 def load_raw(client: redis.Redis, name: str) -> bytes | None:
     """The record's bytes as saved (the admin socket forwards them unparsed)."""
     data = client.get(progress_key(name))
-    return data if data is None or isinstance(data, bytes) else str(data).encode()
-
-
-def event_record(fields: dict[Any, Any]) -> bytes | None:
-    """The record an `ingest:events` entry carries (None for an entry without one)."""
-    data = fields.get(EVENT_FIELD.encode(), fields.get(EVENT_FIELD))
     return data if data is None or isinstance(data, bytes) else str(data).encode()
 
 

@@ -32,8 +32,6 @@ go on a non-transactional pipeline (redis-py splits it by node).
 
 from __future__ import annotations
 
-from typing import Any
-
 REINDEX_CURRENT = "reindex:current"
 REINDEX_JOBS = "reindex:jobs"
 REINDEX_EVENTS = "reindex:events"
@@ -54,12 +52,6 @@ def reindex_cancel(job_id: str) -> str:
 
 def reindex_lease(job_id: str) -> str:
     return f"reindex:lease:{job_id}"
-
-
-def reindex_event_job(fields: dict[Any, Any]) -> bytes | None:
-    """The job record a `reindex:events` entry carries (None for an entry without one)."""
-    job = fields.get(REINDEX_EVENT_FIELD.encode(), fields.get(REINDEX_EVENT_FIELD))
-    return job if job is None or isinstance(job, bytes) else str(job).encode()
 
 
 def embedding(weights_sha256: str, model: str, digest: str) -> str:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 import redis
 
 from store.clock import now_ms
 from store.keys import SYNC_EVENT_FIELD, SYNC_EVENTS
+from store.record_stream import RecordStream
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ MIN_INTERVAL_S = 0.25
 RECENT_ENTRIES = 100  # what a new admin socket reads back to find the syncs running now
 STALE_AFTER_MS = 15 * 60 * 1000  # a "running" sync silent this long was killed: not shown as running
 Phase = Literal["running", "completed", "refused", "failed"]
+STREAM = RecordStream(key=SYNC_EVENTS, field=SYNC_EVENT_FIELD, maxlen=EVENTS_MAXLEN)
 
 
 class SyncProgress(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,18 +88,11 @@ class ProgressPublisher:
         if self.client is None or self._broken:
             return
         try:
-            fields: Any = {SYNC_EVENT_FIELD: msgspec.json.encode(progress)}
-            self.client.xadd(SYNC_EVENTS, fields, maxlen=EVENTS_MAXLEN, approximate=True)
+            STREAM.append(self.client, msgspec.json.encode(progress))
             self._sent_at = self.clock()
         except redis.RedisError as exc:
             self._broken = True
             log.warning("sync of %s: progress not published (%s); the sync goes on", self.source, exc)
-
-
-def progress_of(fields: dict[Any, Any]) -> bytes | None:
-    """The progress record a `sync:events` entry carries (None for an entry without one)."""
-    value = fields.get(SYNC_EVENT_FIELD.encode(), fields.get(SYNC_EVENT_FIELD))
-    return value if value is None or isinstance(value, bytes) else str(value).encode()
 
 
 def running(client: redis.Redis, now: int | None = None) -> list[SyncProgress]:
@@ -105,11 +100,7 @@ def running(client: redis.Redis, now: int | None = None) -> list[SyncProgress]:
     heard from within STALE_AFTER_MS (a SIGKILLed sync never says it stopped)."""
     now = now_ms() if now is None else now
     latest: dict[tuple[str, str], SyncProgress] = {}
-    entries: Any = client.xrevrange(SYNC_EVENTS, "+", "-", count=RECENT_ENTRIES)
-    for _, fields in entries:
-        raw = progress_of(fields)
-        if raw is None:
-            continue
+    for raw in STREAM.newest(client, RECENT_ENTRIES):
         try:
             progress = _decoder.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError):

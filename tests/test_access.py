@@ -13,7 +13,8 @@ import pytest
 from index.access import AccessFilter, AccessMap
 from index.keys import as_keys
 from index.types import Principal
-from store.catalog import Catalog, CatalogDocument, ChunkRow, DocumentCommit
+from store.catalog import Catalog
+from store.catalog_types import CatalogDocument, ChunkRow, DocumentCommit
 
 V = "v1"
 TOKENS = ("*", "user:ann", "group:board", "group:ops")

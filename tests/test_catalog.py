@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from store.catalog import Catalog, CatalogDocument, ChunkRow, DocumentCommit
+from store.catalog import Catalog
+from store.catalog_types import CatalogDocument, ChunkRow, DocumentCommit
 from store.exceptions import ForbiddenError, IndexError_, InputError
 
 V = "v1"

@@ -35,8 +35,8 @@ def seeded(settings: Settings) -> Settings:
 def events(client: redis.Redis) -> list[progress.IngestProgress]:
     decoder = msgspec.json.Decoder(progress.IngestProgress)
     found = []
-    for _, fields in client.xrange(progress.EVENTS):
-        data = progress.event_record(fields)
+    for _, fields in client.xrange(progress.STREAM.key):
+        data = progress.STREAM.record_of(fields)
         assert data is not None
         found.append(decoder.decode(data))
     return found
@@ -73,9 +73,9 @@ def test_a_run_ingests_the_pages_in_checkpointed_slices_into_the_active_version(
 
         # Done: another run does nothing, and scheduling it sends no message.
         assert run_slice(settings, client, MODULES).docs_indexed == len(MODULES)
-        before = client.xlen(progress.EVENTS)
+        before = client.xlen(progress.STREAM.key)
         assert schedule(settings, client, MODULES).status == "done"
-        assert client.xlen(progress.EVENTS) == before
+        assert client.xlen(progress.STREAM.key) == before
     finally:
         client.close()
 

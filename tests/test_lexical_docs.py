@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from index.lexical import LexicalEntry, LexicalIndex, analyzer, lucene_idf
+from index.lexical import BODY, LexicalEntry, LexicalIndex, analyzer, lucene_idf
 from index.lexical_docs import Documents
 
 K1, B = 1.2, 0.75
@@ -86,7 +86,7 @@ def _indexed(directory: Path, chunks: tuple[tuple[int, str, str], ...], weight: 
 
 def _documents(lexical: LexicalIndex) -> Documents:
     slot = lexical._slot()
-    return slot.documents_of(slot.leaves() or [], lexical._segment_docs)
+    return slot.documents_of(slot.leaves() or [], lexical._segment_docs, BODY)
 
 
 def _search(lexical: LexicalIndex, query: str) -> dict[int, float]:

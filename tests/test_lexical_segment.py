@@ -17,17 +17,10 @@ from whoosh.filedb.filetables import HashReader, OrderedHashReader
 from whoosh.reading import SegmentReader
 
 from index.lexical import LexicalEntry, LexicalIndex, analyzer, schema
+from index.lexical_analysis import FastAnalysis, length_bytes
+from index.lexical_codec import BLOCK_LIMIT, write_term_index
 from index.lexical_merge import MERGE_BASE_DOCS, TIER_FACTOR, plan, tier
-from index.lexical_segment import (
-    BLOCK_LIMIT,
-    Batch,
-    BulkWriter,
-    FastAnalysis,
-    length_bytes,
-    read_keys,
-    write_term_index,
-    zlib_stored,
-)
+from index.lexical_segment import Batch, BulkWriter, read_keys, zlib_stored
 
 WORDS = tuple(
     [

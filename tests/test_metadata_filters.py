@@ -13,7 +13,8 @@ import pytest
 from index.ingest import Ingestor
 from index.search import Mode, Searcher
 from index.types import Access, Principal
-from store.catalog import Catalog, DocumentFilter
+from store.catalog import Catalog
+from store.catalog_types import DocumentFilter
 from store.exceptions import BadFilter, InputError
 from store.metadata import (
     MAX_METADATA_BYTES,

@@ -28,7 +28,8 @@ from index.search import SearchService
 from index.types import Access, Principal
 from server.auth import mint_token
 from server.redaction import EventView, Redactor
-from store.catalog import Catalog, CatalogDocument, DocumentCommit
+from store.catalog import Catalog
+from store.catalog_types import CatalogDocument, DocumentCommit
 from store.events import (
     AnswerCompleted,
     Citation,

@@ -37,7 +37,8 @@ from index.reindex.locks import commit_guard
 from index.reindex.verify import Verification, live_documents, seed_ledger, verify
 from index.types import Access, Chunk, Document, ParsedDocument, Section
 from index.versions import create_version, get_active, read_manifest, version_path
-from store.catalog import Catalog, CatalogDocument
+from store.catalog import Catalog
+from store.catalog_types import CatalogDocument
 from store.exceptions import DocentError, IngestError, InputError
 from store.settings import Settings
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 import time
 from contextlib import suppress
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 import redis
@@ -27,12 +27,14 @@ from index.versions import get_active, new_version_name, set_state, version_path
 from store import keys
 from store.clock import now_ms
 from store.exceptions import DocentError, IndexNotFound, InputError, ReindexRefused
+from store.record_stream import RecordStream
 from store.redis import REDIS_ERRORS
 from store.scripts import text
 from store.settings import Settings
 
 RUN_ACTOR_NAME = "reindex_run"  # the dramatiq actor (actors.reindex) the web process enqueues by name
 EVENTS_MAXLEN = 2000
+EVENTS = RecordStream(key=keys.REINDEX_EVENTS, field=keys.REINDEX_EVENT_FIELD, maxlen=EVENTS_MAXLEN)
 MIN_CHUNK_TOKENS = 32
 
 JobStatus = Literal["queued", "building", "validating", "done", "rejected", "cancelled", "failed"]
@@ -131,8 +133,7 @@ def save_job(client: redis.Redis, job: ReindexJob, *, publish: bool = True) -> N
     pipe = client.pipeline(transaction=False)  # two slots on a cluster: the record first, then its event
     pipe.set(keys.reindex_job(job.id), data)
     if publish:
-        event: dict[Any, Any] = {keys.REINDEX_EVENT_FIELD: data}
-        pipe.xadd(keys.REINDEX_EVENTS, event, maxlen=EVENTS_MAXLEN, approximate=True)
+        EVENTS.append(pipe, data)
     pipe.execute()
 
 

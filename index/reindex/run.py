@@ -24,7 +24,8 @@ from index.reindex.audit import audit
 from index.reindex.builder import Builder
 from index.reindex.jobs import GateReport, ReindexJob, cancel_requested, finish_job, get_job
 from index.reindex.lease import Lease
-from store.catalog import Catalog, CatalogDocument
+from store.catalog import Catalog
+from store.catalog_types import CatalogDocument
 from store.exceptions import DocentError
 from store.settings import Settings
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import msgspec
 
 from index.reindex.ledger import Ledger
-from store.catalog import Catalog, CatalogDocument
+from store.catalog import Catalog
+from store.catalog_types import CatalogDocument
 from store.settings import Settings
 
 PAGE = 1000

@@ -6,7 +6,9 @@ writes are the only writes of a turn:
 - `emit` appends events (fenced by the lease's epoch) and folds them; every appended event also feeds the
   metrics, the turn's trace, usage and the feedback loop;
 - `live` appends to the live stream only (token fragments, sentences attributed while streaming);
-- `pull_inbox` moves what may enter the log now, recording the inbox cursor in the same append.
+- `pull_inbox` moves what may enter the log now, recording the inbox cursor in the same append;
+- `replicated` (the loop calls it at each step boundary) waits, with `redis_wait_replicas` > 0, until the
+  replicas have everything appended so far (store/wait.py): no effect runs on a write a failover could drop.
 A `StaleEpoch` from any of them becomes `LeaseLost`: the activation stops with no further side effect.
 
 The steps a plan action turns into live beside it, one module per kind (`actors.qa_steps`,
@@ -48,8 +50,9 @@ from store.events import (
     UserMessage,
 )
 from store.exceptions import StaleEpoch, ToolError
-from store.log import Lease, LeaseKeeper
+from store.log import Lease, LeaseKeeper, conv_keys, renew_plan
 from store.scripts import id_tuple
+from store.wait import ReplicaWait
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,11 @@ def principal_of(question: UserMessage) -> Principal:
     )
 
 
+def replica_wait(rt: Runtime) -> ReplicaWait | None:
+    replicas, timeout_ms = rt.settings.redis_wait_replicas, rt.settings.redis_wait_timeout_ms
+    return ReplicaWait(rt.log.client, replicas, timeout_ms) if replicas else None
+
+
 class ActivationCore:
     def __init__(self, rt: Runtime, conv_id: str, lease: Lease, state: ConversationState) -> None:
         self.rt = rt
@@ -108,6 +116,10 @@ class ActivationCore:
         self._prefetched: list[tuple[str, Event]] | None = None  # read with the lease (`prefetch_inbox`)
         self._read_at = 0.0  # when it did (monotonic s)
         self.inbox_seen: str | None = None  # the newest inbox entry this activation has looked at
+        self.replicas = replica_wait(rt)  # None: writes are acknowledged by the primary alone
+        # Appended since the last `replicated()`; True at first: the log this activation folded may end in a
+        # previous one's writes that no replica has yet (and the lease was just written).
+        self._unreplicated = True
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -163,11 +175,27 @@ class ActivationCore:
             raise LeaseLost() from None
         self._pending, self._pending_cursor = [], None
         self._appended_since_read = True
+        self._unreplicated = True
         if checked:
             self._durable_last = ids[len(pending) + len(durable) - 1]
         if cursor is not None:
             self._inbox_cursor = cursor
         return ids
+
+    def replicated(self) -> None:
+        """A step boundary: once this returns, `redis_wait_replicas` replicas have every event appended so
+        far (one WAIT, however many events the step appended; store/wait.py). LogError when they do not in
+        time (the broker retries the activation); LeaseLost when the lease is gone."""
+        if self.replicas is None:
+            return
+        self.flush()  # with replicas to wait for, a step's held events are written (and waited for) too
+        if not self._unreplicated:
+            return
+        try:
+            self.replicas.run(conv_keys(self.conv_id).lease, renew_plan(self.lease, None))
+        except StaleEpoch:
+            raise LeaseLost() from None
+        self._unreplicated = False
 
     def recover_usage(self, tail: Sequence[tuple[str, Event]]) -> None:
         """At the start: count the usage of the tail's entries a killed activation appended, not counted."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from server.dispatch import RedisDispatcher
@@ -49,29 +50,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--asks", type=int, default=500)
     parser.add_argument("--cluster", action="store_true", help="3 primaries + 3 replicas, a cluster client")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as scratch:
-        times = (_on_cluster if args.cluster else _on_pair)(Path(scratch), args.asks)
-    print("| submit | p50 ms | p95 ms |\n| --- | --- | --- |")
-    for name, values in times.items():
-        values.sort()
-        print(f"| {name} | {statistics.median(values):.2f} | {values[int(len(values) * 0.95)]:.2f} |")
+    with tempfile.TemporaryDirectory() as scratch, replicated(Path(scratch), args.cluster) as url:
+        times = asyncio.run(measure(args.asks, url))
+    print_table("submit", times)
     return 0
 
 
-def _on_pair(scratch: Path, asks: int) -> dict[str, list[float]]:
+def print_table(what: str, times: dict[str, list[float]]) -> None:
+    """A markdown table: p50 / p95 of each series."""
+    print(f"| {what} | p50 ms | p95 ms |\n| --- | --- | --- |")
+    for name, values in times.items():
+        values.sort()
+        print(f"| {name} | {statistics.median(values):.2f} | {values[int(len(values) * 0.95)]:.2f} |")
+
+
+@contextlib.contextmanager
+def replicated(scratch: Path, cluster: bool) -> Iterator[str]:
+    """The URL of a primary with one replica (after its initial sync), or of a 3 + 3 Redis Cluster."""
+    if cluster:
+        with EmbeddedCluster(scratch / "cluster") as nodes:
+            yield nodes.url
+        return
     primary = EmbeddedRedis(scratch / "primary").start()
     replica = EmbeddedRedis(scratch / "replica", replica_of=primary.port).start()
     time.sleep(1.0)  # the initial sync
     try:
-        return asyncio.run(measure(asks, primary.url))
+        yield primary.url
     finally:
         replica.stop()
         primary.stop()
-
-
-def _on_cluster(scratch: Path, asks: int) -> dict[str, list[float]]:
-    with EmbeddedCluster(scratch / "cluster") as cluster:
-        return asyncio.run(measure(asks, cluster.url))
 
 
 if __name__ == "__main__":

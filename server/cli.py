@@ -10,6 +10,7 @@ from pathlib import Path
 
 from store.exceptions import DocentError, InputError
 from store.permissions import private_umask
+from store.redis import CLUSTER_NODE_TIMEOUT_MS
 from store.settings import Settings, get_settings
 
 
@@ -108,7 +109,8 @@ def _cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
         from server.chaos import main as cluster_chaos
 
         plan = Plan(runs=args.runs, turns=args.turns, seed=args.seed, wait_replicas=args.wait_replicas,
-                    replica_lag_ms=args.replica_lag_ms)  # fmt: skip
+                    replica_lag_ms=args.replica_lag_ms, node_timeout_ms=args.node_timeout_ms,
+                    failover=args.failover)  # fmt: skip
         return cluster_chaos(plan, as_json=args.json)
     from actors.chaos import main as chaos_main
 
@@ -185,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument(
         "--replica-lag-ms", type=int, default=0,
         help="(cluster) cut the killed primary's replication link this long before its SIGKILL",
+    )  # fmt: skip
+    chaos.add_argument(
+        "--node-timeout-ms", type=int, default=CLUSTER_NODE_TIMEOUT_MS,
+        help="(cluster) the cluster's cluster-node-timeout (how soon a silent primary is failed over)",
+    )  # fmt: skip
+    chaos.add_argument(
+        "--failover", choices=("supervisor", "cluster"), default="supervisor",
+        help="(cluster) who promotes the killed primary's replica: its supervisor at once, or the cluster",
     )  # fmt: skip
     chaos.set_defaults(fn=_cmd_chaos)
     return parser

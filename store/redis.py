@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
@@ -15,6 +17,7 @@ from urllib.parse import unquote
 import redis
 import redis.asyncio as aredis
 import redis.asyncio.cluster as acluster
+import redis.asyncio.connection as aconnection
 import redis.cluster
 
 from store import metrics
@@ -25,7 +28,12 @@ STARTUP_TIMEOUT_S = 10.0
 CONFIG_FILE = "redis.conf"
 REDIS_USER = "docent"
 UNAVAILABLE_MESSAGE = "storage unavailable: retry shortly"
-CLUSTER_NODE_TIMEOUT_MS = 2_000  # a primary silent this long is failed over to its replica
+# A primary silent this long is failed over to its replica by the cluster itself. Measured promotions after a
+# SIGKILL (README "Crash safety on the cluster"): on a quiet machine 1.6 s with 500 ms, 3.8 s with 2,000 ms;
+# under load 3.0-4.9 s whatever the timeout (500, 1,000, 2,000 ms), so it stays at 2,000 ms (fewer false
+# failovers on a busy machine). A supervisor that sees a primary's process exit fails it over at once
+# (store/cluster.py `fail_over`).
+CLUSTER_NODE_TIMEOUT_MS = 2_000
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +83,7 @@ class EmbeddedRedis:
     def __init__(
         self, directory: Path, port: int = 0, *, password: str = "", fsync: str = "everysec",
         lock_fd: int | None = None, replica_of: int | None = None, cluster: bool = False,
+        node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS,
     ) -> None:  # fmt: skip
         self.directory = directory
         self.port = port or free_port()
@@ -83,6 +92,7 @@ class EmbeddedRedis:
         self.lock_fd = lock_fd  # inherited by redis-server: the data dir stays locked while it lives
         self.replica_of = replica_of  # a loopback primary's port: this one replicates it (tests, benches)
         self.cluster = cluster  # a Redis Cluster node (store.cluster forms the cluster)
+        self.node_timeout_ms = node_timeout_ms  # its cluster-node-timeout
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -106,7 +116,7 @@ class EmbeddedRedis:
         if self.cluster:
             lines += [
                 "cluster-enabled yes", f'cluster-config-file "{self.directory / "nodes.conf"}"',
-                f"cluster-node-timeout {CLUSTER_NODE_TIMEOUT_MS}", "cluster-require-full-coverage no",
+                f"cluster-node-timeout {self.node_timeout_ms}", "cluster-require-full-coverage no",
             ]  # fmt: skip
         if self.password:  # a named user: a Redis without it refuses us, even one that takes any password
             lines += ["user default off", f"user {REDIS_USER} on >{self.password} ~* &* +@all"]
@@ -240,7 +250,7 @@ def async_client(
         client = acluster.RedisCluster(
             startup_nodes=nodes, username=username, password=password, client_name=client_name, **options
         )
-        return cast(aredis.Redis, client)
+        return cast(aredis.Redis, with_connection_class(client, ClusterConnection))
     if not max_connections:
         return aredis.Redis.from_url(url, client_name=client_name)
     pool = aredis.BlockingConnectionPool.from_url(
@@ -252,3 +262,51 @@ def async_client(
 # What a Redis call may raise: redis-py's errors, and its cluster client's that are not RedisError
 # (SlotNotCoveredError while a failover is in progress, "cannot connect to any node", ...).
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, redis.exceptions.RedisClusterException)
+
+
+TORN_DOWN_MESSAGE = "the connection was closed under the command by a concurrent disconnect"
+
+
+class ClusterConnection(aconnection.Connection):
+    """The asyncio cluster client's connection, with redis-py 8.1's disconnect race turned into the
+    `ConnectionError` it is.
+
+    After a connection error on a node (a primary killed, then started again), the client calls
+    `ClusterNode.disconnect_free_connections()`: it snapshots the node's free connections and disconnects
+    each one in a task of its own, without taking them out of the free queue. By the time such a task
+    runs, another command may have taken that connection and be connecting it (the AUTH of a new socket):
+    the disconnect sets its `_writer` (or `_reader`) to None under it, and the command fails with
+    `AttributeError: 'NoneType' object has no attribute 'writelines'`. An AttributeError is not one of
+    the errors the cluster client retries on, nor a `RedisError`, so it reached our callers (a WebSocket
+    closed without its `unavailable` frame). Raised as a `ConnectionError` instead, the client does what it
+    does for any lost connection: it marks the node, re-reads the slot map and retries the command.
+    An AttributeError on a connection that is still connected is a real bug and passes through.
+    """
+
+    async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+        with self._closed_under_us():
+            await super().send_packed_command(*args, **kwargs)
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        with self._closed_under_us():
+            return await super().read_response(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _closed_under_us(self) -> Iterator[None]:
+        try:
+            yield
+        except AttributeError as exc:
+            if self.is_connected:
+                raise
+            metrics.observe_redis_error(exc)
+            raise redis.exceptions.ConnectionError(TORN_DOWN_MESSAGE) from exc
+
+
+def with_connection_class(client: acluster.RedisCluster, connection_class: type[Any]) -> Any:
+    """`client`, its nodes making their connections of `connection_class` (the asyncio cluster client
+    takes no `connection_class` argument: its nodes read it from the shared connection options)."""
+    client.connection_kwargs["connection_class"] = connection_class
+    manager = client.nodes_manager
+    for node in (*client.startup_nodes, *manager.startup_nodes.values(), *manager.nodes_cache.values()):
+        node.connection_class = connection_class
+    return client

@@ -147,6 +147,7 @@ class OwnedCluster:
         else:
             for node in self.cluster.nodes:
                 if node.process is None or node.process.poll() is not None:
+                    self.cluster.fail_over(node)  # a dead primary's replica takes over now (store/cluster.py)
                     node.start()
             self.cluster.wait_ok()
         claim_at(self.cluster.url, self.identity)

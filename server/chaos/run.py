@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import secrets
 import statistics
 import tempfile
@@ -19,7 +20,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from actors.chaos import corpus
 from actors.chaos.checks import read_events
@@ -32,7 +33,7 @@ from server.chaos.stack import PrimaryKill, Topology, in_slots
 from store.cluster import EmbeddedCluster
 from store.events import TERMINAL, AnswerCompleted, Event, UserMessage
 from store.log import ConversationLog, conv_keys
-from store.redis import EmbeddedRedis
+from store.redis import CLUSTER_NODE_TIMEOUT_MS, EmbeddedRedis
 from store.settings import Settings
 
 REPORT_KEYS = (*SUMMARY_KEYS, "lost_acknowledged_asks")
@@ -48,6 +49,7 @@ FAULT_POLL_S = 0.1
 ASKED_WAIT_S = 10.0
 ASKED_POLL_S = 0.005
 DELTA_DELAY_MS = 3
+TRACEBACK_END = re.compile(r"([A-Za-z_][\w.]*(?:Error|Exception))(?::|$)")  # a traceback's last line
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Plan:
     seed: int = 0
     wait_replicas: int = 0  # DOCENT_REDIS_WAIT_REPLICAS of the web processes
     replica_lag_ms: int = 0  # the primary's replication link is cut this long before its kill
+    node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS  # the cluster's cluster-node-timeout
+    failover: Literal["supervisor", "cluster"] = "supervisor"  # who promotes the killed primary's replica
     kill_workers: bool = True
     kill_webs: bool = True
 
@@ -120,7 +124,7 @@ class Faults:
             self.stop.wait(max(0.0, started + self.plan.primary_kill_s - time.monotonic()))
             node = self.rng.choice(sorted(self.topology.primaries(), key=lambda n: n.port))
             self._until_asked(self.topology.slots_of(node))
-            self.topology.kill_primary(node, self.plan.replica_lag_ms)
+            self.topology.kill_primary(node, self.plan.replica_lag_ms, self.plan.failover == "supervisor")
         except Exception as exc:
             self.errors.append(f"primary kill: {type(exc).__name__}: {exc}")
 
@@ -142,7 +146,7 @@ def run_in(root: Path, plan: Plan) -> dict[str, Any]:
     (root / "logs").mkdir()
     password = secrets.token_hex(16)
     with (
-        EmbeddedCluster(root / "cluster", password=password) as cluster,
+        EmbeddedCluster(root / "cluster", password=password, node_timeout_ms=plan.node_timeout_ms) as cluster,
         EmbeddedRedis(root / "queues", password=password) as queues,
         SinkThread(smtp := SmtpSink(), http := HttpSink()),
         ScriptedLLMThread({"task": task_script(http.url)}, delay_ms=DELTA_DELAY_MS) as llm,
@@ -156,7 +160,20 @@ def run_in(root: Path, plan: Plan) -> dict[str, Any]:
             asyncio.run(_drive(clients, faults, plan))
         finally:
             topology.stop()
-        return _report(cluster, clients, topology, faults, llm, smtp, http)
+        report = _report(cluster, clients, topology, faults, llm, smtp, http)
+        report["detail"]["tracebacks_in_logs"] = logged_tracebacks(root / "logs")
+        return report
+
+
+def logged_tracebacks(log_dir: Path) -> dict[str, int]:
+    """The exception types of the tracebacks the processes logged (last line of each), by type."""
+    found: Counter[str] = Counter()
+    for path in sorted(log_dir.glob("*.log")):
+        lines = path.read_text(errors="replace").splitlines()
+        for n, line in enumerate(lines[1:], 1):
+            if lines[n - 1].startswith("    ") and (error := TRACEBACK_END.match(line)):
+                found[error.group(1)] += 1
+    return dict(found)
 
 
 def _env(
@@ -264,6 +281,33 @@ def _acked_in_window(clients: list[ChaosClient], topology: Topology, kill: Prima
     )
 
 
+def _cut_window_acks(clients: list[ChaosClient], kill: PrimaryKill) -> dict[str, Any]:
+    """Ask -> `accepted` of the asks to the killed primary's slots first sent between the link cut (or the
+    kill) and the old primary's rejoin: the stall a failover costs (never acknowledged: `unacknowledged`)."""
+    end = kill.killed_at + kill.rejoined_s
+    asks = [
+        a
+        for c in clients
+        if c.conversation_id and in_slots(kill.slots, conv_keys(c.conversation_id).inbox)
+        for a in c.asks
+        if a.sends and kill.cut_at <= a.sent_at <= end
+    ]
+    acks = sorted(a.ack_ms for a in asks if a.ack_ms is not None)
+    summary: dict[str, Any] = {"asks": len(asks), "unacknowledged": len(asks) - len(acks)}
+    # Each ask's first send and `accepted`, in seconds from the kill, and how often it was sent.
+    at = kill.killed_at
+    timeline = [[round(a.sent_at - at, 2), round(a.acked_at - at, 2), a.sends] for a in asks]
+    return {**summary, **percentiles(acks), "sent_acked_sends": sorted(timeline)}
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50 / p95 / max of sorted `values` (None when empty), in the report's rounding."""
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    p95 = values[min(len(values) - 1, int(len(values) * 0.95))]
+    return {"p50": round(statistics.median(values), 2), "p95": round(p95, 2), "max": round(values[-1], 2)}
+
+
 def _detail(
     clients: list[ChaosClient], topology: Topology, faults: Faults, tally: Tally, turns: TurnTally,
     smtp: SmtpSink, http: HttpSink, llm: ScriptedLLMThread,
@@ -282,10 +326,10 @@ def _detail(
         "web_kills": topology.web_kills,
         "primary_kills": [k.summary() for k in topology.primary_kills],
         "acked_in_kill_window": [_acked_in_window(clients, topology, k) for k in topology.primary_kills],
+        "cut_window_ack_ms": [_cut_window_acks(clients, k) for k in topology.primary_kills],
         "reconnects": dict(reconnects),
         "refusals": dict(refusals),
-        "ack_ms_p50": round(statistics.median(acks), 2) if acks else None,
-        "ack_ms_p95": round(acks[int(len(acks) * 0.95)], 2) if acks else None,
+        "ack_ms": percentiles(acks),
         "http_effects": http.stats()["http"]["effects"],
         "emails": len(smtp.deliveries_by_id),
         "smtp_redeliveries": smtp.duplicates,

@@ -4,10 +4,12 @@ A Redis Cluster (3 primaries + 3 replicas, `store.cluster`, with a password), a 
 queues, 2 web processes (`python -m server.app`, each on its own port) and 3 conversation worker processes
 (`actors.chaos.workers`: the production worker with the crash hook). Faults: SIGKILL a worker's process
 group (restarted at once), SIGKILL a web process (restarted at once on the same port; its clients
-reconnect to the other one), and once per run SIGKILL one Redis primary, whose replica the cluster
-promotes; the killed node is started again once the failover is done and rejoins as the new primary's
-replica. With `replica_lag_ms` > 0 the primary's replication link is cut that long before the kill (the
-replica cannot re-authenticate meanwhile): what a replica that far behind would lose.
+reconnect to the other one), and once per run SIGKILL one Redis primary, whose replica takes over (at once
+by `CLUSTER FAILOVER FORCE`, as `docent run --cluster`'s supervisor does on seeing a node's exit, or with
+`--failover cluster` by the cluster's own failure detection); the killed node is started again once the
+failover is done and rejoins as the new primary's replica. With `replica_lag_ms` > 0 the primary's
+replication link is cut that long before the kill (the replica cannot re-authenticate meanwhile): what a
+replica that far behind would lose.
 """
 
 from __future__ import annotations
@@ -113,10 +115,12 @@ class PrimaryKill:
     killed_at: float = 0.0
     failover_s: float = 0.0
     rejoined_s: float = 0.0
+    forced: bool = False  # the supervisor asked the replica to take over (CLUSTER FAILOVER FORCE)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | bool]:
         times = {"failover_s": round(self.failover_s, 2), "rejoined_s": round(self.rejoined_s, 2)}
-        return {"port": self.port, "replica_port": self.replica_port, "lag_ms": self.lag_ms, **times}
+        node = {"port": self.port, "replica_port": self.replica_port, "lag_ms": self.lag_ms}
+        return {**node, **times, "forced": self.forced}
 
 
 class Topology:
@@ -164,9 +168,10 @@ class Topology:
             if not web.alive():
                 web.start()
 
-    def kill_primary(self, node: EmbeddedRedis, lag_ms: int) -> PrimaryKill:
+    def kill_primary(self, node: EmbeddedRedis, lag_ms: int, supervised: bool = True) -> PrimaryKill:
         """SIGKILL primary `node` (after cutting its replication link for `lag_ms`), wait for its replica's
-        promotion, start the node again and wait until it has rejoined as a replica."""
+        promotion (`supervised`: forced at once, as the process supervisor does; else the cluster's own
+        failure detection), start the node again and wait until it has rejoined as a replica."""
         replica = self.replica_of(node)
         slots = self.slots_of(node)
         kill = PrimaryKill(port=node.port, replica_port=replica.port, lag_ms=lag_ms, slots=slots)
@@ -180,6 +185,8 @@ class Topology:
         killed_at = kill.killed_at = time.monotonic()
         if lag_ms:
             self._config(replica, "masterauth", self.cluster.password)  # it may authenticate again
+        if supervised:  # the supervisor saw the exit: the replica takes over now (store/cluster.py fail_over)
+            kill.forced = self.cluster.fail_over(node) is not None
         self._wait_role(replica, "master")
         kill.failover_s = time.monotonic() - killed_at
         node.start()  # its nodes.conf names the cluster: it learns of the failover, follows the new primary

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 
 import msgspec
@@ -50,12 +51,18 @@ from store.events import (
 )
 from store.exceptions import StaleEpoch, ToolError
 from store.log import Lease, LeaseKeeper, conv_keys, renew_plan
+from store.scripts import id_tuple
 from store.wait import ReplicaWait
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "default"
 REASON_CHARS = 2_000
+
+# An activation that ends this many events past the snapshot saves one (a Q&A turn appends 6), so the
+# next one folds a short tail instead of re-decoding every event (prompts included) since the last one.
+SNAPSHOT_TAIL_EVENTS = 6
+INBOX_RECHECK_MS = 20  # between actions that appended nothing, how soon the inbox is read again
 
 # The tools an agent run may use: fixed here, by code. Risk and approvals come from the policy.
 AGENT_TOOLS = ("search_knowledge_base", "read_document", "compare_documents", "send_email", "http_request")
@@ -102,6 +109,12 @@ class ActivationCore:
         self.spend = Spend(rt.settings)  # usage per tenant / user / day, and the daily budgets
         self.scorer: attribution.Scorer | None = None  # the attribution of the answer streaming now
         self._inbox_cursor: str | None = None  # as read or moved under this lease (no one else moves it)
+        self._pending: list[Event] = []  # folded, appended with the next write (`emit(defer=True)`)
+        self._pending_cursor: str | None = None  # the inbox cursor the pending events move
+        self._durable_last: str | None = state.last_event_id if state.events else None  # the log's end
+        self._appended_since_read = True  # since `pull_inbox` last read the inbox
+        self._prefetched: list[tuple[str, Event]] | None = None  # read with the lease (`prefetch_inbox`)
+        self._read_at = 0.0  # when it did (monotonic s)
         self.inbox_seen: str | None = None  # the newest inbox entry this activation has looked at
         self.replicas = replica_wait(rt)  # None: writes are acknowledged by the primary alone
         # Appended since the last `replicated()`; True at first: the log this activation folded may end in a
@@ -114,31 +127,69 @@ class ActivationCore:
         if self.keeper is not None and self.keeper.lost.is_set():
             raise LeaseLost()
 
-    def emit(self, items: Sequence[Event], *, inbox_cursor: str | None = None) -> None:
-        """Append (fenced) and fold."""
+    def emit(self, items: Sequence[Event], *, inbox_cursor: str | None = None, defer: bool = False) -> None:
+        """Append (fenced) and fold. `defer`: fold now, append with the next write (see `flush`)."""
         now = self.rt.clock()
         turn = self.state.current.number if self.state.current else 0
         stamped = [msgspec.structs.replace(e, turn=e.turn or turn, at_ms=now) for e in items]
-        expected = self.state.last_event_id if self.state.events else None
+        if defer:
+            self._defer(stamped, inbox_cursor, now)
+            return
+        pending = self._pending
+        ids = self._append(stamped, (), inbox_cursor)
+        written = list(zip(ids, [*pending, *stamped], strict=True))
+        for entry_id, event in written[len(pending) :]:
+            fold(self.state, entry_id, event)
+            self._observe(event, now)
+        self.state.last_event_id = self._durable_last or self.state.last_event_id
+        self._count(written)
+
+    def flush(self) -> None:
+        """Append what `emit(defer=True)` folded and held: before any effect outside the log, any snapshot,
+        and the end of the activation (the next emit or live append carries it anyway)."""
+        if self._pending or self._pending_cursor is not None:
+            self.emit([])
+
+    def _defer(self, stamped: Sequence[Event], inbox_cursor: str | None, now: int) -> None:
+        """Fold events that lead to no effect by themselves (a turn's start, its retrieval, a question moved
+        from the inbox) and hold them for the next append: one script call for a step's events. A crash
+        before that append loses them all, the inbox cursor with them, and the replay redoes them."""
+        self._pending += stamped
+        if inbox_cursor is not None:
+            self._pending_cursor = inbox_cursor
+        for event in stamped:
+            fold(self.state, self.state.last_event_id, event)  # the entry id comes with the append
+            self._observe(event, now)
+
+    def _append(
+        self, durable: Sequence[Event], live: Sequence[Delta | SentenceAttributed], inbox_cursor: str | None
+    ) -> list[str]:
+        """One fenced append of the held events, then `durable`, then `live`; their ids."""
+        pending, cursor = self._pending, inbox_cursor or self._pending_cursor
+        items = [*pending, *durable, *live]
+        checked = bool(pending or durable)  # live-only appends never checked where the log ends
+        expected = self._durable_last if checked else None
         try:
-            ids = self.rt.log.append(
-                self.lease, stamped, expected_last_id=expected, inbox_cursor=inbox_cursor
-            )
+            ids = self.rt.log.append(self.lease, items, expected_last_id=expected, inbox_cursor=cursor)
         except StaleEpoch:
             raise LeaseLost() from None
+        self._pending, self._pending_cursor = [], None
+        self._appended_since_read = True
         self._unreplicated = True
-        if inbox_cursor is not None:
-            self._inbox_cursor = inbox_cursor
-        for entry_id, event in zip(ids, stamped, strict=True):
-            fold(self.state, entry_id, event)
-        for entry_id, event in zip(ids, stamped, strict=True):
-            self._observe(entry_id, event, now)
+        if checked:
+            self._durable_last = ids[len(pending) + len(durable) - 1]
+        if cursor is not None:
+            self._inbox_cursor = cursor
+        return ids
 
     def replicated(self) -> None:
         """A step boundary: once this returns, `redis_wait_replicas` replicas have every event appended so
         far (one WAIT, however many events the step appended; store/wait.py). LogError when they do not in
         time (the broker retries the activation); LeaseLost when the lease is gone."""
-        if self.replicas is None or not self._unreplicated:
+        if self.replicas is None:
+            return
+        self.flush()  # with replicas to wait for, a step's held events are written (and waited for) too
+        if not self._unreplicated:
             return
         try:
             self.replicas.run(conv_keys(self.conv_id).lease, renew_plan(self.lease, None))
@@ -151,17 +202,22 @@ class ActivationCore:
         if self.state.current is not None:
             self.spend.recover(principal_of(self.state.current.question), self.conv_id, tail)
 
-    def _observe(self, entry_id: str, event: Event, now: int) -> None:
-        """What an appended event feeds besides the log: metrics, the trace, usage, the feedback loop."""
+    def _count(self, entries: Sequence[tuple[str, Event]]) -> None:
+        """The usage of what one append wrote, counted in one go (`actors.spend`)."""
+        current = self.state.current
+        if current is None:
+            return
+        if any(isinstance(event, LLMCompleted) for _, event in entries):
+            self.rt.crash("usage_record")  # a kill here: appended, not counted (the next activation will)
+        self.spend.observe_entries(principal_of(current.question), self.conv_id, entries)
+
+    def _observe(self, event: Event, now: int) -> None:
+        """What an appended event feeds besides the log and usage: metrics, the trace, the feedback loop."""
         current = self.state.current
         asked = self._asked_ms.get(event.turn) or (current.started_ms if current else 0)
         route = (current.route or "") if current else ""
         metrics.observe_event(event, now_ms=now, asked_at_ms=asked, route=route)
         self.trace.observe(self.state, event)
-        if current is not None:
-            if isinstance(event, LLMCompleted):
-                self.rt.crash("usage_record")  # a kill here: appended, not counted (the next activation will)
-            self.spend.observe(principal_of(current.question), self.conv_id, entry_id, event)
         if isinstance(event, AnswerCompleted) and current is not None and asked:
             first, answer = self._first_token_ms.get(event.turn), max(0, now - asked)
             principal = principal_of(current.question)
@@ -180,33 +236,57 @@ class ActivationCore:
             metrics.observe_first_token(self.state.current.route or "", now_ms=now, asked_at_ms=asked)
 
     def live(self, items: Sequence[Delta | SentenceAttributed]) -> None:
-        """Append to the live stream only (fenced): token fragments, sentences attributed while streaming."""
+        """Append to the live stream only (fenced): token fragments, sentences attributed while streaming
+        (after the held events, in the same append)."""
         self.check_lease()
         if not items:
             return
-        try:
-            self.rt.log.append(self.lease, items)
-        except StaleEpoch:
-            raise LeaseLost() from None
+        pending = self._pending
+        ids = self._append((), items, None)
+        if pending:
+            self.state.last_event_id = self._durable_last or self.state.last_event_id
+            self._count(list(zip(ids[: len(pending)], pending, strict=True)))
 
     def maybe_snapshot(self, force: bool = False) -> None:
         due = self.state.events - self.snapshot_events
         if self.state.events and (due >= self.rt.settings.snapshot_every_events or (force and due > 0)):
+            self.flush()  # a snapshot covers appended events only
             try:
                 self.rt.log.save_snapshot(self.lease, dump_state(self.state), self.state.last_event_id)
             except StaleEpoch:
                 raise LeaseLost() from None
             self.snapshot_events = self.state.events
 
+    def closing_snapshot(self) -> tuple[bytes, str] | None:
+        """The snapshot to save as the activation ends: when it ends SNAPSHOT_TAIL_EVENTS or more events
+        past the last one, and only of appended events (None while events are held)."""
+        if self._pending or self._pending_cursor is not None or not self.state.events:
+            return None
+        if self.state.events - self.snapshot_events < SNAPSHOT_TAIL_EVENTS:
+            return None
+        return dump_state(self.state), self.state.last_event_id
+
     # -- the inbox ----------------------------------------------------------------------------------------
+
+    def prefetch_inbox(self, cursor: str, entries: list[tuple[str, Event]]) -> None:
+        """The inbox cursor and the entries after it, as the opening read found them (`store.log_open`):
+        the first `pull_inbox` takes these instead of reading."""
+        self._inbox_cursor, self._prefetched = cursor, entries
 
     def pull_inbox(self) -> bool:
         """Move what may enter the log now; True when the cursor moved."""
-        if self._inbox_cursor is None:
-            self._inbox_cursor = self.rt.log.inbox_cursor(self.conv_id)
-        entries = self.rt.log.take_inbox(self.lease, after=self._inbox_cursor)
+        after = self._pending_cursor or self._inbox_cursor  # what the held events move is taken already
+        if self._prefetched is not None:
+            entries, self._prefetched = self._prefetched, None
+        elif after is None or self._inbox_due():
+            if after is None:
+                after = self._inbox_cursor = self.rt.log.inbox_cursor(self.conv_id)
+            entries = self.rt.log.take_inbox(self.lease, after=after)
+        else:
+            return False
+        self._appended_since_read, self._read_at = False, time.monotonic()
         if not entries:
-            self.inbox_seen = self.inbox_seen or self._inbox_cursor
+            self.inbox_seen = self.inbox_seen or after
             return False
         self.inbox_seen = entries[-1][0]
         busy, turns = self.state.busy, self.state.turns
@@ -239,8 +319,22 @@ class ActivationCore:
             cursor = entry_id
         if cursor is None:
             return False
-        self.emit(moved, inbox_cursor=cursor)
+        questions_only = bool(moved) and all(isinstance(m, UserMessage) for m in moved)
+        self.emit(moved, inbox_cursor=cursor, defer=questions_only)  # a question starts a turn: one append
         return True
+
+    def _inbox_due(self) -> bool:
+        """Whether the inbox is worth reading again: when an entry read earlier still waits (a question
+        behind a busy turn); during a turn, after an append or INBOX_RECHECK_MS since the last read (between
+        actions whose events are held for one append, a cancel waits at most that long). Once the turn has
+        ended nothing is read: the closing call reports an entry newer than all this activation saw, and
+        the actor is woken for it (`actors.conversation`)."""
+        position, seen = self._pending_cursor or self._inbox_cursor, self.inbox_seen
+        if seen is not None and position is not None and id_tuple(seen) > id_tuple(position):
+            return True
+        if not self.state.busy:
+            return False
+        return self._appended_since_read or time.monotonic() - self._read_at >= INBOX_RECHECK_MS / 1000
 
     def _first_outcome(self, item: ApprovalDecided | ApprovalExpired, moved: list[Event]) -> bool:
         """At most one outcome per approval enters the log (timers and reviewers may both deliver one)."""

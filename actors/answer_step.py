@@ -11,6 +11,7 @@ import msgspec
 from actors import attribution, qa_steps
 from actors.activation import ActivationCore
 from actors.sources import agent_sources, qa_sources
+from index.types import Hit
 from store.events import AnswerCompleted, CacheHit, Citation
 from store.exceptions import DocentError
 
@@ -23,7 +24,7 @@ async def finish(act: ActivationCore, text: str) -> None:
         await finish_from_cache(act, hit)
         return
     if act.turn.route == "qa":
-        sources = qa_sources(await qa_steps.qa_hits(act))
+        sources = recorded_sources(act, await qa_steps.qa_hits(act))
     elif act.turn.route == "workflow":
         sources = act.flows.sources(act.turn)
     else:
@@ -36,6 +37,15 @@ async def finish(act: ActivationCore, text: str) -> None:
     answer = await attribution.final_answer(text, sources, passages, embed, question, act.scorer)
     act.emit([answer])
     await remember(act, answer)
+
+
+def recorded_sources(act: ActivationCore, hits: Sequence[Hit]) -> list[Citation]:
+    """The Q&A sources as the turn's `RetrievalDone` recorded them for these very hits (typed data, built
+    once), else built from the hits (a replay that recalled fewer chunks)."""
+    retrieval = act.turn.retrieval
+    if retrieval is not None and [c.chunk_id for c in retrieval.sources] == [h.chunk_id for h in hits]:
+        return list(retrieval.sources)
+    return qa_sources(hits)
 
 
 async def readable(act: ActivationCore, sources: Sequence[Citation]) -> list[Citation]:

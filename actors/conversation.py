@@ -61,8 +61,9 @@ from actors.plan import (
 from actors.runtime import Runtime, runtime
 from actors.state import ConversationState, fold, load_state
 from store.events import Event, LimitHit, ToolResult, TurnFailed, TurnStarted
-from store.exceptions import LeaseHeld, LogError
-from store.log import LeaseKeeper
+from store.exceptions import LeaseHeld, LogError, StaleEpoch
+from store.log import LeaseKeeper, Snapshot
+from store.log_open import open_activation
 from store.retry import RetryPolicy
 
 __all__ = ["AGENT_TOOLS", "Activation", "activate", "advance", "load"]
@@ -71,9 +72,6 @@ log = logging.getLogger(__name__)
 
 ACTOR_NAME = "advance"
 LEASE_RETRY = RetryPolicy(max_retries=0, first_s=0.1, max_s=1.0)  # wait for a held lease, within these
-# An activation that ends this many events past the snapshot saves one (a Q&A turn appends 6), so the
-# next one folds a short tail instead of re-decoding every event (prompts included) since the last one.
-SNAPSHOT_TAIL_EVENTS = 6
 MAX_ACTIONS_PER_ACTIVATION = 1_000  # a safety net: every action appends, so the plan always progresses
 ACTOR_TIME_LIMIT_MS = 3_600_000  # the turn is capped by max_run_seconds between steps; this is the backstop
 ACTOR_RETRY = RetryPolicy(max_retries=20, first_s=0.1, max_s=5.0)
@@ -105,13 +103,13 @@ class Activation(ActivationCore):
             self.maybe_snapshot()
         else:
             self.emit([TurnFailed(code="internal", message="too many actions in one activation")])
-        self.maybe_snapshot(force=self.state.events - self.snapshot_events >= SNAPSHOT_TAIL_EVENTS)
+        self.flush()  # the closing snapshot (`closing_snapshot`) is saved with the release
         self.replicated()  # and the last step's results, before the lease is released
 
     async def perform(self, action: Action) -> None:
         match action:
             case StartTurn(route=route, reason=reason, workflow=workflow):
-                self.emit([TurnStarted(route=route, reason=reason, workflow=workflow)])
+                self.emit([TurnStarted(route=route, reason=reason, workflow=workflow)], defer=True)
             case Retrieve(query=query):
                 await qa_steps.retrieve(self, query)
             case CallLLM(step=step):
@@ -139,7 +137,12 @@ def load(rt: Runtime, conv_id: str) -> ConversationState:
 
 def load_with_tail(rt: Runtime, conv_id: str) -> tuple[ConversationState, list[tuple[str, Event]]]:
     """The folded state, and the entries folded after the snapshot (what usage recovery looks at)."""
-    snapshot, tail = rt.log.read_from_snapshot(conv_id)
+    return _folded(rt, conv_id, *rt.log.read_from_snapshot(conv_id))
+
+
+def _folded(
+    rt: Runtime, conv_id: str, snapshot: Snapshot | None, tail: list[tuple[str, Event]]
+) -> tuple[ConversationState, list[tuple[str, Event]]]:
     state: ConversationState | None = None
     if snapshot is not None:
         try:
@@ -157,17 +160,19 @@ def load_with_tail(rt: Runtime, conv_id: str) -> tuple[ConversationState, list[t
 def activate(conv_id: str, rt: Runtime | None = None) -> str:
     """One activation of the conversation's actor. Returns what happened: "idle", "done", "held", "stale"."""
     rt = rt or runtime()
-    if rt.log.length(conv_id) == 0 and rt.log.inbox_length(conv_id) == 0:
-        return "idle"  # unknown conversation: nothing to do, nothing written
-    try:
-        lease = rt.log.acquire(conv_id, rt.owner(), rt.settings.lease_ms)
+    try:  # the lease, the snapshot, the log after it and the inbox, in one call (store.log_open)
+        opened = open_activation(rt.log, conv_id, rt.owner(), rt.settings.lease_ms)
     except LeaseHeld as held:
         expires = held.details.get("expires_at_ms")
         wait_s = (expires - rt.clock()) / 1000 if isinstance(expires, int) else 0.0
         advance.send_with_options(args=(conv_id,), delay=round(LEASE_RETRY.bounded_s(wait_s) * 1000))
         return "held"
-    state, tail = load_with_tail(rt, conv_id)
+    if opened is None:
+        return "idle"  # unknown conversation: nothing to do, nothing written
+    lease = opened.lease
+    state, tail = _folded(rt, conv_id, opened.snapshot, opened.tail)
     activation = Activation(rt, conv_id, lease, state)
+    activation.prefetch_inbox(opened.inbox_cursor, opened.inbox)
     activation.recover_usage(tail)
     stale = False
     try:
@@ -183,12 +188,10 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
             _wake_after_a_lost_lease(rt, conv_id)
     finally:
         activation.trace.close()
-        if not stale:
-            try:
-                rt.log.release(lease)
-                _wake_for_late_arrivals(rt, conv_id, activation.inbox_seen)
-            except LogError:
-                log.warning("conversation %s: could not release the lease (it will expire)", conv_id)
+        if not stale and not _close(rt, activation):
+            stale = True
+            if activation.state.busy:
+                _wake_after_a_lost_lease(rt, conv_id)
     return "stale" if stale else "done"
 
 
@@ -200,12 +203,25 @@ def _wake_after_a_lost_lease(rt: Runtime, conv_id: str) -> None:
     advance.send_with_options(args=(conv_id,), delay=rt.settings.lease_ms)
 
 
-def _wake_for_late_arrivals(rt: Runtime, conv_id: str, seen: str | None) -> None:
-    """An ask posted after this activation last looked at the inbox but before its release: its own wake-up
-    found the lease held and waits out the retry delay (up to a second); this one runs it now. Only an
-    entry newer than all this activation saw counts, so a message waiting for a human never loops."""
-    if seen is not None and rt.log.inbox_after(conv_id, seen, count=1):
+def _close(rt: Runtime, activation: Activation) -> bool:
+    """Save the closing snapshot and release the lease in one call; wake the actor again for an ask posted
+    after this activation last looked at the inbox (its own wake-up found the lease held and waits out the
+    retry delay, up to a second): only an entry newer than all it saw counts, so a message waiting for a
+    human never loops. False when the snapshot was refused (the lease was lost)."""
+    conv_id = activation.conv_id
+    try:
+        closed = rt.log.close_lease(
+            activation.lease, snapshot=activation.closing_snapshot(), inbox_seen=activation.inbox_seen
+        )
+    except StaleEpoch:
+        log.warning("conversation %s: lease epoch %d lost at the end", conv_id, activation.lease.epoch)
+        return False
+    except LogError:
+        log.warning("conversation %s: could not release the lease (it will expire)", conv_id)
+        return True
+    if closed.newer_inbox:
         advance.send(conv_id)
+    return True
 
 
 async def _guarded(activation: Activation) -> None:

@@ -53,7 +53,8 @@ async def retrieve(act: ActivationCore, query: str) -> None:
                 latency_ms=latency_ms,
                 sources=tuple(qa_sources(result.hits)),
             )
-        ]
+        ],
+        defer=True,  # appended with the model call's request, which follows
     )
 
 

@@ -1,11 +1,12 @@
 """What a turn spends and how it went, per tenant, user and day (`store.usage`); the daily budgets.
 
     spend = Spend(settings)
-    spend.observe(principal, conv, entry_id, event)   after each appended event: TurnStarted counts a
-                                      turn, LLMCompleted its tokens and cost, for the turn's tenant and
-                                      user, on the event's day; answers, retrievals and ratings count the
+    spend.observe_entries(principal, conv, entries)   after each append, its [(entry_id, event)]: TurnStarted
+                                      counts a turn, LLMCompleted its tokens and cost, for the turn's tenant
+                                      and user, on the event's day; answers, retrievals and ratings count the
                                       tenant's quality signals (uncited answers, unsupported sentences, ...);
-                                      once per log entry (store.usage.record_once_plan)
+                                      once per log entry, one script call per append
+                                      (store.usage.record_entries_plan)
     spend.recover(principal, conv, tail)   at an activation's start: counts the entries of the log's tail
                                       (after the last snapshot) a killed worker appended but did not count
     spend.latency(principal, route, now_ms, first_token_ms=, answer_ms=)   at an answer: the ask's
@@ -104,16 +105,25 @@ class Spend:
         self._placed: dict[str, tuple[str, str]] = {}  # hold id -> (tenant, member) of an admitted call
 
     def observe(self, principal: Principal, conversation: str, entry_id: str, event: Event) -> None:
+        self.observe_entries(principal, conversation, [(entry_id, event)])
+
+    def observe_entries(
+        self, principal: Principal, conversation: str, entries: Sequence[tuple[str, Event]]
+    ) -> None:
+        """Count the entries one append wrote (oldest first): one script call per day among them."""
         if self.ledger is None:
             return
-        amounts = counted(event)
-        if not amounts:
-            return
+        by_day: dict[str, list[tuple[str, dict[str, int | float]]]] = {}
+        for entry_id, event in entries:
+            amounts = counted(event)
+            if amounts:
+                by_day.setdefault(day_of(event.at_ms), []).append((entry_id, amounts))
         tenant, user = principal.tenant, principal.user
-        try:
-            self.ledger.record_once(tenant, user, day_of(event.at_ms), conversation, entry_id, **amounts)
-        except DocentError as exc:
-            log.warning("usage of %s/%s not recorded: %s", tenant, user, exc.code)
+        for day, day_entries in by_day.items():
+            try:
+                self.ledger.record_entries(tenant, user, day, conversation, day_entries)
+            except DocentError as exc:
+                log.warning("usage of %s/%s not recorded: %s", tenant, user, exc.code)
 
     def recover(self, principal: Principal, conversation: str, tail: Sequence[tuple[str, Event]]) -> int:
         """Count the tail's entries newer than the conversation's usage cursor; how many were counted."""
@@ -125,8 +135,7 @@ class Spend:
             log.warning("usage cursor of %s not read: %s", conversation, exc.code)
             return 0
         missed = [(i, e) for i, e in tail if counted(e) and id_tuple(i) > cursor]
-        for entry_id, event in missed:
-            self.observe(principal, conversation, entry_id, event)
+        self.observe_entries(principal, conversation, missed)
         if missed:
             log.info("conversation %s: usage of %d entries counted on recovery", conversation, len(missed))
         return len(missed)

@@ -17,8 +17,9 @@ adds a pause (exponential, that mean) before each next ask. Per ask: ask -> `acc
 `delta`, ask -> `answer_completed`; answers/s is completed answers over the level's wall time. Errors:
 error frames, failed turns and asks with no answer in ANSWER_TIMEOUT_S. Also printed: the load average
 at start and end (the machine is shared), the CPU each process used (cores, and ms per answer: less
-sensitive to other jobs than the rates), and Redis commands per answer (`INFO commandstats`, reset per
-level; they include the workers' idle polling of their queues). `--profile DIR` samples the web and
+sensitive to other jobs than the rates; the headline is web + worker + Redis, less what the idle stack
+spends in as long: its queue polling, measured for IDLE_WINDOW_S before each level), and Redis commands
+per answer (`INFO commandstats`, reset per level, less the idle stack's). `--profile DIR` samples the web and
 worker processes with py-spy (`pip install py-spy` into the venv; not a dependency).
 """
 
@@ -54,6 +55,8 @@ CONNECT_TIMEOUT_S = 30.0
 WARMUP_QUESTIONS = 3
 PROFILE_RATE_HZ = 200
 IDLE_WINDOW_S = 2.0
+STACK_PROCESSES = ("web", "worker", "redis")  # the headline CPU per answer: Docent's own processes
+COMMAND_SHOWN_PER_ANSWER = 0.1  # Redis commands printed per answer: every one at least this frequent
 QUERIES = Path(__file__).resolve().parent.parent / "index" / "golden" / "demo" / "queries.jsonl"
 STACK_OVERRIDES = {
     "embed_model": "hash",
@@ -214,12 +217,15 @@ def redis_calls(client: redis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
-def idle_calls_per_s(client: redis.Redis) -> float:
-    """Commands an idle stack sends anyway (the workers polling their queues), per second."""
+def idle_rates(client: redis.Redis, pids: dict[str, int]) -> tuple[float, float]:
+    """What an idle stack spends anyway (the workers polling their queues), per second: Redis commands,
+    and CPU seconds of the web, worker and Redis processes."""
     client.config_resetstat()
+    cpu_start = sum(tree_cpu_seconds(pids[name]) for name in STACK_PROCESSES)
     time.sleep(IDLE_WINDOW_S)
+    cpu = sum(tree_cpu_seconds(pids[name]) for name in STACK_PROCESSES) - cpu_start
     calls = redis_calls(client)
-    return (sum(calls.values()) - calls.get("info", 0)) / IDLE_WINDOW_S
+    return (sum(calls.values()) - calls.get("info", 0)) / IDLE_WINDOW_S, cpu / IDLE_WINDOW_S
 
 
 def profilers(pids: dict[str, int], directory: Path | None, users: int) -> list[subprocess.Popen[bytes]]:
@@ -244,7 +250,7 @@ def level(
     pids = {name: pid for name, pid in stack.pids.items() if name in ("web", "worker", "redis")}
     pids["llm"] = llm_pid
     load_start = os.getloadavg()[0]
-    idle_per_s = idle_calls_per_s(client)
+    idle_per_s, idle_cpu_per_s = idle_rates(client, pids)
     client.config_resetstat()
     spies = profilers(pids, args.profile, users)
     cpu_start = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
@@ -260,6 +266,7 @@ def level(
     answers = len(result["answer"])
     return {
         "idle_redis_per_answer": idle_per_s * result["wall_s"] / max(1, answers),
+        "idle_cpu_ms_per_answer": idle_cpu_per_s * 1000 * result["wall_s"] / max(1, answers),
         "cpu_ms_per_answer": {k: v * 1000 / max(1, answers) for k, v in cpu.items()},
         **result,
         "users": users,
@@ -285,9 +292,14 @@ def report(row: dict[str, Any]) -> None:
     cores = "  ".join(f"{k} {v / row['wall_s']:.2f}" for k, v in row["cpu"].items())
     per_answer = row["cpu_ms_per_answer"]
     each = "  ".join(f"{k} {v:.1f}" for k, v in per_answer.items())
-    print(f"  CPU cores: {cores}\n  CPU ms per answer: {each}  (total {sum(per_answer.values()):.1f})")
+    stack = sum(per_answer[k] for k in STACK_PROCESSES if k in per_answer)
+    idle_cpu = row["idle_cpu_ms_per_answer"]
+    print(f"  CPU cores: {cores}\n  CPU ms per answer: {each}  (total {sum(per_answer.values()):.1f}; "
+          f"web + worker + redis {stack:.1f}, of which idle polling ~{idle_cpu:.1f}, "
+          f"so ~{stack - idle_cpu:.1f} per answer)")  # fmt: skip
     total = sum(row["redis_per_answer"].values())
-    top = ", ".join(f"{k} {v:.1f}" for k, v in list(row["redis_per_answer"].items())[:8])
+    shown = [(k, v) for k, v in row["redis_per_answer"].items() if v >= COMMAND_SHOWN_PER_ANSWER]
+    top = ", ".join(f"{k} {v:.1f}" for k, v in shown)
     idle = row["idle_redis_per_answer"]
     print(f"  Redis commands per answer: {total:.1f} ({top}); idle polling ~{idle:.1f} of them, "
           f"so ~{total - idle:.1f} per turn", flush=True)  # fmt: skip

@@ -114,6 +114,19 @@ class Redactor:
     def learn(self, event: Json) -> None:
         references(event, self.pending_chunks, self.pending_docs)
 
+    def shown_as_is(self, event: Json) -> bool:
+        """Learn `event`'s references; True when the reader sees it unchanged with no catalog read: it has
+        no secret yet and every document the event names is known and readable (`redact` would copy it
+        as it is). False: `redact` it (blocking)."""
+        self.learn(event)
+        if self.secret or self.exact or not self.pending_chunks <= self.chunk_doc.keys():
+            return False
+        docs = self.pending_docs | {self.chunk_doc[c] for c in self.pending_chunks}
+        if not all(self.readable.get(d, False) for d in docs):
+            return False
+        self.pending_chunks, self.pending_docs = set(), set()
+        return True
+
     def redact(self, event: dict[str, Any]) -> dict[str, Any]:
         self.learn(event)
         self._resolve()
@@ -251,9 +264,9 @@ class EventView:
         self.deltas = deltas
 
     async def events(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if self.redactor is None:
-            return events
         redactor = self.redactor
+        if redactor is None or all([redactor.shown_as_is(e) for e in events]):
+            return events  # nothing to redact and nothing to look up: no trip to the blocking pool
         return await run_blocking(lambda: [redactor.redact(e) for e in events])
 
     async def frame(self, data: bytes) -> bytes | None:
@@ -263,8 +276,10 @@ class EventView:
         frame = msgspec.json.decode(data)
         if frame.get("type") == "delta":
             return data if self.deltas else None
-        if frame.get("type") == "event" and isinstance(frame.get("event"), dict):
-            frame["event"] = (await self.events([frame["event"]]))[0]
+        event = frame.get("event")
+        if frame.get("type") != "event" or not isinstance(event, dict) or self.redactor.shown_as_is(event):
+            return data  # the frame as it came: not decoded again, not encoded again
+        frame["event"] = await run_blocking(self.redactor.redact, event)
         return msgspec.json.encode(frame)
 
 

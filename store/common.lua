@@ -42,3 +42,42 @@ local function fence_error(lease_key, epoch, now)
   end
   return nil
 end
+
+-- Save a fenced snapshot as of log entry `last_id`: nil when saved, else the error reply to return.
+-- Refused when the epoch is stale, when last_id is not an entry of the log, or when it would move the
+-- snapshot backwards.
+local function save_snapshot(snap_key, lease_key, log_key, epoch, last_id, state, now)
+  local err = fence_error(lease_key, epoch, now)
+  if err then return err end
+  if #redis.call('XRANGE', log_key, last_id, last_id) == 0 then
+    return redis.error_reply('BAD_INPUT ' .. last_id .. ' is not an entry of the log')
+  end
+  local previous = redis.call('HGET', snap_key, 'last_id')
+  if previous and compare_ids(last_id, previous) < 0 then
+    return redis.error_reply('BAD_INPUT the snapshot is already at ' .. previous .. ', after ' .. last_id)
+  end
+  redis.call('HSET', snap_key, 'state', state, 'last_id', last_id, 'epoch', epoch, 'at_ms', now)
+  return nil
+end
+
+-- Give the lease up at once, only if `epoch` still holds it: 1 when released, 0 when it no longer held it.
+-- Owner and epoch stay for diagnostics.
+local function release_lease(lease_key, epoch)
+  local held = redis.call('HGET', lease_key, 'epoch')
+  if held == false or tonumber(held) ~= tonumber(epoch) then return 0 end
+  redis.call('HSET', lease_key, 'expires', 0)
+  return 1
+end
+
+-- Take a conversation's lease with a new fencing epoch, unless another owner holds it unexpired:
+-- epoch, expires_ms; or nil and the LEASE_HELD "<expires_ms> <owner>" error reply to return.
+local function take_lease(lease_key, epoch_key, owner, ttl_ms, now)
+  local held = redis.call('HMGET', lease_key, 'owner', 'expires')
+  if held[1] and held[1] ~= owner and tonumber(held[2]) > now then
+    return nil, redis.error_reply('LEASE_HELD ' .. held[2] .. ' ' .. held[1])
+  end
+  local epoch = redis.call('INCR', epoch_key)
+  local expires = now + ttl_ms
+  redis.call('HSET', lease_key, 'owner', owner, 'epoch', epoch, 'expires', expires)
+  return epoch, expires
+end

@@ -12,8 +12,9 @@ Keys (hash-tagged by conversation id, so Redis Cluster keeps a conversation in o
     conv:{id}:inbox_cursor  id of the last inbox entry moved into the log, advanced by the append itself
     conv:{id}:inbox_seen:<client id>   dedup marker: the inbox id a client id was posted as
 
-One writer at a time: `acquire` takes the lease with a new epoch, and every write (append, snapshot)
-runs a Lua script that refuses an epoch that is not the lease's current, unexpired one. Ids come from one
+One writer at a time: `acquire` takes the lease with a new epoch (`close_lease` saves the last snapshot
+and gives it up in one call), and every write (append, snapshot) runs a Lua script that refuses an epoch
+that is not the lease's current, unexpired one. Ids come from one
 sequence per conversation shared by the log and the live stream, so any id a client saw, durable or a
 token delta, is a valid place to resume from (`catch_up`).
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any, NamedTuple, get_args
+from typing import Any, NamedTuple, TypeVar, get_args
 
 import msgspec
 import redis
@@ -67,9 +68,11 @@ RENEW = lua("common.lua", "lease_renew.lua")
 RELEASE = lua("common.lua", "lease_release.lua")
 APPEND = lua("common.lua", "append.lua")
 SAVE_SNAPSHOT = lua("common.lua", "snapshot_save.lua")
+CLOSE_LEASE = lua("common.lua", "lease_close.lua")
 POST_INBOX = lua("inbox_post.lua")
 
 EVENT_TYPES: tuple[type, ...] = get_args(Event)
+T = TypeVar("T")
 
 Entry = tuple[str, Event]
 LiveEntry = tuple[str, LiveItem]
@@ -117,6 +120,11 @@ class Posted(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool  # this client id was posted before: nothing was written, `inbox_id` is the first post
 
 
+class LeaseClosed(msgspec.Struct, frozen=True, kw_only=True):
+    released: bool  # False: this epoch no longer held the lease
+    newer_inbox: bool  # the inbox holds an entry newer than the one the closer said it had seen
+
+
 class LogOptions(msgspec.Struct, frozen=True, kw_only=True):
     live_maxlen: int = LIVE_MAXLEN
     live_ttl_ms: int = LIVE_TTL_MS
@@ -126,36 +134,41 @@ class LogOptions(msgspec.Struct, frozen=True, kw_only=True):
 # ---- plans: each operation once, driven by the sync and async runners ----------------------------
 
 
-def _positive(value: int, what: str) -> int:
+def positive(value: int, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InputError(f"{what} must be a positive integer", field=what)
     return value
 
 
-def _owner(owner: str) -> str:
+def checked_owner(owner: str) -> str:
     if not isinstance(owner, str) or not 0 < len(owner) <= MAX_OWNER_CHARS or not owner.isprintable():
         raise InputError(f"owner must be 1-{MAX_OWNER_CHARS} printable characters", field="owner")
     return owner
 
 
+def lease_held(conv_id: str, held: LeaseHeld) -> LeaseHeld:
+    """The script's LEASE_HELD "<expires_ms> <owner>" as the error callers get (who, until when)."""
+    expires_ms, _, holder = held.message.partition(" ")
+    return LeaseHeld(
+        f"conversation {conv_id} is held by {holder} until {expires_ms}",
+        conv_id=conv_id,
+        owner=holder,
+        expires_at_ms=int(expires_ms),
+    )
+
+
 def acquire_plan(conv_id: str, owner: str, ttl_ms: int) -> Plan[Lease]:
     keys = conv_keys(conv_id)
     try:
-        args: list[Arg] = [_owner(owner), _positive(ttl_ms, "ttl_ms")]
+        args: list[Arg] = [checked_owner(owner), positive(ttl_ms, "ttl_ms")]
         epoch, expires = yield Eval(ACQUIRE, [keys.lease, keys.epoch], args)
     except LeaseHeld as held:
-        expires_ms, _, holder = held.message.partition(" ")
-        raise LeaseHeld(
-            f"conversation {conv_id} is held by {holder} until {expires_ms}",
-            conv_id=conv_id,
-            owner=holder,
-            expires_at_ms=int(expires_ms),
-        ) from None
+        raise lease_held(conv_id, held) from None
     return Lease(conv_id=conv_id, owner=owner, epoch=int(epoch), expires_at_ms=int(expires), ttl_ms=ttl_ms)
 
 
 def renew_plan(lease: Lease, ttl_ms: int | None) -> Plan[Lease]:
-    ttl_ms = _positive(lease.ttl_ms if ttl_ms is None else ttl_ms, "ttl_ms")
+    ttl_ms = positive(lease.ttl_ms if ttl_ms is None else ttl_ms, "ttl_ms")
     keys = conv_keys(lease.conv_id)
     expires = yield Eval(RENEW, [keys.lease], [lease.epoch, ttl_ms])
     return msgspec.structs.replace(lease, expires_at_ms=int(expires), ttl_ms=ttl_ms)
@@ -164,6 +177,20 @@ def renew_plan(lease: Lease, ttl_ms: int | None) -> Plan[Lease]:
 def release_plan(lease: Lease) -> Plan[bool]:
     released = yield Eval(RELEASE, [conv_keys(lease.conv_id).lease], [lease.epoch])
     return bool(released)
+
+
+def close_lease_plan(
+    lease: Lease, snapshot: tuple[bytes, str] | None, inbox_seen: str | None
+) -> Plan[LeaseClosed]:
+    keys = conv_keys(lease.conv_id)
+    args: list[Arg] = [lease.epoch, "" if inbox_seen is None else stream_id(inbox_seen, "inbox_seen")]
+    if snapshot is not None:
+        state, last_event_id = snapshot
+        if not isinstance(state, bytes):
+            raise InputError("snapshot state must be bytes", field="state")
+        args += [stream_id(last_event_id, "last_event_id"), state]
+    released, newer = yield Eval(CLOSE_LEASE, [keys.lease, keys.snap, keys.log, keys.inbox], args)
+    return LeaseClosed(released=bool(released), newer_inbox=bool(newer))
 
 
 def _flag(item: object) -> str:
@@ -198,7 +225,7 @@ def append_plan(
     return [text(i) for i in ids]
 
 
-def _decoded_event(entry_id: Any, fields: dict[Any, Any]) -> Entry:
+def decoded_event(entry_id: Any, fields: dict[Any, Any]) -> Entry:
     id_ = text(entry_id)
     try:
         return id_, decode_event(payload(fields))
@@ -225,13 +252,13 @@ def _xrange(key: str, start: str, count: int) -> Call:
 
 def read_plan(conv_id: str, after_id: str, count: int | None) -> Plan[list[Entry]]:
     key = conv_keys(conv_id).log
-    wanted = None if count is None else _positive(count, "count")
+    wanted = None if count is None else positive(count, "count")
     start = _after(after_id)
     entries: list[Entry] = []
     while wanted is None or len(entries) < wanted:
         page = READ_PAGE_ENTRIES if wanted is None else min(READ_PAGE_ENTRIES, wanted - len(entries))
         raw = yield _xrange(key, start, page)
-        entries += [_decoded_event(i, f) for i, f in raw]
+        entries += [decoded_event(i, f) for i, f in raw]
         if len(raw) < page:
             break
         start = "(" + entries[-1][0]
@@ -240,7 +267,7 @@ def read_plan(conv_id: str, after_id: str, count: int | None) -> Plan[list[Entry
 
 def read_live_plan(conv_id: str, after_id: str, block_ms: int | None, count: int) -> Plan[list[LiveEntry]]:
     key = conv_keys(conv_id).live
-    start, block, count = read_start(after_id), block_ms_arg(block_ms), _positive(count, "count")
+    start, block, count = read_start(after_id), block_ms_arg(block_ms), positive(count, "count")
     reply = yield Call(lambda r: r.xread({key: start}, count=count, block=block))
     return [_decoded_live(i, f) for i, f in xread_entries(reply)]
 
@@ -248,7 +275,7 @@ def read_live_plan(conv_id: str, after_id: str, block_ms: int | None, count: int
 def catch_up_plan(conv_id: str, after_id: str, count: int) -> Plan[list[LiveEntry]]:
     keys = conv_keys(conv_id)
     start = _after(after_id)
-    count = _positive(count, "count")
+    count = positive(count, "count")
 
     def both(pipe: Any) -> None:
         pipe.xrange(keys.live, start, "+", count=count)
@@ -259,7 +286,7 @@ def catch_up_plan(conv_id: str, after_id: str, count: int) -> Plan[list[LiveEntr
     # Durable events older than the live stream's oldest entry were trimmed from it: take them from the log.
     first_live = id_tuple(live[0][0]) if live else None
     gap: list[LiveEntry] = [
-        entry for entry in (_decoded_event(i, f) for i, f in range_entries(log_raw))
+        entry for entry in (decoded_event(i, f) for i, f in range_entries(log_raw))
         if first_live is None or id_tuple(entry[0]) < first_live
     ]  # fmt: skip
     return (gap + live)[:count]
@@ -287,8 +314,11 @@ def save_snapshot_plan(lease: Lease, state: bytes, last_event_id: str) -> Plan[N
 def load_snapshot_plan(conv_id: str) -> Plan[Snapshot | None]:
     key = conv_keys(conv_id).snap
     raw = yield Call(lambda r: r.hgetall(key))
-    if not raw:
-        return None
+    return snapshot_of(raw) if raw else None
+
+
+def snapshot_of(raw: dict[Any, Any]) -> Snapshot:
+    """A snapshot from its hash's fields (bytes or str names and values)."""
     fields = {text(k): v for k, v in raw.items()}
     state = fields["state"]
     return Snapshot(
@@ -326,8 +356,8 @@ def take_inbox_plan(lease: Lease, count: int, after: str | None) -> Plan[list[En
 
 
 def inbox_after_plan(conv_id: str, after_id: str, count: int) -> Plan[list[Entry]]:
-    raw = yield _xrange(conv_keys(conv_id).inbox, _after(after_id), _positive(count, "count"))
-    return [_decoded_event(i, f) for i, f in raw]
+    raw = yield _xrange(conv_keys(conv_id).inbox, _after(after_id), positive(count, "count"))
+    return [decoded_event(i, f) for i, f in raw]
 
 
 def inbox_length_plan(conv_id: str) -> Plan[int]:
@@ -350,6 +380,10 @@ class ConversationLog:
     def from_url(cls, url: str, options: LogOptions | None = None) -> ConversationLog:
         return cls(sync_client(url), options)
 
+    def run(self, plan: Plan[T]) -> T:
+        """Another store module's plan on this log's client (`store.log_open`)."""
+        return self._run(plan)
+
     def close(self) -> None:
         self.client.close()
 
@@ -368,6 +402,14 @@ class ConversationLog:
     def release(self, lease: Lease) -> bool:
         """Let the next worker in at once; False when this epoch no longer held the lease."""
         return self._run(release_plan(lease))
+
+    def close_lease(
+        self, lease: Lease, *, snapshot: tuple[bytes, str] | None = None, inbox_seen: str | None = None
+    ) -> LeaseClosed:
+        """An activation's end in one script call: `save_snapshot(lease, *snapshot)` when given (StaleEpoch
+        if refused: then nothing is released), `release`, and whether the inbox holds an entry newer than
+        `inbox_seen` (an ask posted since the holder last looked)."""
+        return self._run(close_lease_plan(lease, snapshot, inbox_seen))
 
     # Writing (fenced).
     def append(
@@ -463,6 +505,11 @@ class AsyncConversationLog:
 
     async def release(self, lease: Lease) -> bool:
         return await self._run(release_plan(lease))
+
+    async def close_lease(
+        self, lease: Lease, *, snapshot: tuple[bytes, str] | None = None, inbox_seen: str | None = None
+    ) -> LeaseClosed:
+        return await self._run(close_lease_plan(lease, snapshot, inbox_seen))
 
     async def append(
         self,

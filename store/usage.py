@@ -18,6 +18,8 @@ counts it when it replays the log's tail (`actors.spend.Spend.recover`); nothing
 
     record_plan(tenant, user, day, {"tokens_in": ..., "answers": 1, ...})
     record_once_plan(tenant, user, day, amounts, conversation, entry_id) -> bool (counted now)
+    record_entries_plan(tenant, user, day, conversation, [(entry_id, amounts), ...]) -> how many counted
+                                  (one script call for all the entries one append wrote)
     totals_plan(tenant, user, day) -> (the tenant's Usage, the user's Usage)
     spending_plan(tenant, user, now_ms) -> Spending: the day and the month so far (what budgets check)
     report_plan(days, tenant=None, user=None, max_rows=...) -> Report
@@ -27,7 +29,8 @@ counts it when it replays the log's tail (`actors.spend.Spend.recover`); nothing
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -182,16 +185,14 @@ def record_plan(tenant: str, user: str, day: str, amounts: Mapping[str, int | fl
         for written in (key, per_user, month, month_users):
             pipe.expire(written, RETENTION_S)
 
-    def listed(pipe: Any) -> None:
-        pipe.sadd(tenants_key(day), tenant)
-        pipe.expire(tenants_key(day), RETENTION_S)
-
     yield Batch(queue)  # MULTI: the tenant's and the user's figures move together
-    yield Batch(listed, transaction=False)
+    yield Batch(partial(_list_tenant, tenant, day), transaction=False)
 
 
 RECORD_ONCE = lua("common.lua", "usage_record.lua")
 CURSOR_TTL_S = 8 * 86_400  # a crashed activation's message is redelivered within minutes, not days
+TENANT_RELIST_S = 60.0  # how often one process re-adds a tenant it counted to the day's tenant set
+MAX_LISTED = 10_000  # (tenant, day) pairs one process remembers having listed
 
 
 def cursor_key(tenant: str, conversation: str) -> str:
@@ -203,26 +204,45 @@ def record_once_plan(
 ) -> Plan[bool]:
     """`record_plan` for the usage of log entry `entry_id` of `conversation`, unless that entry or a later
     one was counted already; True when counted now."""
-    unknown = set(amounts) - set(FIELDS)
-    if unknown:
-        raise InputError(f"unknown usage fields {sorted(unknown)}", field="amounts")
+    return bool((yield from record_entries_plan(tenant, user, day, conversation, [(entry_id, amounts)])))
+
+
+def record_entries_plan(
+    tenant: str,
+    user: str,
+    day: str,
+    conversation: str,
+    entries: Sequence[tuple[str, Mapping[str, int | float]]],
+    list_tenant: bool = True,
+) -> Plan[int]:
+    """`record_once_plan` for several log entries of one day (oldest first) in one script call: each is
+    counted unless it, or a later entry, was counted already; how many were counted now. `list_tenant`:
+    also add the tenant to the day's tenant set (False when this process did so moments ago)."""
     month = month_of(day)
     keys = [usage_key(tenant, day), users_key(tenant, day), usage_key(tenant, month),
             users_key(tenant, month), cursor_key(tenant, conversation)]  # fmt: skip
-    args: list[str | int | float] = [stream_id(entry_id, "entry_id"), user, RETENTION_S, CURSOR_TTL_S]
-    for name, value in amounts.items():
-        if value and value > 0:
-            args += [name, repr(float(value)) if name == "cost_usd" else int(value),
-                     "s" if name in SPEND_FIELDS else "q"]  # fmt: skip
-    counted = yield Eval(RECORD_ONCE, keys, args)
+    args: list[str | int | float] = [user, RETENTION_S, CURSOR_TTL_S]
+    for entry_id, amounts in entries:
+        unknown = set(amounts) - set(FIELDS)
+        if unknown:
+            raise InputError(f"unknown usage fields {sorted(unknown)}", field="amounts")
+        triples: list[str | int | float] = []
+        for name, value in amounts.items():
+            if value and value > 0:
+                triples += [name, repr(float(value)) if name == "cost_usd" else int(value),
+                            "s" if name in SPEND_FIELDS else "q"]  # fmt: skip
+        args += [stream_id(entry_id, "entry_id"), len(triples) // 3, *triples]
+    if not entries:
+        return 0
+    counted = int((yield Eval(RECORD_ONCE, keys, args)))
+    if counted and list_tenant:
+        yield Batch(partial(_list_tenant, tenant, day), transaction=False)
+    return counted
 
-    def listed(pipe: Any) -> None:
-        pipe.sadd(tenants_key(day), tenant)
-        pipe.expire(tenants_key(day), RETENTION_S)
 
-    if counted:
-        yield Batch(listed, transaction=False)
-    return bool(counted)
+def _list_tenant(tenant: str, day: str, pipe: Any) -> None:
+    pipe.sadd(tenants_key(day), tenant)
+    pipe.expire(tenants_key(day), RETENTION_S)
 
 
 def cursor_plan(tenant: str, conversation: str) -> Plan[str]:
@@ -330,6 +350,7 @@ class UsageLedger:
 
     def __init__(self, client: redis.Redis) -> None:
         self._run = SyncRunner(client, unavailable=Unavailable).run
+        self._listed: dict[tuple[str, str], float] = {}  # (tenant, day) -> when this process listed it
 
     @classmethod
     def from_url(cls, url: str) -> UsageLedger:
@@ -342,6 +363,26 @@ class UsageLedger:
         self, tenant: str, user: str, day: str, conversation: str, entry_id: str, **amounts: int | float
     ) -> bool:
         return self._run(record_once_plan(tenant, user, day, amounts, conversation, entry_id))
+
+    def record_entries(
+        self,
+        tenant: str,
+        user: str,
+        day: str,
+        conversation: str,
+        entries: Sequence[tuple[str, Mapping[str, int | float]]],
+    ) -> int:
+        """`record_entries_plan`; the day's tenant set is written at most every TENANT_RELIST_S per
+        tenant and day from this process (a worker counts many entries a second for the same tenants)."""
+        listed_at = self._listed.get((tenant, day))
+        now = time.monotonic()
+        relist = listed_at is None or now - listed_at >= TENANT_RELIST_S
+        counted = self._run(record_entries_plan(tenant, user, day, conversation, entries, relist))
+        if counted and relist:
+            if len(self._listed) >= MAX_LISTED:
+                self._listed.clear()
+            self._listed[(tenant, day)] = now
+        return counted
 
     def cursor(self, tenant: str, conversation: str) -> str:
         return self._run(cursor_plan(tenant, conversation))

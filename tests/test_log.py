@@ -20,6 +20,7 @@ from store.log import (
     AsyncConversationLog,
     ConversationLog,
     Lease,
+    LeaseClosed,
     LeaseKeeper,
     conv_keys,
 )
@@ -334,6 +335,39 @@ def test_bad_snapshots_are_refused_and_change_nothing(log: ConversationLog) -> N
 
     snapshot = log.load_snapshot("c1")
     assert snapshot is not None and snapshot.state == b"at the end"
+
+
+def test_closing_a_lease_saves_the_snapshot_releases_and_reports_a_newer_inbox_entry(
+    log: ConversationLog,
+) -> None:
+    seen = log.post_inbox("c1", ask(0)).inbox_id
+    lease = log.acquire("c1", "worker-a")
+    ids = log.append(lease, [ask(1), answer(1)], inbox_cursor=seen)
+    closed = log.close_lease(lease, snapshot=(b"state", ids[1]), inbox_seen=seen)
+    assert closed == LeaseClosed(released=True, newer_inbox=False)
+    snapshot = log.load_snapshot("c1")
+    assert snapshot is not None and (snapshot.state, snapshot.last_event_id) == (b"state", ids[1])
+    other = log.acquire("c1", "worker-b", ttl_ms=5_000)  # released: another owner gets in at once
+    assert log.release(other)
+
+    log.post_inbox("c1", ask(2))
+    lease = log.acquire("c1", "worker-a")
+    assert log.close_lease(lease, inbox_seen=seen).newer_inbox
+    assert log.close_lease(lease) == LeaseClosed(released=True, newer_inbox=False)  # nothing seen: no compare
+
+
+def test_a_refused_closing_snapshot_releases_nothing(log: ConversationLog) -> None:
+    lease = log.acquire("c1", "worker-a")
+    ids = log.append(lease, [ask(1), answer(1)])
+    with pytest.raises(InputError):
+        log.close_lease(lease, snapshot=(b"no such event", "1-0"))
+    with pytest.raises(LeaseHeld):
+        log.acquire("c1", "worker-b")  # the refused close released nothing
+    newer = log.acquire("c1", "worker-a")  # the same owner again: a new epoch fences the old handle
+    with pytest.raises(StaleEpoch):
+        log.close_lease(lease, snapshot=(b"zombie", ids[1]))
+    assert log.load_snapshot("c1") is None
+    assert log.close_lease(newer).released
 
 
 # ---- the inbox --------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from actors.tools.registry import fence_data
 from index.search import SearchService
 from index.types import Access, Principal
 from server.auth import mint_token
-from server.redaction import Redactor
+from server.redaction import EventView, Redactor
 from store.catalog import Catalog
 from store.catalog_types import CatalogDocument, DocumentCommit
 from store.events import (
@@ -235,3 +235,28 @@ def test_a_passage_also_in_a_readable_document_is_not_redacted(tmp_path: Path) -
         {"type": "answer_completed", "text": f"doc_id=secret-memo says {shared}; also {only_secret}"}
     )
     assert shared in out["text"] and "settlement amount" not in out["text"] and out["redacted"] >= 1
+
+
+def test_a_frame_with_nothing_to_redact_is_passed_on_as_it_came(tmp_path: Path) -> None:
+    """The live path's shortcut: an event naming only known, readable documents (and no secret known yet)
+    is sent as the bytes it came in, with no catalog read; the first unknown or secret one is redacted."""
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    for doc_id, readers in (("open-doc", ("*",)), ("legal-doc", ("group:legal",))):
+        document = CatalogDocument(
+            doc_id=doc_id, title=doc_id, source=doc_id, format="txt", content_hash="h", tenant=TENANT,
+            readers=readers,
+        )  # fmt: skip
+        catalog.commit_documents(
+            "v1", [DocumentCommit(document=document, ingest_hash="i", visible=(), text=f"{doc_id} text")]
+        )
+    redactor = Redactor(catalog, Principal(tenant=TENANT, user="lee"))
+    view = EventView(redactor, deltas=True)
+    cited = {"type": "answer_completed", "text": "see [1]", "citations": [{"n": 1, "doc_id": "open-doc"}]}
+    assert not redactor.shown_as_is(dict(cited))  # not judged yet: the catalog is read first
+    assert redactor.redact(dict(cited)) == cited
+    data = json.dumps({"type": "event", "id": "1-0", "event": cited}).encode()
+    assert asyncio.run(view.frame(data)) is data  # judged readable: the same bytes, no re-encoding
+    secret = {"type": "answer_completed", "text": "x", "citations": [{"n": 1, "doc_id": "legal-doc"}]}
+    shown = json.loads(asyncio.run(view.frame(json.dumps({"type": "event", "event": secret}).encode())))
+    assert shown["event"]["citations"] == [{"n": 1, "redacted": True}] and shown["event"]["redacted"] == 1
+    assert asyncio.run(view.frame(data)) is not data  # a secret is known now: every text is checked

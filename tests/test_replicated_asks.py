@@ -18,6 +18,8 @@ from store.events import UserMessage
 from store.exceptions import Unavailable
 from store.redis import EmbeddedRedis, async_client, sync_client
 
+PROMOTION_TIMEOUT_S = 60.0  # the cluster's own failover: detection, then elections retried after 2 x timeout
+
 FAILOVER_WAIT_S = 20.0
 
 
@@ -114,9 +116,10 @@ async def test_on_a_cluster_an_ask_waits_for_the_replica_of_its_slots_primary(tm
         finally:
             os.kill(replica.process.pid, signal.SIGCONT)
         assert all(isinstance(outcome, Unavailable) for outcome in outcomes), outcomes
+        cluster.wait_ok()  # the resumed replica linked and caught up again before its primary dies
         os.kill(primary.process.pid, signal.SIGKILL)  # the replica is promoted; asks go to it...
         primary.process.wait()
-        cluster.wait_ok()
+        cluster.wait_ok(timeout_s=PROMOTION_TIMEOUT_S)
         assert cluster.primary_of("conv:{w1}:inbox").port == replica.port
         with pytest.raises(Unavailable):  # ...but with no replica of its own, none is acknowledged
             await dispatcher.submit("w1", UserMessage(text="after"), dedup_id="m2")

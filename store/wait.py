@@ -39,6 +39,15 @@ NOT_REPLICATED = "the write is not on enough replicas yet; retry it"
 log = logging.getLogger(__name__)
 
 
+def _check_acknowledged(
+    acknowledged: int, replicas: int, timeout_ms: int, unavailable: type[DocentError]
+) -> None:
+    """The caller's `unavailable` error when fewer than `replicas` replicas acknowledged within the WAIT."""
+    if acknowledged < replicas:
+        log.warning("WAIT %d: %d replicas acknowledged within %d ms", replicas, acknowledged, timeout_ms)
+        raise unavailable(NOT_REPLICATED)
+
+
 class ReplicaWait:
     """Blocking: `run(key, plan)` runs `plan` on one connection to `key`'s primary, then WAITs there."""
 
@@ -67,10 +76,7 @@ class ReplicaWait:
         except self.unavailable:
             self._refresh()
             raise
-        if acknowledged < self.replicas:
-            log.warning("WAIT %d: %d replicas acknowledged within %d ms", self.replicas, acknowledged,
-                        self.timeout_ms)  # fmt: skip
-            raise self.unavailable(NOT_REPLICATED)
+        _check_acknowledged(acknowledged, self.replicas, self.timeout_ms, self.unavailable)
         return result
 
     def _owner(self, key: str) -> redis.Redis:
@@ -116,8 +122,7 @@ class AsyncReplicaWait:
         except self.unavailable:
             await self._refresh()  # a failover or a moved slot: the next retry asks the new owner
             raise
-        if acknowledged < self.replicas:
-            raise self.unavailable(NOT_REPLICATED)
+        _check_acknowledged(acknowledged, self.replicas, self.timeout_ms, self.unavailable)
         return result
 
     async def _refresh(self) -> None:

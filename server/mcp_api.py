@@ -20,13 +20,14 @@ carries its own JSON-RPC exchange, no server-side session), so any web process b
 answer any request. The web process loads no model here either: search is the same RPC to a worker as
 `/api/search`.
 
-The SDK takes seconds to import and build (its pydantic models: 1.7-2.1 s on an idle 2-core machine, 4 s of
-a 6 s web-process start on a loaded one). The app's lifespan builds it in a thread and runs its session
-manager in a task of its own (`McpEndpoint.running`), and the process serves (and `/healthz` answers) only
-once it is built: built while the process already served, the build held the GIL in pydantic's schema
-code for seconds, and a restarted web process's first asks waited 0.2-1.4 s (p50, first 2 s) where a
-built one answers in ~55 ms (`bench/web_start.py`; README "Crash safety on the cluster"). A `/mcp`
-request never finds it unbuilt (the wait below is a guard: at most READY_TIMEOUT_S, then 503 `unavailable`).
+The SDK takes seconds to import and build (its pydantic models: 1.7-2.1 s on this 2-core machine with the load
+average at ~13, 4 s of a 6 s web-process start on a busier moment). The app's lifespan builds it in a thread
+and runs its session manager in a task of its own (`McpEndpoint.running`), and the process serves (and
+`/healthz` answers) only once it is built: built while the process already served, the build held the GIL in
+pydantic's schema code for seconds, and a restarted web process's first asks waited ~1.0-1.2 s (p50, its first
+2 s) where one built before serving answers in 18-30 ms (`bench/web_start.py`; README "Crash safety on the
+cluster"). A `/mcp` request never finds it unbuilt (the wait below is a guard: at most READY_TIMEOUT_S, then
+503 `unavailable`).
 
 (No `from __future__ import annotations` here: the SDK reads the tools' annotations, `Context` included,
 from the function objects built in `_build`.)

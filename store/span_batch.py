@@ -1,7 +1,8 @@
 """One thread a process that makes the queued spans and hands them on, in batches (`store.tracing`).
 
     batcher = SpanBatcher(sink, delay_ms=, max_spans=, batch_spans=, close=)   or .from_env(sink, env)
-    batcher.later(make)        `make()` returns finished spans (`store.tracing.finished(..., into=[])`)
+    batcher.later(make)        `make()` returns finished spans (`store.tracing.finished(..., into=[])`:
+                               SpanRecords, encoded as they are by `store.otlp`)
     batcher.on_end(span)       a span ended elsewhere (the web's live `ask`): the batcher is a SpanProcessor
     batcher.flush()            make and hand on everything queued, in the calling thread
     batcher.shutdown()         flush, stop the thread and the sink

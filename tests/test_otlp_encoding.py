@@ -85,7 +85,9 @@ def test_finished_spans_follow_the_parents_sampling_and_keep_the_sdk_shape() -> 
         context = tracing.finished(tracer, turn.get_span_context(), "step", start_ns=10, end_ns=20,
                                    attributes={"docent.step": 1}, error="llm_timeout")  # fmt: skip
     step = next(s for s in exporter.get_finished_spans() if s.name == "step")
-    assert context is not None and step.context == context
+    assert context is not None and (step.context.trace_id, step.context.span_id) == (
+        context.trace_id, context.span_id,
+    )  # fmt: skip
     assert step.parent is not None and step.parent.span_id == turn.get_span_context().span_id
     assert step.context.trace_id == turn.get_span_context().trace_id
     assert (step.start_time, step.end_time, step.status.status_code) == (10, 20, StatusCode.ERROR)
@@ -96,3 +98,43 @@ def test_finished_spans_follow_the_parents_sampling_and_keep_the_sdk_shape() -> 
     with dropped.start_as_current_span("turn") as turn:
         assert tracing.finished(dropped, turn.get_span_context(), "step", start_ns=1, end_ns=2) is None
     assert unsampled.get_finished_spans() == ()
+
+
+def test_a_turns_records_encode_as_the_sdk_encodes_their_readable_spans() -> None:
+    """A turn's spans are SpanRecords (`finished(..., into=)`), encoded with no SDK span in between: the
+    same bytes as the SDK's encoder writes for the ReadableSpans `readable` makes of them (what an installed
+    provider's processors get), a live span of the SDK's in the same batch."""
+    exporter = InMemorySpanExporter()
+    tracer = _provider(exporter).get_tracer("docent", "1.2")
+    remote = SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=TraceState([("vendor", "v1")]),
+    )  # fmt: skip
+    begun = tracing.begin(tracer, remote, "turn", kind=SpanKind.CONSUMER)
+    assert begun is not None
+    turn, records = begun[0], []
+    attributes = {
+        "gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 1_234_567, "docent.cost": 0.0125,
+        "gen_ai.response.finish_reasons": ("stop", "length"), "docent.flag": True, "docent.one": 1,
+        "docent.neg": -5, "docent.empty": "", "docent.long": "x" * 300, "docent.off": False, "docent.f": 1.0,
+    }  # fmt: skip
+    for _ in range(2):  # the second time from the encoder's caches
+        tracing.finished(tracer, turn, "chat m", start_ns=1_000, end_ns=2_000_000_000_123,
+                         kind=SpanKind.CLIENT, attributes=attributes, into=records)  # fmt: skip
+    retrieval = tracing.finished(tracer, turn, "retrieval", start_ns=5, end_ns=9, into=records)
+    tracing.finished(tracer, retrieval, "retrieval.embed", start_ns=5, end_ns=6, into=records)
+    tracing.finished(tracer, turn, "execute_tool t", start_ns=7, end_ns=8, error="smtp_error", into=records)
+    asked = tracing.event(tracer, "approval_requested", {"gen_ai.tool.name": "send_email"}, 6)
+    tracing.finished(tracer, remote, "turn", start_ns=1, end_ns=10, context=turn, kind=SpanKind.CONSUMER,
+                     attributes={"docent.turn": 3, "docent.tenant": "é" * 90}, events=[asked],
+                     error="turn_failed", into=records)  # fmt: skip
+    tracer.start_span("ask", kind=SpanKind.SERVER).end()  # a live span, ended elsewhere (the web's)
+    batch = records + list(exporter.get_finished_spans())
+    sdk = encode_spans(tracing.readables(batch))
+    assert otlp.encode_request(batch) == sdk.SerializeToString()
+    spans = sdk.resource_spans[0].scope_spans[0].spans
+    assert [s.name for s in spans] == ["chat m", "chat m", "retrieval", "retrieval.embed", "execute_tool t",
+                                       "turn", "ask"]  # fmt: skip
+    assert spans[3].parent_span_id == spans[2].span_id and spans[5].parent_span_id == remote.span_id.to_bytes(
+        8, "big"
+    )

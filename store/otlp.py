@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections import deque
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -213,64 +214,121 @@ def _scope(scope: Any) -> bytes:
     return body + _attributes(b"\x1a", scope.attributes)
 
 
-def _same(found: dict[int, Any], value: Any) -> Any:
-    """The first value equal to `value` seen in this batch (equal resources or scopes share a group, as
-    in the SDK's encoder), found by identity first: one provider's spans share their resource object."""
-    known = found.get(id(value))
-    if known is None:
-        known = found[id(value)] = next((v for v in found.values() if v == value), value)
-    return known
+def _encode_one(item: SpanRecord | ReadableSpan) -> tuple[Any, Any, bytes]:
+    """A span's resource, scope and Span message bytes; a span this does not write is the SDK encoder's."""
+    try:
+        span = item if type(item) is SpanRecord else record_of(item)  # type: ignore[arg-type]
+        return span.resource, span.scope, encode_span(span)
+    except Unencodable:
+        sdk = readables([item])[0]
+        message = encode_spans([sdk]).resource_spans[0].scope_spans[0].spans[0]
+        return sdk.resource, sdk.instrumentation_scope, message.SerializeToString()
+
+
+class _Group(NamedTuple):
+    resource: Any
+    scope: Any
+    spans: deque[bytes]  # framed: ScopeSpans.spans (2)
+
+
+class Encoded:
+    """Spans encoded as they arrive and kept as bytes until they are sent (nothing the garbage collector
+    traces while they wait: a 2048-span batch of span objects used to outlive collections and bring full
+    ones sooner), grouped by resource, then scope, as the SDK's encoder groups them (equal ones share a
+    group; one provider's spans share their objects, found by identity first).
+
+        buffer.add(spans)        SpanRecords and ReadableSpans
+        len(buffer)              spans waiting
+        buffer.take(n) -> bytes  the ExportTraceServiceRequest of the first n, in arrival order per group
+    """
+
+    def __init__(self) -> None:
+        self._groups: list[_Group] = []  # in order of first arrival
+        self._last: _Group | None = None
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, spans: Sequence[SpanRecord | ReadableSpan]) -> None:
+        for item in spans:
+            resource, scope, body = _encode_one(item)
+            group = self._last
+            if group is None or group.resource is not resource or group.scope is not scope:
+                group = self._group(resource, scope)
+            group.spans.append(_field(b"\x12", body))
+            self._count += 1
+
+    def _group(self, resource: Any, scope: Any) -> _Group:
+        found = next(
+            (g for g in self._groups if _equal(g.resource, resource) and _equal(g.scope, scope)), None
+        )
+        if found is None:
+            found = _Group(resource, scope, deque())
+            self._groups.append(found)
+        self._last = found
+        return found
+
+    def take(self, limit: int) -> bytes:
+        """ExportTraceServiceRequest{resource_spans 1: ResourceSpans{resource 1, scope_spans 2: ScopeSpans{
+        scope 1, spans 2, schema_url 3}, schema_url 3}}."""
+        left = min(limit, self._count)
+        self._count -= left
+        by_resource: list[tuple[Any, list[bytes]]] = []
+        for group in self._groups:
+            count = min(left, len(group.spans))
+            if not count:
+                continue
+            left -= count
+            inner = _field(b"\x0a", _scope(group.scope))
+            inner += b"".join([group.spans.popleft() for _ in range(count)])
+            if group.scope is not None and group.scope.schema_url:
+                inner += _field(b"\x1a", group.scope.schema_url.encode())
+            scopes = next((s for r, s in by_resource if _equal(r, group.resource)), None)
+            if scopes is None:
+                by_resource.append((group.resource, scopes := []))
+            scopes.append(_field(b"\x12", inner))
+        self._groups = [g for g in self._groups if g.spans]
+        self._last = None
+        out = []
+        for resource, scopes in by_resource:
+            body = _field(b"\x0a", _resource(resource)) + b"".join(scopes)
+            if resource.schema_url:
+                body += _field(b"\x1a", resource.schema_url.encode())
+            out.append(_field(b"\x0a", body))
+        return b"".join(out)
+
+
+def _equal(a: object, b: object) -> bool:
+    return a is b or a == b
 
 
 def encode_request(spans: Sequence[SpanRecord | ReadableSpan]) -> bytes:
-    """ExportTraceServiceRequest{resource_spans 1: ResourceSpans{resource 1, scope_spans 2: ScopeSpans{
-    scope 1, spans 2, schema_url 3}, schema_url 3}}, grouped by resource, then scope, in arrival order."""
-    groups: dict[int, tuple[Any, dict[int, tuple[Any, list[bytes]]]]] = {}
-    resources: dict[int, Any] = {}
-    scopes_seen: dict[int, Any] = {}
-    for item in spans:
-        span = item if type(item) is SpanRecord else record_of(item)  # type: ignore[arg-type]
-        resource = _same(resources, span.resource)
-        scope = _same(scopes_seen, span.scope) if span.scope else None
-        _, scopes = groups.setdefault(id(resource), (resource, {}))
-        scopes.setdefault(id(scope), (scope, []))[1].append(encode_span(span))
-    out = []
-    for resource, scopes in groups.values():
-        body = _field(b"\x0a", _resource(resource))
-        for scope, encoded in scopes.values():
-            inner = _field(b"\x0a", _scope(scope))
-            inner += b"".join(_field(b"\x12", e) for e in encoded)
-            if scope is not None and scope.schema_url:
-                inner += _field(b"\x1a", scope.schema_url.encode())
-            body += _field(b"\x12", inner)
-        if resource.schema_url:
-            body += _field(b"\x1a", resource.schema_url.encode())
-        out.append(_field(b"\x0a", body))
-    return b"".join(out)
-
-
-def encoded(spans: Sequence[SpanRecord | ReadableSpan]) -> bytes:
-    """`encode_request`, or the SDK's encoding for a batch it does not write."""
-    try:
-        return encode_request(spans)
-    except Unencodable:
-        return encode_spans(readables(spans)).SerializePartialToString()
+    """The ExportTraceServiceRequest of these spans (`Encoded`)."""
+    buffer = Encoded()
+    buffer.add(spans)
+    return buffer.take(len(buffer))
 
 
 class SpanExporter(OTLPSpanExporter):
-    """The SDK's OTLP/HTTP span exporter with `encoded` bodies; its own `export` where its internals differ
-    from the version this was written against (opentelemetry-exporter-otlp-proto-http 1.45)."""
+    """The SDK's OTLP/HTTP span exporter: `post` sends a request `Encoded` made, `export` encodes spans
+    with `encode_request`; the SDK's own `export` where its internals differ from the version this was
+    written against (opentelemetry-exporter-otlp-proto-http 1.45: `posts_bytes()` is False)."""
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        client: Any = getattr(self, "_client", None)
-        if self._shutdown or not hasattr(client, "export"):
+    def posts_bytes(self) -> bool:
+        return hasattr(getattr(self, "_client", None), "export")
+
+    def export(self, spans: Sequence[SpanRecord | ReadableSpan]) -> SpanExportResult:
+        if self._shutdown or not self.posts_bytes():
             return super().export(readables(spans))
-        body = encoded(spans)
+        return self.post(encode_request(spans))
+
+    def post(self, body: bytes) -> SpanExportResult:
+        if self._shutdown:
+            return SpanExportResult.FAILURE
         limit = getattr(self, "_max_request_size", 0)
         if limit and len(body) > limit:
-            log.warning(
-                "dropping a batch of %d spans: %d bytes > max_request_size %d", len(spans), len(body), limit
-            )
+            log.warning("dropping a batch of spans: %d bytes > max_request_size %d", len(body), limit)
             return SpanExportResult.FAILURE
-        result = client.export(body)  # the transport logs a failure (and retries a transient one)
+        result = self._client.export(body)  # the transport logs a failure (and retries a transient one)
         return SpanExportResult.SUCCESS if getattr(result, "success", False) else SpanExportResult.FAILURE

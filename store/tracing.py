@@ -112,11 +112,14 @@ def configure(role: str, env: Mapping[str, str] | None = None) -> bool:
     if env.get("OTEL_SERVICE_NAME", "").strip():
         resource = resource.merge(Resource({"service.name": env["OTEL_SERVICE_NAME"].strip()}))
     provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER, parent-based by default
-    from store.otlp import SpanExporter
+    from store.otlp import Encoded, SpanExporter
     from store.span_batch import SpanBatcher
 
     exporter = SpanExporter()
-    batcher = SpanBatcher.from_env(exporter.export, env, close=exporter.shutdown)
+    if exporter.posts_bytes():  # spans encoded as they are made, then waiting as bytes
+        batcher = SpanBatcher.from_env(exporter.post, env, close=exporter.shutdown, buffer=Encoded)
+    else:
+        batcher = SpanBatcher.from_env(exporter.export, env, close=exporter.shutdown)
     provider.add_span_processor(batcher)  # its only one: the provider's shutdown (atexit too) flushes it
     _state["provider"], _state["batcher"] = provider, batcher
     _batchers.clear()

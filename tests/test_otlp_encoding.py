@@ -68,14 +68,14 @@ def test_the_bytes_parse_to_the_sdk_encoders_message() -> None:
 
 def test_spans_of_two_resources_stay_apart_and_links_fall_back_to_the_sdk_encoder() -> None:
     spans = _varied_spans() + _varied_spans()  # two providers, equal resources: one group
-    assert ExportTraceServiceRequest.FromString(otlp.encoded(spans)) == encode_spans(spans)
+    assert otlp.encode_request(spans) == encode_spans(spans).SerializeToString()
     exporter = InMemorySpanExporter()
     tracer = _provider(exporter).get_tracer("docent")
     other = spans[0].get_span_context()
     assert other is not None
     tracer.start_span("linked", links=[trace.Link(other, {"k": "v"})]).end()
     linked = list(exporter.get_finished_spans())
-    assert otlp.encoded(linked) == encode_spans(linked).SerializePartialToString()
+    assert otlp.encode_request(linked) == encode_spans(linked).SerializeToString()
 
 
 def test_finished_spans_follow_the_parents_sampling_and_keep_the_sdk_shape() -> None:

@@ -49,10 +49,12 @@ class Unencodable(Exception):
 
 
 def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _SMALL[n]
+    if 0 < n < 16384:  # two bytes: a span's length, most token counts
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     if n < 0:
         n += 1 << 64  # int64: two's complement in ten bytes
-    if n < 128:
-        return _SMALL[n]
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -67,18 +69,45 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + (_SMALL[size] if size < 128 else _varint(size)) + payload
 
 
-def _any_value(value: object) -> bytes:
-    """An AnyValue: string 1, bool 2, int 3, double 4, array 5 (of AnyValue, field 1)."""
-    if isinstance(value, str):
+def _string(tag: bytes, value: str) -> bytes:
+    """A string field outside a oneof: an empty one is not written (proto3's default, as the SDK's)."""
+    return _field(tag, value.encode()) if value else b""
+
+
+def _fixed64(tag: bytes, value: int) -> bytes:
+    return tag + _FIXED64.pack(value) if value else b""
+
+
+def _times(start: int, end: int) -> bytes:
+    if start and end:
+        return _TIMES.pack(0x39, start, 0x41, end)
+    return _fixed64(b"\x39", start) + _fixed64(b"\x41", end)
+
+
+def _any_value(value: Any) -> bytes:
+    """An AnyValue: string 1, bool 2, int 3, double 4, array 5 (of AnyValue, field 1). By exact type first
+    (isinstance down a chain of types costs more than the encoding); a subclass (an IntEnum) as its base."""
+    kind = type(value)
+    if kind is str:
         return _field(b"\x0a", value.encode())
-    if isinstance(value, bool):
-        return b"\x10\x01" if value else b"\x10\x00"
-    if isinstance(value, int):
+    if kind is int:
         return b"\x18" + _varint(value)
-    if isinstance(value, float):
+    if kind is float:
         return b"\x21" + _DOUBLE.pack(value)
-    if isinstance(value, list | tuple):
-        return _field(b"\x2a", b"".join(_field(b"\x0a", _any_value(v)) for v in value))
+    if kind is bool:
+        return b"\x10\x01" if value else b"\x10\x00"
+    if kind is tuple or kind is list:
+        return _field(b"\x2a", b"".join([_field(b"\x0a", _any_value(v)) for v in value]))
+    return _any_value_of_subclass(value)
+
+
+def _any_value_of_subclass(value: Any) -> bytes:
+    if isinstance(value, bool):
+        return _any_value(bool(value))
+    bases: tuple[Any, ...] = (str, int, float, tuple, list)
+    for base in bases:
+        if isinstance(value, base):
+            return _any_value(base(value))
     raise Unencodable(type(value).__name__)
 
 
@@ -88,15 +117,16 @@ _KEYS: dict[str, bytes] = {}
 def _key(name: str) -> bytes:
     found = _KEYS.get(name)
     if found is None:
-        found = _KEYS[name] = _field(b"\x0a", name.encode())
+        found = _KEYS[name] = _string(b"\x0a", name)
     return found
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, object] | None) -> bytes:
-    """Repeated KeyValue (key 1, value 2) under `tag`. A string- or int-valued pair seen before is its
-    cached bytes (most repeat: operation, model, tool, route, stage, tenant, step); the cache is emptied
-    past MAX_CACHED_PAIRS. Only strings and ints: True == 1 == 1.0 as dict keys, but each has its own
-    encoding (a bool or float pair is never looked up, so never finds an int's)."""
+    """Repeated KeyValue (key 1, value 2) under `tag`. A pair seen before whose value is a string, an int
+    or a tuple of strings is its cached bytes (most repeat: operation, model, tool, route, stage, tenant,
+    step, finish reasons); the cache is emptied past MAX_CACHED_PAIRS. Only those: True == 1 == 1.0 as dict
+    keys, but each has its own encoding (a bool or float pair is never looked up, so never finds an int's).
+    """
     if not attributes:
         return b""
     cache = _PAIRS.get(tag)
@@ -104,8 +134,9 @@ def _attributes(tag: bytes, attributes: Mapping[str, object] | None) -> bytes:
         cache = _PAIRS[tag] = {}
     out = []
     for pair in attributes.items():
-        kind = type(pair[1])
-        if kind is str or kind is int:
+        value = pair[1]
+        kind = type(value)
+        if kind is str or kind is int or (kind is tuple and all(type(v) is str for v in value)):  # type: ignore[attr-defined]
             found = cache.get(pair)
             if found is None:
                 if len(cache) >= MAX_CACHED_PAIRS:
@@ -129,7 +160,7 @@ def _events(events: Sequence[SpanEvent]) -> bytes:
     """Span.events (11): Event{time_unix_nano 1 fixed64, name 2, attributes 3}."""
     out = []
     for event in events:
-        body = b"\x09" + _FIXED64.pack(event.timestamp) + _field(b"\x12", event.name.encode())
+        body = _fixed64(b"\x09", event.timestamp) + _string(b"\x12", event.name)
         out.append(_field(b"\x5a", body + _attributes(b"\x1a", event.attributes)))
     return b"".join(out)
 
@@ -183,9 +214,9 @@ def encode_span(span: SpanRecord) -> bytes:
     if name is None:
         if len(_NAMES) >= MAX_CACHED_PAIRS:
             _NAMES.clear()
-        name = _NAMES[span.name] = _field(b"\x2a", span.name.encode())
+        name = _NAMES[span.name] = _string(b"\x2a", span.name)
     parts += (
-        name, _KINDS[span.kind], _TIMES.pack(0x39, span.start_ns, 0x41, span.end_ns),
+        name, _KINDS[span.kind], _times(span.start_ns, span.end_ns),
         _attributes(b"\x4a", span.attributes),
     )  # fmt: skip
     if span.dropped_attributes:

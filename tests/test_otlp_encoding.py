@@ -4,6 +4,8 @@ parsed with `opentelemetry-proto`'s classes and compared with the SDK encoder's 
 
 from __future__ import annotations
 
+from typing import Any
+
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -117,6 +119,7 @@ def test_a_turns_records_encode_as_the_sdk_encodes_their_readable_spans() -> Non
         "gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 1_234_567, "docent.cost": 0.0125,
         "gen_ai.response.finish_reasons": ("stop", "length"), "docent.flag": True, "docent.one": 1,
         "docent.neg": -5, "docent.empty": "", "docent.long": "x" * 300, "docent.off": False, "docent.f": 1.0,
+        "docent.kind": SpanKind.CLIENT, "docent.big": 2**40, "docent.two_bytes": 300, "docent.ints": [1, 2],
     }  # fmt: skip
     for _ in range(2):  # the second time from the encoder's caches
         tracing.finished(tracer, turn, "chat m", start_ns=1_000, end_ns=2_000_000_000_123,
@@ -138,3 +141,29 @@ def test_a_turns_records_encode_as_the_sdk_encodes_their_readable_spans() -> Non
     assert spans[3].parent_span_id == spans[2].span_id and spans[5].parent_span_id == remote.span_id.to_bytes(
         8, "big"
     )
+
+
+def test_the_batchers_buffer_hands_on_requests_of_bytes_in_arrival_order_per_group() -> None:
+    """`Encoded` keeps spans as bytes until a batch is taken: two providers' spans (two resources), taken
+    three at a time, are the requests the SDK's encoder writes for the same slices of each group; a value
+    the encoder does not write (bytes) is the SDK's, span by span; a zero time is not written (proto3)."""
+    tracers = [_provider(InMemorySpanExporter()).get_tracer("docent") for _ in range(2)]
+    tracers[1].resource = Resource({"service.name": "other"})  # type: ignore[attr-defined]
+    tracing._sdk_cache.clear()
+    records: list[tracing.SpanRecord] = []
+    for n in range(4):
+        for tracer in tracers:
+            root = tracer.start_span("turn")
+            value: Any = b"raw" if n == 2 else n
+            tracing.finished(tracer, root.get_span_context(), f"step {n}", start_ns=n, end_ns=n + 1,
+                             attributes={"docent.value": value}, into=records)  # fmt: skip
+    buffer = otlp.Encoded()
+    buffer.add(records)
+    assert len(buffer) == 8
+    first = [r for r in records if r.resource is tracers[0].resource]  # type: ignore[attr-defined]
+    second = [r for r in records if r.resource is tracers[1].resource]  # type: ignore[attr-defined]
+    taken = [buffer.take(3), buffer.take(3), buffer.take(3)]
+    assert len(buffer) == 0 and taken[2] != b""
+    expected = [first[:3], first[3:] + second[:2], second[2:]]
+    for request, spans in zip(taken, expected, strict=True):
+        assert request == encode_spans(tracing.readables(spans)).SerializeToString()

@@ -121,10 +121,10 @@ def configure(role: str, env: Mapping[str, str] | None = None) -> bool:
     else:
         batcher = SpanBatcher.from_env(exporter.export, env, close=exporter.shutdown)
     provider.add_span_processor(batcher)  # its only one: the provider's shutdown (atexit too) flushes it
-    _state["provider"], _state["batcher"] = provider, batcher
-    _batchers.clear()
-    _batchers[id(provider)] = (provider, batcher)  # `install(provider)` again (a bench's arms): the same one
-    _state["tracer"] = provider.get_tracer(INSTRUMENTATION)
+    tracer = provider.get_tracer(INSTRUMENTATION)
+    _state["provider"], _state["batcher"], _state["tracer"] = provider, batcher, tracer
+    _batchers.clear()  # `install(provider)` again (a bench's arms): the same batcher and tracer
+    _batchers[id(provider)] = (provider, batcher, tracer)
     log.info("tracing: OTLP %s export on (%s)", SUPPORTED_PROTOCOL, role)
     return True
 
@@ -177,19 +177,21 @@ def shutdown() -> None:
 
 def install(provider: object, *, capture: bool = False) -> None:
     """Use a given SDK `TracerProvider` (an embedding application's, or a test's in-memory exporter): the
-    spans `later` makes go to its span processors (one batcher per provider, kept across installs)."""
+    spans `later` makes go to its span processors (one batcher and one tracer per provider, kept across
+    installs: a tracer of its own each time would be a scope of its own to the encoder)."""
     _state.clear()
     _state["provider"] = provider
-    _state["tracer"] = provider.get_tracer(INSTRUMENTATION)  # type: ignore[attr-defined]
     _state["capture"] = capture
-    _state["batcher"] = _batcher_of(provider, _state["tracer"])  # type: ignore[arg-type]
+    _state["batcher"], _state["tracer"] = _batcher_of(provider)
 
 
-def _batcher_of(provider: object, tracer: Tracer) -> object:
+def _batcher_of(provider: object) -> tuple[object, Tracer]:
     found = _batchers.get(id(provider))
     if found is not None and found[0] is provider:
-        return found[1]
+        return found[1], found[2]
     from store.span_batch import SpanBatcher
+
+    tracer: Tracer = provider.get_tracer(INSTRUMENTATION)  # type: ignore[attr-defined]
 
     processor = _sdk(tracer).processor  # the provider's: every span processor added to it
 
@@ -199,11 +201,11 @@ def _batcher_of(provider: object, tracer: Tracer) -> object:
 
     batcher = SpanBatcher.from_env(sink, os.environ)
     _batchers.clear()  # one provider at a time in practice: keep the last one
-    _batchers[id(provider)] = (provider, batcher)
-    return batcher
+    _batchers[id(provider)] = (provider, batcher, tracer)
+    return batcher, tracer
 
 
-_batchers: dict[int, tuple[object, object]] = {}
+_batchers: dict[int, tuple[object, object, Tracer]] = {}
 
 
 def reset() -> None:

@@ -331,9 +331,9 @@ def test_installing_the_configured_provider_again_keeps_its_one_batcher() -> Non
     tracing.reset()
     try:
         assert tracing.configure("worker", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
-        provider, batcher = tracing.provider(), tracing._state["batcher"]
+        provider, batcher, tracer = tracing.provider(), tracing._state["batcher"], tracing.tracer()
         assert isinstance(batcher, SpanBatcher)
         tracing.install(provider)  # a bench's traced arm, once a turn
-        assert tracing._state["batcher"] is batcher
+        assert tracing._state["batcher"] is batcher and tracing.tracer() is tracer
     finally:
         tracing.shutdown()

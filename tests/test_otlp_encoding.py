@@ -28,13 +28,17 @@ def _provider(exporter: InMemorySpanExporter, **kwargs: object) -> TracerProvide
     return provider
 
 
+# The web's ask span, as the worker sees it: a remote parent with a trace state.
+REMOTE = SpanContext(
+    0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
+    trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=TraceState([("vendor", "v1")]),
+)  # fmt: skip
+
+
 def _varied_spans() -> list[ReadableSpan]:
     exporter = InMemorySpanExporter()
     tracer = _provider(exporter).get_tracer("docent", "1.2")
-    remote = SpanContext(
-        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=TraceState([("vendor", "v1")]),
-    )  # fmt: skip
+    remote = REMOTE
     turn = tracer.start_span(
         "turn", context=trace.set_span_in_context(NonRecordingSpan(remote)), kind=SpanKind.CONSUMER,
         attributes={"docent.turn": 3, "docent.tenant": "é" * 90},
@@ -108,10 +112,7 @@ def test_a_turns_records_encode_as_the_sdk_encodes_their_readable_spans() -> Non
     provider's processors get), a live span of the SDK's in the same batch."""
     exporter = InMemorySpanExporter()
     tracer = _provider(exporter).get_tracer("docent", "1.2")
-    remote = SpanContext(
-        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=TraceState([("vendor", "v1")]),
-    )  # fmt: skip
+    remote = REMOTE
     begun = tracing.begin(tracer, remote, "turn", kind=SpanKind.CONSUMER)
     assert begun is not None
     turn, records = begun[0], []

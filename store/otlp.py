@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
 
-from store.tracing import SpanEvent, SpanRecord, readables
+from store.span_record import SpanEvent, SpanRecord, readables
 
 log = logging.getLogger(__name__)
 

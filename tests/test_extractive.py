@@ -202,3 +202,52 @@ async def test_one_answer_embeds_at_most_max_candidates_sentences(embedder: Embe
 
     assert await compose([many], "tokens", counting, 90)
     assert seen == [1 + extractive.MAX_CANDIDATES]  # the question and the first MAX_CANDIDATES sentences
+
+
+TIE = """object this. For example:
+
+PUSH this, LIST
+
+Append elements of LIST to the array. For example:
+
+sub PUSH { my $self = shift; }
+
+POP this
+
+Remove last element of the array and return it. For example:
+"""
+TELL = """tell FILEHANDLE
+
+tell
+
+Returns the current position in bytes for FILEHANDLE, or -1 on error. If FILEHANDLE is omitted,
+assumes the file last read. There is no systell function.
+"""
+
+
+def test_a_perl_docstring_is_said_of_the_definition_line_before_it() -> None:
+    shown = [c.shown() for c in candidates([hit(1, "Tying Arrays", TIE)])]
+    assert shown == [
+        "`PUSH this, LIST`: Append elements of LIST to the array.",
+        "`POP this`: Remove last element of the array and return it.",
+    ]
+    told = {c.text: c.subject for c in candidates([hit(1, "tell FILEHANDLE", TELL)])}
+    assert told == {  # the title's placeholder named, the subjectless one said of it, the rest as it is
+        "Returns the current position in bytes for FILEHANDLE, or -1 on error.": "tell FILEHANDLE",
+        "If FILEHANDLE is omitted, assumes the file last read.": "tell FILEHANDLE",
+        "There is no systell function.": "",
+    }
+
+
+def test_asides_to_the_reader_and_cut_quotations_are_never_candidates() -> None:
+    prose = (
+        "Before diving right into the technology, let us have a look at what the Debian Project is. "
+        "If you already know its history, feel free to skip to the next chapter. "
+        "Paragraphs look like paragraphs, so that I could run them through fmt easily. "
+        'In most cases, you write an external module--see the answer to "Where can I learn about linking C? '
+        "Returns the next character, or undef if there was an error (in the latter case $! "
+        "is set). Debian is a free operating system for you."
+    )
+    assert [c.text for c in candidates([hit(1, "", prose)])] == ["Debian is a free operating system for you."]
+    assert extractive.leans("The situation can get much more complicated, if say, XYZ depends on 4 others.")
+    assert extractive.leans("Debian, therefore, keeps it in testing for ten days.")

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from actors.attribution import BOUNDARY, Embed, content_words, marker_at, split_sentences
+from actors.extractive_glue import opening
 from actors.llm.types import ChatMessage, Completion, LLMBackend, OnDelta, ToolSpec, estimate_tokens
 from actors.plan import CITATION
 from index.types import Hit
@@ -135,7 +136,7 @@ class Candidate:
 
 
 def enabled(settings: Settings) -> bool:
-    return settings.llm_backend == "local" and settings.local_answer == "extractive"
+    return settings.llm_backend == "local" and settings.local_answer in ("extractive", "glued")
 
 
 # ---- the passages' prose ---------------------------------------------------------------------------------
@@ -427,7 +428,8 @@ async def compose(hits: Sequence[Hit], question: str, embed: Embed, word_budget:
 
 class ExtractiveBackend:
     """An `LLMBackend` for a Q&A answer: the composed answer, streamed a sentence a delta; the `fallback`
-    model answers when the passages hold no prose sentence."""
+    model answers when the passages hold no prose sentence, and with `DOCENT_LOCAL_ANSWER=glued` writes the
+    sentence that opens it (`actors.extractive_glue`)."""
 
     def __init__(
         self, hits: Sequence[Hit], question: str, embed: Embed, fallback: LLMBackend, settings: Settings
@@ -467,6 +469,8 @@ class ExtractiveBackend:
                 messages, tools=tools, max_tokens=max_tokens, temperature=temperature, on_delta=on_delta,
                 request_id=request_id,
             )  # fmt: skip
+        if self.settings.local_answer == "glued" and not pieces[0].startswith(LEAD_IN):
+            pieces = await self.opened(pieces)
         first_token_s = time.monotonic() - started
         for piece in pieces:
             if on_delta is not None:
@@ -477,3 +481,8 @@ class ExtractiveBackend:
             latency_ms=(time.monotonic() - started) * 1000, first_token_ms=first_token_s * 1000,
             usage_estimated=True,
         )  # fmt: skip
+
+    async def opened(self, pieces: Sequence[str]) -> list[str]:
+        """The answer's pieces after the model's opening sentence (as they are when it wrote none)."""
+        said = await opening(self.fallback, self.question, [p.strip() for p in pieces])
+        return [said, " " + pieces[0], *pieces[1:]] if said else list(pieces)

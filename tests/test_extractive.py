@@ -9,7 +9,9 @@ import pytest
 from actors import extractive
 from actors.attribution import Matrix, claims_of
 from actors.extractive import ExtractiveBackend, candidates, compose, paragraphs, split_prose
+from actors.extractive_glue import first_sentence
 from actors.llm.backends import UnavailableBackend
+from actors.llm.local import LocalBackend
 from actors.plan import validate_citations
 from actors.sources import qa_sources
 from index.embed import Embedder
@@ -17,8 +19,9 @@ from index.types import Hit
 from store.exceptions import LLMUnavailable
 from store.settings import Settings
 from tests.test_attribution import embed_with, embedder
+from tests.test_llm_local import backend, converted, local_settings
 
-__all__ = ["embedder"]  # the module-scoped MiniLM fixture
+__all__ = ["backend", "converted", "embedder", "local_settings"]  # module-scoped MiniLM and SmolLM2 fixtures
 
 SECRETS = """secrets — Generate secure random numbers for managing secrets
 token_urlsafe(nbytes=None)
@@ -251,3 +254,26 @@ def test_asides_to_the_reader_and_cut_quotations_are_never_candidates() -> None:
     assert [c.text for c in candidates([hit(1, "", prose)])] == ["Debian is a free operating system for you."]
     assert extractive.leans("The situation can get much more complicated, if say, XYZ depends on 4 others.")
     assert extractive.leans("Debian, therefore, keeps it in testing for ten days.")
+
+
+def test_the_models_opening_is_its_first_short_sentence_without_markers() -> None:
+    assert first_sentence("Here is how to get a random token [1]: use secrets.\nMore.") == (
+        "Here is how to get a random token."
+    )
+    assert first_sentence("\n\nThe answer follows. It is long.") == "The answer follows."
+    assert first_sentence("Yes.") == ""  # too short to introduce anything
+    assert first_sentence(" ".join(["word"] * 30)) == ""
+
+
+@pytest.mark.slow
+async def test_a_glued_answer_opens_with_the_models_sentence_then_the_same_sentences(
+    embedder: Embedder, backend: LocalBackend
+) -> None:
+    question = "What does token_urlsafe return?"
+    plain = "".join(await compose(HITS, question, embed_with(embedder), 90))
+    glued = Settings.from_env({"DOCENT_LLM_BACKEND": "local", "DOCENT_LOCAL_ANSWER": "glued"})
+    assert extractive.enabled(glued)
+    completion = await ExtractiveBackend(HITS, question, embed_with(embedder), backend, glued).complete([])
+    assert completion.text.endswith(plain)
+    opening = completion.text.removesuffix(plain).strip()
+    assert opening == "" or (opening.endswith(".") and "[" not in opening)  # no marker: post-hoc attributed

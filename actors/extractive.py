@@ -45,6 +45,7 @@ from actors.extractive_glue import opening
 from actors.llm.types import ChatMessage, Completion, LLMBackend, OnDelta, ToolSpec, estimate_tokens
 from actors.plan import CITATION
 from index.types import Hit
+from store.exceptions import LLMError
 from store.settings import Settings
 
 MODEL_NAME = "extractive"
@@ -483,6 +484,10 @@ class ExtractiveBackend:
         )  # fmt: skip
 
     async def opened(self, pieces: Sequence[str]) -> list[str]:
-        """The answer's pieces after the model's opening sentence (as they are when it wrote none)."""
-        said = await opening(self.fallback, self.question, [p.strip() for p in pieces])
+        """The answer's pieces after the model's opening sentence (as they are when it wrote none or failed:
+        the opening is glue, the answer stands without it)."""
+        try:
+            said = await opening(self.fallback, self.question, [p.strip() for p in pieces])
+        except LLMError:
+            said = ""
         return [said, " " + pieces[0], *pieces[1:]] if said else list(pieces)

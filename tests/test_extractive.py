@@ -122,6 +122,14 @@ async def test_the_backend_streams_sentence_by_sentence_within_the_token_cap(emb
     assert 0 < completion.first_token_ms <= completion.latency_ms
 
 
+async def test_a_glued_answer_whose_model_fails_is_the_extractive_answer(embedder: Embedder) -> None:
+    glued = Settings.from_env({"DOCENT_LOCAL_ANSWER": "glued"})
+    question = "What does token_urlsafe return?"
+    backend = ExtractiveBackend(HITS, question, embed_with(embedder), UnavailableBackend(), glued)
+    completion = await backend.complete([])
+    assert completion.text == "".join(await compose(HITS, question, embed_with(embedder), 90))
+
+
 async def test_passages_without_prose_are_left_to_the_model(embedder: Embedder) -> None:
     table = hit(1, "", "'r'          open for reading\n'w'          open for writing\n")
     backend = ExtractiveBackend([table], "how do I open a file?", embed_with(embedder),

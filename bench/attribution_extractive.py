@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -46,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 ANSWERS = HERE / "attribution_extractive_answers.json"
 LABELS = HERE / "attribution_extractive_labels.json"
 EVERY_QUESTION = 10_000  # qa_items' per-collection count that takes every question
+WILSON_Z = 1.96  # a 95% interval
 
 
 def fresh_items(every: Sequence[QAItem], per_collection: int, judged: Collection[str]) -> list[QAItem]:
@@ -59,24 +61,27 @@ def fresh_items(every: Sequence[QAItem], per_collection: int, judged: Collection
 
 async def generate(s: Settings, per_collection: int, fresh: bool = False) -> list[Answer]:
     """Answers to `per_collection` questions of each collection; with `fresh`, answers again to the questions
-    ANSWERS has and to `per_collection` more of each collection that were never judged."""
+    ANSWERS has, from the passages stored with them (the search's passages drift as the indexes change: 97
+    of 195 judged answers had other passages a round later, 44 of them another answer), and to
+    `per_collection` more of each collection that were never judged, from the search."""
     embed = qa_embed(s)
     budget = min(MAX_ANSWER_WORDS, int(s.local_max_tokens * WORDS_PER_TOKEN))
+    known = load_answers() if fresh else []
     if fresh:
-        every = qa_items(s, EVERY_QUESTION, s.local_top_k)
-        known = {a.qid for a in load_answers()}
-        judged = {*load_judgments().labels, *known}
-        items = [i for i in every if i.qid in known] + fresh_items(every, per_collection, judged)
+        judged = {*load_judgments().labels, *(a.qid for a in known)}
+        items = fresh_items(qa_items(s, EVERY_QUESTION, s.local_top_k), per_collection, judged)
     else:
         items = qa_items(s, per_collection, s.local_top_k)
+    asked = [(a.collection, a.qid, a.question, [as_hit(p) for p in a.passages]) for a in known]
+    asked += [(i.collection, i.qid, i.question, list(i.hits)) for i in items]
     answers: list[Answer] = []
-    for item in items:
-        pieces = await compose(item.hits, item.question, embed, budget)
+    for collection, qid, question, hits in asked:
+        text = "".join(await compose(hits, question, embed, budget))
         passages = tuple(
-            Passage(n=n, title=h.title, heading=h.heading, text=h.text) for n, h in enumerate(item.hits, 1)
+            Passage(n=n, title=h.title, heading=h.heading, text=h.text) for n, h in enumerate(hits, 1)
         )
-        answers.append(Answer(collection=item.collection, qid=item.qid, question=item.question,
-                              passages=passages, text="".join(pieces)))  # fmt: skip
+        answers.append(Answer(collection=collection, qid=qid, question=question, passages=passages,
+                              text=text))  # fmt: skip
     ANSWERS.write_bytes(msgspec.json.format(msgspec.json.encode(answers)))
     return answers
 
@@ -132,11 +137,22 @@ def show(answers: Sequence[Answer]) -> None:
             print(f"  -> {sentence}")
 
 
+def wilson(right: int, total: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% with the default z)."""
+    if not total:
+        return 0.0, 1.0
+    share = right / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return centre - half, centre + half
+
+
 def precision(pairs: Sequence[tuple[set[int], set[int]]]) -> str:
     attributed = [(c, t) for c, t in pairs if c]
     right = sum(1 for c, t in attributed if c <= t)
     share = right / len(attributed) if attributed else 0.0
-    return f"{right} of {len(attributed)} right ({share:.1%})"
+    low, high = wilson(right, len(attributed))
+    return f"{right} of {len(attributed)} right ({share:.1%}, 95% CI {low:.1%}-{high:.1%})"
 
 
 def figures(answers: Sequence[Answer]) -> None:
@@ -147,7 +163,8 @@ def figures(answers: Sequence[Answer]) -> None:
     led = sum(1 for a in answers if a.text.startswith(LEAD_IN))
     to_model = sum(1 for a in answers if not a.text)
     print(f"{len(answers)} answers ({led} with the lead-in, {to_model} left to the model)")
-    print(f"{len(every)} sentences")
+    answered = len(answers) - to_model
+    print(f"{len(every)} sentences ({len(every) / max(1, answered):.2f} per answer written extractively)")
     print(f"sentences attributed: {attributed} ({attributed / max(1, len(every)):.1%})")
     judged = [(a, s, set(labels[a.qid][s])) for a, s in every if s in labels.get(a.qid, {})]
     print(f"judged sentences: {len(judged)}; precision {precision([(cited(s), t) for _, s, t in judged])}")

@@ -1,7 +1,7 @@
 """LLM backend bench: the local SmolLM2's first-token latency and tokens/s; the OpenAI backend's overhead.
 
     .venv/bin/python -m bench.llm [--runs 5] [--max-tokens 64] [--requests 200] [--concurrency 8]
-    .venv/bin/python -m bench.llm --ab final [--questions 3]     # local answers before/after (bench.llm_ab)
+    .venv/bin/python -m bench.llm --ab final [--questions 3] [--save runs.json]  # local answers, A/B
 
 Local: converts on first use into DOCENT_MODEL_DIR (default .cache/models), then answers a short question,
 a story that runs to --max-tokens, and a retrieval-sized prompt (~400 tokens of context). First-token
@@ -160,9 +160,10 @@ def main() -> None:
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--ab", choices=sorted(llm_ab.PRESETS), help="interleaved local A/B")
     parser.add_argument("--questions", type=int, default=3, help="with --ab: questions per collection")
+    parser.add_argument("--save", type=Path, help="with --ab: write every run (answers included) as JSON")
     args = parser.parse_args()
     if args.ab:
-        llm_ab.run(args.ab, args.questions)
+        llm_ab.run(args.ab, args.questions, args.save)
         return
     model_dir = os.environ.get("DOCENT_MODEL_DIR", str(REPO / ".cache" / "models"))
     settings = Settings.from_env({"DOCENT_MODEL_DIR": model_dir})

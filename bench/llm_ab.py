@@ -44,7 +44,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     passages: int = 8
     passage_words: int = 0  # 0: the whole passage
     max_tokens: int = 48
-    answer: str = "model"  # or "extractive" (actors.extractive: the passages' own sentences, cited)
+    answer: str = "model"  # or "extractive" (actors.extractive: the passages' own sentences, cited), "glued"
 
 
 class Run(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +78,7 @@ PRESETS: dict[str, tuple[Config, ...]] = {
     "extractive": (
         Config(name="model: int8, 4 passages, max 200", compute_type="int8", passages=4, max_tokens=200),
         Config(name="extractive", compute_type="int8", passages=4, max_tokens=200, answer="extractive"),
+        Config(name="glued", compute_type="int8", passages=4, max_tokens=200, answer="glued"),
     ),
 }
 
@@ -89,8 +90,9 @@ def trimmed(hit: Hit, words: int) -> Hit:
 async def run_one(backend: LocalBackend, config: Config, item: QAItem, embed: Embed) -> Run:
     hits = [trimmed(h, config.passage_words) for h in item.hits[: config.passages]]
     answerer: LLMBackend = backend
-    if config.answer == "extractive":
-        answerer = ExtractiveBackend(hits, item.question, embed, backend, backend.settings)
+    if config.answer != "model":
+        settings = msgspec.structs.replace(backend.settings, local_answer=config.answer)
+        answerer = ExtractiveBackend(hits, item.question, embed, backend, settings)
     completion: Completion = await answerer.complete(
         qa_messages(hits, [], item.question), max_tokens=config.max_tokens
     )
@@ -156,13 +158,13 @@ def report(configs: Sequence[Config], runs: Sequence[Run]) -> None:
 
 
 def answer_150(config: Config, s: dict[str, float]) -> str:
-    return "" if config.answer == "extractive" else f" | 150-token answer {s['answer_150_s']:.1f} s"
+    return "" if config.answer != "model" else f" | 150-token answer {s['answer_150_s']:.1f} s"
 
 
 def decoding(config: Config, s: dict[str, float], base: dict[str, float]) -> str:
     """The decode rate, or what stands for it: an extractive answer decodes nothing (its tokens are estimated,
     its answer streams a sentence a delta) and its answer is as long as its sentences."""
-    if config.answer == "extractive":
+    if config.answer != "model":
         return "no decoding (the whole answer is composed at once)"
     return f"decode {s['decode']:.1f} tok/s (x{s['decode'] / base['decode']:.2f})"
 

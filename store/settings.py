@@ -92,8 +92,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     local_max_tokens: Positive = 200
     local_compute_type: Literal["auto", "int8", "int8_float32", "float32", "float16"] = "auto"
     # The embedded model's Q&A answers (actors/extractive.py): the passages' own sentences, each cited to its
-    # passage ("extractive"; the model answers when they hold no prose), or the model's own ("model").
-    local_answer: Literal["extractive", "model"] = "extractive"
+    # passage ("extractive"; the model answers when they hold no prose), or the model's own ("model");
+    # "glued": extractive, opened by a sentence the model writes (actors/extractive_glue.py).
+    local_answer: Literal["extractive", "model", "glued"] = "extractive"
     # Follow-up questions rewritten by the model before retrieval (actors.plan.REWRITE_STEP): auto = with an
     # external (OpenAI-compatible) model only; "rules" = index.followup's deterministic rule alone.
     followup_rewrite: Literal["auto", "llm", "rules"] = "auto"

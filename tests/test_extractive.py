@@ -9,7 +9,9 @@ import pytest
 from actors import extractive
 from actors.attribution import Matrix, claims_of
 from actors.extractive import ExtractiveBackend, candidates, compose, paragraphs, split_prose
+from actors.extractive_glue import first_sentence
 from actors.llm.backends import UnavailableBackend
+from actors.llm.local import LocalBackend
 from actors.plan import validate_citations
 from actors.sources import qa_sources
 from index.embed import Embedder
@@ -17,8 +19,9 @@ from index.types import Hit
 from store.exceptions import LLMUnavailable
 from store.settings import Settings
 from tests.test_attribution import embed_with, embedder
+from tests.test_llm_local import backend, converted, local_settings
 
-__all__ = ["embedder"]  # the module-scoped MiniLM fixture
+__all__ = ["backend", "converted", "embedder", "local_settings"]  # module-scoped MiniLM and SmolLM2 fixtures
 
 SECRETS = """secrets — Generate secure random numbers for managing secrets
 token_urlsafe(nbytes=None)
@@ -119,6 +122,14 @@ async def test_the_backend_streams_sentence_by_sentence_within_the_token_cap(emb
     assert 0 < completion.first_token_ms <= completion.latency_ms
 
 
+async def test_a_glued_answer_whose_model_fails_is_the_extractive_answer(embedder: Embedder) -> None:
+    glued = Settings.from_env({"DOCENT_LOCAL_ANSWER": "glued"})
+    question = "What does token_urlsafe return?"
+    backend = ExtractiveBackend(HITS, question, embed_with(embedder), UnavailableBackend(), glued)
+    completion = await backend.complete([])
+    assert completion.text == "".join(await compose(HITS, question, embed_with(embedder), 90))
+
+
 async def test_passages_without_prose_are_left_to_the_model(embedder: Embedder) -> None:
     table = hit(1, "", "'r'          open for reading\n'w'          open for writing\n")
     backend = ExtractiveBackend([table], "how do I open a file?", embed_with(embedder),
@@ -202,3 +213,75 @@ async def test_one_answer_embeds_at_most_max_candidates_sentences(embedder: Embe
 
     assert await compose([many], "tokens", counting, 90)
     assert seen == [1 + extractive.MAX_CANDIDATES]  # the question and the first MAX_CANDIDATES sentences
+
+
+TIE = """object this. For example:
+
+PUSH this, LIST
+
+Append elements of LIST to the array. For example:
+
+sub PUSH { my $self = shift; }
+
+POP this
+
+Remove last element of the array and return it. For example:
+"""
+TELL = """tell FILEHANDLE
+
+tell
+
+Returns the current position in bytes for FILEHANDLE, or -1 on error. If FILEHANDLE is omitted,
+assumes the file last read. There is no systell function.
+"""
+
+
+def test_a_perl_docstring_is_said_of_the_definition_line_before_it() -> None:
+    shown = [c.shown() for c in candidates([hit(1, "Tying Arrays", TIE)])]
+    assert shown == [
+        "`PUSH this, LIST`: Append elements of LIST to the array.",
+        "`POP this`: Remove last element of the array and return it.",
+    ]
+    told = {c.text: c.subject for c in candidates([hit(1, "tell FILEHANDLE", TELL)])}
+    assert told == {  # the title's placeholder named, the subjectless one said of it, the rest as it is
+        "Returns the current position in bytes for FILEHANDLE, or -1 on error.": "tell FILEHANDLE",
+        "If FILEHANDLE is omitted, assumes the file last read.": "tell FILEHANDLE",
+        "There is no systell function.": "",
+    }
+
+
+def test_asides_to_the_reader_and_cut_quotations_are_never_candidates() -> None:
+    prose = (
+        "Before diving right into the technology, let us have a look at what the Debian Project is. "
+        "If you already know its history, feel free to skip to the next chapter. "
+        "Paragraphs look like paragraphs, so that I could run them through fmt easily. "
+        'In most cases, you write an external module--see the answer to "Where can I learn about linking C? '
+        "Returns the next character, or undef if there was an error (in the latter case $! "
+        "is set). Debian is a free operating system for you."
+    )
+    assert [c.text for c in candidates([hit(1, "", prose)])] == ["Debian is a free operating system for you."]
+    assert extractive.leans("The situation can get much more complicated, if say, XYZ depends on 4 others.")
+    assert extractive.leans("Debian, therefore, keeps it in testing for ten days.")
+
+
+def test_the_models_opening_is_its_first_short_sentence_without_markers() -> None:
+    assert first_sentence("Here is how to get a random token [1]: use secrets.\nMore.") == (
+        "Here is how to get a random token."
+    )
+    assert first_sentence("\n\nThe answer follows. It is long.") == "The answer follows."
+    assert first_sentence("Yes.") == ""  # too short to introduce anything
+    assert first_sentence(" ".join(["word"] * 30)) == ""
+
+
+@pytest.mark.slow
+async def test_a_glued_answer_opens_with_the_models_sentence_then_the_same_sentences(
+    embedder: Embedder, backend: LocalBackend
+) -> None:
+    question = "What does token_urlsafe return?"
+    plain = "".join(await compose(HITS, question, embed_with(embedder), 90))
+    glued = Settings.from_env({"DOCENT_LLM_BACKEND": "local", "DOCENT_LOCAL_ANSWER": "glued"})
+    assert extractive.enabled(glued)
+    completion = await ExtractiveBackend(HITS, question, embed_with(embedder), backend, glued).complete([])
+    assert completion.text.endswith(plain)
+    opening = completion.text.removesuffix(plain).strip()
+    assert opening == "" or (opening.endswith(".") and "[" not in opening)  # no marker: post-hoc attributed

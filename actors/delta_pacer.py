@@ -17,7 +17,6 @@ sent as it comes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -31,7 +30,8 @@ class DeltaPacer:
         self.clock = clock
         self._held: list[str] = []
         self._sent_at: float | None = None
-        self._timer: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # set while text is held: most turns end before it
+        self._late: asyncio.Task[None] | None = None  # the timer's delta, once it fired
         self._lock = asyncio.Lock()
         self._failed: BaseException | None = None
 
@@ -40,41 +40,35 @@ class DeltaPacer:
         self._held.append(text)
         if self._timer is not None:
             return  # the timer sends it with whatever else arrives meanwhile
-        wait_s = self._wait_s()
+        wait_s = 0.0 if self._sent_at is None else self._sent_at + self.interval_s - self.clock()
         if wait_s <= 0:
             await self._flush()
         else:
-            self._timer = asyncio.get_running_loop().create_task(self._later(wait_s))
+            self._timer = asyncio.get_running_loop().call_later(wait_s, self._fire)
 
     async def close(self) -> None:
-        """Send what is held (the timer's delta first, if one is going out now)."""
-        timer, self._timer = self._timer, None
-        if timer is not None and not timer.done():
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
+        """Send what is held (after the timer's delta, if one is going out now)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._late is not None:
+            await self._late
+            self._late = None
         self._raise_failure()
         await self._flush()
 
-    def _wait_s(self) -> float:
-        if self._sent_at is None:
-            return 0.0
-        return self._sent_at + self.interval_s - self.clock()
+    def _fire(self) -> None:
+        self._timer = None
+        self._late = asyncio.get_running_loop().create_task(self._flush_late())
 
-    async def _later(self, wait_s: float) -> None:
-        await asyncio.sleep(wait_s)
+    async def _flush_late(self) -> None:
         try:
-            await asyncio.shield(self._flush())  # once started, a delta is sent whole even if `close` cancels
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # handed to the caller's next feed or close
+            await self._flush()
+        except Exception as exc:  # handed to the caller's next feed or close
             self._failed = exc
-        finally:
-            if self._timer is asyncio.current_task():
-                self._timer = None
 
     async def _flush(self) -> None:
-        async with self._lock:
+        async with self._lock:  # one delta at a time, in order
             if not self._held:
                 return
             text = "".join(self._held)

@@ -102,7 +102,7 @@ class ActivationCore:
         self.snapshot_events = state.events
         self.hits: list[Hit] | None = None  # this activation's retrieval, to skip a re-search
         self.agent_tools = rt.registry.subset(AGENT_TOOLS)
-        self.agent_specs: tuple[ToolSpec, ...] = tool_specs(self.agent_tools.spec())
+        self._agent_specs: tuple[ToolSpec, ...] | None = None  # built on an agent turn's first model call
         self._mcp_offered = rt.mcp is None  # the configured MCP servers' tools join an agent turn's once
         self.flows = workflows_for(rt.settings)  # workflows beside the agent loop (actors.workflows)
         self.workflow_tools = rt.registry.subset(WORKFLOW_TOOLS)
@@ -384,7 +384,14 @@ class ActivationCore:
         extra = await self.rt.mcp.tools()
         if extra:
             self.agent_tools = Registry((*self.agent_tools, *extra))
-            self.agent_specs = tool_specs(self.agent_tools.spec())
+            self._agent_specs = None
+
+    @property
+    def agent_specs(self) -> tuple[ToolSpec, ...]:
+        """The agent tools' specs for the model: built when an agent turn first needs them, never for Q&A."""
+        if self._agent_specs is None:
+            self._agent_specs = tool_specs(self.agent_tools.spec())
+        return self._agent_specs
 
     def check_call(self, call: ToolCall) -> CallCheck:
         if call.name not in self.tools:

@@ -6,7 +6,7 @@ actor an `advance(conversation_id)` message. Nothing here loads a model or an in
 imports an actor module: messages are sent by queue and actor name (`actors.broker.enqueue_by_name`) on
 an enqueue-only broker.
 
-    wake = make_wake(settings)          # async (conv_id) -> None: enqueue advance(conv_id)
+    wake = make_wake(settings)          # async (conv_id) -> None: enqueue advance(conv_id) (`wake.aclose()`)
     ingest = make_ingest(settings)      # async (tenant, path, metadata) -> job id: enqueue ingest_file
     enqueue_reindex(settings, job_id)   # reindex_run(job_id), blocking
     task = make_document_task(settings) # async (actor, doc_id) -> job id: sync_document / reingest_document
@@ -24,6 +24,7 @@ from actors.broker import (
     INGEST_ACTOR,
     INGEST_QUEUE,
     REINDEX_QUEUE,
+    AsyncEnqueuer,
     enqueue_by_name,
     queue_url,
     sending_broker,
@@ -50,13 +51,22 @@ def send(settings: Settings, queue: str, actor: str, *args: str) -> str:
     return enqueue_by_name(sending_broker(queue_url(settings)), queue, actor, args).message_id
 
 
-def make_wake(settings: Settings) -> Callable[[str], Awaitable[None]]:
-    """`async wake(conv_id)`: send the conversation actor an `advance(conv_id)` message."""
+class Wake:
+    """`await wake(conv_id)`: send the conversation actor an `advance(conv_id)` message, from the event loop
+    (`actors.broker.AsyncEnqueuer`: no thread hop per ask on the Redis broker)."""
 
-    async def wake(conv_id: str) -> None:
-        await run_blocking(send, settings, CONVERSATION_QUEUE, ADVANCE_ACTOR, conv_id)
+    def __init__(self, settings: Settings) -> None:
+        self.enqueuer = AsyncEnqueuer(queue_url(settings))
 
-    return wake
+    async def __call__(self, conv_id: str) -> None:
+        await self.enqueuer.send(CONVERSATION_QUEUE, ADVANCE_ACTOR, (conv_id,))
+
+    async def aclose(self) -> None:
+        await self.enqueuer.aclose()
+
+
+def make_wake(settings: Settings) -> Wake:
+    return Wake(settings)
 
 
 def make_ingest(settings: Settings) -> Callable[[str, Path, DocumentMetadata], Awaitable[str]]:

@@ -183,22 +183,22 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
         log.warning(
             "conversation %s: lease epoch %d lost; stopped without further writes", conv_id, lease.epoch
         )
-        if activation.state.busy:
-            _wake_after_a_lost_lease(rt, conv_id)
+        _wake_after_a_lost_lease(rt, conv_id)
     finally:
         activation.trace.close()
         if not stale and not _close(rt, activation):
             stale = True
-            if activation.state.busy:
-                _wake_after_a_lost_lease(rt, conv_id)
+            _wake_after_a_lost_lease(rt, conv_id)
     return "stale" if stale else "done"
 
 
 def _wake_after_a_lost_lease(rt: Runtime, conv_id: str) -> None:
-    """A turn left unfinished by a lost lease is looked at again once a lease would have lapsed. Lost to
-    another worker: that one carries on, and this wake-up finds its lease held or the turn done. Lost to a
-    Redis failover that dropped this activation's last writes (replication is asynchronous): nobody holds
-    the conversation, and without this wake-up the turn would wait for the user's next message."""
+    """The conversation is looked at again once a lease would have lapsed: a turn left unfinished by the
+    lost lease, and an ask posted while this activation held it (its poster sent no wake-up: the holder's
+    close would have, server/dispatch.py). Lost to another worker: that one carries on, and this wake-up
+    finds its lease held or nothing to do. Lost to a lapse, or to a Redis failover that dropped this
+    activation's last writes (replication is asynchronous): nobody holds the conversation, and without
+    this wake-up the turn, or the ask, would wait for the user's next message."""
     advance.send_with_options(args=(conv_id,), delay=rt.settings.lease_ms)
 
 
@@ -217,6 +217,7 @@ def _close(rt: Runtime, activation: Activation) -> bool:
         return False
     except LogError:
         log.warning("conversation %s: could not release the lease (it will expire)", conv_id)
+        _wake_after_a_lost_lease(rt, conv_id)  # an ask posted meanwhile was not seen (raises: a retry)
         return True
     if closed.newer_inbox:
         advance.send(conv_id)

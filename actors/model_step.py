@@ -1,12 +1,15 @@
-"""One model call of a turn: the prompt for the route, `LLMRequested` before it, the streamed deltas, and
-`LLMCompleted` (reused on replay, never requested again) or `LLMFailed` after it."""
+"""One model call of a turn: the prompt for the route, `LLMRequested` before it, the streamed deltas (paced:
+at most one every `delta_interval_ms`, `actors.delta_pacer`), and `LLMCompleted` (reused on replay, never
+requested again) or `LLMFailed` after it."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from actors import qa_steps
 from actors.activation import REASON_CHARS, ActivationCore, LeaseLost, sha
+from actors.delta_pacer import DeltaPacer
 from actors.llm.types import (
     ChatMessage,
     Completion,
@@ -66,14 +69,15 @@ async def _call(act: ActivationCore, step: int, backend: LLMBackend, attempt: in
 
     streaming = qa_steps.streaming_attribution(act, step)
 
-    async def on_delta(text: str) -> None:
+    async def send_delta(text: str) -> None:
         await act.delta(step, text)
         if streaming is not None:
             act.live(await streaming.feed(text))
 
-    streamed = on_delta if step != REWRITE_STEP else None  # a rewritten query is not the answer
+    pacer = DeltaPacer(send_delta, act.rt.settings.delta_interval_ms)
+    streamed = pacer.feed if step != REWRITE_STEP else None  # a rewritten query is not the answer
     try:
-        completion = await backend.complete(messages, tools=tools, on_delta=streamed, request_id=request_id)
+        completion = await _complete(backend, messages, tools, streamed, request_id, pacer)
     except (LeaseLost, StaleEpoch):
         raise LeaseLost() from None
     except LLMError as exc:
@@ -82,6 +86,20 @@ async def _call(act: ActivationCore, step: int, backend: LLMBackend, attempt: in
     act.rt.crash("llm_response")  # a crash here: the response is lost and the step is requested again
     act.check_lease()
     act.emit([completed(act, step, completion, digest, backend)])
+
+
+async def _complete(
+    backend: LLMBackend,
+    messages: list[ChatMessage],
+    tools: tuple[ToolSpec, ...],
+    on_delta: Callable[[str], Awaitable[None]] | None,
+    request_id: str,
+    pacer: DeltaPacer,
+) -> Completion:
+    try:
+        return await backend.complete(messages, tools=tools, on_delta=on_delta, request_id=request_id)
+    finally:
+        await pacer.close()  # what is held goes out before the completion (or the failure) is recorded
 
 
 async def prompt(act: ActivationCore, step: int) -> tuple[list[ChatMessage], tuple[ToolSpec, ...]]:

@@ -4,7 +4,9 @@
 
 The caller has already checked that `principal` owns `meta`. The text is checked (not empty, at most
 `max_question_chars`), the ask bucket is taken, the budgets are checked (`store.budgets`: over one,
-`budget_exceeded` and nothing is written), the first ask creates the conversation, and the user message goes
+`budget_exceeded` and nothing is written), the first ask creates the conversation (`recorded=True`: an
+earlier ask on the same socket wrote it, and the idempotent record is not written again: one round trip
+less per ask), and the user message goes
 to the actor's inbox (deduplicated by `client_message_id`) with a wake-up, carrying the `ask` span's
 `traceparent` when tracing is on.
 """
@@ -50,6 +52,7 @@ async def submit_ask(
     *,
     no_cache: bool = False,
     filters: SearchFilters | None = None,
+    recorded: bool = False,
 ) -> None:
     text = checked_text(text, services.settings.max_question_chars)
     await services.limits.check(me, "ask")
@@ -60,7 +63,8 @@ async def submit_ask(
             client_message_id=client_message_id, at_ms=now_ms(), no_cache=no_cache,
             filters=None if filters is None or filters.is_empty() else filters, traceparent=traceparent,
         )  # fmt: skip
-        await services.conversations.record_ask(meta, text)  # the first ask creates the conversation
+        if not recorded:
+            await services.conversations.record_ask(meta, text)  # the first ask creates the conversation
         await services.dispatcher.submit(meta.id, item, dedup_id=client_message_id)
 
 

@@ -43,6 +43,9 @@ class ChatSession(Session):
         self.view = EventView(None)
         self.last_sent: StreamKey = (0, 0)
         self.last_sent_id: str | None = None
+        # An ask on this socket has written the conversation's record (its first ask on each socket writes it
+        # again, idempotent: it also repairs a user index entry a crash between the two writes left missing).
+        self.recorded = False
 
     # ---- AWAITING_HELLO ------------------------------------------------------------------------------
 
@@ -111,8 +114,9 @@ class ChatSession(Session):
         assert self.principal is not None
         await submit_ask(
             self.services, meta, self.principal, ask.text, ask.mode, ask.client_message_id,
-            no_cache=ask.no_cache, filters=ask.filters,
+            no_cache=ask.no_cache, filters=ask.filters, recorded=self.recorded,
         )  # fmt: skip
+        self.recorded = True
         await self.reply(p.Accepted(client_message_id=ask.client_message_id))
 
     async def _feedback(self, frame: p.Feedback) -> None:

@@ -1,5 +1,11 @@
 """The web process's `actors.api.Dispatcher`: inbound items go to the conversation's inbox, then a wake-up.
 
+No wake-up when the post found the conversation's lease held (an activation is running, or closing): the
+holder's closing call reports an inbox entry newer than all it looked at and wakes the actor itself
+(`actors.conversation._close`; the post and that close are Lua scripts on the conversation's slot, so one
+of them sees the other), and a holder that dies has its own message redelivered by dramatiq. That saves
+the ask a dramatiq message, and the worker a wake-up that would find the lease held and wait out the retry.
+
 The inbox and its dedup markers are store.log's (`post_inbox_plan`, one Lua script), so a
 retried submit with the same `dedup_id` returns the first entry's id and writes nothing. With
 `replicas` > 0 (a replicated Redis), a submit returns only once that many replicas have the entry
@@ -47,9 +53,13 @@ class RedisDispatcher:
         else:  # a retried ask's WAIT covers the first post too: the retry renews the dedup key (a write)
             posted = await self.replicated.run(conv_keys(conversation_id).inbox, plan)
         # Wake on duplicates too: the first submit's wake-up may be what got lost.
-        await self.wake(conversation_id)
+        if not posted.held:
+            await self.wake(conversation_id)
         return posted.inbox_id
 
     async def aclose(self) -> None:
         if self.replicated is not None:
             await self.replicated.aclose()
+        close = getattr(self.wake, "aclose", None)  # actors.api.Wake's client (tests pass plain functions)
+        if close is not None:
+            await close()

@@ -1,7 +1,8 @@
 """Limits on what one client can make the web process do.
 
 - `ActionLimits`: `ask`, `cancel` and `feedback` frames per user and per tenant (Redis token buckets,
-  store.ratelimit), each action with its own buckets at the same rates.
+  store.ratelimit), each action with its own buckets at the same rates; a user's and their tenant's bucket
+  are one check (one script call, in the tenant bucket's slot: taken from both or neither).
 - `FrameBudget`: a per-socket frame budget kept in memory (a flood of frames closes the socket before it
   reaches Redis).
 - `SocketQuota`: concurrent sockets per user and per tenant in this web process (a socket holds its slot
@@ -16,7 +17,7 @@ from typing import Literal
 
 from server.auth import Principal
 from store.exceptions import RateLimited, TooManySockets
-from store.ratelimit import AsyncRateLimiter
+from store.ratelimit import AsyncRateLimiter, Bucket
 from store.settings import Settings
 
 FRAMES_PER_S = 20.0
@@ -33,10 +34,9 @@ class ActionLimits:
     async def check(self, principal: Principal, action: Action) -> None:
         """RateLimited (with retry_after_ms) when the user's or the tenant's bucket for `action` is empty."""
         s = self.settings
-        await self.limiter.check(
-            f"{action}:user:{principal.tenant}:{principal.user}", s.user_rate_per_s, s.user_burst
-        )
-        await self.limiter.check(f"{action}:tenant:{principal.tenant}", s.tenant_rate_per_s, s.tenant_burst)
+        tenant = Bucket(f"{action}:tenant:{principal.tenant}", s.tenant_rate_per_s, s.tenant_burst)
+        user = Bucket(f"{action}:user:{principal.tenant}:{principal.user}", s.user_rate_per_s, s.user_burst)
+        await self.limiter.check_all([tenant, user])
 
 
 class FrameBudget:

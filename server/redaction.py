@@ -273,14 +273,25 @@ class EventView:
         """A /ws/chat server frame as this reader may see it; None for a delta another reader may not."""
         if self.redactor is None:
             return data
-        frame = msgspec.json.decode(data)
-        if frame.get("type") == "delta":
+        head = _frame_head.decode(data)  # the frame's type, its event left undecoded
+        if head.type == "delta":
             return data if self.deltas else None
-        event = frame.get("event")
-        if frame.get("type") != "event" or not isinstance(event, dict) or self.redactor.shown_as_is(event):
+        event = msgspec.json.decode(head.event) if head.type == "event" else None
+        if not isinstance(event, dict) or self.redactor.shown_as_is(event):
             return data  # the frame as it came: not decoded again, not encoded again
+        frame = msgspec.json.decode(data)
         frame["event"] = await run_blocking(self.redactor.redact, event)
         return msgspec.json.encode(frame)
+
+
+class _FrameHead(msgspec.Struct):
+    """What `EventView.frame` reads of a server frame first: a delta is never decoded further."""
+
+    type: str = ""
+    event: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_frame_head = msgspec.json.Decoder(_FrameHead)
 
 
 def reader_of(principal: Principal, tenant: str) -> Reader:

@@ -69,7 +69,7 @@ RELEASE = lua("common.lua", "lease_release.lua")
 APPEND = lua("common.lua", "append.lua")
 SAVE_SNAPSHOT = lua("common.lua", "snapshot_save.lua")
 CLOSE_LEASE = lua("common.lua", "lease_close.lua")
-POST_INBOX = lua("inbox_post.lua")
+POST_INBOX = lua("common.lua", "inbox_post.lua")
 
 EVENT_TYPES: tuple[type, ...] = get_args(Event)
 T = TypeVar("T")
@@ -118,6 +118,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
 class Posted(msgspec.Struct, frozen=True, kw_only=True):
     inbox_id: str
     duplicate: bool  # this client id was posted before: nothing was written, `inbox_id` is the first post
+    held: bool = False  # an activation held the lease at the post: its close reports the entry and wakes it
 
 
 class LeaseClosed(msgspec.Struct, frozen=True, kw_only=True):
@@ -339,9 +340,10 @@ def post_inbox_plan(conv_id: str, item: Event, client_id: str, options: LogOptio
     if not isinstance(item, EVENT_TYPES):
         raise InputError(f"cannot post a {type(item).__name__} to an inbox: only store.events Events")
     keys = conv_keys(conv_id)
-    script_keys = [keys.inbox, keys.inbox_seen(client_id)] if client_id else [keys.inbox]
-    inbox_id, duplicate = yield Eval(POST_INBOX, script_keys, [encode(item), options.inbox_dedup_ttl_ms])
-    return Posted(inbox_id=text(inbox_id), duplicate=bool(duplicate))
+    script_keys = [keys.inbox, keys.lease, *([keys.inbox_seen(client_id)] if client_id else [])]
+    reply = yield Eval(POST_INBOX, script_keys, [encode(item), options.inbox_dedup_ttl_ms])
+    inbox_id, duplicate, held = reply
+    return Posted(inbox_id=text(inbox_id), duplicate=bool(duplicate), held=bool(held))
 
 
 def inbox_cursor_plan(conv_id: str) -> Plan[str]:

@@ -86,6 +86,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     llm_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     llm_max_retries: NonNegative = 3
     llm_max_tokens: Positive = 512
+    # The least time between two streamed deltas of an answer (the first goes at once): what a fast model
+    # sends meanwhile joins the next delta, one append and one frame (actors.model_step.DeltaPacer); 0 =
+    # a delta per network read.
+    delta_interval_ms: NonNegative = 20
     # The embedded model (bench/llm_ab.py): fewer passages (prefill is most of the first-token time), a
     # shorter answer cap, int8 compute on CPU.
     local_top_k: Positive = 4

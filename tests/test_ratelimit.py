@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from store.exceptions import InputError, RateLimited
-from store.ratelimit import AsyncRateLimiter, RateLimiter
+from store.ratelimit import AsyncRateLimiter, Bucket, RateLimiter
 
 pytestmark = pytest.mark.cluster  # every test here runs on one Redis and on a Redis Cluster
 
@@ -74,6 +74,28 @@ async def test_bad_parameters_get_a_typed_error(limiter: AsyncRateLimiter) -> No
         with pytest.raises(InputError):
             await limiter.hit(key, rate, burst, cost)
     assert (await limiter.hit("user", RATE_PER_S, BURST)).remaining == BURST - 1
+
+
+async def test_buckets_checked_together_take_from_all_or_none(limiter: AsyncRateLimiter) -> None:
+    rate = 1.0  # one token a second: nothing refills meanwhile
+    tenant, alice, bob = (
+        Bucket("tenant:acme", rate, 3),
+        Bucket("user:acme:alice", rate, 2),
+        Bucket("user:acme:bob", rate, 5),
+    )
+    assert [(await limiter.check_all([tenant, alice])).remaining for _ in range(2)] == [1, 0]
+
+    with pytest.raises(RateLimited) as limited:  # alice is short: the tenant keeps its last token
+        await limiter.check_all([tenant, alice])
+    assert limited.value.details["key"] == "user:acme:alice"
+    assert 0 < limited.value.details["retry_after_ms"] <= 1000  # type: ignore[operator]
+
+    assert (await limiter.check_all([tenant, bob])).remaining == 0  # the tenant's last token went to bob
+    with pytest.raises(RateLimited) as limited:
+        await limiter.check_all([tenant, bob])
+    assert limited.value.details["key"] == "tenant:acme"
+    with pytest.raises(InputError):
+        await limiter.check_all([])
 
 
 def test_the_blocking_limiter_shares_the_buckets(redis_url: str) -> None:

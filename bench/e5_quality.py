@@ -15,7 +15,8 @@ chosen leave-one-collection-out by bench.retrieval_quality's max-min rule, with 
 BM25 fold; index.fusion's lexical anchor applies as in the product. The "hybrid minilm" rows reproduce
 bench.retrieval_quality's hybrid rows.
 
-`--speed`: the same 48 perlfaq chunks (or synthetic prose without the shared collections) and 40 queries
+`--speed`: the same 48 perlfaq passages cut to 900 characters (~200 tokens: neither model truncates; synthetic
+prose without the shared collections) and 40 queries
 embedded by both models alternately, `--rounds` times: batch-4 chunks/s and cold single-query p50 / p95,
 and the median per-round ratio e5 / MiniLM (the shared machine's load moves between rounds).
 """
@@ -215,7 +216,7 @@ def speed(settings: Settings, rounds: int) -> None:
     perlfaq = SHARED / "perlfaq" / "corpus.jsonl"
     if perlfaq.exists():
         lines = (msgspec.json.decode(line) for line in perlfaq.read_bytes().splitlines())
-        chunks = [doc["text"][:1200] for doc in lines if len(doc["text"]) > 1200][:48]
+        chunks = [doc["text"][:900] for doc in lines if len(doc["text"]) > 900][:48]
     else:
         chunks = [" ".join(make_queries(30, random.Random(i))) for i in range(48)]
     models: dict[str, CT2Embedder | e5_model.E5Embedder] = {

@@ -7,8 +7,11 @@ writes are the only writes of a turn:
   metrics, the turn's trace, usage and the feedback loop;
 - `live` appends to the live stream only (token fragments, sentences attributed while streaming);
 - `pull_inbox` moves what may enter the log now, recording the inbox cursor in the same append;
-- `replicated` (the loop calls it at each step boundary) waits, with `redis_wait_replicas` > 0, until the
-  replicas have everything appended so far (store/wait.py): no effect runs on a write a failover could drop.
+- `before_effect` (a model call, a tool call or an approval's ledger write calls it right before its
+  effect, after the call's own `LLMRequested` / `ToolIntent`) and `replicated` (at the activation's end)
+  wait, with `redis_wait_replicas` > 0, until the replicas have everything appended so far
+  (store/wait.py): no effect runs on a write a failover could drop, and steps without an effect (a turn's
+  start, its retrieval, the answer) pay no WAIT of their own.
 A `StaleEpoch` from any of them becomes `LeaseLost`: the activation stops with no further side effect.
 
 The steps a plan action turns into live beside it, one module per kind (`actors.qa_steps`,
@@ -182,8 +185,14 @@ class ActivationCore:
             self._inbox_cursor = cursor
         return ids
 
+    def before_effect(self) -> None:
+        """Right before an effect outside the log: nothing held, and (with `redis_wait_replicas` > 0) the
+        replicas have every event appended so far, the effect's own request or intent included."""
+        self.flush()
+        self.replicated()
+
     def replicated(self) -> None:
-        """A step boundary: once this returns, `redis_wait_replicas` replicas have every event appended so
+        """Once this returns, `redis_wait_replicas` replicas have every event appended so
         far (one WAIT, however many events the step appended; store/wait.py). LogError when they do not in
         time (the broker retries the activation); LeaseLost when the lease is gone."""
         if self.replicas is None:

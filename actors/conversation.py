@@ -98,13 +98,12 @@ class Activation(ActivationCore):
                 break
             if isinstance(action, AwaitApproval):
                 break
-            self.replicated()  # what came before this step is on the replicas before its effect
             await self.perform(action)
             self.maybe_snapshot()
         else:
             self.emit([TurnFailed(code="internal", message="too many actions in one activation")])
         self.flush()  # the closing snapshot (`closing_snapshot`) is saved with the release
-        self.replicated()  # and the last step's results, before the lease is released
+        self.replicated()  # the last steps' results are on the replicas before the lease is released
 
     async def perform(self, action: Action) -> None:
         match action:

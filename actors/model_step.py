@@ -62,6 +62,7 @@ async def _call(act: ActivationCore, step: int, backend: LLMBackend, attempt: in
         messages=messages_to_builtins(messages), tools=tuple(t.name for t in tools),
     )  # fmt: skip
     act.emit([requested])
+    act.before_effect()  # with replicas to wait for: the request's record is on them before the call
 
     streaming = qa_steps.streaming_attribution(act, step)
 

@@ -18,7 +18,7 @@ async def run_tool(act: ActivationCore, action: RunTool) -> None:
     call = action.call
     tool, args = act.tools.parse(call.name, call.arguments, settings=act.rt.settings)
     key = intend(act, action, tool, args)
-    act.flush()  # nothing held while the effect runs (a re-issued intent appends nothing)
+    act.before_effect()  # nothing held while it runs, the intent on the replicas (a re-issue appends nothing)
     act.check_lease()
     started = time.perf_counter()
     output, error = await effect(act, tool, args, key)
@@ -72,7 +72,7 @@ def request_approval(act: ActivationCore, action: RequestApproval) -> None:
         approval_id, act.conv_id, act.principal, act.rt.policy, action,
         reason=reason, now_ms=act.rt.clock(),
     )  # fmt: skip
-    act.flush()  # nothing held while the reviewers' ledger is written
+    act.before_effect()  # nothing held (and the log on the replicas) while the reviewers' ledger is written
     stored = act.rt.ledger.create(record)  # idempotent: a replay finds the first record
     act.emit([approval_requested(action, stored)])
     schedule_expiry(approval_id, act.conv_id, stored.expires_ms, act.rt.settings)

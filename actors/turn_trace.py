@@ -193,7 +193,7 @@ class TurnSpans:
         self.tracer, self.attributes, self.traceparent = tracer, attributes, traceparent
         self.start_ns, self.end_ns, self.steps = start_ns, end_ns, steps
         self.suspended, self.capture = suspended, capture
-        self.events: list[object] = []
+        self.events: list[tracing.SpanEvent] = []
         self.error: str | None = None
         self.spans: list[object] = []  # made
 

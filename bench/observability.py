@@ -1,6 +1,6 @@
 """What metrics and tracing cost a turn: the same turns with them off, with metrics, with metrics + traces.
 
-    .venv/bin/python -m bench.observability [--turns 60] [--steps 10]
+    .venv/bin/python -m bench.observability [--turns 60] [--steps 10] [--gc]
 
 Starts an embedded Redis, the scripted OpenAI-compatible LLM (no delays), the counting HTTP sink and an
 OTLP/HTTP receiver (`actors.testing.otlp_receiver`) in a temporary directory, builds a small index (hash
@@ -9,7 +9,8 @@ embedder) and runs `activate()` turns in this process, the three configurations 
 
   off              the actor's metric calls replaced by no-ops, no tracer
   metrics          prometheus-client in multiprocess mode (PROMETHEUS_MULTIPROC_DIR, as `docent run` sets it)
-  metrics+traces   the same, plus the OTLP exporter (batch span processor) sending to the receiver
+  metrics+traces   the same, plus OTLP export to the receiver (store.span_batch: spans made and encoded
+                   16 turns at a time, posted 2048 at a time or every OTEL_BSP_SCHEDULE_DELAY)
 
 Two turn shapes: a Q&A turn (retrieval + one streamed LLM call + answer) and an agent turn of `--steps`
 tool round trips (`http_request` GETs to the sink). Usage accounting (`actors.spend`) runs in all three.
@@ -27,6 +28,7 @@ of a configuration's CPU time over `off`'s in the same round (the three run back
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import tempfile
@@ -74,8 +76,40 @@ def summary(samples_s: list[float]) -> tuple[float, float]:
     ] * 1000
 
 
+class Collections:
+    """`--gc`: the garbage collections that start during each configuration's turns, per generation, and
+    the CPU time of the thread that ran them (gc.callbacks): a configuration whose objects outlive young
+    collections brings more (and full ones sooner), whichever turn then pays."""
+
+    def __init__(self) -> None:
+        self.current = ""
+        self.started = 0.0
+        self.counts: dict[tuple[str, int], list[float]] = {}
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.thread_time()
+        elif self.current:
+            found = self.counts.setdefault((self.current, info["generation"]), [0, 0.0])
+            found[0] += 1
+            found[1] += time.thread_time() - self.started
+
+    def report(self) -> None:
+        for name in ARMS:
+            parts = [
+                f"gen{g} {int(c[0])} ({c[1] * 1000:.0f} ms)"
+                for g in range(3)
+                if (c := self.counts.get((name, g)))
+            ]
+            print(f"        garbage collections during {name} turns: {', '.join(parts) or 'none'}")
+
+
+COLLECTIONS = Collections()
+
+
 @contextmanager
 def arm(name: str, provider: Any) -> Iterator[None]:
+    COLLECTIONS.current = name
     saved = {seam: getattr(metrics, seam) for seam in SEAMS}
     if name == "off":
         for seam in SEAMS:
@@ -86,6 +120,7 @@ def arm(name: str, provider: Any) -> Iterator[None]:
     try:
         yield
     finally:
+        COLLECTIONS.current = ""
         for seam, fn in saved.items():
             setattr(metrics, seam, fn)
         tracing.reset()
@@ -168,6 +203,7 @@ def seams(rt: runtime.Runtime, conv: str, provider: Any) -> None:
     cost: dict[str, float] = {}
     for name in ARMS:
         with arm(name, provider):
+            COLLECTIONS.current = ""  # the turns' collections only
             started = time.process_time()
             for _ in range(SEAM_REPEATS):
                 state = ConversationState(conversation_id=conv)
@@ -193,7 +229,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=60)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--gc", action="store_true", help="count the garbage collections per configuration")
     args = parser.parse_args()
+    if args.gc:
+        gc.callbacks.append(COLLECTIONS)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis", port=free_port()) as redis:
         sink = HttpSink()
         # a process of its own: decoding the spans is the collector's work, not ours
@@ -221,6 +260,8 @@ def main() -> None:
             run(settings, args.turns, "qa", qa, provider)
             run(settings, max(1, args.turns // 3), "agent", agent, provider)
             tracing.flush()
+            if args.gc:
+                COLLECTIONS.report()
             time.sleep(1.0)
             print(f"spans received by the OTLP receiver: {collector.count()}")
 

@@ -1,6 +1,6 @@
 """What the worker's replica acknowledgement costs a step: a step's fenced appends alone, and the same
-followed by the step boundary's WAIT 1 (store/wait.py `ReplicaWait`: a lease renewal and WAIT on one
-connection to the conversation's primary), interleaved.
+followed by one WAIT 1 (store/wait.py `ReplicaWait`: a lease renewal and WAIT on one connection to the
+conversation's primary, what the worker runs before each model or tool call), interleaved.
 
     .venv/bin/python -m bench.step_wait [--steps 500] [--cluster]
 

@@ -110,7 +110,7 @@ def _cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
 
         plan = Plan(runs=args.runs, turns=args.turns, seed=args.seed, wait_replicas=args.wait_replicas,
                     replica_lag_ms=args.replica_lag_ms, node_timeout_ms=args.node_timeout_ms,
-                    failover=args.failover)  # fmt: skip
+                    failover=args.failover, kill_at=args.kill_at)  # fmt: skip
         return cluster_chaos(plan, as_json=args.json)
     from actors.chaos import main as chaos_main
 
@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument(
         "--failover", choices=("supervisor", "cluster"), default="supervisor",
         help="(cluster) who promotes the killed primary's replica: its supervisor at once, or the cluster",
+    )  # fmt: skip
+    chaos.add_argument(
+        "--kill-at", choices=("ask", "model"), default="ask",
+        help="(cluster) the primary kill's aim: an ask on its way to it, or an agent's model call in flight "
+        "there (the link is cut as the request arrives, the kill follows --replica-lag-ms later)",
     )  # fmt: skip
     chaos.set_defaults(fn=_cmd_chaos)
     return parser

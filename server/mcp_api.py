@@ -20,11 +20,14 @@ carries its own JSON-RPC exchange, no server-side session), so any web process b
 answer any request. The web process loads no model here either: search is the same RPC to a worker as
 `/api/search`.
 
-The SDK takes seconds to import (its pydantic models: 4 s of a 6 s web-process start on a loaded 2-core
-machine), so the web process does not wait for it: the app's lifespan starts a task that imports and
-builds the server in a thread and then runs its session manager (`McpEndpoint.running`); `/healthz`
-answers at once, and a `/mcp` request that comes before the server is ready waits for it (at most
-READY_TIMEOUT_S, then 503 `unavailable`).
+The SDK takes seconds to import and build (its pydantic models: 1.7-2.1 s on this 2-core machine with the load
+average at ~13, 4 s of a 6 s web-process start on a busier moment). The app's lifespan builds it in a thread
+and runs its session manager in a task of its own (`McpEndpoint.running`), and the process serves (and
+`/healthz` answers) only once it is built: built while the process already served, the build held the GIL in
+pydantic's schema code for seconds, and a restarted web process's first asks waited ~1.0-1.2 s (p50, its first
+2 s) where one built before serving answers in 18-30 ms (`bench/web_start.py`; README "Crash safety on the
+cluster"). A `/mcp` request never finds it unbuilt (the wait below is a guard: at most READY_TIMEOUT_S, then
+503 `unavailable`).
 
 (No `from __future__ import annotations` here: the SDK reads the tools' annotations, `Context` included,
 from the function objects built in `_build`.)
@@ -213,13 +216,14 @@ class McpEndpoint:
 
     @contextlib.asynccontextmanager
     async def running(self, services: Services) -> AsyncIterator[None]:
-        """For the app's lifespan: the server is built and served in a task of its own."""
+        """For the app's lifespan: the server is built (before the app serves), then served in a task."""
         self.services = services
         if self._search is None:
             self._search = make_search(services.settings, services.redis)
         self._ready, stop = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(self._serve(stop))
         try:
+            await _built(task, self._ready)
             yield
         finally:
             stop.set()
@@ -248,6 +252,16 @@ class McpEndpoint:
             await JSONResponse(exc.to_wire(), status_code=status, headers=extra)(scope, receive, send)
             return
         await asgi(scope, receive, send)
+
+
+async def _built(serving: asyncio.Task[None], ready: asyncio.Event) -> None:
+    """Until `serving` has built the server (`ready`); its error if it failed first."""
+    waiting = asyncio.create_task(ready.wait())
+    await asyncio.wait({serving, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.is_set():
+        waiting.cancel()
+        serving.result()  # the build's error stops the app's start
+        raise RuntimeError("the MCP server stopped before it was built")
 
 
 def _resource_server(endpoint: McpEndpoint) -> Any:

@@ -27,8 +27,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from prometheus_client import (
@@ -206,52 +207,82 @@ def exposition() -> bytes:
 # -- the actor's seams ------------------------------------------------------------------------------------
 
 
+class Bound:
+    """A metric's children by label values, each bound once: `metric.labels(...)` takes a lock and rebuilds
+    its key on every call (about a third of a seam's CPU). The children are prometheus-client's own (it
+    keeps them too), so a forked process's values reset as theirs do. Label values stay bounded."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Counter | Histogram] = {}
+
+    def __call__(self, *values: str) -> Any:
+        found = self.children.get(values)
+        if found is None:
+            found = self.children[values] = self.metric.labels(*values)
+        return found
+
+
+_LLM_DURATION, _LLM_TOKENS, _LLM_COST = Bound(LLM_DURATION), Bound(LLM_TOKENS), Bound(LLM_COST)
+_TOOL_CALLS, _TOOL_DURATION, _TOOL_ERRORS = Bound(TOOL_CALLS), Bound(TOOL_DURATION), Bound(TOOL_ERRORS)
+_ANSWERS, _ASK_ANSWER, _ASK_FIRST_TOKEN = Bound(ANSWERS), Bound(ASK_ANSWER), Bound(ASK_FIRST_TOKEN)
+_RETRIEVAL_STAGE, _RETRIEVALS = Bound(RETRIEVAL_STAGE), Bound(RETRIEVALS)
+
+
 def observe_event(event: Event, *, now_ms: int, asked_at_ms: int = 0, route: str = "") -> None:
-    """Count one appended event; `asked_at_ms` (the turn's question) times an answer."""
-    match event:
-        case LLMCompleted():
-            model = event.model or "unknown"
-            LLM_DURATION.labels(model).observe(event.latency_ms / 1000)
-            LLM_TOKENS.labels(model, "input").inc(event.tokens_in)
-            LLM_TOKENS.labels(model, "output").inc(event.tokens_out)
-            LLM_COST.labels(model).inc(max(0.0, event.cost_usd))
-        case LLMFailed():
-            LLM_FAILURES.labels(event.code).inc()
-        case ToolResult():
-            TOOL_CALLS.labels(event.tool).inc()
-            TOOL_DURATION.labels(event.tool).observe(event.latency_ms / 1000)
-            if event.error is not None:
-                TOOL_ERRORS.labels(event.tool).inc()
-        case ApprovalRequested():
-            APPROVALS_REQUESTED.labels(event.tool).inc()
-        case ApprovalDecided():
-            APPROVALS_DECIDED.labels(event.decision).inc()
-        case ApprovalExpired():
-            APPROVALS_DECIDED.labels("expired").inc()
-        case AnswerCompleted():
-            _observe_answer(event, now_ms=now_ms, asked_at_ms=asked_at_ms, route=route)
-        case RetrievalDone():
-            RETRIEVALS.labels("passages" if event.chunk_ids else "no_passages").inc()
-        case Feedback():
-            FEEDBACK.labels(event.rating).inc()
-        case _:
-            pass
+    """Count one appended event; `asked_at_ms` (the turn's question) times an answer. An event that moves
+    no metric (most of a turn's: the question, requests, intents) costs one dictionary lookup."""
+    observe = _OBSERVERS.get(type(event))
+    if observe is not None:
+        observe(event, now_ms, asked_at_ms, route)
 
 
-def _observe_answer(event: AnswerCompleted, *, now_ms: int, asked_at_ms: int, route: str) -> None:
+def _llm_completed(event: LLMCompleted, now_ms: int, asked_at_ms: int, route: str) -> None:
+    model = event.model or "unknown"
+    _LLM_DURATION(model).observe(event.latency_ms / 1000)
+    _LLM_TOKENS(model, "input").inc(event.tokens_in)
+    _LLM_TOKENS(model, "output").inc(event.tokens_out)
+    _LLM_COST(model).inc(max(0.0, event.cost_usd))
+
+
+def _tool_result(event: ToolResult, now_ms: int, asked_at_ms: int, route: str) -> None:
+    _TOOL_CALLS(event.tool).inc()
+    _TOOL_DURATION(event.tool).observe(event.latency_ms / 1000)
+    if event.error is not None:
+        _TOOL_ERRORS(event.tool).inc()
+
+
+def _answer(event: AnswerCompleted, now_ms: int, asked_at_ms: int, route: str) -> None:
     label = route or "unknown"
-    ANSWERS.labels(label, "true" if event.citations else "false").inc()
+    _ANSWERS(label, "true" if event.citations else "false").inc()
     if event.unsupported:
         ANSWER_UNSUPPORTED.labels(label).inc(len(event.unsupported))
     if event.dropped_citations:
         ANSWER_DROPPED_CITATIONS.labels(label).inc(len(event.dropped_citations))
     if asked_at_ms and route:
-        ASK_ANSWER.labels(route).observe(max(0, now_ms - asked_at_ms) / 1000)
+        _ASK_ANSWER(route).observe(max(0, now_ms - asked_at_ms) / 1000)
+
+
+def _retrieval_done(event: RetrievalDone, now_ms: int, asked_at_ms: int, route: str) -> None:
+    _RETRIEVALS("passages" if event.chunk_ids else "no_passages").inc()
+
+
+_OBSERVERS: dict[type, Callable[[Any, int, int, str], None]] = {
+    LLMCompleted: _llm_completed,
+    LLMFailed: lambda event, *_: LLM_FAILURES.labels(event.code).inc(),
+    ToolResult: _tool_result,
+    ApprovalRequested: lambda event, *_: APPROVALS_REQUESTED.labels(event.tool).inc(),
+    ApprovalDecided: lambda event, *_: APPROVALS_DECIDED.labels(event.decision).inc(),
+    ApprovalExpired: lambda event, *_: APPROVALS_DECIDED.labels("expired").inc(),
+    AnswerCompleted: _answer,
+    RetrievalDone: _retrieval_done,
+    Feedback: lambda event, *_: FEEDBACK.labels(event.rating).inc(),
+}
 
 
 def observe_first_token(route: str, *, now_ms: int, asked_at_ms: int) -> None:
     if asked_at_ms and route:
-        ASK_FIRST_TOKEN.labels(route).observe(max(0, now_ms - asked_at_ms) / 1000)
+        _ASK_FIRST_TOKEN(route).observe(max(0, now_ms - asked_at_ms) / 1000)
 
 
 def observe_redis_error(exc: BaseException) -> None:
@@ -326,5 +357,8 @@ def observe_answer_cache(outcome: str) -> None:
 
 def observe_retrieval(timings_ms: Mapping[str, float]) -> None:
     for stage, ms in timings_ms.items():
-        if stage in STAGES:
-            RETRIEVAL_STAGE.labels(stage).observe(ms / 1000)
+        if stage in _STAGE_SET:
+            _RETRIEVAL_STAGE(stage).observe(ms / 1000)
+
+
+_STAGE_SET = frozenset(STAGES)

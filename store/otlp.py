@@ -1,30 +1,37 @@
 """OTLP/protobuf encoding of finished spans, written straight to the wire format, and the exporter using it.
 
-    encode_request(spans) -> bytes      an `ExportTraceServiceRequest`, byte-compatible with the SDK's
-                                        `encode_spans(spans).SerializeToString()` (what a collector parses)
+    encode_request(spans) -> bytes      an `ExportTraceServiceRequest` of `store.tracing.SpanRecord`s (a
+                                        turn's spans) and SDK `ReadableSpan`s (spans ended elsewhere),
+                                        byte-identical to the SDK's `encode_spans(...).SerializeToString()`
+                                        of the same spans (what a collector parses)
     SpanExporter(...)                   the SDK's OTLP/HTTP exporter (same environment, transport, retries),
                                         encoding with `encode_request`
 
-The SDK's encoder builds a protobuf object per span, attribute and value before serialising them: about
-three times the CPU of appending the bytes directly (bench/observability.py measures the whole turn), and
-it runs in the worker process beside the turns. Field numbers are those of `opentelemetry/proto/trace/v1/
+The SDK's encoder builds a protobuf object per span, attribute and value before serialising them, from the
+SDK's span objects: a turn's spans are never made as those (`store.tracing.finished` makes records), and
+their bytes are appended directly from the records' fields (bench/observability.py measures the whole
+turn), in the worker process beside the turns. Field numbers are those of `opentelemetry/proto/trace/v1/
 trace.proto` and `common/v1/common.proto`; a span with links, or an attribute value of another type, is
-left to the SDK's encoder (the whole batch), so the output is always a valid request. The tests decode
-both encodings with `opentelemetry-proto`'s classes and compare them.
+left to the SDK's encoder (the whole batch), so the output is always a valid request. The tests compare
+both encodings' bytes, and decode them with `opentelemetry-proto`'s classes.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+from collections import deque
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.trace import SpanKind
+
+from store.span_record import SpanEvent, SpanRecord, readables
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +49,12 @@ class Unencodable(Exception):
 
 
 def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _SMALL[n]
+    if 0 < n < 16384:  # two bytes: a span's length, most token counts
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     if n < 0:
         n += 1 << 64  # int64: two's complement in ten bytes
-    if n < 128:
-        return _SMALL[n]
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -60,18 +69,45 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + (_SMALL[size] if size < 128 else _varint(size)) + payload
 
 
-def _any_value(value: object) -> bytes:
-    """An AnyValue: string 1, bool 2, int 3, double 4, array 5 (of AnyValue, field 1)."""
-    if isinstance(value, str):
+def _string(tag: bytes, value: str) -> bytes:
+    """A string field outside a oneof: an empty one is not written (proto3's default, as the SDK's)."""
+    return _field(tag, value.encode()) if value else b""
+
+
+def _fixed64(tag: bytes, value: int) -> bytes:
+    return tag + _FIXED64.pack(value) if value else b""
+
+
+def _times(start: int, end: int) -> bytes:
+    if start and end:
+        return _TIMES.pack(0x39, start, 0x41, end)
+    return _fixed64(b"\x39", start) + _fixed64(b"\x41", end)
+
+
+def _any_value(value: Any) -> bytes:
+    """An AnyValue: string 1, bool 2, int 3, double 4, array 5 (of AnyValue, field 1). By exact type first
+    (isinstance down a chain of types costs more than the encoding); a subclass (an IntEnum) as its base."""
+    kind = type(value)
+    if kind is str:
         return _field(b"\x0a", value.encode())
-    if isinstance(value, bool):
-        return b"\x10\x01" if value else b"\x10\x00"
-    if isinstance(value, int):
+    if kind is int:
         return b"\x18" + _varint(value)
-    if isinstance(value, float):
+    if kind is float:
         return b"\x21" + _DOUBLE.pack(value)
-    if isinstance(value, list | tuple):
-        return _field(b"\x2a", b"".join(_field(b"\x0a", _any_value(v)) for v in value))
+    if kind is bool:
+        return b"\x10\x01" if value else b"\x10\x00"
+    if kind is tuple or kind is list:
+        return _field(b"\x2a", b"".join([_field(b"\x0a", _any_value(v)) for v in value]))
+    return _any_value_of_subclass(value)
+
+
+def _any_value_of_subclass(value: Any) -> bytes:
+    if isinstance(value, bool):
+        return _any_value(bool(value))
+    bases: tuple[Any, ...] = (str, int, float, tuple, list)
+    for base in bases:
+        if isinstance(value, base):
+            return _any_value(base(value))
     raise Unencodable(type(value).__name__)
 
 
@@ -81,107 +117,126 @@ _KEYS: dict[str, bytes] = {}
 def _key(name: str) -> bytes:
     found = _KEYS.get(name)
     if found is None:
-        found = _KEYS[name] = _field(b"\x0a", name.encode())
+        found = _KEYS[name] = _string(b"\x0a", name)
     return found
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, object] | None) -> bytes:
-    """Repeated KeyValue (key 1, value 2) under `tag`. A string-valued pair seen before is its cached bytes
-    (most repeat: operation, model, tool, route, stage, tenant); the cache is emptied past MAX_CACHED_PAIRS.
-    Only strings: True == 1 == 1.0 as dict keys, but each has its own encoding."""
+    """Repeated KeyValue (key 1, value 2) under `tag`. A pair seen before whose value is a string, an int
+    or a tuple of strings is its cached bytes (most repeat: operation, model, tool, route, stage, tenant,
+    step, finish reasons); the cache is emptied past MAX_CACHED_PAIRS. Only those: True == 1 == 1.0 as dict
+    keys, but each has its own encoding (a bool or float pair is never looked up, so never finds an int's).
+    """
     if not attributes:
         return b""
     cache = _PAIRS.get(tag)
     if cache is None:
         cache = _PAIRS[tag] = {}
     out = []
-    for key, value in attributes.items():
-        if type(value) is str:
-            found = cache.get((key, value))
+    for pair in attributes.items():
+        value = pair[1]
+        kind = type(value)
+        if kind is str or kind is int or (kind is tuple and all(type(v) is str for v in value)):  # type: ignore[attr-defined]
+            found = cache.get(pair)
             if found is None:
                 if len(cache) >= MAX_CACHED_PAIRS:
                     cache.clear()
-                found = cache[(key, value)] = _field(tag, _key(key) + _field(b"\x12", _any_value(value)))
+                found = cache[pair] = _pair(tag, *pair)
             out.append(found)
         else:
-            out.append(_field(tag, _key(key) + _field(b"\x12", _any_value(value))))
+            out.append(_pair(tag, *pair))
     return b"".join(out)
 
 
+def _pair(tag: bytes, key: str, value: object) -> bytes:
+    return _field(tag, _key(key) + _field(b"\x12", _any_value(value)))
+
+
 MAX_CACHED_PAIRS = 4096
-_PAIRS: dict[bytes, dict[tuple[str, str], bytes]] = {}
+_PAIRS: dict[bytes, dict[tuple[str, object], bytes]] = {}
 
 
-def _span_id(tag: bytes, span_id: int) -> bytes:
-    return tag + b"\x08" + span_id.to_bytes(8, "big")
-
-
-def _events(span: ReadableSpan) -> bytes:
+def _events(events: Sequence[SpanEvent]) -> bytes:
     """Span.events (11): Event{time_unix_nano 1 fixed64, name 2, attributes 3}."""
     out = []
-    for event in span._events:
-        body = b"\x09" + _FIXED64.pack(event.timestamp) + _field(b"\x12", event.name.encode())
+    for event in events:
+        body = _fixed64(b"\x09", event.timestamp) + _string(b"\x12", event.name)
         out.append(_field(b"\x5a", body + _attributes(b"\x1a", event.attributes)))
     return b"".join(out)
 
 
-def _status(span: ReadableSpan) -> bytes:
-    """Span.status (15): Status{message 2, code 3}."""
-    status = span.status
-    if status.status_code.value == 0 and not status.description:
-        return b"\x7a\x00"  # unset: an empty Status, as the SDK writes it
-    body = _field(b"\x12", status.description.encode()) if status.description else b""
-    code = status.status_code.value
-    return _field(b"\x7a", body + (b"\x18" + _SMALL[code] if code else b""))
+def _status(code: int, message: str) -> bytes:
+    """Span.status (15): Status{message 2, code 3}; unset and empty is an empty Status, as the SDK writes."""
+    found = _STATUSES.get((code, message))
+    if found is None:
+        body = _field(b"\x12", message.encode()) if message else b""
+        found = _field(b"\x7a", body + (b"\x18" + _SMALL[code] if code else b""))
+        if len(_STATUSES) < MAX_CACHED_PAIRS:
+            _STATUSES[(code, message)] = found
+    return found
 
 
-def encode_span(span: ReadableSpan) -> bytes:
-    """One Span message's bytes (not framed). Reads the span's fields, not its properties (they copy the
-    attributes, events and links on every call: a third of the encoding)."""
-    context, links, start, end = span._context, span._links, span._start_time, span._end_time
-    if context is None or links or start is None or end is None:
-        raise Unencodable("a span without a context or times, or with links")
-    parent, attributes, events = span._parent, span._attributes, span._events
-    parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big"), _span_id(b"\x12", context.span_id)]
-    if context.trace_state:
-        parts.append(_field(b"\x1a", context.trace_state.to_header().encode()))
-    if parent is not None:
-        parts.append(_span_id(b"\x22", parent.span_id))
-    name = _NAMES.get(span._name)
-    if name is None:
-        if len(_NAMES) >= MAX_CACHED_PAIRS:
-            _NAMES.clear()
-        name = _NAMES[span._name] = _field(b"\x2a", span._name.encode())
-    parts += (
-        name,
-        b"\x30" + _SMALL[span._kind.value + 1],  # the proto's SpanKind is the API's plus one (0: unspecified)
-        b"\x39" + _FIXED64.pack(start),
-        b"\x41" + _FIXED64.pack(end),
-        _attributes(b"\x4a", attributes),
-    )
-    if type(attributes) is not MappingProxyType and span.dropped_attributes:  # a live span's bounded ones
-        parts.append(b"\x50" + _varint(span.dropped_attributes))
-    if events:
-        parts.append(_events(span))
-        if span.dropped_events:
-            parts.append(b"\x60" + _varint(span.dropped_events))
-    parts.append(_status(span))
-    flags = HAS_IS_REMOTE | (IS_REMOTE if parent is not None and parent.is_remote else 0)
-    parts.append(b"\x85\x01" + _FIXED32.pack(flags))  # field 16, fixed32
-    return b"".join(parts)
-
-
+_STATUSES: dict[tuple[int, str], bytes] = {}
+# Span.flags (16, fixed32): SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK, with IS_REMOTE for a remote parent
+_LOCAL_FLAGS = b"\x85\x01" + _FIXED32.pack(HAS_IS_REMOTE)
+_REMOTE_FLAGS = b"\x85\x01" + _FIXED32.pack(HAS_IS_REMOTE | IS_REMOTE)
+_TIMES = struct.Struct("<BQBQ")  # start_time_unix_nano (7, fixed64: tag 0x39), end (8: 0x41)
+# Span.kind (6): the proto's SpanKind is the API's plus one (0: unspecified)
+_KINDS = {kind: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}
 _NAMES: dict[str, bytes] = {}  # span name -> its field's bytes
 
 
-def _resource(span: ReadableSpan) -> bytes:
+def record_of(span: ReadableSpan) -> SpanRecord:
+    """A ReadableSpan's fields (not its properties: they copy the attributes, events and links on every
+    call) as the SpanRecord the encoder writes: spans ended elsewhere (the web's live `ask`)."""
+    context, start, end = span._context, span._start_time, span._end_time
+    if context is None or span._links or start is None or end is None:
+        raise Unencodable("a span without a context or times, or with links")
+    attributes, status = span._attributes, span.status
+    dropped = span.dropped_attributes if type(attributes) is not MappingProxyType else 0  # a live span's
+    return SpanRecord(
+        span._name, context.trace_id, context.span_id, context.trace_flags, context.trace_state, span._parent,
+        span._kind, start, end, attributes or {}, span._events, status.status_code.value,
+        status.description or "", span.resource, span.instrumentation_scope, dropped,
+        span.dropped_events if span._events else 0,
+    )  # fmt: skip
+
+
+def encode_span(span: SpanRecord) -> bytes:
+    """One Span message's bytes (not framed)."""
+    parts = [b"\x0a\x10" + span.trace_id.to_bytes(16, "big"), b"\x12\x08" + span.span_id.to_bytes(8, "big")]
+    if span.trace_state:
+        parts.append(_field(b"\x1a", span.trace_state.to_header().encode()))
+    parent = span.parent
+    if parent is not None:
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+    name = _NAMES.get(span.name)
+    if name is None:
+        if len(_NAMES) >= MAX_CACHED_PAIRS:
+            _NAMES.clear()
+        name = _NAMES[span.name] = _string(b"\x2a", span.name)
+    parts += (
+        name, _KINDS[span.kind], _times(span.start_ns, span.end_ns),
+        _attributes(b"\x4a", span.attributes),
+    )  # fmt: skip
+    if span.dropped_attributes:
+        parts.append(b"\x50" + _varint(span.dropped_attributes))
+    if span.events:
+        parts.append(_events(span.events))
+        if span.dropped_events:
+            parts.append(b"\x60" + _varint(span.dropped_events))
+    parts.append(_status(span.status_code, span.status_message))
+    parts.append(_REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS)
+    return b"".join(parts)
+
+
+def _resource(resource: Any) -> bytes:
     """Resource{attributes 1, dropped_attributes_count 2}."""
-    return _attributes(b"\x0a", span.resource.attributes)
+    return _attributes(b"\x0a", resource.attributes)
 
 
-def _scope(span: ReadableSpan) -> bytes:
+def _scope(scope: Any) -> bytes:
     """InstrumentationScope{name 1, version 2, attributes 3}."""
-    scope = span.instrumentation_scope
     if scope is None:
         return b""
     body = _field(b"\x0a", scope.name.encode()) if scope.name else b""
@@ -190,64 +245,121 @@ def _scope(span: ReadableSpan) -> bytes:
     return body + _attributes(b"\x1a", scope.attributes)
 
 
-def _same(found: dict[int, Any], value: Any) -> Any:
-    """The first value equal to `value` seen in this batch (equal resources or scopes share a group, as
-    in the SDK's encoder), found by identity first: one provider's spans share their resource object."""
-    known = found.get(id(value))
-    if known is None:
-        known = found[id(value)] = next((v for v in found.values() if v == value), value)
-    return known
-
-
-def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
-    """ExportTraceServiceRequest{resource_spans 1: ResourceSpans{resource 1, scope_spans 2: ScopeSpans{
-    scope 1, spans 2, schema_url 3}, schema_url 3}}, grouped by resource, then scope, in arrival order."""
-    groups: dict[int, tuple[ReadableSpan, dict[int, tuple[ReadableSpan, list[bytes]]]]] = {}
-    resources: dict[int, Any] = {}
-    scopes_seen: dict[int, Any] = {}
-    for span in spans:
-        resource = _same(resources, span.resource)
-        scope = _same(scopes_seen, span.instrumentation_scope) if span.instrumentation_scope else None
-        _, scopes = groups.setdefault(id(resource), (span, {}))
-        scopes.setdefault(id(scope), (span, []))[1].append(encode_span(span))
-    out = []
-    for first, scopes in groups.values():
-        body = _field(b"\x0a", _resource(first))
-        for scoped, encoded in scopes.values():
-            scope = scoped.instrumentation_scope
-            inner = _field(b"\x0a", _scope(scoped))
-            inner += b"".join(_field(b"\x12", e) for e in encoded)
-            if scope is not None and scope.schema_url:
-                inner += _field(b"\x1a", scope.schema_url.encode())
-            body += _field(b"\x12", inner)
-        if first.resource.schema_url:
-            body += _field(b"\x1a", first.resource.schema_url.encode())
-        out.append(_field(b"\x0a", body))
-    return b"".join(out)
-
-
-def encoded(spans: Sequence[ReadableSpan]) -> bytes:
-    """`encode_request`, or the SDK's encoding for a batch it does not write."""
+def _encode_one(item: SpanRecord | ReadableSpan) -> tuple[Any, Any, bytes]:
+    """A span's resource, scope and Span message bytes; a span this does not write is the SDK encoder's."""
     try:
-        return encode_request(spans)
+        span = item if type(item) is SpanRecord else record_of(item)  # type: ignore[arg-type]
+        return span.resource, span.scope, encode_span(span)
     except Unencodable:
-        return encode_spans(spans).SerializePartialToString()
+        sdk = readables([item])[0]
+        message = encode_spans([sdk]).resource_spans[0].scope_spans[0].spans[0]
+        return sdk.resource, sdk.instrumentation_scope, message.SerializeToString()
+
+
+class _Group(NamedTuple):
+    resource: Any
+    scope: Any
+    spans: deque[bytes]  # framed: ScopeSpans.spans (2)
+
+
+class Encoded:
+    """Spans encoded as they arrive and kept as bytes until they are sent (nothing the garbage collector
+    traces while they wait: a 2048-span batch of span objects used to outlive collections and bring full
+    ones sooner), grouped by resource, then scope, as the SDK's encoder groups them (equal ones share a
+    group; one provider's spans share their objects, found by identity first).
+
+        buffer.add(spans)        SpanRecords and ReadableSpans
+        len(buffer)              spans waiting
+        buffer.take(n) -> bytes  the ExportTraceServiceRequest of the first n, in arrival order per group
+    """
+
+    def __init__(self) -> None:
+        self._groups: list[_Group] = []  # in order of first arrival
+        self._last: _Group | None = None
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, spans: Sequence[SpanRecord | ReadableSpan]) -> None:
+        for item in spans:
+            resource, scope, body = _encode_one(item)
+            group = self._last
+            if group is None or group.resource is not resource or group.scope is not scope:
+                group = self._group(resource, scope)
+            group.spans.append(_field(b"\x12", body))
+            self._count += 1
+
+    def _group(self, resource: Any, scope: Any) -> _Group:
+        found = next(
+            (g for g in self._groups if _equal(g.resource, resource) and _equal(g.scope, scope)), None
+        )
+        if found is None:
+            found = _Group(resource, scope, deque())
+            self._groups.append(found)
+        self._last = found
+        return found
+
+    def take(self, limit: int) -> bytes:
+        """ExportTraceServiceRequest{resource_spans 1: ResourceSpans{resource 1, scope_spans 2: ScopeSpans{
+        scope 1, spans 2, schema_url 3}, schema_url 3}}."""
+        left = min(limit, self._count)
+        self._count -= left
+        by_resource: list[tuple[Any, list[bytes]]] = []
+        for group in self._groups:
+            count = min(left, len(group.spans))
+            if not count:
+                continue
+            left -= count
+            inner = _field(b"\x0a", _scope(group.scope))
+            inner += b"".join([group.spans.popleft() for _ in range(count)])
+            if group.scope is not None and group.scope.schema_url:
+                inner += _field(b"\x1a", group.scope.schema_url.encode())
+            scopes = next((s for r, s in by_resource if _equal(r, group.resource)), None)
+            if scopes is None:
+                by_resource.append((group.resource, scopes := []))
+            scopes.append(_field(b"\x12", inner))
+        self._groups = [g for g in self._groups if g.spans]
+        self._last = None
+        out = []
+        for resource, scopes in by_resource:
+            body = _field(b"\x0a", _resource(resource)) + b"".join(scopes)
+            if resource.schema_url:
+                body += _field(b"\x1a", resource.schema_url.encode())
+            out.append(_field(b"\x0a", body))
+        return b"".join(out)
+
+
+def _equal(a: object, b: object) -> bool:
+    return a is b or a == b
+
+
+def encode_request(spans: Sequence[SpanRecord | ReadableSpan]) -> bytes:
+    """The ExportTraceServiceRequest of these spans (`Encoded`)."""
+    buffer = Encoded()
+    buffer.add(spans)
+    return buffer.take(len(buffer))
 
 
 class SpanExporter(OTLPSpanExporter):
-    """The SDK's OTLP/HTTP span exporter with `encoded` bodies; its own `export` where its internals differ
-    from the version this was written against (opentelemetry-exporter-otlp-proto-http 1.45)."""
+    """The SDK's OTLP/HTTP span exporter: `post` sends a request `Encoded` made, `export` encodes spans
+    with `encode_request`; the SDK's own `export` where its internals differ from the version this was
+    written against (opentelemetry-exporter-otlp-proto-http 1.45: `posts_bytes()` is False)."""
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        client: Any = getattr(self, "_client", None)
-        if self._shutdown or not hasattr(client, "export"):
-            return super().export(spans)
-        body = encoded(spans)
+    def posts_bytes(self) -> bool:
+        return hasattr(getattr(self, "_client", None), "export")
+
+    def export(self, spans: Sequence[SpanRecord | ReadableSpan]) -> SpanExportResult:
+        if self._shutdown or not self.posts_bytes():
+            return super().export(readables(spans))
+        return self.post(encode_request(spans))
+
+    def post(self, body: bytes) -> SpanExportResult:
+        if self._shutdown:
+            return SpanExportResult.FAILURE
         limit = getattr(self, "_max_request_size", 0)
         if limit and len(body) > limit:
-            log.warning(
-                "dropping a batch of %d spans: %d bytes > max_request_size %d", len(spans), len(body), limit
-            )
+            log.warning("dropping a batch of spans: %d bytes > max_request_size %d", len(body), limit)
             return SpanExportResult.FAILURE
-        result = client.export(body)  # the transport logs a failure (and retries a transient one)
+        result = self._client.export(body)  # the transport logs a failure (and retries a transient one)
         return SpanExportResult.SUCCESS if getattr(result, "success", False) else SpanExportResult.FAILURE

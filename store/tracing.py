@@ -9,6 +9,7 @@
     install(provider) / reset()     another provider (an embedding application's, a test's in-memory one)
     begin(tracer, parent, name)     a span's sampled context, before the span is made with `finished`
     finished(tracer, parent, name, start_ns=, end_ns=, ...)  a span whose times are known when it is made
+    readable(record) / readables(spans)  the SDK's ReadableSpan of a SpanRecord `finished` made
     later(make)                     `make()` (it returns finished spans) run on the span batcher's thread
     flush()                         make what `later` queued, then flush the provider (tests, benches)
 
@@ -26,11 +27,12 @@ The SDK is imported only when tracing is on; the API alone (`opentelemetry-api`)
 
 What a traced turn costs (bench/observability.py): a step's span is made after the step, from its event,
 so its start and end are known at once; the turn's span is made when the activation ends, its attributes
-gathered meanwhile. `finished` hands such a span to the SDK's span processors as the finished
-`ReadableSpan` it would become, without the live `Span` (its lock, attribute cleaning, `on_start`): the
-turn's span is sampled by the tracer's sampler (`begin`), a step's follows its parent's decision, as the
-default parent-based sampler decides. Tracing needs the SDK's tracer (`install` takes an SDK provider).
-The export encodes with `store.otlp` (the bytes directly, not protobuf objects).
+gathered meanwhile. `finished` makes such a span as a `SpanRecord` (a tuple of its fields), without the
+live `Span` (its lock, attribute cleaning, `on_start`) or the SDK's `ReadableSpan`: `store.otlp` encodes
+records straight to the OTLP bytes, and `readable` makes the ReadableSpan only for other span processors
+(an installed provider's). The turn's span is sampled by the tracer's sampler (`begin`), a step's follows
+its parent's decision, as the default parent-based sampler decides. Tracing needs the SDK's tracer
+(`install` takes an SDK provider).
 
 Spans whose data is all known (a turn's, when its activation ends) are made off the turn's thread: `later`
 queues a function that makes them, and the span batcher (`store.span_batch`, one thread a process) makes
@@ -52,15 +54,16 @@ from opentelemetry.trace import (
     Span,
     SpanContext,
     SpanKind,
-    Status,
     StatusCode,
     TraceFlags,
     Tracer,
+    TraceState,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
 from store.exceptions import ConfigError
+from store.span_record import SpanEvent, SpanRecord, readable, readables
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +112,19 @@ def configure(role: str, env: Mapping[str, str] | None = None) -> bool:
     if env.get("OTEL_SERVICE_NAME", "").strip():
         resource = resource.merge(Resource({"service.name": env["OTEL_SERVICE_NAME"].strip()}))
     provider = TracerProvider(resource=resource)  # the sampler: OTEL_TRACES_SAMPLER, parent-based by default
-    from store.otlp import SpanExporter
+    from store.otlp import Encoded, SpanExporter
     from store.span_batch import SpanBatcher
 
     exporter = SpanExporter()
-    batcher = SpanBatcher.from_env(exporter.export, env, close=exporter.shutdown)
+    if exporter.posts_bytes():  # spans encoded as they are made, then waiting as bytes
+        batcher = SpanBatcher.from_env(exporter.post, env, close=exporter.shutdown, buffer=Encoded)
+    else:
+        batcher = SpanBatcher.from_env(exporter.export, env, close=exporter.shutdown)
     provider.add_span_processor(batcher)  # its only one: the provider's shutdown (atexit too) flushes it
-    _state["provider"], _state["batcher"] = provider, batcher
-    _batchers.clear()
-    _batchers[id(provider)] = (provider, batcher)  # `install(provider)` again (a bench's arms): the same one
-    _state["tracer"] = provider.get_tracer(INSTRUMENTATION)
+    tracer = provider.get_tracer(INSTRUMENTATION)
+    _state["provider"], _state["batcher"], _state["tracer"] = provider, batcher, tracer
+    _batchers.clear()  # `install(provider)` again (a bench's arms): the same batcher and tracer
+    _batchers[id(provider)] = (provider, batcher, tracer)
     log.info("tracing: OTLP %s export on (%s)", SUPPORTED_PROTOCOL, role)
     return True
 
@@ -171,33 +177,35 @@ def shutdown() -> None:
 
 def install(provider: object, *, capture: bool = False) -> None:
     """Use a given SDK `TracerProvider` (an embedding application's, or a test's in-memory exporter): the
-    spans `later` makes go to its span processors (one batcher per provider, kept across installs)."""
+    spans `later` makes go to its span processors (one batcher and one tracer per provider, kept across
+    installs: a tracer of its own each time would be a scope of its own to the encoder)."""
     _state.clear()
     _state["provider"] = provider
-    _state["tracer"] = provider.get_tracer(INSTRUMENTATION)  # type: ignore[attr-defined]
     _state["capture"] = capture
-    _state["batcher"] = _batcher_of(provider, _state["tracer"])  # type: ignore[arg-type]
+    _state["batcher"], _state["tracer"] = _batcher_of(provider)
 
 
-def _batcher_of(provider: object, tracer: Tracer) -> object:
+def _batcher_of(provider: object) -> tuple[object, Tracer]:
     found = _batchers.get(id(provider))
     if found is not None and found[0] is provider:
-        return found[1]
+        return found[1], found[2]
     from store.span_batch import SpanBatcher
+
+    tracer: Tracer = provider.get_tracer(INSTRUMENTATION)  # type: ignore[attr-defined]
 
     processor = _sdk(tracer).processor  # the provider's: every span processor added to it
 
     def sink(spans: Sequence[Any]) -> None:
-        for span in spans:
+        for span in readables(spans):
             processor.on_end(span)
 
     batcher = SpanBatcher.from_env(sink, os.environ)
     _batchers.clear()  # one provider at a time in practice: keep the last one
-    _batchers[id(provider)] = (provider, batcher)
-    return batcher
+    _batchers[id(provider)] = (provider, batcher, tracer)
+    return batcher, tracer
 
 
-_batchers: dict[int, tuple[object, object]] = {}
+_batchers: dict[int, tuple[object, object, Tracer]] = {}
 
 
 def reset() -> None:
@@ -208,8 +216,6 @@ def reset() -> None:
 class _Sdk(NamedTuple):
     """What a span needs from the SDK tracer that makes it."""
 
-    readable: Any  # opentelemetry.sdk.trace.ReadableSpan
-    event: Any  # opentelemetry.sdk.trace.Event
     processor: Any
     resource: Any
     scope: Any
@@ -221,14 +227,13 @@ def _sdk(tracer: Tracer) -> _Sdk:
     cached = _sdk_cache.get(id(tracer))
     if cached is not None and cached[0] is tracer:
         return cached[1]
-    from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.sdk.trace import Tracer as SdkTracer
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     if not isinstance(tracer, SdkTracer):
         raise ConfigError(f"tracing needs the OpenTelemetry SDK's tracer, not {type(tracer).__name__}")
     scope = getattr(tracer, "_instrumentation_scope", None) or InstrumentationScope(INSTRUMENTATION)
-    parts = _Sdk(ReadableSpan, Event, tracer.span_processor, tracer.resource, scope, tracer.id_generator,
+    parts = _Sdk(tracer.span_processor, tracer.resource, scope, tracer.id_generator,
                  tracer.sampler)  # fmt: skip
     _sdk_cache.clear()  # one tracer per process in practice: keep the last one
     _sdk_cache[id(tracer)] = (tracer, parts)
@@ -266,7 +271,7 @@ def begin(
 
 def finished(
     tracer: Tracer,
-    parent: SpanContext | None,
+    parent: SpanContext | SpanRecord | None,
     name: str,
     *,
     start_ns: int,
@@ -275,44 +280,48 @@ def finished(
     kind: SpanKind = SpanKind.INTERNAL,
     error: str | None = None,
     context: SpanContext | None = None,
-    events: Sequence[object] = (),
+    events: Sequence[SpanEvent] = (),
     into: list[Any] | None = None,
-) -> SpanContext | None:
-    """A span from `start_ns` to `end_ns`, ended now; its context (None: not sampled). Its `context` is
-    `begin`'s, or else a new child of `parent` (which must be a sampled span's).
+) -> SpanRecord | None:
+    """A span from `start_ns` to `end_ns`, ended now (None: not sampled). Its `context` is `begin`'s, or
+    else a new child of `parent` (a sampled span's context, or a span this made).
 
     `error` sets `error.type` and an error status; `events` are `event(...)`'s. Attribute values are the
-    types OpenTelemetry allows (str, bool, int, float, or a tuple of one of them), not copied or cleaned.
-    The span goes to the tracer's span processors, or into the list `into` (for `later`)."""
+    types OpenTelemetry allows (str, bool, int, float, or a tuple of one of them), not copied or cleaned:
+    the caller does not change the mapping afterwards. The span goes into the list `into` as a SpanRecord
+    (for `later`), or else to the tracer's span processors as a ReadableSpan."""
     sdk = _sdk(tracer)
-    if context is None:
-        if parent is None or not parent.is_valid or not parent.trace_flags.sampled:
-            return None
-        context = SpanContext(parent.trace_id, sdk.ids.generate_span_id(), is_remote=False,
-                              trace_flags=parent.trace_flags, trace_state=parent.trace_state)  # fmt: skip
-    values = dict(attributes or {})
-    status = _UNSET
+    state: TraceState | None
+    if context is not None:
+        trace_id, span_id, flags, state = (
+            context.trace_id, context.span_id, context.trace_flags, context.trace_state
+        )  # fmt: skip
+    elif parent is None or not parent.is_valid or not parent.trace_flags.sampled:
+        return None
+    else:
+        trace_id, span_id = parent.trace_id, sdk.ids.generate_span_id()
+        flags, state = parent.trace_flags, parent.trace_state
+    values = attributes if attributes is not None else _NO_ATTRIBUTES
+    code, message = 0, ""
     if error is not None:
-        values["error.type"] = error
-        status = Status(StatusCode.ERROR, error)
-    span = sdk.readable(
-        name, context=context, parent=parent, resource=sdk.resource, attributes=MappingProxyType(values),
-        events=tuple(events), kind=kind, status=status, start_time=start_ns, end_time=end_ns,
-        instrumentation_scope=sdk.scope,
+        values, code, message = {**values, "error.type": error}, StatusCode.ERROR.value, error
+    span = SpanRecord(
+        name, trace_id, span_id, flags, state, parent, kind, start_ns, end_ns, values, tuple(events), code,
+        message, sdk.resource, sdk.scope,
     )  # fmt: skip
     if into is not None:
         into.append(span)
     else:
-        sdk.processor.on_end(span)
-    return context
+        sdk.processor.on_end(readable(span))
+    return span
 
 
-_UNSET = Status(StatusCode.UNSET)
+_NO_ATTRIBUTES: Mapping[str, AttributeValue] = MappingProxyType({})
 
 
-def event(tracer: Tracer, name: str, attributes: Mapping[str, AttributeValue], at_ns: int) -> object:
+def event(tracer: Tracer, name: str, attributes: Mapping[str, AttributeValue], at_ns: int) -> SpanEvent:
     """A span event for `finished(events=...)`."""
-    return _sdk(tracer).event(name, attributes=MappingProxyType(dict(attributes)), timestamp=at_ns)
+    return SpanEvent(name, at_ns, attributes)
 
 
 def later(make: Callable[[], Sequence[Any]]) -> None:

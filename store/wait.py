@@ -8,11 +8,13 @@ replicated runs, with its WAIT, on one pinned connection to the primary that ser
 
 - the web process posts an ask and waits (`AsyncReplicaWait`, server/dispatch.py): the ask is `accepted`
   only once it is on N replicas;
-- the worker, at each step boundary (actors/activation.py `ActivationCore.replicated`), renews the
-  conversation's lease and waits (`ReplicaWait`): the renewal is a write later than every append of the
-  step so far (the replication stream is one sequence per primary, whatever connection wrote), so once N
-  replicas have it they have the whole step, and the next step's effect (a model or tool call) runs only
-  then. One WAIT per step, however many events the step appended.
+- the worker, right before each effect (a model call after its `LLMRequested`, a tool call after its
+  `ToolIntent`, an approval's ledger write) and at the activation's end (actors/activation.py
+  `ActivationCore.before_effect`, `replicated`), renews the conversation's lease and waits
+  (`ReplicaWait`): the renewal is a write later than every append so far (the replication stream is one
+  sequence per primary, whatever connection wrote), so once N replicas have it they have the call's own
+  record and everything before it, and the call runs only then. One WAIT per effect, however many events
+  came before it: a Q&A turn pays 2 (its model call, its end), where a WAIT at every step boundary paid 5.
 
 Either raises the caller's `unavailable` error when fewer than N replicas answered in time or the primary
 is unreachable (the slot map is re-read first, so a retry asks the new owner after a failover). A plain

@@ -1,6 +1,7 @@
-"""With `redis_wait_replicas` N > 0 the worker's appends are replicated too: at each step boundary the
-activation waits (one WAIT) until N replicas have everything it appended so far, so no model or tool call
-runs on a write a failover could drop (store/wait.py `ReplicaWait`, actors/activation.py `replicated`)."""
+"""With `redis_wait_replicas` N > 0 the worker's appends are replicated too: right before each model or tool
+call (after its own `LLMRequested` / `ToolIntent`) and at the activation's end, the activation waits (one
+WAIT) until N replicas have everything it appended so far, so no model or tool call runs on a write a
+failover could drop (store/wait.py `ReplicaWait`, actors/activation.py `before_effect`, `replicated`)."""
 
 from __future__ import annotations
 
@@ -114,6 +115,30 @@ def waiting_world(
         yield world
 
 
+def _waits(node: EmbeddedRedis) -> int:
+    """WAIT commands `node` has run (INFO commandstats)."""
+    client = sync_client(node.url)
+    try:
+        stats: Any = client.info("commandstats")
+        return int(stats.get("cmdstat_wait", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+def test_a_qa_turn_waits_once_before_its_model_call_and_once_at_its_end(
+    waiting_world: Any,
+    pair: tuple[EmbeddedRedis, EmbeddedRedis],  # noqa: F811
+) -> None:
+    world, (primary, replica) = waiting_world, pair
+    world.ask("qw1", "How many days of annual leave do employees get?", mode="qa")
+    before = _waits(primary)
+    assert world.run("qw1") == "done"
+    events = world.events("qw1")
+    assert isinstance(events[-1], AnswerCompleted)
+    assert _waits(primary) - before == 2  # not one per step (turn start, retrieval, model, answer, end)
+    assert _replica_entries(replica, conv_keys("qw1").log, cluster=False) == len(events)
+
+
 def test_no_model_call_runs_until_the_replica_has_the_turn_and_then_every_step_is_replicated(
     waiting_world: Any,
     pair: tuple[EmbeddedRedis, EmbeddedRedis],  # noqa: F811
@@ -132,7 +157,8 @@ def test_no_model_call_runs_until_the_replica_has_the_turn_and_then_every_step_i
     events = world.events("ag1")
     assert isinstance(events[-1], AnswerCompleted)
     assert world.requests("agent@ag1") == {"0": 1, "1": 1, "2": 1}
-    assert len([e for e in events if isinstance(e, LLMRequested)]) == 3
+    # The refused activation logged step 0's request, then its WAIT stopped the call: logged twice, made once.
+    assert [e.step for e in events if isinstance(e, LLMRequested)] == [0, 0, 1, 2]
     assert _replica_entries(replica, conv_keys("ag1").log, cluster=False) == len(events)
 
 

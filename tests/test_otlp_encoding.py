@@ -4,6 +4,8 @@ parsed with `opentelemetry-proto`'s classes and compared with the SDK encoder's 
 
 from __future__ import annotations
 
+from typing import Any
+
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -26,13 +28,17 @@ def _provider(exporter: InMemorySpanExporter, **kwargs: object) -> TracerProvide
     return provider
 
 
+# The web's ask span, as the worker sees it: a remote parent with a trace state.
+REMOTE = SpanContext(
+    0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
+    trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=TraceState([("vendor", "v1")]),
+)  # fmt: skip
+
+
 def _varied_spans() -> list[ReadableSpan]:
     exporter = InMemorySpanExporter()
     tracer = _provider(exporter).get_tracer("docent", "1.2")
-    remote = SpanContext(
-        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=TraceState([("vendor", "v1")]),
-    )  # fmt: skip
+    remote = REMOTE
     turn = tracer.start_span(
         "turn", context=trace.set_span_in_context(NonRecordingSpan(remote)), kind=SpanKind.CONSUMER,
         attributes={"docent.turn": 3, "docent.tenant": "é" * 90},
@@ -68,14 +74,14 @@ def test_the_bytes_parse_to_the_sdk_encoders_message() -> None:
 
 def test_spans_of_two_resources_stay_apart_and_links_fall_back_to_the_sdk_encoder() -> None:
     spans = _varied_spans() + _varied_spans()  # two providers, equal resources: one group
-    assert ExportTraceServiceRequest.FromString(otlp.encoded(spans)) == encode_spans(spans)
+    assert otlp.encode_request(spans) == encode_spans(spans).SerializeToString()
     exporter = InMemorySpanExporter()
     tracer = _provider(exporter).get_tracer("docent")
     other = spans[0].get_span_context()
     assert other is not None
     tracer.start_span("linked", links=[trace.Link(other, {"k": "v"})]).end()
     linked = list(exporter.get_finished_spans())
-    assert otlp.encoded(linked) == encode_spans(linked).SerializePartialToString()
+    assert otlp.encode_request(linked) == encode_spans(linked).SerializeToString()
 
 
 def test_finished_spans_follow_the_parents_sampling_and_keep_the_sdk_shape() -> None:
@@ -85,7 +91,9 @@ def test_finished_spans_follow_the_parents_sampling_and_keep_the_sdk_shape() -> 
         context = tracing.finished(tracer, turn.get_span_context(), "step", start_ns=10, end_ns=20,
                                    attributes={"docent.step": 1}, error="llm_timeout")  # fmt: skip
     step = next(s for s in exporter.get_finished_spans() if s.name == "step")
-    assert context is not None and step.context == context
+    assert context is not None and (step.context.trace_id, step.context.span_id) == (
+        context.trace_id, context.span_id,
+    )  # fmt: skip
     assert step.parent is not None and step.parent.span_id == turn.get_span_context().span_id
     assert step.context.trace_id == turn.get_span_context().trace_id
     assert (step.start_time, step.end_time, step.status.status_code) == (10, 20, StatusCode.ERROR)
@@ -96,3 +104,67 @@ def test_finished_spans_follow_the_parents_sampling_and_keep_the_sdk_shape() -> 
     with dropped.start_as_current_span("turn") as turn:
         assert tracing.finished(dropped, turn.get_span_context(), "step", start_ns=1, end_ns=2) is None
     assert unsampled.get_finished_spans() == ()
+
+
+def test_a_turns_records_encode_as_the_sdk_encodes_their_readable_spans() -> None:
+    """A turn's spans are SpanRecords (`finished(..., into=)`), encoded with no SDK span in between: the
+    same bytes as the SDK's encoder writes for the ReadableSpans `readable` makes of them (what an installed
+    provider's processors get), a live span of the SDK's in the same batch."""
+    exporter = InMemorySpanExporter()
+    tracer = _provider(exporter).get_tracer("docent", "1.2")
+    remote = REMOTE
+    begun = tracing.begin(tracer, remote, "turn", kind=SpanKind.CONSUMER)
+    assert begun is not None
+    turn, records = begun[0], []
+    attributes = {
+        "gen_ai.request.model": "m", "gen_ai.usage.input_tokens": 1_234_567, "docent.cost": 0.0125,
+        "gen_ai.response.finish_reasons": ("stop", "length"), "docent.flag": True, "docent.one": 1,
+        "docent.neg": -5, "docent.empty": "", "docent.long": "x" * 300, "docent.off": False, "docent.f": 1.0,
+        "docent.kind": SpanKind.CLIENT, "docent.big": 2**40, "docent.two_bytes": 300, "docent.ints": [1, 2],
+    }  # fmt: skip
+    for _ in range(2):  # the second time from the encoder's caches
+        tracing.finished(tracer, turn, "chat m", start_ns=1_000, end_ns=2_000_000_000_123,
+                         kind=SpanKind.CLIENT, attributes=attributes, into=records)  # fmt: skip
+    retrieval = tracing.finished(tracer, turn, "retrieval", start_ns=5, end_ns=9, into=records)
+    tracing.finished(tracer, retrieval, "retrieval.embed", start_ns=5, end_ns=6, into=records)
+    tracing.finished(tracer, turn, "execute_tool t", start_ns=7, end_ns=8, error="smtp_error", into=records)
+    asked = tracing.event(tracer, "approval_requested", {"gen_ai.tool.name": "send_email"}, 6)
+    tracing.finished(tracer, remote, "turn", start_ns=1, end_ns=10, context=turn, kind=SpanKind.CONSUMER,
+                     attributes={"docent.turn": 3, "docent.tenant": "é" * 90}, events=[asked],
+                     error="turn_failed", into=records)  # fmt: skip
+    tracer.start_span("ask", kind=SpanKind.SERVER).end()  # a live span, ended elsewhere (the web's)
+    batch = records + list(exporter.get_finished_spans())
+    sdk = encode_spans(tracing.readables(batch))
+    assert otlp.encode_request(batch) == sdk.SerializeToString()
+    spans = sdk.resource_spans[0].scope_spans[0].spans
+    assert [s.name for s in spans] == ["chat m", "chat m", "retrieval", "retrieval.embed", "execute_tool t",
+                                       "turn", "ask"]  # fmt: skip
+    assert spans[3].parent_span_id == spans[2].span_id and spans[5].parent_span_id == remote.span_id.to_bytes(
+        8, "big"
+    )
+
+
+def test_the_batchers_buffer_hands_on_requests_of_bytes_in_arrival_order_per_group() -> None:
+    """`Encoded` keeps spans as bytes until a batch is taken: two providers' spans (two resources), taken
+    three at a time, are the requests the SDK's encoder writes for the same slices of each group; a value
+    the encoder does not write (bytes) is the SDK's, span by span; a zero time is not written (proto3)."""
+    tracers = [_provider(InMemorySpanExporter()).get_tracer("docent") for _ in range(2)]
+    tracers[1].resource = Resource({"service.name": "other"})  # type: ignore[attr-defined]
+    tracing._sdk_cache.clear()
+    records: list[tracing.SpanRecord] = []
+    for n in range(4):
+        for tracer in tracers:
+            root = tracer.start_span("turn")
+            value: Any = b"raw" if n == 2 else n
+            tracing.finished(tracer, root.get_span_context(), f"step {n}", start_ns=n, end_ns=n + 1,
+                             attributes={"docent.value": value}, into=records)  # fmt: skip
+    buffer = otlp.Encoded()
+    buffer.add(records)
+    assert len(buffer) == 8
+    first = [r for r in records if r.resource is tracers[0].resource]  # type: ignore[attr-defined]
+    second = [r for r in records if r.resource is tracers[1].resource]  # type: ignore[attr-defined]
+    taken = [buffer.take(3), buffer.take(3), buffer.take(3)]
+    assert len(buffer) == 0 and taken[2] != b""
+    expected = [first[:3], first[3:] + second[:2], second[2:]]
+    for request, spans in zip(taken, expected, strict=True):
+        assert request == encode_spans(tracing.readables(spans)).SerializeToString()

@@ -327,13 +327,30 @@ def test_the_span_batcher_makes_off_the_turn_in_batches_and_is_bounded(
     assert closed == [True]
 
 
+def test_a_wake_to_make_spans_hands_on_only_whole_batches_before_the_delay() -> None:
+    """MAKES_PER_WAKE turns wake the thread to make their spans; it hands on only full batches then (a POST
+    costs the same whatever its size), the rest when the delay has passed (or at a flush)."""
+    handed: list[list[str]] = []
+    batcher = SpanBatcher(handed.append, delay_ms=600_000, max_spans=1000, batch_spans=20)
+    for n in range(span_batch.MAKES_PER_WAKE * 2):
+        batcher.later(lambda n=n: [f"s{n}"])  # type: ignore[misc]
+    batcher._wake.set()  # as the MAKES_PER_WAKE-th did, were the thread making the first ones meanwhile
+    deadline = time.monotonic() + 10
+    while (batcher._makes or len(batcher._spans) > 12) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [len(b) for b in handed] == [20] and len(batcher._spans) == 2 * span_batch.MAKES_PER_WAKE - 20
+    batcher.flush()
+    assert [len(b) for b in handed] == [20, 2 * span_batch.MAKES_PER_WAKE - 20]
+    batcher.shutdown()
+
+
 def test_installing_the_configured_provider_again_keeps_its_one_batcher() -> None:
     tracing.reset()
     try:
         assert tracing.configure("worker", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
-        provider, batcher = tracing.provider(), tracing._state["batcher"]
+        provider, batcher, tracer = tracing.provider(), tracing._state["batcher"], tracing.tracer()
         assert isinstance(batcher, SpanBatcher)
         tracing.install(provider)  # a bench's traced arm, once a turn
-        assert tracing._state["batcher"] is batcher
+        assert tracing._state["batcher"] is batcher and tracing.tracer() is tracer
     finally:
         tracing.shutdown()

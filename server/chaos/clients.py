@@ -42,6 +42,8 @@ class Ask:
     ack_ms: float | None = None  # first send -> `accepted`; None: never acknowledged
     acked_at: float = 0.0  # time.monotonic() of the `accepted`
     sends: int = 0
+    last_sent_at: float = 0.0  # time.monotonic() of the latest send
+    last_url: str = ""  # the web process the latest send went to
     turn: int = 0  # the turn its user_message opened, once seen
     outcome: str = ""  # the terminal event type the client saw, or "timeout"
 
@@ -144,6 +146,7 @@ class ChaosClient:
             ask.sent_at = time.monotonic()
         self.asking = True
         ask.sends += 1
+        ask.last_sent_at, ask.last_url = time.monotonic(), self.urls[self._web]
         frame = {"type": "ask", "text": ask.text, "mode": ask.mode}
         await ws.send(json.dumps({**frame, "client_message_id": ask.client_message_id}))
 

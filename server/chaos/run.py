@@ -4,7 +4,10 @@ while workers, web processes and one Redis primary are SIGKILLed; then the repor
 Run r is one conversation (its own user) of `turns` asks: `turns - 1` questions in `qa` mode, then the task
 of `actors.chaos.run` (an agent task with three side effects on even runs, the `compare_table` workflow on
 odd ones). Clients start STAGGER_PER_RUN_S apart; the primary kill lands halfway through their starts, once
-an ask is on its way to that primary, so asks are being acknowledged there when it dies.
+an ask is on its way to that primary, so asks are being acknowledged there when it dies (`kill_at="ask"`),
+or, with `kill_at="model"`, on the primary of the first agent task whose model call is in flight after
+that (`server.chaos.aim`): its link is cut as the request arrives and the kill follows `replica_lag_ms`
+later.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import asyncio
 import random
 import re
 import secrets
-import statistics
 import tempfile
 import threading
 import time
@@ -28,8 +30,10 @@ from actors.chaos.report import SUMMARY_KEYS, Tally, duplicate_effects
 from actors.chaos.run import print_report, request_text, script_key, task_script, worker_env
 from actors.testing import HttpSink, ScriptedLLMThread, SinkThread, SmtpSink
 from server.auth import mint_token
+from server.chaos.ack_times import acked_in_window, cut_window_acks, outside_window_acks, percentiles
+from server.chaos.aim import ModelCallWatch, slowed_task_script, steps_requested_again, task_steps_with_tools
 from server.chaos.clients import Ask, ChaosClient
-from server.chaos.stack import PrimaryKill, Topology, in_slots
+from server.chaos.stack import Topology, in_slots
 from store.cluster import EmbeddedCluster
 from store.events import TERMINAL, AnswerCompleted, Event, UserMessage
 from store.log import ConversationLog, conv_keys
@@ -44,7 +48,7 @@ CHAOS_WINDOW_PER_RUN_S = 0.8
 PRIMARY_KILL_MIN_S = 3.0  # the primary kill lands halfway through the clients' starts, this soon at least
 WORKER_KILL_INTERVAL_S = (1.0, 3.0)
 WEB_KILL_INTERVAL_S = (2.0, 5.0)
-WEB_MIN_UP_S = 2.0  # a web process is killed only when the other one has been up this long
+WEB_MIN_UP_S = 2.0  # a web process is killed only when the other one has been serving this long
 FAULT_POLL_S = 0.1
 ASKED_WAIT_S = 10.0
 ASKED_POLL_S = 0.005
@@ -61,6 +65,7 @@ class Plan:
     replica_lag_ms: int = 0  # the primary's replication link is cut this long before its kill
     node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS  # the cluster's cluster-node-timeout
     failover: Literal["supervisor", "cluster"] = "supervisor"  # who promotes the killed primary's replica
+    kill_at: Literal["ask", "model"] = "ask"  # the primary kill's aim (see the module docstring)
     kill_workers: bool = True
     kill_webs: bool = True
 
@@ -70,8 +75,10 @@ class Plan:
 
     @property
     def primary_kill_s(self) -> float:
-        """When the primary is killed: halfway through the clients' starts, while asks are being made."""
-        return max(PRIMARY_KILL_MIN_S, self.runs * STAGGER_PER_RUN_S / 2)
+        """When the primary kill is aimed: halfway through the clients' starts, while asks are being made
+        (PRIMARY_KILL_MIN_S at least for an ask; a model call is waited for anyway)."""
+        at_least = PRIMARY_KILL_MIN_S if self.kill_at == "ask" else 0.0
+        return max(at_least, self.runs * STAGGER_PER_RUN_S / 2)
 
 
 @dataclass
@@ -82,6 +89,7 @@ class Faults:
     plan: Plan
     rng: random.Random
     clients: list[ChaosClient]
+    model_calls: ModelCallWatch | None = None  # with kill_at="model": the agent model calls to aim at
     stop: threading.Event = field(default_factory=threading.Event)
     errors: list[str] = field(default_factory=list)
 
@@ -119,12 +127,30 @@ class Faults:
                 return
             self.stop.wait(ASKED_POLL_S)
 
+    def _aim(self) -> tuple[EmbeddedRedis | None, str]:
+        """The primary to kill, and what the kill aims at: a random primary once an ask is on its way to it,
+        or the primary of an agent's model call in flight (None when none came: reported)."""
+        if self.model_calls is None:
+            node = self.rng.choice(sorted(self.topology.primaries(), key=lambda n: n.port))
+            self._until_asked(self.topology.slots_of(node))
+            return node, "ask"
+        self.model_calls.start()
+        found = self.model_calls.wait(self.stop)
+        if found is None:
+            self.errors.append("primary kill: no agent model call to aim at")
+            return None, ""
+        conversation, call = found
+        return self.topology.cluster.primary_of(conv_keys(conversation).log), call
+
     def _kill_a_primary(self, started: float) -> None:
         try:
             self.stop.wait(max(0.0, started + self.plan.primary_kill_s - time.monotonic()))
-            node = self.rng.choice(sorted(self.topology.primaries(), key=lambda n: n.port))
-            self._until_asked(self.topology.slots_of(node))
-            self.topology.kill_primary(node, self.plan.replica_lag_ms, self.plan.failover == "supervisor")
+            node, aimed_at = self._aim()
+            if node is None:
+                return
+            supervised = self.plan.failover == "supervisor"
+            kill = self.topology.kill_primary(node, self.plan.replica_lag_ms, supervised)
+            kill.aimed_at = aimed_at
         except Exception as exc:
             self.errors.append(f"primary kill: {type(exc).__name__}: {exc}")
 
@@ -149,20 +175,27 @@ def run_in(root: Path, plan: Plan) -> dict[str, Any]:
         EmbeddedCluster(root / "cluster", password=password, node_timeout_ms=plan.node_timeout_ms) as cluster,
         EmbeddedRedis(root / "queues", password=password) as queues,
         SinkThread(smtp := SmtpSink(), http := HttpSink()),
-        ScriptedLLMThread({"task": task_script(http.url)}, delay_ms=DELTA_DELAY_MS) as llm,
+        ScriptedLLMThread({"task": _task_script(http.url, plan)}, delay_ms=DELTA_DELAY_MS) as llm,
     ):
         env = _env(root, cluster, queues, llm.url, smtp.port, plan)
         topology = Topology(cluster, env, root / "logs")
         try:
             topology.start()
             clients = _clients(topology, Settings.from_env(env), plan)
-            faults = Faults(topology, plan, random.Random(plan.seed), clients)
+            aimed = plan.kill_at == "model"
+            watch = ModelCallWatch(llm, clients, task_steps_with_tools(http.url)) if aimed else None
+            faults = Faults(topology, plan, random.Random(plan.seed), clients, watch)
             asyncio.run(_drive(clients, faults, plan))
         finally:
             topology.stop()
         report = _report(cluster, clients, topology, faults, llm, smtp, http)
         report["detail"]["tracebacks_in_logs"] = logged_tracebacks(root / "logs")
         return report
+
+
+def _task_script(sink_url: str, plan: Plan) -> dict[str, Any]:
+    """The agent task's script: its model steps slowed when the kill aims at one (`server.chaos.aim`)."""
+    return slowed_task_script(sink_url) if plan.kill_at == "model" else task_script(sink_url)
 
 
 def logged_tracebacks(log_dir: Path) -> dict[str, int]:
@@ -270,44 +303,6 @@ class TurnTally:
                 self.completed += 1
 
 
-def _acked_in_window(clients: list[ChaosClient], topology: Topology, kill: PrimaryKill) -> int:
-    """Asks on the killed primary's slots acknowledged between the link cut (or the kill) and the kill."""
-    return sum(
-        1
-        for c in clients
-        if c.conversation_id and in_slots(kill.slots, conv_keys(c.conversation_id).inbox)
-        for a in c.asks
-        if a.ack_ms is not None and kill.cut_at <= a.acked_at <= kill.killed_at
-    )
-
-
-def _cut_window_acks(clients: list[ChaosClient], kill: PrimaryKill) -> dict[str, Any]:
-    """Ask -> `accepted` of the asks to the killed primary's slots first sent between the link cut (or the
-    kill) and the old primary's rejoin: the stall a failover costs (never acknowledged: `unacknowledged`)."""
-    end = kill.killed_at + kill.rejoined_s
-    asks = [
-        a
-        for c in clients
-        if c.conversation_id and in_slots(kill.slots, conv_keys(c.conversation_id).inbox)
-        for a in c.asks
-        if a.sends and kill.cut_at <= a.sent_at <= end
-    ]
-    acks = sorted(a.ack_ms for a in asks if a.ack_ms is not None)
-    summary: dict[str, Any] = {"asks": len(asks), "unacknowledged": len(asks) - len(acks)}
-    # Each ask's first send and `accepted`, in seconds from the kill, and how often it was sent.
-    at = kill.killed_at
-    timeline = [[round(a.sent_at - at, 2), round(a.acked_at - at, 2), a.sends] for a in asks]
-    return {**summary, **percentiles(acks), "sent_acked_sends": sorted(timeline)}
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    """p50 / p95 / max of sorted `values` (None when empty), in the report's rounding."""
-    if not values:
-        return {"p50": None, "p95": None, "max": None}
-    p95 = values[min(len(values) - 1, int(len(values) * 0.95))]
-    return {"p50": round(statistics.median(values), 2), "p95": round(p95, 2), "max": round(values[-1], 2)}
-
-
 def _detail(
     clients: list[ChaosClient], topology: Topology, faults: Faults, tally: Tally, turns: TurnTally,
     smtp: SmtpSink, http: HttpSink, llm: ScriptedLLMThread,
@@ -325,8 +320,10 @@ def _detail(
         "crash_exits": topology.workers.exits,
         "web_kills": topology.web_kills,
         "primary_kills": [k.summary() for k in topology.primary_kills],
-        "acked_in_kill_window": [_acked_in_window(clients, topology, k) for k in topology.primary_kills],
-        "cut_window_ack_ms": [_cut_window_acks(clients, k) for k in topology.primary_kills],
+        "acked_in_kill_window": [acked_in_window(clients, k) for k in topology.primary_kills],
+        "cut_window_ack_ms": [cut_window_acks(clients, k) for k in topology.primary_kills],
+        "outside_cut_window_ack_ms": outside_window_acks(clients, topology),
+        "web_ready_after_restart_s": percentiles(sorted(r - s for _, s, r in topology.web_ready)),
         "reconnects": dict(reconnects),
         "refusals": dict(refusals),
         "ack_ms": percentiles(acks),
@@ -334,6 +331,7 @@ def _detail(
         "emails": len(smtp.deliveries_by_id),
         "smtp_redeliveries": smtp.duplicates,
         "llm_requests": llm.stats()["total"],
+        "llm_steps_requested_again": steps_requested_again(llm.stats()["requests"], len(clients)),
         "fault_errors": faults.errors,
         "problems": dict(tally.problems),
     }

@@ -55,6 +55,9 @@ class WebProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
+        self.ready_at = 0.0  # when it first answered /healthz since its (re)start; 0 = not yet
+        self.starts = 0
+        self.restarts: list[tuple[int, float, float]] = []  # (port, started_at, ready_at) of each restart
 
     @property
     def ws_url(self) -> str:
@@ -64,7 +67,8 @@ class WebProcess:
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "server.app"], env=self.env, stdout=out,
                                             stderr=out, start_new_session=True)  # fmt: skip
-        self.started_at = time.monotonic()
+        self.started_at, self.ready_at = time.monotonic(), 0.0
+        self.starts += 1
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -74,10 +78,21 @@ class WebProcess:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise RuntimeError(f"web process on port {self.port} exited; see {self.log_path}")
-            if self._healthy():
+            if self.check_ready():
                 return
             time.sleep(HEALTH_POLL_S)
         raise RuntimeError(f"web process on port {self.port} did not become healthy")
+
+    def check_ready(self) -> bool:
+        """Whether it answers /healthz now; the first time since its start sets `ready_at`."""
+        if self.ready_at:
+            return True
+        if self.alive() and self._healthy():
+            self.ready_at = time.monotonic()
+            if self.starts > 1:
+                self.restarts.append((self.port, self.started_at, self.ready_at))
+            return True
+        return False
 
     def _healthy(self) -> bool:
         try:
@@ -116,11 +131,12 @@ class PrimaryKill:
     failover_s: float = 0.0
     rejoined_s: float = 0.0
     forced: bool = False  # the supervisor asked the replica to take over (CLUSTER FAILOVER FORCE)
+    aimed_at: str = ""  # "ask", or the agent model call in flight when the link was cut
 
-    def summary(self) -> dict[str, float | bool]:
+    def summary(self) -> dict[str, float | bool | str]:
         times = {"failover_s": round(self.failover_s, 2), "rejoined_s": round(self.rejoined_s, 2)}
         node = {"port": self.port, "replica_port": self.replica_port, "lag_ms": self.lag_ms}
-        return {**node, **times, "forced": self.forced}
+        return {**node, **times, "forced": self.forced, "aimed_at": self.aimed_at}
 
 
 class Topology:
@@ -145,6 +161,11 @@ class Topology:
             web.stop()
         self.workers.stop_all()
 
+    @property
+    def web_ready(self) -> list[tuple[int, float, float]]:
+        """(port, started_at, ready_at) of every web process restart that came to serve."""
+        return sorted(r for web in self.webs for r in web.restarts)
+
     def urls(self) -> list[str]:
         return [web.ws_url for web in self.webs]
 
@@ -152,9 +173,12 @@ class Topology:
         self.workers.kill(index)  # SIGKILL of its process group, started again at once
 
     def kill_web(self, index: int, min_other_up_s: float) -> bool:
-        """SIGKILL web `index` and start it again, unless the other one is not up yet (min_other_up_s)."""
+        """SIGKILL web `index` and start it again, unless another one has not answered `/healthz` for
+        `min_other_up_s` yet: a restart takes seconds before the process serves (3.8 s p50 under load), so
+        counting from its start could leave no web process serving at all, a rolling restart never does."""
         others = [w for n, w in enumerate(self.webs) if n != index]
-        if any(not w.alive() or time.monotonic() - w.started_at < min_other_up_s for w in others):
+        now = time.monotonic()
+        if any(not w.alive() or not w.check_ready() or now - w.ready_at < min_other_up_s for w in others):
             return False
         self.webs[index].kill()
         self.web_kills += 1
@@ -162,11 +186,14 @@ class Topology:
         return True
 
     def revive(self) -> None:
-        """Start again whatever died by itself (a worker's crash point exits its group)."""
+        """Start again whatever died by itself (a worker's crash point exits its group); note when a
+        restarted web process answers again."""
         self.workers.revive()
         for web in self.webs:
             if not web.alive():
                 web.start()
+            else:
+                web.check_ready()  # notes when a restarted one serves again
 
     def kill_primary(self, node: EmbeddedRedis, lag_ms: int, supervised: bool = True) -> PrimaryKill:
         """SIGKILL primary `node` (after cutting its replication link for `lag_ms`), wait for its replica's

@@ -92,8 +92,13 @@ def vocabulary(tokenizer_json: Path, size: int) -> list[str]:
     return tokens + [f"<extra_id_{i}>" for i in range(size - len(tokens))]
 
 
-def encoder_spec(weights: Arrays, config: BertConfig, tokens: Sequence[str], prefix: str = "") -> Any:
-    """A `TransformerEncoderModelSpec` with pooler, as BertLoader builds it, from HF-named arrays."""
+def encoder_spec(
+    weights: Arrays, config: BertConfig, tokens: Sequence[str], prefix: str = "", *, pooler: bool = True
+) -> Any:
+    """A `TransformerEncoderModelSpec` as BertLoader builds it, from HF-named arrays.
+
+    `pooler=False`: no tanh pooler (a checkpoint without `pooler.dense`, used by mean pooling only).
+    """
     from ctranslate2.converters import utils
     from ctranslate2.specs import common_spec, transformer_spec
 
@@ -123,14 +128,15 @@ def encoder_spec(weights: Arrays, config: BertConfig, tokens: Sequence[str], pre
         embeddings_merge=common_spec.EmbeddingsMerge.ADD,
     )
     spec = transformer_spec.TransformerEncoderModelSpec(
-        encoder, pooling_layer=True, pooling_activation=common_spec.Activation.Tanh
+        encoder, pooling_layer=pooler, pooling_activation=common_spec.Activation.Tanh
     )
     spec.encoder.scale_embeddings = False
     spec.encoder.embeddings[0].weight = get("embeddings.word_embeddings.weight")
     spec.encoder.embeddings[1].weight = get("embeddings.token_type_embeddings.weight")
     spec.encoder.position_encodings.encodings = get("embeddings.position_embeddings.weight")
     layer_norm(spec.encoder.layernorm_embedding, "embeddings.LayerNorm")
-    linear(spec.pooler_dense, "pooler.dense")
+    if pooler:
+        linear(spec.pooler_dense, "pooler.dense")
     for i, layer in enumerate(spec.encoder.layer):
         base = f"encoder.layer.{i}"
         qkv = [
@@ -249,7 +255,8 @@ def reference_forward(
     type_ids: Sequence[int] | None = None,
     prefix: str = "",
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """(last hidden state (seq, hidden), pooled [CLS] (hidden,)) for ONE unpadded sequence, in float64."""
+    """(last hidden state (seq, hidden), pooled [CLS] (hidden,); zeros without a pooler) for ONE unpadded
+    sequence, in float64."""
 
     def w(name: str) -> npt.NDArray[np.float64]:
         return np.asarray(weights[prefix + name], dtype=np.float64)
@@ -290,6 +297,8 @@ def reference_forward(
         else:
             h = 0.5 * h * (1.0 + _erf(h / math.sqrt(2.0)))
         x = norm(x + dense(h, f"{base}.output.dense"), f"{base}.output.LayerNorm")
+    if prefix + "pooler.dense.weight" not in weights:  # a checkpoint without a pooler (mean pooling only)
+        return x, np.zeros(config.hidden_size)
     pooled = np.tanh(dense(x[:1], "pooler.dense"))[0]
     return x, pooled
 

@@ -168,6 +168,7 @@ class CT2Embedder:
         intra_threads: int = 0,
         batch_size: int = 8,
         max_tokens: int = MAX_TOKENS,
+        compute: str | None = None,  # CTranslate2 compute type; None: int8 on CPU (ct2bert.compute_type)
     ) -> None:
         ct2bert.check_model_dir(model_dir)
         self._identity = identity
@@ -175,7 +176,7 @@ class CT2Embedder:
         self.intra_threads = intra_threads
         self.batch_size = batch_size
         self.max_tokens = max_tokens
-        self._encoder = ct2bert.load_encoder(model_dir, device, intra_threads)
+        self._encoder = ct2bert.load_encoder(model_dir, device, intra_threads, compute)
         self._counter = _load_tokenizer(model_dir / "tokenizer.json")
         self._tokenizer = _load_tokenizer(model_dir / "tokenizer.json")
         self._tokenizer.enable_truncation(max_length=max_tokens)

@@ -293,6 +293,7 @@ async def run_one(
         "client_lag_p95_ms": percentile(results.lags_ms, 95),
         "client_lag_max_ms": max(results.lags_ms, default=float("nan")),
         "web_cpu_cores": cpu,
+        "web_cpu_us_per_event": cpu * wall * 1e6 / max(results.received, 1),
         "client_cpu_cores": own_cpu,
         "redis_cpu_cores": redis_cpu,
         "load_avg_1m": os.getloadavg()[0],
@@ -308,6 +309,7 @@ def print_row(row: dict[str, float]) -> None:
         f"events {int(row['received'])}/{int(row['sent'])} (dup {int(row['duplicates'])})  "
         f"latency p50 {row['p50_ms']:6.1f} p95 {row['p95_ms']:6.1f} p99 {row['p99_ms']:6.1f} "
         f"max {row['max_ms']:6.1f} ms  CPU cores: web {row['web_cpu_cores']:.2f} "
+        f"({row['web_cpu_us_per_event']:.0f} us an event) "
         f"clients+producer {row['client_cpu_cores']:.2f} redis {row['redis_cpu_cores']:.2f}  "
         f"client loop lag p50 {row['client_lag_p50_ms']:.1f} p95 {row['client_lag_p95_ms']:.1f} "
         f"max {row['client_lag_max_ms']:.1f} ms  "

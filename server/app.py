@@ -66,13 +66,9 @@ from store.settings import Settings, get_settings
 HARD_FRAME_LIMIT_FACTOR = 4
 WS_PING_INTERVAL_S = 20.0
 REDIS_POOL_CONNECTIONS = 64
-# Allocations between young collections (CPython's default: 700). A young collection's pause grows with
-# it: at 5,000 sockets under 2,000 events/s, 50,000 gave pauses of 35-60 ms CPU (p50), 10,000 gave 9 ms
-# (bench/ws.py's web process, gc.callbacks). GEN2 x GEN1 x GEN0 (2.5e9 allocations) keeps full collections,
-# which walk every socket's objects, as rare as before.
-GC_GEN0_THRESHOLD = 10_000
+GC_GEN0_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 GC_GEN1_THRESHOLD = 50
-GC_GEN2_THRESHOLD = 5_000
+GC_GEN2_THRESHOLD = 1_000
 REDIS_POOL_WAIT_S = 5.0
 WS_PING_TIMEOUT_S = 20.0
 

@@ -69,6 +69,7 @@ DOCS_PER_COMMIT_BULK = 4096
 NOISE_SIGMA = 0.01
 DROP_EVERY_WORDS = 9
 QUERY_K = 8
+PROGRESS_EVERY_S = 60.0
 STAGES = ("embed", "ann", "bm25", "fuse", "catalog", "total")
 
 
@@ -258,6 +259,39 @@ async def run_queries(searcher: Searcher, queries: Sequence[str]) -> dict[str, d
     }
 
 
+class BuildProgress:
+    """Prints the bulk build's progress to stderr every PROGRESS_EVERY_S: chunks indexed, wall and CPU
+    seconds so far, the CPU milliseconds per chunk since the last line (a rate that climbs with the index's
+    size shows what grows faster than linearly) and the RSS."""
+
+    def __init__(self, documents: Sequence[tuple[Document, list[Chunk]]]) -> None:
+        self.chunks_after = np.cumsum([len(chunks) for _, chunks in documents])
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
+        self.last = (0.0, 0, 0.0)  # (time printed, chunks then, CPU s then)
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last[0] < PROGRESS_EVERY_S and done < total:
+            return
+        chunks = int(self.chunks_after[done - 1]) if done else 0
+        cpu = time.process_time() - self.cpu_started
+        per_chunk_ms = (cpu - self.last[2]) * 1000 / max(chunks - self.last[1], 1)
+        print(
+            f"build: {chunks:,} chunks ({done:,}/{total:,} documents) {now - self.started:.0f} s wall, "
+            f"{cpu:.0f} CPU s, {per_chunk_ms:.2f} CPU ms a chunk since the last line, "
+            f"RSS {current_rss_mb():.0f} MB",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+        self.last = (now, chunks, cpu)
+
+
+def current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def bench_size(settings: Settings, size: int, embed_chunks: int, text: str = "resampled") -> dict:
     workdir = settings.data_path / "bench" / f"retrieval-{size}"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -269,6 +303,7 @@ def bench_size(settings: Settings, size: int, embed_chunks: int, text: str = "re
     out: dict = {"size": size, "source_chunks": len(source), "queries": len(queries), "text": text}
     if embed_chunks:
         out["real_ingest"] = bench_real_ingest(settings, source, embed_chunks, workdir)
+    print(f"{len(source):,} source chunks read; building the corpus", file=sys.stderr, flush=True)
     started = time.perf_counter()
     vary = Resampler(s.chunk.text for s in source).vary if text == "resampled" else perturbed
     documents, table = build_corpus(source, size, vary=vary)
@@ -279,7 +314,8 @@ def bench_size(settings: Settings, size: int, embed_chunks: int, text: str = "re
     )
     started, cpu_started = time.perf_counter(), time.process_time()
     with Ingestor(local, embedder, docs_per_commit=DOCS_PER_COMMIT_BULK) as ingestor:
-        report = ingestor.ingest_many(documents)
+        report = ingestor.ingest_many(documents, progress=BuildProgress(documents))
+        print("build: optimize()", file=sys.stderr, flush=True)
         optimize_started = time.perf_counter()
         ingestor.optimize()  # one lexical segment and one vector graph, as after any bulk load
         optimize_s = time.perf_counter() - optimize_started

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import math
@@ -26,6 +27,7 @@ import os
 import random
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from multiprocessing.connection import Connection
@@ -50,6 +52,7 @@ LIVE_MAXLEN = 2000
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SOCKETS_PER_CLIENT_PROCESS = 5000
 CLIENT_START_TIMEOUT_S = 600.0
+LAG_TICK_S = 0.005  # the client's event-loop lag probe: a sleep this long, and how late it wakes
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -141,6 +144,16 @@ async def produce(client: aredis.Redis, conversations: list[str], rate: float, s
     return sent
 
 
+async def probe_lag(lags_ms: list[float]) -> None:
+    """How late this client's event loop runs a LAG_TICK_S sleep, in ms, until cancelled: the part of the
+    fan-out latency the bench client itself adds (its own work and its wait for a core)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(LAG_TICK_S)
+        lags_ms.append((loop.time() - started - LAG_TICK_S) * 1000)
+
+
 def client_process(url: str, tokens: list[str], concurrency: int, pipe: Connection) -> None:
     """One client process: open a socket per token, read deltas until told to stop, send the figures."""
     asyncio.run(_client_process(url, tokens, concurrency, pipe))
@@ -153,15 +166,27 @@ async def _client_process(url: str, tokens: list[str], concurrency: int, pipe: C
     gc.freeze()
     readers = [asyncio.create_task(c.read()) for c in clients]
     pipe.send([c.conversation_id for c in clients])
+    await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "start": the producer begins
+    lags_ms: list[float] = []
+    readers.append(asyncio.create_task(probe_lag(lags_ms)))
     await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "stop"
     latencies = [ms for c in clients for ms in c.latencies_ms]
     received = sum(len(c.ids) for c in clients)
     duplicates = sum(len(c.ids) - len(set(c.ids)) for c in clients)
-    pipe.send((latencies, received, duplicates, len(REFUSED_HELLOS)))
+    pipe.send((latencies, received, duplicates, len(REFUSED_HELLOS), lags_ms))
     await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
     for task in readers:
         task.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
+
+
+@dataclasses.dataclass
+class ClientResults:
+    latencies_ms: list[float] = dataclasses.field(default_factory=list)
+    received: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    lags_ms: list[float] = dataclasses.field(default_factory=list)  # the clients' event-loop lag samples
 
 
 class ClientProcesses:
@@ -192,20 +217,24 @@ class ClientProcesses:
     def cpu_seconds(self) -> float:
         return sum(cpu_seconds(p.pid) for p in self.processes)
 
-    def results(self) -> tuple[list[float], int, int, int]:
-        latencies: list[float] = []
-        received = duplicates = refused = 0
+    def start(self) -> None:
+        for pipe in self.pipes:
+            pipe.send("start")
+
+    def results(self) -> ClientResults:
+        out = ClientResults()
         for pipe in self.pipes:
             pipe.send("stop")
         for pipe in self.pipes:
-            got, n, dup, no = pipe.recv()
-            latencies += got
-            received += n
-            duplicates += dup
-            refused += no
+            got, n, dup, no, lags = pipe.recv()
+            out.latencies_ms += got
+            out.received += n
+            out.duplicates += dup
+            out.refused += no
+            out.lags_ms += lags
         for process in self.processes:
             process.join(timeout=30)
-        return latencies, received, duplicates, refused
+        return out
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -234,30 +263,37 @@ async def run_one(
     cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
     own_start = cpu_seconds(os.getpid()) + clients.cpu_seconds()
     redis_start = cpu_seconds(redis_pid) if redis_pid else 0.0
+    clients.start()
+    print(f"producing for {seconds:g} s from {time.time():.3f} (web pid {pid})", file=sys.stderr, flush=True)
     sent = await produce(producer, conversations, rate, seconds)
     await asyncio.sleep(DRAIN_WAIT_S)
     wall = time.monotonic() - wall_start
     cpu = (cpu_seconds(pid) - cpu_start) / wall
     own_cpu = (cpu_seconds(os.getpid()) + clients.cpu_seconds() - own_start) / wall
     redis_cpu = (cpu_seconds(redis_pid) - redis_start) / wall if redis_pid else float("nan")
-    latencies, received, duplicates, refused = await asyncio.to_thread(clients.results)
+    results = await asyncio.to_thread(clients.results)
+    latencies = results.latencies_ms
     await producer.aclose()
     return {
         "connections": connections,
         "client_processes": client_processes,
         "connect_s": connect_s,
-        "refused_hellos": refused,
+        "refused_hellos": results.refused,
         "rss_before_mb": rss_before / 2**20,
         "rss_after_mb": rss_after / 2**20,
         "kb_per_connection": (rss_after - rss_before) / connections / 1024,
         "sent": sent,
-        "received": received,
-        "duplicates": duplicates,
+        "received": results.received,
+        "duplicates": results.duplicates,
         "p50_ms": statistics.median(latencies) if latencies else float("nan"),
         "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99),
         "max_ms": max(latencies, default=float("nan")),
+        "client_lag_p50_ms": percentile(results.lags_ms, 50),
+        "client_lag_p95_ms": percentile(results.lags_ms, 95),
+        "client_lag_max_ms": max(results.lags_ms, default=float("nan")),
         "web_cpu_cores": cpu,
+        "web_cpu_us_per_event": cpu * wall * 1e6 / max(results.received, 1),
         "client_cpu_cores": own_cpu,
         "redis_cpu_cores": redis_cpu,
         "load_avg_1m": os.getloadavg()[0],
@@ -273,7 +309,10 @@ def print_row(row: dict[str, float]) -> None:
         f"events {int(row['received'])}/{int(row['sent'])} (dup {int(row['duplicates'])})  "
         f"latency p50 {row['p50_ms']:6.1f} p95 {row['p95_ms']:6.1f} p99 {row['p99_ms']:6.1f} "
         f"max {row['max_ms']:6.1f} ms  CPU cores: web {row['web_cpu_cores']:.2f} "
+        f"({row['web_cpu_us_per_event']:.0f} us an event) "
         f"clients+producer {row['client_cpu_cores']:.2f} redis {row['redis_cpu_cores']:.2f}  "
+        f"client loop lag p50 {row['client_lag_p50_ms']:.1f} p95 {row['client_lag_p95_ms']:.1f} "
+        f"max {row['client_lag_max_ms']:.1f} ms  "
         f"(load avg {row['load_avg_1m']:.1f} on {os.cpu_count()} CPUs)",
         flush=True,
     )

@@ -1,0 +1,84 @@
+"""The hub's read call alone: client CPU per XREAD of K keys with one entry waiting, two ways.
+
+    .venv/bin/python -m bench.hub_read [--keys 40] [--calls 500] [--blocks 6]
+
+`xread()`: redis-py's wrapper, given a dict of str keys and ids per call (what server.hub did before).
+`execute_command`: XREAD's arguments as the hub now passes them (keys encoded once, the raw ids the last
+reads returned). Blocks of `--calls` calls alternate between the two; the best block's CPU per call (this
+process's CPU time: the embedded Redis server is another process) is printed for each, so a loaded machine
+distorts it less than wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aredis
+
+from store.redis import EmbeddedRedis, async_client
+
+
+async def _setup(client: aredis.Redis, count: int) -> tuple[list[str], list[bytes]]:
+    """`count` streams; the first has one entry after its cursor, the others none."""
+    keys = [f"conv:{{bench{i}}}:live" for i in range(count)]
+    cursors: list[bytes] = []
+    for key in keys:
+        entry_id: Any = await client.xadd(key, {"e": "x" * 60})  # bytes: the client does not decode
+        cursors.append(entry_id)
+    await client.xadd(keys[0], {"e": "y" * 60})
+    return keys, cursors
+
+
+async def measure(url: str, count: int, calls: int, blocks: int) -> dict[str, float]:
+    client = async_client(url, max_connections=4)
+    keys, cursors = await _setup(client, count)
+    raw_keys = [key.encode() for key in keys]
+
+    async def wrapper() -> Any:
+        streams = {key: cursor.decode() for key, cursor in zip(keys, cursors, strict=True)}
+        return await client.xread(streams, count=256, block=2000)  # type: ignore[arg-type]
+
+    async def direct() -> Any:
+        arguments = [*raw_keys, *cursors]
+        return await client.execute_command(
+            "XREAD", b"COUNT", 256, b"BLOCK", 2000, b"STREAMS", *arguments, keys=arguments[:count]
+        )
+
+    ways: dict[str, Callable[[], Awaitable[Any]]] = {"xread()": wrapper, "execute_command": direct}
+    best = dict.fromkeys(ways, float("inf"))
+    for _ in range(blocks):
+        for name, call in ways.items():
+            started = time.process_time()
+            for _ in range(calls):
+                await call()
+            best[name] = min(best[name], (time.process_time() - started) / calls)
+    await client.aclose()
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--keys", type=int, default=40)
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--blocks", type=int, default=6)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        embedded = EmbeddedRedis(Path(tmp) / "redis").start()
+        try:
+            best = asyncio.run(measure(embedded.url, args.keys, args.calls, args.blocks))
+        finally:
+            embedded.stop()
+    cells = ", ".join(f"{name} {seconds * 1e6:.0f} us" for name, seconds in best.items())
+    print(f"XREAD of {args.keys} keys, one entry waiting: client CPU a call (best block) {cells}")
+
+
+if __name__ == "__main__":
+    main()

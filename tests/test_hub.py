@@ -1,0 +1,55 @@
+"""server.hub: a topic delivers each entry above its cursor once, and a key left and followed again resumes
+from the stream's tail then, not from what an earlier read had in flight."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from server.hub import Hub, Subscription, _Topic, hub_client
+from store.redis import sync_client
+
+RECV_TIMEOUT_S = 10.0
+
+
+def _echo(entry_id: str, fields: dict[Any, Any]) -> str:
+    return entry_id
+
+
+async def test_a_topic_skips_the_entries_at_or_below_its_cursor_and_moves_it() -> None:
+    topic: _Topic[str] = _Topic("k", _echo, asyncio.get_running_loop())
+    topic.start_at(b"5-0")
+    hub = Hub(hub_client("redis://127.0.0.1:1"))  # never connects: the subscription is not closed here
+    subscription: Subscription[str] = Subscription(hub, "k", capacity=16)
+    topic.subscribers.add(subscription)
+    topic.deliver([(b"4-0", {}), (b"5-0", {}), (b"5-1", {}), (b"12-0", {})])
+    topic.deliver([(b"12-0", {}), (b"13-0", {})])  # a read that overlaps the last one
+    topic.deliver([(b"9-0", {})])  # all below: nothing, the cursor stays
+    assert await subscription.next_batch() == ["5-1", "12-0", "13-0"]
+    assert topic.cursor == b"13-0" and topic.floor == (13, 0)
+
+
+async def test_a_key_followed_again_gets_only_what_is_appended_after(redis_url: str) -> None:
+    client = hub_client(redis_url)
+    writer = sync_client(redis_url)
+    hub = Hub(client)
+    key = "conv:{hubtest}:live"
+    try:
+        first = await asyncio.wait_for(hub.subscribe(key, _echo, capacity=64), RECV_TIMEOUT_S)
+        one = writer.xadd(key, {"e": "1"}).decode()  # type: ignore[union-attr]
+        assert await asyncio.wait_for(first.next_batch(), RECV_TIMEOUT_S) == [one]
+        first.close()
+        writer.xadd(key, {"e": "2"})  # while nobody follows the key
+        again = await asyncio.wait_for(hub.subscribe(key, _echo, capacity=64), RECV_TIMEOUT_S)
+        three = writer.xadd(key, {"e": "3"}).decode()  # type: ignore[union-attr]
+        four = writer.xadd(key, {"e": "4"}).decode()  # type: ignore[union-attr]
+        got: list[str] = []
+        while len(got) < 2:
+            got += await asyncio.wait_for(again.next_batch(), RECV_TIMEOUT_S)
+        assert got == [three, four]
+        assert hub.topic_count == 1 and hub.reader_count == 1
+    finally:
+        await hub.aclose()
+        closing = asyncio.ensure_future(client.aclose())
+        await asyncio.wait({closing}, timeout=RECV_TIMEOUT_S)
+        writer.close()

@@ -60,6 +60,6 @@ class RedisDispatcher:
     async def aclose(self) -> None:
         if self.replicated is not None:
             await self.replicated.aclose()
-        close = getattr(self.wake, "aclose", None)  # actors.api.Wake's client (tests pass plain functions)
+        close = getattr(self.wake, "aclose", None)  # actors.api.Wake holds a client; a function, none
         if close is not None:
             await close()

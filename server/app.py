@@ -218,7 +218,7 @@ def create_app(
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn options that enforce this app's WebSocket limits."""
     return {
-        "ws": "websockets-sansio",
+        "ws": "server.ws_protocol:DirectWriteProtocol",  # websockets-sansio, with direct frame writes
         "ws_max_size": settings.max_frame_bytes * HARD_FRAME_LIMIT_FACTOR,
         "ws_ping_interval": WS_PING_INTERVAL_S,
         "ws_ping_timeout": WS_PING_TIMEOUT_S,

@@ -1,7 +1,7 @@
 """A conversation's feed to its sockets: live entries as encoded frames, and the replay that resumes a socket.
 
 `to_frame` is the hub's decode function for `conv:{id}:live` keys: each entry is decoded and encoded as a
-server frame once, whatever the number of sockets following it.
+server frame once (and framed for the wire once), whatever the number of sockets following it.
 
 `replay` is the catch-up a socket does after subscribing: everything after the client's last id, from the
 live stream while it still holds that id, else durable events from the log up to the live stream's head.
@@ -19,6 +19,7 @@ import redis.asyncio as aredis
 
 from server.hub import Fields, StreamKey, id_key
 from server.protocol import DeltaFrame, EventFrame, encode
+from server.ws_protocol import text_frame
 from store.events import TERMINAL, Delta, SentenceAttributed, decode_live
 from store.log import conv_keys
 from store.scripts import range_entries, text
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 class LiveFrame(msgspec.Struct, frozen=True):
-    """One stream entry, ready to send: its id, sort key, turn, whether it is a delta, the encoded frame."""
+    """One stream entry, ready to send: its id, sort key, turn, whether it is a delta, the encoded frame,
+    and that frame as WebSocket bytes (built once, written as they are to every socket that shows it)."""
 
     id: str
     key: StreamKey
@@ -37,6 +39,7 @@ class LiveFrame(msgspec.Struct, frozen=True):
     is_delta: bool
     terminal: bool
     data: bytes
+    wire: bytes
 
 
 def to_frame(entry_id: bytes | str, fields: Fields) -> LiveFrame | None:
@@ -50,11 +53,12 @@ def to_frame(entry_id: bytes | str, fields: Fields) -> LiveFrame | None:
         return None
     if isinstance(item, Delta):
         data = encode(DeltaFrame(id=eid, text=item.text, turn=item.turn))
-        return LiveFrame(eid, id_key(eid), item.turn, True, False, data)
+        return LiveFrame(eid, id_key(eid), item.turn, True, False, data, text_frame(data))
     raw_bytes = raw if isinstance(raw, bytes) else str(raw).encode()
     data = encode(EventFrame(id=eid, event=msgspec.Raw(raw_bytes)))
     streamed = isinstance(item, SentenceAttributed)  # like a delta: a finished turn's replay skips it
-    return LiveFrame(eid, id_key(eid), item.turn, streamed, isinstance(item, TERMINAL), data)
+    terminal = isinstance(item, TERMINAL)
+    return LiveFrame(eid, id_key(eid), item.turn, streamed, terminal, data, text_frame(data))
 
 
 async def _last_turn_finished(client: aredis.Redis, conv_id: str) -> int:

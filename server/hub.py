@@ -7,9 +7,11 @@ one `XREAD BLOCK` loop on its own connection that also reads a per-process wake 
 shard's key set changes, so a new key is read at once. At most HUB_MAX_READERS shards exist: past that,
 keys join the least loaded shard. On a Redis Cluster one XREAD may read one hash slot only, so shards
 are batched by slot: a shard holds keys of one slot (its wake stream is tagged into that slot), and the
-readers are bounded by the followed slots (at most 16384), not by HUB_MAX_READERS. Each decoded item is
-pushed to every subscriber's bounded buffer; a subscriber that falls behind by more than its capacity
-is marked overflowed (its socket is told to resume), so a slow client never stalls the others.
+readers are bounded by the followed slots (at most 16384), not by HUB_MAX_READERS. Each read's decoded
+items are offered to every subscriber at once: written straight to its socket by its sink while it keeps
+up (server.buffer, server.ws_protocol), else queued in its bounded buffer; a subscriber that falls behind
+by more than its capacity is marked overflowed (its socket is told to resume), so a slow client never
+stalls the others.
 """
 
 from __future__ import annotations
@@ -108,12 +110,10 @@ class _Topic(Generic[T]):
         self.cursor, self.floor = last_id, id_key(text(last_id))
         if not self.subscribers:
             return
-        subscribers = list(self.subscribers)
-        for raw_id, fields in entries[first:]:
-            item = self._decoded(raw_id, fields)
-            if item is not None:
-                for subscriber in subscribers:
-                    subscriber.push(item)
+        decoded = (self._decoded(raw_id, fields) for raw_id, fields in entries[first:])
+        items = [item for item in decoded if item is not None]
+        for subscriber in list(self.subscribers):  # a sink may close its own subscription
+            subscriber.offer(items)
         metrics.observe_fanout(self.key, self.floor[0], now_ms())  # the newest entry's lag, once per read
 
     def _decoded(self, raw_id: bytes | str, fields: Fields) -> T | None:

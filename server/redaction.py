@@ -22,6 +22,7 @@ keeps its row: references to it are redacted for every reader).
 
 from __future__ import annotations
 
+import enum
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -271,6 +272,17 @@ class EventView:
 
     async def frame(self, data: bytes) -> bytes | None:
         """A /ws/chat server frame as this reader may see it; None for a delta another reader may not."""
+        shown = self.frame_now(data)
+        if shown is not Pending.REDACTION:
+            return shown
+        assert self.redactor is not None  # frame_now redacts nothing without one
+        frame = msgspec.json.decode(data)
+        frame["event"] = await run_blocking(self.redactor.redact, frame["event"])
+        return msgspec.json.encode(frame)
+
+    def frame_now(self, data: bytes) -> bytes | Pending | None:
+        """`frame`'s answer when it needs no redaction work (`data` itself, or None), without waiting;
+        Pending.REDACTION when the event must be redacted (in the blocking pool: `frame` does it)."""
         if self.redactor is None:
             return data
         head = _frame_head.decode(data)  # the frame's type, its event left undecoded
@@ -279,9 +291,13 @@ class EventView:
         event = msgspec.json.decode(head.event) if head.type == "event" else None
         if not isinstance(event, dict) or self.redactor.shown_as_is(event):
             return data  # the frame as it came: not decoded again, not encoded again
-        frame = msgspec.json.decode(data)
-        frame["event"] = await run_blocking(self.redactor.redact, event)
-        return msgspec.json.encode(frame)
+        return Pending.REDACTION
+
+
+class Pending(enum.Enum):
+    """What `EventView.frame_now` cannot do at once."""
+
+    REDACTION = "redaction"
 
 
 class _FrameHead(msgspec.Struct):

@@ -10,7 +10,8 @@ subclass that fills in the hooks, as starlette's WebSocketEndpoint does for its 
 
 The base owns: the origin check, the hello deadline and idle timeout, the per-socket frame budget, the
 frame size limit, decoding with the endpoint's typed decoder, the close-code map, one writer at a time,
-the send loops that drain the endpoint's hub subscriptions (overflow → `resume_required` and 4409), the
+the send loops that drain the endpoint's hub subscriptions (overflow → `resume_required` and 4409) and the
+direct writes that spare them a wake-up per frame while the socket keeps up (`write_now`), the
 per-user and per-tenant socket slots, and a close that keeps reading so it cannot hang. Endpoints supply
 `connected` (before any frame), `hello`, `handle` (every frame after it but `ping`), and optionally
 `refusal` (how an error names the frame it answers) and `resume_frame`.
@@ -32,8 +33,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import protocol as p
 from server.auth import Principal
+from server.buffer import Sink
 from server.hub import Subscription
 from server.limits import FrameBudget, SocketSlot
+from server.ws_protocol import frame_writer
 from store.exceptions import AuthError, DocentError, ForbiddenError, FrameError, RateLimited
 from store.redis import REDIS_ERRORS
 
@@ -110,7 +113,8 @@ class Session:
         self.principal: Principal | None = None
         self.last_activity = time.monotonic()
         self.frames = FrameBudget()
-        self._feeds: list[tuple[Subscription[Any], Send]] = []
+        self._feeds: list[tuple[Subscription[Any], Send, Sink[Any] | None]] = []
+        self._direct = frame_writer(ws)  # None: every frame goes through the ASGI send
         self._slot: SocketSlot | None = None
         self._write_lock = asyncio.Lock()
 
@@ -148,9 +152,11 @@ class Session:
             self._slot = self.services.sockets.take(self.principal)
         return self.principal
 
-    def follow(self, subscription: Subscription[Any], send: Send) -> None:
-        """Drain `subscription` into `send` while LIVE; closed with the socket."""
-        self._feeds.append((subscription, send))
+    def follow(self, subscription: Subscription[Any], send: Send, send_now: Sink[Any] | None = None) -> None:
+        """Drain `subscription` into `send` while LIVE; closed with the socket. With `send_now` (which
+        writes with `write_now`) the hub's reads are written at once while the socket keeps up, and only
+        what it cannot take waits for `send` (server.buffer)."""
+        self._feeds.append((subscription, send, send_now))
 
     async def reply(self, frame: msgspec.Struct) -> None:
         await self.write(p.encode(frame))
@@ -162,6 +168,16 @@ class Session:
             except (WebSocketDisconnect, RuntimeError):
                 raise Disconnected() from None
         self.last_activity = time.monotonic()
+
+    def write_now(self, frame: bytes) -> bool:
+        """`frame` (a `server.ws_protocol.text_frame`) written without waiting; False, with nothing
+        written, while another write waits, the socket is not open or its transport is paused (the
+        caller's items then queue for its `send`), or the server offers no direct write."""
+        direct = self._direct
+        if direct is None or self._write_lock.locked() or not direct.write_frame(frame):
+            return False
+        self.last_activity = time.monotonic()
+        return True
 
     # ---- the state machine ---------------------------------------------------------------------------
 
@@ -197,7 +213,7 @@ class Session:
         await self._live()
 
     def _release(self) -> None:
-        for subscription, _ in self._feeds:
+        for subscription, _, _ in self._feeds:
             subscription.close()
         if self._slot is not None:
             self._slot.release()
@@ -217,11 +233,16 @@ class Session:
                 await self.reply(error_frame(exc))
 
     async def _live(self) -> None:
-        tasks = [asyncio.create_task(self._pump(sub, send)) for sub, send in self._feeds]
+        if self._direct is not None:
+            for subscription, _, send_now in self._feeds:
+                subscription.sink = send_now  # queued items first: the pump sends them, then the sink
+        tasks = [asyncio.create_task(self._pump(sub, send)) for sub, send, _ in self._feeds]
         tasks.append(asyncio.create_task(self._receive_loop()))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for subscription, _, _ in self._feeds:
+                subscription.sink = None  # nothing is written around the closing frames
             for task in tasks:
                 task.cancel()
             for task in tasks:

@@ -1,12 +1,14 @@
-"""The hub's read call alone: client CPU per XREAD of K keys with one entry waiting, two ways.
+"""The hub's read call alone: client CPU per XREAD of K keys with one entry waiting, three ways.
 
     .venv/bin/python -m bench.hub_read [--keys 40] [--calls 500] [--blocks 6]
 
 `xread()`: redis-py's wrapper, given a dict of str keys and ids per call (what server.hub did before).
-`execute_command`: XREAD's arguments as the hub now passes them (keys encoded once, the raw ids the last
-reads returned). Blocks of `--calls` calls alternate between the two; the best block's CPU per call (this
-process's CPU time: the embedded Redis server is another process) is printed for each, so a loaded machine
-distorts it less than wall time.
+`execute_command`: XREAD's arguments as the hub passes them through a cluster client (keys encoded once,
+the raw ids the last reads returned). `own connection`: what a single-node hub's shard does, its command
+bytes built from a kept head and the cursors (server.hub.xread_head) and sent on a connection it holds,
+the raw reply's fields made dicts as redis-py's callback would. Blocks of `--calls` calls alternate
+between the ways; the best block's CPU per call (this process's CPU time: the embedded Redis server is
+another process) is printed for each, so a loaded machine distorts it less than wall time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
+from server.hub import bulk, with_field_dicts, xread_head
 from store.redis import EmbeddedRedis, async_client
 
 
@@ -50,7 +53,18 @@ async def measure(url: str, count: int, calls: int, blocks: int) -> dict[str, fl
             "XREAD", b"COUNT", 256, b"BLOCK", 2000, b"STREAMS", *arguments, keys=arguments[:count]
         )
 
-    ways: dict[str, Callable[[], Awaitable[Any]]] = {"xread()": wrapper, "execute_command": direct}
+    connection = await client.connection_pool.get_connection()
+    head = xread_head(raw_keys)
+
+    async def own() -> Any:
+        command = b"".join([head, *(bulk(cursor) for cursor in cursors)])
+        await connection.send_packed_command(command, check_health=False)
+        reply: Any = await connection.read_response()
+        return {key: with_field_dicts(entries) for key, entries in reply.items()}
+
+    ways: dict[str, Callable[[], Awaitable[Any]]] = {
+        "xread()": wrapper, "execute_command": direct, "own connection": own,
+    }  # fmt: skip
     best = dict.fromkeys(ways, float("inf"))
     for _ in range(blocks):
         for name, call in ways.items():
@@ -58,6 +72,7 @@ async def measure(url: str, count: int, calls: int, blocks: int) -> dict[str, fl
             for _ in range(calls):
                 await call()
             best[name] = min(best[name], (time.process_time() - started) / calls)
+    await client.connection_pool.release(connection)
     await client.aclose()
     return best
 

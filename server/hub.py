@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aredis
+from redis.asyncio.connection import Connection
 
 from server.buffer import BoundedBuffer
 from store import keys, metrics
@@ -43,6 +44,7 @@ WAKE_TTL_MS = 60_000
 HUB_CLOSE_TIMEOUT_S = 2.0
 READ_RETRY = RetryPolicy(max_retries=0, first_s=0.05, max_s=2.0, factor=4.0)  # 0.05, 0.2, 0.8, 2 s, forever
 CLIENT_NAME_PREFIX = "docent-hub"
+ZERO_ID = b"0-0"
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,22 @@ Decode = Callable[[str, Fields], T | None]
 def id_key(entry_id: str) -> StreamKey:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def bulk(argument: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(argument), argument)
+
+
+def xread_head(keys: list[bytes]) -> bytes:
+    """`XREAD COUNT .. BLOCK .. STREAMS <keys>` RESP-encoded, to be followed by one cursor per key."""
+    arguments = [b"XREAD", b"COUNT", str(HUB_READ_COUNT).encode(), b"BLOCK", str(HUB_BLOCK_MS).encode()]
+    arguments += [b"STREAMS", *keys]
+    return b"*%d\r\n" % (len(arguments) + len(keys)) + b"".join(bulk(a) for a in arguments)
+
+
+def with_field_dicts(entries: list[Any]) -> list[tuple[Any, Fields]]:
+    """A raw XREAD reply's entries as redis-py's XREAD callback makes them: (id, {field: value})."""
+    return [(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))) for entry_id, fields in entries]
 
 
 def hub_client(redis_url: str) -> aredis.Redis:
@@ -136,6 +154,8 @@ class _Shard:
         self.wake_cursor: bytes = b"$"
         self.topics: dict[str, _Topic[Any]] = {}  # every one has its cursor (added once started)
         self._keys: list[bytes] | None = None  # XREAD's keys, while the topics do not change
+        self._command_head: bytes | None = None  # the same, RESP-encoded up to the first cursor
+        self._connection: Connection | None = None  # a single-node hub's own, held between reads
         self.changed = asyncio.Event()
         self.reading = False
         self.wake_sent = False
@@ -143,7 +163,7 @@ class _Shard:
 
     def add(self, topic: _Topic[Any]) -> None:
         self.topics[topic.key] = topic
-        self._keys = None
+        self._keys = self._command_head = None
         topic.shard = self
         self.changed.set()
         if self.reading and not self.wake_sent:
@@ -162,7 +182,7 @@ class _Shard:
     def remove(self, key: str) -> None:
         """Left out of the shard's next XREAD."""
         if self.topics.pop(key, None) is not None:
-            self._keys = None
+            self._keys = self._command_head = None
 
     def _arguments(self) -> list[Any]:
         """XREAD's arguments after STREAMS: every topic's key, then its cursor (the keys list is kept
@@ -193,23 +213,54 @@ class _Shard:
     async def _read(self) -> Any:
         self.changed.clear()
         self.wake_sent = False
-        arguments = self._arguments()
         self.reading = True
-        try:  # XREAD itself, without redis-py's xread() wrapper (argument checks, a dict, a lag recorder)
-            return await self.hub.client.execute_command(
-                "XREAD", b"COUNT", HUB_READ_COUNT, b"BLOCK", HUB_BLOCK_MS, b"STREAMS", *arguments,
-                keys=arguments[: len(arguments) // 2],
-            )  # fmt: skip
+        try:
+            return await (self._read_routed() if self.hub.cluster else self._read_own())
         finally:
             self.reading = False
 
+    async def _read_routed(self) -> Any:
+        """XREAD through the cluster client (it picks the slot's node), without redis-py's xread()
+        wrapper (argument checks, a dict, a lag recorder)."""
+        arguments = self._arguments()
+        return await self.hub.client.execute_command(
+            "XREAD", b"COUNT", HUB_READ_COUNT, b"BLOCK", HUB_BLOCK_MS, b"STREAMS", *arguments,
+            keys=arguments[: len(arguments) // 2],
+        )  # fmt: skip
+
+    async def _read_own(self) -> Any:
+        """XREAD on this shard's own connection, its command bytes built from the kept head and the
+        cursors (no pool checkout, retry wrapper or argument packing per read: bench/hub_read.py). Any
+        failure, cancellation included, drops the connection: a reply left unread cannot follow."""
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = await self.hub.client.connection_pool.get_connection()
+        try:
+            await connection.send_packed_command(self._command(), check_health=False)
+            return await connection.read_response()
+        except BaseException:
+            self._connection = None
+            await self.hub.drop(connection)
+            raise
+
+    def _command(self) -> bytes:
+        if self._command_head is None:
+            self._command_head = xread_head([*(t.raw_key for t in self.topics.values()), self.raw_wake_key])
+        cursors = [bulk(t.cursor or ZERO_ID) for t in self.topics.values()]
+        return b"".join([self._command_head, *cursors, bulk(self.wake_cursor)])
+
     def _dispatch(self, reply: Any) -> None:
-        for raw_key, entries in reply or ():
+        streams = reply.items() if isinstance(reply, dict) else reply or ()  # RESP3 maps, RESP2 arrays
+        for raw_key, entries in streams:
             key = text(raw_key)
             if key == self.wake_key:
                 self.wake_cursor = entries[-1][0]
             elif (topic := self.topics.get(key)) is not None and topic.cursor is not None:
-                topic.deliver(entries)
+                topic.deliver(entries if self.hub.cluster else with_field_dicts(entries))
+
+    def release(self) -> Connection | None:
+        connection, self._connection = self._connection, None
+        return connection
 
 
 class Hub:
@@ -289,6 +340,13 @@ class Hub:
             if topic.shard is not None:
                 topic.shard.remove(topic.key)
 
+    async def drop(self, connection: Connection) -> None:
+        """A shard's own connection, disconnected and back in the pool (a new one replaces it)."""
+        with contextlib.suppress(Exception):
+            await connection.disconnect()
+        with contextlib.suppress(Exception):
+            await self.client.connection_pool.release(connection)
+
     async def aclose(self) -> None:
         """Cancel every reader; waits at most HUB_CLOSE_TIMEOUT_S for them (a reader cancelled inside the
         cluster client's connection handling may take long to unwind; shutdown must not hang on it)."""
@@ -300,5 +358,8 @@ class Hub:
             for task in done:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     task.result()
+        for shard in self._shards:
+            if (connection := shard.release()) is not None:
+                await self.drop(connection)
         self._shards.clear()
         self._topics.clear()

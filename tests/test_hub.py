@@ -53,3 +53,34 @@ async def test_a_key_followed_again_gets_only_what_is_appended_after(redis_url: 
         closing = asyncio.ensure_future(client.aclose())
         await asyncio.wait({closing}, timeout=RECV_TIMEOUT_S)
         writer.close()
+
+
+def _field(entry_id: str, fields: dict[Any, Any]) -> bytes:
+    return bytes(fields[b"e"])
+
+
+async def test_a_reader_whose_connection_is_killed_reconnects_and_misses_nothing(redis_url: str) -> None:
+    """A shard's own connection, killed under its blocking read: dropped, replaced, and the read resumes
+    from the shard's cursor (what was appended meanwhile arrives, once); fields reach `decode` as a dict."""
+    client = hub_client(redis_url)
+    writer = sync_client(redis_url)
+    hub = Hub(client)
+    key = "conv:{hubkill}:live"
+    try:
+        subscription = await asyncio.wait_for(hub.subscribe(key, _field, capacity=64), RECV_TIMEOUT_S)
+        writer.xadd(key, {"e": "1"})
+        assert await asyncio.wait_for(subscription.next_batch(), RECV_TIMEOUT_S) == [b"1"]
+        await asyncio.sleep(0.1)  # the shard is blocked in its next read
+        killed = writer.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        assert int(killed) >= 1
+        writer.xadd(key, {"e": "2"})
+        writer.xadd(key, {"e": "3"})
+        got: list[bytes] = []
+        while len(got) < 2:
+            got += await asyncio.wait_for(subscription.next_batch(), RECV_TIMEOUT_S)
+        assert got == [b"2", b"3"]
+    finally:
+        await hub.aclose()
+        closing = asyncio.ensure_future(client.aclose())
+        await asyncio.wait({closing}, timeout=RECV_TIMEOUT_S)
+        writer.close()

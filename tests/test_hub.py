@@ -4,7 +4,11 @@ from the stream's tail then, not from what an earlier read had in flight."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
+
+import pytest
+import redis
 
 from server.hub import Hub, Subscription, _Topic, hub_client
 from store.redis import sync_client
@@ -29,58 +33,59 @@ async def test_a_topic_skips_the_entries_at_or_below_its_cursor_and_moves_it() -
     assert topic.cursor == b"13-0" and topic.floor == (13, 0)
 
 
-async def test_a_key_followed_again_gets_only_what_is_appended_after(redis_url: str) -> None:
+@pytest.fixture
+async def hub(redis_url: str) -> AsyncIterator[Hub]:
     client = hub_client(redis_url)
-    writer = sync_client(redis_url)
     hub = Hub(client)
+    yield hub
+    await hub.aclose()
+    closing = asyncio.ensure_future(client.aclose())
+    await asyncio.wait({closing}, timeout=RECV_TIMEOUT_S)
+
+
+@pytest.fixture
+def writer(redis_url: str) -> Iterator[redis.Redis]:
+    client = sync_client(redis_url)
+    yield client
+    client.close()
+
+
+async def test_a_key_followed_again_gets_only_what_is_appended_after(hub: Hub, writer: redis.Redis) -> None:
     key = "conv:{hubtest}:live"
-    try:
-        first = await asyncio.wait_for(hub.subscribe(key, _echo, capacity=64), RECV_TIMEOUT_S)
-        one = writer.xadd(key, {"e": "1"}).decode()  # type: ignore[union-attr]
-        assert await asyncio.wait_for(first.next_batch(), RECV_TIMEOUT_S) == [one]
-        first.close()
-        writer.xadd(key, {"e": "2"})  # while nobody follows the key
-        again = await asyncio.wait_for(hub.subscribe(key, _echo, capacity=64), RECV_TIMEOUT_S)
-        three = writer.xadd(key, {"e": "3"}).decode()  # type: ignore[union-attr]
-        four = writer.xadd(key, {"e": "4"}).decode()  # type: ignore[union-attr]
-        got: list[str] = []
-        while len(got) < 2:
-            got += await asyncio.wait_for(again.next_batch(), RECV_TIMEOUT_S)
-        assert got == [three, four]
-        assert hub.topic_count == 1 and hub.reader_count == 1
-    finally:
-        await hub.aclose()
-        closing = asyncio.ensure_future(client.aclose())
-        await asyncio.wait({closing}, timeout=RECV_TIMEOUT_S)
-        writer.close()
+    first = await asyncio.wait_for(hub.subscribe(key, _echo, capacity=64), RECV_TIMEOUT_S)
+    one = writer.xadd(key, {"e": "1"}).decode()  # type: ignore[union-attr]
+    assert await asyncio.wait_for(first.next_batch(), RECV_TIMEOUT_S) == [one]
+    first.close()
+    writer.xadd(key, {"e": "2"})  # while nobody follows the key
+    again = await asyncio.wait_for(hub.subscribe(key, _echo, capacity=64), RECV_TIMEOUT_S)
+    three = writer.xadd(key, {"e": "3"}).decode()  # type: ignore[union-attr]
+    four = writer.xadd(key, {"e": "4"}).decode()  # type: ignore[union-attr]
+    got: list[str] = []
+    while len(got) < 2:
+        got += await asyncio.wait_for(again.next_batch(), RECV_TIMEOUT_S)
+    assert got == [three, four]
+    assert hub.topic_count == 1 and hub.reader_count == 1
 
 
 def _field(entry_id: str, fields: dict[Any, Any]) -> bytes:
     return bytes(fields[b"e"])
 
 
-async def test_a_reader_whose_connection_is_killed_reconnects_and_misses_nothing(redis_url: str) -> None:
+async def test_a_reader_whose_connection_is_killed_reconnects_and_misses_nothing(
+    hub: Hub, writer: redis.Redis
+) -> None:
     """A shard's own connection, killed under its blocking read: dropped, replaced, and the read resumes
     from the shard's cursor (what was appended meanwhile arrives, once); fields reach `decode` as a dict."""
-    client = hub_client(redis_url)
-    writer = sync_client(redis_url)
-    hub = Hub(client)
     key = "conv:{hubkill}:live"
-    try:
-        subscription = await asyncio.wait_for(hub.subscribe(key, _field, capacity=64), RECV_TIMEOUT_S)
-        writer.xadd(key, {"e": "1"})
-        assert await asyncio.wait_for(subscription.next_batch(), RECV_TIMEOUT_S) == [b"1"]
-        await asyncio.sleep(0.1)  # the shard is blocked in its next read
-        killed = writer.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-        assert int(killed) >= 1
-        writer.xadd(key, {"e": "2"})
-        writer.xadd(key, {"e": "3"})
-        got: list[bytes] = []
-        while len(got) < 2:
-            got += await asyncio.wait_for(subscription.next_batch(), RECV_TIMEOUT_S)
-        assert got == [b"2", b"3"]
-    finally:
-        await hub.aclose()
-        closing = asyncio.ensure_future(client.aclose())
-        await asyncio.wait({closing}, timeout=RECV_TIMEOUT_S)
-        writer.close()
+    subscription = await asyncio.wait_for(hub.subscribe(key, _field, capacity=64), RECV_TIMEOUT_S)
+    writer.xadd(key, {"e": "1"})
+    assert await asyncio.wait_for(subscription.next_batch(), RECV_TIMEOUT_S) == [b"1"]
+    await asyncio.sleep(0.1)  # the shard is blocked in its next read
+    killed = writer.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    assert int(killed) >= 1
+    writer.xadd(key, {"e": "2"})
+    writer.xadd(key, {"e": "3"})
+    got: list[bytes] = []
+    while len(got) < 2:
+        got += await asyncio.wait_for(subscription.next_batch(), RECV_TIMEOUT_S)
+    assert got == [b"2", b"3"]

@@ -5,8 +5,9 @@
 Starts an embedded Redis (or uses REDIS_URL) and one real web process (uvicorn, as in production), opens
 N sockets, each greeted into its own conversation (the worst case for the shared reader: N live keys),
 then plays the workers: XADDs token deltas at `rate` per second spread over all conversations, each
-stamped with its send time. Prints the web process's RSS per connection, fan-out latency (XADD to the
-client's receive) p50/p95/p99, the web process's CPU use, and whether every event arrived exactly once.
+stamped with its send time. Prints the web process's RSS per connection, its open fds against its fd
+limit (so the most sockets it could hold: every fd that is not a socket stays), fan-out latency (XADD to
+the client's receive) p50/p95/p99, the web process's CPU use, and whether every event arrived once.
 The client runs on the same machine and its CPU shows up in the latency: read the figures as upper bounds.
 The sockets are spread over K client processes (default: one per SOCKETS_PER_CLIENT_PROCESS sockets), so one
 client's event loop is not the bottleneck; the fd limit is raised (hard limit too, when allowed) for the
@@ -72,6 +73,18 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_limit(pid: int) -> int:
+    """The process's soft limit on open files (what EMFILE is raised at)."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise RuntimeError("no open-files limit")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -259,6 +272,7 @@ async def run_one(
     connect_s = time.monotonic() - started
     await asyncio.sleep(1.0)
     rss_after = rss_bytes(pid)
+    fds = open_fds(pid)  # the sockets and the web process's own (Redis pools, listener, files)
     producer = aredis.Redis.from_url(redis_url)
     cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
     own_start = cpu_seconds(os.getpid()) + clients.cpu_seconds()
@@ -282,6 +296,8 @@ async def run_one(
         "rss_before_mb": rss_before / 2**20,
         "rss_after_mb": rss_after / 2**20,
         "kb_per_connection": (rss_after - rss_before) / connections / 1024,
+        "web_fds": fds,
+        "web_fd_limit": fd_limit(pid),
         "sent": sent,
         "received": results.received,
         "duplicates": results.duplicates,
@@ -306,6 +322,8 @@ def print_row(row: dict[str, float]) -> None:
         f"connect {row['connect_s']:5.1f} s ({int(row['refused_hellos'])} hellos refused, retried)  "
         f"RSS {row['rss_before_mb']:6.1f} -> {row['rss_after_mb']:6.1f} MB "
         f"({row['kb_per_connection']:5.1f} KB/socket)  "
+        f"fds {int(row['web_fds'])} of {int(row['web_fd_limit'])} "
+        f"(most sockets: {int(row['connections'] + row['web_fd_limit'] - row['web_fds'])})  "
         f"events {int(row['received'])}/{int(row['sent'])} (dup {int(row['duplicates'])})  "
         f"latency p50 {row['p50_ms']:6.1f} p95 {row['p95_ms']:6.1f} p99 {row['p99_ms']:6.1f} "
         f"max {row['max_ms']:6.1f} ms  CPU cores: web {row['web_cpu_cores']:.2f} "

@@ -105,6 +105,7 @@ class _Topic(Generic[T]):
         self.raw_key = key.encode()  # the XREAD argument, encoded once
         self.decode = decode
         self.cursor: bytes | None = None  # None until the stream's tail at subscription time is known
+        self.cursor_argument = bulk(ZERO_ID)  # the cursor RESP-encoded, once per move (server.hub's XREAD)
         self.floor: StreamKey = (0, 0)  # the cursor's sort key
         self.subscribers: set[Subscription[T]] = set()
         self.started: asyncio.Future[None] = loop.create_future()
@@ -112,6 +113,7 @@ class _Topic(Generic[T]):
 
     def start_at(self, entry_id: bytes | str) -> None:
         self.cursor = entry_id if isinstance(entry_id, bytes) else entry_id.encode()
+        self.cursor_argument = bulk(self.cursor)
         self.floor = id_key(text(entry_id))
 
     def deliver(self, entries: list[tuple[Any, Fields]]) -> None:
@@ -126,6 +128,7 @@ class _Topic(Generic[T]):
             return
         last_id = entries[-1][0]
         self.cursor, self.floor = last_id, id_key(text(last_id))
+        self.cursor_argument = bulk(last_id if isinstance(last_id, bytes) else last_id.encode())
         if not self.subscribers:
             return
         decoded = (self._decoded(raw_id, fields) for raw_id, fields in entries[first:])
@@ -246,7 +249,7 @@ class _Shard:
     def _command(self) -> bytes:
         if self._command_head is None:
             self._command_head = xread_head([*(t.raw_key for t in self.topics.values()), self.raw_wake_key])
-        cursors = [bulk(t.cursor or ZERO_ID) for t in self.topics.values()]
+        cursors = [t.cursor_argument for t in self.topics.values()]
         return b"".join([self._command_head, *cursors, bulk(self.wake_cursor)])
 
     def _dispatch(self, reply: Any) -> None:

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.fusion_learned                               # the five collections
     .venv/bin/python -m bench.fusion_learned --inverted-grades cranfield   # cranfield's grade 1 the best
     .venv/bin/python -m bench.fusion_learned --json DIR [DIR ...]
+    .venv/bin/python -m bench.fusion_learned --gaps              # where hybrid and dense differ, and why
 
 Each collection's index is bench.retrieval_quality's (cached under DOCENT_DATA_DIR/eval); its dense and BM25
 lists (top 100 chunks each) come from the product's Searcher, captured before fusion (bench.e5_quality's
@@ -47,7 +48,7 @@ from bench.retrieval_quality import (
     prepare,
 )
 from index.evalrun import DEPTH, EVAL_PRINCIPAL, TABLE_METRICS
-from index.evaluate import dedupe_docs, score_run
+from index.evaluate import dedupe_docs, ndcg_at, score_run
 from index.fusion import DENSE_WEIGHT, dense_weighted, keep_lexical_top, zscore
 from index.keys import Scored
 from store.settings import get_settings
@@ -333,11 +334,54 @@ def format_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _first_ranks(docs: Sequence[str], judged: Mapping[str, int]) -> list[int]:
+    return [i + 1 for i, d in enumerate(docs) if d in judged][:3]
+
+
+def gaps(p: Prepared, lists: Lists) -> list[str]:
+    """Queries whose shipped hybrid nDCG@10 differs from dense's (judged documents' ranks in each list,
+    BM25's top 3), the queries with no judged document in the hybrid's top 20, and the share of each
+    grade's judgments that the hybrid puts in its top 10."""
+    lines, misses = [], 0
+    in_top10: dict[int, list[bool]] = {}
+    for qid, text, d, b in zip(
+        lists.qids, lists_texts(p), lists.dense, lists.bm25[DEFAULT_BM25], strict=True
+    ):
+        judged = p.collection.qrels.get(qid, {})
+        docs = {
+            name: dedupe_docs((lists.doc_of[k] for k in keys if k in lists.doc_of), DEPTH)
+            for name, keys in (
+                ("hybrid", z_fused(d, b, DENSE_WEIGHT)),
+                ("dense", [k for k, _ in d]),
+                ("bm25", [k for k, _ in b]),
+            )
+        }  # fmt: skip
+        misses += not set(docs["hybrid"][:20]) & judged.keys()
+        for doc, grade in judged.items():
+            in_top10.setdefault(grade, []).append(doc in docs["hybrid"][:10])
+        delta = ndcg_at(docs["hybrid"], judged, 10) - ndcg_at(docs["dense"], judged, 10)
+        if abs(delta) > 1e-9:
+            ranks = " ".join(f"{n} {_first_ranks(r, judged)}" for n, r in docs.items())
+            lines.append(f"  {delta:+.3f} {qid} {text!r}: {ranks}; bm25 top 3 {docs['bm25'][:3]}")
+    shares = ", ".join(f"grade {g} {np.mean(v):.0%} of {len(v)}" for g, v in sorted(in_top10.items()))
+    head = (
+        f"{p.collection.name}: {misses} of {len(lists.qids)} queries, nothing judged in the hybrid's top 20"
+    )
+    return [head, f"  judged documents in the hybrid's top 10: {shares}", *lines]
+
+
+def lists_texts(p: Prepared) -> list[str]:
+    return [q.text for q in p.collection.queries if q.text.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = collection_args(__doc__ or "", DEFAULT_DIRS, argv, inverted=True)
+    args = collection_args(__doc__ or "", DEFAULT_DIRS, argv, inverted=True, flags=("gaps",))
     settings = get_settings()
     prepared = {d.name: prepare(settings, d, invert=d.name in args.inverted_grades) for d in args.directories}
     lists = {n: capture(p) for n, p in prepared.items()}
+    if args.gaps:
+        print("\n".join(line for n, p in prepared.items() for line in gaps(p, lists[n])))
+        return 0
     report = measure(prepared, lists)
     print(format_report(report))
     if args.json:

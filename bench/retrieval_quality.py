@@ -212,14 +212,22 @@ def format_report(report: dict) -> str:
 
 
 def collection_args(
-    doc: str, defaults: Sequence[Path], argv: Sequence[str] | None, *, inverted: bool = False
+    doc: str,
+    defaults: Sequence[Path],
+    argv: Sequence[str] | None,
+    *,
+    inverted: bool = False,
+    flags: Sequence[str] = (),
 ) -> argparse.Namespace:
-    """The collection benches' command line: DIR ... (default `defaults`), --json (and --inverted-grades)."""
+    """The collection benches' command line: DIR ... (default `defaults`), --json, --inverted-grades when
+    `inverted`, and a --NAME switch for each of `flags`."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("directories", nargs="*", type=Path, default=list(defaults))
     parser.add_argument("--json", action="store_true")
     if inverted:
         add_inverted_grades(parser)
+    for flag in flags:
+        parser.add_argument(f"--{flag}", action="store_true")
     return parser.parse_args(argv)
 
 

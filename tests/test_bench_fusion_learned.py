@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from bench.fusion_learned import FEATURE_SETS, Query, features, ranked, train
-from bench.retrieval_quality import inverted_grades
+from bench.retrieval_quality import collection_args, inverted_grades
 from index.evaluate import Collection
 
 DENSE = [(1, 0.9), (2, 0.8), (3, 0.5)]
@@ -45,3 +47,11 @@ def test_inverted_grades_turn_the_scale_round() -> None:
         name="c", corpus=(), queries=(), qrels={"1": {"a": 1, "b": 4}, "2": {"c": 2, "d": 3}}
     )
     assert inverted_grades(collection).qrels == {"1": {"a": 4, "b": 1}, "2": {"c": 3, "d": 2}}
+
+
+def test_the_collection_benches_command_line() -> None:
+    args = collection_args(
+        "doc", [Path("a")], ["--inverted-grades", "cranfield", "--gaps"], inverted=True, flags=("gaps",)
+    )
+    assert args.directories == [Path("a")] and args.inverted_grades == ["cranfield"] and args.gaps
+    assert not hasattr(collection_args("doc", [], [], flags=()), "inverted_grades")

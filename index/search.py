@@ -328,8 +328,8 @@ class Searcher:
         depth = max(k, self.settings.rerank_depth) if self.reranker is not None else k
         spare = depth + k  # a few spare: a row may have been hidden since retrieval
         fused = self._fuse(dense, lexical, mode, spare)
-        if mode == "hybrid":
-            if lexical_top_stands_out(lexical) and all(f.key != lexical[0][0] for f in fused):
+        if mode == "hybrid" and lexical_top_stands_out(lexical):  # else keep_lexical_top changes nothing
+            if all(f.key != lexical[0][0] for f in fused):
                 fused = self._fuse(dense, lexical, mode, None)  # rare: the anchor is below the cut
             fused = keep_lexical_top(fused, lexical, k)
         timings["fuse"] = _ms(started)

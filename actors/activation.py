@@ -56,6 +56,7 @@ from store.events import (
 )
 from store.exceptions import StaleEpoch, ToolError
 from store.log import Lease, LeaseKeeper, conv_keys, renew_plan
+from store.log_append import append_seen
 from store.scripts import id_tuple
 from store.wait import ReplicaWait
 
@@ -123,6 +124,7 @@ class ActivationCore:
         self._appended_since_read = True  # since `pull_inbox` last read the inbox
         self._prefetched: list[tuple[str, Event]] | None = None  # read with the lease (`prefetch_inbox`)
         self._read_at = 0.0  # when it did (monotonic s)
+        self._inbox_last: str | None = None  # the inbox's newest entry as the last append left it
         self.inbox_seen: str | None = None  # the newest inbox entry this activation has looked at
         self.replicas = replica_wait(rt)  # None: writes are acknowledged by the primary alone
         # Appended since the last `replicated()`; True at first: the log this activation folded may end in a
@@ -193,7 +195,9 @@ class ActivationCore:
         checked = bool(pending or durable)  # live-only appends never checked where the log ends
         expected = self._durable_last if checked else None
         try:
-            ids = self.rt.log.append(self.lease, items, expected_last_id=expected, inbox_cursor=cursor)
+            ids, self._inbox_last = append_seen(
+                self.rt.log, self.lease, items, expected_last_id=expected, inbox_cursor=cursor
+            )
         except StaleEpoch:
             raise LeaseLost() from None
         self._pending, self._pending_cursor = [], None
@@ -380,13 +384,24 @@ class ActivationCore:
         behind a busy turn); during a turn, after an append or INBOX_RECHECK_MS since the last read (between
         actions whose events are held for one append, a cancel waits at most that long). Once the turn has
         ended nothing is read: the closing call reports an entry newer than all this activation saw, and
-        the actor is woken for it (`actors.conversation`)."""
+        the actor is woken for it (`actors.conversation`). An append that found nothing new in the inbox
+        counts as a read."""
         position, seen = self._pending_cursor or self._inbox_cursor, self.inbox_seen
         if seen is not None and position is not None and id_tuple(seen) > id_tuple(position):
             return True
         if not self.state.busy:
             return False
+        if self._appended_since_read and self._append_saw_nothing_new(position):
+            self._appended_since_read, self._read_at = False, time.monotonic()  # as good as a read
+            return False
         return self._appended_since_read or time.monotonic() - self._read_at >= INBOX_RECHECK_MS / 1000
+
+    def _append_saw_nothing_new(self, position: str | None) -> bool:
+        """Whether the last append found the inbox holding nothing past `position` (store.log_append)."""
+        last = self._inbox_last
+        if not last or position is None:
+            return False
+        return id_tuple(last) <= id_tuple(position)
 
     def _first_outcome(self, item: ApprovalDecided | ApprovalExpired, moved: list[Event]) -> bool:
         """At most one outcome per approval enters the log (timers and reviewers may both deliver one)."""

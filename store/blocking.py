@@ -1,4 +1,5 @@
-"""The one way blocking work (CTranslate2, USearch, Whoosh, SQLite) leaves the event loop."""
+"""The one way blocking work (CTranslate2, USearch, Whoosh, SQLite) leaves the event loop (`run_blocking`),
+or stays on a loop that runs one job on a thread of its own (`run_short` under `one_job_loop`)."""
 
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ RECV_TIMEOUT_S = 5.0
 SEND_BUFFER = 64
 MAX_FRAME_BYTES = 4096
 SLOW_DELTA_CHARS = 40_000  # x SEND_BUFFER * 5 deltas: 12.8 MB
+NOT_READING_S = 2.0  # how long the slow client reads nothing after the burst
 
 
 @pytest.fixture(scope="module")
@@ -298,13 +299,15 @@ async def test_a_slow_socket_gets_resume_required_and_resumes(server: ServerProc
     conv = ready["conversation_id"]
     worker = StreamWriter(r, conv)
     ids = [worker.event(user_message(1))]
-    # One burst while this client reads nothing (the sync pipeline holds its loop): far over what the
-    # kernel's socket buffers (a few MB on loopback), the transport's high-water mark and the socket's
-    # buffer of SEND_BUFFER frames hold together, so the direct writes stop and the buffer overflows.
+    # One burst while this client reads nothing (the sync calls hold its loop, until the web process has
+    # read the burst): far over what the kernel's socket buffers (a few MB on loopback), the transport's
+    # high-water mark and the socket's buffer of SEND_BUFFER frames hold together, so the direct writes
+    # stop and the buffer overflows. Well under the server's CLOSE_SEND_TIMEOUT_S for its last frame.
     with r.pipeline(transaction=True) as pipe:
         for _ in range(SEND_BUFFER * 5):
             pipe.xadd(f"conv:{{{conv}}}:live", {"e": encode(Delta(text="x" * SLOW_DELTA_CHARS, turn=1))})
         ids += [i.decode() for i in pipe.execute()]
+    time.sleep(NOT_READING_S)
     frames, code = await expect_close(ws)
     assert code == 4409
     assert frames[-1]["type"] == "resume_required"

@@ -8,6 +8,8 @@ Install the peers first (they are NOT dependencies of Docent; `make bench-peers`
     .venv/bin/python bench/peers.py                         # quality: five collections, one table
     .venv/bin/python bench/peers.py --json                  # and one JSON line
     .venv/bin/python bench/peers.py ../shared/eval/debfaq   # any BEIR-layout collections
+    .venv/bin/python bench/peers.py --inverted-grades cranfield   # its grade 1 is the best (see
+                                                                   # bench/retrieval_quality.py)
     .venv/bin/python bench/peers.py --speed --size 100000   # build times and query latency at 100K chunks
     .venv/bin/python bench/peers.py --speed --size 100000 --rounds 3   # three passes: a steadier p95
     .venv/bin/python bench/peers.py --speed --size 100000 --rounds 3 --runs 3  # three runs, one build
@@ -71,6 +73,7 @@ from bench.peer_systems import (  # noqa: E402
 )
 from bench.peers_speed import LEXICAL_BATCH, lexical_build, speed, speed_tables  # noqa: E402
 from bench.retrieval import LookupEmbedder  # noqa: E402
+from bench.retrieval_quality import add_inverted_grades, inverted_grades  # noqa: E402
 from index.embed import load_embedder  # noqa: E402
 from index.entries import chunk_of  # noqa: E402
 from index.evalrun import DEMO_COLLECTION, demo_corpus, ensure_index, run_queries  # noqa: E402
@@ -127,11 +130,13 @@ def index_chunks(settings: Settings, version: str) -> tuple[list[Chunk], Matrix]
     return [chunk_of(rows[key]) for key in kept], np.stack([stored[key] for key in kept])
 
 
-def prepare(settings: Settings, directory: Path, base: Embedder) -> Prepared:
+def prepare(settings: Settings, directory: Path, base: Embedder, *, invert: bool = False) -> Prepared:
     corpus = None
     if not (directory / "corpus.jsonl").exists() and directory.name == DEMO_COLLECTION:
         corpus = demo_corpus(settings)
     collection = load_collection(directory, corpus=corpus)
+    if invert:
+        collection = inverted_grades(collection)
     local, _, _ = ensure_index(settings, collection, corpus or directory / "corpus.jsonl", base)
     version = get_active(local)
     assert version is not None
@@ -196,12 +201,18 @@ def quality_collection(p: Prepared, peers: Mapping[str, ModuleType]) -> dict[str
     return {name: score_run(run, p.collection.qrels) for name, run in runs.items()}
 
 
-def quality(settings: Settings, directories: Sequence[Path], peers: Mapping[str, ModuleType]) -> dict:
+def quality(
+    settings: Settings,
+    directories: Sequence[Path],
+    peers: Mapping[str, ModuleType],
+    inverted: Sequence[str] = (),
+) -> dict:
     base = load_embedder(settings, None, purpose="offline")
     report: dict[str, Any] = {"embedder": base.identity.name, "collections": {}}
+    report["inverted_grades"] = [*inverted]
     for directory in directories:
         started = time.perf_counter()
-        p = prepare(settings, Path(directory), base)
+        p = prepare(settings, Path(directory), base, invert=Path(directory).name in inverted)
         scores = quality_collection(p, peers)
         report["collections"][p.collection.name] = {
             "queries": len(p.queries), "chunks": len(p.chunks), "runs": scores,
@@ -233,6 +244,7 @@ def main() -> None:
     parser.add_argument("collections", nargs="*", type=Path, help="BEIR-layout collection directories")
     parser.add_argument("--json", action="store_true", help="also print the report as one JSON line")
     parser.add_argument("--speed", action="store_true", help="build times and query latency instead")
+    add_inverted_grades(parser)
     parser.add_argument("--size", type=int, default=100_000, help="speed mode: chunks in the corpus")
     parser.add_argument(
         "--lexical-build", action="store_true", help="only our lexical index's build at --size"
@@ -257,7 +269,7 @@ def main() -> None:
         report = speed(settings, args.size, peers, args.rounds, args.runs)
         print(speed_tables(report))
     else:
-        report = quality(settings, args.collections or list(DEFAULT_DIRS), peers)
+        report = quality(settings, args.collections or list(DEFAULT_DIRS), peers, args.inverted_grades)
         print(f"embedder {report['embedder']}; document-level metrics over each system's top 100 chunks\n")
         print(quality_table(report))
     if args.json:

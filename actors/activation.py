@@ -4,7 +4,8 @@ An `ActivationCore` owns the fenced lease, the folded state and this activation'
 retrieval it made, the attribution scorer of the answer streaming now, ask times for the metrics). Its
 writes are the only writes of a turn:
 - `emit` appends events (fenced by the lease's epoch) and folds them; every appended event also feeds the
-  metrics, the turn's trace, usage and the feedback loop;
+  metrics, the turn's trace and the feedback loop, and its usage is held for `count_usage`: one usage
+  script call per activation (at its close, before any snapshot, before a budget read), not one per append;
 - `live` appends to the live stream only (token fragments, sentences attributed while streaming);
 - `pull_inbox` moves what may enter the log now, recording the inbox cursor in the same append;
 - `before_effect` (a model call, a tool call or an approval's ledger write calls it right before its
@@ -46,6 +47,7 @@ from store.events import (
     Delta,
     Event,
     Feedback,
+    LiveItem,
     LLMCompleted,
     SentenceAttributed,
     ToolCall,
@@ -54,6 +56,7 @@ from store.events import (
 )
 from store.exceptions import StaleEpoch, ToolError
 from store.log import Lease, LeaseKeeper, conv_keys, renew_plan
+from store.log_append import append_seen
 from store.scripts import id_tuple
 from store.wait import ReplicaWait
 
@@ -66,6 +69,7 @@ REASON_CHARS = 2_000
 # next one folds a short tail instead of re-decoding every event (prompts included) since the last one.
 SNAPSHOT_TAIL_EVENTS = 6
 INBOX_RECHECK_MS = 20  # between actions that appended nothing, how soon the inbox is read again
+LiveOnly = Delta | SentenceAttributed  # what goes to the live stream only
 
 # The tools an agent run may use: fixed here, by code. Risk and approvals come from the policy.
 AGENT_TOOLS = ("search_knowledge_base", "read_document", "compare_documents", "send_email", "http_request")
@@ -114,10 +118,13 @@ class ActivationCore:
         self._inbox_cursor: str | None = None  # as read or moved under this lease (no one else moves it)
         self._pending: list[Event] = []  # folded, appended with the next write (`emit(defer=True)`)
         self._pending_cursor: str | None = None  # the inbox cursor the pending events move
+        self._uncounted: list[tuple[str, Event]] = []  # appended, usage not yet counted (`count_usage`)
+        self._uncounted_for: Principal | None = None  # whose turn they belong to
         self._durable_last: str | None = state.last_event_id if state.events else None  # the log's end
         self._appended_since_read = True  # since `pull_inbox` last read the inbox
         self._prefetched: list[tuple[str, Event]] | None = None  # read with the lease (`prefetch_inbox`)
         self._read_at = 0.0  # when it did (monotonic s)
+        self._inbox_last: str | None = None  # the inbox's newest entry as the last append left it
         self.inbox_seen: str | None = None  # the newest inbox entry this activation has looked at
         self.replicas = replica_wait(rt)  # None: writes are acknowledged by the primary alone
         # Appended since the last `replicated()`; True at first: the log this activation folded may end in a
@@ -130,8 +137,17 @@ class ActivationCore:
         if self.keeper is not None and self.keeper.lost.is_set():
             raise LeaseLost()
 
-    def emit(self, items: Sequence[Event], *, inbox_cursor: str | None = None, defer: bool = False) -> None:
-        """Append (fenced) and fold. `defer`: fold now, append with the next write (see `flush`)."""
+    def emit(
+        self,
+        items: Sequence[Event],
+        *,
+        inbox_cursor: str | None = None,
+        defer: bool = False,
+        live_first: Sequence[LiveOnly] = (),
+    ) -> None:
+        """Append (fenced) and fold. `defer`: fold now, append with the next write (see `flush`).
+        `live_first`: live-only items that go out just before `items`, in the same append (a model's last
+        streamed text with its completion)."""
         now = self.rt.clock()
         turn = self.state.current.number if self.state.current else 0
         stamped = [msgspec.structs.replace(e, turn=e.turn or turn, at_ms=now) for e in items]
@@ -139,7 +155,7 @@ class ActivationCore:
             self._defer(stamped, inbox_cursor, now)
             return
         pending = self._pending
-        ids = self._append(stamped, (), inbox_cursor)
+        ids = self._append(stamped, live_first, inbox_cursor, live_first=True)
         written = list(zip(ids, [*pending, *stamped], strict=True))
         for entry_id, event in written[len(pending) :]:
             fold(self.state, entry_id, event)
@@ -165,25 +181,35 @@ class ActivationCore:
             self._observe(event, now)
 
     def _append(
-        self, durable: Sequence[Event], live: Sequence[Delta | SentenceAttributed], inbox_cursor: str | None
+        self,
+        durable: Sequence[Event],
+        live: Sequence[LiveOnly],
+        inbox_cursor: str | None,
+        *,
+        live_first: bool = False,
     ) -> list[str]:
-        """One fenced append of the held events, then `durable`, then `live`; their ids."""
+        """One fenced append of the held events, then `durable` and `live` (`live` before `durable` with
+        `live_first`); the ids of the held and `durable` events, in order."""
         pending, cursor = self._pending, inbox_cursor or self._pending_cursor
-        items = [*pending, *durable, *live]
+        items: list[LiveItem] = [*pending, *live, *durable] if live_first else [*pending, *durable, *live]
         checked = bool(pending or durable)  # live-only appends never checked where the log ends
         expected = self._durable_last if checked else None
         try:
-            ids = self.rt.log.append(self.lease, items, expected_last_id=expected, inbox_cursor=cursor)
+            ids, self._inbox_last = append_seen(
+                self.rt.log, self.lease, items, expected_last_id=expected, inbox_cursor=cursor
+            )
         except StaleEpoch:
             raise LeaseLost() from None
         self._pending, self._pending_cursor = [], None
         self._appended_since_read = True
         self._unreplicated = True
+        start = len(pending) + len(live) if live_first else len(pending)
+        durable_ids = [*ids[: len(pending)], *ids[start : start + len(durable)]]
         if checked:
-            self._durable_last = ids[len(pending) + len(durable) - 1]
+            self._durable_last = durable_ids[-1]
         if cursor is not None:
             self._inbox_cursor = cursor
-        return ids
+        return durable_ids
 
     def before_effect(self) -> None:
         """Right before an effect outside the log: nothing held, and (with `redis_wait_replicas` > 0) the
@@ -212,13 +238,25 @@ class ActivationCore:
             self.spend.recover(principal_of(self.state.current.question), self.conv_id, tail)
 
     def _count(self, entries: Sequence[tuple[str, Event]]) -> None:
-        """The usage of what one append wrote, counted in one go (`actors.spend`)."""
+        """Hold the usage of what one append wrote for `count_usage` (one script call for all of them)."""
         current = self.state.current
         if current is None:
             return
         if any(isinstance(event, LLMCompleted) for _, event in entries):
             self.rt.crash("usage_record")  # a kill here: appended, not counted (the next activation will)
-        self.spend.observe_entries(principal_of(current.question), self.conv_id, entries)
+        principal = principal_of(current.question)
+        if principal != self._uncounted_for:
+            self.count_usage()  # a turn of another user in this activation: counted under its own
+        self._uncounted_for = principal
+        self._uncounted += entries
+
+    def count_usage(self) -> None:
+        """Count the held usage in one go (`actors.spend`): before a snapshot (it covers counted entries
+        only), before a budget is read, and as the activation closes. A kill before this leaves the
+        entries in the log's tail, uncounted: the next activation counts them (`recover_usage`)."""
+        entries, self._uncounted = self._uncounted, []
+        if entries and self._uncounted_for is not None:
+            self.spend.observe_entries(self._uncounted_for, self.conv_id, entries)
 
     def _observe(self, event: Event, now: int) -> None:
         """What an appended event feeds besides the log and usage: metrics, the trace, the feedback loop."""
@@ -236,15 +274,23 @@ class ActivationCore:
             golden_feedback.propose(self.rt.log, self.rt.settings.redis_url, self.conv_id, tenant, event)
 
     async def delta(self, step: int, text: str) -> None:
+        self.live([self.delta_item(step, text)])
+
+    def delta_item(self, step: int, text: str) -> Delta:
+        """A streamed fragment of the model's text, to append now (the turn's first one is timed)."""
         turn = self.state.current.number if self.state.current else 0
-        self.live([Delta(step=step, text=text, turn=turn, at_ms=self.rt.clock())])
+        item = Delta(step=step, text=text, turn=turn, at_ms=self.rt.clock())
+        self._time_first_token(turn)
+        return item
+
+    def _time_first_token(self, turn: int) -> None:
         if turn not in self._first_token_ms and self.state.current is not None:
             asked = self._asked_ms.get(turn) or self.state.current.started_ms
             now = self.rt.clock()
             self._first_token_ms[turn] = max(0, now - asked)
             metrics.observe_first_token(self.state.current.route or "", now_ms=now, asked_at_ms=asked)
 
-    def live(self, items: Sequence[Delta | SentenceAttributed]) -> None:
+    def live(self, items: Sequence[LiveOnly]) -> None:
         """Append to the live stream only (fenced): token fragments, sentences attributed while streaming
         (after the held events, in the same append)."""
         self.check_lease()
@@ -254,12 +300,13 @@ class ActivationCore:
         ids = self._append((), items, None)
         if pending:
             self.state.last_event_id = self._durable_last or self.state.last_event_id
-            self._count(list(zip(ids[: len(pending)], pending, strict=True)))
+            self._count(list(zip(ids, pending, strict=True)))
 
     def maybe_snapshot(self, force: bool = False) -> None:
         due = self.state.events - self.snapshot_events
         if self.state.events and (due >= self.rt.settings.snapshot_every_events or (force and due > 0)):
             self.flush()  # a snapshot covers appended events only
+            self.count_usage()  # and counted ones
             try:
                 self.rt.log.save_snapshot(self.lease, dump_state(self.state), self.state.last_event_id)
             except StaleEpoch:
@@ -337,13 +384,24 @@ class ActivationCore:
         behind a busy turn); during a turn, after an append or INBOX_RECHECK_MS since the last read (between
         actions whose events are held for one append, a cancel waits at most that long). Once the turn has
         ended nothing is read: the closing call reports an entry newer than all this activation saw, and
-        the actor is woken for it (`actors.conversation`)."""
+        the actor is woken for it (`actors.conversation`). An append that found nothing new in the inbox
+        counts as a read."""
         position, seen = self._pending_cursor or self._inbox_cursor, self.inbox_seen
         if seen is not None and position is not None and id_tuple(seen) > id_tuple(position):
             return True
         if not self.state.busy:
             return False
+        if self._appended_since_read and self._append_saw_nothing_new(position):
+            self._appended_since_read, self._read_at = False, time.monotonic()  # as good as a read
+            return False
         return self._appended_since_read or time.monotonic() - self._read_at >= INBOX_RECHECK_MS / 1000
+
+    def _append_saw_nothing_new(self, position: str | None) -> bool:
+        """Whether the last append found the inbox holding nothing past `position` (store.log_append)."""
+        last = self._inbox_last
+        if not last or position is None:
+            return False
+        return id_tuple(last) <= id_tuple(position)
 
     def _first_outcome(self, item: ApprovalDecided | ApprovalExpired, moved: list[Event]) -> bool:
         """At most one outcome per approval enters the log (timers and reviewers may both deliver one)."""

@@ -60,6 +60,7 @@ from actors.plan import (
 )
 from actors.runtime import Runtime, runtime
 from actors.state import ConversationState, fold, load_state
+from store.blocking import one_job_loop
 from store.events import Event, LimitHit, ToolResult, TurnFailed, TurnStarted
 from store.exceptions import LeaseHeld, LogError, StaleEpoch
 from store.log import LeaseKeeper, Snapshot
@@ -175,7 +176,7 @@ def activate(conv_id: str, rt: Runtime | None = None) -> str:
     activation.recover_usage(tail)
     stale = False
     try:
-        with LeaseKeeper(rt.log, lease) as keeper:
+        with LeaseKeeper(rt.log, lease) as keeper, one_job_loop():  # this thread only waits for its loop
             activation.keeper = keeper
             rt.loop().run_until_complete(_guarded(activation))
     except LeaseLost:
@@ -208,6 +209,7 @@ def _close(rt: Runtime, activation: Activation) -> bool:
     retry delay, up to a second): only an entry newer than all it saw counts, so a message waiting for a
     human never loops. False when the snapshot was refused (the lease was lost)."""
     conv_id = activation.conv_id
+    activation.count_usage()  # before the closing snapshot: it covers counted entries only
     try:
         closed = rt.log.close_lease(
             activation.lease, snapshot=activation.closing_snapshot(), inbox_seen=activation.inbox_seen

@@ -2,7 +2,8 @@
 
     pacer = DeltaPacer(send, interval_ms=20)     # send: async (text) -> None, e.g. the activation's delta
     await pacer.feed(text)                       # per network read of the model's stream
-    await pacer.close()                          # before the model's completion is recorded: the rest
+    await pacer.close()                          # before a failure is recorded: the rest, sent
+    text = await pacer.rest()                    # or the rest, handed back to go out with the completion
 
 A fast model (or a busy worker reading a backlog) hands over many small reads a few milliseconds apart;
 each delta is a fenced append and a frame to every socket following the conversation. Text that arrives
@@ -48,6 +49,19 @@ class DeltaPacer:
 
     async def close(self) -> None:
         """Send what is held (after the timer's delta, if one is going out now)."""
+        await self._settle()
+        await self._flush()
+
+    async def rest(self) -> str:
+        """`close`, but the held text is returned instead of sent: the caller appends it with the model's
+        completion, one append instead of two (after the timer's delta, if one is going out now)."""
+        await self._settle()
+        async with self._lock:
+            text = "".join(self._held)
+            self._held.clear()
+            return text
+
+    async def _settle(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -55,7 +69,6 @@ class DeltaPacer:
             await self._late
             self._late = None
         self._raise_failure()
-        await self._flush()
 
     def _fire(self) -> None:
         self._timer = None

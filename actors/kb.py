@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from index.embed import Matrix
 from index.search import SearchService
 from index.types import Hit, Principal, SearchResult
-from store.blocking import run_blocking
+from store.blocking import run_blocking, run_short
 from store.exceptions import IndexNotFound
 from store.metadata import Filters
 
@@ -77,7 +77,7 @@ class ServiceKnowledgeBase:
                     readable.add(doc_id)
             return readable
 
-        return await run_blocking(check)
+        return await run_short(check)
 
     async def titles(self, principal: Principal) -> list[tuple[str, str]]:
         """(doc_id, title) of every document of the principal's tenant it may read (workflows match names

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from actors import qa_steps
-from actors.activation import REASON_CHARS, ActivationCore, LeaseLost, sha
+from actors import attribution, qa_steps
+from actors.activation import REASON_CHARS, ActivationCore, LeaseLost, LiveOnly, sha
 from actors.delta_pacer import DeltaPacer
 from actors.llm.types import (
     ChatMessage,
@@ -33,6 +33,8 @@ async def call_llm(act: ActivationCore, step: int) -> None:
     attempt = act.turn.llm_failures.get(step, 0)
     request_id = sha(act.conv_id, act.turn.number, step, attempt)[:32]
     tokens_in, tokens_out = estimate(act)
+    if act.spend.budgets is not None:
+        act.count_usage()  # the budget read sees what this activation spent so far
     over = act.spend.overspent(
         act.principal, act.rt.clock(), hold_id=request_id, tokens=tokens_in + tokens_out,
         cost_usd=price_usd(act.rt.settings, tokens_in, tokens_out),
@@ -77,7 +79,7 @@ async def _call(act: ActivationCore, step: int, backend: LLMBackend, attempt: in
     pacer = DeltaPacer(send_delta, act.rt.settings.delta_interval_ms)
     streamed = pacer.feed if step != REWRITE_STEP else None  # a rewritten query is not the answer
     try:
-        completion = await _complete(backend, messages, tools, streamed, request_id, pacer)
+        completion, rest = await _complete(backend, messages, tools, streamed, request_id, pacer)
     except (LeaseLost, StaleEpoch):
         raise LeaseLost() from None
     except LLMError as exc:
@@ -85,7 +87,8 @@ async def _call(act: ActivationCore, step: int, backend: LLMBackend, attempt: in
         return
     act.rt.crash("llm_response")  # a crash here: the response is lost and the step is requested again
     act.check_lease()
-    act.emit([completed(act, step, completion, digest, backend)])
+    tail = await last_delta(act, step, rest, streaming)
+    act.emit([completed(act, step, completion, digest, backend)], live_first=tail)
 
 
 async def _complete(
@@ -95,11 +98,26 @@ async def _complete(
     on_delta: Callable[[str], Awaitable[None]] | None,
     request_id: str,
     pacer: DeltaPacer,
-) -> Completion:
+) -> tuple[Completion, str]:
+    """The completion, and the streamed text the pacer still held (it goes out in the completion's own
+    append); on a failure what is held goes out first, before the failure is recorded."""
     try:
-        return await backend.complete(messages, tools=tools, on_delta=on_delta, request_id=request_id)
-    finally:
-        await pacer.close()  # what is held goes out before the completion (or the failure) is recorded
+        completion = await backend.complete(messages, tools=tools, on_delta=on_delta, request_id=request_id)
+    except BaseException:
+        await pacer.close()
+        raise
+    return completion, await pacer.rest()
+
+
+async def last_delta(
+    act: ActivationCore, step: int, rest: str, streaming: attribution.Streaming | None
+) -> list[LiveOnly]:
+    """The held end of the streamed answer as the live items it becomes: its delta, then the sentences it
+    finishes (attributed as they would have been streamed)."""
+    if not rest:
+        return []
+    marks = await streaming.feed(rest) if streaming is not None else []
+    return [act.delta_item(step, rest), *marks]
 
 
 async def prompt(act: ActivationCore, step: int) -> tuple[list[ChatMessage], tuple[ToolSpec, ...]]:

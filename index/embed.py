@@ -31,7 +31,7 @@ import redis.asyncio as aredis
 from index import ct2bert
 from index.types import EMBEDDER_NAMES, Embedder, ModelIdentity, Vector
 from store import keys
-from store.blocking import run_blocking
+from store.blocking import run_short
 from store.exceptions import ConfigError, InputError, ModelError
 from store.redis import REDIS_ERRORS
 from store.settings import Settings
@@ -397,7 +397,7 @@ class QueryEmbedder:
             return vector
         vector = await self._aredis_get(key)
         if vector is None:
-            vector = await run_blocking(self._compute, query)
+            vector = await run_short(self._compute, query)
             await self._aredis_set(key, vector)
         return self._lru_put(key, vector)
 

@@ -56,7 +56,7 @@ from index.sections import section_passages
 from index.types import Embedder, Hit, Manifest, ModelIdentity, Principal, SearchResult, Vector
 from index.vectors import GENERATION_CHECK_MS, VectorIndex
 from index.versions import alias_path, check_model, get_active, read_manifest, version_path
-from store.blocking import run_blocking
+from store.blocking import run_blocking, run_short
 from store.catalog import Catalog
 from store.catalog_types import ChunkRow
 from store.exceptions import IndexNotFound, InputError, ModelError, ModelMismatch
@@ -182,7 +182,7 @@ class Searcher:
             began.append(time.perf_counter())
             return self._retrieve(query, vector, principal, k, mode, timings, filters)
 
-        hits = await run_blocking(retrieve)
+        hits = await run_short(retrieve)  # in this thread when its loop runs one job (store.blocking)
         timings["total"] = _ms(started)
         first = "ann" if "ann" in timings else "bm25"
         starts = {first: round((began[0] - started) * 1000, 3)}
@@ -328,8 +328,8 @@ class Searcher:
         depth = max(k, self.settings.rerank_depth) if self.reranker is not None else k
         spare = depth + k  # a few spare: a row may have been hidden since retrieval
         fused = self._fuse(dense, lexical, mode, spare)
-        if mode == "hybrid":
-            if lexical_top_stands_out(lexical) and all(f.key != lexical[0][0] for f in fused):
+        if mode == "hybrid" and lexical_top_stands_out(lexical):  # else keep_lexical_top changes nothing
+            if all(f.key != lexical[0][0] for f in fused):
                 fused = self._fuse(dense, lexical, mode, None)  # rare: the anchor is below the cut
             fused = keep_lexical_top(fused, lexical, k)
         timings["fuse"] = _ms(started)
@@ -491,7 +491,7 @@ class SearchService:
         if budget <= 0 or not result.hits:
             return result
         count = (await self.searcher()).embedder.count_tokens
-        hits = await run_blocking(
+        hits = await run_short(
             section_passages, self.catalog, result.index_version, result.hits, principal,
             max_tokens=budget, count_tokens=count,
         )  # fmt: skip

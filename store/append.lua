@@ -5,7 +5,8 @@
 -- KEYS: log, live, lease, inbox cursor, inbox.
 -- ARGV: epoch, expected last log id ('' = unchecked), live maxlen, live ttl ms,
 --       consumed inbox id ('' = none), then pairs of flag ('d' durable, 'l' live-only) and payload.
--- Returns the new ids in order.
+-- Returns the new ids in order, then the inbox's newest entry ('0-0': empty) as the append leaves it: the
+-- writer knows without another read whether anything waits there (consumed entries are trimmed).
 local log_key, live_key, lease_key, cursor_key, inbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local epoch, expected_last, live_maxlen, live_ttl_ms, consumed =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -50,4 +51,5 @@ if consumed ~= '' then
     redis.call('XTRIM', inbox_key, 'MINID', format_id(c_ms, c_seq + 1))
   end
 end
+ids[#ids + 1] = top_id(inbox_key)
 return ids

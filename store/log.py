@@ -14,9 +14,8 @@ Keys (hash-tagged by conversation id, so Redis Cluster keeps a conversation in o
 
 One writer at a time: `acquire` takes the lease with a new epoch (`close_lease` saves the last snapshot
 and gives it up in one call), and every write (append, snapshot) runs a Lua script that refuses an epoch
-that is not the lease's current, unexpired one. Ids come from one
-sequence per conversation shared by the log and the live stream, so any id a client saw, durable or a
-token delta, is a valid place to resume from (`catch_up`).
+that is not the lease's current, unexpired one. Ids come from one sequence per conversation shared by the
+log and the live stream: any id a client saw, durable or a token delta, is a valid resume point (`catch_up`).
 """
 
 from __future__ import annotations
@@ -203,27 +202,31 @@ def _flag(item: object) -> str:
 
 
 def append_plan(
-    lease: Lease,
-    items: Sequence[LiveItem],
-    expected_last_id: str | None,
-    inbox_cursor: str | None,
-    options: LogOptions,
+    lease: Lease, items: Sequence[LiveItem], expected: str | None, cursor: str | None, options: LogOptions
 ) -> Plan[list[str]]:
+    call = append_call(lease, items, expected, cursor, options)
+    reply = [] if call is None else (yield call)
+    return [text(i) for i in reply[:-1]]
+
+
+def append_call(
+    lease: Lease, items: Sequence[LiveItem], expected: str | None, cursor: str | None, options: LogOptions
+) -> Eval | None:
+    """The fenced append's script call (None: nothing to write). Its reply: the new ids in order, then the
+    inbox's newest entry as the append left it (`store.log_append`)."""
     keys = conv_keys(lease.conv_id)
     args: list[Arg] = [
         lease.epoch,
-        "" if expected_last_id is None else stream_id(expected_last_id, "expected_last_id"),
+        "" if expected is None else stream_id(expected, "expected_last_id"),
         options.live_maxlen,
         options.live_ttl_ms,
-        "" if inbox_cursor is None else stream_id(inbox_cursor, "inbox_cursor"),
+        "" if cursor is None else stream_id(cursor, "inbox_cursor"),
     ]
     for item in items:
         args += [_flag(item), encode(item)]
-    if not items and inbox_cursor is None:
-        return []
-    script_keys = [keys.log, keys.live, keys.lease, keys.inbox_cursor, keys.inbox]
-    ids = yield Eval(APPEND, script_keys, args)
-    return [text(i) for i in ids]
+    if not items and cursor is None:
+        return None
+    return Eval(APPEND, [keys.log, keys.live, keys.lease, keys.inbox_cursor, keys.inbox], args)
 
 
 def decoded_event(entry_id: Any, fields: dict[Any, Any]) -> Entry:
@@ -391,10 +394,8 @@ class ConversationLog:
 
     # Lease.
     def acquire(self, conv_id: str, owner: str, ttl_ms: int = LEASE_TTL_MS) -> Lease:
-        """A new lease with epoch + 1; LeaseHeld while another owner's lease is unexpired.
-
-        The same owner acquiring again also gets a new epoch, which fences its own older handle.
-        """
+        """A new lease with epoch + 1; LeaseHeld while another owner's lease is unexpired. The same owner
+        acquiring again also gets a new epoch, which fences its own older handle."""
         return self._run(acquire_plan(conv_id, owner, ttl_ms))
 
     def renew(self, lease: Lease, ttl_ms: int | None = None) -> Lease:

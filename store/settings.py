@@ -117,7 +117,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     warm_start: bool = False  # a conversation worker loads its models at boot, not at the first question
     # `docent run`'s conversation worker: dramatiq processes (each loads the index and models) and threads.
     worker_processes: Positive = 1
-    worker_threads: Positive = 4
+    worker_threads: Positive = 8  # an activation mostly waits (Redis, the model): 8 beat 4 (README load)
     broker_heartbeat_timeout_ms: Positive = 15_000  # a silent worker's messages are redelivered after this
     broker_maintenance_chance: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10_000  # per million
 

@@ -88,3 +88,13 @@ async def test_a_failed_delta_of_the_timer_is_raised_by_close() -> None:
     await asyncio.sleep(3 * INTERVAL_MS / 1000)
     with pytest.raises(RuntimeError, match="lease lost"):
         await pacer.close()
+
+
+async def test_rest_hands_back_what_is_held_instead_of_sending_it() -> None:
+    sent, pacer, _clock = recorder()
+    await pacer.feed("Hel")
+    await pacer.feed("lo")  # held, a timer set
+    await pacer.feed(" world")
+    assert await pacer.rest() == "lo world"  # to go out with the completion's record, in one append
+    assert sent == ["Hel"]
+    assert await pacer.rest() == ""  # nothing held twice

@@ -22,7 +22,9 @@ often as not: its CPU (a per-thread clock) is taken out of every turn's window a
 run, the final flush included, is shared out evenly over the traced turns. The second line of each is the
 CPU time of the actor's thread alone plus that share (without the scripted LLM's and the sink's threads,
 which do the same work in every configuration but add their noise). `paired` is the median, over the rounds,
-of a configuration's CPU time over `off`'s in the same round (the three run back to back).
+of a configuration's CPU time over `off`'s in the same round (the three run back to back). The metrics
+thread (store.metrics_tally: it writes the counted observations to the multiprocess files every FLUSH_MS) is
+accounted the same way, its CPU shared out over the turns with metrics (both metric configurations).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from actors.turn_trace import TurnTrace  # noqa: E402
 from bench.actors import worker_settings  # noqa: E402
 from index.embed import load_embedder  # noqa: E402
 from index.ingest import Ingestor  # noqa: E402
-from store import metrics, span_batch, tracing  # noqa: E402
+from store import metrics, metrics_tally, span_batch, tracing  # noqa: E402
 from store.events import RetrievalDone, UserMessage  # noqa: E402
 from store.redis import EmbeddedRedis, free_port  # noqa: E402
 from store.settings import Settings  # noqa: E402
@@ -137,10 +139,24 @@ def build_index(settings: Settings) -> None:
 
 def threads_cpu_s() -> float:
     """CPU time so far of this process's tracing threads: the span maker, the batch span processor's."""
+    return _cpu_of(lambda name: name == span_batch.THREAD_NAME or name.startswith(BSP_THREAD))
+
+
+def metrics_thread_cpu_s() -> float:
+    """CPU time so far of the thread that writes the counted observations to the multiprocess files."""
+    return _cpu_of(lambda name: name == metrics_tally.THREAD_NAME)
+
+
+def background_cpu_s() -> float:
+    """The tracing threads' and the metrics thread's CPU time so far, in one pass over the threads."""
+    names = (span_batch.THREAD_NAME, metrics_tally.THREAD_NAME)
+    return _cpu_of(lambda name: name in names or name.startswith(BSP_THREAD))
+
+
+def _cpu_of(chosen: Callable[[str], bool]) -> float:
     total = 0.0
     for thread in threading.enumerate():
-        name = thread.name
-        if thread.ident is not None and (name == span_batch.THREAD_NAME or name.startswith(BSP_THREAD)):
+        if thread.ident is not None and chosen(thread.name):
             total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
     return total
 
@@ -153,26 +169,36 @@ def run(
     times: dict[str, list[float]] = {a: [] for a in ARMS}
     cpu: dict[str, list[float]] = {a: [] for a in ARMS}
     own: dict[str, list[float]] = {a: [] for a in ARMS}  # the actor's thread (this one) alone
-    background = threads_cpu_s()
+    background, background_metrics = threads_cpu_s(), metrics_thread_cpu_s()
     for n in range(turns):
         order = ARMS[n % 3 :] + ARMS[: n % 3]
         for name in order:
             conv = f"{shape}-{name}-{n}"
             rt.log.post_inbox(conv, make(n))
             with arm(name, provider):
-                started, started_cpu, started_bg = time.perf_counter(), time.process_time(), threads_cpu_s()
+                # the background threads' clocks are read outside the window (reading them costs this thread
+                # a few µs in every configuration): their work is the traced (metered) turns', whichever
+                # turn it ran beside, and is counted below
+                started_bg = background_cpu_s()
+                started, started_cpu = time.perf_counter(), time.process_time()
                 started_own = time.thread_time()
                 assert conversation.activate(conv, rt) == "done"
-                own[name].append(time.thread_time() - started_own)
-                times[name].append(time.perf_counter() - started)
-                # the tracing threads' work is the traced turns', whichever turn it ran beside: counted below
-                cpu[name].append(time.process_time() - started_cpu - (threads_cpu_s() - started_bg))
+                ended_own, ended_cpu, ended = time.thread_time(), time.process_time(), time.perf_counter()
+                beside = background_cpu_s() - started_bg
+                own[name].append(ended_own - started_own)
+                times[name].append(ended - started)
+                cpu[name].append(ended_cpu - started_cpu - beside)
     flushed = time.thread_time()
     tracing.flush()  # the spans still queued: made and exported here
-    spent = time.thread_time() - flushed + threads_cpu_s() - background
+    written = time.thread_time()
+    metrics_tally.flush()  # the counts still held: written here
+    spent = written - flushed + threads_cpu_s() - background
     per_turn = spent / turns  # the tracing threads' CPU, shared out over the traced turns
+    spent = time.thread_time() - written + metrics_thread_cpu_s() - background_metrics
+    per_metered = spent / (2 * turns)  # the metrics thread's, over the turns with metrics
     for samples in (cpu, own):
-        samples["metrics+traces"] = [c + per_turn for c in samples["metrics+traces"]]
+        samples["metrics"] = [c + per_metered for c in samples["metrics"]]
+        samples["metrics+traces"] = [c + per_turn + per_metered for c in samples["metrics+traces"]]
     base, _ = summary(times["off"])
     for name in ARMS:
         p50, p95 = summary(times[name])
@@ -180,7 +206,8 @@ def run(
         print(f"{shape:>6} turn, {name:>15}: {wall}   process CPU {_cpu(cpu, name)}   n={len(times[name])}")
         print(f"{'':>22} actor thread + tracing threads CPU {_cpu(own, name)}")
     print(
-        f"        of it, the tracing threads (span batcher, exporter): {per_turn * 1e6:.0f} µs a traced turn"
+        f"        of it, the tracing threads (span batcher, exporter): {per_turn * 1e6:.0f} µs a traced turn;"
+        f" the metrics thread: {per_metered * 1e6:.1f} µs a turn with metrics"
     )
     seams(rt, f"{shape}-off-0", provider)
     rt.close()
@@ -218,6 +245,7 @@ def seams(rt: runtime.Runtime, conv: str, provider: Any) -> None:
                 trace.close()
             if isinstance(provider, TracerProvider):
                 tracing.flush()  # making the spans queued and their export are part of their cost
+            metrics_tally.flush()  # and writing the counts to the files
             cost[name] = (time.process_time() - started) / SEAM_REPEATS * 1e6
     print(f"        seams alone, {len(events)} events a turn: "
           + ", ".join(f"{n} {c:.0f} µs" for n, c in cost.items())

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +58,7 @@ from store.metadata import (
 
 CATALOG_FILE = "catalog.sqlite"
 BUSY_TIMEOUT_MS = 30_000
+WAL_RETRY_MS = 10  # between attempts at the switch to WAL while another process holds the file
 SQL_BATCH = 500  # keys per `IN (...)`: well under SQLite's variable limit
 MAX_LIST_LIMIT = 1000
 # The change journal (`chunk_changes`) keeps a row this long: longer than anything derived from a chunk may
@@ -123,6 +125,20 @@ def _check_version(version: str) -> str:
     return version
 
 
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch the file to WAL. Racing another process's first open, SQLite answers the switch with
+    "database is locked" at once, without calling the busy handler, so it is retried up to BUSY_TIMEOUT_MS."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(WAL_RETRY_MS / 1000)
+
+
 def _journal(db: sqlite3.Connection, where: str, params: Sequence[object]) -> None:
     """Record the chunks a change touches, in the change's own transaction (`chunk_changes`)."""
     db.execute(
@@ -166,7 +182,7 @@ class Catalog:
             db = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
             )
-            db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(db)
             # FULL: a committed switch must survive power loss, because the next step deletes the old
             # entries from the index files.
             db.execute("PRAGMA synchronous=FULL")

@@ -44,6 +44,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from store import metrics_tally
 from store.events import (
     AnswerCompleted,
     ApprovalDecided,
@@ -199,6 +200,7 @@ def exposition() -> bytes:
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
         return generate_latest(REGISTRY)
+    metrics_tally.flush()  # this process's counts: in the files before they are read
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)
     return generate_latest(registry)
@@ -209,17 +211,18 @@ def exposition() -> bytes:
 
 class Bound:
     """A metric's children by label values, each bound once: `metric.labels(...)` takes a lock and rebuilds
-    its key on every call (about a third of a seam's CPU). The children are prometheus-client's own (it
-    keeps them too), so a forked process's values reset as theirs do. Label values stay bounded."""
+    its key on every call (about a third of a seam's CPU). In multiprocess mode each is a tally of
+    prometheus-client's child (`store.metrics_tally`: counted in the process, written to the files every
+    FLUSH_MS), else the child itself. Label values stay bounded."""
 
     def __init__(self, metric: Counter | Histogram) -> None:
         self.metric = metric
-        self.children: dict[tuple[str, ...], Counter | Histogram] = {}
+        self.children: dict[tuple[str, ...], Any] = {}
 
     def __call__(self, *values: str) -> Any:
         found = self.children.get(values)
         if found is None:
-            found = self.children[values] = self.metric.labels(*values)
+            found = self.children[values] = metrics_tally.tally_of(self.metric.labels(*values))
         return found
 
 
@@ -227,6 +230,9 @@ _LLM_DURATION, _LLM_TOKENS, _LLM_COST = Bound(LLM_DURATION), Bound(LLM_TOKENS), 
 _TOOL_CALLS, _TOOL_DURATION, _TOOL_ERRORS = Bound(TOOL_CALLS), Bound(TOOL_DURATION), Bound(TOOL_ERRORS)
 _ANSWERS, _ASK_ANSWER, _ASK_FIRST_TOKEN = Bound(ANSWERS), Bound(ASK_ANSWER), Bound(ASK_FIRST_TOKEN)
 _RETRIEVAL_STAGE, _RETRIEVALS = Bound(RETRIEVAL_STAGE), Bound(RETRIEVALS)
+_UNSUPPORTED, _DROPPED = Bound(ANSWER_UNSUPPORTED), Bound(ANSWER_DROPPED_CITATIONS)
+_LLM_FAILURES, _FEEDBACK, _ANSWER_CACHE = Bound(LLM_FAILURES), Bound(FEEDBACK), Bound(ANSWER_CACHE)
+_APPROVALS_REQUESTED, _APPROVALS_DECIDED = Bound(APPROVALS_REQUESTED), Bound(APPROVALS_DECIDED)
 
 
 def observe_event(event: Event, *, now_ms: int, asked_at_ms: int = 0, route: str = "") -> None:
@@ -256,9 +262,9 @@ def _answer(event: AnswerCompleted, now_ms: int, asked_at_ms: int, route: str) -
     label = route or "unknown"
     _ANSWERS(label, "true" if event.citations else "false").inc()
     if event.unsupported:
-        ANSWER_UNSUPPORTED.labels(label).inc(len(event.unsupported))
+        _UNSUPPORTED(label).inc(len(event.unsupported))
     if event.dropped_citations:
-        ANSWER_DROPPED_CITATIONS.labels(label).inc(len(event.dropped_citations))
+        _DROPPED(label).inc(len(event.dropped_citations))
     if asked_at_ms and route:
         _ASK_ANSWER(route).observe(max(0, now_ms - asked_at_ms) / 1000)
 
@@ -269,14 +275,14 @@ def _retrieval_done(event: RetrievalDone, now_ms: int, asked_at_ms: int, route: 
 
 _OBSERVERS: dict[type, Callable[[Any, int, int, str], None]] = {
     LLMCompleted: _llm_completed,
-    LLMFailed: lambda event, *_: LLM_FAILURES.labels(event.code).inc(),
+    LLMFailed: lambda event, *_: _LLM_FAILURES(event.code).inc(),
     ToolResult: _tool_result,
-    ApprovalRequested: lambda event, *_: APPROVALS_REQUESTED.labels(event.tool).inc(),
-    ApprovalDecided: lambda event, *_: APPROVALS_DECIDED.labels(event.decision).inc(),
-    ApprovalExpired: lambda event, *_: APPROVALS_DECIDED.labels("expired").inc(),
+    ApprovalRequested: lambda event, *_: _APPROVALS_REQUESTED(event.tool).inc(),
+    ApprovalDecided: lambda event, *_: _APPROVALS_DECIDED(event.decision).inc(),
+    ApprovalExpired: lambda event, *_: _APPROVALS_DECIDED("expired").inc(),
     AnswerCompleted: _answer,
     RetrievalDone: _retrieval_done,
-    Feedback: lambda event, *_: FEEDBACK.labels(event.rating).inc(),
+    Feedback: lambda event, *_: _FEEDBACK(event.rating).inc(),
 }
 
 
@@ -352,7 +358,7 @@ def families_exposition(families: list[Metric]) -> bytes:
 
 
 def observe_answer_cache(outcome: str) -> None:
-    ANSWER_CACHE.labels(outcome).inc()
+    _ANSWER_CACHE(outcome).inc()
 
 
 def observe_retrieval(timings_ms: Mapping[str, float]) -> None:

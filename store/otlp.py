@@ -30,6 +30,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 
 from store.span_record import SpanEvent, SpanRecord, readables
 
@@ -181,8 +182,9 @@ _STATUSES: dict[tuple[int, str], bytes] = {}
 _LOCAL_FLAGS = b"\x85\x01" + _FIXED32.pack(HAS_IS_REMOTE)
 _REMOTE_FLAGS = b"\x85\x01" + _FIXED32.pack(HAS_IS_REMOTE | IS_REMOTE)
 _TIMES = struct.Struct("<BQBQ")  # start_time_unix_nano (7, fixed64: tag 0x39), end (8: 0x41)
-# Span.kind (6): the proto's SpanKind is the API's plus one (0: unspecified)
-_KINDS = {kind: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}
+# Span.kind (6): the proto's SpanKind is the API's plus one (0: unspecified); by the API's value (a SpanKind's
+# hash is computed in Python)
+_KINDS = {kind.value: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}
 _NAMES: dict[str, bytes] = {}  # span name -> its field's bytes
 
 
@@ -205,8 +207,9 @@ def record_of(span: ReadableSpan) -> SpanRecord:
 def encode_span(span: SpanRecord) -> bytes:
     """One Span message's bytes (not framed)."""
     parts = [b"\x0a\x10" + span.trace_id.to_bytes(16, "big"), b"\x12\x08" + span.span_id.to_bytes(8, "big")]
-    if span.trace_state:
-        parts.append(_field(b"\x1a", span.trace_state.to_header().encode()))
+    state = span.trace_state
+    if state is not None and state is not DEFAULT_TRACE_STATE and state:  # (its len() is Python's)
+        parts.append(_field(b"\x1a", state.to_header().encode()))
     parent = span.parent
     if parent is not None:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
@@ -216,7 +219,7 @@ def encode_span(span: SpanRecord) -> bytes:
             _NAMES.clear()
         name = _NAMES[span.name] = _string(b"\x2a", span.name)
     parts += (
-        name, _KINDS[span.kind], _times(span.start_ns, span.end_ns),
+        name, _KINDS[span.kind._value_], _times(span.start_ns, span.end_ns),
         _attributes(b"\x4a", span.attributes),
     )  # fmt: skip
     if span.dropped_attributes:

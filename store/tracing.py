@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -145,11 +146,23 @@ def traceparent(span: Span) -> str:
 
 
 def parent_of(value: str) -> SpanContext | None:
-    """The span context of a `traceparent` header value; None for an empty or malformed one (a new trace)."""
+    """The span context of a `traceparent` header value; None for an empty or malformed one (a new trace).
+    The value `traceparent` writes (version 00, lower-case hex, no trace state) is read here; any other
+    the propagator reads (it builds a Context and a span around the span context: ~5 µs a turn)."""
     if not value:
+        return None
+    plain = _TRACEPARENT_00.fullmatch(value)
+    if plain is not None:
+        trace_id, span_id = int(plain.group(1), 16), int(plain.group(2), 16)
+        if trace_id and span_id:
+            flags = TraceFlags(int(plain.group(3), 16))
+            return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags, trace_state=None)
         return None
     found = trace.get_current_span(_propagator.extract({"traceparent": value})).get_span_context()
     return found if found.is_valid else None
+
+
+_TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
 def provider() -> object | None:

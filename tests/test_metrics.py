@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -37,12 +38,14 @@ from store.events import (
 )
 from store.exceptions import Unavailable
 from store.metrics import MULTIPROC_ENV
+from store.metrics_tally import FLUSH_MS
 from store.redis import EmbeddedRedis, free_port
 from store.scripts import Call, Plan, SyncRunner
 from store.settings import Settings
 from tests.conftest import MODEL_CACHE
 from tests.server_proc import LocalAddress, ServerProcess, StreamWriter, server_env
 from tests.stack_proc import Stack
+from tests.test_metrics_tally import ARRIVAL_DEADLINE_S
 from tests.test_server_ws import ask, open_chat, recv, token
 
 TENANT = "default"
@@ -82,6 +85,20 @@ async def _ask(stack: Stack, settings: Settings) -> tuple[str, str]:
                 return str(frame["event"]["type"]), str(ready["conversation_id"])
 
 
+def _scrape_worker_counts(stack: LocalAddress, admin_key: str) -> tuple[int, str, str]:
+    """A scrape that shows the worker's counts of the answered ask: a worker writes what it counted to the
+    multiprocess files every FLUSH_MS (`store.metrics_tally`), so a scrape right after the answer may be
+    up to that much behind it."""
+    deadline = time.monotonic() + ARRIVAL_DEADLINE_S
+    while True:
+        status, content_type, text = _scrape(stack, admin_key)
+        answers = _samples(text).get("docent_ask_answer_seconds", [])
+        if status != 200 or _value(answers, "docent_ask_answer_seconds_count", route="qa") >= 1:
+            return status, content_type, text
+        assert time.monotonic() < deadline, f"the worker's counts were not written in {ARRIVAL_DEADLINE_S} s"
+        time.sleep(FLUSH_MS / 1000 / 5)
+
+
 def _samples(text: str) -> dict[str, list[Any]]:
     return {family.name: list(family.samples) for family in text_string_to_metric_families(text)}
 
@@ -107,7 +124,7 @@ def test_metrics_of_web_and_worker_after_a_real_ask(tmp_path: Path, stacks: list
 
         outcome, conversation = asyncio.run(_ask(stack, settings))
         assert outcome == "answer_completed"
-        status, content_type, text = _scrape(stack, admin_key)
+        status, content_type, text = _scrape_worker_counts(stack, admin_key)
         assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
     families = _samples(text)
 

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from websockets.asyncio.client import connect
 
 from actors.state import ConversationState, fold
@@ -354,3 +356,24 @@ def test_installing_the_configured_provider_again_keeps_its_one_batcher() -> Non
         assert tracing._state["batcher"] is batcher and tracing.tracer() is tracer
     finally:
         tracing.shutdown()
+
+
+def test_a_traceparent_reads_as_the_w3c_propagator_reads_it() -> None:
+    """`parent_of` reads the plain version-00 value itself (what `traceparent` writes) and leaves every
+    other to the propagator: the same span context (or none) either way."""
+    ids = "0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331"
+    values = [
+        f"00-{ids}-01", f"00-{ids}-00", f"00-{ids}-ff", f"00-{'0' * 32}-b7ad6b7169203331-01",
+        f"00-0af7651916cd43dd8448eb211c80319c-{'0' * 16}-01", f"00-{ids.upper()}-01", f"01-{ids}-01-later",
+        f"ff-{ids}-01", f" 00-{ids}-01", f"00-{ids}-01-extra", "00-xyz", "",
+    ]  # fmt: skip
+    propagator = TraceContextTextMapPropagator()
+    for value in values:
+        expected = otel_trace.get_current_span(propagator.extract({"traceparent": value})).get_span_context()
+        found = tracing.parent_of(value)
+        if not expected.is_valid:
+            assert found is None, value
+            continue
+        assert found is not None, value
+        fields = ("trace_id", "span_id", "is_remote", "trace_flags", "trace_state")
+        assert [getattr(found, f) for f in fields] == [getattr(expected, f) for f in fields], value

@@ -111,7 +111,8 @@ class _Topic(Generic[T]):
         self.started: asyncio.Future[None] = loop.create_future()
         self.shard: _Shard | None = None
 
-    def start_at(self, entry_id: bytes | str) -> None:
+    def move_to(self, entry_id: bytes | str) -> None:
+        """The cursor (where the next read starts), its RESP encoding and its sort key, moved together."""
         self.cursor = entry_id if isinstance(entry_id, bytes) else entry_id.encode()
         self.cursor_argument = bulk(self.cursor)
         self.floor = id_key(text(entry_id))
@@ -126,9 +127,7 @@ class _Topic(Generic[T]):
             first += 1
         if first == len(entries):
             return
-        last_id = entries[-1][0]
-        self.cursor, self.floor = last_id, id_key(text(last_id))
-        self.cursor_argument = bulk(last_id if isinstance(last_id, bytes) else last_id.encode())
+        self.move_to(entries[-1][0])
         if not self.subscribers:
             return
         decoded = (self._decoded(raw_id, fields) for raw_id, fields in entries[first:])
@@ -187,13 +186,17 @@ class _Shard:
         if self.topics.pop(key, None) is not None:
             self._keys = self._command_head = None
 
-    def _arguments(self) -> list[Any]:
-        """XREAD's arguments after STREAMS: every topic's key, then its cursor (the keys list is kept
-        until the shard's topics change; cursors are the raw ids the last reads returned)."""
+    def _key_list(self) -> list[bytes]:
+        """XREAD's keys: every topic's, then the wake stream's (kept until the shard's topics change)."""
         if self._keys is None:
             self._keys = [*(t.raw_key for t in self.topics.values()), self.raw_wake_key]
+        return self._keys
+
+    def _arguments(self) -> list[Any]:
+        """XREAD's arguments after STREAMS: the keys, then each one's cursor (the raw ids the last reads
+        returned)."""
         cursors = [t.cursor for t in self.topics.values()]
-        return [*self._keys, *cursors, self.wake_cursor]
+        return [*self._key_list(), *cursors, self.wake_cursor]
 
     async def _run(self) -> None:
         failures = 0
@@ -248,7 +251,7 @@ class _Shard:
 
     def _command(self) -> bytes:
         if self._command_head is None:
-            self._command_head = xread_head([*(t.raw_key for t in self.topics.values()), self.raw_wake_key])
+            self._command_head = xread_head(self._key_list())
         cursors = [t.cursor_argument for t in self.topics.values()]
         return b"".join([self._command_head, *cursors, bulk(self.wake_cursor)])
 
@@ -316,7 +319,7 @@ class Hub:
             topic.started.set_exception(exc)
             topic.started.exception()  # retrieved: waiters re-raise their own copy
             return
-        topic.start_at(tail[0][0] if tail else b"0-0")
+        topic.move_to(tail[0][0] if tail else ZERO_ID)
         if self._topics.get(topic.key) is topic:
             self._shard_for(topic.key).add(topic)
         topic.started.set_result(None)

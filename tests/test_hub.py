@@ -22,7 +22,7 @@ def _echo(entry_id: str, fields: dict[Any, Any]) -> str:
 
 async def test_a_topic_skips_the_entries_at_or_below_its_cursor_and_moves_it() -> None:
     topic: _Topic[str] = _Topic("k", _echo, asyncio.get_running_loop())
-    topic.start_at(b"5-0")
+    topic.move_to(b"5-0")
     hub = Hub(hub_client("redis://127.0.0.1:1"))  # never connects: the subscription is not closed here
     subscription: Subscription[str] = Subscription(hub, "k", capacity=16)
     topic.subscribers.add(subscription)

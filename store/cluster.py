@@ -18,19 +18,39 @@ from typing import Any
 import redis
 
 from store.exceptions import ConfigError
-from store.redis import CLUSTER_NODE_TIMEOUT_MS, CLUSTER_SCHEME, REDIS_USER, EmbeddedRedis, port_is_free
+from store.redis import (
+    CLUSTER_NODE_TIMEOUT_MS,
+    CLUSTER_SCHEME,
+    REDIS_USER,
+    EmbeddedRedis,
+    port_is_free,
+    start_choosing_again,
+)
 
 SLOTS = 16384
 BUS_PORT_OFFSET = 10000  # a node's cluster bus listens on its port + 10000
-PORT_RANGE = (20000, 40000)  # below the kernel's ephemeral range, so port + 10000 stays a valid port
+LOWEST_NODE_PORT = 10000
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_EPHEMERAL_LOW = 32768  # Linux's default first ephemeral port
 FORM_TIMEOUT_S = 30.0
 POLL_S = 0.05
 
 
+def node_port_range() -> tuple[int, int]:
+    """Ports whose bus port (+10000) also lies below the kernel's ephemeral range: no outgoing
+    connection of any process can hold one as its local port between the choice and the node's bind."""
+    try:
+        low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = DEFAULT_EPHEMERAL_LOW
+    return LOWEST_NODE_PORT, max(low - BUS_PORT_OFFSET, LOWEST_NODE_PORT + 1000)
+
+
 def free_node_port(taken: set[int]) -> int:
     """A port free now whose cluster bus port (+10000) is free too."""
+    span = node_port_range()
     while True:
-        port = random.randrange(*PORT_RANGE)
+        port = random.randrange(*span)
         if port not in taken and port_is_free(port) and port_is_free(port + BUS_PORT_OFFSET):
             return port
 
@@ -59,16 +79,18 @@ class EmbeddedCluster:
         if primaries < 1 or replicas < 0:
             raise ConfigError("a cluster needs at least one primary")
         count = primaries * (1 + replicas)
-        ports = ports or free_node_ports(count)
-        if len(ports) != count:
+        if ports is not None and len(ports) != count:
             raise ConfigError(f"{primaries} primaries with {replicas} replicas each need {count} ports")
         self.directory = directory
         self.primaries = primaries
         self.password = password
-        options: dict[str, Any] = {"password": password, "fsync": fsync, "node_timeout_ms": node_timeout_ms}
-        self.nodes = [
-            EmbeddedRedis(directory / f"node-{port}", port, cluster=True, **options) for port in ports
-        ]
+        self.chosen_ports = ports is None  # ours to change when another process takes one first
+        self.options: dict[str, Any] = {"password": password, "fsync": fsync}
+        self.options["node_timeout_ms"] = node_timeout_ms
+        self.nodes = self._nodes(ports or free_node_ports(count))
+
+    def _nodes(self, ports: list[int]) -> list[EmbeddedRedis]:
+        return [EmbeddedRedis(self.directory / f"node-{p}", p, cluster=True, **self.options) for p in ports]
 
     @property
     def url(self) -> str:
@@ -84,7 +106,14 @@ class EmbeddedCluster:
         return redis.Redis.from_url(node.url)
 
     def start(self) -> EmbeddedCluster:
-        """Start every node and form (or rejoin) the cluster; on any failure no node is left running."""
+        """Start every node and form (or rejoin) the cluster; on any failure no node is left running.
+        Ports chosen here that another process takes before a node binds are chosen again."""
+        return start_choosing_again(self._start, self._choose_ports if self.chosen_ports else None)
+
+    def _choose_ports(self) -> None:
+        self.nodes = self._nodes(free_node_ports(len(self.nodes)))
+
+    def _start(self) -> EmbeddedCluster:
         try:
             for node in self.nodes:
                 node.start()

@@ -9,9 +9,9 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote
 
 import redis
@@ -25,6 +25,8 @@ from store.exceptions import ConfigError, PortInUse, Unavailable
 from store.permissions import PRIVATE_UMASK, private_dir
 
 STARTUP_TIMEOUT_S = 10.0
+START_ATTEMPTS = 3  # fresh ports after a PortInUse, when the port was chosen here
+T = TypeVar("T")
 CONFIG_FILE = "redis.conf"
 REDIS_USER = "docent"
 UNAVAILABLE_MESSAGE = "storage unavailable: retry shortly"
@@ -71,6 +73,19 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def start_choosing_again(start: Callable[[], T], choose_again: Callable[[], None] | None) -> T:
+    """`start()`; when it finds its port taken (PortInUse) and the ports are ours to change
+    (`choose_again` given), choose fresh ones and start again, up to START_ATTEMPTS times."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return start()
+        except PortInUse:
+            if choose_again is None or attempt == START_ATTEMPTS:
+                raise
+            choose_again()
+    raise AssertionError("unreachable")
+
+
 class EmbeddedRedis:
     """A real redis-server child process with append-only persistence under `directory`.
 
@@ -87,6 +102,7 @@ class EmbeddedRedis:
     ) -> None:  # fmt: skip
         self.directory = directory
         self.port = port or free_port()
+        self.chosen_port = not port  # ours to change when another process binds it first
         self.password = password
         self.fsync = fsync
         self.lock_fd = lock_fd  # inherited by redis-server: the data dir stays locked while it lives
@@ -131,6 +147,14 @@ class EmbeddedRedis:
         return path
 
     def start(self) -> EmbeddedRedis:
+        """Start the child and wait until it answers; a port chosen here that another process took
+        between the choice and the bind is chosen again (an explicit port stays a PortInUse)."""
+        return start_choosing_again(self._start, self._choose_port if self.chosen_port else None)
+
+    def _choose_port(self) -> None:
+        self.port = free_port()
+
+    def _start(self) -> EmbeddedRedis:
         private_dir(self.directory)
         args = [redis_server_binary(), str(self._write_config())]
         # Its own session: a terminal's Ctrl-C reaches the supervisor, which stops Redis last. Umask 077:

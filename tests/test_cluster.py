@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +25,10 @@ from server.app import create_app
 from server.hub import Hub, hub_client
 from store import keys
 from store.approvals import ApprovalLedger, approval_key, audit_key, room_events_key, room_pending_key
-from store.cluster import SLOTS, EmbeddedCluster
+from store.cluster import BUS_PORT_OFFSET, SLOTS, EmbeddedCluster, free_node_ports
 from store.conversations import meta_key
 from store.events import ApprovalDecided, UserMessage
-from store.exceptions import ConfigError, LogError
+from store.exceptions import ConfigError, LogError, PortInUse
 from store.log import ConversationLog, conv_keys
 from store.redis import key_slot, sync_client
 from store.redis_owner import CLUSTER_DIR, PORTS_FILE
@@ -160,6 +161,34 @@ def _all_keys(ports: list[int], password: str) -> set[bytes]:
         with redis.Redis(port=port, username="docent", password=password) as client:
             found |= set(client.keys("*"))  # type: ignore[arg-type]
     return found
+
+
+def test_node_ports_and_their_bus_ports_lie_below_the_ephemeral_range() -> None:
+    """No outgoing connection (whose local port is ephemeral) can hold a node's port or bus port."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_node_ports(50)
+    assert all(p + BUS_PORT_OFFSET < low for p in ports)
+
+
+def test_a_chosen_node_port_taken_before_the_node_binds_is_chosen_again(tmp_path: Path) -> None:
+    """The CI failure of stop 21: a node's port was taken between its choice and the node's bind."""
+    cluster = EmbeddedCluster(tmp_path / "cluster", primaries=1, replicas=0)
+    taken = cluster.nodes[0].port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        with cluster:
+            assert [n.port for n in cluster.nodes] != [taken]
+            assert sync_client(cluster.url).ping()
+
+
+def test_an_explicit_node_port_that_is_taken_stays_a_typed_error(tmp_path: Path) -> None:
+    port = free_node_ports(1)[0]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(PortInUse, match=str(port)):
+            EmbeddedCluster(tmp_path / "cluster", primaries=1, replicas=0, ports=[port]).start()
 
 
 def test_a_killed_primary_is_failed_over_and_the_log_carries_on(tmp_path: Path) -> None:

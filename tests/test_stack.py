@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import stat
 import time
 from pathlib import Path
@@ -45,6 +46,21 @@ def test_an_embedded_redis_never_takes_a_foreign_redis_on_its_port_for_its_own(t
         with pytest.raises(PortInUse, match=str(foreign.port)):
             EmbeddedRedis(tmp_path / "mine", port=foreign.port, password="p" * 32).start()
         assert _keys(foreign.url) == set()
+
+
+def test_a_port_chosen_by_the_embedded_redis_and_taken_before_it_binds_is_chosen_again(
+    tmp_path: Path,
+) -> None:
+    """Between choosing a free port and redis-server binding it another process may take it (the CI
+    failure of stop 21, on a cluster node): a port the embedded Redis chose itself is chosen again."""
+    server = EmbeddedRedis(tmp_path / "mine")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", server.port))
+        squatter.listen()
+        taken = server.port
+        with server:
+            assert server.port != taken
+            assert sync_client(server.url).ping()
 
 
 def test_an_explicit_port_that_is_taken_is_a_typed_error_naming_it(

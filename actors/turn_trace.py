@@ -107,17 +107,23 @@ class TurnTrace:
             return None
         if self.current is None or self.current.number != current.number:
             self.close()
-            self.current, self.start_ns = current, time.time_ns()
+            self.start_ns = time.time_ns()
+        self.current = current  # (the same turn's state folded anew: the same span)
         return current
 
-    def observe(self, state: ConversationState, event: Event) -> None:
-        """One dictionary lookup for an event no span is made from; the turn's checks only when the turn
-        changed (its TurnState is a new object: folding a question makes it)."""
+    def _turn(self, state: ConversationState) -> TurnState | None:
+        """The open turn; its checks (`_open`) only when the turn changed (its TurnState is a new object:
+        folding a question makes it)."""
         turn = state.current
         if turn is None or turn is not self.current:
-            turn = self._open(state)
-            if turn is None:
-                return
+            return self._open(state)
+        return turn
+
+    def observe(self, state: ConversationState, event: Event) -> None:
+        """One dictionary lookup for an event no span is made from."""
+        turn = self._turn(state)
+        if turn is None:
+            return
         needed = _KEPT.get(type(event))
         if needed is None:
             return
@@ -134,7 +140,7 @@ class TurnTrace:
         hits: int,
         starts_ms: Mapping[str, float] | None = None,
     ) -> None:
-        turn = self._open(state)
+        turn = self._turn(state)
         if turn is not None:
             search = Retrieval(timings_ms, starts_ms or {}, latency_ms, hits)  # the search's own: not changed
             self.pending.append((search, time.time_ns(), None))

@@ -52,6 +52,9 @@ DOCUMENT_SHINGLE_CACHE = 64  # documents whose fingerprints the web process keep
 _WORD = re.compile(r"\w+")
 _CHUNK_REF = re.compile(r"chunk_id=([0-9a-f]{32})")
 _DOC_REF = re.compile(r"doc_id=([^\s)'\"]+)")
+_TEXT_REF_MARK = "_id="  # in every match of _CHUNK_REF and _DOC_REF
+_SEQUENCES = (list, tuple)
+_CONTAINERS = (dict, list, tuple)
 
 Json = Any
 
@@ -77,21 +80,23 @@ def _document_shingles(
 
 def references(value: Json, chunks: set[str], docs: set[str]) -> None:
     """Collect the chunk and document ids `value` names, structured or in text."""
-    if isinstance(value, dict):
+    if isinstance(value, str):
+        if _TEXT_REF_MARK in value:  # both text references contain it; most texts (prompts) have neither
+            chunks.update(_CHUNK_REF.findall(value))
+            docs.update(_DOC_REF.findall(value))
+    elif isinstance(value, dict):
         for key, item in value.items():
             if key == "doc_id" and isinstance(item, str):
                 docs.add(item)
             elif key == "chunk_id" and isinstance(item, str):
                 chunks.add(item)
-            elif key == "chunk_ids" and isinstance(item, list | tuple):
+            elif key == "chunk_ids" and isinstance(item, _SEQUENCES):
                 chunks.update(c for c in item if isinstance(c, str))
-            references(item, chunks, docs)
-    elif isinstance(value, list | tuple):
+            if isinstance(item, _CONTAINERS) or (isinstance(item, str) and _TEXT_REF_MARK in item):
+                references(item, chunks, docs)  # (numbers, booleans and plain texts: nothing to walk)
+    elif isinstance(value, _SEQUENCES):
         for item in value:
             references(item, chunks, docs)
-    elif isinstance(value, str):
-        chunks.update(_CHUNK_REF.findall(value))
-        docs.update(_DOC_REF.findall(value))
 
 
 class Redactor:

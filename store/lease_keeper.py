@@ -81,7 +81,8 @@ class _Renewer:
     def schedule(self, keeper: LeaseKeeper, at: float) -> None:
         with self._wake:
             heapq.heappush(self._due, (at, next(self._order), keeper))
-            self._wake.notify()
+            if self._due[0][2] is keeper:  # due before all others: the thread's wait is too long now
+                self._wake.notify()
 
     def _next_due(self) -> LeaseKeeper:
         with self._wake:

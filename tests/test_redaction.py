@@ -304,3 +304,34 @@ def test_references_skips_only_what_cannot_name_a_document() -> None:
     assert found == expected
     assert found[1] == {"top-doc", "in-tuple", "text-doc", "deepest"}
     assert found[0] == {chunk, chunk[::-1], "c-structured"}
+
+
+def test_a_frame_whose_bytes_name_no_document_is_not_decoded_and_an_escaped_name_still_is(
+    tmp_path: Path,
+) -> None:
+    """The live path reads a frame's bytes first: no `_id` and no `\\u` escape (a model request's prompt)
+    and no secret known: passed on undecoded. A key spelled with an escape (`doc\\u005fid`) is decoded and
+    redacted; once a secret is known, a frame naming nothing is checked too."""
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    secret_text = "the settlement amount stays between the two parties and their lawyers forever"
+    document = CatalogDocument(
+        doc_id="legal-doc", title="legal-doc", source="legal-doc", format="txt", content_hash="h",
+        tenant=TENANT, readers=("group:legal",),
+    )  # fmt: skip
+    catalog.commit_documents(
+        "v1", [DocumentCommit(document=document, ingest_hash="i", visible=(), text=secret_text)]
+    )
+    redactor = Redactor(catalog, Principal(tenant=TENANT, user="lee"))
+    view = EventView(redactor, deltas=True)
+    prompt = {"type": "llm_requested", "messages": [{"role": "user", "content": f"{secret_text} ü"}]}
+    plain = json.dumps({"type": "event", "event": prompt}, ensure_ascii=False).encode()
+    assert redactor.names_nothing(json.dumps(prompt, ensure_ascii=False).encode())
+    assert asyncio.run(view.frame(plain)) is plain  # nothing names a document, no secret yet: as it came
+    assert not redactor.names_nothing(json.dumps(prompt).encode())  # `\u00fc`: an escape, so decoded
+    escaped = b'{"type": "event", "event": {"type": "answer_completed", "text": "x", "citations": '
+    escaped += b'[{"n": 1, "doc\\u005fid": "legal-doc"}]}}'
+    shown = json.loads(asyncio.run(view.frame(escaped)))
+    assert shown["event"]["citations"] == [{"n": 1, "redacted": True}]
+    assert not redactor.names_nothing(json.dumps(prompt, ensure_ascii=False).encode())  # a secret now
+    checked = json.loads(asyncio.run(view.frame(plain)))
+    assert "settlement amount" not in checked["event"]["messages"][0]["content"]

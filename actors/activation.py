@@ -55,7 +55,8 @@ from store.events import (
     UserMessage,
 )
 from store.exceptions import StaleEpoch, ToolError
-from store.log import Lease, LeaseKeeper, conv_keys, renew_plan
+from store.lease_keeper import LeaseKeeper
+from store.log import Lease, conv_keys, renew_plan
 from store.log_append import append_seen
 from store.scripts import id_tuple
 from store.wait import ReplicaWait

@@ -15,9 +15,10 @@ re-issued with the same idempotency key; an `ApprovalRequested` is never asked t
 idempotent and the approval id is derived from the call).
 
 Safety: every write is fenced by the lease's epoch; a `StaleEpoch` (another worker took over, or the lease
-lapsed) stops the activation at once with no further side effect. A `LeaseKeeper` thread renews the lease
-while long steps run. Caps (`settings.max_steps`, `max_run_tokens`, `max_run_cost_usd`, `max_run_seconds`)
-end the turn with a `LimitHit` event (a hand-off to a human), never a loop.
+lapsed) stops the activation at once with no further side effect. A `LeaseKeeper` (store.lease_keeper,
+one renewal thread per process) renews the lease while long steps run. Caps (`settings.max_steps`,
+`max_run_tokens`, `max_run_cost_usd`, `max_run_seconds`) end the turn with a `LimitHit` event (a hand-off
+to a human), never a loop.
 
 Prompt injection: the tools a run may use are fixed by code from the route (`AGENT_TOOLS`, plus the tools of
 the MCP servers configuration names, `DOCENT_MCP_SERVERS_PATH`; none for Q&A);
@@ -63,7 +64,8 @@ from actors.state import ConversationState, fold, load_state
 from store.blocking import one_job_loop
 from store.events import Event, LimitHit, ToolResult, TurnFailed, TurnStarted
 from store.exceptions import LeaseHeld, LogError, StaleEpoch
-from store.log import LeaseKeeper, Snapshot
+from store.lease_keeper import LeaseKeeper
+from store.log import Snapshot
 from store.log_open import open_activation
 from store.retry import RetryPolicy
 

@@ -17,6 +17,11 @@ SNIPPET_CHARS = 240
 
 
 def snippet(text: str) -> str:
+    """The text's first SNIPPET_CHARS, whitespace runs as one space. Normalised from a prefix when that
+    gives enough (a normalised prefix is a prefix of the normalised whole), not from the whole chunk."""
+    head = " ".join(text[: SNIPPET_CHARS * 2].split())
+    if len(head) >= SNIPPET_CHARS:
+        return head[:SNIPPET_CHARS]
     return " ".join(text.split())[:SNIPPET_CHARS]
 
 

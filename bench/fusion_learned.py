@@ -28,10 +28,9 @@ bench.retrieval_quality's max-min rule on nDCG@10.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
@@ -45,7 +44,8 @@ from bench.retrieval_quality import (
     Scores,
     choose,
     collection_args,
-    prepare,
+    emit,
+    prepare_all,
 )
 from index.evalrun import DEPTH, EVAL_PRINCIPAL, TABLE_METRICS
 from index.evaluate import dedupe_docs, ndcg_at, score_run
@@ -223,7 +223,14 @@ def feedback_lists(
     return out
 
 
-def scores_of(p: Prepared, lists: Lists, chunk_rankings: Sequence[Sequence[int]]) -> dict[str, float]:
+class Judged(Protocol):
+    """What scoring a run of chunk rankings needs of a collection's captured lists."""
+
+    qids: list[str]
+    doc_of: dict[int, str]
+
+
+def scores_of(p: Prepared, lists: Judged, chunk_rankings: Sequence[Sequence[int]]) -> dict[str, float]:
     run = {
         qid: dedupe_docs((lists.doc_of[k] for k in keys if k in lists.doc_of), DEPTH)
         for qid, keys in zip(lists.qids, chunk_rankings, strict=True)
@@ -376,17 +383,13 @@ def lists_texts(p: Prepared) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = collection_args(__doc__ or "", DEFAULT_DIRS, argv, inverted=True, flags=("gaps",))
-    settings = get_settings()
-    prepared = {d.name: prepare(settings, d, invert=d.name in args.inverted_grades) for d in args.directories}
+    prepared = prepare_all(get_settings(), args)
     lists = {n: capture(p) for n, p in prepared.items()}
     if args.gaps:
         print("\n".join(line for n, p in prepared.items() for line in gaps(p, lists[n])))
         return 0
     report = measure(prepared, lists)
-    print(format_report(report))
-    if args.json:
-        print(json.dumps({**report, "inverted_grades": args.inverted_grades}, separators=(",", ":")))
-    return 0
+    return emit(format_report(report), report, args)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import argparse
 import itertools
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -236,6 +236,22 @@ def add_inverted_grades(parser: argparse.ArgumentParser) -> None:
         "--inverted-grades", action="append", default=[], metavar="NAME",
         help="score this collection with its grades turned round (its grade 1 is the best; repeatable)",
     )  # fmt: skip
+
+
+def prepare_all(settings: Settings, args: argparse.Namespace) -> dict[str, Prepared]:
+    """Every collection of a collection bench's command line (collection_args), by name."""
+    inverted = getattr(args, "inverted_grades", [])
+    return {d.name: prepare(settings, d, invert=d.name in inverted) for d in args.directories}
+
+
+def emit(table: str, report: Mapping[str, object], args: argparse.Namespace) -> int:
+    """A collection bench's output: its table, then with --json its report as one line (and the grades
+    it turned round)."""
+    print(table)
+    if args.json:
+        extra = {"inverted_grades": args.inverted_grades} if hasattr(args, "inverted_grades") else {}
+        print(json.dumps({**report, **extra}, separators=(",", ":")))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

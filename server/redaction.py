@@ -52,6 +52,11 @@ DOCUMENT_SHINGLE_CACHE = 64  # documents whose fingerprints the web process keep
 _WORD = re.compile(r"\w+")
 _CHUNK_REF = re.compile(r"chunk_id=([0-9a-f]{32})")
 _DOC_REF = re.compile(r"doc_id=([^\s)'\"]+)")
+_TEXT_REF_MARK = "_id="  # in every match of _CHUNK_REF and _DOC_REF
+_ID_MARK = b"_id"  # in every structured reference's key and in every text reference
+_UNICODE_ESCAPE = b"\\u"
+_SEQUENCES = (list, tuple)
+_CONTAINERS = (dict, list, tuple)
 
 Json = Any
 
@@ -77,21 +82,23 @@ def _document_shingles(
 
 def references(value: Json, chunks: set[str], docs: set[str]) -> None:
     """Collect the chunk and document ids `value` names, structured or in text."""
-    if isinstance(value, dict):
+    if isinstance(value, str):
+        if _TEXT_REF_MARK in value:  # both text references contain it; most texts (prompts) have neither
+            chunks.update(_CHUNK_REF.findall(value))
+            docs.update(_DOC_REF.findall(value))
+    elif isinstance(value, dict):
         for key, item in value.items():
             if key == "doc_id" and isinstance(item, str):
                 docs.add(item)
             elif key == "chunk_id" and isinstance(item, str):
                 chunks.add(item)
-            elif key == "chunk_ids" and isinstance(item, list | tuple):
+            elif key == "chunk_ids" and isinstance(item, _SEQUENCES):
                 chunks.update(c for c in item if isinstance(c, str))
-            references(item, chunks, docs)
-    elif isinstance(value, list | tuple):
+            if isinstance(item, _CONTAINERS) or (isinstance(item, str) and _TEXT_REF_MARK in item):
+                references(item, chunks, docs)  # (numbers, booleans and plain texts: nothing to walk)
+    elif isinstance(value, _SEQUENCES):
         for item in value:
             references(item, chunks, docs)
-    elif isinstance(value, str):
-        chunks.update(_CHUNK_REF.findall(value))
-        docs.update(_DOC_REF.findall(value))
 
 
 class Redactor:
@@ -127,6 +134,15 @@ class Redactor:
             return False
         self.pending_chunks, self.pending_docs = set(), set()
         return True
+
+    def names_nothing(self, encoded: bytes) -> bool:
+        """True when the JSON `encoded` event would be shown unchanged, read from its bytes alone: the
+        reader has no secret yet, nothing is pending, and the bytes hold no `_id` (every reference does:
+        the keys doc_id, chunk_id, chunk_ids and both text forms) and no `\\u` escape (the one way JSON
+        can spell a letter or `_` otherwise). False says nothing: decode it and ask `shown_as_is`."""
+        if self.secret or self.exact or self.pending_chunks or self.pending_docs:
+            return False
+        return _ID_MARK not in encoded and _UNICODE_ESCAPE not in encoded
 
     def redact(self, event: dict[str, Any]) -> dict[str, Any]:
         self.learn(event)
@@ -288,6 +304,8 @@ class EventView:
         head = _frame_head.decode(data)  # the frame's type, its event left undecoded
         if head.type == "delta":
             return data if self.deltas else None
+        if head.type == "event" and self.redactor.names_nothing(bytes(head.event)):
+            return data  # not even decoded: a model request's prompt, a completion, a turn's start
         event = msgspec.json.decode(head.event) if head.type == "event" else None
         if not isinstance(event, dict) or self.redactor.shown_as_is(event):
             return data  # the frame as it came: not decoded again, not encoded again

@@ -20,7 +20,6 @@ log and the live stream: any id a client saw, durable or a token delta, is a val
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple, TypeVar, get_args
 
@@ -29,7 +28,7 @@ import redis
 import redis.asyncio as aredis
 
 from store.events import Delta, Event, LiveItem, SentenceAttributed, decode_event, decode_live, encode
-from store.exceptions import CorruptLog, InputError, LeaseHeld, LogError, StaleEpoch
+from store.exceptions import CorruptLog, InputError, LeaseHeld, LogError
 from store.redis import async_client, sync_client
 from store.scripts import (
     Arg,
@@ -563,37 +562,3 @@ class AsyncConversationLog:
 
     async def inbox_length(self, conv_id: str) -> int:
         return await self._run(inbox_length_plan(conv_id))
-
-
-class LeaseKeeper:
-    """Renews a lease from a background thread (every third of its TTL) while an actor works.
-
-    `lost` is set, and renewal stops, as soon as the lease is found taken or expired; the actor's next
-    append would be refused anyway, but checking `lost` lets it stop before slow work.
-    """
-
-    def __init__(self, log: ConversationLog, lease: Lease, interval_ms: int | None = None) -> None:
-        self.lease = lease
-        self.lost = threading.Event()
-        self._log = log
-        self._interval_s = (interval_ms or max(1, lease.ttl_ms // 3)) / 1000
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._keep, name=f"lease-{lease.conv_id}", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _keep(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                self.lease = self._log.renew(self.lease)
-            except StaleEpoch:
-                self.lost.set()
-                return
-            except LogError:
-                continue  # Redis unreachable for now: retry; if the lease lapses meanwhile, fencing holds

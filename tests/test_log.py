@@ -15,13 +15,13 @@ import redis
 
 from store.events import AnswerCompleted, Citation, Delta, Event, LiveItem, TurnStarted, UserMessage
 from store.exceptions import InputError, LeaseHeld, StaleEpoch
+from store.lease_keeper import LeaseKeeper
 from store.log import (
     LIVE_MAXLEN,
     AsyncConversationLog,
     ConversationLog,
     Lease,
     LeaseClosed,
-    LeaseKeeper,
     conv_keys,
 )
 from store.redis import sync_client
@@ -192,6 +192,25 @@ def test_lease_keeper_renews_and_reports_a_lost_lease(log: ConversationLog) -> N
         time.sleep(0.15)
         log.acquire("c2", "worker-b")
         assert keeper.lost.wait(timeout=2)
+
+
+def test_lease_keepers_share_one_renewal_thread_and_stop_renewing_on_exit(
+    log: ConversationLog, client: redis.Redis
+) -> None:
+    LeaseKeeper(log, log.acquire("warm", "worker-a", ttl_ms=300)).__enter__().__exit__()  # the thread
+    threads = threading.active_count()
+    leases = [log.acquire(f"k{n}", "worker-a", ttl_ms=300) for n in range(5)]
+    keepers = [LeaseKeeper(log, lease, interval_ms=60) for lease in leases]
+    for keeper in keepers:
+        keeper.__enter__()
+    assert threading.active_count() == threads  # no thread of its own per keeper
+    time.sleep(0.6)
+    for keeper, lease in zip(keepers, leases, strict=True):
+        assert keeper.lease.expires_at_ms > lease.expires_at_ms and not keeper.lost.is_set()
+        keeper.__exit__()
+    expires = [client.hget(conv_keys(k.lease.conv_id).lease, "expires") for k in keepers]
+    time.sleep(0.2)  # three intervals: a keeper still scheduled would have renewed by now
+    assert [client.hget(conv_keys(k.lease.conv_id).lease, "expires") for k in keepers] == expires
 
 
 # ---- compare-and-append --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from actors.tools.registry import fence_data
 from index.search import SearchService
 from index.types import Access, Principal
 from server.auth import mint_token
-from server.redaction import EventView, Redactor
+from server.redaction import EventView, Redactor, references
 from store.catalog import Catalog
 from store.catalog_types import CatalogDocument, DocumentCommit
 from store.events import (
@@ -260,3 +261,77 @@ def test_a_frame_with_nothing_to_redact_is_passed_on_as_it_came(tmp_path: Path) 
     shown = json.loads(asyncio.run(view.frame(json.dumps({"type": "event", "event": secret}).encode())))
     assert shown["event"]["citations"] == [{"n": 1, "redacted": True}] and shown["event"]["redacted"] == 1
     assert asyncio.run(view.frame(data)) is not data  # a secret is known now: every text is checked
+
+
+def _references_by_the_letter(value: Any, chunks: set[str], docs: set[str]) -> None:
+    """`references` as first written (every string searched, every value walked): what it must still find."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "doc_id" and isinstance(item, str):
+                docs.add(item)
+            elif key == "chunk_id" and isinstance(item, str):
+                chunks.add(item)
+            elif key == "chunk_ids" and isinstance(item, list | tuple):
+                chunks.update(c for c in item if isinstance(c, str))
+            _references_by_the_letter(item, chunks, docs)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _references_by_the_letter(item, chunks, docs)
+    elif isinstance(value, str):
+        chunks.update(re.findall(r"chunk_id=([0-9a-f]{32})", value))
+        docs.update(re.findall(r"doc_id=([^\s)'\"]+)", value))
+
+
+def test_references_skips_only_what_cannot_name_a_document() -> None:
+    """The walk skips texts without `_id=` and leaves numbers unvisited: every id is still found, at any
+    depth, in structured fields and in text (the live path's redaction decides on these sets)."""
+    chunk = "0123456789abcdef" * 2
+    event = {
+        "type": "llm_requested",
+        "messages": [{"role": "system", "content": "passages " * 400}, {"role": "user", "content": "q"}],
+        "doc_id": "top-doc",
+        "n": 3,
+        "flag": True,
+        "nested": [[{"chunk_ids": [chunk, 7]}, (f"x chunk_id={chunk[::-1]} y", "doc_id=in-tuple)")]],
+        "text": f"see doc_id=text-doc and doc_id='quoted' or chunk_id={chunk.upper()} (not an id)",
+        "deep": {"a": {"b": {"c": ["doc_id=deepest", {"chunk_id": "c-structured", "doc_id": 5}]}}},
+        "tail": "ends with doc_id=",
+    }
+    found: tuple[set[str], set[str]] = (set(), set())
+    expected: tuple[set[str], set[str]] = (set(), set())
+    references(event, *found)
+    _references_by_the_letter(event, *expected)
+    assert found == expected
+    assert found[1] == {"top-doc", "in-tuple", "text-doc", "deepest"}
+    assert found[0] == {chunk, chunk[::-1], "c-structured"}
+
+
+def test_a_frame_whose_bytes_name_no_document_is_not_decoded_and_an_escaped_name_still_is(
+    tmp_path: Path,
+) -> None:
+    """The live path reads a frame's bytes first: no `_id` and no `\\u` escape (a model request's prompt)
+    and no secret known: passed on undecoded. A key spelled with an escape (`doc\\u005fid`) is decoded and
+    redacted; once a secret is known, a frame naming nothing is checked too."""
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    secret_text = "the settlement amount stays between the two parties and their lawyers forever"
+    document = CatalogDocument(
+        doc_id="legal-doc", title="legal-doc", source="legal-doc", format="txt", content_hash="h",
+        tenant=TENANT, readers=("group:legal",),
+    )  # fmt: skip
+    catalog.commit_documents(
+        "v1", [DocumentCommit(document=document, ingest_hash="i", visible=(), text=secret_text)]
+    )
+    redactor = Redactor(catalog, Principal(tenant=TENANT, user="lee"))
+    view = EventView(redactor, deltas=True)
+    prompt = {"type": "llm_requested", "messages": [{"role": "user", "content": f"{secret_text} ü"}]}
+    plain = json.dumps({"type": "event", "event": prompt}, ensure_ascii=False).encode()
+    assert redactor.names_nothing(json.dumps(prompt, ensure_ascii=False).encode())
+    assert asyncio.run(view.frame(plain)) is plain  # nothing names a document, no secret yet: as it came
+    assert not redactor.names_nothing(json.dumps(prompt).encode())  # `\u00fc`: an escape, so decoded
+    escaped = b'{"type": "event", "event": {"type": "answer_completed", "text": "x", "citations": '
+    escaped += b'[{"n": 1, "doc\\u005fid": "legal-doc"}]}}'
+    shown = json.loads(asyncio.run(view.frame(escaped)))
+    assert shown["event"]["citations"] == [{"n": 1, "redacted": True}]
+    assert not redactor.names_nothing(json.dumps(prompt, ensure_ascii=False).encode())  # a secret now
+    checked = json.loads(asyncio.run(view.frame(plain)))
+    assert "settlement amount" not in checked["event"]["messages"][0]["content"]

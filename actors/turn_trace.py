@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from opentelemetry.trace import SpanContext, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
@@ -57,16 +57,11 @@ NS_PER_MS = 1_000_000
 GEN_AI_SYSTEM = "openai"  # every backend speaks the OpenAI chat protocol (the local one imitates it)
 # Retrieval stages in the Searcher's order, one after the other (one absent from the timings is skipped).
 STAGE_ORDER = ("embed", "ann", "bm25", "fuse", "catalog", "rerank")
+STAGE_SPANS = {stage: f"retrieval.{stage}" for stage in STAGE_ORDER}  # their spans' names
 
 
-# The events a span is made from (or that set the turn span's attributes); the others are not kept.
-TRACED = (
-    TurnStarted, LLMCompleted, LLMFailed, ToolResult, ApprovalRequested, ApprovalDecided, ApprovalExpired,
-    *TERMINAL,
-)  # fmt: skip
 # By exact type (the events are final tagged structs): `isinstance` against a tuple of msgspec's Struct
-# classes tries each (through their metaclass): 1.6 µs for an event that is none of TRACED's eleven.
-_TRACED = frozenset(TRACED)
+# classes tries each (through their metaclass): 1.6 µs for an event that is none of the kept ones.
 _TERMINAL = frozenset(TERMINAL)
 
 
@@ -112,15 +107,28 @@ class TurnTrace:
             return None
         if self.current is None or self.current.number != current.number:
             self.close()
-            self.current, self.start_ns = current, time.time_ns()
+            self.start_ns = time.time_ns()
+        self.current = current  # (the same turn's state folded anew: the same span)
         return current
 
+    def _turn(self, state: ConversationState) -> TurnState | None:
+        """The open turn; its checks (`_open`) only when the turn changed (its TurnState is a new object:
+        folding a question makes it)."""
+        turn = state.current
+        if turn is None or turn is not self.current:
+            return self._open(state)
+        return turn
+
     def observe(self, state: ConversationState, event: Event) -> None:
-        turn = self._open(state)
-        if turn is None or type(event) not in _TRACED:
+        """One dictionary lookup for an event no span is made from."""
+        turn = self._turn(state)
+        if turn is None:
             return
-        self.pending.append((event, time.time_ns(), _needed(turn, event)))
-        if type(event) in _TERMINAL:
+        needed = _KEPT.get(type(event))
+        if needed is None:
+            return
+        self.pending.append((event, time.time_ns(), needed(turn, event)))
+        if needed is _totals:
             self.ended.add(turn.number)
             self.close(suspended=False)
 
@@ -132,7 +140,7 @@ class TurnTrace:
         hits: int,
         starts_ms: Mapping[str, float] | None = None,
     ) -> None:
-        turn = self._open(state)
+        turn = self._turn(state)
         if turn is not None:
             search = Retrieval(timings_ms, starts_ms or {}, latency_ms, hits)  # the search's own: not changed
             self.pending.append((search, time.time_ns(), None))
@@ -150,20 +158,36 @@ class TurnTrace:
         tracing.later(spans.make)
 
 
-def _needed(turn: TurnState, event: Event) -> LLMRequested | ApprovalRequested | Totals | None:
-    """What the event's span will need from the turn's state, read now (the actor goes on folding)."""
-    if type(event) is LLMCompleted or type(event) is LLMFailed:
-        return turn.llm_requested.get(event.step)
-    if type(event) is ApprovalDecided or type(event) is ApprovalExpired:
-        approval = turn.approvals.get(event.approval_id)
-        return approval.request if approval is not None else None
-    if type(event) in _TERMINAL:
-        completed = turn.llm_completed.values()
-        return Totals(
-            turn.outcome or type(event).__name__, sum(c.tokens_in for c in completed),
-            sum(c.tokens_out for c in completed), turn.cost_usd,
-        )  # fmt: skip
+# The events a span is made from (or that set the turn span's attributes), each with what its span will
+# need from the turn's state, read when it is observed (the actor goes on folding); the others are not kept.
+# By the event's exact type, one lookup (`_KEPT`).
+def _nothing(turn: TurnState, event: Event) -> None:
     return None
+
+
+def _llm_request(turn: TurnState, event: LLMCompleted | LLMFailed) -> LLMRequested | None:
+    return turn.llm_requested.get(event.step)
+
+
+def _approval_request(turn: TurnState, event: ApprovalDecided | ApprovalExpired) -> ApprovalRequested | None:
+    approval = turn.approvals.get(event.approval_id)
+    return approval.request if approval is not None else None
+
+
+def _totals(turn: TurnState, event: Event) -> Totals:
+    completed = turn.llm_completed.values()
+    return Totals(
+        turn.outcome or type(event).__name__, sum(c.tokens_in for c in completed),
+        sum(c.tokens_out for c in completed), turn.cost_usd,
+    )  # fmt: skip
+
+
+_KEPT: dict[type, Callable[[TurnState, Any], LLMRequested | ApprovalRequested | Totals | None]] = {
+    TurnStarted: _nothing, ToolResult: _nothing, ApprovalRequested: _nothing,
+    LLMCompleted: _llm_request, LLMFailed: _llm_request,
+    ApprovalDecided: _approval_request, ApprovalExpired: _approval_request,
+    **{kind: _totals for kind in TERMINAL},
+}  # fmt: skip
 
 
 def _turn_attributes(conversation_id: str, turn: TurnState) -> dict[str, AttributeValue]:
@@ -252,14 +276,8 @@ class TurnSpans:
             attributes={"docent.step": 0, "docent.retrieval.hits": search.hits}, into=self.spans,
         )  # fmt: skip
         for stage, begin, stage_end in stage_times(search, start):
-            tracing.finished(
-                self.tracer,
-                retrieval,
-                f"retrieval.{stage}",
-                start_ns=begin,
-                end_ns=stage_end,
-                into=self.spans,
-            )
+            name = STAGE_SPANS.get(stage) or f"retrieval.{stage}"
+            tracing.finished(self.tracer, retrieval, name, start_ns=begin, end_ns=stage_end, into=self.spans)
 
     def _llm(
         self, parent: SpanContext, event: LLMCompleted | LLMFailed, requested: object, start: int, end: int
@@ -328,15 +346,15 @@ class TurnSpans:
             "gen_ai.usage.output_tokens": totals.tokens_out,
             "docent.turn.cost_usd": totals.cost_usd,
         }
-        match event:
-            case AnswerCompleted():
-                self.attributes["docent.answer.citations"] = len(event.citations)
-                self.attributes["docent.answer.dropped_citations"] = len(event.dropped_citations)
-                self.attributes["docent.answer.unsupported_spans"] = len(event.unsupported)
-            case TurnFailed():
-                self.error = event.code
-            case LimitHit():
-                self.attributes["docent.limit"] = event.limit
+        # by exact type: a class pattern is an `isinstance`, slow on msgspec's misses
+        if type(event) is AnswerCompleted:
+            self.attributes["docent.answer.citations"] = len(event.citations)
+            self.attributes["docent.answer.dropped_citations"] = len(event.dropped_citations)
+            self.attributes["docent.answer.unsupported_spans"] = len(event.unsupported)
+        elif type(event) is TurnFailed:
+            self.error = event.code
+        elif type(event) is LimitHit:
+            self.attributes["docent.limit"] = event.limit
 
 
 def stage_times(search: Retrieval, start_ns: int) -> list[tuple[str, int, int]]:

@@ -10,7 +10,7 @@ embedder) and runs `activate()` turns in this process, the three configurations 
   off              the actor's metric calls replaced by no-ops, no tracer
   metrics          prometheus-client in multiprocess mode (PROMETHEUS_MULTIPROC_DIR, as `docent run` sets it)
   metrics+traces   the same, plus OTLP export to the receiver (store.span_batch: spans made and encoded
-                   16 turns at a time, posted 2048 at a time or every OTEL_BSP_SCHEDULE_DELAY)
+                   MAKES_PER_WAKE (64) turns at once, posted 2048 at a time or every OTEL_BSP_SCHEDULE_DELAY)
 
 Two turn shapes: a Q&A turn (retrieval + one streamed LLM call + answer) and an agent turn of `--steps`
 tool round trips (`http_request` GETs to the sink). Usage accounting (`actors.spend`) runs in all three.

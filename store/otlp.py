@@ -205,32 +205,34 @@ def record_of(span: ReadableSpan) -> SpanRecord:
 
 
 def encode_span(span: SpanRecord) -> bytes:
-    """One Span message's bytes (not framed)."""
-    parts = [b"\x0a\x10" + span.trace_id.to_bytes(16, "big"), b"\x12\x08" + span.span_id.to_bytes(8, "big")]
-    state = span.trace_state
+    """One Span message's bytes (not framed). The record's fields are unpacked in one go (a NamedTuple's
+    field read is a descriptor call each), and the parts added as they come."""
+    (name, trace_id, span_id, _, state, parent, kind, start, end, attributes, events, code, message, _, _,
+     dropped_attributes, dropped_events) = span  # fmt: skip
+    out = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")
     if state is not None and state is not DEFAULT_TRACE_STATE and state:  # (its len() is Python's)
-        parts.append(_field(b"\x1a", state.to_header().encode()))
-    parent = span.parent
+        out += _field(b"\x1a", state.to_header().encode())
     if parent is not None:
-        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    name = _NAMES.get(span.name)
-    if name is None:
+        out += b"\x22\x08" + parent.span_id.to_bytes(8, "big")
+    named = _NAMES.get(name)
+    if named is None:
         if len(_NAMES) >= MAX_CACHED_PAIRS:
             _NAMES.clear()
-        name = _NAMES[span.name] = _string(b"\x2a", span.name)
-    parts += (
-        name, _KINDS[span.kind._value_], _times(span.start_ns, span.end_ns),
-        _attributes(b"\x4a", span.attributes),
-    )  # fmt: skip
-    if span.dropped_attributes:
-        parts.append(b"\x50" + _varint(span.dropped_attributes))
-    if span.events:
-        parts.append(_events(span.events))
-        if span.dropped_events:
-            parts.append(b"\x60" + _varint(span.dropped_events))
-    parts.append(_status(span.status_code, span.status_message))
-    parts.append(_REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS)
-    return b"".join(parts)
+        named = _NAMES[name] = _string(b"\x2a", name)
+    times = _TIMES.pack(0x39, start, 0x41, end) if start and end else _times(start, end)
+    out += named + _KINDS[kind._value_] + times
+    if attributes:
+        out += _attributes(b"\x4a", attributes)
+    if dropped_attributes:
+        out += b"\x50" + _varint(dropped_attributes)
+    if events:
+        out += _events(events)
+        if dropped_events:
+            out += b"\x60" + _varint(dropped_events)
+    status = _STATUSES.get((code, message)) or _status(code, message)
+    # a SpanContext's is_remote is its third item (the property reads it); a SpanRecord parent is local
+    remote = parent is not None and type(parent) is not SpanRecord and parent[2] is True
+    return out + status + (_REMOTE_FLAGS if remote else _LOCAL_FLAGS)
 
 
 def _resource(resource: Any) -> bytes:
@@ -251,7 +253,9 @@ def _scope(scope: Any) -> bytes:
 def _encode_one(item: SpanRecord | ReadableSpan) -> tuple[Any, Any, bytes]:
     """A span's resource, scope and Span message bytes; a span this does not write is the SDK encoder's."""
     try:
-        span = item if type(item) is SpanRecord else record_of(item)  # type: ignore[arg-type]
+        if type(item) is SpanRecord:
+            return item[13], item[14], encode_span(item)  # its resource and scope
+        span = record_of(item)  # type: ignore[arg-type]
         return span.resource, span.scope, encode_span(span)
     except Unencodable:
         sdk = readables([item])[0]
@@ -285,13 +289,14 @@ class Encoded:
         return self._count
 
     def add(self, spans: Sequence[SpanRecord | ReadableSpan]) -> None:
+        group = self._last
         for item in spans:
             resource, scope, body = _encode_one(item)
-            group = self._last
             if group is None or group.resource is not resource or group.scope is not scope:
                 group = self._group(resource, scope)
-            group.spans.append(_field(b"\x12", body))
-            self._count += 1
+            size = len(body)
+            group.spans.append(b"\x12" + (_SMALL[size] if size < 128 else _varint(size)) + body)
+        self._count += len(spans)
 
     def _group(self, resource: Any, scope: Any) -> _Group:
         found = next(
@@ -315,7 +320,11 @@ class Encoded:
                 continue
             left -= count
             inner = _field(b"\x0a", _scope(group.scope))
-            inner += b"".join([group.spans.popleft() for _ in range(count)])
+            if count == len(group.spans):  # the whole group (a full batch is most often one): at once
+                inner += b"".join(group.spans)
+                group.spans.clear()
+            else:
+                inner += b"".join([group.spans.popleft() for _ in range(count)])
             if group.scope is not None and group.scope.schema_url:
                 inner += _field(b"\x1a", group.scope.schema_url.encode())
             scopes = next((s for r, s in by_resource if _equal(r, group.resource)), None)

@@ -38,9 +38,11 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 log = logging.getLogger(__name__)
 
-# Turns queued that wake the thread before its delay: what waits is traced by the garbage collector (16
-# Q&A turns' steps: ~250 objects), made and encoded in one go, then freed.
-MAKES_PER_WAKE = 16
+# Turns queued that wake the thread before its delay: what waits is traced by the garbage collector (64
+# Q&A turns' steps: ~1,000 objects), made and encoded in one go, then freed. The larger the batch, the
+# warmer its code and data: 16 cost the thread 63-67 µs a Q&A turn, 64 48-60 µs (bench/observability.py,
+# interleaved runs, README "Traces").
+MAKES_PER_WAKE = 64
 MAX_QUEUED_MAKES = 8192  # turns waiting for their spans to be made, at most
 THREAD_NAME = "docent-spans"
 # The SDK's names; its defaults but for the sizes, four times its 2048 / 512: an OTLP/HTTP POST costs about

@@ -168,3 +168,35 @@ def test_the_batchers_buffer_hands_on_requests_of_bytes_in_arrival_order_per_gro
     expected = [first[:3], first[3:] + second[:2], second[2:]]
     for request, spans in zip(taken, expected, strict=True):
         assert request == encode_spans(tracing.readables(spans)).SerializeToString()
+
+
+def test_begin_decides_as_the_tracers_sampler_does_with_or_without_asking_it() -> None:
+    """`begin` skips asking a ParentBased sampler whose delegate for the parent is ALWAYS_ON (the default's,
+    for a root span and a sampled parent): its decision and trace state are the SDK tracer's own."""
+    from opentelemetry.sdk.trace.sampling import (
+        ALWAYS_ON,
+        DEFAULT_ON,
+        ParentBased,
+        ParentBasedTraceIdRatio,
+        TraceIdRatioBased,
+    )
+
+    unsampled = SpanContext(REMOTE.trace_id, REMOTE.span_id, is_remote=True, trace_flags=TraceFlags(0),
+                            trace_state=REMOTE.trace_state)  # fmt: skip
+    local = SpanContext(REMOTE.trace_id, REMOTE.span_id, is_remote=False, trace_flags=REMOTE.trace_flags,
+                        trace_state=TraceState([("local", "1")]))  # fmt: skip
+    either = ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)
+    samplers = [DEFAULT_ON, ParentBased(ALWAYS_OFF), ParentBasedTraceIdRatio(0.0), ALWAYS_ON, ALWAYS_OFF,
+                TraceIdRatioBased(1.0), either]  # fmt: skip
+    for sampler in samplers:
+        tracer = _provider(InMemorySpanExporter(), sampler=sampler).get_tracer("docent")
+        for parent in (None, REMOTE, unsampled, local):
+            begun = tracing.begin(tracer, parent, "turn", kind=SpanKind.CONSUMER)
+            context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None
+            sdk = tracer.start_span("turn", context=context, kind=SpanKind.CONSUMER)
+            expected = sdk.get_span_context()
+            assert (begun is not None) == expected.trace_flags.sampled, (sampler, parent)
+            if begun is not None:
+                own = begun[0]
+                assert own.trace_state == expected.trace_state and own.trace_flags == expected.trace_flags
+                assert parent is None or own.trace_id == parent.trace_id

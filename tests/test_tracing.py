@@ -333,16 +333,18 @@ def test_a_wake_to_make_spans_hands_on_only_whole_batches_before_the_delay() -> 
     """MAKES_PER_WAKE turns wake the thread to make their spans; it hands on only full batches then (a POST
     costs the same whatever its size), the rest when the delay has passed (or at a flush)."""
     handed: list[list[str]] = []
-    batcher = SpanBatcher(handed.append, delay_ms=600_000, max_spans=1000, batch_spans=20)
-    for n in range(span_batch.MAKES_PER_WAKE * 2):
+    queued = 2 * span_batch.MAKES_PER_WAKE
+    batch = queued * 5 // 8  # one whole batch of what is queued, and a rest
+    batcher = SpanBatcher(handed.append, delay_ms=600_000, max_spans=1000, batch_spans=batch)
+    for n in range(queued):
         batcher.later(lambda n=n: [f"s{n}"])  # type: ignore[misc]
     batcher._wake.set()  # as the MAKES_PER_WAKE-th did, were the thread making the first ones meanwhile
     deadline = time.monotonic() + 10
-    while (batcher._makes or len(batcher._spans) > 12) and time.monotonic() < deadline:
+    while (batcher._makes or len(batcher._spans) > queued - batch) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert [len(b) for b in handed] == [20] and len(batcher._spans) == 2 * span_batch.MAKES_PER_WAKE - 20
+    assert [len(b) for b in handed] == [batch] and len(batcher._spans) == queued - batch
     batcher.flush()
-    assert [len(b) for b in handed] == [20, 2 * span_batch.MAKES_PER_WAKE - 20]
+    assert [len(b) for b in handed] == [batch, queued - batch]
     batcher.shutdown()
 
 

@@ -78,6 +78,20 @@ def with_field_dicts(entries: list[Any]) -> list[tuple[Any, Fields]]:
     return [(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))) for entry_id, fields in entries]
 
 
+async def write_command(connection: Connection, command: bytes) -> None:
+    """`command` written to the connection's stream at once (redis-py's send_packed_command wraps each write
+    in a `wait_for`: a task per command); a connection not (or no longer) connected goes through it."""
+    writer = connection._writer
+    if writer is None or writer.is_closing():
+        await connection.send_packed_command(command, check_health=False)  # (re)connects first
+        return
+    try:
+        writer.write(command)
+        await writer.drain()  # returns at once unless the transport is over its high-water mark
+    except OSError as exc:
+        raise RedisConnectionError(f"hub write failed: {exc}") from exc
+
+
 def hub_client(redis_url: str) -> aredis.Redis:
     """The hub's own connection pool: bounded, named after this process (`CLIENT LIST` shows the readers)."""
     readers = CLUSTER_SLOTS if is_cluster_url(redis_url) else HUB_MAX_READERS
@@ -247,24 +261,12 @@ class _Shard:
         if connection is None:
             connection = self._connection = await self.hub.client.connection_pool.get_connection()
         try:
-            await self._send(connection, self._command())
+            await write_command(connection, self._command())
             return await connection.read_response()
         except BaseException:
             self._connection = None
             await self.hub.drop(connection)
             raise
-
-    @staticmethod
-    async def _send(connection: Connection, command: bytes) -> None:
-        writer = connection._writer
-        if writer is None or writer.is_closing():
-            await connection.send_packed_command(command, check_health=False)  # (re)connects first
-            return
-        try:
-            writer.write(command)
-            await writer.drain()  # returns at once unless the transport is over its high-water mark
-        except OSError as exc:
-            raise RedisConnectionError(f"hub write failed: {exc}") from exc
 
     def _command(self) -> bytes:
         if self._command_head is None:

@@ -1,4 +1,4 @@
-"""The hub's read call alone: client CPU per XREAD of K keys with one entry waiting, three ways.
+"""The hub's read call alone: client CPU per XREAD of K keys with one entry waiting, four ways.
 
     .venv/bin/python -m bench.hub_read [--keys 40] [--calls 500] [--blocks 6]
 
@@ -6,9 +6,11 @@
 `execute_command`: XREAD's arguments as the hub passes them through a cluster client (keys encoded once,
 the raw ids the last reads returned). `own connection`: what a single-node hub's shard does, its command
 bytes built from a kept head and the cursors (server.hub.xread_head) and sent on a connection it holds,
-the raw reply's fields made dicts as redis-py's callback would. Blocks of `--calls` calls alternate
-between the ways; the best block's CPU per call (this process's CPU time: the embedded Redis server is
-another process) is printed for each, so a loaded machine distorts it less than wall time.
+the raw reply's fields made dicts as redis-py's callback would; `written at once`: the same command written
+to the connection's stream without redis-py's `wait_for` around the write (server.hub.write_command).
+Blocks of `--calls` calls alternate between the ways; the best block's CPU per call (this process's CPU
+time: the embedded Redis server is another process) is printed for each, so a loaded machine distorts it
+less than wall time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from server.hub import bulk, with_field_dicts, xread_head
+from server.hub import bulk, with_field_dicts, write_command, xread_head
 from store.redis import EmbeddedRedis, async_client
 
 
@@ -62,8 +64,14 @@ async def measure(url: str, count: int, calls: int, blocks: int) -> dict[str, fl
         reply: Any = await connection.read_response()
         return {key: with_field_dicts(entries) for key, entries in reply.items()}
 
+    async def own_written() -> Any:  # what server.hub does now: the command written to the stream at once
+        await write_command(connection, b"".join([head, *(bulk(cursor) for cursor in cursors)]))
+        reply: Any = await connection.read_response()
+        return {key: with_field_dicts(entries) for key, entries in reply.items()}
+
     ways: dict[str, Callable[[], Awaitable[Any]]] = {
         "xread()": wrapper, "execute_command": direct, "own connection": own,
+        "own connection, written at once": own_written,
     }  # fmt: skip
     best = dict.fromkeys(ways, float("inf"))
     for _ in range(blocks):

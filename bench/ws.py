@@ -7,7 +7,9 @@ N sockets, each greeted into its own conversation (the worst case for the shared
 then plays the workers: XADDs token deltas at `rate` per second spread over all conversations, each
 stamped with its send time. Prints the web process's RSS per connection, its open fds against its fd
 limit (so the most sockets it could hold: every fd that is not a socket stays), fan-out latency (XADD to
-the client's receive) p50/p95/p99, the web process's CPU use, and whether every event arrived once.
+the client's receive) p50/p95/p99, the web process's CPU use (and, measured over IDLE_WINDOW_S with every
+socket open before any event, its idle share: what is left is the events' own cost), and whether every
+event arrived once.
 The client runs on the same machine and its CPU shows up in the latency: read the figures as upper bounds.
 The sockets are spread over K client processes (default: one per SOCKETS_PER_CLIENT_PROCESS sockets), so one
 client's event loop is not the bottleneck; the fd limit is raised (hard limit too, when allowed) for the
@@ -54,6 +56,7 @@ CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SOCKETS_PER_CLIENT_PROCESS = 5000
 CLIENT_START_TIMEOUT_S = 600.0
 LAG_TICK_S = 0.005  # the client's event-loop lag probe: a sleep this long, and how late it wakes
+IDLE_WINDOW_S = 5.0  # the web process's CPU with every socket open and no event: keepalive, client pings
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -273,6 +276,9 @@ async def run_one(
     await asyncio.sleep(1.0)
     rss_after = rss_bytes(pid)
     fds = open_fds(pid)  # the sockets and the web process's own (Redis pools, listener, files)
+    idle_start = cpu_seconds(pid)
+    await asyncio.sleep(IDLE_WINDOW_S)
+    idle = (cpu_seconds(pid) - idle_start) / IDLE_WINDOW_S
     producer = aredis.Redis.from_url(redis_url)
     cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
     own_start = cpu_seconds(os.getpid()) + clients.cpu_seconds()
@@ -310,6 +316,8 @@ async def run_one(
         "client_lag_max_ms": max(results.lags_ms, default=float("nan")),
         "web_cpu_cores": cpu,
         "web_cpu_us_per_event": cpu * wall * 1e6 / max(results.received, 1),
+        "web_idle_cores": idle,
+        "web_cpu_us_per_event_above_idle": (cpu - idle) * wall * 1e6 / max(results.received, 1),
         "client_cpu_cores": own_cpu,
         "redis_cpu_cores": redis_cpu,
         "load_avg_1m": os.getloadavg()[0],
@@ -327,7 +335,8 @@ def print_row(row: dict[str, float]) -> None:
         f"events {int(row['received'])}/{int(row['sent'])} (dup {int(row['duplicates'])})  "
         f"latency p50 {row['p50_ms']:6.1f} p95 {row['p95_ms']:6.1f} p99 {row['p99_ms']:6.1f} "
         f"max {row['max_ms']:6.1f} ms  CPU cores: web {row['web_cpu_cores']:.2f} "
-        f"({row['web_cpu_us_per_event']:.0f} us an event) "
+        f"({row['web_cpu_us_per_event']:.0f} us an event; idle {row['web_idle_cores']:.3f}, "
+        f"{row['web_cpu_us_per_event_above_idle']:.0f} us an event above it) "
         f"clients+producer {row['client_cpu_cores']:.2f} redis {row['redis_cpu_cores']:.2f}  "
         f"client loop lag p50 {row['client_lag_p50_ms']:.1f} p95 {row['client_lag_p95_ms']:.1f} "
         f"max {row['client_lag_max_ms']:.1f} ms  "

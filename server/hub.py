@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import os
 import uuid
 from collections.abc import Callable, Coroutine
@@ -26,6 +27,7 @@ from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aredis
 from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from server.buffer import BoundedBuffer
 from store import keys, metrics
@@ -45,6 +47,7 @@ HUB_CLOSE_TIMEOUT_S = 2.0
 READ_RETRY = RetryPolicy(max_retries=0, first_s=0.05, max_s=2.0, factor=4.0)  # 0.05, 0.2, 0.8, 2 s, forever
 CLIENT_NAME_PREFIX = "docent-hub"
 ZERO_ID = b"0-0"
+CURSOR_ARGUMENT = operator.attrgetter("cursor_argument")  # a topic's RESP-encoded cursor, fetched in C
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,20 @@ def xread_head(keys: list[bytes]) -> bytes:
 def with_field_dicts(entries: list[Any]) -> list[tuple[Any, Fields]]:
     """A raw XREAD reply's entries as redis-py's XREAD callback makes them: (id, {field: value})."""
     return [(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))) for entry_id, fields in entries]
+
+
+async def write_command(connection: Connection, command: bytes) -> None:
+    """`command` written to the connection's stream at once (redis-py's send_packed_command wraps each write
+    in a `wait_for`: a task per command); a connection not (or no longer) connected goes through it."""
+    writer = connection._writer
+    if writer is None or writer.is_closing():
+        await connection.send_packed_command(command, check_health=False)  # (re)connects first
+        return
+    try:
+        writer.write(command)
+        await writer.drain()  # returns at once unless the transport is over its high-water mark
+    except OSError as exc:
+        raise RedisConnectionError(f"hub write failed: {exc}") from exc
 
 
 def hub_client(redis_url: str) -> aredis.Redis:
@@ -236,13 +253,15 @@ class _Shard:
 
     async def _read_own(self) -> Any:
         """XREAD on this shard's own connection, its command bytes built from the kept head and the
-        cursors (no pool checkout, retry wrapper or argument packing per read: bench/hub_read.py). Any
-        failure, cancellation included, drops the connection: a reply left unread cannot follow."""
+        cursors (no pool checkout, retry wrapper or argument packing per read: bench/hub_read.py), written
+        to the connection's stream at once (redis-py's send_packed_command wraps each write in a
+        `wait_for`, a task per read; the read that follows has its socket timeout). Any failure,
+        cancellation included, drops the connection: a reply left unread cannot follow."""
         connection = self._connection
         if connection is None:
             connection = self._connection = await self.hub.client.connection_pool.get_connection()
         try:
-            await connection.send_packed_command(self._command(), check_health=False)
+            await write_command(connection, self._command())
             return await connection.read_response()
         except BaseException:
             self._connection = None
@@ -252,8 +271,8 @@ class _Shard:
     def _command(self) -> bytes:
         if self._command_head is None:
             self._command_head = xread_head(self._key_list())
-        cursors = [t.cursor_argument for t in self.topics.values()]
-        return b"".join([self._command_head, *cursors, bulk(self.wake_cursor)])
+        cursors = b"".join(map(CURSOR_ARGUMENT, self.topics.values()))
+        return b"".join((self._command_head, cursors, bulk(self.wake_cursor)))
 
     def _dispatch(self, reply: Any) -> None:
         streams = reply.items() if isinstance(reply, dict) else reply or ()  # RESP3 maps, RESP2 arrays

@@ -306,8 +306,9 @@ class Session:
             if remaining <= 0:
                 idle = p.ErrorFrame(code="idle_timeout", message="no activity: closing")
                 raise Close(p.CLOSE_IDLE_TIMEOUT, idle)
-            try:
-                return await asyncio.wait_for(self.ws.receive(), timeout=remaining)
+            try:  # asyncio.timeout, not wait_for: no task per socket wrapped around its receive
+                async with asyncio.timeout(remaining):
+                    return await self.ws.receive()
             except TimeoutError:
                 if self.state is State.LIVE:
                     until = self.last_activity + self.settings.ws_idle_timeout_s  # we may have sent since

@@ -13,6 +13,9 @@ client is slow, and the caller's bounded buffer then overflows as before), the s
 closed, or an extension (permessage-deflate) is negotiated. The protocol hands itself to the app in the
 ASGI scope's extensions under DIRECT_WRITE_EXTENSION; an app served another way finds nothing there
 and uses the ASGI send alone.
+
+Its keepalive is the process's one timer (`server.keepalive`) instead of uvicorn's two timers per socket:
+any frame received counts as the peer's answer, and a silent peer gets the shared PING_FRAME.
 """
 
 from __future__ import annotations
@@ -20,9 +23,14 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
+from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.frames import Frame
 from websockets.http11 import Request
 from websockets.protocol import State
+
+from server.keepalive import PING_FRAME, Keepalive, keepalive_for, period_for
 
 DIRECT_WRITE_EXTENSION = "docent.direct_write"
 OPCODE_TEXT_FIN = 0x81
@@ -49,7 +57,42 @@ class FrameWriter(Protocol):
 
 
 class DirectWriteProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O protocol, offering `write_frame` to the app through the scope."""
+    """uvicorn's sans-I/O protocol, offering `write_frame` to the app through the scope, kept alive by the
+    process's one keepalive timer."""
+
+    def __init__(
+        self, config: Config, server_state: ServerState, app_state: dict[str, Any], **kw: Any
+    ) -> None:
+        super().__init__(config, server_state, app_state, **kw)
+        self.heard = True
+        self.pinged = False
+        self.keepalive: Keepalive | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = True  # any frame, or part of one, is the peer's sign of life
+        super().data_received(data)
+
+    def start_keepalive(self) -> None:
+        if self.ping_interval is not None and self.ping_interval > 0:
+            self.keepalive = keepalive_for(self.loop, period_for(self.ping_interval, self.ping_timeout))
+            self.keepalive.add(self)
+
+    def stop_keepalive(self) -> None:
+        super().stop_keepalive()
+        if self.keepalive is not None:
+            self.keepalive.remove(self)
+            self.keepalive = None
+
+    def handle_pong(self, event: Frame) -> None:
+        """Nothing to match: data_received already counted it."""
+
+    def send_ping_frame(self) -> bool:
+        if self.close_sent or self.disconnected or self.conn.state is not State.OPEN:
+            return False
+        if self.transport.is_closing():
+            return False
+        self.transport.write(PING_FRAME)  # even while paused: a peer that reads nothing is failed next visit
+        return True
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

@@ -54,8 +54,9 @@ class Keepalive:
     ) -> None:
         self.loop = loop
         self.period_s = period_s
-        self.tick_s = period_s / max(1, round(period_s / tick_s))
-        self.buckets: list[set[Member]] = [set() for _ in range(max(1, round(period_s / tick_s)))]
+        count = max(1, round(period_s / tick_s))
+        self.tick_s = period_s / count
+        self.buckets: list[set[Member]] = [set() for _ in range(count)]
         self.members: dict[Member, set[Member]] = {}  # each socket's bucket
         self._placement = itertools.count()
         self._cursor = 0

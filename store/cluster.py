@@ -46,19 +46,14 @@ def node_port_range() -> tuple[int, int]:
     return LOWEST_NODE_PORT, max(low - BUS_PORT_OFFSET, LOWEST_NODE_PORT + 1000)
 
 
-def free_node_port(taken: set[int]) -> int:
-    """A port free now whose cluster bus port (+10000) is free too."""
-    span = node_port_range()
-    while True:
-        port = random.randrange(*span)
-        if port not in taken and port_is_free(port) and port_is_free(port + BUS_PORT_OFFSET):
-            return port
-
-
 def free_node_ports(count: int) -> list[int]:
+    """`count` ports free now whose cluster bus ports (+10000) are free too."""
+    span = node_port_range()
     ports: set[int] = set()
     while len(ports) < count:
-        ports.add(free_node_port(ports))
+        port = random.randrange(*span)
+        if port not in ports and port_is_free(port) and port_is_free(port + BUS_PORT_OFFSET):
+            ports.add(port)
     return sorted(ports)
 
 
@@ -85,8 +80,7 @@ class EmbeddedCluster:
         self.primaries = primaries
         self.password = password
         self.chosen_ports = ports is None  # ours to change when another process takes one first
-        self.options: dict[str, Any] = {"password": password, "fsync": fsync}
-        self.options["node_timeout_ms"] = node_timeout_ms
+        self.options: dict[str, Any] = dict(password=password, fsync=fsync, node_timeout_ms=node_timeout_ms)
         self.nodes = self._nodes(ports or free_node_ports(count))
 
     def _nodes(self, ports: list[int]) -> list[EmbeddedRedis]:

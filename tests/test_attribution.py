@@ -77,9 +77,7 @@ def test_auto_is_on_for_the_local_model_only() -> None:
     assert not attribution.enabled(
         Settings.from_env({"DOCENT_LLM_BACKEND": "openai", "DOCENT_LLM_URL": "http://127.0.0.1:1/v1"})
     )
-    assert attribution.enabled(
-        Settings.from_env({"DOCENT_LLM_BACKEND": "none", "DOCENT_ATTRIBUTION": "on"})
-    )
+    assert attribution.enabled(Settings.from_env({"DOCENT_LLM_BACKEND": "none", "DOCENT_ATTRIBUTION": "on"}))
 
 
 async def test_a_failing_embedder_leaves_the_answer_without_markers() -> None:

@@ -319,9 +319,12 @@ async def test_cors_allows_listed_origins_only(web: ServerProcess, http: aiohttp
         lambda s: s[:8] + "\n" + s[8:],
         lambda s: s + "==",  # padding
         lambda s: s.replace("-", "+").replace("_", "/") if ("-" in s or "_" in s) else s + "+",  # base64
-        lambda s: s[:-1] + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[
-            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".index(s[-1]) ^ 1
-        ],  # unused low bits of the last character flipped: same bytes, another spelling
+        lambda s: (
+            s[:-1]
+            + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".index(s[-1]) ^ 1
+            ]
+        ),  # unused low bits of the last character flipped: same bytes, another spelling
     ],
 )
 def test_a_token_with_junk_or_non_canonical_characters_is_refused(settings: Settings, mangle: Any) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from store.redis import key_slot, sync_client
 from store.redis_owner import CLUSTER_DIR, PORTS_FILE
 from store.settings import Settings
 from tests.server_proc import WAKES_KEY, ServerProcess, StreamWriter, server_env
+from tests.squatter import listening_on
 from tests.stack_proc import Stack
 from tests.test_review import inbox as review_inbox
 from tests.test_review import open_review, recv_until, request_approval
@@ -174,21 +174,15 @@ def test_a_chosen_node_port_taken_before_the_node_binds_is_chosen_again(tmp_path
     """The CI failure of stop 21: a node's port was taken between its choice and the node's bind."""
     cluster = EmbeddedCluster(tmp_path / "cluster", primaries=1, replicas=0)
     taken = cluster.nodes[0].port
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", taken))
-        squatter.listen()
-        with cluster:
-            assert [n.port for n in cluster.nodes] != [taken]
-            assert sync_client(cluster.url).ping()
+    with listening_on(taken), cluster:
+        assert [n.port for n in cluster.nodes] != [taken]
+        assert sync_client(cluster.url).ping()
 
 
 def test_an_explicit_node_port_that_is_taken_stays_a_typed_error(tmp_path: Path) -> None:
     port = free_node_ports(1)[0]
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", port))
-        squatter.listen()
-        with pytest.raises(PortInUse, match=str(port)):
-            EmbeddedCluster(tmp_path / "cluster", primaries=1, replicas=0, ports=[port]).start()
+    with listening_on(port), pytest.raises(PortInUse, match=str(port)):
+        EmbeddedCluster(tmp_path / "cluster", primaries=1, replicas=0, ports=[port]).start()
 
 
 def test_a_killed_primary_is_failed_over_and_the_log_carries_on(tmp_path: Path) -> None:

@@ -103,8 +103,16 @@ def test_search_api_returns_citable_hits_as_the_callers_principal(world: World) 
     assert all(FALCON_ID in hits for hits in api_search(world, lee).values())
     assert all(FALCON_ID not in hits for hits in api_search(world, finn).values())
     assert world.http("POST", "/api/search", {"query": "x"})[0] == 401
-    bad_bodies = [{"query": ""}, {"query": "  "}, {"query": "x", "k": 0}, {"query": "x", "k": 51},
-                  {"query": "x", "mode": "magic"}, {"query": "x", "filter": {}}, {"query": "x" * 9000}, {}]
+    bad_bodies = [
+        {"query": ""},
+        {"query": "  "},
+        {"query": "x", "k": 0},
+        {"query": "x", "k": 51},
+        {"query": "x", "mode": "magic"},
+        {"query": "x", "filter": {}},
+        {"query": "x" * 9000},
+        {},
+    ]
     for bad in bad_bodies:
         status, error = world.http("POST", "/api/search", bad, token=lee)
         assert status == 400 and error["code"] == "bad_input", bad

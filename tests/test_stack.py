@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import stat
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from store.exceptions import PortInUse
 from store.redis import EmbeddedRedis, sync_client
 from store.redis_owner import OwnedRedis
 from store.settings import Settings
+from tests.squatter import listening_on
 from tests.stack_proc import Stack
 
 TERMINAL = {"answer_completed", "turn_failed", "turn_cancelled", "limit_reached"}
@@ -54,9 +54,7 @@ def test_a_port_chosen_by_the_embedded_redis_and_taken_before_it_binds_is_chosen
     """Between choosing a free port and redis-server binding it another process may take it (the CI
     failure of stop 21, on a cluster node): a port the embedded Redis chose itself is chosen again."""
     server = EmbeddedRedis(tmp_path / "mine")
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", server.port))
-        squatter.listen()
+    with listening_on(server.port):
         taken = server.port
         with server:
             assert server.port != taken

@@ -24,14 +24,15 @@ from typing import Any
 import redis
 from starlette.applications import Starlette
 
+from actors.testing.ports import HeldPort
 from server.app import create_app
 from store.events import Delta, Event, SentenceAttributed, encode
 from store.metadata import DocumentMetadata
-from store.redis import async_client, free_port
+from store.redis import async_client
 from store.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 60.0  # a web process's start on a loaded 2-core machine (the SDKs' imports)
 WAKES_KEY = "test:wakes"
 INGESTS_KEY = "test:ingests"
 TEST_SECRET = "test-secret-0123456789abcdef"
@@ -85,7 +86,9 @@ class ServerProcess(LocalAddress):
         self, env: dict[str, str], port: int = 0, app: str = "tests.server_proc:recording_app"
     ) -> None:
         self.env = env
-        self.port = port or free_port()
+        # A port of its own is held until `stop`: across a SIGKILL and restart no other process takes it.
+        self._held = None if port else HeldPort()
+        self.port = self._held.port if self._held is not None else port
         self.app = app
         self.settings = Settings.from_env(env)
         self.process: subprocess.Popen[bytes] | None = None
@@ -95,7 +98,11 @@ class ServerProcess(LocalAddress):
         launch = f"from server.app import serve; serve({self.app!r}, host='127.0.0.1', port={self.port})"
         command = [sys.executable, "-c", launch]
         self.process = subprocess.Popen(command, env=self.env, cwd=REPO)
-        self._wait_healthy()
+        try:
+            self._wait_healthy()
+        except RuntimeError:
+            self.stop()
+            raise
         return self
 
     def _wait_healthy(self) -> None:
@@ -126,6 +133,8 @@ class ServerProcess(LocalAddress):
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._held is not None:
+            self._held.release()
 
     def restart(self) -> ServerProcess:
         self.kill()

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from store.redis import free_port
+from actors.testing.ports import HeldPort
 from tests.conftest import MODEL_CACHE
 from tests.server_proc import REPO, LocalAddress
 
@@ -31,7 +31,8 @@ class Stack(LocalAddress):
     def __init__(self, data_dir: Path, *args: str, **overrides: str) -> None:
         self.data_dir = data_dir
         self.args = args  # `docent run` options, e.g. --cluster
-        self.port = free_port()
+        self._held = HeldPort()  # until `stop`: the supervisor restarts its web process on this port
+        self.port = self._held.port
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DOCENT_") and k != "REDIS_URL"}
         self.env.update(
             {
@@ -118,3 +119,4 @@ class Stack(LocalAddress):
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._held.release()

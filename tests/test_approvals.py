@@ -245,8 +245,8 @@ async def test_a_reviewer_console_follows_the_room_and_decides(
     ledger.create(request())
     ((last_seen, _),) = await console.read_room("acme", "legal")
 
-    waiting = asyncio.create_task(console.read_room("acme", "legal", after_id=last_seen, block_ms=5_000))
-    await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(console.read_room("acme", "legal", after_id=last_seen, block_ms=30_000))
+    await asyncio.sleep(0.05)  # it may block first or not: it reads after last_seen either way
     outcome = await console.decide("ap-1", "approved", "bob", "fine", T0_MS + 1, tenant="acme")
 
     assert isinstance(outcome, Decided) and outcome.record.state == "approved"

@@ -61,10 +61,13 @@ def test_token_round_trip_and_tampering(settings: Settings) -> None:
 
 def test_expired_token_and_bad_mint_arguments(settings: Settings) -> None:
     secret = ensure_secret(settings)
-    token = sign_token(secret, TokenPayload(tenant="acme", user="alice", exp=int(time.time()) + 1))
+    # Whole seconds: `int(time.time()) + 1` can be a millisecond away, so the clock is the test's own.
+    exp = int(time.time()) + 60
+    token = sign_token(secret, TokenPayload(tenant="acme", user="alice", exp=exp))
     assert verify_token(secret, token).user == "alice"
+    assert verify_token(secret, token, now_s=exp - 0.001).user == "alice"
     with pytest.raises(AuthError, match="expired"):
-        verify_token(secret, token, now_s=time.time() + 2)
+        verify_token(secret, token, now_s=exp)
     with pytest.raises(InputError):
         mint_token(settings, "acme", "alice", roles=("root",))
     with pytest.raises(InputError):

@@ -15,6 +15,7 @@ import pytest
 import redis
 from aiohttp import web as aioweb
 
+from actors.testing.ports import HeldPort
 from server.auth import mint_token
 from store.events import (
     AnswerCompleted,
@@ -27,7 +28,7 @@ from store.events import (
     UserMessage,
     decode_event,
 )
-from store.redis import EmbeddedRedis, free_port, sync_client
+from store.redis import EmbeddedRedis, sync_client
 from tests.server_proc import ServerProcess, StreamWriter, server_env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -238,7 +239,8 @@ async def test_the_client_embeds_in_a_page_from_another_origin(
     browser: Any, redis_server: EmbeddedRedis, redis_url: str, tmp_path: Path
 ) -> None:
     r = sync_client(redis_url)
-    other_port = free_port()
+    held = HeldPort()  # the other origin's port, ours until its site listens
+    other_port = held.port
     other_origin = f"http://127.0.0.1:{other_port}"
     with ServerProcess(server_env(redis_server.url, tmp_path, allowed_origins=other_origin)) as web:
         token = mint_token(web.settings, "acme", "erin", ttl=600)
@@ -252,6 +254,7 @@ async def test_the_client_embeds_in_a_page_from_another_origin(
         runner = aioweb.AppRunner(app)
         await runner.setup()
         await aioweb.TCPSite(runner, "127.0.0.1", other_port).start()
+        held.release()
         try:
             page = await browser.new_page()
             await page.goto(f"{other_origin}/")

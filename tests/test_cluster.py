@@ -43,7 +43,7 @@ from tests.test_stack import TERMINAL
 from tests.test_stack import _ask_until_terminal as ask_until_terminal
 
 pytestmark = pytest.mark.cluster  # the tests taking `redis_url` run on one Redis and on the cluster
-RECV_TIMEOUT_S = 5.0
+RECV_TIMEOUT_S = 20.0  # a frame across a web process and the cluster, on a loaded machine
 
 
 def roles(cluster: EmbeddedCluster) -> list[str]:
@@ -195,13 +195,13 @@ def test_a_killed_primary_is_failed_over_and_the_log_carries_on(tmp_path: Path) 
         log.append(lease, [UserMessage(text="before", turn=1)])
         primary = cluster.primary_of(conv_keys("fo").log)
         with cluster.node_client(primary) as direct:
-            assert direct.wait(1, 2_000) == 1  # the replica acknowledged what came before the kill
+            assert direct.wait(1, 30_000) == 1  # the replica acknowledged what came before the kill (at once)
         assert primary.process is not None
         os.kill(primary.process.pid, signal.SIGKILL)
         primary.process.wait()
         cluster.wait_ok()  # the replica was promoted; every slot is served again
         assert cluster.primary_of(conv_keys("fo").log).port != primary.port
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # redis-py refreshes its slot map (a loaded machine)
         while True:
             try:
                 log.append(lease, [UserMessage(text="after", turn=2)])

@@ -18,9 +18,9 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.frames import Frame, Opcode
 
+from actors.testing.ports import listening_socket
 from server.keepalive import keepalive_for, period_for
 from server.ws_protocol import DirectWriteProtocol
-from store.redis import free_port
 
 INTERVAL_S = 0.3
 TIMEOUT_S = 0.3
@@ -42,13 +42,14 @@ async def endpoint(ws: WebSocket) -> None:
 @pytest.fixture
 async def url() -> AsyncIterator[tuple[str, int]]:
     app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
-    port = free_port()
+    listener = listening_socket()
+    port = listener.getsockname()[1]
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, ws=DirectWriteProtocol, ws_ping_interval=INTERVAL_S,
         ws_ping_timeout=TIMEOUT_S, log_level="warning",
     )  # fmt: skip
     served = uvicorn.Server(config)
-    task = asyncio.create_task(served.serve())
+    task = asyncio.create_task(served.serve(sockets=[listener]))
     while not served.started:
         await asyncio.sleep(0.01)
     yield "127.0.0.1", port

@@ -29,6 +29,7 @@ SOCKETS_PER_TENANT = 9
 POLICY_ROOMS = [f"room-{n:02d}" for n in range(20)]
 MAX_JSON_BODY = 4096
 HUGE = 200 * 1024 * 1024
+CLOSED_WITHIN_S = 60.0  # a closing handshake that ends at all ends well within this
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ async def test_open_sockets_are_capped_per_user_and_per_tenant(server: ServerPro
     other_tenant, _ = await open_chat(server, token(server, "wes", tenant="globex"))  # not affected
 
     await mine.pop().close()  # a slot comes back when a socket closes
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # the close reaches the web process and its Redis count
     while True:
         try:
             again, _ = await open_chat(server, token(server, "wes"))
@@ -139,7 +140,7 @@ async def test_open_sockets_are_capped_per_user_and_per_tenant(server: ServerPro
 
 
 async def _refused_hello(server: ServerProcess, tok: str) -> tuple[tuple[int, str], list[dict[str, Any]]]:
-    ws = await connect(f"{server.ws_url}?token={tok}", open_timeout=5)
+    ws = await connect(f"{server.ws_url}?token={tok}", open_timeout=20)
     with contextlib.suppress(ConnectionClosed):
         await ws.send(json.dumps({"type": "hello"}))
     frames, code = await expect_close(ws)
@@ -174,7 +175,7 @@ async def test_a_conversation_is_created_by_its_first_ask_not_by_hello(
 
 
 async def open_chat_refused(server: ServerProcess, tok: str, conv: str) -> int:
-    ws = await connect(f"{server.ws_url}?token={tok}", open_timeout=5)
+    ws = await connect(f"{server.ws_url}?token={tok}", open_timeout=20)
     await ws.send(json.dumps({"type": "hello", "conversation_id": conv}))
     return (await expect_close(ws))[1]
 
@@ -183,7 +184,7 @@ async def open_chat_refused(server: ServerProcess, tok: str, conv: str) -> int:
 
 
 async def review_hello(server: ServerProcess, tok: str, rooms: list[str]) -> ClientConnection:
-    ws = await connect(f"ws://127.0.0.1:{server.port}/ws/review", open_timeout=5)
+    ws = await connect(f"ws://127.0.0.1:{server.port}/ws/review", open_timeout=20)
     await ws.send(json.dumps({"type": "hello", "token": tok, "rooms": rooms}))
     return ws
 
@@ -209,13 +210,12 @@ async def test_only_policy_rooms_may_be_joined(server: ServerProcess, r: redis.R
 async def test_a_review_socket_flood_closes_with_4429_without_hanging(server: ServerProcess) -> None:
     """The close keeps reading (one session base): a flooding reviewer cannot wedge the closing handshake."""
     ws = await review_hello(server, token(server, "fay", roles=("reviewer",)), ["email"])
-    started = time.monotonic()
     with contextlib.suppress(ConnectionClosed):
         for _ in range(500):
             await ws.send(json.dumps({"type": "ping"}))
-    frames, code = await expect_close(ws)
+    # A wedged close never ends: a deadline, not an elapsed-time assertion (it was < 5 s).
+    frames, code = await asyncio.wait_for(expect_close(ws), CLOSED_WITHIN_S)
     assert code == 4429 and frames[-1]["code"] == "rate_limited"
-    assert time.monotonic() - started < 5
 
 
 async def test_room_fanout_shares_the_bounded_reader_pool(server: ServerProcess, r: redis.Redis) -> None:

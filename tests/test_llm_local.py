@@ -34,6 +34,7 @@ from tests.conftest import MODEL_CACHE
 
 TOOLS = {"search", "send_email"}
 SEARCH = ToolSpec(name="search", description="Search the knowledge base")
+CACHED_WITHIN_S = 30.0  # a cache hit (a conversion takes minutes); 1 s was a timing bet on a loaded machine
 
 
 # --- toolparse (no model) ----------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def test_conversion_is_cached(converted: Path) -> None:
     before = weights.stat().st_mtime_ns
     started = time.monotonic()
     assert ensure_converted(MODEL_CACHE) == converted
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < CACHED_WITHIN_S
     assert weights.stat().st_mtime_ns == before
     assert not [p for p in MODEL_CACHE.iterdir() if p.name.startswith(".")]  # no staging dirs left behind
 

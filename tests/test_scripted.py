@@ -20,10 +20,10 @@ from actors.testing import (
     as_script_file,
     load_scripts,
 )
+from actors.testing.ports import HeldPort
 from actors.testing.replies import split_deltas
 from actors.testing.transcript import Message, read, read_logged
 from store.exceptions import ConfigError
-from store.redis import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -200,10 +200,12 @@ def test_thread_runner_serves_sync_callers() -> None:
 def test_standalone_process(tmp_path: Path) -> None:
     scripts = tmp_path / "scripts.json"
     scripts.write_text(json.dumps({"scripts": SCRIPTS}))
-    port = free_port()
+    held = HeldPort()  # ours until the server binds it
+    port = held.port
     module = "actors.testing.scripted_llm"
     command = [sys.executable, "-m", module, "--port", str(port), "--scripts", str(scripts)]
-    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
+    popen = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    with held, popen as process:
         try:
             assert process.stdout is not None
             assert f"http://127.0.0.1:{port}/v1" in process.stdout.readline().decode()

@@ -17,7 +17,7 @@ import redis
 from websockets.asyncio.client import connect
 
 from server.auth import mint_token
-from store.exceptions import PortInUse
+from store.exceptions import ConfigError, PortInUse
 from store.redis import EmbeddedRedis, sync_client
 from store.redis_owner import OwnedRedis
 from store.settings import Settings
@@ -116,15 +116,22 @@ def test_a_stack_whose_redis_died_does_not_use_another_redis_on_its_port(
 ) -> None:
     a = _start(stacks, tmp_path / "a")
     port = int((a.data_dir / "redis" / "port").read_text())
-    os.kill(a.pids["redis"], signal.SIGKILL)
-    foreign = None
-    deadline = time.monotonic() + 5
-    while foreign is None:  # take the port before A's supervisor restarts its Redis (0.5 s backoff)
-        try:
-            foreign = EmbeddedRedis(tmp_path / "other", port=port).start()
-        except Exception:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+    assert a.process is not None
+    # The foreign Redis takes the port before A's supervisor restarts its own: the supervisor is stopped
+    # meanwhile (a race against its 0.5 s backoff is lost whenever starting a redis-server takes longer).
+    os.kill(a.process.pid, signal.SIGSTOP)
+    try:
+        os.kill(a.pids["redis"], signal.SIGKILL)
+        foreign = None
+        deadline = time.monotonic() + 30
+        while foreign is None:  # until the killed Redis's listening socket is closed
+            try:
+                foreign = EmbeddedRedis(tmp_path / "other", port=port).start()
+            except ConfigError:  # PortInUse, or exited on a port that was freed meanwhile
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+    finally:
+        os.kill(a.process.pid, signal.SIGCONT)
     try:
         a.wait_for(f"redis could not start (port_in_use: port {port} is taken")
         status, body = a.readyz()

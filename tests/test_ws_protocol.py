@@ -17,9 +17,9 @@ from websockets.asyncio.client import connect
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
+from actors.testing.ports import listening_socket
 from server.app import uvicorn_options
 from server.ws_protocol import DirectWriteProtocol, frame_writer, text_frame
-from store.redis import free_port
 from store.settings import Settings
 
 WAIT_S = 5.0
@@ -65,14 +65,15 @@ async def endpoint(ws: WebSocket) -> None:
 @pytest.fixture(params=[False, True], ids=["plain", "deflate"])
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, Starlette, bool]]:
     app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
-    port = free_port()
+    listener = listening_socket()
+    port = listener.getsockname()[1]
     deflate: bool = request.param
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, ws=DirectWriteProtocol, ws_per_message_deflate=deflate,
         log_level="warning",
     )  # fmt: skip
     served = uvicorn.Server(config)
-    task = asyncio.create_task(served.serve())
+    task = asyncio.create_task(served.serve(sockets=[listener]))
     while not served.started:
         await asyncio.sleep(0.01)
     yield f"ws://127.0.0.1:{port}/ws", app, deflate

@@ -30,7 +30,7 @@ import urllib.request
 from types import TracebackType
 from typing import Annotated, Any, Self
 
-from store.redis import free_port
+from actors.testing.ports import HeldPort
 
 IDEMPOTENCY_META_KEY = "io.docent/idempotency-key"  # the same as actors.tools.mcp_client's
 START_TIMEOUT_S = 30.0
@@ -116,7 +116,8 @@ class McpTicketServer:
 
     def __init__(self, token: str | None = None, delay_s: float = 0.0) -> None:
         self.token, self.delay_s = token, delay_s
-        self.port = free_port()
+        self._held = HeldPort()  # until __exit__: no other process takes it before the server binds
+        self.port = self._held.port
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -133,6 +134,7 @@ class McpTicketServer:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                self.__exit__(None, None, None)
                 raise RuntimeError(f"the MCP test server exited with {self._proc.returncode}")
             try:
                 self.calls()
@@ -152,6 +154,7 @@ class McpTicketServer:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        self._held.release()
 
     def calls(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_calls", timeout=5) as response:

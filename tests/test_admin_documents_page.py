@@ -18,7 +18,7 @@ from tests.server_proc import TEST_ADMIN_KEY
 from tests.test_admin_page import browser  # noqa: F401 (the headless Chromium fixture)
 from tests.test_browser import CHROMIUM, SCREENSHOTS
 
-WAIT_MS = 15_000
+WAIT_MS = 45_000  # a headless Chromium page across the web process and Redis, on a loaded machine
 
 pytestmark = [
     pytest.mark.browser,

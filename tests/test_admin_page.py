@@ -44,7 +44,7 @@ from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_reindex import write_golden
 from tests.test_reindex_kill import worker_env
 
-WAIT_MS = 15_000
+WAIT_MS = 45_000  # a headless Chromium page across the web process and Redis, on a loaded machine
 JOB_DONE_WAIT_MS = 30_000
 KEY_STORAGE = "docent:admin-key"
 XSS = '<img src=x onerror="window.__pwned=1">'

@@ -25,17 +25,26 @@ async def limiter(redis_url: str) -> AsyncIterator[AsyncRateLimiter]:
 
 
 async def test_burst_then_refusal_then_refill(limiter: AsyncRateLimiter) -> None:
+    # Redis's clock runs within ours: what it measured between two hits is at most our time from sending
+    # the first to hearing the second. Under 1 / RATE_PER_S of ours, no token came back meanwhile; past
+    # it (a loaded machine, a cluster's slower calls) one may have, and exact counts are not checked.
+    started = time.monotonic()
     burst = [await limiter.hit("user:acme:alice", RATE_PER_S, BURST) for _ in range(BURST)]
-    assert all(v.allowed for v in burst)
-    assert [v.remaining for v in burst] == [4, 3, 2, 1, 0]
-
     refused = await limiter.hit("user:acme:alice", RATE_PER_S, BURST)
-    assert not refused.allowed
-    assert 0 < refused.retry_after_ms <= 100
+    exact = time.monotonic() - started < 1 / RATE_PER_S
+    assert all(v.allowed for v in burst)
+    if exact:
+        assert [v.remaining for v in burst] == [4, 3, 2, 1, 0]
+        assert not refused.allowed
+        assert 0 < refused.retry_after_ms <= 100
 
-    await asyncio.sleep(refused.retry_after_ms / 1000 + 0.005)
+    wait_ms = refused.retry_after_ms if not refused.allowed else 1000 / RATE_PER_S
+    await asyncio.sleep(wait_ms / 1000 + 0.005)
+    started = time.monotonic()
     assert (await limiter.hit("user:acme:alice", RATE_PER_S, BURST)).allowed
-    assert not (await limiter.hit("user:acme:alice", RATE_PER_S, BURST)).allowed
+    again = await limiter.hit("user:acme:alice", RATE_PER_S, BURST)
+    if exact and time.monotonic() - started < 1 / RATE_PER_S:
+        assert not again.allowed
 
     await asyncio.sleep(BURST / RATE_PER_S + 0.05)  # a full refill, capped at the burst
     started = time.monotonic()
@@ -58,9 +67,10 @@ async def test_buckets_are_per_key_and_check_raises(limiter: AsyncRateLimiter) -
 
 
 async def test_a_cost_takes_several_tokens(limiter: AsyncRateLimiter) -> None:
-    assert (await limiter.hit("tenant:acme", RATE_PER_S, BURST, cost=3)).remaining == 2
-    refused = await limiter.hit("tenant:acme", RATE_PER_S, BURST, cost=3)
-    assert not refused.allowed and 0 < refused.retry_after_ms <= 100
+    rate = 1.0  # one token a second: a loaded machine refills none between the two calls
+    assert (await limiter.hit("tenant:acme", rate, BURST, cost=3)).remaining == 2
+    refused = await limiter.hit("tenant:acme", rate, BURST, cost=3)
+    assert not refused.allowed and 0 < refused.retry_after_ms <= 1000
 
 
 async def test_bad_parameters_get_a_typed_error(limiter: AsyncRateLimiter) -> None:

@@ -23,7 +23,7 @@ from tests.test_admin_page import browser  # noqa: F401 (the headless Chromium f
 from tests.test_browser import CHROMIUM, SCREENSHOTS
 
 FILES = 150  # three ingest slices of 64
-WAIT_MS = 15_000
+WAIT_MS = 45_000  # a headless Chromium page across the web process and Redis, on a loaded machine
 
 
 @pytest.fixture

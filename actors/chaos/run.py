@@ -24,7 +24,7 @@ from actors.testing import HttpSink, ScriptedLLMThread, SinkThread, SmtpSink
 from actors.testing.crash import CRASH_RATE_ENV
 from store.events import TERMINAL, LLMRequested, ToolIntent, UserMessage
 from store.log import ConversationLog
-from store.redis import EmbeddedRedis, free_port
+from store.redis import EmbeddedRedis
 
 WORKERS = 2
 TENANT = corpus.TENANT
@@ -105,7 +105,7 @@ def print_report(summary: dict[str, Any], detail: dict[str, Any], clean: bool, a
 def _in(root: Path, runs: int, rng: random.Random) -> dict[str, Any]:
     """Start Redis, the sinks and the scripted model in `root`, do the runs, stop them all."""
     corpus.build(root / "data")
-    redis_server = EmbeddedRedis(root / "redis", port=free_port()).start()
+    redis_server = EmbeddedRedis(root / "redis").start()  # its own port: chosen again if taken first
     smtp, http = SmtpSink(), HttpSink()
     try:
         with SinkThread(smtp, http), ScriptedLLMThread({"task": task_script(http.url)}) as llm:

@@ -29,8 +29,9 @@ from typing import Any
 import redis
 
 from actors.chaos.workers import Workers
+from actors.testing.ports import HeldPort
 from store.cluster import EmbeddedCluster
-from store.redis import EmbeddedRedis, free_port, key_slot
+from store.redis import EmbeddedRedis, key_slot
 
 WEBS = 2
 WORKERS = 3
@@ -50,7 +51,9 @@ class WebProcess:
     """`python -m server.app` on a fixed port, in its own session; SIGKILLed and started again in place."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+        # Held until `stop`: between a SIGKILL and the restart in place no other process takes the port.
+        self._held = HeldPort()
+        self.port = self._held.port
         self.env = {**env, "DOCENT_PORT": str(self.port)}
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -108,14 +111,14 @@ class WebProcess:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process is None or not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.process is not None and self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._held.release()
 
 
 @dataclass

@@ -23,7 +23,7 @@ from actors.testing.ports import HeldPort
 from tests.conftest import MODEL_CACHE
 from tests.server_proc import REPO, LocalAddress
 
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 120.0  # a whole stack (Redis, web, workers) on a loaded 2-core machine
 _CHILD_LINE = re.compile(r"supervisor: (?:re)?started (\w+) \(pid (\d+)\)")
 
 

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.cluster  # every test here runs on one Redis and on a R
 T = TypeVar("T")
 SHORT_TTL_MS = 200
 PAST_TTL_S = 0.3
+RENEWED_WITHIN_S = 30.0
 
 
 @pytest.fixture
@@ -179,10 +180,10 @@ def test_release_lets_the_next_worker_in_with_a_new_epoch(log: ConversationLog) 
 
 
 def test_lease_keeper_renews_and_reports_a_lost_lease(log: ConversationLog) -> None:
-    # 900 ms of slack between renewals: a loaded machine may hold the renewal thread a few hundred ms.
-    lease = log.acquire("c1", "worker-a", ttl_ms=1_000)
+    # 1.9 s of slack between renewals (it was 220 ms): see the loaded run in the next test.
+    lease = log.acquire("c1", "worker-a", ttl_ms=2_000)
     with LeaseKeeper(log, lease, interval_ms=100) as keeper:
-        time.sleep(1.1)  # past the first lease's TTL: only renewals keep it
+        time.sleep(2.1)  # past the first lease's TTL: only renewals keep it
         with pytest.raises(LeaseHeld):
             log.acquire("c1", "worker-b")
         log.append(keeper.lease, [ask(1)])
@@ -200,12 +201,17 @@ def test_lease_keepers_share_one_renewal_thread_and_stop_renewing_on_exit(
 ) -> None:
     LeaseKeeper(log, log.acquire("warm", "worker-a", ttl_ms=300)).__enter__().__exit__()  # the thread
     threads = threading.active_count()
-    leases = [log.acquire(f"k{n}", "worker-a", ttl_ms=1_000) for n in range(5)]  # slack for a loaded machine
+    # 5 s leases renewed every 60 ms, each keeper's first renewal waited for: with 300 ms leases and a
+    # 0.6 s sleep, a loaded machine's run (on the cluster) saw a keeper without a renewal.
+    leases = [log.acquire(f"k{n}", "worker-a", ttl_ms=5_000) for n in range(5)]
     keepers = [LeaseKeeper(log, lease, interval_ms=60) for lease in leases]
     for keeper in keepers:
         keeper.__enter__()
     assert threading.active_count() == threads  # no thread of its own per keeper
-    time.sleep(0.6)
+    deadline = time.monotonic() + RENEWED_WITHIN_S
+    while any(k.lease.expires_at_ms == lease.expires_at_ms for k, lease in zip(keepers, leases, strict=True)):
+        assert time.monotonic() < deadline, "a keeper never renewed"
+        time.sleep(0.02)
     for keeper, lease in zip(keepers, leases, strict=True):
         assert keeper.lease.expires_at_ms > lease.expires_at_ms and not keeper.lost.is_set()
         keeper.__exit__()

@@ -19,7 +19,7 @@ import pytest
 from actors.testing import HttpSink, SinkThread, SmtpSink
 
 REPO = Path(__file__).resolve().parent.parent
-STANDALONE_START_TIMEOUT_S = 20
+STANDALONE_START_TIMEOUT_S = 60
 
 
 def mail(message_id: str, body: str = "hello\n") -> EmailMessage:

@@ -33,7 +33,7 @@ from typing import Annotated, Any, Self
 from actors.testing.ports import HeldPort
 
 IDEMPOTENCY_META_KEY = "io.docent/idempotency-key"  # the same as actors.tools.mcp_client's
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 90.0  # the SDK imports in seconds on a quiet machine, far more on a loaded one
 
 
 def build(token: str | None, delay_s: float = 0.0) -> Any:

@@ -17,7 +17,7 @@ from store.exceptions import ConfigError
 from store.settings import Settings
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)  # a hung run, not a slow one: ~10-30 s here, and CI's load is unknown
 def test_chaos_runs_stay_clean_under_sigkill(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(runs=3, as_json=True, seed=3)
     lines = capsys.readouterr().out.strip().splitlines()

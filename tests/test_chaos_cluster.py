@@ -16,7 +16,7 @@ from server.chaos import Plan
 from server.chaos.run import run_in
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)  # a hung run, not a slow one: ~10-30 s here, and CI's load is unknown
 def test_with_wait_no_acknowledged_ask_is_lost_when_a_lagging_primary_dies(tmp_path: Path) -> None:
     plan = Plan(runs=3, turns=2, seed=1, wait_replicas=1, replica_lag_ms=300)
     report = run_in(tmp_path, plan)
@@ -28,7 +28,7 @@ def test_with_wait_no_acknowledged_ask_is_lost_when_a_lagging_primary_dies(tmp_p
         assert report[key] == 0, (key, detail)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(600)  # a hung run, not a slow one: ~20-30 s here, and CI's load is unknown
 def test_with_wait_a_primary_killed_under_a_model_call_costs_no_repeated_model_call(tmp_path: Path) -> None:
     """The kill aimed at an agent's model call in flight (`--kill-at model`): the link is cut as the request
     arrives, so its response is the old primary's alone; with WAIT the next effect waits for the replica and

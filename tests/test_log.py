@@ -193,7 +193,7 @@ def test_lease_keeper_renews_and_reports_a_lost_lease(log: ConversationLog) -> N
     with LeaseKeeper(log, lease, interval_ms=250) as keeper:  # renews too late: the lease lapses
         time.sleep(0.15)
         log.acquire("c2", "worker-b")
-        assert keeper.lost.wait(timeout=2)
+        assert keeper.lost.wait(timeout=30)
 
 
 def test_lease_keepers_share_one_renewal_thread_and_stop_renewing_on_exit(

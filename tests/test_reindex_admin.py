@@ -65,7 +65,7 @@ def test_admin_routes_start_watch_roll_back_and_retire(tmp_path: Path, redis_url
                 ready.set()
                 while not ended.is_set():
                     try:
-                        frames.append(json.loads(ws.recv(timeout=10)))
+                        frames.append(json.loads(ws.recv(timeout=60)))  # a job step under load
                     except TimeoutError:
                         return
                     if frames[-1]["job"]["status"] in ("done", "rejected", "failed", "cancelled"):

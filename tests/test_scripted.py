@@ -213,7 +213,7 @@ def test_standalone_process(tmp_path: Path) -> None:
                 assert json.load(response)["total"] == 0
         finally:
             process.terminate()
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=30) == 0
 
 
 def message(role: str, content: str | None = "") -> Message:

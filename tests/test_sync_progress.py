@@ -38,7 +38,7 @@ def admin_socket(server: ServerProcess, *, following: bool = True) -> Iterator[C
     with connect(url, additional_headers={"X-Admin-Key": TEST_ADMIN_KEY}) as ws:
         if following:  # the pong comes once the socket follows the streams
             ws.send(json.dumps({"type": "ping"}))
-            while json.loads(ws.recv(timeout=10))["type"] != "pong":
+            while json.loads(ws.recv(timeout=30))["type"] != "pong":
                 pass
         yield ws
 
@@ -90,7 +90,7 @@ def test_a_socket_opened_mid_sync_gets_the_syncs_running(env: dict[str, str]) ->
     over(SyncProgress(done=1, total=1, rate_per_s=3.0, eta_s=0.0))
     over.finish("completed")
     with ServerProcess(env) as server, admin_socket(server, following=False) as ws:
-        first = json.loads(ws.recv(timeout=10))
+        first = json.loads(ws.recv(timeout=30))
         assert first["type"] == "sync" and first["progress"]["source"] == "/srv/busy"
         assert first["progress"]["done"] == 40 and first["progress"]["eta_s"] == 4.8
         clock[0] = 1.0

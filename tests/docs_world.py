@@ -187,7 +187,11 @@ def start_world(redis_url: str, data: Path, llm_url: str) -> tuple[World, Worker
     )  # fmt: skip
     ingest_kb(Settings.from_env(env), data / "kb")
     worker = Worker(env)
-    web = ServerProcess(env, app="server.app:create_app").start()
+    try:
+        web = ServerProcess(env, app="server.app:create_app").start()
+    except RuntimeError:  # a web process that does not start leaves no worker behind
+        worker.stop()
+        raise
     return World(web, redis_url, data / "kb"), worker
 
 

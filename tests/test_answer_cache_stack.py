@@ -37,9 +37,9 @@ def world(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
         )  # fmt: skip
         ingest_kb(Settings.from_env(env), data / "kb")
         worker = Worker(env)
-        web = ServerProcess(env, app="server.app:create_app").start()
-        try:
-            yield World(web, redis_server.url, data / "kb")
+        web = ServerProcess(env, app="server.app:create_app")
+        try:  # a web process that does not start leaves no worker behind
+            yield World(web.start(), redis_server.url, data / "kb")
         finally:
             web.stop()
             worker.stop()

@@ -189,9 +189,9 @@ def world(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
         build_index(Settings.from_env(env), data / "demo-src")
         worker = Worker(env)
         worker.start()
-        web = ServerProcess(env, app="server.app:create_app").start()
-        try:
-            yield World(web, worker, smtp, llm, redis_server.url)
+        web = ServerProcess(env, app="server.app:create_app")
+        try:  # a web process that does not start leaves no worker behind to take later tests' messages
+            yield World(web.start(), worker, smtp, llm, redis_server.url)
         finally:
             web.stop()
             worker.stop()

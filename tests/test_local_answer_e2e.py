@@ -70,9 +70,9 @@ def web(
     build_index(Settings.from_env(env), data / "src")
     worker = Worker(env)
     worker.start()
-    server = ServerProcess(env, app="server.app:create_app").start()
-    try:
-        yield server
+    server = ServerProcess(env, app="server.app:create_app")
+    try:  # a web process that does not start leaves no worker behind
+        yield server.start()
     finally:
         server.stop()
         worker.stop()

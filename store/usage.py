@@ -3,7 +3,8 @@
     usage:{<tenant>}:<day>        hash: tokens_in, tokens_out, cost_usd, turns (the tenant's day), and the
                                   tenant's quality signals (QUALITY_FIELDS: answers, uncited answers, ...)
     usage:{<tenant>}:<day>:users  hash: `<user>:<field>` for the four spend fields, per user
-    usage:{<tenant>}:<YYYY-MM>[:users]   the same four spend fields per month (the monthly budgets)
+    usage:{<tenant>}:<YYYY-MM>[:users]   the budgets' fields (MONTH_FIELDS: tokens, cost) per month (the
+                                  monthly budgets; no turns: nothing reads them, two writes a turn fewer)
     usage:tenants:<day>           set: the tenants with usage that day (what GET /admin/usage lists)
 
     usage:{<tenant>}:cursor:<conv>  the newest log entry of the conversation whose usage is counted
@@ -67,6 +68,7 @@ QUALITY_FIELDS = (
     "runaway_turns", "cache_hits", "retrievals",
 )  # fmt: skip
 FIELDS = SPEND_FIELDS + QUALITY_FIELDS
+MONTH_FIELDS = ("tokens_in", "tokens_out", "cost_usd")  # what the monthly budgets check
 RETENTION_DAYS = 400
 RETENTION_S = RETENTION_DAYS * 86_400
 MAX_REPORT_DAYS = 31
@@ -193,6 +195,7 @@ def record_plan(tenant: str, user: str, day: str, amounts: Mapping[str, int | fl
             add(key, name, value)
             if name in SPEND_FIELDS:  # the user's day, and both months (the monthly budgets)
                 add(per_user, f"{user}:{name}", value)
+            if name in MONTH_FIELDS:
                 add(month, name, value)
                 add(month_users, f"{user}:{name}", value)
         for written in (key, per_user, month, month_users):
@@ -245,7 +248,7 @@ def record_entries_plan(
         for name, value in amounts.items():
             if value and value > 0:
                 triples += [name, repr(float(value)) if name == "cost_usd" else int(value),
-                            "s" if name in SPEND_FIELDS else "q"]  # fmt: skip
+                            _scope(name)]  # fmt: skip
         args += [stream_id(entry_id, "entry_id"), len(triples) // 3, *triples]
     if not entries:
         return 0
@@ -256,6 +259,12 @@ def record_entries_plan(
     if counted and list_tenant:
         yield Batch(partial(_list_tenant, tenant, day), transaction=False)
     return counted
+
+
+def _scope(name: str) -> str:
+    """Where usage_record.lua adds a field: `m` the tenant's and the user's day and month, `d` their day
+    only, `q` the tenant's day only."""
+    return "m" if name in MONTH_FIELDS else "d" if name in SPEND_FIELDS else "q"
 
 
 def _list_tenant(tenant: str, day: str, pipe: Any) -> None:

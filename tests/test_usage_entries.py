@@ -101,3 +101,15 @@ def _evalwith_plan() -> Plan[list[Any]]:
 def _one_round_trip(script: LuaScript) -> Plan[list[Any]]:
     replies: list[Any] = yield EvalWith(script, ["lease:{t}"], [7, 1000], _latency_commands("t"))
     return replies
+
+
+def test_the_months_hold_what_the_budgets_check_and_no_turns(r: redis.Redis) -> None:
+    ledger = UsageLedger(r)
+    entries = [("1-0", {"turns": 1}), ("2-0", {"tokens_in": 7, "tokens_out": 3, "cost_usd": 0.5})]
+    assert ledger.record_entries("t", "u", DAY, "c", entries) == 2
+    ledger.record("t", "u", DAY, turns=1, tokens_in=1)  # the pipelined record, the same fields
+    spent = ledger.spending("t", "u", 1_772_582_400_000)  # 2026-03-04T00:00Z
+    assert (spent.tenant_day.turns, spent.user_day.turns, spent.user_day.tokens) == (2, 2, 11)
+    assert (spent.tenant_month.tokens, spent.user_month.tokens, spent.user_month.cost_usd) == (11, 11, 0.5)
+    assert spent.tenant_month.turns == spent.user_month.turns == 0  # never read: not written
+    assert not r.hexists(usage_key("t", DAY[:7]), "turns")

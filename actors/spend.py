@@ -163,9 +163,9 @@ class Spend:
     def send_latencies(self) -> None:
         """Record the held latencies now, one pipeline per answer (nothing to send them with)."""
         held, self._latencies = self._latencies, []
+        if self.latencies is None:
+            return
         for tenant, route, hour, samples in held:
-            if self.latencies is None:
-                return
             try:
                 self.latencies.record(tenant, route, hour, **samples)
             except DocentError as exc:

@@ -257,7 +257,9 @@ class ActivationCore:
         entries in the log's tail, uncounted: the next activation counts them (`recover_usage`)."""
         entries, self._uncounted = self._uncounted, []
         if entries and self._uncounted_for is not None:
-            self.spend.observe_entries(self._uncounted_for, self.conv_id, entries)
+            self.spend.observe_entries(self._uncounted_for, self.conv_id, entries)  # and the latencies
+        else:
+            self.spend.send_latencies()
 
     def _observe(self, event: Event, now: int) -> None:
         """What an appended event feeds besides the log and usage: metrics, the trace, the feedback loop."""

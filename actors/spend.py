@@ -10,7 +10,12 @@
     spend.recover(principal, conv, tail)   at an activation's start: counts the entries of the log's tail
                                       (after the last snapshot) a killed worker appended but did not count
     spend.latency(principal, route, now_ms, first_token_ms=, answer_ms=)   at an answer: the ask's
-                                      latencies, counted per hour (store.latency: the console's charts)
+                                      latencies, counted per hour (store.latency: the console's charts),
+                                      held until the next observe_entries sends them in the same round
+                                      trip as the usage (store.scripts.EvalWith), or
+    spend.send_latencies()            alone (an activation's close with no usage to count). A kill between
+                                      the answer and its activation's close loses its latencies (they are
+                                      the console's charts: never recovered from the log, never budgets)
     spend.overspent(principal, now, hold_id=, tokens=, cost_usd=)   before a model call: the spent budget
                                       (store.budgets.Overspend) when the tenant or the user is over one,
                                       counting the other calls in flight (store.holds); None (and no read)
@@ -25,8 +30,9 @@ always in the tail the next activation folds.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import Any
 
 import msgspec
 
@@ -47,6 +53,7 @@ from store.events import (
 from store.exceptions import DocentError
 from store.holds import Held, Holds
 from store.latency import ROUTES, LatencyLedger, hour_of
+from store.latency import record_commands as latency_commands
 from store.scripts import id_tuple
 from store.settings import Settings
 from store.usage import Spending, Usage, UsageLedger, day_of
@@ -103,6 +110,8 @@ class Spend:
         self.budgets = load_budgets(settings)
         self.holds = _holds(settings.redis_url) if settings.redis_url and self.budgets is not None else None
         self._placed: dict[str, tuple[str, str]] = {}  # hold id -> (tenant, member) of an admitted call
+        # (tenant, route, hour, samples ms) of the answers timed since the last usage record
+        self._latencies: list[tuple[str, str, str, dict[str, float | None]]] = []
 
     def observe(self, principal: Principal, conversation: str, entry_id: str, event: Event) -> None:
         self.observe_entries(principal, conversation, [(entry_id, event)])
@@ -120,10 +129,12 @@ class Spend:
                 by_day.setdefault(day_of(event.at_ms), []).append((entry_id, amounts))
         tenant, user = principal.tenant, principal.user
         for day, day_entries in by_day.items():
+            also = self._held_latencies()
             try:
-                self.ledger.record_entries(tenant, user, day, conversation, day_entries)
+                self.ledger.record_entries(tenant, user, day, conversation, day_entries, also)
             except DocentError as exc:
                 log.warning("usage of %s/%s not recorded: %s", tenant, user, exc.code)
+        self.send_latencies()
 
     def recover(self, principal: Principal, conversation: str, tail: Sequence[tuple[str, Event]]) -> int:
         """Count the tail's entries newer than the conversation's usage cursor; how many were counted."""
@@ -143,14 +154,36 @@ class Spend:
     def latency(
         self, principal: Principal, route: str, now_ms: int, *, first_token_ms: float | None, answer_ms: float
     ) -> None:
+        """Hold an answer's latencies for the next `observe_entries` (or `send_latencies`)."""
         if self.latencies is None or route not in ROUTES:
             return
-        try:
-            self.latencies.record(
-                principal.tenant, route, hour_of(now_ms), first_token=first_token_ms, answer=answer_ms
-            )
-        except DocentError as exc:
-            log.warning("latency of %s not recorded: %s", principal.tenant, exc.code)
+        samples = {"first_token": first_token_ms, "answer": answer_ms}
+        self._latencies.append((principal.tenant, route, hour_of(now_ms), samples))
+
+    def send_latencies(self) -> None:
+        """Record the held latencies now, one pipeline per answer (nothing to send them with)."""
+        held, self._latencies = self._latencies, []
+        if self.latencies is None:
+            return
+        for tenant, route, hour, samples in held:
+            try:
+                self.latencies.record(tenant, route, hour, **samples)
+            except DocentError as exc:
+                log.warning("latency of %s not recorded: %s", tenant, exc.code)
+
+    def _held_latencies(self) -> Callable[[Any], None] | None:
+        """The held latencies' writes as one pipeline queue (None: none held); no longer held."""
+        queues = [latency_commands(*sample) for sample in self._latencies]
+        self._latencies = []
+        if not any(queues):
+            return None
+
+        def queue(pipe: Any) -> None:
+            for one in queues:
+                if one is not None:
+                    one(pipe)
+
+        return queue
 
     def overspent(
         self, principal: Principal, now_ms: int, *, hold_id: str = "", tokens: int = 0, cost_usd: float = 0.0

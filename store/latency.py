@@ -9,6 +9,8 @@ inside its bucket, as Prometheus' `histogram_quantile` does. One record moves th
 everyone's hash in one pipeline; every key expires `RETENTION_DAYS` after its last write.
 
     record_plan(tenant, route, hour, {"first_token": ms, "answer": ms})
+    record_commands(...)          the same writes, to queue after another call (`store.usage`: a turn's
+                                  usage and its latencies in one round trip)
     series_plan(hours, tenant=None, route="qa") -> LatencySeries (p50 / p95 per hour, None without answers)
     LatencyLedger (blocking: workers) / AsyncLatencyLedger (the web process) run them
 """
@@ -16,7 +18,7 @@ everyone's hash in one pipeline; every key expires `RETENTION_DAYS` after its la
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -80,15 +82,17 @@ def _route(route: str) -> str:
     return route
 
 
-def record_plan(tenant: str, route: str, hour: str, samples_ms: Mapping[str, float | None]) -> Plan[None]:
-    """Count each measure's sample (ms; None: not measured) in its bucket, for the tenant and everyone."""
+def record_commands(
+    tenant: str, route: str, hour: str, samples_ms: Mapping[str, float | None]
+) -> Callable[[Any], None] | None:
+    """What `record_plan` queues on a pipeline (None: nothing measured), to send with other writes."""
     fields = [
         f"{_route(route)}:{measure}:{bucket_of(ms)}"
         for measure, ms in samples_ms.items()
         if ms is not None and measure in MEASURES
     ]
     if not fields:
-        return
+        return None
     keys = (latency_key(tenant, hour), latency_key(EVERYONE, hour))
 
     def queue(pipe: Any) -> None:
@@ -97,7 +101,14 @@ def record_plan(tenant: str, route: str, hour: str, samples_ms: Mapping[str, flo
                 pipe.hincrby(key, field, 1)
             pipe.expire(key, RETENTION_S)
 
-    yield Batch(queue, transaction=False)  # two keys in two slots: not one MULTI
+    return queue
+
+
+def record_plan(tenant: str, route: str, hour: str, samples_ms: Mapping[str, float | None]) -> Plan[None]:
+    """Count each measure's sample (ms; None: not measured) in its bucket, for the tenant and everyone."""
+    queue = record_commands(tenant, route, hour, samples_ms)
+    if queue is not None:
+        yield Batch(queue, transaction=False)  # two keys in two slots: not one MULTI
 
 
 def quantile(counts: Sequence[int], q: float) -> float | None:

@@ -28,7 +28,9 @@ from store.exceptions import (
     LogError,
     StaleEpoch,
 )
-from store.redis import REDIS_ERRORS, UNAVAILABLE_MESSAGE
+from store.redis import REDIS_ERRORS, UNAVAILABLE_MESSAGE, is_cluster_client
+
+NoScriptError = redis.exceptions.NoScriptError
 
 T = TypeVar("T")
 
@@ -154,7 +156,23 @@ class Batch:
     transaction: bool = True
 
 
-Op = Eval | Call | Batch
+@dataclass(frozen=True)
+class EvalWith:
+    """A script call, then plain commands (`fn` queues them), on one pipeline without MULTI: one round trip
+    on one node (one per node on a cluster) where an `Eval` and a `Batch` make two. The reply is the list
+    of the script's reply, then the commands'. Nothing makes the commands atomic with the script (their keys
+    may be in other slots): for writes that need not move with it. A NOSCRIPT (a restarted Redis) loads the
+    script and calls it once more, alone; the commands ran once. A cluster client's pipeline refuses
+    scripts: there the script is called, then the commands pipelined (two round trips, as before); a
+    script's error is raised once the commands ran, on both."""
+
+    script: LuaScript
+    keys: Sequence[str]
+    args: Sequence[Arg]
+    fn: Callable[[Any], None]
+
+
+Op = Eval | Call | Batch | EvalWith
 Plan = Generator[Op, Any, T]
 
 
@@ -164,6 +182,14 @@ def translate_script_error(exc: redis.ResponseError) -> DocentError | None:
     if error_type is None:
         return None
     return error_type(message or code, reason=code.lower())
+
+
+def replies_or_raise(replies: list[Any]) -> list[Any]:
+    """A pipeline's replies (`execute(raise_on_error=False)`), or its first error raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 class _Translate:
@@ -206,19 +232,37 @@ class SyncRunner:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
+    def _registered(self, script: LuaScript) -> Any:
+        registered = self._scripts.get(script.name)
+        if registered is None:
+            registered = self._scripts[script.name] = self.client.register_script(script.source)
+        return registered
+
     def _execute(self, op: Op) -> Any:
         match op:
             case Eval(script, keys, args):
-                registered = self._scripts.get(script.name)
-                if registered is None:
-                    registered = self._scripts[script.name] = self.client.register_script(script.source)
-                return registered(keys=list(keys), args=list(args))
+                return self._registered(script)(keys=list(keys), args=list(args))
             case Call(fn):
                 return fn(self.client)
             case Batch(fn, transaction):
                 pipe = self.client.pipeline(transaction=transaction)
                 fn(pipe)
                 return pipe.execute()
+            case EvalWith(script, keys, args, fn):
+                registered = self._registered(script)
+                if is_cluster_client(self.client):
+                    try:
+                        first = registered(keys=list(keys), args=list(args))
+                    except redis.ResponseError as exc:  # raised once the commands ran, as on one node
+                        first = exc
+                    return replies_or_raise([first, *self._execute(Batch(fn, transaction=False))])
+                pipe = self.client.pipeline(transaction=False)
+                pipe.evalsha(registered.sha, len(keys), *keys, *args)
+                fn(pipe)
+                replies = pipe.execute(raise_on_error=False)
+                if isinstance(replies[0], NoScriptError):
+                    replies[0] = registered(keys=list(keys), args=list(args))
+                return replies_or_raise(replies)
 
 
 class AsyncRunner:
@@ -241,16 +285,34 @@ class AsyncRunner:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
+    def _registered(self, script: LuaScript) -> Any:
+        registered = self._scripts.get(script.name)
+        if registered is None:
+            registered = self._scripts[script.name] = self.client.register_script(script.source)
+        return registered
+
     async def _execute(self, op: Op) -> Any:
         match op:
             case Eval(script, keys, args):
-                registered = self._scripts.get(script.name)
-                if registered is None:
-                    registered = self._scripts[script.name] = self.client.register_script(script.source)
-                return await registered(keys=list(keys), args=list(args))
+                return await self._registered(script)(keys=list(keys), args=list(args))
             case Call(fn):
                 return await fn(self.client)
             case Batch(fn, transaction):
                 pipe = self.client.pipeline(transaction=transaction)
                 fn(pipe)
                 return await pipe.execute()
+            case EvalWith(script, keys, args, fn):
+                registered = self._registered(script)
+                if is_cluster_client(self.client):
+                    try:
+                        first = await registered(keys=list(keys), args=list(args))
+                    except redis.ResponseError as exc:  # raised once the commands ran, as on one node
+                        first = exc
+                    return replies_or_raise([first, *(await self._execute(Batch(fn, transaction=False)))])
+                pipe = self.client.pipeline(transaction=False)
+                pipe.evalsha(registered.sha, len(keys), *keys, *args)
+                fn(pipe)
+                replies = await pipe.execute(raise_on_error=False)
+                if isinstance(replies[0], NoScriptError):
+                    replies[0] = await registered(keys=list(keys), args=list(args))
+                return replies_or_raise(replies)

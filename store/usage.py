@@ -3,7 +3,8 @@
     usage:{<tenant>}:<day>        hash: tokens_in, tokens_out, cost_usd, turns (the tenant's day), and the
                                   tenant's quality signals (QUALITY_FIELDS: answers, uncited answers, ...)
     usage:{<tenant>}:<day>:users  hash: `<user>:<field>` for the four spend fields, per user
-    usage:{<tenant>}:<YYYY-MM>[:users]   the same four spend fields per month (the monthly budgets)
+    usage:{<tenant>}:<YYYY-MM>[:users]   the budgets' fields (MONTH_FIELDS: tokens, cost) per month (the
+                                  monthly budgets; no turns: nothing reads them, two writes a turn fewer)
     usage:tenants:<day>           set: the tenants with usage that day (what GET /admin/usage lists)
 
     usage:{<tenant>}:cursor:<conv>  the newest log entry of the conversation whose usage is counted
@@ -18,8 +19,9 @@ counts it when it replays the log's tail (`actors.spend.Spend.recover`); nothing
 
     record_plan(tenant, user, day, {"tokens_in": ..., "answers": 1, ...})
     record_once_plan(tenant, user, day, amounts, conversation, entry_id) -> bool (counted now)
-    record_entries_plan(tenant, user, day, conversation, [(entry_id, amounts), ...]) -> how many counted
-                                  (one script call for all the entries one append wrote)
+    record_entries_plan(tenant, user, day, conversation, [(entry_id, amounts), ...], also=) -> how many
+                                  counted (one script call for all the entries of an activation; `also`:
+                                  other writes in the same round trip, the turn's latencies)
     totals_plan(tenant, user, day) -> (the tenant's Usage, the user's Usage)
     spending_plan(tenant, user, now_ms) -> Spending: the day and the month so far (what budgets check)
     report_plan(days, tenant=None, user=None, max_rows=...) -> Report
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -40,7 +42,19 @@ import redis.asyncio as aredis
 
 from store.exceptions import InputError, Unavailable
 from store.redis import sync_client
-from store.scripts import AsyncRunner, Batch, Call, Eval, Plan, SyncRunner, key_part, lua, stream_id, text
+from store.scripts import (
+    AsyncRunner,
+    Batch,
+    Call,
+    Eval,
+    EvalWith,
+    Plan,
+    SyncRunner,
+    key_part,
+    lua,
+    stream_id,
+    text,
+)
 
 SPEND_FIELDS = ("tokens_in", "tokens_out", "cost_usd", "turns")  # per tenant and per user
 # Quality signals, per tenant only (a user's answers are not graded here): answers, those citing nothing,
@@ -54,6 +68,7 @@ QUALITY_FIELDS = (
     "runaway_turns", "cache_hits", "retrievals",
 )  # fmt: skip
 FIELDS = SPEND_FIELDS + QUALITY_FIELDS
+MONTH_FIELDS = ("tokens_in", "tokens_out", "cost_usd")  # what the monthly budgets check
 RETENTION_DAYS = 400
 RETENTION_S = RETENTION_DAYS * 86_400
 MAX_REPORT_DAYS = 31
@@ -180,6 +195,7 @@ def record_plan(tenant: str, user: str, day: str, amounts: Mapping[str, int | fl
             add(key, name, value)
             if name in SPEND_FIELDS:  # the user's day, and both months (the monthly budgets)
                 add(per_user, f"{user}:{name}", value)
+            if name in MONTH_FIELDS:
                 add(month, name, value)
                 add(month_users, f"{user}:{name}", value)
         for written in (key, per_user, month, month_users):
@@ -214,10 +230,12 @@ def record_entries_plan(
     conversation: str,
     entries: Sequence[tuple[str, Mapping[str, int | float]]],
     list_tenant: bool = True,
+    also: Callable[[Any], None] | None = None,
 ) -> Plan[int]:
     """`record_once_plan` for several log entries of one day (oldest first) in one script call: each is
     counted unless it, or a later entry, was counted already; how many were counted now. `list_tenant`:
-    also add the tenant to the day's tenant set (False when this process did so moments ago)."""
+    also add the tenant to the day's tenant set (False when this process did so moments ago). `also`:
+    writes to send in the same round trip, after the script (`EvalWith`: a turn's latencies)."""
     month = month_of(day)
     keys = [usage_key(tenant, day), users_key(tenant, day), usage_key(tenant, month),
             users_key(tenant, month), cursor_key(tenant, conversation)]  # fmt: skip
@@ -230,14 +248,23 @@ def record_entries_plan(
         for name, value in amounts.items():
             if value and value > 0:
                 triples += [name, repr(float(value)) if name == "cost_usd" else int(value),
-                            "s" if name in SPEND_FIELDS else "q"]  # fmt: skip
+                            _scope(name)]  # fmt: skip
         args += [stream_id(entry_id, "entry_id"), len(triples) // 3, *triples]
     if not entries:
         return 0
-    counted = int((yield Eval(RECORD_ONCE, keys, args)))
+    if also is None:
+        counted = int((yield Eval(RECORD_ONCE, keys, args)))
+    else:
+        counted = int((yield EvalWith(RECORD_ONCE, keys, args, also))[0])
     if counted and list_tenant:
         yield Batch(partial(_list_tenant, tenant, day), transaction=False)
     return counted
+
+
+def _scope(name: str) -> str:
+    """Where usage_record.lua adds a field: `m` the tenant's and the user's day and month, `d` their day
+    only, `q` the tenant's day only."""
+    return "m" if name in MONTH_FIELDS else "d" if name in SPEND_FIELDS else "q"
 
 
 def _list_tenant(tenant: str, day: str, pipe: Any) -> None:
@@ -371,13 +398,14 @@ class UsageLedger:
         day: str,
         conversation: str,
         entries: Sequence[tuple[str, Mapping[str, int | float]]],
+        also: Callable[[Any], None] | None = None,
     ) -> int:
         """`record_entries_plan`; the day's tenant set is written at most every TENANT_RELIST_S per
         tenant and day from this process (a worker counts many entries a second for the same tenants)."""
         listed_at = self._listed.get((tenant, day))
         now = time.monotonic()
         relist = listed_at is None or now - listed_at >= TENANT_RELIST_S
-        counted = self._run(record_entries_plan(tenant, user, day, conversation, entries, relist))
+        counted = self._run(record_entries_plan(tenant, user, day, conversation, entries, relist, also))
         if counted and relist:
             if len(self._listed) >= MAX_LISTED:
                 self._listed.clear()

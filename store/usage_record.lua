@@ -2,8 +2,9 @@
 -- KEYS: the tenant's day, its users' day, the tenant's month, its users' month, the conversation's cursor
 --       (all under the tenant's hash tag: one Redis Cluster slot)
 -- ARGV: user, retention s, cursor ttl s, then per entry (oldest first, all of that day): entry id, the
---       number n of its triples, then n (field, amount, scope) triples; scope `s` (spend: the tenant's and
---       the user's day and month) or `q` (a quality signal: the tenant's day only)
+--       number n of its triples, then n (field, amount, scope) triples; scope `m` (tokens and cost: the
+--       tenant's and the user's day and month), `d` (turns: their day only) or `q` (a quality signal: the
+--       tenant's day only)
 -- An entry is counted only when it is newer than the cursor (then the cursor moves to it); the counted
 -- entries' amounts are summed per field, so each counter moves once per call.
 -- Returns how many entries were counted (0: all of them, or later ones, were counted already).
@@ -33,8 +34,8 @@ for _, name in ipairs(order) do
   local add, amount = 'HINCRBY', string.format('%d', sums[name])
   if name == 'cost_usd' then add, amount = 'HINCRBYFLOAT', string.format('%.17g', sums[name]) end
   redis.call(add, KEYS[1], name, amount)
-  if scopes[name] == 's' then
-    redis.call(add, KEYS[2], user .. ':' .. name, amount)
+  if scopes[name] ~= 'q' then redis.call(add, KEYS[2], user .. ':' .. name, amount) end
+  if scopes[name] == 'm' then
     redis.call(add, KEYS[3], name, amount)
     redis.call(add, KEYS[4], user .. ':' .. name, amount)
   end

@@ -277,9 +277,8 @@ class TurnSpans:
             self.tracer, parent, "retrieval", start_ns=start, end_ns=end,
             attributes={"docent.step": 0, "docent.retrieval.hits": search.hits}, into=self.spans,
         )  # fmt: skip
-        for stage, begin, stage_end in stage_times(search, start):
-            name = STAGE_SPANS.get(stage) or f"retrieval.{stage}"
-            tracing.finished(self.tracer, retrieval, name, start_ns=begin, end_ns=stage_end, into=self.spans)
+        if retrieval is not None:
+            tracing.children(self.tracer, retrieval, stage_times(search, start), self.spans)
 
     def _llm(
         self, parent: SpanContext, event: LLMCompleted | LLMFailed, requested: object, start: int, end: int
@@ -366,8 +365,8 @@ class TurnSpans:
 
 
 def stage_times(search: Retrieval, start_ns: int) -> list[tuple[str, int, int]]:
-    """Each stage's (name, start, end): at its offset from the search's start when the Searcher gave one,
-    else right after the stage before it (they run one after the other)."""
+    """Each stage's (span name, start, end): at its offset from the search's start when the Searcher gave
+    one, else right after the stage before it (they run one after the other)."""
     out: list[tuple[str, int, int]] = []
     cursor = start_ns
     for stage in STAGE_ORDER:
@@ -377,5 +376,5 @@ def stage_times(search: Retrieval, start_ns: int) -> list[tuple[str, int, int]]:
         offset = search.starts_ms.get(stage)
         begin = start_ns + _ns(offset) if offset is not None else cursor
         cursor = begin + _ns(took)
-        out.append((stage, begin, cursor))
+        out.append((STAGE_SPANS[stage], begin, cursor))
     return out

@@ -188,6 +188,26 @@ def test_a_run_of_one_tracers_records_encodes_as_the_sdk_encodes_it_with_a_value
     assert otlp.encode_request(records) == encode_spans(tracing.readables(records)).SerializeToString()
 
 
+def test_children_are_the_spans_finished_makes_under_the_same_record() -> None:
+    """`children` (a retrieval's stages) makes the records `finished` makes for the same children, their
+    ids aside, and they encode as the SDK encodes them; none under an unsampled parent."""
+    tracer = _provider(InMemorySpanExporter()).get_tracer("docent")
+    root = tracer.start_span("turn").get_span_context()
+    parent = tracing.finished(tracer, root, "retrieval", start_ns=1, end_ns=9, into=[])
+    assert parent is not None
+    made: list[tracing.SpanRecord] = []
+    tracing.children(tracer, parent, [("retrieval.embed", 1, 3), ("retrieval.ann", 4, 9)], made)
+    one_by_one: list[tracing.SpanRecord] = []
+    for name, start, end in (("retrieval.embed", 1, 3), ("retrieval.ann", 4, 9)):
+        tracing.finished(tracer, parent, name, start_ns=start, end_ns=end, into=one_by_one)
+    assert [r._replace(span_id=0) for r in made] == [r._replace(span_id=0) for r in one_by_one]
+    assert otlp.encode_request(made) == encode_spans(tracing.readables(made)).SerializeToString()
+    unsampled = parent._replace(trace_flags=TraceFlags(0))
+    none: list[tracing.SpanRecord] = []
+    tracing.children(tracer, unsampled, [("retrieval.embed", 1, 3)], none)
+    assert none == []
+
+
 def test_begin_decides_as_the_tracers_sampler_does_with_or_without_asking_it() -> None:
     """`begin` skips asking a ParentBased sampler whose delegate for the parent is ALWAYS_ON (the default's,
     for a root span and a sampled parent): its decision and trace state are the SDK tracer's own."""

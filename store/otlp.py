@@ -228,11 +228,17 @@ def encode_span(span: SpanRecord) -> bytes:
     field read is a descriptor call each), and the parts added as they come."""
     (name, trace_id, span_id, _, state, parent, kind, start, end, attributes, events, code, message, _, _,
      dropped_attributes, dropped_events) = span  # fmt: skip
-    out = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")
+    last = _LAST[0]  # (trace id, its bytes, parent, its bytes): replaced whole, never changed
+    if trace_id is not last[0]:  # a turn's spans share their trace id (the same int): its bytes once
+        last = (trace_id, b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08", None, b"")
+    out = last[1] + span_id.to_bytes(8, "big")
     if state is not None and state is not DEFAULT_TRACE_STATE and state:  # (its len() is Python's)
         out += _field(b"\x1a", state.to_header().encode())
     if parent is not None:
-        out += b"\x22\x08" + parent.span_id.to_bytes(8, "big")
+        if parent is not last[2]:  # a retrieval's stages share theirs
+            last = (last[0], last[1], parent, b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+        out += last[3]
+    _LAST[0] = last
     named = _NAMES.get(name)
     if named is None:
         if len(_NAMES) >= MAX_CACHED_PAIRS:
@@ -248,10 +254,17 @@ def encode_span(span: SpanRecord) -> bytes:
         out += _events(events)
         if dropped_events:
             out += b"\x60" + _varint(dropped_events)
-    status = _STATUSES.get((code, message)) or _status(code, message)
+    status = _UNSET if not code and not message else _STATUSES.get((code, message)) or _status(code, message)
     # a SpanContext's is_remote is its third item (the property reads it); a SpanRecord parent is local
     remote = parent is not None and type(parent) is not SpanRecord and parent[2] is True
     return out + status + (_REMOTE_FLAGS if remote else _LOCAL_FLAGS)
+
+
+# The last span's trace id with its bytes (the Span message's first fields' start) and its parent with its
+# field's bytes, as one tuple replaced whole (another thread's `encode_request` may encode at the same time:
+# it reads one tuple or another, never half of each). A parent kept here is let go by the next one.
+_LAST: list[tuple[Any, bytes, Any, bytes]] = [(None, b"", None, b"")]
+_UNSET = b"\x7a\x00"  # Span.status (15): an empty Status, as the SDK writes an unset one
 
 
 def _resource(resource: Any) -> bytes:

@@ -120,10 +120,12 @@ class TurnTrace:
         return turn
 
     def observe(self, state: ConversationState, event: Event) -> None:
-        """One dictionary lookup for an event no span is made from."""
-        turn = self._turn(state)
-        if turn is None:
-            return
+        """One dictionary lookup for an event no span is made from (`_turn` inlined: every event)."""
+        turn = state.current
+        if turn is None or turn is not self.current:
+            turn = self._open(state)  # a turn's first event opens its span, whichever it is
+            if turn is None:
+                return
         needed = _KEPT.get(type(event))
         if needed is None:
             return
@@ -275,23 +277,21 @@ class TurnSpans:
             self.tracer, parent, "retrieval", start_ns=start, end_ns=end,
             attributes={"docent.step": 0, "docent.retrieval.hits": search.hits}, into=self.spans,
         )  # fmt: skip
-        for stage, begin, stage_end in stage_times(search, start):
-            name = STAGE_SPANS.get(stage) or f"retrieval.{stage}"
-            tracing.finished(self.tracer, retrieval, name, start_ns=begin, end_ns=stage_end, into=self.spans)
+        if retrieval is not None:
+            tracing.children(self.tracer, retrieval, stage_times(search, start), self.spans)
 
     def _llm(
         self, parent: SpanContext, event: LLMCompleted | LLMFailed, requested: object, start: int, end: int
     ) -> None:
         request = requested if type(requested) is LLMRequested else None
         model = request.model if request else getattr(event, "model", "")  # "chat <request model>"
-        attributes: dict[str, AttributeValue] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.system": GEN_AI_SYSTEM,
-            "gen_ai.request.model": model,
-            "docent.step": event.step,
-        }
-        if type(event) is LLMCompleted:
-            attributes |= {
+        attributes: dict[str, AttributeValue]
+        if type(event) is LLMCompleted:  # one literal (a merge of two dicts cost a third more)
+            attributes = {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": GEN_AI_SYSTEM,
+                "gen_ai.request.model": model,
+                "docent.step": event.step,
                 "gen_ai.response.model": event.model,
                 "gen_ai.usage.input_tokens": event.tokens_in,
                 "gen_ai.usage.output_tokens": event.tokens_out,
@@ -299,6 +299,13 @@ class TurnSpans:
                 "docent.llm.cost_usd": event.cost_usd,
                 "docent.llm.first_token_ms": event.first_token_ms,
                 "docent.llm.tool_calls": len(event.tool_calls),
+            }
+        else:
+            attributes = {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": GEN_AI_SYSTEM,
+                "gen_ai.request.model": model,
+                "docent.step": event.step,
             }
         if self.capture:
             if request is not None:
@@ -358,8 +365,8 @@ class TurnSpans:
 
 
 def stage_times(search: Retrieval, start_ns: int) -> list[tuple[str, int, int]]:
-    """Each stage's (name, start, end): at its offset from the search's start when the Searcher gave one,
-    else right after the stage before it (they run one after the other)."""
+    """Each stage's (span name, start, end): at its offset from the search's start when the Searcher gave
+    one, else right after the stage before it (they run one after the other)."""
     out: list[tuple[str, int, int]] = []
     cursor = start_ns
     for stage in STAGE_ORDER:
@@ -369,5 +376,5 @@ def stage_times(search: Retrieval, start_ns: int) -> list[tuple[str, int, int]]:
         offset = search.starts_ms.get(stage)
         begin = start_ns + _ns(offset) if offset is not None else cursor
         cursor = begin + _ns(took)
-        out.append((stage, begin, cursor))
+        out.append((STAGE_SPANS[stage], begin, cursor))
     return out

@@ -19,18 +19,23 @@ both encodings' bytes, and decode them with `opentelemetry-proto`'s classes.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections import deque
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+import requests
+import requests.utils
+from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+from requests import certs
 
 from store.span_record import SpanEvent, SpanRecord, readables
 
@@ -125,28 +130,42 @@ def _key(name: str) -> bytes:
 def _attributes(tag: bytes, attributes: Mapping[str, object] | None) -> bytes:
     """Repeated KeyValue (key 1, value 2) under `tag`. A pair seen before whose value is a string, an int
     or a tuple of strings is its cached bytes (most repeat: operation, model, tool, route, stage, tenant,
-    step, finish reasons); the cache is emptied past MAX_CACHED_PAIRS. Only those: True == 1 == 1.0 as dict
-    keys, but each has its own encoding (a bool or float pair is never looked up, so never finds an int's).
+    step, finish reasons), one cache per value type: True == 1 == 1.0 as dict keys, but each has its own
+    encoding (a bool or float pair is never cached, so never found as an int's). A cache is emptied past
+    MAX_CACHED_PAIRS. A float (a cost, a latency: seldom the same twice) is written at once.
     """
     if not attributes:
         return b""
-    cache = _PAIRS.get(tag)
-    if cache is None:
-        cache = _PAIRS[tag] = {}
+    caches = _PAIRS.get(tag)
+    if caches is None:
+        caches = _PAIRS[tag] = {str: {}, int: {}, tuple: {}}
     out = []
     for pair in attributes.items():
         value = pair[1]
         kind = type(value)
-        if kind is str or kind is int or (kind is tuple and all(type(v) is str for v in value)):  # type: ignore[attr-defined]
+        cache = caches.get(kind)
+        if cache is not None and (kind is not tuple or _all_strings(value)):  # type: ignore[arg-type]
             found = cache.get(pair)
             if found is None:
                 if len(cache) >= MAX_CACHED_PAIRS:
                     cache.clear()
                 found = cache[pair] = _pair(tag, *pair)
             out.append(found)
+        elif kind is float:
+            key = _key(pair[0])
+            size = len(key) + 11  # the key, then the value: a field (2 bytes) of an AnyValue's double (9)
+            body = key + b"\x12\x09\x21" + _DOUBLE.pack(value)  # type: ignore[arg-type]
+            out.append(tag + (_SMALL[size] if size < 128 else _varint(size)) + body)
         else:
             out.append(_pair(tag, *pair))
     return b"".join(out)
+
+
+def _all_strings(values: tuple[object, ...]) -> bool:
+    for value in values:  # noqa: SIM110 (a loop: `all` of a generator costs its frame, ~1 µs a tuple)
+        if type(value) is not str:
+            return False
+    return True
 
 
 def _pair(tag: bytes, key: str, value: object) -> bytes:
@@ -154,7 +173,7 @@ def _pair(tag: bytes, key: str, value: object) -> bytes:
 
 
 MAX_CACHED_PAIRS = 4096
-_PAIRS: dict[bytes, dict[tuple[str, object], bytes]] = {}
+_PAIRS: dict[bytes, dict[type, dict[tuple[str, object], bytes]]] = {}
 
 
 def _events(events: Sequence[SpanEvent]) -> bytes:
@@ -209,11 +228,17 @@ def encode_span(span: SpanRecord) -> bytes:
     field read is a descriptor call each), and the parts added as they come."""
     (name, trace_id, span_id, _, state, parent, kind, start, end, attributes, events, code, message, _, _,
      dropped_attributes, dropped_events) = span  # fmt: skip
-    out = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")
+    last = _LAST[0]  # (trace id, its bytes, parent, its bytes): replaced whole, never changed
+    if trace_id is not last[0]:  # a turn's spans share their trace id (the same int): its bytes once
+        last = (trace_id, b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08", None, b"")
+    out = last[1] + span_id.to_bytes(8, "big")
     if state is not None and state is not DEFAULT_TRACE_STATE and state:  # (its len() is Python's)
         out += _field(b"\x1a", state.to_header().encode())
     if parent is not None:
-        out += b"\x22\x08" + parent.span_id.to_bytes(8, "big")
+        if parent is not last[2]:  # a retrieval's stages share theirs
+            last = (last[0], last[1], parent, b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+        out += last[3]
+    _LAST[0] = last
     named = _NAMES.get(name)
     if named is None:
         if len(_NAMES) >= MAX_CACHED_PAIRS:
@@ -229,10 +254,17 @@ def encode_span(span: SpanRecord) -> bytes:
         out += _events(events)
         if dropped_events:
             out += b"\x60" + _varint(dropped_events)
-    status = _STATUSES.get((code, message)) or _status(code, message)
+    status = _UNSET if not code and not message else _STATUSES.get((code, message)) or _status(code, message)
     # a SpanContext's is_remote is its third item (the property reads it); a SpanRecord parent is local
     remote = parent is not None and type(parent) is not SpanRecord and parent[2] is True
     return out + status + (_REMOTE_FLAGS if remote else _LOCAL_FLAGS)
+
+
+# The last span's trace id with its bytes (the Span message's first fields' start) and its parent with its
+# field's bytes, as one tuple replaced whole (another thread's `encode_request` may encode at the same time:
+# it reads one tuple or another, never half of each). A parent kept here is let go by the next one.
+_LAST: list[tuple[Any, bytes, Any, bytes]] = [(None, b"", None, b"")]
+_UNSET = b"\x7a\x00"  # Span.status (15): an empty Status, as the SDK writes an unset one
 
 
 def _resource(resource: Any) -> bytes:
@@ -291,9 +323,20 @@ class Encoded:
     def add(self, spans: Sequence[SpanRecord | ReadableSpan]) -> None:
         group = self._last
         for item in spans:
-            resource, scope, body = _encode_one(item)
-            if group is None or group.resource is not resource or group.scope is not scope:
-                group = self._group(resource, scope)
+            if (  # a record of the group before (a turn's spans share their resource and scope): at once
+                group is not None
+                and type(item) is SpanRecord
+                and item[13] is group.resource
+                and item[14] is group.scope
+            ):
+                try:
+                    body = encode_span(item)
+                except Unencodable:
+                    body = _encode_one(item)[2]
+            else:
+                resource, scope, body = _encode_one(item)
+                if group is None or group.resource is not resource or group.scope is not scope:
+                    group = self._group(resource, scope)
             size = len(body)
             group.spans.append(b"\x12" + (_SMALL[size] if size < 128 else _varint(size)) + body)
         self._count += len(spans)
@@ -356,7 +399,18 @@ def encode_request(spans: Sequence[SpanRecord | ReadableSpan]) -> bytes:
 class SpanExporter(OTLPSpanExporter):
     """The SDK's OTLP/HTTP span exporter: `post` sends a request `Encoded` made, `export` encodes spans
     with `encode_request`; the SDK's own `export` where its internals differ from the version this was
-    written against (opentelemetry-exporter-otlp-proto-http 1.45: `posts_bytes()` is False)."""
+    written against (opentelemetry-exporter-otlp-proto-http 1.45: `posts_bytes()` is False).
+
+    Its transport is the SDK's urllib3 one (`opentelemetry-exporter-http-transport`, the same retries,
+    headers, compression and certificates: the SDK's client drives it) where the default, requests, would
+    add nothing: no proxy, .netrc entry or credential provider for the endpoint. A 2048-span POST cost
+    ~1.3 ms of CPU through requests (it reads the proxy environment on every request), ~0.8 ms through
+    urllib3 (README "Traces")."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not args and not {"session", "_transport"} & kwargs.keys():
+            _lighter_transport(self)
 
     def posts_bytes(self) -> bool:
         return hasattr(getattr(self, "_client", None), "export")
@@ -375,3 +429,25 @@ class SpanExporter(OTLPSpanExporter):
             return SpanExportResult.FAILURE
         result = self._client.export(body)  # the transport logs a failure (and retries a transient one)
         return SpanExportResult.SUCCESS if getattr(result, "success", False) else SpanExportResult.FAILURE
+
+
+def _lighter_transport(exporter: OTLPSpanExporter) -> None:
+    """The SDK's urllib3 transport in place of its requests one, when requests would add nothing to it."""
+    client = getattr(exporter, "_client", None)
+    current = getattr(client, "_transport", None)
+    session = getattr(current, "_session", None)
+    if type(session) is not requests.Session or session.auth is not None or session.cert is not None:
+        return
+    if any(name.endswith("CREDENTIAL_PROVIDER") and name.startswith(_CREDENTIALS) for name in os.environ):
+        return
+    endpoint = exporter._endpoint
+    if requests.utils.get_environ_proxies(endpoint) or requests.utils.get_netrc_auth(endpoint):
+        return
+    verify: bool | str = session.verify if session.verify is not None else True
+    if verify is True:  # as requests: its environment's CA bundle, else certifi's
+        verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certs.where()
+    client._transport = Urllib3HTTPTransport(verify=verify)  # type: ignore[union-attr]
+    current.close()  # type: ignore[union-attr]
+
+
+_CREDENTIALS = "OTEL_PYTHON_EXPORTER_OTLP_"

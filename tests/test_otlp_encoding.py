@@ -4,18 +4,21 @@ parsed with `opentelemetry-proto`'s classes and compared with the SDK encoder's 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags, TraceState
 
+from actors.testing.otlp_receiver import OtlpReceiver
 from store import otlp, tracing
 
 
@@ -170,6 +173,41 @@ def test_the_batchers_buffer_hands_on_requests_of_bytes_in_arrival_order_per_gro
         assert request == encode_spans(tracing.readables(spans)).SerializeToString()
 
 
+def test_a_run_of_one_tracers_records_encodes_as_the_sdk_encodes_it_with_a_value_it_does_not_write() -> None:
+    """Records of the group before are encoded without looking their group up again (a turn's spans): the
+    same bytes, a bytes value (the SDK encoder's) and floats, long keys and tuples of strings among them."""
+    tracer = _provider(InMemorySpanExporter()).get_tracer("docent")
+    root = tracer.start_span("turn").get_span_context()
+    records: list[tracing.SpanRecord] = []
+    for n in range(5):
+        value: Any = b"raw" if n == 3 else n
+        attributes = {"docent.value": value, "docent.cost": n / 7, "k" * 130: 0.5, "docent.r": ("stop",),
+                      "docent.mixed": (True, 1) if n else (1, True), "docent.flag": n == 2}  # fmt: skip
+        tracing.finished(tracer, root, f"step {n}", start_ns=n + 1, end_ns=n + 2, attributes=attributes,
+                         into=records)  # fmt: skip
+    assert otlp.encode_request(records) == encode_spans(tracing.readables(records)).SerializeToString()
+
+
+def test_children_are_the_spans_finished_makes_under_the_same_record() -> None:
+    """`children` (a retrieval's stages) makes the records `finished` makes for the same children, their
+    ids aside, and they encode as the SDK encodes them; none under an unsampled parent."""
+    tracer = _provider(InMemorySpanExporter()).get_tracer("docent")
+    root = tracer.start_span("turn").get_span_context()
+    parent = tracing.finished(tracer, root, "retrieval", start_ns=1, end_ns=9, into=[])
+    assert parent is not None
+    made: list[tracing.SpanRecord] = []
+    tracing.children(tracer, parent, [("retrieval.embed", 1, 3), ("retrieval.ann", 4, 9)], made)
+    one_by_one: list[tracing.SpanRecord] = []
+    for name, start, end in (("retrieval.embed", 1, 3), ("retrieval.ann", 4, 9)):
+        tracing.finished(tracer, parent, name, start_ns=start, end_ns=end, into=one_by_one)
+    assert [r._replace(span_id=0) for r in made] == [r._replace(span_id=0) for r in one_by_one]
+    assert otlp.encode_request(made) == encode_spans(tracing.readables(made)).SerializeToString()
+    unsampled = parent._replace(trace_flags=TraceFlags(0))
+    none: list[tracing.SpanRecord] = []
+    tracing.children(tracer, unsampled, [("retrieval.embed", 1, 3)], none)
+    assert none == []
+
+
 def test_begin_decides_as_the_tracers_sampler_does_with_or_without_asking_it() -> None:
     """`begin` skips asking a ParentBased sampler whose delegate for the parent is ALWAYS_ON (the default's,
     for a root span and a sampled parent): its decision and trace state are the SDK tracer's own."""
@@ -200,3 +238,37 @@ def test_begin_decides_as_the_tracers_sampler_does_with_or_without_asking_it() -
                 own = begun[0]
                 assert own.trace_state == expected.trace_state and own.trace_flags == expected.trace_flags
                 assert parent is None or own.trace_id == parent.trace_id
+
+
+PROXY_ENVS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def test_the_exporter_posts_through_the_sdks_urllib3_transport_unless_requests_would_add_a_proxy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without a proxy (or .netrc entry, or credential provider) for the endpoint the exporter's transport
+    is the SDK's urllib3 one, and its posts reach a real OTLP receiver (gzip too, the SDK's client
+    compressing); with a proxy configured it keeps the SDK's default, requests, which honours it."""
+    from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
+    from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
+
+    for name in PROXY_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # none
+    tracer = _provider(InMemorySpanExporter()).get_tracer("docent")
+    root = tracer.start_span("turn").get_span_context()
+    with OtlpReceiver() as receiver:
+        for compression in ("none", "gzip"):
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", compression)
+            exporter = otlp.SpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
+            assert type(exporter._client._transport) is Urllib3HTTPTransport
+            records: list[tracing.SpanRecord] = []
+            tracing.finished(tracer, root, f"step {compression}", start_ns=1, end_ns=2, into=records)
+            assert exporter.post(otlp.encode_request(records)) is SpanExportResult.SUCCESS
+            exporter.shutdown()
+        received = receiver.wait_for(lambda spans: len(spans) == 2)
+        assert sorted(s.name for s in received) == ["step gzip", "step none"]
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    proxied = otlp.SpanExporter(endpoint="http://collector.invalid:4318/v1/traces")
+    assert type(proxied._client._transport) is RequestsHTTPTransport
+    proxied.shutdown()

@@ -275,7 +275,12 @@ def gc_figures(collections: list[Collection], start_s: float, end_s: float) -> d
     """The web process's collections that ended in [start_s, end_s] (the event window): per generation,
     how many, their CPU and wall time in all, the longest pause; and every collection's CPU before it."""
     window = [c for c in collections if start_s <= c.at_s <= end_s]
-    figures: dict[str, float] = {"gc_cpu_ms_before": sum(c.cpu_ms for c in collections if c.at_s < start_s)}
+    before = [c for c in collections if c.at_s < start_s]  # start-up and the sockets' connects
+    figures: dict[str, float] = {
+        "gc_cpu_ms_before": sum(c.cpu_ms for c in before),
+        "gc_max_wall_ms_before": max((c.wall_ms for c in before), default=0.0),
+        **{f"gc{g}_count_before": sum(c.generation == g for c in before) for g in range(3)},
+    }
     for generation in range(3):
         ours = [c for c in window if c.generation == generation]
         figures[f"gc{generation}_count"] = len(ours)
@@ -380,8 +385,12 @@ def print_row(row: dict[str, float]) -> None:
         f"{row[f'gc{g}_wall_ms']:.0f} ms wall, longest {row[f'gc{g}_max_wall_ms']:.0f} ms)"
         for g in range(3)
     )
-    before = row["gc_cpu_ms_before"]
-    print(f"  web GC in the event window: {pauses}; before it {before:.0f} ms CPU", flush=True)
+    counts = "/".join(str(int(row[f"gc{g}_count_before"])) for g in range(3))
+    before = (
+        f"{counts} collections, {row['gc_cpu_ms_before']:.0f} ms CPU, "
+        f"longest {row['gc_max_wall_ms_before']:.0f} ms"
+    )
+    print(f"  web GC in the event window: {pauses}; before it (gen0/1/2) {before}", flush=True)
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from server.hub import Hub, Subscription, _Topic, hub_client
+from server.hub import Hub, Subscription, _Topic, hub_client, id_key
 from store.redis import sync_client
 
 RECV_TIMEOUT_S = 10.0
@@ -30,7 +30,7 @@ async def test_a_topic_skips_the_entries_at_or_below_its_cursor_and_moves_it() -
     topic.deliver([(b"12-0", {}), (b"13-0", {})])  # a read that overlaps the last one
     topic.deliver([(b"9-0", {})])  # all below: nothing, the cursor stays
     assert await subscription.next_batch() == ["5-1", "12-0", "13-0"]
-    assert topic.cursor == b"13-0" and topic.floor == (13, 0)
+    assert topic.cursor == b"13-0" and topic.floor == id_key("13-0")
 
 
 @pytest.fixture

@@ -7,10 +7,12 @@ collector's scans for good) and sets its own generation thresholds, `DOCENT_WEB_
 ("gen0,gen1,gen2"; README "WebSockets" has the runs behind the defaults):
 
 - gen0: tracked allocations (net of deallocations) between young collections. A young collection scans
-  every object born since the last one that is still alive, so its pause grows with this threshold.
+  every object born since the last one that is still alive (at many sockets mostly state replaced at a
+  steady rate: README "WebSockets"), so its pause grows with the time between collections.
 - gen1: young collections between middle ones. A middle collection scans what survived those young
-  collections: a socket's objects (~225 tracked each, born at its connect) survive and sit there until
-  the next middle collection, so a large gen1 makes a connect storm's sockets one long middle pause.
+  collections: a socket's objects (~230 tracked each, born at its connect: bench/ws.py counted 46 young
+  collections of 50,000 for 10,000 sockets) sit there until the next middle collection, so a large gen1
+  makes a connect storm's sockets one long middle pause (1.2-3.1 s at 19,600 sockets with the defaults).
 - gen2: middle collections between full ones (CPython also waits until 25% more objects are long-lived).
 
 `DOCENT_WEB_GC_LOG_PATH` (a diagnostic, off by default) appends one JSON line per collection: when, the

@@ -57,13 +57,14 @@ T = TypeVar("T")
 # replaced per event lives until its topic's next event, and young collections scan every one still alive.
 StreamKey = int
 SEQ_BITS = 64
+MAX_SEQ = (1 << SEQ_BITS) - 1  # Redis's largest seq; a client's id may carry more digits (20): clamped
 Fields = dict[Any, Any]
 Decode = Callable[[str, Fields], T | None]
 
 
 def id_key(entry_id: str) -> StreamKey:
     ms, _, seq = entry_id.partition("-")
-    return int(ms) << SEQ_BITS | int(seq or 0)
+    return int(ms) << SEQ_BITS | min(int(seq or 0), MAX_SEQ)
 
 
 def key_ms(key: StreamKey) -> int:

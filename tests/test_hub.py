@@ -40,6 +40,8 @@ def test_an_entry_sort_key_orders_ids_as_redis_does_and_keeps_nothing_tracked() 
     ids = ["0-0", "0-1", "1-0", "1-18446744073709551615", "2-0", "1796237270505-3"]
     keys = [id_key(entry_id) for entry_id in ids]
     assert keys == sorted(set(keys))
+    beyond = id_key("1-99999999999999999999")  # a client's 20-digit seq, past Redis's: still before 2-0
+    assert id_key("1-18446744073709551615") <= beyond < id_key("2-0")
     frame = to_frame(b"5-1", {b"e": encode(Delta(text="x", turn=1))})
     assert frame is not None and frame.key == id_key("5-1")
     assert not gc.is_tracked(frame.key) and not gc.is_tracked(frame)  # no work for young collections

@@ -1,6 +1,7 @@
 """WebSocket fan-out bench: many authenticated sockets on one web process.
 
     .venv/bin/python -m bench.ws [--connections 1000 5000] [--rate 2000] [--seconds 10] [--client-processes K]
+        [--gc-thresholds gen0,gen1,gen2]
 
 Starts an embedded Redis (or uses REDIS_URL) and one real web process (uvicorn, as in production), opens
 N sockets, each greeted into its own conversation (the worst case for the shared reader: N live keys),
@@ -8,8 +9,9 @@ then plays the workers: XADDs token deltas at `rate` per second spread over all 
 stamped with its send time. Prints the web process's RSS per connection, its open fds against its fd
 limit (so the most sockets it could hold: every fd that is not a socket stays), fan-out latency (XADD to
 the client's receive) p50/p95/p99, the web process's CPU use (and, measured over IDLE_WINDOW_S with every
-socket open before any event, its idle share: what is left is the events' own cost), and whether every
-event arrived once.
+socket open before any event, its idle share: what is left is the events' own cost), whether every
+event arrived once and in order, and the web process's garbage collections in the event window (its
+DOCENT_WEB_GC_LOG_PATH: per generation, how many, their CPU and wall time, the longest pause).
 The client runs on the same machine and its CPU shows up in the latency: read the figures as upper bounds.
 The sockets are spread over K client processes (default: one per SOCKETS_PER_CLIENT_PROCESS sockets), so one
 client's event loop is not the bottleneck; the fd limit is raised (hard limit too, when allowed) for the
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import itertools
 import json
 import math
 import multiprocessing
@@ -41,6 +44,7 @@ import redis.asyncio as aredis
 from websockets.asyncio.client import ClientConnection, connect
 
 from server.auth import mint_token
+from server.collector import Collection, read_log
 from store.events import Delta, encode
 from store.redis import EmbeddedRedis
 from tests.server_proc import ServerProcess, server_env
@@ -108,6 +112,12 @@ class Client:
             if frame["type"] == "delta":
                 self.latencies_ms.append((time.time_ns() - int(frame["text"])) / 1e6)
                 self.ids.append(frame["id"])
+
+
+def out_of_order(ids: list[str]) -> int:
+    """How many of one socket's event ids are not above the one before (each must come once, in order)."""
+    keys = [tuple(map(int, i.split("-"))) for i in ids]
+    return sum(1 for before, after in itertools.pairwise(keys) if after <= before)
 
 
 class Refused(Exception):
@@ -189,7 +199,8 @@ async def _client_process(url: str, tokens: list[str], concurrency: int, pipe: C
     latencies = [ms for c in clients for ms in c.latencies_ms]
     received = sum(len(c.ids) for c in clients)
     duplicates = sum(len(c.ids) - len(set(c.ids)) for c in clients)
-    pipe.send((latencies, received, duplicates, len(REFUSED_HELLOS), lags_ms))
+    disordered = sum(out_of_order(c.ids) for c in clients)
+    pipe.send((latencies, received, duplicates, len(REFUSED_HELLOS), lags_ms, disordered))
     await asyncio.gather(*(c.ws.close() for c in clients), return_exceptions=True)
     for task in readers:
         task.cancel()
@@ -203,6 +214,7 @@ class ClientResults:
     duplicates: int = 0
     refused: int = 0
     lags_ms: list[float] = dataclasses.field(default_factory=list)  # the clients' event-loop lag samples
+    out_of_order: int = 0
 
 
 class ClientProcesses:
@@ -242,12 +254,13 @@ class ClientProcesses:
         for pipe in self.pipes:
             pipe.send("stop")
         for pipe in self.pipes:
-            got, n, dup, no, lags = pipe.recv()
+            got, n, dup, no, lags, disordered = pipe.recv()
             out.latencies_ms += got
             out.received += n
             out.duplicates += dup
             out.refused += no
             out.lags_ms += lags
+            out.out_of_order += disordered
         for process in self.processes:
             process.join(timeout=30)
         return out
@@ -258,9 +271,28 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
 
 
+def gc_figures(collections: list[Collection], start_s: float, end_s: float) -> dict[str, float]:
+    """The web process's collections that ended in [start_s, end_s] (the event window): per generation,
+    how many, their CPU and wall time in all, the longest pause; and every collection's CPU before it."""
+    window = [c for c in collections if start_s <= c.at_s <= end_s]
+    before = [c for c in collections if c.at_s < start_s]  # start-up and the sockets' connects
+    figures: dict[str, float] = {
+        "gc_cpu_ms_before": sum(c.cpu_ms for c in before),
+        "gc_max_wall_ms_before": max((c.wall_ms for c in before), default=0.0),
+        **{f"gc{g}_count_before": sum(c.generation == g for c in before) for g in range(3)},
+    }
+    for generation in range(3):
+        ours = [c for c in window if c.generation == generation]
+        figures[f"gc{generation}_count"] = len(ours)
+        figures[f"gc{generation}_cpu_ms"] = sum(c.cpu_ms for c in ours)
+        figures[f"gc{generation}_wall_ms"] = sum(c.wall_ms for c in ours)
+        figures[f"gc{generation}_max_wall_ms"] = max((c.wall_ms for c in ours), default=0.0)
+    return figures
+
+
 async def run_one(
     web: ServerProcess, redis_pid: int | None, redis_url: str, connections: int, rate: float, seconds: float,
-    client_processes: int,
+    client_processes: int, gc_log: Path,
 ) -> dict[str, float]:  # fmt: skip
     assert web.process is not None
     pid = web.process.pid
@@ -283,10 +315,12 @@ async def run_one(
     cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
     own_start = cpu_seconds(os.getpid()) + clients.cpu_seconds()
     redis_start = cpu_seconds(redis_pid) if redis_pid else 0.0
+    window_start_s = time.time()
     clients.start()
     print(f"producing for {seconds:g} s from {time.time():.3f} (web pid {pid})", file=sys.stderr, flush=True)
     sent = await produce(producer, conversations, rate, seconds)
     await asyncio.sleep(DRAIN_WAIT_S)
+    window_end_s = time.time()
     wall = time.monotonic() - wall_start
     cpu = (cpu_seconds(pid) - cpu_start) / wall
     own_cpu = (cpu_seconds(os.getpid()) + clients.cpu_seconds() - own_start) / wall
@@ -307,6 +341,7 @@ async def run_one(
         "sent": sent,
         "received": results.received,
         "duplicates": results.duplicates,
+        "out_of_order": results.out_of_order,
         "p50_ms": statistics.median(latencies) if latencies else float("nan"),
         "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99),
@@ -321,6 +356,7 @@ async def run_one(
         "client_cpu_cores": own_cpu,
         "redis_cpu_cores": redis_cpu,
         "load_avg_1m": os.getloadavg()[0],
+        **gc_figures(read_log(gc_log) if gc_log.exists() else [], window_start_s, window_end_s),
     }
 
 
@@ -332,7 +368,8 @@ def print_row(row: dict[str, float]) -> None:
         f"({row['kb_per_connection']:5.1f} KB/socket)  "
         f"fds {int(row['web_fds'])} of {int(row['web_fd_limit'])} "
         f"(most sockets: {int(row['connections'] + row['web_fd_limit'] - row['web_fds'])})  "
-        f"events {int(row['received'])}/{int(row['sent'])} (dup {int(row['duplicates'])})  "
+        f"events {int(row['received'])}/{int(row['sent'])} (dup {int(row['duplicates'])}, "
+        f"out of order {int(row['out_of_order'])})  "
         f"latency p50 {row['p50_ms']:6.1f} p95 {row['p95_ms']:6.1f} p99 {row['p99_ms']:6.1f} "
         f"max {row['max_ms']:6.1f} ms  CPU cores: web {row['web_cpu_cores']:.2f} "
         f"({row['web_cpu_us_per_event']:.0f} us an event; idle {row['web_idle_cores']:.3f}, "
@@ -343,6 +380,17 @@ def print_row(row: dict[str, float]) -> None:
         f"(load avg {row['load_avg_1m']:.1f} on {os.cpu_count()} CPUs)",
         flush=True,
     )
+    pauses = "; ".join(
+        f"gen{g} {int(row[f'gc{g}_count'])} ({row[f'gc{g}_cpu_ms']:.0f} ms CPU, "
+        f"{row[f'gc{g}_wall_ms']:.0f} ms wall, longest {row[f'gc{g}_max_wall_ms']:.0f} ms)"
+        for g in range(3)
+    )
+    counts = "/".join(str(int(row[f"gc{g}_count_before"])) for g in range(3))
+    before = (
+        f"{counts} collections, {row['gc_cpu_ms_before']:.0f} ms CPU, "
+        f"longest {row['gc_max_wall_ms_before']:.0f} ms"
+    )
+    print(f"  web GC in the event window: {pauses}; before it (gen0/1/2) {before}", flush=True)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -352,15 +400,18 @@ async def main_async(args: argparse.Namespace) -> None:
         redis_url = os.environ.get("REDIS_URL") or (embedded.url if embedded else "")
         try:
             for connections in args.connections:
+                gc_log = Path(tmp) / f"gc{connections}.jsonl"
+                gc_settings = {"web_gc_thresholds": args.gc_thresholds} if args.gc_thresholds else {}
                 env = server_env(
                     redis_url, Path(tmp) / f"web{connections}", ws_idle_timeout_s="3600",
-                    ws_max_sockets_per_tenant=str(connections + 1),
+                    ws_max_sockets_per_tenant=str(connections + 1), web_gc_log_path=str(gc_log),
+                    **gc_settings,
                 )  # fmt: skip
                 processes = args.client_processes or math.ceil(connections / SOCKETS_PER_CLIENT_PROCESS)
                 with ServerProcess(env) as web:
                     redis_pid = embedded.process.pid if embedded and embedded.process else None
                     row = await run_one(
-                        web, redis_pid, redis_url, connections, args.rate, args.seconds, processes
+                        web, redis_pid, redis_url, connections, args.rate, args.seconds, processes, gc_log
                     )
                     print_row(row)
         finally:
@@ -379,6 +430,9 @@ def main() -> None:
         "--client-processes", type=int, default=0,
         help=f"client processes (default: one per {SOCKETS_PER_CLIENT_PROCESS} sockets)",
     )  # fmt: skip
+    parser.add_argument(
+        "--gc-thresholds", default="", help="the web process's DOCENT_WEB_GC_THRESHOLDS (default: its own)"
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

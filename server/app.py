@@ -8,7 +8,6 @@ actors through a `Dispatcher` (inbox + wake-up); uploads are handed to an ingest
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from actors import api as actors_api
 from actors.api import Dispatcher
+from server import collector
 from server.admin import admin_routes
 from server.auth import Authenticator
 from server.chat import chat_endpoint
@@ -66,9 +66,6 @@ from store.settings import Settings, get_settings
 HARD_FRAME_LIMIT_FACTOR = 4
 WS_PING_INTERVAL_S = 20.0
 REDIS_POOL_CONNECTIONS = 64
-GC_GEN0_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
-GC_GEN1_THRESHOLD = 50
-GC_GEN2_THRESHOLD = 1_000
 REDIS_POOL_WAIT_S = 5.0
 WS_PING_TIMEOUT_S = 20.0
 
@@ -124,11 +121,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Thousands of sockets keep millions of live objects; CPython's default collection thresholds
-        # then stall every socket for hundreds of ms (bench/ws.py at 5,000 sockets: fan-out p95 268 ms
-        # with the defaults, 36 ms with these). Startup objects are frozen out of the collector.
-        gc.freeze()
-        gc.set_threshold(GC_GEN0_THRESHOLD, GC_GEN1_THRESHOLD, GC_GEN2_THRESHOLD)
+        # Start-up objects frozen out of the collector, the web process's thresholds (server.collector).
+        gc_log = collector.configure(settings.web_gc_thresholds, settings.web_gc_log_path)
         # Requests wait for a pooled connection rather than failing when many sockets greet at once; the
         # hub's blocking reads get their own bounded pool (one connection per batch of keys).
         client = async_client(
@@ -161,6 +155,8 @@ def create_app(
                 await app.state.services.dispatcher.aclose()  # its clients of the cluster's primaries
             await client.aclose()
             tracing.shutdown()  # flush the spans still queued
+            if gc_log is not None:
+                gc_log.close()
 
     async def chat_page(request: Request) -> Response:
         return render_page(request, "chat.html")

@@ -41,7 +41,7 @@ class ChatSession(Session):
         super().__init__(ws, services)
         self.meta: ConversationMeta | None = None
         self.view = EventView(None)
-        self.last_sent: StreamKey = (0, 0)
+        self.last_sent: StreamKey = 0  # the sort key of the last frame sent (server.hub.id_key)
         self.last_sent_id: str | None = None
         # An ask on this socket has written the conversation's record (its first ask on each socket writes it
         # again, idempotent: it also repairs a user index entry a crash between the two writes left missing).

@@ -29,9 +29,11 @@ REPLAY_PAGE_ENTRIES = 500
 log = logging.getLogger(__name__)
 
 
-class LiveFrame(msgspec.Struct, frozen=True):
+class LiveFrame(msgspec.Struct, frozen=True, gc=False):
     """One stream entry, ready to send: its id, sort key, turn, whether it is a delta, the encoded frame,
-    and that frame as WebSocket bytes (built once, written as they are to every socket that shows it)."""
+    and that frame as WebSocket bytes (built once, written as they are to every socket that shows it).
+    Its fields are strings, ints and bytes only, so it is not tracked by the garbage collector (gc=False):
+    frames a slow socket's buffer holds are no work for the young collections."""
 
     id: str
     key: StreamKey

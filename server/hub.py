@@ -52,14 +52,24 @@ CURSOR_ARGUMENT = operator.attrgetter("cursor_argument")  # a topic's RESP-encod
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-StreamKey = tuple[int, int]
+# An entry id's sort key: one int, ms above the 64 bits of seq (Redis's own order). An int, not a tuple, so
+# the key each topic and socket keeps of its last entry is not one more object for the collector: a tuple
+# replaced per event lives until its topic's next event, and young collections scan every one still alive.
+StreamKey = int
+SEQ_BITS = 64
+MAX_SEQ = (1 << SEQ_BITS) - 1  # Redis's largest seq; a client's id may carry more digits (20): clamped
 Fields = dict[Any, Any]
 Decode = Callable[[str, Fields], T | None]
 
 
 def id_key(entry_id: str) -> StreamKey:
     ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+    return int(ms) << SEQ_BITS | min(int(seq or 0), MAX_SEQ)
+
+
+def key_ms(key: StreamKey) -> int:
+    """The ms part of an entry's sort key."""
+    return key >> SEQ_BITS
 
 
 def bulk(argument: bytes) -> bytes:
@@ -123,7 +133,7 @@ class _Topic(Generic[T]):
         self.decode = decode
         self.cursor: bytes | None = None  # None until the stream's tail at subscription time is known
         self.cursor_argument = bulk(ZERO_ID)  # the cursor RESP-encoded, once per move (server.hub's XREAD)
-        self.floor: StreamKey = (0, 0)  # the cursor's sort key
+        self.floor: StreamKey = 0  # the cursor's sort key
         self.subscribers: set[Subscription[T]] = set()
         self.started: asyncio.Future[None] = loop.create_future()
         self.shard: _Shard | None = None
@@ -151,7 +161,7 @@ class _Topic(Generic[T]):
         items = [item for item in decoded if item is not None]
         for subscriber in list(self.subscribers):  # a sink may close its own subscription
             subscriber.offer(items)
-        metrics.observe_fanout(self.key, self.floor[0], now_ms())  # the newest entry's lag, once per read
+        metrics.observe_fanout(self.key, key_ms(self.floor), now_ms())  # the newest entry, once per read
 
     def _decoded(self, raw_id: bytes | str, fields: Fields) -> T | None:
         entry_id = text(raw_id)

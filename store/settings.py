@@ -151,6 +151,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ws_max_sockets_per_user: Positive = 32  # open sockets (chat + review) one user may hold per web process
     ws_max_sockets_per_tenant: Positive = 10_000  # and one tenant
     max_json_body_bytes: Positive = 64 * 1024  # any JSON request body (refused with 413 before it is read)
+    web_gc_thresholds: str = ""  # the web process's gc thresholds "gen0,gen1,gen2"; empty: server.collector's
+    web_gc_log_path: str = ""  # a diagnostic: the web process appends a JSON line per garbage collection here
 
     # Reindex (index.reindex): rebuilds into a new index version, gated by golden sets.
     reindex_slice_s: Positive = 20  # a reindex message works this long, then re-enqueues itself

@@ -4,13 +4,16 @@ from the stream's tail then, not from what an earlier read had in flight."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from server.hub import Hub, Subscription, _Topic, hub_client
+from server.feed import to_frame
+from server.hub import Hub, Subscription, _Topic, hub_client, id_key
+from store.events import Delta, encode
 from store.redis import sync_client
 
 RECV_TIMEOUT_S = 20.0  # a batch across Redis on a loaded machine
@@ -30,7 +33,18 @@ async def test_a_topic_skips_the_entries_at_or_below_its_cursor_and_moves_it() -
     topic.deliver([(b"12-0", {}), (b"13-0", {})])  # a read that overlaps the last one
     topic.deliver([(b"9-0", {})])  # all below: nothing, the cursor stays
     assert await subscription.next_batch() == ["5-1", "12-0", "13-0"]
-    assert topic.cursor == b"13-0" and topic.floor == (13, 0)
+    assert topic.cursor == b"13-0" and topic.floor == id_key("13-0")
+
+
+def test_an_entry_sort_key_orders_ids_as_redis_does_and_keeps_nothing_tracked() -> None:
+    ids = ["0-0", "0-1", "1-0", "1-18446744073709551615", "2-0", "1796237270505-3"]
+    keys = [id_key(entry_id) for entry_id in ids]
+    assert keys == sorted(set(keys))
+    beyond = id_key("1-99999999999999999999")  # a client's 20-digit seq, past Redis's: still before 2-0
+    assert id_key("1-18446744073709551615") <= beyond < id_key("2-0")
+    frame = to_frame(b"5-1", {b"e": encode(Delta(text="x", turn=1))})
+    assert frame is not None and frame.key == id_key("5-1")
+    assert not gc.is_tracked(frame.key) and not gc.is_tracked(frame)  # no work for young collections
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 
+from actors.testing.ports import listening_socket
 from server.app import create_app
 from server.hub import Hub, hub_client
 from store import keys
@@ -33,7 +34,6 @@ from store.redis import key_slot, sync_client
 from store.redis_owner import CLUSTER_DIR, PORTS_FILE
 from store.settings import Settings
 from tests.server_proc import WAKES_KEY, ServerProcess, StreamWriter, server_env
-from tests.squatter import listening_on
 from tests.stack_proc import Stack
 from tests.test_review import inbox as review_inbox
 from tests.test_review import open_review, recv_until, request_approval
@@ -174,14 +174,14 @@ def test_a_chosen_node_port_taken_before_the_node_binds_is_chosen_again(tmp_path
     """The CI failure of stop 21: a node's port was taken between its choice and the node's bind."""
     cluster = EmbeddedCluster(tmp_path / "cluster", primaries=1, replicas=0)
     taken = cluster.nodes[0].port
-    with listening_on(taken), cluster:
+    with listening_socket(taken), cluster:
         assert [n.port for n in cluster.nodes] != [taken]
         assert sync_client(cluster.url).ping()
 
 
 def test_an_explicit_node_port_that_is_taken_stays_a_typed_error(tmp_path: Path) -> None:
     port = free_node_ports(1)[0]
-    with listening_on(port), pytest.raises(PortInUse, match=str(port)):
+    with listening_socket(port), pytest.raises(PortInUse, match=str(port)):
         EmbeddedCluster(tmp_path / "cluster", primaries=1, replicas=0, ports=[port]).start()
 
 

@@ -16,12 +16,12 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
+from actors.testing.ports import listening_socket
 from server.auth import mint_token
 from store.exceptions import ConfigError, PortInUse
 from store.redis import EmbeddedRedis, sync_client
 from store.redis_owner import OwnedRedis
 from store.settings import Settings
-from tests.squatter import listening_on
 from tests.stack_proc import Stack
 
 TERMINAL = {"answer_completed", "turn_failed", "turn_cancelled", "limit_reached"}
@@ -54,7 +54,7 @@ def test_a_port_chosen_by_the_embedded_redis_and_taken_before_it_binds_is_chosen
     """Between choosing a free port and redis-server binding it another process may take it (the CI
     failure of stop 21, on a cluster node): a port the embedded Redis chose itself is chosen again."""
     server = EmbeddedRedis(tmp_path / "mine")
-    with listening_on(server.port):
+    with listening_socket(server.port):
         taken = server.port
         with server:
             assert server.port != taken

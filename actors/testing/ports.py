@@ -43,11 +43,14 @@ class HeldPort:
         self.release()
 
 
-def listening_socket() -> socket.socket:
-    """A socket listening on a port the OS chose, for a server in this process (`uvicorn.Server.serve(
-    sockets=[...])`): no window between choosing the port and binding it."""
+def listening_socket(port: int = 0) -> socket.socket:
+    """A socket listening on `port` (0: one the OS chooses), for a server in this process
+    (`uvicorn.Server.serve(sockets=[...])`: no window between choosing the port and binding it), or as
+    another process's listener on a port Docent wants (`with listening_socket(port):`). SO_REUSEADDR, as
+    redis-server and uvicorn bind: a port free by `store.redis.port_is_free` may still hold a connection
+    in TIME_WAIT (a server an earlier test stopped), which a plain bind refuses (stop 23's CI failure)."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((HOST, 0))
+    listener.bind((HOST, port))
     listener.listen(128)
     return listener

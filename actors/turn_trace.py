@@ -120,12 +120,10 @@ class TurnTrace:
         return turn
 
     def observe(self, state: ConversationState, event: Event) -> None:
-        """One dictionary lookup for an event no span is made from (`_turn` inlined: every event)."""
-        turn = state.current
-        if turn is None or turn is not self.current:
-            turn = self._open(state)  # a turn's first event opens its span, whichever it is
-            if turn is None:
-                return
+        """One dictionary lookup for an event no span is made from."""
+        turn = self._turn(state)  # a turn's first event opens its span, whichever it is
+        if turn is None:
+            return
         needed = _KEPT.get(type(event))
         if needed is None:
             return
@@ -285,13 +283,14 @@ class TurnSpans:
     ) -> None:
         request = requested if type(requested) is LLMRequested else None
         model = request.model if request else getattr(event, "model", "")  # "chat <request model>"
-        attributes: dict[str, AttributeValue]
-        if type(event) is LLMCompleted:  # one literal (a merge of two dicts cost a third more)
-            attributes = {
-                "gen_ai.operation.name": "chat",
-                "gen_ai.system": GEN_AI_SYSTEM,
-                "gen_ai.request.model": model,
-                "docent.step": event.step,
+        attributes: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.system": GEN_AI_SYSTEM,
+            "gen_ai.request.model": model,
+            "docent.step": event.step,
+        }
+        if type(event) is LLMCompleted:
+            attributes |= {
                 "gen_ai.response.model": event.model,
                 "gen_ai.usage.input_tokens": event.tokens_in,
                 "gen_ai.usage.output_tokens": event.tokens_out,
@@ -299,13 +298,6 @@ class TurnSpans:
                 "docent.llm.cost_usd": event.cost_usd,
                 "docent.llm.first_token_ms": event.first_token_ms,
                 "docent.llm.tool_calls": len(event.tool_calls),
-            }
-        else:
-            attributes = {
-                "gen_ai.operation.name": "chat",
-                "gen_ai.system": GEN_AI_SYSTEM,
-                "gen_ai.request.model": model,
-                "docent.step": event.step,
             }
         if self.capture:
             if request is not None:

@@ -192,6 +192,21 @@ def replies_or_raise(replies: list[Any]) -> list[Any]:
     return replies
 
 
+def registered_script(scripts: dict[str, Any], client: Any, script: LuaScript) -> Any:
+    """`script` registered on `client` once (a runner's `scripts` keeps it by name)."""
+    registered = scripts.get(script.name)
+    if registered is None:
+        registered = scripts[script.name] = client.register_script(script.source)
+    return registered
+
+
+def script_then(pipe: Any, registered: Any, op: EvalWith) -> Any:
+    """`pipe` with `op`'s script call (EVALSHA), then its commands, queued."""
+    pipe.evalsha(registered.sha, len(op.keys), *op.keys, *op.args)
+    op.fn(pipe)
+    return pipe
+
+
 class _Translate:
     """Our Lua errors become their Docent type; any other Redis failure becomes `unavailable`."""
 
@@ -232,16 +247,11 @@ class SyncRunner:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    def _registered(self, script: LuaScript) -> Any:
-        registered = self._scripts.get(script.name)
-        if registered is None:
-            registered = self._scripts[script.name] = self.client.register_script(script.source)
-        return registered
-
     def _execute(self, op: Op) -> Any:
         match op:
             case Eval(script, keys, args):
-                return self._registered(script)(keys=list(keys), args=list(args))
+                registered = registered_script(self._scripts, self.client, script)
+                return registered(keys=list(keys), args=list(args))
             case Call(fn):
                 return fn(self.client)
             case Batch(fn, transaction):
@@ -249,16 +259,14 @@ class SyncRunner:
                 fn(pipe)
                 return pipe.execute()
             case EvalWith(script, keys, args, fn):
-                registered = self._registered(script)
+                registered = registered_script(self._scripts, self.client, script)
                 if is_cluster_client(self.client):
                     try:
                         first = registered(keys=list(keys), args=list(args))
                     except redis.ResponseError as exc:  # raised once the commands ran, as on one node
                         first = exc
                     return replies_or_raise([first, *self._execute(Batch(fn, transaction=False))])
-                pipe = self.client.pipeline(transaction=False)
-                pipe.evalsha(registered.sha, len(keys), *keys, *args)
-                fn(pipe)
+                pipe = script_then(self.client.pipeline(transaction=False), registered, op)
                 replies = pipe.execute(raise_on_error=False)
                 if isinstance(replies[0], NoScriptError):
                     replies[0] = registered(keys=list(keys), args=list(args))
@@ -285,16 +293,11 @@ class AsyncRunner:
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    def _registered(self, script: LuaScript) -> Any:
-        registered = self._scripts.get(script.name)
-        if registered is None:
-            registered = self._scripts[script.name] = self.client.register_script(script.source)
-        return registered
-
     async def _execute(self, op: Op) -> Any:
         match op:
             case Eval(script, keys, args):
-                return await self._registered(script)(keys=list(keys), args=list(args))
+                registered = registered_script(self._scripts, self.client, script)
+                return await registered(keys=list(keys), args=list(args))
             case Call(fn):
                 return await fn(self.client)
             case Batch(fn, transaction):
@@ -302,16 +305,14 @@ class AsyncRunner:
                 fn(pipe)
                 return await pipe.execute()
             case EvalWith(script, keys, args, fn):
-                registered = self._registered(script)
+                registered = registered_script(self._scripts, self.client, script)
                 if is_cluster_client(self.client):
                     try:
                         first = await registered(keys=list(keys), args=list(args))
                     except redis.ResponseError as exc:  # raised once the commands ran, as on one node
                         first = exc
                     return replies_or_raise([first, *(await self._execute(Batch(fn, transaction=False)))])
-                pipe = self.client.pipeline(transaction=False)
-                pipe.evalsha(registered.sha, len(keys), *keys, *args)
-                fn(pipe)
+                pipe = script_then(self.client.pipeline(transaction=False), registered, op)
                 replies = await pipe.execute(raise_on_error=False)
                 if isinstance(replies[0], NoScriptError):
                     replies[0] = await registered(keys=list(keys), args=list(args))
